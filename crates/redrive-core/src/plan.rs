@@ -1,0 +1,694 @@
+//! The plan file: TOML read into a checked model.
+//!
+//! Reading is pure: no file but the plan itself is opened, no network. Fields a source yields
+//! are checked against the templates later, when the source is built (`Pipeline::check`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::template::{Template, TemplateError};
+
+/// Default items in flight.
+pub const DEFAULT_ITEMS: usize = 16;
+/// Default children in flight per item.
+pub const DEFAULT_PER_ITEM: usize = 10;
+/// Default retries per step.
+pub const DEFAULT_RETRIES: u32 = 5;
+
+/// A plan file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The file could not be read.
+    #[error("cannot read plan `{file}`")]
+    Read {
+        /// The plan file.
+        file: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, or a key is unknown or of the wrong type.
+    #[error("{file}: {message}")]
+    Syntax {
+        /// The plan file.
+        file: String,
+        /// What and where (line, column, key and table), and what is allowed.
+        message: String,
+    },
+    /// The plan is well-formed TOML but does not make sense.
+    #[error("{file}: in [{table}]: {message}")]
+    Invalid {
+        /// The plan file.
+        file: String,
+        /// The table, e.g. `step.2` or `source`.
+        table: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// A checked plan.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The plan file.
+    pub path: PathBuf,
+    /// Relative paths in the plan are relative to this directory (the plan's own).
+    pub base_dir: PathBuf,
+    /// `job.name`.
+    pub name: String,
+    /// Where the state lives: a file path (resolved) or a URL.
+    pub state: String,
+    /// The work list.
+    pub source: SourceSpec,
+    /// The expansion of each item into children (not run yet by this version).
+    pub expand: Option<SourceSpec>,
+    /// The pipeline, in order.
+    pub steps: Vec<StepSpec>,
+    /// Concurrency and retry limits.
+    pub limits: Limits,
+    /// Store settings by URL prefix, longest prefix first.
+    pub stores: Vec<(String, StoreSpec)>,
+    /// Hash of the job name, source, expansion and steps (not limits or stores).
+    pub fingerprint: String,
+}
+
+/// A source of items.
+#[derive(Clone, Debug)]
+pub struct SourceSpec {
+    /// What kind of source, with its settings.
+    pub kind: SourceKind,
+    /// The key template; `None` means the kind's default.
+    pub key: Option<Template>,
+}
+
+/// The kinds of source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A CSV file with a header row.
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// Field delimiter.
+        delimiter: u8,
+    },
+    /// A text file, one item per non-empty line.
+    Lines {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Local files matching a glob pattern.
+    Glob {
+        /// The pattern, absolute.
+        pattern: String,
+    },
+    /// An object-store prefix listing.
+    List {
+        /// The prefix URL.
+        url: Template,
+        /// Descend into "subdirectories".
+        recursive: bool,
+    },
+}
+
+impl SourceKind {
+    /// The kind's name as written in a plan.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceKind::Csv { .. } => "csv",
+            SourceKind::Lines { .. } => "lines",
+            SourceKind::Glob { .. } => "glob",
+            SourceKind::List { .. } => "list",
+        }
+    }
+
+    /// The key used when the plan does not set one.
+    pub fn default_key(&self) -> Option<&'static str> {
+        match self {
+            SourceKind::Csv { .. } => None,
+            SourceKind::Lines { .. } => Some("{line}"),
+            SourceKind::Glob { .. } => Some("{path}"),
+            SourceKind::List { .. } => Some("{key}"),
+        }
+    }
+}
+
+/// One `[[step]]`.
+#[derive(Clone, Debug)]
+pub struct StepSpec {
+    /// Shown in status and telemetry; unique in the plan.
+    pub name: String,
+    /// What the step does.
+    pub action: Action,
+}
+
+/// The actions a step can take.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Skip the item when the object exists (or, negated, when it is missing).
+    Exists {
+        /// The object's URL.
+        url: Template,
+        /// Skip when missing instead.
+        negate: bool,
+    },
+    /// Copy one object, streamed.
+    Copy(CopySpec),
+}
+
+impl Action {
+    /// The action's name as written in a plan.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Exists { .. } => "exists",
+            Action::Copy(_) => "copy",
+        }
+    }
+
+    /// Every template of the action.
+    pub fn templates(&self) -> Vec<&Template> {
+        match self {
+            Action::Exists { url, .. } => vec![url],
+            Action::Copy(copy) => {
+                let mut all = vec![&copy.from, &copy.to];
+                all.extend(copy.content_type.as_ref());
+                all
+            }
+        }
+    }
+}
+
+/// `copy = { from, to, if_exists, content_type }`.
+#[derive(Clone, Debug)]
+pub struct CopySpec {
+    /// Source object URL.
+    pub from: Template,
+    /// Target object URL.
+    pub to: Template,
+    /// What to do when the target exists.
+    pub if_exists: IfExists,
+    /// Content type to set on the target.
+    pub content_type: Option<Template>,
+}
+
+/// What a copy does when its target exists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfExists {
+    /// Create only (a conditional write); an existing target counts as success.
+    #[default]
+    Skip,
+    /// Replace the target.
+    Overwrite,
+    /// Fail the item.
+    Fail,
+}
+
+/// `[limits]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Items in flight.
+    pub items: usize,
+    /// Children in flight per item.
+    pub per_item: usize,
+    /// Retries per step after the first attempt.
+    pub retries: u32,
+}
+
+/// `[store."PREFIX"]`: settings for URLs that start with the prefix. Values may use `${ENV}`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSpec {
+    /// Service endpoint, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    /// Region (S3).
+    pub region: Option<String>,
+    /// Permit a plain-http endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Storage account (Azure).
+    pub account_name: Option<String>,
+    /// Storage account key (Azure).
+    pub account_key: Option<String>,
+    /// SAS token (Azure).
+    pub sas_token: Option<String>,
+    /// Connection string (Azure).
+    pub connection_string: Option<String>,
+    /// Access key id (S3).
+    pub access_key_id: Option<String>,
+    /// Secret access key (S3).
+    pub secret_access_key: Option<String>,
+    /// Session token (S3).
+    pub session_token: Option<String>,
+    /// Service account JSON file (GCS).
+    pub credential_path: Option<String>,
+    /// Use virtual-host-style addressing (S3).
+    #[serde(default)]
+    pub virtual_host_style: bool,
+}
+
+impl fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Credentials are never printed, not even in debug output.
+        f.debug_struct("StoreSpec")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("allow_http", &self.allow_http)
+            .field("account_name", &self.account_name)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---- the file as written ----
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    job: RawJob,
+    source: RawSource,
+    expand: Option<RawSource>,
+    #[serde(default)]
+    step: Vec<RawStep>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    store: BTreeMap<String, StoreSpec>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: String,
+    state: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    csv: Option<String>,
+    lines: Option<String>,
+    glob: Option<String>,
+    list: Option<String>,
+    key: Option<String>,
+    recursive: Option<bool>,
+    delimiter: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Option<String>,
+    exists: Option<RawExists>,
+    copy: Option<RawCopy>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RawExists {
+    Url(String),
+    Table(RawExistsTable),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExistsTable {
+    url: String,
+    #[serde(default)]
+    negate: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCopy {
+    from: String,
+    to: String,
+    #[serde(default)]
+    if_exists: IfExists,
+    content_type: Option<String>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    items: Option<usize>,
+    per_item: Option<usize>,
+    retries: Option<u32>,
+}
+
+/// The part of a plan that decides which items exist and what is done to them.
+#[derive(Serialize)]
+struct Fingerprinted<'a> {
+    name: &'a str,
+    source: &'a RawSource,
+    expand: &'a Option<RawSource>,
+    step: &'a [RawStep],
+}
+
+impl Plan {
+    /// Reads and checks a plan file.
+    pub fn load(path: &Path) -> Result<Self, PlanError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks plan text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, PlanError> {
+        let file = path.display().to_string();
+        let raw = parse_toml(text, &file)?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
+        let invalid = |table: &str, message: String| PlanError::Invalid {
+            file: file.clone(),
+            table: table.to_owned(),
+            message,
+        };
+
+        if raw.job.name.trim().is_empty() {
+            return Err(invalid("job", "`name` must not be empty".to_owned()));
+        }
+        let state = match &raw.job.state {
+            Some(state) if state.contains("://") => state.clone(),
+            Some(state) => base_dir.join(state).display().to_string(),
+            None => base_dir
+                .join(".redrive")
+                .join(format!("{}.db", file_safe(&raw.job.name)))
+                .display()
+                .to_string(),
+        };
+
+        let source = source_spec(&raw.source, &base_dir).map_err(|m| invalid("source", m))?;
+        let expand = match &raw.expand {
+            Some(expand) => Some(source_spec(expand, &base_dir).map_err(|m| invalid("expand", m))?),
+            None => None,
+        };
+
+        if raw.step.is_empty() {
+            return Err(invalid(
+                "step",
+                "the plan has no steps; add at least one `[[step]]` table, e.g. `copy = { from = \"{path}\", to = \"out/{name}\" }`".to_owned(),
+            ));
+        }
+        let mut steps = Vec::with_capacity(raw.step.len());
+        let mut names = BTreeSet::new();
+        for (index, step) in raw.step.iter().enumerate() {
+            let table = format!("step.{}", index + 1);
+            let action = action(step).map_err(|m| invalid(&table, m))?;
+            let name = match &step.name {
+                Some(name) => name.clone(),
+                None => {
+                    let base = action.name();
+                    let mut name = base.to_owned();
+                    let mut n = 2;
+                    while names.contains(&name) {
+                        name = format!("{base}-{n}");
+                        n += 1;
+                    }
+                    name
+                }
+            };
+            if !names.insert(name.clone()) {
+                return Err(invalid(
+                    &table,
+                    format!("step name `{name}` is used twice; give each step its own `name`"),
+                ));
+            }
+            steps.push(StepSpec { name, action });
+        }
+
+        let limits = Limits {
+            items: raw.limits.items.unwrap_or(DEFAULT_ITEMS),
+            per_item: raw.limits.per_item.unwrap_or(DEFAULT_PER_ITEM),
+            retries: raw.limits.retries.unwrap_or(DEFAULT_RETRIES),
+        };
+        if limits.items == 0 || limits.per_item == 0 {
+            return Err(invalid(
+                "limits",
+                "`items` and `per_item` must be at least 1".to_owned(),
+            ));
+        }
+
+        let mut stores = Vec::new();
+        for (prefix, spec) in &raw.store {
+            let table = format!("store.\"{prefix}\"");
+            stores.push((prefix.clone(), store_spec(spec).map_err(|m| invalid(&table, m))?));
+        }
+        stores.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+
+        let fingerprint = fingerprint(&Fingerprinted {
+            name: &raw.job.name,
+            source: &raw.source,
+            expand: &raw.expand,
+            step: &raw.step,
+        });
+
+        Ok(Plan {
+            path: path.to_path_buf(),
+            base_dir,
+            name: raw.job.name.clone(),
+            state,
+            source,
+            expand,
+            steps,
+            limits,
+            stores,
+            fingerprint,
+        })
+    }
+
+    /// The key template of the top-level source.
+    pub fn key(&self) -> Result<Template, PlanError> {
+        source_key(&self.source).map_err(|message| PlanError::Invalid {
+            file: self.path.display().to_string(),
+            table: "source".to_owned(),
+            message,
+        })
+    }
+
+    /// Checks every template of the plan against the fields the source yields.
+    pub fn check_fields(&self, fields: &BTreeSet<String>) -> Result<(), PlanError> {
+        let file = self.path.display().to_string();
+        self.key()?
+            .check_fields(fields)
+            .map_err(|e| PlanError::Invalid {
+                file: file.clone(),
+                table: "source".to_owned(),
+                message: format!("`key`: {e}"),
+            })?;
+        for (index, step) in self.steps.iter().enumerate() {
+            for template in step.action.templates() {
+                template
+                    .check_fields(fields)
+                    .map_err(|e| PlanError::Invalid {
+                        file: file.clone(),
+                        table: format!("step.{}", index + 1),
+                        message: format!("`{}`: {e}", step.action.name()),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_toml(text: &str, file: &str) -> Result<RawPlan, PlanError> {
+    let syntax = |message: String| PlanError::Syntax {
+        file: file.to_owned(),
+        message,
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| syntax(e.to_string()))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner().to_string();
+        let message = inner.trim_end().to_owned();
+        if path.is_empty() || path == "." {
+            syntax(message)
+        } else {
+            syntax(format!("in `{path}`: {message}"))
+        }
+    })
+}
+
+fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
+    let given: Vec<&str> = [
+        ("csv", raw.csv.is_some()),
+        ("lines", raw.lines.is_some()),
+        ("glob", raw.glob.is_some()),
+        ("list", raw.list.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if given.len() != 1 {
+        return Err(format!(
+            "give exactly one of `csv`, `lines`, `glob`, `list` (found {}); e.g. `csv = \"items.csv\"`",
+            if given.is_empty() { "none".to_owned() } else { given.join(", ") }
+        ));
+    }
+    let delimiter = match raw.delimiter.as_deref() {
+        None => b',',
+        Some(d) if d.len() == 1 => d.as_bytes()[0],
+        Some("\\t") => b'\t',
+        Some(d) => {
+            return Err(format!(
+                "`delimiter` must be one character, got `{d}`"
+            ));
+        }
+    };
+    if raw.delimiter.is_some() && raw.csv.is_none() {
+        return Err("`delimiter` applies to a `csv` source only".to_owned());
+    }
+    if raw.recursive.is_some() && raw.list.is_none() {
+        return Err("`recursive` applies to a `list` source only".to_owned());
+    }
+    let kind = if let Some(path) = &raw.csv {
+        SourceKind::Csv {
+            path: base_dir.join(path),
+            delimiter,
+        }
+    } else if let Some(path) = &raw.lines {
+        SourceKind::Lines {
+            path: base_dir.join(path),
+        }
+    } else if let Some(pattern) = &raw.glob {
+        SourceKind::Glob {
+            pattern: base_dir.join(pattern).display().to_string(),
+        }
+    } else if let Some(url) = &raw.list {
+        SourceKind::List {
+            url: template("list", url)?,
+            recursive: raw.recursive.unwrap_or(true),
+        }
+    } else {
+        return Err("no source kind".to_owned());
+    };
+    let key = raw.key.as_deref().map(|k| template("key", k)).transpose()?;
+    let spec = SourceSpec { kind, key };
+    source_key(&spec)?;
+    Ok(spec)
+}
+
+fn source_key(spec: &SourceSpec) -> Result<Template, String> {
+    match (&spec.key, spec.kind.default_key()) {
+        (Some(key), _) => Ok(key.clone()),
+        (None, Some(default)) => template("key", default),
+        (None, None) => Err(format!(
+            "a `{}` source needs a `key`, the field(s) that make an item unique, e.g. `key = \"{{WorkItemId}}\"`",
+            spec.kind.name()
+        )),
+    }
+}
+
+fn action(raw: &RawStep) -> Result<Action, String> {
+    match (&raw.exists, &raw.copy) {
+        (Some(exists), None) => {
+            let (url, negate) = match exists {
+                RawExists::Url(url) => (url.as_str(), false),
+                RawExists::Table(table) => (table.url.as_str(), table.negate),
+            };
+            Ok(Action::Exists {
+                url: template("exists", url)?,
+                negate,
+            })
+        }
+        (None, Some(copy)) => Ok(Action::Copy(CopySpec {
+            from: template("copy.from", &copy.from)?,
+            to: template("copy.to", &copy.to)?,
+            if_exists: copy.if_exists,
+            content_type: copy
+                .content_type
+                .as_deref()
+                .map(|t| template("copy.content_type", t))
+                .transpose()?,
+        })),
+        (Some(_), Some(_)) => Err(
+            "a step holds one action; put `exists` and `copy` in two `[[step]]` tables".to_owned(),
+        ),
+        (None, None) => Err(
+            "the step has no action; give one of `exists`, `copy`".to_owned(),
+        ),
+    }
+}
+
+fn store_spec(raw: &StoreSpec) -> Result<StoreSpec, String> {
+    let resolve = |key: &str, value: &Option<String>| -> Result<Option<String>, String> {
+        value
+            .as_deref()
+            .map(|v| {
+                let template = template(key, v)?;
+                if !template.is_constant() && template.fields().next().is_some() {
+                    return Err(format!("`{key}` cannot use item fields, only `${{ENV}}`"));
+                }
+                template
+                    .render(&Default::default())
+                    .map_err(|e| format!("`{key}`: {e}"))
+            })
+            .transpose()
+    };
+    let spec = StoreSpec {
+        endpoint: resolve("endpoint", &raw.endpoint)?,
+        region: resolve("region", &raw.region)?,
+        allow_http: raw.allow_http,
+        account_name: resolve("account_name", &raw.account_name)?,
+        account_key: resolve("account_key", &raw.account_key)?,
+        sas_token: resolve("sas_token", &raw.sas_token)?,
+        connection_string: resolve("connection_string", &raw.connection_string)?,
+        access_key_id: resolve("access_key_id", &raw.access_key_id)?,
+        secret_access_key: resolve("secret_access_key", &raw.secret_access_key)?,
+        session_token: resolve("session_token", &raw.session_token)?,
+        credential_path: resolve("credential_path", &raw.credential_path)?,
+        virtual_host_style: raw.virtual_host_style,
+    };
+    if let Some(endpoint) = &spec.endpoint {
+        if endpoint.starts_with("http://") && !spec.allow_http {
+            return Err(format!(
+                "endpoint `{endpoint}` is plain http; add `allow_http = true` to permit it"
+            ));
+        }
+        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+            return Err(format!(
+                "endpoint `{endpoint}` must start with https:// (or http:// with `allow_http = true`)"
+            ));
+        }
+    }
+    for secret in [
+        &spec.account_key,
+        &spec.sas_token,
+        &spec.connection_string,
+        &spec.secret_access_key,
+        &spec.session_token,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        crate::secrets::register(secret);
+    }
+    Ok(spec)
+}
+
+fn template(key: &str, text: &str) -> Result<Template, String> {
+    Template::parse(text).map_err(|e: TemplateError| format!("`{key}`: {e}"))
+}
+
+fn fingerprint(value: &impl Serialize) -> String {
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Plan, String> {
+    Plan::parse(text, Path::new("/jobs/plan.toml")).map_err(|e| e.to_string())
+}
+
+fn error(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+const MINIMAL: &str = r#"
+[job]
+name = "j"
+[source]
+lines = "keys.txt"
+[[step]]
+copy = { from = "in/{line}", to = "out/{line}" }
+"#;
+
+#[test]
+fn minimal_plan_has_defaults() {
+    let plan = parse(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.name, "j");
+    assert_eq!(plan.state, "/jobs/.redrive/j.db");
+    assert_eq!(
+        plan.source.kind,
+        SourceKind::Lines {
+            path: PathBuf::from("/jobs/keys.txt")
+        }
+    );
+    assert_eq!(plan.steps[0].name, "copy");
+    assert_eq!(
+        plan.limits,
+        Limits {
+            items: DEFAULT_ITEMS,
+            per_item: DEFAULT_PER_ITEM,
+            retries: DEFAULT_RETRIES
+        }
+    );
+    assert_eq!(plan.key().map(|k| k.raw().to_owned()).ok(), Some("{line}".to_owned()));
+}
+
+#[test]
+fn unknown_key_names_key_table_and_allowed_keys() {
+    let e = error(&MINIMAL.replace("[job]\n", "[job]\nnmae = 1\n"));
+    assert!(e.starts_with("/jobs/plan.toml: in `job.nmae`"), "{e}");
+    assert!(e.contains("unknown field `nmae`"), "{e}");
+    assert!(e.contains("expected `name` or `state`"), "{e}");
+    assert!(e.contains("line 3"), "{e}");
+}
+
+#[test]
+fn unknown_key_in_a_step_names_the_step() {
+    let e = error(&MINIMAL.replace("to = \"out/{line}\"", "to = \"out/{line}\", mode = 1"));
+    assert!(e.contains("in `step[0].copy.mode`"), "{e}");
+    assert!(e.contains("unknown field `mode`"), "{e}");
+    assert!(e.contains("`from`, `to`, `if_exists`, `content_type`"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_key_and_expected_type() {
+    let e = error(&format!("{MINIMAL}[limits]\nitems = \"many\"\n"));
+    assert!(e.contains("in `limits.items`"), "{e}");
+    assert!(e.contains("invalid type: string \"many\", expected usize"), "{e}");
+}
+
+#[test]
+fn unknown_table_is_named() {
+    let e = error(&format!("{MINIMAL}[limit]\nitems = 2\n"));
+    assert!(e.contains("unknown field `limit`"), "{e}");
+    assert!(e.contains("`job`, `source`, `expand`, `step`, `limits`, `store`"), "{e}");
+}
+
+#[test]
+fn malformed_toml_names_line() {
+    let e = error("[job\nname = 1");
+    assert!(e.starts_with("/jobs/plan.toml: TOML parse error at line 1"), "{e}");
+}
+
+#[test]
+fn missing_job_name() {
+    let e = error("[job]\n[source]\nlines = \"a\"\n[[step]]\nexists = \"{line}\"\n");
+    assert!(e.contains("missing field `name`"), "{e}");
+}
+
+#[test]
+fn source_needs_exactly_one_kind() {
+    let e = error(&MINIMAL.replace("lines = \"keys.txt\"", "lines = \"a\"\ncsv = \"b\""));
+    assert_eq!(
+        e,
+        "/jobs/plan.toml: in [source]: give exactly one of `csv`, `lines`, `glob`, `list` (found csv, lines); e.g. `csv = \"items.csv\"`"
+    );
+}
+
+#[test]
+fn csv_source_needs_a_key() {
+    let e = error(&MINIMAL.replace("lines = \"keys.txt\"", "csv = \"b.csv\""));
+    assert!(e.contains("a `csv` source needs a `key`"), "{e}");
+}
+
+#[test]
+fn step_with_two_actions() {
+    let e = error(&MINIMAL.replace("copy = {", "exists = \"x\"\ncopy = {"));
+    assert!(e.contains("in [step.1]: a step holds one action"), "{e}");
+}
+
+#[test]
+fn step_without_action() {
+    let e = error(&MINIMAL.replace("copy = { from = \"in/{line}\", to = \"out/{line}\" }", "name = \"x\""));
+    assert!(e.contains("in [step.1]: the step has no action"), "{e}");
+}
+
+#[test]
+fn plan_without_steps() {
+    let e = error("[job]\nname = \"j\"\n[source]\nlines = \"a\"\n");
+    assert!(e.contains("the plan has no steps"), "{e}");
+}
+
+#[test]
+fn bad_if_exists_value() {
+    let e = error(&MINIMAL.replace("to = \"out/{line}\"", "to = \"out/{line}\", if_exists = \"replace\""));
+    assert!(e.contains("unknown variant `replace`"), "{e}");
+    assert!(e.contains("`skip`, `overwrite`, `fail`"), "{e}");
+}
+
+#[test]
+fn bad_filter_in_a_step() {
+    let e = error(&MINIMAL.replace("out/{line}", "out/{line|shout}"));
+    assert!(e.contains("in [step.1]: `copy.to`: unknown filter `shout`"), "{e}");
+}
+
+#[test]
+fn unknown_field_is_a_plan_error_before_the_run() {
+    let plan = parse(&MINIMAL.replace("out/{line}", "out/{nope}")).unwrap_or_else(|e| panic!("{e}"));
+    let fields: BTreeSet<String> = ["line".to_owned()].into();
+    let e = plan.check_fields(&fields).map_err(|e| e.to_string());
+    assert_eq!(
+        e,
+        Err("/jobs/plan.toml: in [step.1]: `copy`: field `nope` used in `out/{nope}` does not exist; available fields: line".to_owned())
+    );
+}
+
+#[test]
+fn duplicate_step_names() {
+    let e = error(&format!("{MINIMAL}[[step]]\nname = \"copy\"\nexists = \"x\"\n"));
+    assert!(e.contains("step name `copy` is used twice"), "{e}");
+}
+
+#[test]
+fn default_step_names_are_unique() {
+    let plan = parse(&format!("{MINIMAL}[[step]]\ncopy = {{ from = \"a\", to = \"b\" }}\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = plan.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["copy", "copy-2"]);
+}
+
+#[test]
+fn http_store_endpoint_needs_allow_http() {
+    let e = error(&format!("{MINIMAL}[store.\"s3://b\"]\nendpoint = \"http://127.0.0.1:9\"\n"));
+    assert!(e.contains("in [store.\"s3://b\"]: endpoint `http://127.0.0.1:9` is plain http; add `allow_http = true`"), "{e}");
+    let ok = parse(&format!("{MINIMAL}[store.\"s3://b\"]\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\n"));
+    assert!(ok.is_ok());
+}
+
+#[test]
+fn fingerprint_ignores_limits_but_not_steps() {
+    let a = parse(MINIMAL).map(|p| p.fingerprint).unwrap_or_default();
+    let b = parse(&format!("{MINIMAL}[limits]\nitems = 3\n")).map(|p| p.fingerprint).unwrap_or_default();
+    let c = parse(&MINIMAL.replace("out/", "out2/")).map(|p| p.fingerprint).unwrap_or_default();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn exists_table_form() {
+    let plan = parse(&MINIMAL.replace(
+        "copy = { from = \"in/{line}\", to = \"out/{line}\" }",
+        "exists = { url = \"out/{line}\", negate = true }",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(plan.steps[0].action, Action::Exists { negate: true, .. }));
+}

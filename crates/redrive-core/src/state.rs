@@ -1,0 +1,189 @@
+//! The `StateStore` trait: where every item's progress lives.
+
+use async_trait::async_trait;
+
+use crate::item::{ItemId, NewItem, Status, StoredItem};
+
+/// The state store failed; the run stops, since progress can no longer be recorded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The state belongs to a different plan.
+    #[error(
+        "the state `{location}` was written by a different plan (fingerprint {stored}, this plan {current})"
+    )]
+    PlanChanged {
+        /// The state's path or URL.
+        location: String,
+        /// The fingerprint recorded.
+        stored: String,
+        /// This plan's fingerprint.
+        current: String,
+    },
+    /// The state was written for another job name.
+    #[error("the state `{location}` belongs to job `{stored}`, not `{current}`")]
+    OtherJob {
+        /// The state's path or URL.
+        location: String,
+        /// The job recorded.
+        stored: String,
+        /// This plan's job.
+        current: String,
+    },
+    /// The state does not exist (for commands that only read it).
+    #[error("no state at `{location}`: the job has not run yet")]
+    Missing {
+        /// The state's path or URL.
+        location: String,
+    },
+    /// The database failed (disk full, read-only, locked, corrupt).
+    #[error("state store `{location}` failed: {message}")]
+    Backend {
+        /// The state's path or URL.
+        location: String,
+        /// The database's message.
+        message: String,
+    },
+}
+
+/// The job a state belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobInfo {
+    /// `job.name` of the plan.
+    pub name: String,
+    /// A hash of what decides the items and what is done to them (not the limits).
+    pub fingerprint: String,
+}
+
+/// One change of an item, committed before the item's next step runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// The item starts (or restarts) at `step`: status `running`, attempts + 1.
+    Started {
+        /// The item.
+        id: ItemId,
+        /// The step it starts at.
+        step: usize,
+        /// That step's name.
+        step_name: String,
+    },
+    /// Step `step - 1` finished; the item goes on at `step`.
+    Advanced {
+        /// The item.
+        id: ItemId,
+        /// The next step.
+        step: usize,
+        /// The next step's name.
+        step_name: String,
+        /// Bytes the finished step moved.
+        bytes: u64,
+    },
+    /// The item is done (every step ran) or skipped (a step said so).
+    Finished {
+        /// The item.
+        id: ItemId,
+        /// `Done` or `Skipped`.
+        status: Status,
+        /// Bytes the last step moved.
+        bytes: u64,
+        /// Why it was skipped.
+        reason: Option<String>,
+    },
+    /// A step failed; the item stays at that step so `--retry-failed` resumes there.
+    Failed {
+        /// The item.
+        id: ItemId,
+        /// The error chain, secrets masked.
+        error: String,
+    },
+}
+
+/// Which items to put back to `pending`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Failed items, at the step that failed (`--retry-failed`).
+    Failed,
+    /// Items with these keys, from the first step (`reset KEY…`).
+    Keys(Vec<String>),
+    /// Items with this status, from the first step (`reset --status S`).
+    Status(Status),
+}
+
+/// Counts for `status` and the end-of-run summary.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Whether the whole source has been loaded into the state.
+    pub source_complete: bool,
+    /// Items by status, in `Status::ALL` order.
+    pub by_status: Vec<(Status, u64)>,
+    /// Unfinished and failed items by step name and status.
+    pub by_step: Vec<(String, Status, u64)>,
+    /// Bytes moved over all items.
+    pub bytes: u64,
+    /// Seconds between the first start and the last finish recorded.
+    pub active_seconds: f64,
+}
+
+impl Summary {
+    /// Items with `status`.
+    pub fn count(&self, status: Status) -> u64 {
+        self.by_status
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// All items.
+    pub fn total(&self) -> u64 {
+        self.by_status.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Where item progress lives. Implementations: SQLite (one file, one host) and, later,
+/// PostgreSQL (many hosts). Every implementation passes `redrive_state::conformance`.
+///
+/// Contract: when `record` returns `Ok`, the transition is durable (committed); the engine
+/// runs an item's next step only after that. Writes may be batched into transactions with
+/// other callers' writes, never reordered for one item.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Opens the job: creates it, or checks that the state belongs to the same job and plan.
+    async fn begin(&self, job: &JobInfo) -> Result<(), StateError>;
+
+    /// Adds items as `pending` at step 0; keys already present are left as they are.
+    /// Returns how many were new.
+    async fn insert(&self, items: Vec<NewItem>) -> Result<u64, StateError>;
+
+    /// Records that the whole source has been loaded (a resumed run does not read it again).
+    async fn set_source_complete(&self) -> Result<(), StateError>;
+
+    /// Whether the whole source has been loaded.
+    async fn source_complete(&self) -> Result<bool, StateError>;
+
+    /// Up to `limit` items with status `pending` or `running` and id greater than `after`,
+    /// in id order.
+    async fn runnable(&self, after: ItemId, limit: usize) -> Result<Vec<StoredItem>, StateError>;
+
+    /// Commits one transition (durably, before returning).
+    async fn record(&self, transition: Transition) -> Result<(), StateError>;
+
+    /// Puts items back to `pending`; returns how many.
+    async fn requeue(&self, which: Requeue) -> Result<u64, StateError>;
+
+    /// Marks items with these keys `skipped` by hand; returns how many.
+    async fn skip(&self, keys: Vec<String>, reason: String) -> Result<u64, StateError>;
+
+    /// Items with `status` and id greater than `after`, up to `limit`, in id order.
+    async fn items_with_status(
+        &self,
+        status: Status,
+        after: ItemId,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, StateError>;
+
+    /// Counts by status and step.
+    async fn summary(&self) -> Result<Summary, StateError>;
+
+    /// Waits until every transition handed over so far is committed.
+    async fn flush(&self) -> Result<(), StateError>;
+}
