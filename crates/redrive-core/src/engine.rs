@@ -1,1 +1,472 @@
-//! engine
+//! The engine: loads the source into the state, then runs each runnable item's steps with
+//! bounded concurrency, recording every transition before the item's next step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::error::{ErrorClass, StepError};
+use crate::item::{NewItem, Status, StoredItem};
+use crate::retry::Backoff;
+use crate::source::{Source, SourceError};
+use crate::state::{StateError, StateStore, Transition};
+use crate::step::{ByteCounter, Outcome, Step, StepContext};
+use crate::template::{Template, TemplateError};
+
+/// Items per state insert while loading the source.
+const LOAD_BATCH: usize = 1_000;
+/// Items per state read while running.
+const PAGE: usize = 512;
+
+/// A plan made runnable: the source, the key template and the steps, built.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The work list.
+    pub source: Arc<dyn Source>,
+    /// Renders an item's key from its fields.
+    pub key: Template,
+    /// The steps, with their names, in order.
+    pub steps: Vec<(String, Arc<dyn Step>)>,
+}
+
+/// Knobs of one run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Items in flight.
+    pub concurrency: usize,
+    /// Retries per step after the first attempt.
+    pub retries: u32,
+    /// Start at most this many items in this run.
+    pub limit: Option<u64>,
+    /// Put failed items back to pending first.
+    pub retry_failed: bool,
+    /// Delay between retries.
+    pub backoff: Backoff,
+}
+
+/// How far a stop request has gone: see [`Shutdown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopLevel {
+    /// Keep going.
+    Run,
+    /// Take no new items; let the in-flight ones finish (first Ctrl-C).
+    Drain,
+    /// Abandon the in-flight items now (second Ctrl-C); they resume on the next run.
+    Abort,
+}
+
+/// Stop requests, sent by the CLI's signal handler.
+pub type Shutdown = watch::Receiver<StopLevel>;
+
+/// Receives progress events. Called from many tasks at once.
+pub trait Reporter: Send + Sync {
+    /// `n` new items were added to the state by the source.
+    fn loaded(&self, n: u64);
+    /// An item reached a final status in this run.
+    fn finished(&self, status: Status);
+    /// Bytes moved.
+    fn bytes(&self, n: u64);
+    /// A step is retried; `throttled` when the store asked to slow down.
+    fn retried(&self, throttled: bool);
+}
+
+/// A reporter that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoReport;
+
+impl Reporter for NoReport {
+    fn loaded(&self, _: u64) {}
+    fn finished(&self, _: Status) {}
+    fn bytes(&self, _: u64) {}
+    fn retried(&self, _: bool) {}
+}
+
+/// What one run did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunReport {
+    /// Items that finished `done` in this run.
+    pub done: u64,
+    /// Items skipped in this run.
+    pub skipped: u64,
+    /// Items failed in this run.
+    pub failed: u64,
+    /// Bytes moved in this run.
+    pub bytes: u64,
+    /// Step retries.
+    pub retries: u64,
+    /// Retries caused by throttling.
+    pub throttled: u64,
+    /// Wall time of the run.
+    pub duration: Duration,
+    /// Stopped by a signal before every item was run.
+    pub interrupted: bool,
+}
+
+/// Why a run stopped early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Progress can no longer be recorded.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The source failed (a malformed row, an unreadable listing).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// An item's key could not be rendered.
+    #[error("cannot make the key of an item")]
+    Key(#[source] TemplateError),
+    /// A step reported an error that no other item can get past (e.g. bad credentials).
+    #[error("step `{step}` failed for `{key}`, stopping the run")]
+    Fatal {
+        /// The step.
+        step: String,
+        /// The item.
+        key: String,
+        /// The error.
+        #[source]
+        source: StepError,
+    },
+}
+
+struct Shared {
+    pipeline: Arc<Pipeline>,
+    state: Arc<dyn StateStore>,
+    reporter: Arc<dyn Reporter>,
+    options: RunOptions,
+}
+
+struct Counter<'a>(&'a dyn Reporter);
+
+impl ByteCounter for Counter<'_> {
+    fn add(&self, n: u64) {
+        self.0.bytes(n);
+    }
+}
+
+#[derive(Default)]
+struct ItemReport {
+    status: Option<Status>,
+    bytes: u64,
+    retries: u64,
+    throttled: u64,
+}
+
+/// Runs the pipeline over the state: resumes where the state left off.
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    state: Arc<dyn StateStore>,
+    options: RunOptions,
+    reporter: Arc<dyn Reporter>,
+    mut shutdown: Shutdown,
+) -> Result<RunReport, EngineError> {
+    let started = Instant::now();
+    if options.retry_failed {
+        state.requeue(crate::state::Requeue::Failed).await?;
+    }
+    let shared = Arc::new(Shared {
+        pipeline,
+        state,
+        reporter,
+        options,
+    });
+
+    // The loader adds the source's items to the state while the runner works through them.
+    let loaded = Arc::new(Notify::new());
+    let loader_done = Arc::new(AtomicBool::new(false));
+    let (stop_loader, stop_loader_rx) = watch::channel(false);
+    let loader = if shared.state.source_complete().await? {
+        loader_done.store(true, Ordering::SeqCst);
+        None
+    } else {
+        Some(tokio::spawn(load(
+            Arc::clone(&shared),
+            Arc::clone(&loaded),
+            Arc::clone(&loader_done),
+            stop_loader_rx,
+        )))
+    };
+
+    let semaphore = Arc::new(Semaphore::new(shared.options.concurrency.max(1)));
+    let mut tasks: JoinSet<Result<ItemReport, EngineError>> = JoinSet::new();
+    let mut report = RunReport::default();
+    let mut failure: Option<EngineError> = None;
+    let mut cursor = 0;
+    let mut taken = 0u64;
+
+    'feed: loop {
+        if *shutdown.borrow() != StopLevel::Run {
+            report.interrupted = true;
+            break;
+        }
+        while let Some(joined) = tasks.try_join_next() {
+            if let Err(error) = absorb(joined, &mut report) {
+                failure = Some(error);
+                break 'feed;
+            }
+        }
+        let source_was_done = loader_done.load(Ordering::SeqCst);
+        let page = shared.state.runnable(cursor, PAGE).await?;
+        if page.is_empty() {
+            if source_was_done {
+                break;
+            }
+            if let Some(handle) = &loader {
+                if handle.is_finished() {
+                    // The loader stopped without finishing: its error is reported below.
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = loaded.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        for item in page {
+            cursor = item.id;
+            if shared.options.limit.is_some_and(|limit| taken >= limit) {
+                break 'feed;
+            }
+            let permit = tokio::select! {
+                permit = Arc::clone(&semaphore).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break 'feed,
+                },
+                _ = shutdown.changed() => {
+                    report.interrupted = true;
+                    break 'feed;
+                }
+            };
+            taken += 1;
+            let shared = Arc::clone(&shared);
+            tasks.spawn(async move {
+                let result = run_item(&shared, item).await;
+                drop(permit);
+                result
+            });
+        }
+    }
+
+    // Drain: let in-flight items finish, unless a second stop request aborts them.
+    let _ = stop_loader.send(true);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(joined) => {
+                    if let Err(error) = absorb(joined, &mut report) {
+                        failure.get_or_insert(error);
+                    }
+                }
+                None => break,
+            },
+            changed = shutdown.changed(), if *shutdown.borrow() != StopLevel::Abort => {
+                if changed.is_err() {
+                    continue;
+                }
+                report.interrupted = true;
+                if *shutdown.borrow() == StopLevel::Abort {
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    if *shutdown.borrow() != StopLevel::Run {
+        report.interrupted = true;
+    }
+    if let Some(loader) = loader {
+        match loader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                failure.get_or_insert(error);
+            }
+            Err(join) if join.is_cancelled() => {}
+            Err(join) => {
+                failure.get_or_insert(EngineError::State(StateError::Backend {
+                    location: "loader".to_owned(),
+                    message: join.to_string(),
+                }));
+            }
+        }
+    }
+    shared.state.flush().await?;
+    report.duration = started.elapsed();
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(report),
+    }
+}
+
+fn absorb(
+    joined: Result<Result<ItemReport, EngineError>, tokio::task::JoinError>,
+    report: &mut RunReport,
+) -> Result<(), EngineError> {
+    let item = match joined {
+        Ok(result) => result?,
+        // Aborted by a second Ctrl-C: the item stays `running` and is redone on resume.
+        Err(join) if join.is_cancelled() => return Ok(()),
+        Err(join) => {
+            return Err(EngineError::State(StateError::Backend {
+                location: "engine".to_owned(),
+                message: format!("an item task panicked: {join}"),
+            }));
+        }
+    };
+    match item.status {
+        Some(Status::Done) => report.done += 1,
+        Some(Status::Skipped) => report.skipped += 1,
+        Some(Status::Failed) => report.failed += 1,
+        _ => {}
+    }
+    report.bytes += item.bytes;
+    report.retries += item.retries;
+    report.throttled += item.throttled;
+    Ok(())
+}
+
+async fn load(
+    shared: Arc<Shared>,
+    loaded: Arc<Notify>,
+    done: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), EngineError> {
+    let mut items = shared.pipeline.source.items();
+    let mut batch = Vec::with_capacity(LOAD_BATCH);
+    loop {
+        let next = tokio::select! {
+            next = items.next() => next,
+            _ = stop.changed() => return Ok(()),
+        };
+        let Some(fields) = next else { break };
+        let fields = fields?;
+        let key = shared.pipeline.key.render(&fields).map_err(EngineError::Key)?;
+        batch.push(NewItem { key, fields });
+        if batch.len() >= LOAD_BATCH {
+            let added = shared.state.insert(std::mem::take(&mut batch)).await?;
+            shared.reporter.loaded(added);
+            loaded.notify_waiters();
+        }
+    }
+    if !batch.is_empty() {
+        let added = shared.state.insert(batch).await?;
+        shared.reporter.loaded(added);
+    }
+    shared.state.set_source_complete().await?;
+    done.store(true, Ordering::SeqCst);
+    loaded.notify_waiters();
+    Ok(())
+}
+
+async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, EngineError> {
+    let steps = &shared.pipeline.steps;
+    let state = &shared.state;
+    let mut report = ItemReport::default();
+    let Some((first_name, _)) = steps.get(item.step) else {
+        // Every step already ran (the plan's fingerprint prevents this unless edited by hand).
+        state
+            .record(Transition::Finished { id: item.id, status: Status::Done, bytes: 0, reason: None })
+            .await?;
+        report.status = Some(Status::Done);
+        return Ok(report);
+    };
+    state
+        .record(Transition::Started { id: item.id, step: item.step, step_name: first_name.clone() })
+        .await?;
+
+    let counter = Counter(shared.reporter.as_ref());
+    let cx = StepContext { bytes: &counter };
+    let mut rng = fastrand::Rng::new();
+    for index in item.step..steps.len() {
+        let (name, step) = &steps[index];
+        let mut retry = 0;
+        let outcome = loop {
+            match step.run(&item.fields, &cx).await {
+                Ok(outcome) => break Ok(outcome),
+                Err(error) if error.class().is_retryable() && retry < shared.options.retries => {
+                    retry += 1;
+                    let throttled = error.class() == ErrorClass::Throttled;
+                    report.retries += 1;
+                    report.throttled += u64::from(throttled);
+                    shared.reporter.retried(throttled);
+                    let delay = shared.options.backoff.delay(retry, error.retry_after(), &mut rng);
+                    tracing::debug!(key = %item.key, step = %name, retry, ?delay, error = %error.chain(), "Retrying.");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        match outcome {
+            Ok(Outcome::Done { bytes }) => {
+                report.bytes += bytes;
+                let transition = match steps.get(index + 1) {
+                    Some((next_name, _)) => Transition::Advanced {
+                        id: item.id,
+                        step: index + 1,
+                        step_name: next_name.clone(),
+                        bytes,
+                    },
+                    None => Transition::Finished { id: item.id, status: Status::Done, bytes, reason: None },
+                };
+                state.record(transition).await?;
+            }
+            Ok(Outcome::Skipped(reason)) => {
+                state
+                    .record(Transition::Finished {
+                        id: item.id,
+                        status: Status::Skipped,
+                        bytes: 0,
+                        reason: Some(reason.into_owned()),
+                    })
+                    .await?;
+                report.status = Some(Status::Skipped);
+                shared.reporter.finished(Status::Skipped);
+                return Ok(report);
+            }
+            Err(error) => {
+                let message = error.chain();
+                tracing::warn!(key = %crate::secrets::redact(&item.key), step = %name, error = %message, "Item failed.");
+                state.record(Transition::Failed { id: item.id, error: message }).await?;
+                report.status = Some(Status::Failed);
+                shared.reporter.finished(Status::Failed);
+                if error.class() == ErrorClass::Fatal {
+                    return Err(EngineError::Fatal { step: name.clone(), key: item.key, source: error });
+                }
+                return Ok(report);
+            }
+        }
+    }
+    report.status = Some(Status::Done);
+    shared.reporter.finished(Status::Done);
+    Ok(report)
+}
+
+/// Prints what each item would do, without touching the state or any store.
+pub async fn dry_run(
+    pipeline: &Pipeline,
+    limit: Option<u64>,
+    out: &mut (dyn std::io::Write + Send),
+) -> Result<u64, EngineError> {
+    let mut items = pipeline.source.items();
+    let mut count = 0u64;
+    while let Some(fields) = items.next().await {
+        if limit.is_some_and(|limit| count >= limit) {
+            break;
+        }
+        let fields = fields?;
+        let key = pipeline.key.render(&fields).map_err(EngineError::Key)?;
+        let mut line = crate::secrets::redact(&key).into_owned();
+        for (name, step) in &pipeline.steps {
+            let what = step.describe(&fields).map_err(EngineError::Key)?;
+            line.push_str(&format!("\t{name}: {}", crate::secrets::redact(&what)));
+        }
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+        count += 1;
+    }
+    Ok(count)
+}

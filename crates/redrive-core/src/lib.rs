@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod item;
 pub mod plan;
+pub mod retry;
 pub mod secrets;
 pub mod source;
 pub mod state;

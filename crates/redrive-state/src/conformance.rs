@@ -1,0 +1,184 @@
+//! The conformance suite every [`StateStore`] must pass. Call [`run_all`] with a factory that
+//! makes a fresh, empty store for each check.
+//!
+//! Checks panic with a message naming what broke: this module is meant for tests.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use redrive_core::item::{Fields, NewItem, Status};
+use redrive_core::state::{JobInfo, Requeue, StateError, StateStore, Transition};
+
+/// Makes a fresh, empty store.
+pub type Factory<'a> = &'a (dyn Fn() -> Pin<Box<dyn Future<Output = Box<dyn StateStore>> + Send>> + Sync);
+
+fn job(fingerprint: &str) -> JobInfo {
+    JobInfo { name: "conformance".to_owned(), fingerprint: fingerprint.to_owned() }
+}
+
+fn items(keys: &[&str]) -> Vec<NewItem> {
+    keys.iter()
+        .map(|key| {
+            let mut fields = Fields::new();
+            fields.insert("name".to_owned(), (*key).to_owned());
+            NewItem { key: (*key).to_owned(), fields }
+        })
+        .collect()
+}
+
+fn ok<T>(result: Result<T, StateError>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => panic!("{what}: {error}"),
+    }
+}
+
+/// Runs every check, each on a store from `factory`.
+pub async fn run_all(factory: Factory<'_>) {
+    begin_accepts_same_plan_and_refuses_another(factory().await.as_ref()).await;
+    insert_ignores_known_keys(factory().await.as_ref()).await;
+    transitions_are_visible_after_record(factory().await.as_ref()).await;
+    runnable_pages_in_id_order(factory().await.as_ref()).await;
+    requeue_and_skip(factory().await.as_ref()).await;
+    source_complete_flag(factory().await.as_ref()).await;
+    concurrent_records_all_land(factory().await.as_ref()).await;
+}
+
+/// A state refuses a plan with another fingerprint or job name.
+pub async fn begin_accepts_same_plan_and_refuses_another(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "first begin");
+    ok(store.begin(&job("a")).await, "begin again with the same plan");
+    assert!(
+        matches!(store.begin(&job("b")).await, Err(StateError::PlanChanged { .. })),
+        "a changed plan must be refused"
+    );
+    let other = JobInfo { name: "other".to_owned(), fingerprint: "a".to_owned() };
+    assert!(
+        matches!(store.begin(&other).await, Err(StateError::OtherJob { .. })),
+        "another job must be refused"
+    );
+}
+
+/// Inserting a key twice keeps one item, untouched.
+pub async fn insert_ignores_known_keys(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    assert_eq!(ok(store.insert(items(&["a", "b"])).await, "insert"), 2);
+    let first = ok(store.runnable(0, 10).await, "runnable");
+    ok(
+        store.record(Transition::Finished { id: first[0].id, status: Status::Done, bytes: 3, reason: None }).await,
+        "record",
+    );
+    assert_eq!(ok(store.insert(items(&["b", "a", "c"])).await, "insert again"), 1, "only `c` is new");
+    let summary = ok(store.summary().await, "summary");
+    assert_eq!(summary.total(), 3);
+    assert_eq!(summary.count(Status::Done), 1, "a known key keeps its status");
+}
+
+/// Each transition is visible once `record` returns.
+pub async fn transitions_are_visible_after_record(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    ok(store.insert(items(&["x"])).await, "insert");
+    let item = ok(store.runnable(0, 10).await, "runnable").remove(0);
+    assert_eq!((item.status, item.step, item.attempts), (Status::Pending, 0, 0));
+    assert_eq!(item.fields.get("name").map(String::as_str), Some("x"));
+
+    ok(store.record(Transition::Started { id: item.id, step: 0, step_name: "copy".into() }).await, "start");
+    let running = ok(store.runnable(0, 10).await, "runnable").remove(0);
+    assert_eq!((running.status, running.attempts), (Status::Running, 1), "started → running, attempt 1");
+
+    ok(
+        store
+            .record(Transition::Advanced { id: item.id, step: 1, step_name: "notify".into(), bytes: 10 })
+            .await,
+        "advance",
+    );
+    let advanced = ok(store.runnable(0, 10).await, "runnable").remove(0);
+    assert_eq!((advanced.step, advanced.bytes), (1, 10), "advanced → next step, bytes added");
+
+    ok(store.record(Transition::Failed { id: item.id, error: "boom".into() }).await, "fail");
+    assert!(ok(store.runnable(0, 10).await, "runnable").is_empty(), "failed items are not runnable");
+    let failed = ok(store.items_with_status(Status::Failed, 0, 10).await, "failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!((failed[0].step, failed[0].error.as_deref()), (1, Some("boom")), "fails at its step");
+}
+
+/// `runnable` pages through pending and running items by id, skipping finished ones.
+pub async fn runnable_pages_in_id_order(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    let keys: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    ok(store.insert(items(&refs)).await, "insert");
+    let all = ok(store.runnable(0, 100).await, "runnable");
+    assert_eq!(all.len(), 25);
+    for done in all.iter().step_by(5) {
+        ok(
+            store.record(Transition::Finished { id: done.id, status: Status::Done, bytes: 0, reason: None }).await,
+            "finish",
+        );
+    }
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = ok(store.runnable(cursor, 7).await, "page");
+        let Some(last) = page.last() else { break };
+        cursor = last.id;
+        seen.extend(page.into_iter().map(|item| item.key));
+    }
+    assert_eq!(seen.len(), 20, "finished items are not runnable");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "id order is insertion order");
+}
+
+/// `requeue` and `skip` change exactly the items asked for.
+pub async fn requeue_and_skip(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    ok(store.insert(items(&["a", "b", "c", "d"])).await, "insert");
+    let all = ok(store.runnable(0, 10).await, "runnable");
+    ok(store.record(Transition::Advanced { id: all[0].id, step: 1, step_name: "two".into(), bytes: 1 }).await, "advance");
+    ok(store.record(Transition::Failed { id: all[0].id, error: "e".into() }).await, "fail a");
+    ok(store.record(Transition::Failed { id: all[1].id, error: "e".into() }).await, "fail b");
+    ok(store.record(Transition::Finished { id: all[2].id, status: Status::Done, bytes: 0, reason: None }).await, "done c");
+
+    assert_eq!(ok(store.requeue(Requeue::Failed).await, "requeue failed"), 2);
+    let runnable = ok(store.runnable(0, 10).await, "runnable");
+    assert_eq!(runnable.len(), 3);
+    assert_eq!((runnable[0].key.as_str(), runnable[0].step), ("a", 1), "--retry-failed resumes at the failed step");
+
+    assert_eq!(ok(store.requeue(Requeue::Keys(vec!["a".into(), "zz".into()])).await, "reset a"), 1);
+    let a = ok(store.runnable(0, 1).await, "runnable").remove(0);
+    assert_eq!((a.key.as_str(), a.step, a.bytes), ("a", 0, 0), "reset restarts from the first step");
+
+    assert_eq!(ok(store.requeue(Requeue::Status(Status::Done)).await, "reset done"), 1);
+    assert_eq!(ok(store.skip(vec!["d".into()], "by hand".into()).await, "skip"), 1);
+    let skipped = ok(store.items_with_status(Status::Skipped, 0, 10).await, "skipped");
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].error.as_deref(), Some("by hand"));
+}
+
+/// The source-complete flag survives reopening (it is part of the job).
+pub async fn source_complete_flag(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    assert!(!ok(store.source_complete().await, "flag"));
+    ok(store.set_source_complete().await, "set");
+    assert!(ok(store.source_complete().await, "flag"));
+    assert!(ok(store.summary().await, "summary").source_complete);
+}
+
+/// Many tasks recording at once: every transition lands.
+pub async fn concurrent_records_all_land(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    let keys: Vec<String> = (0..2_000).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    ok(store.insert(items(&refs)).await, "insert");
+    let all = ok(store.runnable(0, 5_000).await, "runnable");
+    let records = all.iter().map(|item| {
+        store.record(Transition::Finished { id: item.id, status: Status::Done, bytes: 1, reason: None })
+    });
+    for result in futures::future::join_all(records).await {
+        ok(result, "concurrent record");
+    }
+    let summary = ok(store.summary().await, "summary");
+    assert_eq!(summary.count(Status::Done), 2_000);
+    assert_eq!(summary.bytes, 2_000);
+}

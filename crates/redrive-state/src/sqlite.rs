@@ -1,0 +1,465 @@
+//! The SQLite state store: WAL, one writer thread that batches every caller's writes into
+//! one transaction (group commit), and a separate connection for reads.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+
+use async_trait::async_trait;
+use redrive_core::item::{Fields, ItemId, NewItem, Status, StoredItem};
+use redrive_core::state::{JobInfo, Requeue, StateError, StateStore, Summary, Transition};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use tokio::sync::oneshot;
+
+const SCHEMA: &str = include_str!("schema.sql");
+const SCHEMA_VERSION: i64 = 1;
+/// Most writes folded into one transaction.
+const MAX_BATCH: usize = 8_192;
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+type Write = Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<u64> + Send>;
+
+struct Command {
+    write: Write,
+    done: oneshot::Sender<Result<u64, String>>,
+}
+
+/// A state store in one SQLite file.
+pub struct SqliteStateStore {
+    location: String,
+    writer: Mutex<Option<mpsc::Sender<Command>>>,
+    reader: Arc<Mutex<Connection>>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SqliteStateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStateStore").field("location", &self.location).finish()
+    }
+}
+
+impl SqliteStateStore {
+    /// Opens the state file, creating it (and its directory) when missing.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let location = path.display().to_string();
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| backend(&location, e))?;
+            }
+        }
+        Self::open_with(path.to_path_buf(), location, true)
+    }
+
+    /// Opens an existing state file; `StateError::Missing` when there is none.
+    pub fn open_existing(path: &Path) -> Result<Self, StateError> {
+        let location = path.display().to_string();
+        if !path.exists() {
+            return Err(StateError::Missing { location });
+        }
+        Self::open_with(path.to_path_buf(), location, false)
+    }
+
+    fn open_with(path: PathBuf, location: String, create: bool) -> Result<Self, StateError> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let err = |e: rusqlite::Error| backend(&location, e);
+        let writer = Connection::open_with_flags(&path, flags).map_err(err)?;
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(err)?;
+        writer.execute_batch(SCHEMA).map_err(err)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+
+        let (sender, receiver) = mpsc::channel::<Command>();
+        let thread = thread::Builder::new()
+            .name("redrive-state-writer".to_owned())
+            .spawn(move || write_loop(writer, receiver))
+            .map_err(|e| backend(&location, e))?;
+        Ok(Self {
+            location,
+            writer: Mutex::new(Some(sender)),
+            reader: Arc::new(Mutex::new(reader)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The file, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn write(&self, write: Write) -> Result<u64, StateError> {
+        let (done, wait) = oneshot::channel();
+        let sent = match self.writer.lock() {
+            Ok(writer) => writer
+                .as_ref()
+                .map(|sender| sender.send(Command { write, done }).is_ok())
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if !sent {
+            return Err(self.failed("the writer has stopped".to_owned()));
+        }
+        match wait.await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(message)) => Err(self.failed(message)),
+            Err(_) => Err(self.failed("the writer has stopped".to_owned())),
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let reader = Arc::clone(&self.reader);
+        let location = self.location.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = reader
+                .lock()
+                .map_err(|_| backend(&location, "the reader lock is poisoned"))?;
+            read(&connection).map_err(|e| backend(&location, e))
+        })
+        .await
+        .map_err(|e| backend(&self.location, e))?
+    }
+
+    fn failed(&self, message: String) -> StateError {
+        StateError::Backend { location: self.location.clone(), message }
+    }
+}
+
+impl Drop for SqliteStateStore {
+    fn drop(&mut self) {
+        if let Ok(mut writer) = self.writer.lock() {
+            writer.take();
+        }
+        if let Ok(mut thread) = self.thread.lock() {
+            if let Some(thread) = thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn backend(location: &str, error: impl std::fmt::Display) -> StateError {
+    StateError::Backend { location: location.to_owned(), message: error.to_string() }
+}
+
+/// Takes every write waiting, applies them in one transaction, commits, then answers each.
+fn write_loop(mut connection: Connection, receiver: mpsc::Receiver<Command>) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        let committed = connection.transaction().and_then(|tx| {
+            for command in batch {
+                let result = (command.write)(&tx).map_err(|e| e.to_string());
+                answers.push((command.done, result));
+            }
+            tx.commit()
+        });
+        match committed {
+            Ok(()) => {
+                for (done, result) in answers {
+                    let _ = done.send(result);
+                }
+            }
+            Err(error) => {
+                let message = format!("commit failed: {error}");
+                for (done, _) in answers {
+                    let _ = done.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredItem> {
+    let fields: String = row.get("fields")?;
+    let fields: Fields = serde_json::from_str(&fields).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    let status: String = row.get("status")?;
+    let status: Status = status.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(StoredItem {
+        id: row.get("id")?,
+        parent: row.get("parent")?,
+        key: row.get("key")?,
+        fields,
+        step: row.get::<_, i64>("step_index")?.try_into().unwrap_or(0),
+        status,
+        attempts: row.get::<_, i64>("attempts")?.try_into().unwrap_or(0),
+        error: row.get("error")?,
+        bytes: row.get::<_, i64>("bytes")?.try_into().unwrap_or(0),
+    })
+}
+
+const ITEM_COLUMNS: &str = "id, parent, key, fields, step_index, status, attempts, error, bytes";
+
+fn bytes_i64(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl StateStore for SqliteStateStore {
+    async fn begin(&self, job: &JobInfo) -> Result<(), StateError> {
+        let stored: Option<(String, String)> = self
+            .read(|c| {
+                c.query_row("SELECT name, fingerprint FROM job WHERE id = 1", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+            })
+            .await?;
+        match stored {
+            Some((name, _)) if name != job.name => Err(StateError::OtherJob {
+                location: self.location.clone(),
+                stored: name,
+                current: job.name.clone(),
+            }),
+            Some((_, fingerprint)) if fingerprint != job.fingerprint => Err(StateError::PlanChanged {
+                location: self.location.clone(),
+                stored: fingerprint,
+                current: job.fingerprint.clone(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                let job = job.clone();
+                self.write(Box::new(move |tx| {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO job (id, name, fingerprint, schema_version, created_at)
+                             VALUES (1, ?1, ?2, ?3, {NOW})"
+                        ),
+                        params![job.name, job.fingerprint, SCHEMA_VERSION],
+                    )
+                    .map(|n| n as u64)
+                }))
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+
+    async fn insert(&self, items: Vec<NewItem>) -> Result<u64, StateError> {
+        let mut rows = Vec::with_capacity(items.len());
+        for item in items {
+            let fields = serde_json::to_string(&item.fields).map_err(|e| self.failed(e.to_string()))?;
+            rows.push((item.key, fields));
+        }
+        self.write(Box::new(move |tx| {
+            let mut statement = tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO items (key, fields, created_at, updated_at)
+                 VALUES (?1, ?2, {NOW}, {NOW})"
+            ))?;
+            let mut added = 0;
+            for (key, fields) in &rows {
+                added += statement.execute(params![key, fields])? as u64;
+            }
+            Ok(added)
+        }))
+        .await
+    }
+
+    async fn set_source_complete(&self) -> Result<(), StateError> {
+        self.write(Box::new(|tx| {
+            tx.execute("UPDATE job SET source_complete = 1 WHERE id = 1", []).map(|n| n as u64)
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    async fn source_complete(&self) -> Result<bool, StateError> {
+        self.read(|c| {
+            c.query_row("SELECT source_complete FROM job WHERE id = 1", [], |row| row.get::<_, i64>(0))
+                .optional()
+                .map(|flag| flag == Some(1))
+        })
+        .await
+    }
+
+    async fn runnable(&self, after: ItemId, limit: usize) -> Result<Vec<StoredItem>, StateError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut statement = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items
+                 WHERE status IN ('pending', 'running') AND id > ?1 AND parent IS NULL
+                 ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = statement.query_map(params![after, limit], row_to_item)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn record(&self, transition: Transition) -> Result<(), StateError> {
+        self.write(Box::new(move |tx| {
+            let changed = match transition {
+                Transition::Started { id, step, step_name } => tx.execute(
+                    &format!(
+                        "UPDATE items SET status = 'running', step_index = ?2, step = ?3,
+                         attempts = attempts + 1, error = NULL, started_at = {NOW}, updated_at = {NOW}
+                         WHERE id = ?1"
+                    ),
+                    params![id, step as i64, step_name],
+                )?,
+                Transition::Advanced { id, step, step_name, bytes } => tx.execute(
+                    &format!(
+                        "UPDATE items SET step_index = ?2, step = ?3, bytes = bytes + ?4, updated_at = {NOW}
+                         WHERE id = ?1"
+                    ),
+                    params![id, step as i64, step_name, bytes_i64(bytes)],
+                )?,
+                Transition::Finished { id, status, bytes, reason } => tx.execute(
+                    &format!(
+                        "UPDATE items SET status = ?2, bytes = bytes + ?3, error = ?4,
+                         updated_at = {NOW}, finished_at = {NOW}
+                         WHERE id = ?1"
+                    ),
+                    params![id, status.as_str(), bytes_i64(bytes), reason],
+                )?,
+                Transition::Failed { id, error } => tx.execute(
+                    &format!(
+                        "UPDATE items SET status = 'failed', error = ?2, updated_at = {NOW}, finished_at = {NOW}
+                         WHERE id = ?1"
+                    ),
+                    params![id, error],
+                )?,
+            };
+            Ok(changed as u64)
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    async fn requeue(&self, which: Requeue) -> Result<u64, StateError> {
+        self.write(Box::new(move |tx| {
+            let reset = "status = 'pending', error = NULL, finished_at = NULL";
+            let restart = format!("{reset}, step_index = 0, step = NULL, attempts = 0, bytes = 0, updated_at = {NOW}");
+            let changed = match which {
+                Requeue::Failed => tx.execute(
+                    &format!("UPDATE items SET {reset}, updated_at = {NOW} WHERE status = 'failed'"),
+                    [],
+                )?,
+                Requeue::Status(status) => tx.execute(
+                    &format!("UPDATE items SET {restart} WHERE status = ?1"),
+                    params![status.as_str()],
+                )?,
+                Requeue::Keys(keys) => {
+                    let mut statement = tx.prepare_cached(&format!(
+                        "UPDATE items SET {restart} WHERE key = ?1 AND parent IS NULL"
+                    ))?;
+                    let mut changed = 0;
+                    for key in &keys {
+                        changed += statement.execute(params![key])?;
+                    }
+                    changed
+                }
+            };
+            Ok(changed as u64)
+        }))
+        .await
+    }
+
+    async fn skip(&self, keys: Vec<String>, reason: String) -> Result<u64, StateError> {
+        self.write(Box::new(move |tx| {
+            let mut statement = tx.prepare_cached(&format!(
+                "UPDATE items SET status = 'skipped', error = ?2, updated_at = {NOW}, finished_at = {NOW}
+                 WHERE key = ?1 AND parent IS NULL"
+            ))?;
+            let mut changed = 0;
+            for key in &keys {
+                changed += statement.execute(params![key, reason])? as u64;
+            }
+            Ok(changed)
+        }))
+        .await
+    }
+
+    async fn items_with_status(
+        &self,
+        status: Status,
+        after: ItemId,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, StateError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut statement = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items WHERE status = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+            ))?;
+            let rows = statement.query_map(params![status.as_str(), after, limit], row_to_item)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn summary(&self) -> Result<Summary, StateError> {
+        self.read(|c| {
+            let source_complete = c
+                .query_row("SELECT source_complete FROM job WHERE id = 1", [], |row| row.get::<_, i64>(0))
+                .optional()?
+                == Some(1);
+            let mut by_status = Vec::new();
+            for status in Status::ALL {
+                let n: i64 = c.query_row(
+                    "SELECT count(*) FROM items WHERE status = ?1",
+                    params![status.as_str()],
+                    |row| row.get(0),
+                )?;
+                by_status.push((status, n.try_into().unwrap_or(0)));
+            }
+            let mut statement = c.prepare(
+                "SELECT coalesce(step, '-'), status, count(*) FROM items
+                 WHERE status IN ('pending', 'running', 'failed')
+                 GROUP BY step, status ORDER BY min(step_index), step, status",
+            )?;
+            let by_step = statement
+                .query_map([], |row| {
+                    let status: String = row.get(1)?;
+                    Ok((row.get::<_, String>(0)?, status, row.get::<_, i64>(2)?))
+                })?
+                .filter_map(|row| match row {
+                    Ok((step, status, n)) => Some(Ok((step, status.parse().ok()?, n.try_into().unwrap_or(0)))),
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let (bytes, active_seconds): (i64, f64) = c.query_row(
+                "SELECT coalesce(sum(bytes), 0),
+                        coalesce((julianday(max(finished_at)) - julianday(min(started_at))) * 86400.0, 0)
+                 FROM items",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            Ok(Summary {
+                source_complete,
+                by_status,
+                by_step,
+                bytes: bytes.try_into().unwrap_or(0),
+                active_seconds,
+            })
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), StateError> {
+        self.write(Box::new(|_| Ok(0))).await.map(|_| ())
+    }
+}

@@ -1,0 +1,52 @@
+//! The SQLite store against the conformance suite, and SQLite-specific behaviour.
+
+use std::sync::Arc;
+
+use redrive_core::state::{JobInfo, StateError, StateStore};
+use redrive_state::{SqliteStateStore, conformance};
+
+#[tokio::test]
+async fn sqlite_passes_the_conformance_suite() {
+    let dir = Arc::new(tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")));
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let factory = move || {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = dir.path().join(format!("state-{n}.db"));
+        Box::pin(async move {
+            let store = SqliteStateStore::open(&path).unwrap_or_else(|e| panic!("open: {e}"));
+            Box::new(store) as Box<dyn StateStore>
+        }) as _
+    };
+    conformance::run_all(&factory).await;
+}
+
+#[tokio::test]
+async fn open_existing_reports_a_missing_state() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let missing = dir.path().join("nope.db");
+    assert!(matches!(SqliteStateStore::open_existing(&missing), Err(StateError::Missing { .. })));
+}
+
+#[tokio::test]
+async fn state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let path = dir.path().join("s.db");
+    let job = JobInfo { name: "j".into(), fingerprint: "f".into() };
+    {
+        let store = SqliteStateStore::open(&path).unwrap_or_else(|e| panic!("open: {e}"));
+        store.begin(&job).await.unwrap_or_else(|e| panic!("{e}"));
+        store.set_source_complete().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let store = SqliteStateStore::open(&path).unwrap_or_else(|e| panic!("open: {e}"));
+    store.begin(&job).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(store.source_complete().await.unwrap_or(false));
+}
+
+#[tokio::test]
+async fn a_state_on_a_read_only_path_is_a_clear_error() {
+    let error = SqliteStateStore::open(std::path::Path::new("/proc/redrive/state.db"))
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let message = error.err().unwrap_or_default();
+    assert!(message.starts_with("state store `/proc/redrive/state.db` failed:"), "{message}");
+}
