@@ -1,0 +1,413 @@
+//! URLs to OpenDAL operators: the one place that knows how `s3://`, `az://`, `gs://`,
+//! `https://ACCOUNT.blob.core.windows.net/…`, `file://` and plain paths are reached.
+//!
+//! Operators are built once per bucket or container and cached. Endpoints and credentials come
+//! from a matching `[store."PREFIX"]` table first, then the environment, read the way each
+//! cloud's own tools read it. No retry layer is added: the engine retries whole steps, and it is
+//! the one that honours Retry-After (see `redrive_core::retry`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use opendal::{ErrorKind, Operator, services};
+use redrive_core::error::{ErrorClass, StepError};
+use redrive_core::plan::StoreSpec;
+use redrive_core::secrets;
+
+/// Bound on cached operators; past it the cache starts over (operators are cheap to rebuild).
+const CACHE_LIMIT: usize = 4_096;
+
+/// A URL that cannot be turned into an operator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The scheme is not one redrive reaches.
+    #[error(
+        "`{url}` is not a storage URL redrive knows; use s3://BUCKET/KEY, az://CONTAINER/PATH, gs://BUCKET/KEY, https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH, file:///PATH or a plain path"
+    )]
+    Unsupported {
+        /// The URL, secrets masked.
+        url: String,
+    },
+    /// The URL lacks its bucket or container.
+    #[error("`{url}` has no {what}; write it as {example}")]
+    Incomplete {
+        /// The URL, secrets masked.
+        url: String,
+        /// What is missing.
+        what: &'static str,
+        /// The expected form.
+        example: &'static str,
+    },
+    /// Settings are missing (e.g. which Azure account `az://` means).
+    #[error("cannot reach `{url}`: {hint}")]
+    Settings {
+        /// The URL, secrets masked.
+        url: String,
+        /// What to set.
+        hint: String,
+    },
+    /// OpenDAL refused the configuration.
+    #[error("cannot configure storage for `{url}`")]
+    Config {
+        /// The URL, secrets masked.
+        url: String,
+        /// The cause.
+        #[source]
+        source: opendal::Error,
+    },
+}
+
+impl From<StorageError> for StepError {
+    fn from(error: StorageError) -> Self {
+        let class = match &error {
+            StorageError::Unsupported { .. } | StorageError::Incomplete { .. } => ErrorClass::Permanent,
+            StorageError::Settings { .. } | StorageError::Config { .. } => ErrorClass::Fatal,
+        };
+        let message = error.to_string();
+        match error {
+            StorageError::Config { source, .. } => StepError::new(class, message).with_source(source),
+            _ => StepError::new(class, message),
+        }
+    }
+}
+
+/// An object: the operator that reaches it and its path there.
+#[derive(Clone, Debug)]
+pub struct Location {
+    /// The configured operator.
+    pub operator: Operator,
+    /// The object's path inside the operator's root.
+    pub path: String,
+    /// The URL as given, secrets masked, for messages.
+    pub display: String,
+    /// True for local files.
+    pub local: bool,
+}
+
+/// Resolves URLs to operators, with the plan's `[store]` tables and the environment.
+#[derive(Debug)]
+pub struct Stores {
+    base_dir: PathBuf,
+    specs: Vec<(String, StoreSpec)>,
+    env: Env,
+    cache: Mutex<HashMap<String, Operator>>,
+}
+
+/// The environment variables storage reads, captured once.
+#[derive(Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env").field("names", &self.vars.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn from_process() -> Self {
+        Self { vars: std::env::vars().collect() }
+    }
+
+    /// An environment from pairs (tests).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect() }
+    }
+
+    fn first(&self, names: &[&str]) -> Option<String> {
+        names.iter().find_map(|name| self.vars.get(*name).filter(|v| !v.is_empty()).cloned())
+    }
+}
+
+/// A parsed storage URL.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Local(PathBuf),
+    S3 { bucket: String, key: String },
+    Azure { account: Option<String>, endpoint: Option<String>, container: String, path: String, sas: Option<String> },
+    Gcs { bucket: String, key: String },
+}
+
+impl Stores {
+    /// Resolver for a plan whose relative paths are relative to `base_dir`.
+    pub fn new(base_dir: &Path, specs: Vec<(String, StoreSpec)>, env: Env) -> Self {
+        Self { base_dir: base_dir.to_path_buf(), specs, env, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The operator and path for reading or stat-ing `url`.
+    pub fn resolve(&self, url: &str) -> Result<Location, StorageError> {
+        self.locate(url, false)
+    }
+
+    /// The operator and path for writing `url`. Local files are written to a temporary name
+    /// in the target's own directory and renamed into place on close, so an interrupted copy
+    /// never leaves a partial file under the target's name.
+    pub fn resolve_for_write(&self, url: &str) -> Result<Location, StorageError> {
+        self.locate(url, true)
+    }
+
+    fn locate(&self, url: &str, write: bool) -> Result<Location, StorageError> {
+        let display = secrets::redact(url).into_owned();
+        let target = self.parse(url, &display)?;
+        let spec = self.spec_for(url);
+        let (cache_key, path, local) = match &target {
+            Target::Local(file) if write => {
+                let dir = file.parent().unwrap_or(Path::new("/"));
+                let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                (format!("file-write://{}", dir.display()), name, true)
+            }
+            Target::Local(file) => ("file://".to_owned(), file.display().to_string(), true),
+            Target::S3 { bucket, key } => (format!("s3://{bucket}"), key.clone(), false),
+            Target::Azure { account, endpoint, container, path, .. } => (
+                format!("az://{}@{}/{container}", account.as_deref().unwrap_or(""), endpoint.as_deref().unwrap_or("")),
+                path.clone(),
+                false,
+            ),
+            Target::Gcs { bucket, key } => (format!("gs://{bucket}"), key.clone(), false),
+        };
+        if let Some(operator) = self.cache.lock().ok().and_then(|cache| cache.get(&cache_key).cloned()) {
+            return Ok(Location { operator, path, display, local });
+        }
+        let operator = self.build(&target, spec, &display, write)?;
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(cache_key, operator.clone());
+        }
+        Ok(Location { operator, path, display, local })
+    }
+
+    fn spec_for(&self, url: &str) -> Option<&StoreSpec> {
+        self.specs.iter().find(|(prefix, _)| url.starts_with(prefix.as_str())).map(|(_, spec)| spec)
+    }
+
+    fn parse(&self, url: &str, display: &str) -> Result<Target, StorageError> {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Ok(Target::Local(self.base_dir.join(url)));
+        };
+        let split = |what: &'static str, example: &'static str| -> Result<(String, String), StorageError> {
+            let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            if head.is_empty() {
+                return Err(StorageError::Incomplete { url: display.to_owned(), what, example });
+            }
+            Ok((head.to_owned(), tail.to_owned()))
+        };
+        match scheme {
+            "file" => Ok(Target::Local(PathBuf::from(format!("/{}", rest.trim_start_matches('/'))))),
+            "s3" => {
+                let (bucket, key) = split("bucket", "s3://BUCKET/KEY")?;
+                Ok(Target::S3 { bucket, key })
+            }
+            "gs" => {
+                let (bucket, key) = split("bucket", "gs://BUCKET/KEY")?;
+                Ok(Target::Gcs { bucket, key })
+            }
+            "az" | "azure" => {
+                let (container, path) = split("container", "az://CONTAINER/PATH")?;
+                Ok(Target::Azure { account: None, endpoint: None, container, path, sas: None })
+            }
+            "https" | "http" => self.parse_http(url, rest, display),
+            _ => Err(StorageError::Unsupported { url: display.to_owned() }),
+        }
+    }
+
+    /// `https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH[?SAS]`, or any http(s) URL under a
+    /// `[store."PREFIX"]` table that names an Azure account (Azurite, private clouds).
+    fn parse_http(&self, url: &str, rest: &str, display: &str) -> Result<Target, StorageError> {
+        let (without_query, sas) = match url.split_once('?') {
+            Some((base, query)) => (base, Some(query.to_owned())),
+            None => (url, None),
+        };
+        let host = rest.split('/').next().unwrap_or_default();
+        if let Some(account) = host.strip_suffix(".blob.core.windows.net") {
+            let scheme_len = url.len() - rest.len();
+            let path_part = &without_query[scheme_len + host.len()..];
+            let (container, path) = path_part.trim_start_matches('/').split_once('/').unwrap_or((path_part.trim_start_matches('/'), ""));
+            if container.is_empty() {
+                return Err(StorageError::Incomplete {
+                    url: display.to_owned(),
+                    what: "container",
+                    example: "https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH",
+                });
+            }
+            if let Some(sas) = &sas {
+                secrets::register(sas);
+            }
+            return Ok(Target::Azure {
+                account: Some(account.to_owned()),
+                endpoint: Some(format!("{}{host}", &url[..scheme_len])),
+                container: decode(container),
+                path: decode(path),
+                sas,
+            });
+        }
+        // An endpoint-style URL under a [store] prefix: PREFIX names the account's endpoint.
+        if let Some((prefix, spec)) = self.specs.iter().find(|(prefix, _)| url.starts_with(prefix.as_str())) {
+            if spec.account_name.is_some() || spec.connection_string.is_some() {
+                let tail = without_query[prefix.len()..].trim_start_matches('/');
+                let (container, path) = tail.split_once('/').unwrap_or((tail, ""));
+                if !container.is_empty() {
+                    return Ok(Target::Azure {
+                        account: spec.account_name.clone(),
+                        endpoint: Some(spec.endpoint.clone().unwrap_or_else(|| prefix.trim_end_matches('/').to_owned())),
+                        container: decode(container),
+                        path: decode(path),
+                        sas,
+                    });
+                }
+            }
+        }
+        Err(StorageError::Unsupported { url: display.to_owned() })
+    }
+
+    fn build(&self, target: &Target, spec: Option<&StoreSpec>, display: &str, write: bool) -> Result<Operator, StorageError> {
+        let config = |source: opendal::Error| StorageError::Config { url: display.to_owned(), source };
+        let env = &self.env;
+        let operator = match target {
+            Target::Local(file) => {
+                let mut builder = services::Fs::default();
+                if write {
+                    let dir = file.parent().unwrap_or(Path::new("/"));
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        config(opendal::Error::new(ErrorKind::Unexpected, "cannot create the target directory").set_source(e))
+                    })?;
+                    let dir = dir.display().to_string();
+                    builder = builder.root(&dir).atomic_write_dir(&dir);
+                } else {
+                    builder = builder.root("/");
+                }
+                Operator::new(builder).map_err(config)?
+            }
+            Target::S3 { bucket, .. } => {
+                let spec = spec.cloned().unwrap_or_default();
+                let region = spec
+                    .region
+                    .or_else(|| env.first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
+                    .unwrap_or_else(|| "us-east-1".to_owned());
+                let mut builder = services::S3::default().bucket(bucket).region(&region);
+                if let Some(endpoint) = spec.endpoint.or_else(|| env.first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])) {
+                    builder = builder.endpoint(&endpoint);
+                }
+                if let Some(id) = &spec.access_key_id {
+                    builder = builder.access_key_id(id);
+                }
+                if let Some(secret) = &spec.secret_access_key {
+                    builder = builder.secret_access_key(secret);
+                }
+                if let Some(token) = &spec.session_token {
+                    builder = builder.session_token(token);
+                }
+                if spec.virtual_host_style {
+                    builder = builder.enable_virtual_host_style();
+                }
+                Operator::new(builder).map_err(config)?
+            }
+            Target::Gcs { bucket, .. } => {
+                let spec = spec.cloned().unwrap_or_default();
+                let mut builder = services::Gcs::default().bucket(bucket);
+                if let Some(endpoint) = &spec.endpoint {
+                    builder = builder.endpoint(endpoint);
+                }
+                if let Some(path) = spec.credential_path.or_else(|| env.first(&["GOOGLE_APPLICATION_CREDENTIALS"])) {
+                    builder = builder.credential_path(&path);
+                }
+                Operator::new(builder).map_err(config)?
+            }
+            Target::Azure { account, endpoint, container, sas, .. } => {
+                self.azure(spec, account.as_deref(), endpoint.as_deref(), container, sas.as_deref(), display)?
+            }
+        };
+        Ok(operator)
+    }
+
+    fn azure(
+        &self,
+        spec: Option<&StoreSpec>,
+        url_account: Option<&str>,
+        url_endpoint: Option<&str>,
+        container: &str,
+        url_sas: Option<&str>,
+        display: &str,
+    ) -> Result<Operator, StorageError> {
+        let config = |source: opendal::Error| StorageError::Config { url: display.to_owned(), source };
+        let env = &self.env;
+        let spec = spec.cloned().unwrap_or_default();
+        let connection = spec
+            .connection_string
+            .clone()
+            .or_else(|| env.first(&["AZURE_STORAGE_CONNECTION_STRING"]));
+        let mut builder = match &connection {
+            Some(connection) => services::Azblob::from_connection_string(connection).map_err(config)?,
+            None => services::Azblob::default(),
+        };
+        let connection_account = connection.as_deref().and_then(|c| {
+            c.split(';').find_map(|part| part.strip_prefix("AccountName=")).map(str::to_owned)
+        });
+        let account = url_account
+            .map(str::to_owned)
+            .or(spec.account_name.clone())
+            .or(connection_account.clone())
+            .or_else(|| env.first(&["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT"]));
+        let Some(account) = account else {
+            return Err(StorageError::Settings {
+                url: display.to_owned(),
+                hint: "no Azure storage account is set; export AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_NAME (with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN), or add a [store.\"az://CONTAINER\"] table with account_name".to_owned(),
+            });
+        };
+        builder = builder.container(container).account_name(&account);
+        // The endpoint: the URL's own host, then the [store] table, then the connection
+        // string's (already set), then the public cloud's.
+        match url_endpoint.map(str::to_owned).or(spec.endpoint.clone()) {
+            Some(endpoint) => builder = builder.endpoint(&endpoint),
+            None if connection.is_none() => {
+                builder = builder.endpoint(&format!("https://{account}.blob.core.windows.net"));
+            }
+            None => {}
+        }
+        // Only use a key from the connection string or environment for the account it belongs to.
+        let same_account = connection_account.as_deref().is_none_or(|a| a == account);
+        let key = spec.account_key.clone().or_else(|| {
+            same_account.then(|| env.first(&["AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY"])).flatten()
+        });
+        if let Some(key) = key {
+            secrets::register(&key);
+            builder = builder.account_key(&key);
+        }
+        let sas = url_sas
+            .map(str::to_owned)
+            .or(spec.sas_token.clone())
+            .or_else(|| env.first(&["AZURE_STORAGE_SAS_TOKEN"]));
+        if let Some(sas) = sas {
+            secrets::register(&sas);
+            builder = builder.sas_token(sas.trim_start_matches('?'));
+        }
+        Ok(Operator::new(builder).map_err(config)?)
+    }
+}
+
+fn decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
+}
+
+/// Classifies an OpenDAL error for the engine.
+pub fn classify(error: &opendal::Error) -> ErrorClass {
+    match error.kind() {
+        ErrorKind::RateLimited => ErrorClass::Throttled,
+        ErrorKind::ConfigInvalid => ErrorClass::Fatal,
+        _ if error.is_temporary() => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// A step error for an OpenDAL failure: `message` names the object, the class follows the kind.
+pub fn step_error(message: String, error: opendal::Error) -> StepError {
+    StepError::new(classify(&error), message).with_source(error)
+}
+
+#[cfg(test)]
+mod tests;
