@@ -2,4 +2,9 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+mod build;
+pub mod sources;
+pub mod steps;
 pub mod storage;
+
+pub use build::{BuildError, build, build_with};

@@ -1,0 +1,98 @@
+//! `glob = "PATTERN"`: local files; fields `path`, `name`, `size`.
+
+use std::collections::BTreeSet;
+
+use futures::stream::BoxStream;
+use redrive_core::item::Fields;
+use redrive_core::source::{Source, SourceError};
+
+use super::{blocking_stream, input};
+
+/// Local files matching a pattern (`*`, `?`, `[…]`, `**`), in path order; directories are left out.
+#[derive(Debug)]
+pub struct GlobSource {
+    pattern: String,
+}
+
+impl GlobSource {
+    /// Checks the pattern.
+    pub fn new(pattern: &str) -> Result<Self, SourceError> {
+        glob::Pattern::new(pattern).map_err(|e| input(format!("glob `{pattern}`"), format!("{e}")))?;
+        Ok(Self { pattern: pattern.to_owned() })
+    }
+}
+
+impl Source for GlobSource {
+    fn fields(&self) -> BTreeSet<String> {
+        ["path", "name", "size"].map(str::to_owned).into()
+    }
+
+    fn items(&self) -> BoxStream<'static, Result<Fields, SourceError>> {
+        let pattern = self.pattern.clone();
+        blocking_stream(move |sender| {
+            let paths = match glob::glob(&pattern) {
+                Ok(paths) => paths,
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(input(format!("glob `{pattern}`"), e.to_string())));
+                    return;
+                }
+            };
+            for entry in paths {
+                let item = match entry {
+                    Ok(path) => match std::fs::metadata(&path) {
+                        Ok(meta) if meta.is_file() => {
+                            let mut fields = Fields::new();
+                            fields.insert("path".to_owned(), path.display().to_string());
+                            fields.insert(
+                                "name".to_owned(),
+                                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                            );
+                            fields.insert("size".to_owned(), meta.len().to_string());
+                            Ok(fields)
+                        }
+                        Ok(_) => continue,
+                        Err(e) => Err(SourceError::Io { location: path.display().to_string(), source: Box::new(e) }),
+                    },
+                    Err(e) => {
+                        let location = e.path().display().to_string();
+                        let io: std::io::Error = e.into();
+                        Err(SourceError::Io { location, source: Box::new(io) })
+                    }
+                };
+                let stop = item.is_err();
+                if sender.blocking_send(item).is_err() || stop {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn files_match_in_order_with_name_and_size() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (name, body) in [("b.json", "22"), ("a.json", "1"), ("c.txt", "")] {
+            std::fs::write(dir.path().join(name), body).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::create_dir(dir.path().join("d.json")).unwrap_or_else(|e| panic!("{e}"));
+        let source = GlobSource::new(&format!("{}/*.json", dir.path().display())).unwrap_or_else(|e| panic!("{e}"));
+        let items: Vec<Fields> = source.items().filter_map(|i| async move { i.ok() }).collect().await;
+        let names: Vec<(&str, &str)> = items
+            .iter()
+            .map(|f| (f["name"].as_str(), f["size"].as_str()))
+            .collect();
+        assert_eq!(names, [("a.json", "1"), ("b.json", "2")]);
+        assert!(items[0]["path"].ends_with("/a.json"));
+    }
+
+    #[test]
+    fn a_bad_pattern_is_named() {
+        let error = GlobSource::new("a/[").map(|_| ()).map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(error.starts_with("glob `a/[`: "), "{error}");
+    }
+}

@@ -1,0 +1,115 @@
+//! `lines = "FILE"`: one item per non-empty line, field `line`.
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use futures::stream::BoxStream;
+use redrive_core::item::Fields;
+use redrive_core::source::{Source, SourceError};
+
+use super::{blocking_stream, input};
+
+/// A text file, one item per line; blank lines are ignored, a trailing `\r` is dropped.
+#[derive(Debug)]
+pub struct LinesSource {
+    path: PathBuf,
+}
+
+impl LinesSource {
+    /// Checks that the file can be opened.
+    pub fn open(path: &Path) -> Result<Self, SourceError> {
+        std::fs::File::open(path).map_err(|e| SourceError::Io {
+            location: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        Ok(Self { path: path.to_path_buf() })
+    }
+}
+
+impl Source for LinesSource {
+    fn fields(&self) -> BTreeSet<String> {
+        ["line".to_owned()].into()
+    }
+
+    fn items(&self) -> BoxStream<'static, Result<Fields, SourceError>> {
+        let path = self.path.clone();
+        blocking_stream(move |sender| {
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(SourceError::Io {
+                        location: path.display().to_string(),
+                        source: Box::new(e),
+                    }));
+                    return;
+                }
+            };
+            let mut reader = std::io::BufReader::new(file);
+            let mut buffer = Vec::new();
+            let mut number = 0u64;
+            loop {
+                buffer.clear();
+                number += 1;
+                match reader.read_until(b'\n', &mut buffer) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = sender.blocking_send(Err(input(format!("{}:{number}", path.display()), e.to_string())));
+                        return;
+                    }
+                }
+                let item = match std::str::from_utf8(&buffer) {
+                    Ok(text) => {
+                        let line = text.trim_end_matches(['\n', '\r']);
+                        if line.trim().is_empty() {
+                            continue;
+                        }
+                        let mut fields = Fields::new();
+                        fields.insert("line".to_owned(), line.to_owned());
+                        Ok(fields)
+                    }
+                    Err(_) => Err(input(
+                        format!("{}:{number}", path.display()),
+                        "the line is not valid UTF-8; save the file as UTF-8",
+                    )),
+                };
+                let stop = item.is_err();
+                if sender.blocking_send(item).is_err() || stop {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn non_empty_lines_become_items() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("keys.txt");
+        std::fs::write(&path, "a\r\n\n  \nb c\nlast").unwrap_or_else(|e| panic!("{e}"));
+        let source = LinesSource::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let lines: Vec<String> = source
+            .items()
+            .filter_map(|item| async move { item.ok().and_then(|f| f.get("line").cloned()) })
+            .collect()
+            .await;
+        assert_eq!(lines, ["a", "b c", "last"]);
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_names_the_line() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("keys.txt");
+        std::fs::write(&path, b"ok\n\xff\n").unwrap_or_else(|e| panic!("{e}"));
+        let source = LinesSource::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let last = source.items().collect::<Vec<_>>().await.pop();
+        let message = last.and_then(Result::err).map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(message, format!("{}:2: the line is not valid UTF-8; save the file as UTF-8", path.display()));
+    }
+}

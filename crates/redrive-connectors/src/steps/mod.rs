@@ -1,0 +1,7 @@
+//! Steps: one action per item.
+
+mod copy;
+mod exists;
+
+pub use copy::CopyStep;
+pub use exists::ExistsStep;
