@@ -1,1 +1,67 @@
-fn main() {}
+//! The `redrive` command.
+
+mod cli;
+mod commands;
+mod exit;
+mod logging;
+mod progress;
+mod summary;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use redrive_core::secrets::redact;
+
+use crate::cli::{Cli, Command};
+use crate::exit::{ExitStatus, Hinted};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.global.verbose, cli.global.quiet);
+    redrive_core::secrets::register_env_credentials();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitStatus::Error.into();
+        }
+    };
+    let result = runtime.block_on(dispatch(&cli));
+    // Do not wait for blocking source readers that a stopped run left behind.
+    runtime.shutdown_background();
+    match result {
+        Ok(status) => status.into(),
+        Err(error) => {
+            print_error(&error);
+            ExitStatus::Error.into()
+        }
+    }
+}
+
+async fn dispatch(cli: &Cli) -> anyhow::Result<ExitStatus> {
+    match &cli.command {
+        Command::Run(args) => commands::run::run(args, &cli.global).await,
+        Command::Validate(args) => commands::validate::validate(args),
+        Command::Status(args) => commands::inspect::status(args).await,
+        Command::Failed(args) => commands::inspect::failed(args).await,
+        Command::Reset(args) => commands::edit::reset(args).await,
+        Command::Skip(args) => commands::edit::skip(args).await,
+    }
+}
+
+/// `error: …`, each cause on its own line, then any hint; secrets masked.
+fn print_error(error: &anyhow::Error) {
+    eprintln!("error: {}", redact(&error.to_string()));
+    let mut hints = Vec::new();
+    for cause in error.chain() {
+        if let Some(hinted) = cause.downcast_ref::<Hinted>() {
+            hints.push(hinted.hint.clone());
+        }
+    }
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {}", redact(&cause.to_string()));
+    }
+    for hint in hints {
+        eprintln!("hint: {}", redact(&hint));
+    }
+}

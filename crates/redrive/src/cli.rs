@@ -1,0 +1,146 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// redrive runs a work list through a pipeline of steps, in parallel, each item exactly once,
+/// resumable after any crash, with a state database you can query.
+///
+/// A plan file (TOML) names the source of items, the steps run for each item and the limits.
+/// Runs resume by default: rerun the same command after a crash or Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "redrive", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Exit codes: 0 all items done or skipped; 1 some items failed; \
+2 usage, plan or state error; 130 interrupted (rerun resumes).\n\n\
+Examples:\n  redrive validate plan.toml\n  redrive run plan.toml --dry-run --limit 5\n  \
+redrive run plan.toml\n  redrive status plan.toml\n  redrive failed plan.toml --csv retry.csv")]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// More detail on stderr: -v for each item's failures and retries, -vv for debugging
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    /// Only errors on stderr; no progress
+    #[arg(short, long, global = true)]
+    pub(crate) quiet: bool,
+    /// No progress bar or progress lines
+    #[arg(long, global = true)]
+    pub(crate) no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a plan: load its source into the state and run every unfinished item
+    Run(RunArgs),
+    /// Check a plan (syntax, keys, templates against the source's fields) without running it
+    Validate(PlanArg),
+    /// Show the job's items by status and step, bytes, rate and ETA
+    Status(StatusArgs),
+    /// List failed items with their errors, or write them as a CSV to run again
+    Failed(FailedArgs),
+    /// Put items back to pending, to run from their first step on the next run
+    Reset(ResetArgs),
+    /// Mark items skipped by hand, so no run picks them up
+    Skip(SkipArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanArg {
+    /// The plan file
+    pub(crate) plan: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StateArg {
+    /// The state file, instead of the plan's `[job] state`
+    #[arg(long, value_name = "PATH")]
+    pub(crate) state: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The plan file
+    pub(crate) plan: PathBuf,
+    #[command(flatten)]
+    pub(crate) state: StateArg,
+    /// Print what each item would do; touch nothing, write no state
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Start at most N items in this run
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<u64>,
+    /// Run failed items again, from the step that failed
+    #[arg(long)]
+    pub(crate) retry_failed: bool,
+    /// Discard the state and start over (asks first unless --yes)
+    #[arg(long)]
+    pub(crate) restart: bool,
+    /// Answer yes to --restart's question
+    #[arg(long, short = 'y')]
+    pub(crate) yes: bool,
+    /// Items in flight (overrides [limits] items)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: Option<u32>,
+    /// Write the run's metrics as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub(crate) metrics: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The plan file
+    #[arg(default_value = "plan.toml")]
+    pub(crate) plan: PathBuf,
+    #[command(flatten)]
+    pub(crate) state: StateArg,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FailedArgs {
+    /// The plan file
+    #[arg(default_value = "plan.toml")]
+    pub(crate) plan: PathBuf,
+    #[command(flatten)]
+    pub(crate) state: StateArg,
+    /// Write the failed items' fields to FILE as CSV (usable as a `csv` source)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) csv: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ResetArgs {
+    /// The plan file
+    pub(crate) plan: PathBuf,
+    /// Keys of the items to reset
+    #[arg(required_unless_present = "status", conflicts_with = "status")]
+    pub(crate) keys: Vec<String>,
+    /// Reset every item with this status (pending, running, done, skipped, failed)
+    #[arg(long, value_name = "STATUS")]
+    pub(crate) status: Option<String>,
+    #[command(flatten)]
+    pub(crate) state: StateArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SkipArgs {
+    /// The plan file
+    pub(crate) plan: PathBuf,
+    /// Keys of the items to skip
+    #[arg(required = true)]
+    pub(crate) keys: Vec<String>,
+    /// Why (recorded in the state)
+    #[arg(long, default_value = "skipped by hand")]
+    pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) state: StateArg,
+}

@@ -1,0 +1,96 @@
+//! `redrive status` and `redrive failed`: read the state, change nothing.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use redrive_core::item::{Status, StoredItem};
+use redrive_core::plan::Plan;
+use redrive_core::secrets::redact;
+use redrive_core::state::StateStore;
+
+use crate::cli::{FailedArgs, StatusArgs};
+use crate::exit::ExitStatus;
+use crate::summary;
+
+const PAGE: usize = 1_000;
+
+pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
+    let (plan, store) = super::open_existing(&args.plan, &args.state)?;
+    let summary = store.summary().await.map_err(|e| super::state_error(e, &args.plan))?;
+    let job = plan.as_ref().map_or("-", |p| p.name.as_str());
+    if args.json {
+        println!("{}", summary::json(job, store.location(), &summary));
+    } else {
+        print!("{}", summary::table(job, store.location(), &summary));
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn step_name(plan: Option<&Plan>, item: &StoredItem) -> String {
+    plan.and_then(|p| p.steps.get(item.step)).map_or_else(|| format!("#{}", item.step + 1), |s| s.name.clone())
+}
+
+pub(crate) async fn failed(args: &FailedArgs) -> anyhow::Result<ExitStatus> {
+    let (plan, store) = super::open_existing(&args.plan, &args.state)?;
+    let mut csv_out: Option<(csv::Writer<std::fs::File>, Vec<String>)> = None;
+    let mut cursor = 0;
+    let mut count = 0u64;
+    loop {
+        let page = store
+            .items_with_status(Status::Failed, cursor, PAGE)
+            .await
+            .map_err(|e| super::state_error(e, &args.plan))?;
+        let Some(last) = page.last() else { break };
+        cursor = last.id;
+        for item in &page {
+            count += 1;
+            match &args.csv {
+                Some(path) => write_csv_row(&mut csv_out, path, item)?,
+                None => {
+                    if count == 1 {
+                        println!("key\tstep\tattempts\terror");
+                    }
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        redact(&item.key),
+                        step_name(plan.as_ref(), item),
+                        item.attempts,
+                        redact(item.error.as_deref().unwrap_or("")).replace(['\n', '\t'], " ")
+                    );
+                }
+            }
+        }
+    }
+    if let Some((mut writer, _)) = csv_out {
+        writer.flush().context("cannot write the CSV file")?;
+    }
+    match (&args.csv, count) {
+        (_, 0) => eprintln!("No failed items."),
+        (Some(path), n) => eprintln!(
+            "Wrote {n} failed items to {}; use it as a source: [source] csv = \"{}\"",
+            path.display(),
+            path.display()
+        ),
+        (None, n) => eprintln!("{n} failed items."),
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn write_csv_row(
+    out: &mut Option<(csv::Writer<std::fs::File>, Vec<String>)>,
+    path: &Path,
+    item: &StoredItem,
+) -> anyhow::Result<()> {
+    if out.is_none() {
+        let file = std::fs::File::create(path).with_context(|| format!("cannot create `{}`", path.display()))?;
+        let mut writer = csv::Writer::from_writer(file);
+        let header: Vec<String> = item.fields.keys().cloned().collect();
+        writer.write_record(&header).with_context(|| format!("cannot write `{}`", path.display()))?;
+        *out = Some((writer, header));
+    }
+    if let Some((writer, header)) = out {
+        let row: Vec<&str> = header.iter().map(|name| item.fields.get(name).map_or("", String::as_str)).collect();
+        writer.write_record(&row).with_context(|| format!("cannot write `{}`", path.display()))?;
+    }
+    Ok(())
+}

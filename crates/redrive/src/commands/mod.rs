@@ -1,0 +1,90 @@
+//! One module per subcommand, and what they share: finding the plan and its state.
+
+pub(crate) mod edit;
+pub(crate) mod inspect;
+pub(crate) mod run;
+pub(crate) mod validate;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use redrive_core::plan::Plan;
+use redrive_core::state::StateError;
+use redrive_state::SqliteStateStore;
+
+use crate::cli::StateArg;
+use crate::exit::Hinted;
+
+/// Reads and checks the plan file.
+pub(crate) fn load_plan(path: &Path) -> anyhow::Result<Plan> {
+    Plan::load(path).map_err(|error| match error {
+        redrive_core::plan::PlanError::Read { .. } => anyhow::Error::new(Hinted {
+            message: error.to_string(),
+            hint: "give the path of a plan file (TOML); see README.md for an example".to_owned(),
+        }),
+        other => anyhow::Error::new(other),
+    })
+}
+
+/// The state file: `--state`, else the plan's.
+pub(crate) fn state_path(plan: Option<&Plan>, arg: &StateArg) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &arg.state {
+        return Ok(path.clone());
+    }
+    let Some(plan) = plan else {
+        anyhow::bail!("no plan and no --state: give the plan file, or the state file with --state");
+    };
+    if plan.state.contains("://") {
+        return Err(Hinted {
+            message: format!("state `{}` is a URL; this version of redrive keeps state in a SQLite file", plan.state),
+            hint: "set [job] state to a file path".to_owned(),
+        }
+        .into());
+    }
+    Ok(PathBuf::from(&plan.state))
+}
+
+/// The plan (when its file exists or no `--state` is given) and the existing state.
+pub(crate) fn open_existing(plan_path: &Path, arg: &StateArg) -> anyhow::Result<(Option<Plan>, SqliteStateStore)> {
+    let plan = if arg.state.is_some() && !plan_path.exists() { None } else { Some(load_plan(plan_path)?) };
+    let path = state_path(plan.as_ref(), arg)?;
+    let store = SqliteStateStore::open_existing(&path).map_err(|error| match error {
+        StateError::Missing { .. } => anyhow::Error::new(Hinted {
+            message: error.to_string(),
+            hint: format!("run `redrive run {}` first", plan_path.display()),
+        }),
+        other => anyhow::Error::new(other),
+    })?;
+    Ok((plan, store))
+}
+
+/// A state error, with the hint that fixes it.
+pub(crate) fn state_error(error: StateError, plan_path: &Path) -> anyhow::Error {
+    let hint = match &error {
+        StateError::PlanChanged { .. } | StateError::OtherJob { .. } => Some(format!(
+            "the plan's source or steps changed since this state was written; run `redrive run {} --restart` to discard the old state, or set [job] state to a new file",
+            plan_path.display()
+        )),
+        StateError::Backend { .. } => Some(
+            "check that the state file's disk is writable and not full, and that no other redrive run uses it".to_owned(),
+        ),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => Hinted { message: error.to_string(), hint }.into(),
+        None => anyhow::Error::new(error),
+    }
+}
+
+/// Removes a SQLite state file and its WAL companions.
+pub(crate) fn remove_state(path: &Path) -> anyhow::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove `{}`", file.display())),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! `redrive run PLAN`: resume (or start) the job, with progress, signals and metrics.
+
+use std::io::IsTerminal as _;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use redrive_core::engine::{self, RunOptions, RunReport, StopLevel};
+use redrive_core::item::Status;
+use redrive_core::retry::Backoff;
+use redrive_core::state::{JobInfo, StateStore, Summary};
+use redrive_state::SqliteStateStore;
+use tokio::sync::watch;
+
+use crate::cli::{GlobalArgs, RunArgs};
+use crate::exit::{ExitStatus, Hinted};
+use crate::progress::{Display, Progress};
+use crate::summary;
+
+pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let plan = super::load_plan(&args.plan)?;
+    let pipeline = Arc::new(redrive_connectors::build(&plan)?);
+
+    if args.dry_run {
+        let mut stdout = std::io::BufWriter::new(std::io::stdout());
+        let count = engine::dry_run(&pipeline, args.limit, &mut stdout).await?;
+        std::io::Write::flush(&mut stdout).context("cannot write to stdout")?;
+        eprintln!("Dry run: {count} items listed; nothing was read, written or recorded.");
+        return Ok(ExitStatus::Success);
+    }
+
+    let state_path = super::state_path(Some(&plan), &args.state)?;
+    if args.restart && state_path.exists() {
+        confirm_restart(&state_path, args.yes)?;
+        super::remove_state(&state_path)?;
+    }
+    let store = Arc::new(SqliteStateStore::open(&state_path).map_err(|e| super::state_error(e, &args.plan))?);
+    store
+        .begin(&JobInfo { name: plan.name.clone(), fingerprint: plan.fingerprint.clone() })
+        .await
+        .map_err(|e| super::state_error(e, &args.plan))?;
+    let before = store.summary().await.map_err(|e| super::state_error(e, &args.plan))?;
+
+    let display = if global.quiet || global.no_progress {
+        Display::Off
+    } else if std::io::stderr().is_terminal() {
+        Display::Bar
+    } else {
+        Display::Lines
+    };
+    let mut finished_before = before.count(Status::Done) + before.count(Status::Skipped);
+    if !args.retry_failed {
+        finished_before += before.count(Status::Failed);
+    }
+    let progress = Progress::start(display, before.total(), finished_before);
+
+    let (stop, stop_requests) = watch::channel(StopLevel::Run);
+    let signals = tokio::spawn(watch_signals(stop));
+    let options = RunOptions {
+        concurrency: args.concurrency.map_or(plan.limits.items, |n| n as usize),
+        retries: plan.limits.retries,
+        limit: args.limit,
+        retry_failed: args.retry_failed,
+        backoff: Backoff::default(),
+    };
+    let state: Arc<dyn StateStore> = Arc::clone(&store) as _;
+    let result = engine::run(Arc::clone(&pipeline), state, options, Arc::clone(&progress) as _, stop_requests).await;
+    progress.finish();
+    signals.abort();
+
+    let after = store.summary().await.map_err(|e| super::state_error(e, &args.plan))?;
+    let report = match &result {
+        Ok(report) => report.clone(),
+        Err(_) => RunReport::default(),
+    };
+    if let Some(path) = &args.metrics {
+        write_metrics(path, &report, &progress).with_context(|| format!("cannot write metrics to `{}`", path.display()))?;
+    }
+    if !global.quiet {
+        eprint!("{}", summary::table(&plan.name, store.location(), &after));
+        eprintln!("{}", this_run(&report));
+    }
+    let report = result?;
+    Ok(outcome(&report, &after, &args.plan))
+}
+
+fn outcome(report: &RunReport, after: &Summary, plan: &std::path::Path) -> ExitStatus {
+    if report.interrupted {
+        eprintln!("Interrupted. The state is consistent: rerun `redrive run {}` to resume.", plan.display());
+        return ExitStatus::Interrupted;
+    }
+    let failed = after.count(Status::Failed);
+    if failed > 0 {
+        eprintln!(
+            "{failed} items failed: `redrive failed {plan}` lists them; `redrive run {plan} --retry-failed` tries them again.",
+            plan = plan.display()
+        );
+        return ExitStatus::Failed;
+    }
+    ExitStatus::Success
+}
+
+fn this_run(report: &RunReport) -> String {
+    let seconds = report.duration.as_secs_f64();
+    let finished = report.done + report.skipped + report.failed;
+    format!(
+        "This run: done {}, skipped {}, failed {}, {} in {:.1}s ({:.0} items/s), {} retries ({} throttled)",
+        report.done,
+        report.skipped,
+        report.failed,
+        summary::human_bytes(report.bytes),
+        seconds,
+        finished as f64 / seconds.max(0.001),
+        report.retries,
+        report.throttled,
+    )
+}
+
+fn write_metrics(path: &std::path::Path, report: &RunReport, progress: &Progress) -> anyhow::Result<()> {
+    let seconds = report.duration.as_secs_f64();
+    let counters = progress.counters();
+    let retries = report.retries.max(counters.retries.load(std::sync::atomic::Ordering::Relaxed));
+    let metrics = serde_json::json!({
+        "processed": report.done + report.skipped + report.failed,
+        "done": report.done,
+        "failed": report.failed,
+        "skipped": report.skipped,
+        "bytes": report.bytes,
+        "duration_s": (seconds * 1000.0).round() / 1000.0,
+        "items_per_sec": ((report.done + report.skipped + report.failed) as f64 / seconds.max(0.001) * 10.0).round() / 10.0,
+        "retries": retries,
+        "throttled": report.throttled,
+        "interrupted": report.interrupted,
+        "finished_at": jiff::Timestamp::now().to_string(),
+    });
+    let text = redrive_core::secrets::redact(&serde_json::to_string_pretty(&metrics)?).into_owned();
+    std::fs::write(path, text + "\n")?;
+    Ok(())
+}
+
+fn confirm_restart(path: &std::path::Path, yes: bool) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Hinted {
+            message: format!("--restart would discard the state `{}`", path.display()),
+            hint: "add --yes to confirm".to_owned(),
+        }
+        .into());
+    }
+    eprint!("Discard the state `{}` and start over? [y/N] ", path.display());
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).context("cannot read the answer")?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("not restarted: the state is kept")
+    }
+}
+
+/// First Ctrl-C (or SIGTERM): drain. Second: abort.
+async fn watch_signals(stop: watch::Sender<StopLevel>) {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut level = StopLevel::Run;
+    loop {
+        let terminated = async {
+            match terminate.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => if result.is_err() { return },
+            _ = terminated => {}
+        }
+        level = match level {
+            StopLevel::Run => {
+                eprintln!("\nStopping: no new items; finishing those in flight (Ctrl-C again to abort them).");
+                StopLevel::Drain
+            }
+            _ => {
+                eprintln!("\nAborting the items in flight; they will be redone on the next run.");
+                StopLevel::Abort
+            }
+        };
+        let _ = stop.send(level);
+    }
+}

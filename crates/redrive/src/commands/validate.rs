@@ -1,0 +1,19 @@
+//! `redrive validate PLAN`.
+
+use crate::cli::PlanArg;
+use crate::exit::ExitStatus;
+
+pub(crate) fn validate(args: &PlanArg) -> anyhow::Result<ExitStatus> {
+    let plan = super::load_plan(&args.plan)?;
+    let pipeline = redrive_connectors::build(&plan)?;
+    let fields: Vec<String> = pipeline.source.fields().into_iter().collect();
+    let steps: Vec<&str> = plan.steps.iter().map(|s| s.name.as_str()).collect();
+    println!("{}: ok", args.plan.display());
+    println!("  job     {}", plan.name);
+    println!("  source  {} (fields: {})", plan.source.kind.name(), fields.join(", "));
+    println!("  key     {}", pipeline.key);
+    println!("  steps   {}", steps.join(" → "));
+    println!("  state   {}", plan.state);
+    println!("  limits  items {}, retries {}", plan.limits.items, plan.limits.retries);
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,35 @@
+//! Exit codes, as documented in `--help` and SPEC.md.
+
+use std::process::ExitCode;
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExitStatus {
+    /// Every item done or skipped.
+    Success,
+    /// Some items failed.
+    Failed,
+    /// Usage, plan or state error.
+    Error,
+    /// Interrupted by a signal; the state is consistent.
+    Interrupted,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        ExitCode::from(match status {
+            ExitStatus::Success => 0,
+            ExitStatus::Failed => 1,
+            ExitStatus::Error => 2,
+            ExitStatus::Interrupted => 130,
+        })
+    }
+}
+
+/// An error with a hint for the user, printed after the cause chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Hinted {
+    pub(crate) message: String,
+    pub(crate) hint: String,
+}

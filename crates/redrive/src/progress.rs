@@ -1,0 +1,158 @@
+//! Progress on stderr: a bar on a terminal, a plain line every 5 seconds otherwise.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use redrive_core::engine::Reporter;
+use redrive_core::item::Status;
+
+use crate::summary::human_bytes;
+
+/// How often the plain progress line is printed.
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+/// Counters the engine updates and the display reads.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) total: AtomicU64,
+    pub(crate) finished_before: AtomicU64,
+    pub(crate) done: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) throttled: AtomicU64,
+}
+
+impl Counters {
+    fn finished(&self) -> u64 {
+        self.done.load(Ordering::Relaxed) + self.skipped.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// The engine's reporter: counts, and keeps the bar (if any) up to date.
+pub(crate) struct Progress {
+    counters: Arc<Counters>,
+    bar: Option<ProgressBar>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Display {
+    Bar,
+    Lines,
+    Off,
+}
+
+impl Progress {
+    pub(crate) fn start(display: Display, total: u64, finished_before: u64) -> Arc<Self> {
+        let counters = Arc::new(Counters::default());
+        counters.total.store(total, Ordering::Relaxed);
+        counters.finished_before.store(finished_before, Ordering::Relaxed);
+        let (bar, ticker) = match display {
+            Display::Bar => {
+                let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+                let style = ProgressStyle::with_template(
+                    "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} items {per_sec} ETA {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                bar.set_style(style);
+                bar.set_position(finished_before);
+                bar.enable_steady_tick(Duration::from_millis(200));
+                (Some(bar), None)
+            }
+            Display::Lines => {
+                let counters = Arc::clone(&counters);
+                let ticker = tokio::spawn(async move {
+                    let started = Instant::now();
+                    let mut interval = tokio::time::interval(LINE_EVERY);
+                    interval.tick().await;
+                    loop {
+                        interval.tick().await;
+                        eprintln!("{}", line(&counters, started.elapsed()));
+                    }
+                });
+                (None, Some(ticker))
+            }
+            Display::Off => (None, None),
+        };
+        Arc::new(Self { counters, bar, ticker })
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub(crate) fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        if let Some(ticker) = &self.ticker {
+            ticker.abort();
+        }
+    }
+
+    fn refresh(&self) {
+        if let Some(bar) = &self.bar {
+            let c = &self.counters;
+            bar.set_length(c.total.load(Ordering::Relaxed));
+            bar.set_position(c.finished_before.load(Ordering::Relaxed) + c.finished());
+            bar.set_message(format!(
+                "(done {}, failed {}, skipped {}) {}",
+                c.done.load(Ordering::Relaxed),
+                c.failed.load(Ordering::Relaxed),
+                c.skipped.load(Ordering::Relaxed),
+                human_bytes(c.bytes.load(Ordering::Relaxed)),
+            ));
+        }
+    }
+}
+
+/// `Progress: 10/21000 (done 8, failed 2, skipped 0) 350 items/s, 1.2 MiB`
+fn line(c: &Counters, elapsed: Duration) -> String {
+    let finished = c.finished();
+    let rate = finished as f64 / elapsed.as_secs_f64().max(0.001);
+    format!(
+        "Progress: {}/{} (done {}, failed {}, skipped {}) {:.0} items/s, {}",
+        c.finished_before.load(Ordering::Relaxed) + finished,
+        c.total.load(Ordering::Relaxed),
+        c.done.load(Ordering::Relaxed),
+        c.failed.load(Ordering::Relaxed),
+        c.skipped.load(Ordering::Relaxed),
+        rate,
+        human_bytes(c.bytes.load(Ordering::Relaxed)),
+    )
+}
+
+impl Reporter for Progress {
+    fn loaded(&self, n: u64) {
+        self.counters.total.fetch_add(n, Ordering::Relaxed);
+        self.refresh();
+    }
+
+    fn finished(&self, status: Status) {
+        let counter = match status {
+            Status::Done => &self.counters.done,
+            Status::Skipped => &self.counters.skipped,
+            Status::Failed => &self.counters.failed,
+            Status::Pending | Status::Running => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.refresh();
+    }
+
+    fn bytes(&self, n: u64) {
+        self.counters.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn retried(&self, throttled: bool) {
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        if throttled {
+            self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
