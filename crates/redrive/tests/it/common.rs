@@ -1,0 +1,244 @@
+//! The test context: a temp dir, the `redrive` binary, the servers `scripts/test` starts.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tempfile::TempDir;
+
+/// Azurite's well-known development account key.
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+
+pub struct TestContext {
+    pub dir: TempDir,
+    envs: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics with both streams unless the exit code is `code`.
+    pub fn expect_code(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+impl TestContext {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir"), envs: Vec::new() }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn write(&self, relative: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, content).expect("write");
+        path
+    }
+
+    pub fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.path(relative)).unwrap_or_else(|e| panic!("read {relative}: {e}"))
+    }
+
+    /// Writes `plan.toml`.
+    pub fn plan(&self, text: &str) -> PathBuf {
+        self.write("plan.toml", text)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_redrive"));
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in &self.envs {
+            command.env(key, value);
+        }
+        command
+    }
+
+    pub fn redrive(&self, args: &[&str]) -> Output {
+        let output = self.command(args).output().expect("run redrive");
+        Output {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The SQLite state the test plans write (`[job] state = "state.db"`).
+    pub fn state(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.path("state.db")).expect("open state")
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.state().query_row(sql, [], |row| row.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+/// A server address `scripts/test` exports; a clear failure when it is not running.
+pub fn server(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: these tests need the servers that `scripts/test` installs and starts; run `scripts/test`")
+    })
+}
+
+/// A unique, valid bucket or container name.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+// ---- S3 (moto) ----
+
+pub fn s3_endpoint() -> String {
+    server("REDRIVE_TEST_S3_ENDPOINT")
+}
+
+pub fn s3_env(context: TestContext) -> TestContext {
+    context
+        .env("AWS_ENDPOINT_URL", &s3_endpoint())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
+        .env("AWS_REGION", "us-east-1")
+}
+
+/// Creates a bucket on moto (which accepts unsigned requests).
+pub fn create_bucket(name: &str) {
+    let url = format!("{}/{name}", s3_endpoint());
+    runtime().block_on(async {
+        let response = reqwest::Client::new().put(&url).send().await.unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+        assert!(response.status().is_success(), "create bucket {name}: {}", response.status());
+    });
+}
+
+pub fn s3_operator(bucket: &str) -> opendal::Operator {
+    let builder = opendal::services::S3::default()
+        .bucket(bucket)
+        .endpoint(&s3_endpoint())
+        .region("us-east-1")
+        .access_key_id("testing")
+        .secret_access_key("testing-secret");
+    opendal::Operator::new(builder).expect("s3 operator")
+}
+
+// ---- Azure Blob (Azurite) ----
+
+pub fn azure_endpoint() -> String {
+    server("REDRIVE_TEST_AZURITE_BLOB")
+}
+
+pub fn azure_connection_string() -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};",
+        azure_endpoint()
+    )
+}
+
+pub fn azure_env(context: TestContext) -> TestContext {
+    context.env("AZURE_STORAGE_CONNECTION_STRING", &azure_connection_string())
+}
+
+/// Creates a container (OpenDAL does not): a Create Container request signed with Shared Key.
+pub fn create_container(name: &str) {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let date = jiff::Timestamp::now().strftime("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let version = "2021-08-06";
+    let string_to_sign = format!(
+        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
+    );
+    let key = base64::engine::general_purpose::STANDARD.decode(AZURITE_KEY).expect("key");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("hmac");
+    mac.update(string_to_sign.as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let url = format!("{}/{name}?restype=container", azure_endpoint());
+    runtime().block_on(async {
+        let response = reqwest::Client::new()
+            .put(&url)
+            .header("x-ms-date", &date)
+            .header("x-ms-version", version)
+            .header("Authorization", format!("SharedKey {AZURITE_ACCOUNT}:{signature}"))
+            .header("Content-Length", "0")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert!(status.is_success(), "create container {name}: {status} {body}");
+    });
+}
+
+pub fn azure_operator(container: &str) -> opendal::Operator {
+    let builder = opendal::services::Azblob::default()
+        .container(container)
+        .endpoint(&azure_endpoint())
+        .account_name(AZURITE_ACCOUNT)
+        .account_key(AZURITE_KEY);
+    opendal::Operator::new(builder).expect("azblob operator")
+}
+
+/// Reads an object, or `None` when it does not exist.
+pub fn get(operator: &opendal::Operator, path: &str) -> Option<Vec<u8>> {
+    runtime().block_on(async {
+        match operator.read(path).await {
+            Ok(buffer) => Some(buffer.to_vec()),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
+            Err(e) => panic!("read {path}: {e}"),
+        }
+    })
+}
+
+pub fn put(operator: &opendal::Operator, path: &str, body: &[u8]) {
+    runtime().block_on(async {
+        operator.write(path, body.to_vec()).await.unwrap_or_else(|e| panic!("write {path}: {e}"));
+    });
+}
+
+pub fn content_type(operator: &opendal::Operator, path: &str) -> Option<String> {
+    runtime().block_on(async {
+        operator.stat(path).await.unwrap_or_else(|e| panic!("stat {path}: {e}")).content_type().map(str::to_owned)
+    })
+}
+
+/// Makes `n` small input files `in/f{i}.txt` with content `body {i}`.
+pub fn make_inputs(context: &TestContext, n: usize) {
+    let dir = context.path("in");
+    std::fs::create_dir_all(&dir).expect("mkdir in");
+    for i in 0..n {
+        std::fs::write(dir.join(format!("f{i:05}.txt")), format!("body {i}")).expect("write input");
+    }
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}

@@ -1,0 +1,7 @@
+//! redrive's integration tests: the real binary, real SQLite, real servers (see `scripts/test`).
+
+mod azure;
+mod cli;
+mod common;
+mod resume;
+mod s3;

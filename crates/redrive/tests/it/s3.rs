@@ -1,0 +1,117 @@
+//! `copy` and `list` against S3 (moto server started by `scripts/test`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common::{
+    TestContext, content_type, create_bucket, get, make_inputs, put, s3_endpoint, s3_env, s3_operator, unique,
+};
+
+#[test]
+fn local_to_s3_then_s3_to_s3_create_only_with_content_type() {
+    let bucket = unique("rd-s3");
+    create_bucket(&bucket);
+    let operator = s3_operator(&bucket);
+    put(&operator, "dst/f00001.txt", b"ORIGINAL");
+
+    let t = s3_env(TestContext::new());
+    make_inputs(&t, 5);
+    t.plan(&format!(
+        r#"
+[job]
+name = "up"
+state = "state.db"
+[source]
+glob = "in/*.txt"
+key = "{{name}}"
+[[step]]
+copy = {{ from = "{{path}}", to = "s3://{bucket}/dst/{{name}}", content_type = "text/plain" }}
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(get(&operator, "dst/f00000.txt").as_deref(), Some(&b"body 0"[..]));
+    assert_eq!(content_type(&operator, "dst/f00000.txt").as_deref(), Some("text/plain"));
+    assert_eq!(get(&operator, "dst/f00001.txt").as_deref(), Some(&b"ORIGINAL"[..]), "existing object untouched");
+    assert_eq!(t.count("SELECT bytes FROM items WHERE key = 'f00000.txt'"), 6);
+    assert_eq!(t.count("SELECT bytes FROM items WHERE key = 'f00001.txt'"), 0);
+    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'done'"), 5);
+
+    // S3 → S3 from a prefix listing: fields key, name, size, url.
+    let t2 = s3_env(TestContext::new());
+    t2.plan(&format!(
+        r#"
+[job]
+name = "s3s3"
+state = "state.db"
+[source]
+list = "s3://{bucket}/dst/"
+[[step]]
+copy = {{ from = "{{url}}", to = "s3://{bucket}/copy/{{size}}-{{name}}", content_type = "application/json" }}
+"#
+    ));
+    t2.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(t2.count("SELECT count(*) FROM items WHERE status = 'done'"), 5);
+    assert_eq!(get(&operator, "copy/6-f00002.txt").as_deref(), Some(&b"body 2"[..]));
+    assert_eq!(get(&operator, "copy/8-f00001.txt").as_deref(), Some(&b"ORIGINAL"[..]));
+    let key: String = t2.state().query_row("SELECT key FROM items ORDER BY id LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(key, "dst/f00000.txt");
+}
+
+#[test]
+fn s3_settings_from_a_store_table_and_exists_step() {
+    let bucket = unique("rd-store");
+    create_bucket(&bucket);
+    let operator = s3_operator(&bucket);
+    put(&operator, "done/b", b"processed");
+    let t = TestContext::new().env("MY_S3_KEY", "testing").env("MY_S3_SECRET", "testing-secret-x");
+    t.write("keys.txt", "a\nb\n");
+    t.write("src/a", "A");
+    t.write("src/b", "B");
+    t.plan(&format!(
+        r#"
+[job]
+name = "store"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+exists = "s3://{bucket}/done/{{line}}"
+[[step]]
+copy = {{ from = "src/{{line}}", to = "s3://{bucket}/raw/{{line}}" }}
+[store."s3://{bucket}"]
+endpoint = "{endpoint}"
+allow_http = true
+region = "us-east-1"
+access_key_id = "${{MY_S3_KEY}}"
+secret_access_key = "${{MY_S3_SECRET}}"
+"#,
+        endpoint = s3_endpoint()
+    ));
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(out.stderr.contains("done 1, skipped 1"), "{}", out.stderr);
+    assert_eq!(get(&operator, "raw/a").as_deref(), Some(&b"A"[..]));
+    assert_eq!(get(&operator, "raw/b"), None, "skipped: its processed counterpart exists");
+}
+
+#[test]
+fn a_missing_bucket_fails_the_item_with_the_url() {
+    let t = s3_env(TestContext::new());
+    t.write("keys.txt", "a\n");
+    t.write("src/a", "A");
+    let bucket = unique("rd-none");
+    t.plan(&format!(
+        r#"
+[job]
+name = "nobucket"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+copy = {{ from = "src/{{line}}", to = "s3://{bucket}/x/{{line}}" }}
+[limits]
+retries = 0
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(1);
+    let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
+    assert!(failed.stdout.contains(&format!("cannot write `s3://{bucket}/x/a`")), "{}", failed.stdout);
+}
