@@ -56,20 +56,29 @@ pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
         });
     }
     let stores = Arc::new(Stores::new(&plan.base_dir, plan.stores.clone(), env));
-    let source = source(&plan.source, &stores).map_err(|source| BuildError::Source { file: file.clone(), source })?;
+    let source = source(&plan.source, &stores).map_err(|source| BuildError::Source {
+        file: file.clone(),
+        source,
+    })?;
     plan.check_fields(&source.fields())?;
     let steps = plan
         .steps
         .iter()
         .map(|spec| {
             let step: Arc<dyn Step> = match &spec.action {
-                Action::Exists { url, negate } => Arc::new(ExistsStep::new(url.clone(), *negate, Arc::clone(&stores))),
+                Action::Exists { url, negate } => {
+                    Arc::new(ExistsStep::new(url.clone(), *negate, Arc::clone(&stores)))
+                }
                 Action::Copy(copy) => Arc::new(CopyStep::new(copy.clone(), Arc::clone(&stores))),
             };
             (spec.name.clone(), step)
         })
         .collect();
-    Ok(Pipeline { source, key: plan.key()?, steps })
+    Ok(Pipeline {
+        source,
+        key: plan.key()?,
+        steps,
+    })
 }
 
 fn source(spec: &SourceSpec, stores: &Arc<Stores>) -> Result<Arc<dyn Source>, SourceError> {
@@ -78,10 +87,12 @@ fn source(spec: &SourceSpec, stores: &Arc<Stores>) -> Result<Arc<dyn Source>, So
         SourceKind::Lines { path } => Arc::new(LinesSource::open(path)?),
         SourceKind::Glob { pattern } => Arc::new(GlobSource::new(pattern)?),
         SourceKind::List { url, recursive } => {
-            let url = url.render(&Default::default()).map_err(|e| SourceError::Input {
-                location: url.raw().to_owned(),
-                message: format!("{e}; a top-level `list` URL cannot use item fields"),
-            })?;
+            let url = url
+                .render(&Default::default())
+                .map_err(|e| SourceError::Input {
+                    location: url.raw().to_owned(),
+                    message: format!("{e}; a top-level `list` URL cannot use item fields"),
+                })?;
             Arc::new(ListSource::new(stores, &url, *recursive)?)
         }
     })

@@ -62,12 +62,16 @@ pub enum StorageError {
 impl From<StorageError> for StepError {
     fn from(error: StorageError) -> Self {
         let class = match &error {
-            StorageError::Unsupported { .. } | StorageError::Incomplete { .. } => ErrorClass::Permanent,
+            StorageError::Unsupported { .. } | StorageError::Incomplete { .. } => {
+                ErrorClass::Permanent
+            }
             StorageError::Settings { .. } | StorageError::Config { .. } => ErrorClass::Fatal,
         };
         let message = error.to_string();
         match error {
-            StorageError::Config { source, .. } => StepError::new(class, message).with_source(source),
+            StorageError::Config { source, .. } => {
+                StepError::new(class, message).with_source(source)
+            }
             _ => StepError::new(class, message),
         }
     }
@@ -103,23 +107,34 @@ pub struct Env {
 
 impl std::fmt::Debug for Env {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Env").field("names", &self.vars.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Env")
+            .field("names", &self.vars.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
 impl Env {
     /// Reads the process environment.
     pub fn from_process() -> Self {
-        Self { vars: std::env::vars().collect() }
+        Self {
+            vars: std::env::vars().collect(),
+        }
     }
 
     /// An environment from pairs (tests).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self { vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect() }
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
     }
 
     fn first(&self, names: &[&str]) -> Option<String> {
-        names.iter().find_map(|name| self.vars.get(*name).filter(|v| !v.is_empty()).cloned())
+        names
+            .iter()
+            .find_map(|name| self.vars.get(*name).filter(|v| !v.is_empty()).cloned())
     }
 }
 
@@ -127,15 +142,34 @@ impl Env {
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
     Local(PathBuf),
-    S3 { bucket: String, key: String },
-    Azure { account: Option<String>, endpoint: Option<String>, container: String, path: String, sas: Option<String> },
-    Gcs { bucket: String, key: String },
+    S3 {
+        bucket: String,
+        key: String,
+    },
+    Azure {
+        account: Option<String>,
+        endpoint: Option<String>,
+        container: String,
+        path: String,
+        sas: Option<String>,
+    },
+    Gcs {
+        bucket: String,
+        key: String,
+    },
 }
 
 impl Stores {
     /// Resolver for a plan whose relative paths are relative to `base_dir`.
     pub fn new(base_dir: &Path, specs: Vec<(String, StoreSpec)>, env: Env) -> Self {
-        Self { base_dir: base_dir.to_path_buf(), specs, env, cache: Mutex::new(HashMap::new()) }
+        // OpenDAL 0.59 needs its HTTP transport installed once per process; idempotent.
+        opendal::install_default();
+        Self {
+            base_dir: base_dir.to_path_buf(),
+            specs,
+            env,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The operator and path for reading or stat-ing `url`.
@@ -157,20 +191,43 @@ impl Stores {
         let (cache_key, path, local) = match &target {
             Target::Local(file) if write => {
                 let dir = file.parent().unwrap_or(Path::new("/"));
-                let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 (format!("file-write://{}", dir.display()), name, true)
             }
             Target::Local(file) => ("file://".to_owned(), file.display().to_string(), true),
             Target::S3 { bucket, key } => (format!("s3://{bucket}"), key.clone(), false),
-            Target::Azure { account, endpoint, container, path, .. } => (
-                format!("az://{}@{}/{container}", account.as_deref().unwrap_or(""), endpoint.as_deref().unwrap_or("")),
+            Target::Azure {
+                account,
+                endpoint,
+                container,
+                path,
+                ..
+            } => (
+                format!(
+                    "az://{}@{}/{container}",
+                    account.as_deref().unwrap_or(""),
+                    endpoint.as_deref().unwrap_or("")
+                ),
                 path.clone(),
                 false,
             ),
             Target::Gcs { bucket, key } => (format!("gs://{bucket}"), key.clone(), false),
         };
-        if let Some(operator) = self.cache.lock().ok().and_then(|cache| cache.get(&cache_key).cloned()) {
-            return Ok(Location { operator, path, display, local });
+        if let Some(operator) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&cache_key).cloned())
+        {
+            return Ok(Location {
+                operator,
+                path,
+                display,
+                local,
+            });
         }
         let operator = self.build(&target, spec, &display, write)?;
         if let Ok(mut cache) = self.cache.lock() {
@@ -179,26 +236,42 @@ impl Stores {
             }
             cache.insert(cache_key, operator.clone());
         }
-        Ok(Location { operator, path, display, local })
+        Ok(Location {
+            operator,
+            path,
+            display,
+            local,
+        })
     }
 
     fn spec_for(&self, url: &str) -> Option<&StoreSpec> {
-        self.specs.iter().find(|(prefix, _)| url.starts_with(prefix.as_str())).map(|(_, spec)| spec)
+        self.specs
+            .iter()
+            .find(|(prefix, _)| url.starts_with(prefix.as_str()))
+            .map(|(_, spec)| spec)
     }
 
     fn parse(&self, url: &str, display: &str) -> Result<Target, StorageError> {
         let Some((scheme, rest)) = url.split_once("://") else {
             return Ok(Target::Local(self.base_dir.join(url)));
         };
-        let split = |what: &'static str, example: &'static str| -> Result<(String, String), StorageError> {
-            let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            if head.is_empty() {
-                return Err(StorageError::Incomplete { url: display.to_owned(), what, example });
-            }
-            Ok((head.to_owned(), tail.to_owned()))
-        };
+        let split =
+            |what: &'static str, example: &'static str| -> Result<(String, String), StorageError> {
+                let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
+                if head.is_empty() {
+                    return Err(StorageError::Incomplete {
+                        url: display.to_owned(),
+                        what,
+                        example,
+                    });
+                }
+                Ok((head.to_owned(), tail.to_owned()))
+            };
         match scheme {
-            "file" => Ok(Target::Local(PathBuf::from(format!("/{}", rest.trim_start_matches('/'))))),
+            "file" => Ok(Target::Local(PathBuf::from(format!(
+                "/{}",
+                rest.trim_start_matches('/')
+            )))),
             "s3" => {
                 let (bucket, key) = split("bucket", "s3://BUCKET/KEY")?;
                 Ok(Target::S3 { bucket, key })
@@ -209,10 +282,18 @@ impl Stores {
             }
             "az" | "azure" => {
                 let (container, path) = split("container", "az://CONTAINER/PATH")?;
-                Ok(Target::Azure { account: None, endpoint: None, container, path, sas: None })
+                Ok(Target::Azure {
+                    account: None,
+                    endpoint: None,
+                    container,
+                    path,
+                    sas: None,
+                })
             }
             "https" | "http" => self.parse_http(url, rest, display),
-            _ => Err(StorageError::Unsupported { url: display.to_owned() }),
+            _ => Err(StorageError::Unsupported {
+                url: display.to_owned(),
+            }),
         }
     }
 
@@ -227,7 +308,10 @@ impl Stores {
         if let Some(account) = host.strip_suffix(".blob.core.windows.net") {
             let scheme_len = url.len() - rest.len();
             let path_part = &without_query[scheme_len + host.len()..];
-            let (container, path) = path_part.trim_start_matches('/').split_once('/').unwrap_or((path_part.trim_start_matches('/'), ""));
+            let (container, path) = path_part
+                .trim_start_matches('/')
+                .split_once('/')
+                .unwrap_or((path_part.trim_start_matches('/'), ""));
             if container.is_empty() {
                 return Err(StorageError::Incomplete {
                     url: display.to_owned(),
@@ -247,26 +331,44 @@ impl Stores {
             });
         }
         // An endpoint-style URL under a [store] prefix: PREFIX names the account's endpoint.
-        if let Some((prefix, spec)) = self.specs.iter().find(|(prefix, _)| url.starts_with(prefix.as_str())) {
-            if spec.account_name.is_some() || spec.connection_string.is_some() {
-                let tail = without_query[prefix.len()..].trim_start_matches('/');
-                let (container, path) = tail.split_once('/').unwrap_or((tail, ""));
-                if !container.is_empty() {
-                    return Ok(Target::Azure {
-                        account: spec.account_name.clone(),
-                        endpoint: Some(spec.endpoint.clone().unwrap_or_else(|| prefix.trim_end_matches('/').to_owned())),
-                        container: decode(container),
-                        path: decode(path),
-                        sas,
-                    });
-                }
+        if let Some((prefix, spec)) = self
+            .specs
+            .iter()
+            .find(|(prefix, _)| url.starts_with(prefix.as_str()))
+            && (spec.account_name.is_some() || spec.connection_string.is_some())
+        {
+            let tail = without_query[prefix.len()..].trim_start_matches('/');
+            let (container, path) = tail.split_once('/').unwrap_or((tail, ""));
+            if !container.is_empty() {
+                return Ok(Target::Azure {
+                    account: spec.account_name.clone(),
+                    endpoint: Some(
+                        spec.endpoint
+                            .clone()
+                            .unwrap_or_else(|| prefix.trim_end_matches('/').to_owned()),
+                    ),
+                    container: decode(container),
+                    path: decode(path),
+                    sas,
+                });
             }
         }
-        Err(StorageError::Unsupported { url: display.to_owned() })
+        Err(StorageError::Unsupported {
+            url: display.to_owned(),
+        })
     }
 
-    fn build(&self, target: &Target, spec: Option<&StoreSpec>, display: &str, write: bool) -> Result<Operator, StorageError> {
-        let config = |source: opendal::Error| StorageError::Config { url: display.to_owned(), source };
+    fn build(
+        &self,
+        target: &Target,
+        spec: Option<&StoreSpec>,
+        display: &str,
+        write: bool,
+    ) -> Result<Operator, StorageError> {
+        let config = |source: opendal::Error| StorageError::Config {
+            url: display.to_owned(),
+            source,
+        };
         let env = &self.env;
         let operator = match target {
             Target::Local(file) => {
@@ -274,7 +376,13 @@ impl Stores {
                 if write {
                     let dir = file.parent().unwrap_or(Path::new("/"));
                     std::fs::create_dir_all(dir).map_err(|e| {
-                        config(opendal::Error::new(ErrorKind::Unexpected, "cannot create the target directory").set_source(e))
+                        config(
+                            opendal::Error::new(
+                                ErrorKind::Unexpected,
+                                "cannot create the target directory",
+                            )
+                            .set_source(e),
+                        )
                     })?;
                     let dir = dir.display().to_string();
                     builder = builder.root(&dir).atomic_write_dir(&dir);
@@ -290,7 +398,10 @@ impl Stores {
                     .or_else(|| env.first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
                     .unwrap_or_else(|| "us-east-1".to_owned());
                 let mut builder = services::S3::default().bucket(bucket).region(&region);
-                if let Some(endpoint) = spec.endpoint.or_else(|| env.first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])) {
+                if let Some(endpoint) = spec
+                    .endpoint
+                    .or_else(|| env.first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]))
+                {
                     builder = builder.endpoint(&endpoint);
                 }
                 if let Some(id) = &spec.access_key_id {
@@ -313,14 +424,28 @@ impl Stores {
                 if let Some(endpoint) = &spec.endpoint {
                     builder = builder.endpoint(endpoint);
                 }
-                if let Some(path) = spec.credential_path.or_else(|| env.first(&["GOOGLE_APPLICATION_CREDENTIALS"])) {
+                if let Some(path) = spec
+                    .credential_path
+                    .or_else(|| env.first(&["GOOGLE_APPLICATION_CREDENTIALS"]))
+                {
                     builder = builder.credential_path(&path);
                 }
                 Operator::new(builder).map_err(config)?
             }
-            Target::Azure { account, endpoint, container, sas, .. } => {
-                self.azure(spec, account.as_deref(), endpoint.as_deref(), container, sas.as_deref(), display)?
-            }
+            Target::Azure {
+                account,
+                endpoint,
+                container,
+                sas,
+                ..
+            } => self.azure(
+                spec,
+                account.as_deref(),
+                endpoint.as_deref(),
+                container,
+                sas.as_deref(),
+                display,
+            )?,
         };
         Ok(operator)
     }
@@ -334,7 +459,10 @@ impl Stores {
         url_sas: Option<&str>,
         display: &str,
     ) -> Result<Operator, StorageError> {
-        let config = |source: opendal::Error| StorageError::Config { url: display.to_owned(), source };
+        let config = |source: opendal::Error| StorageError::Config {
+            url: display.to_owned(),
+            source,
+        };
         let env = &self.env;
         let spec = spec.cloned().unwrap_or_default();
         let connection = spec
@@ -342,11 +470,15 @@ impl Stores {
             .clone()
             .or_else(|| env.first(&["AZURE_STORAGE_CONNECTION_STRING"]));
         let mut builder = match &connection {
-            Some(connection) => services::Azblob::from_connection_string(connection).map_err(config)?,
+            Some(connection) => {
+                services::Azblob::from_connection_string(connection).map_err(config)?
+            }
             None => services::Azblob::default(),
         };
         let connection_account = connection.as_deref().and_then(|c| {
-            c.split(';').find_map(|part| part.strip_prefix("AccountName=")).map(str::to_owned)
+            c.split(';')
+                .find_map(|part| part.strip_prefix("AccountName="))
+                .map(str::to_owned)
         });
         let account = url_account
             .map(str::to_owned)
@@ -372,7 +504,9 @@ impl Stores {
         // Only use a key from the connection string or environment for the account it belongs to.
         let same_account = connection_account.as_deref().is_none_or(|a| a == account);
         let key = spec.account_key.clone().or_else(|| {
-            same_account.then(|| env.first(&["AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY"])).flatten()
+            same_account
+                .then(|| env.first(&["AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY"]))
+                .flatten()
         });
         if let Some(key) = key {
             secrets::register(&key);
@@ -386,12 +520,14 @@ impl Stores {
             secrets::register(&sas);
             builder = builder.sas_token(sas.trim_start_matches('?'));
         }
-        Ok(Operator::new(builder).map_err(config)?)
+        Operator::new(builder).map_err(config)
     }
 }
 
 fn decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Classifies an OpenDAL error for the engine.

@@ -2,7 +2,7 @@
 //! bounded concurrency, recording every transition before the item's next step.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -16,6 +16,13 @@ use crate::source::{Source, SourceError};
 use crate::state::{StateError, StateStore, Transition};
 use crate::step::{ByteCounter, Outcome, Step, StepContext};
 use crate::template::{Template, TemplateError};
+
+/// The loader is still reading the source.
+const LOADING: u8 = 0;
+/// The loader read the whole source and recorded that in the state.
+const ENDED_COMPLETE: u8 = 1;
+/// The loader stopped before the end of the source.
+const ENDED_EARLY: u8 = 2;
 
 /// Items per state insert while loading the source.
 const LOAD_BATCH: usize = 1_000;
@@ -119,6 +126,9 @@ pub enum EngineError {
     /// An item's key could not be rendered.
     #[error("cannot make the key of an item")]
     Key(#[source] TemplateError),
+    /// The loader was told to stop before the end of the source (the run is ending).
+    #[error("the source was not read to the end")]
+    Stopped,
     /// A step reported an error that no other item can get past (e.g. bad credentials).
     #[error("step `{step}` failed for `{key}`, stopping the run")]
     Fatal {
@@ -133,6 +143,8 @@ pub enum EngineError {
 }
 
 struct Shared {
+    /// Set by an item that hit a fatal error, before it releases its permit: start no more.
+    halt: AtomicBool,
     pipeline: Arc<Pipeline>,
     state: Arc<dyn StateStore>,
     reporter: Arc<dyn Reporter>,
@@ -168,6 +180,7 @@ pub async fn run(
         state.requeue(crate::state::Requeue::Failed).await?;
     }
     let shared = Arc::new(Shared {
+        halt: AtomicBool::new(false),
         pipeline,
         state,
         reporter,
@@ -175,19 +188,29 @@ pub async fn run(
     });
 
     // The loader adds the source's items to the state while the runner works through them.
+    // It publishes how it ended only after its last insert is committed, so a runner that
+    // reads `ENDED_*` before its query sees every item.
     let loaded = Arc::new(Notify::new());
-    let loader_done = Arc::new(AtomicBool::new(false));
+    let loader_end = Arc::new(AtomicU8::new(LOADING));
     let (stop_loader, stop_loader_rx) = watch::channel(false);
     let loader = if shared.state.source_complete().await? {
-        loader_done.store(true, Ordering::SeqCst);
+        loader_end.store(ENDED_COMPLETE, Ordering::SeqCst);
         None
     } else {
-        Some(tokio::spawn(load(
-            Arc::clone(&shared),
-            Arc::clone(&loaded),
-            Arc::clone(&loader_done),
-            stop_loader_rx,
-        )))
+        let shared = Arc::clone(&shared);
+        let loaded = Arc::clone(&loaded);
+        let end = Arc::clone(&loader_end);
+        Some(tokio::spawn(async move {
+            let result = load(&shared, &loaded, stop_loader_rx).await;
+            let ended = if result.is_ok() {
+                ENDED_COMPLETE
+            } else {
+                ENDED_EARLY
+            };
+            end.store(ended, Ordering::SeqCst);
+            loaded.notify_waiters();
+            result
+        }))
     };
 
     let semaphore = Arc::new(Semaphore::new(shared.options.concurrency.max(1)));
@@ -208,22 +231,18 @@ pub async fn run(
                 break 'feed;
             }
         }
-        let source_was_done = loader_done.load(Ordering::SeqCst);
+        let loader_was = loader_end.load(Ordering::SeqCst);
         let page = shared.state.runnable(cursor, PAGE).await?;
         if page.is_empty() {
-            if source_was_done {
+            if loader_was != LOADING {
+                // Complete: nothing is left. Stopped early (an error, or `--limit` reached
+                // elsewhere): its error is reported below.
                 break;
-            }
-            if let Some(handle) = &loader {
-                if handle.is_finished() {
-                    // The loader stopped without finishing: its error is reported below.
-                    break;
-                }
             }
             tokio::select! {
                 _ = loaded.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = shutdown.changed() => {}
+                _ = stop_requested(&mut shutdown, StopLevel::Drain) => {}
             }
             continue;
         }
@@ -237,11 +256,14 @@ pub async fn run(
                     Ok(permit) => permit,
                     Err(_) => break 'feed,
                 },
-                _ = shutdown.changed() => {
+                _ = stop_requested(&mut shutdown, StopLevel::Drain) => {
                     report.interrupted = true;
                     break 'feed;
                 }
             };
+            if shared.halt.load(Ordering::SeqCst) {
+                break 'feed;
+            }
             taken += 1;
             let shared = Arc::clone(&shared);
             tasks.spawn(async move {
@@ -254,6 +276,9 @@ pub async fn run(
 
     // Drain: let in-flight items finish, unless a second stop request aborts them.
     let _ = stop_loader.send(true);
+    if *shutdown.borrow() == StopLevel::Abort {
+        tasks.abort_all();
+    }
     loop {
         tokio::select! {
             joined = tasks.join_next() => match joined {
@@ -264,14 +289,9 @@ pub async fn run(
                 }
                 None => break,
             },
-            changed = shutdown.changed(), if *shutdown.borrow() != StopLevel::Abort => {
-                if changed.is_err() {
-                    continue;
-                }
+            _ = stop_requested(&mut shutdown, StopLevel::Abort), if *shutdown.borrow() != StopLevel::Abort => {
                 report.interrupted = true;
-                if *shutdown.borrow() == StopLevel::Abort {
-                    tasks.abort_all();
-                }
+                tasks.abort_all();
             }
         }
     }
@@ -280,7 +300,7 @@ pub async fn run(
     }
     if let Some(loader) = loader {
         match loader.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) | Ok(Err(EngineError::Stopped)) => {}
             Ok(Err(error)) => {
                 failure.get_or_insert(error);
             }
@@ -298,6 +318,19 @@ pub async fn run(
     match failure {
         Some(error) => Err(error),
         None => Ok(report),
+    }
+}
+
+/// Waits until a stop at `level` or beyond is requested. A dropped sender means no request
+/// will ever come: wait forever rather than report a stop.
+async fn stop_requested(shutdown: &mut Shutdown, level: StopLevel) {
+    loop {
+        if *shutdown.borrow_and_update() >= level {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -329,9 +362,8 @@ fn absorb(
 }
 
 async fn load(
-    shared: Arc<Shared>,
-    loaded: Arc<Notify>,
-    done: Arc<AtomicBool>,
+    shared: &Shared,
+    loaded: &Notify,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
     let mut items = shared.pipeline.source.items();
@@ -339,11 +371,15 @@ async fn load(
     loop {
         let next = tokio::select! {
             next = items.next() => next,
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => return Err(EngineError::Stopped),
         };
         let Some(fields) = next else { break };
         let fields = fields?;
-        let key = shared.pipeline.key.render(&fields).map_err(EngineError::Key)?;
+        let key = shared
+            .pipeline
+            .key
+            .render(&fields)
+            .map_err(EngineError::Key)?;
         batch.push(NewItem { key, fields });
         if batch.len() >= LOAD_BATCH {
             let added = shared.state.insert(std::mem::take(&mut batch)).await?;
@@ -356,8 +392,6 @@ async fn load(
         shared.reporter.loaded(added);
     }
     shared.state.set_source_complete().await?;
-    done.store(true, Ordering::SeqCst);
-    loaded.notify_waiters();
     Ok(())
 }
 
@@ -368,13 +402,22 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
     let Some((first_name, _)) = steps.get(item.step) else {
         // Every step already ran (the plan's fingerprint prevents this unless edited by hand).
         state
-            .record(Transition::Finished { id: item.id, status: Status::Done, bytes: 0, reason: None })
+            .record(Transition::Finished {
+                id: item.id,
+                status: Status::Done,
+                bytes: 0,
+                reason: None,
+            })
             .await?;
         report.status = Some(Status::Done);
         return Ok(report);
     };
     state
-        .record(Transition::Started { id: item.id, step: item.step, step_name: first_name.clone() })
+        .record(Transition::Started {
+            id: item.id,
+            step: item.step,
+            step_name: first_name.clone(),
+        })
         .await?;
 
     let counter = Counter(shared.reporter.as_ref());
@@ -392,7 +435,10 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
                     report.retries += 1;
                     report.throttled += u64::from(throttled);
                     shared.reporter.retried(throttled);
-                    let delay = shared.options.backoff.delay(retry, error.retry_after(), &mut rng);
+                    let delay = shared
+                        .options
+                        .backoff
+                        .delay(retry, error.retry_after(), &mut rng);
                     tracing::debug!(key = %item.key, step = %name, retry, ?delay, error = %error.chain(), "Retrying.");
                     tokio::time::sleep(delay).await;
                 }
@@ -409,7 +455,12 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
                         step_name: next_name.clone(),
                         bytes,
                     },
-                    None => Transition::Finished { id: item.id, status: Status::Done, bytes, reason: None },
+                    None => Transition::Finished {
+                        id: item.id,
+                        status: Status::Done,
+                        bytes,
+                        reason: None,
+                    },
                 };
                 state.record(transition).await?;
             }
@@ -426,15 +477,34 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
                 shared.reporter.finished(Status::Skipped);
                 return Ok(report);
             }
+            Err(error) if error.class() == ErrorClass::Fatal => {
+                // Not this item's fault, and no other item would get further: put it back
+                // and stop the run.
+                shared.halt.store(true, Ordering::SeqCst);
+                let message = error.chain();
+                state
+                    .record(Transition::Released {
+                        id: item.id,
+                        error: message,
+                    })
+                    .await?;
+                return Err(EngineError::Fatal {
+                    step: name.clone(),
+                    key: item.key,
+                    source: error,
+                });
+            }
             Err(error) => {
                 let message = error.chain();
                 tracing::warn!(key = %crate::secrets::redact(&item.key), step = %name, error = %message, "Item failed.");
-                state.record(Transition::Failed { id: item.id, error: message }).await?;
+                state
+                    .record(Transition::Failed {
+                        id: item.id,
+                        error: message,
+                    })
+                    .await?;
                 report.status = Some(Status::Failed);
                 shared.reporter.finished(Status::Failed);
-                if error.class() == ErrorClass::Fatal {
-                    return Err(EngineError::Fatal { step: name.clone(), key: item.key, source: error });
-                }
                 return Ok(report);
             }
         }

@@ -440,7 +440,10 @@ impl Plan {
         let mut stores = Vec::new();
         for (prefix, spec) in &raw.store {
             let table = format!("store.\"{prefix}\"");
-            stores.push((prefix.clone(), store_spec(spec).map_err(|m| invalid(&table, m))?));
+            stores.push((
+                prefix.clone(),
+                store_spec(spec).map_err(|m| invalid(&table, m))?,
+            ));
         }
         stores.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
 
@@ -530,7 +533,11 @@ fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
     if given.len() != 1 {
         return Err(format!(
             "give exactly one of `csv`, `lines`, `glob`, `list` (found {}); e.g. `csv = \"items.csv\"`",
-            if given.is_empty() { "none".to_owned() } else { given.join(", ") }
+            if given.is_empty() {
+                "none".to_owned()
+            } else {
+                given.join(", ")
+            }
         ));
     }
     let delimiter = match raw.delimiter.as_deref() {
@@ -538,9 +545,7 @@ fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
         Some(d) if d.len() == 1 => d.as_bytes()[0],
         Some("\\t") => b'\t',
         Some(d) => {
-            return Err(format!(
-                "`delimiter` must be one character, got `{d}`"
-            ));
+            return Err(format!("`delimiter` must be one character, got `{d}`"));
         }
     };
     if raw.delimiter.is_some() && raw.csv.is_none() {
@@ -612,9 +617,7 @@ fn action(raw: &RawStep) -> Result<Action, String> {
         (Some(_), Some(_)) => Err(
             "a step holds one action; put `exists` and `copy` in two `[[step]]` tables".to_owned(),
         ),
-        (None, None) => Err(
-            "the step has no action; give one of `exists`, `copy`".to_owned(),
-        ),
+        (None, None) => Err("the step has no action; give one of `exists`, `copy`".to_owned()),
     }
 }
 
@@ -686,7 +689,13 @@ fn fingerprint(value: &impl Serialize) -> String {
 
 fn file_safe(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

@@ -23,7 +23,12 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The delay before retry number `retry` (1 for the first retry).
-    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, rng: &mut fastrand::Rng) -> Duration {
+    pub fn delay(
+        &self,
+        retry: u32,
+        retry_after: Option<Duration>,
+        rng: &mut fastrand::Rng,
+    ) -> Duration {
         let exponent = retry.saturating_sub(1).min(20);
         let ceiling = self.base.saturating_mul(1 << exponent).min(self.cap);
         let jittered = ceiling.mul_f64(rng.f64());
@@ -40,10 +45,14 @@ mod tests {
 
     #[test]
     fn delays_stay_under_the_exponential_ceiling() {
-        let backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(1) };
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
         let mut rng = fastrand::Rng::with_seed(7);
         for retry in 1..=10 {
-            let ceiling = Duration::from_millis(100 * (1 << (retry - 1))).min(Duration::from_secs(1));
+            let ceiling =
+                Duration::from_millis(100 * (1 << (retry - 1))).min(Duration::from_secs(1));
             for _ in 0..100 {
                 assert!(backoff.delay(retry, None, &mut rng) <= ceiling);
             }

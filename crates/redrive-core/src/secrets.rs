@@ -47,10 +47,10 @@ pub fn register_env_credentials() {
             register(&value);
             // A connection string carries its key as one of its parts.
             for part in value.split(';') {
-                if let Some((field, secret)) = part.split_once('=') {
-                    if matches!(field, "AccountKey" | "SharedAccessSignature") {
-                        register(secret);
-                    }
+                if let Some((field, secret)) = part.split_once('=')
+                    && matches!(field, "AccountKey" | "SharedAccessSignature")
+                {
+                    register(secret);
                 }
             }
         }
@@ -86,7 +86,7 @@ fn mask_after(text: &str, marker: &str) -> String {
         out.push_str(&rest[..value_start]);
         let tail = &rest[value_start..];
         let end = tail
-            .find(|c: char| matches!(c, '&' | ';' | '"' | '\'' | ' ' | '\n'))
+            .find(['&', ';', '"', '\'', ' ', '\n'])
             .unwrap_or(tail.len());
         if end > 0 {
             out.push_str(MASK);

@@ -89,6 +89,14 @@ pub enum Transition {
         /// Why it was skipped.
         reason: Option<String>,
     },
+    /// The run stopped for a reason that is not the item's (a fatal error such as a missing
+    /// bucket): the item goes back to `pending` at its current step, the error kept.
+    Released {
+        /// The item.
+        id: ItemId,
+        /// The error chain, secrets masked.
+        error: String,
+    },
     /// A step failed; the item stays at that step so `--retry-failed` resumes there.
     Failed {
         /// The item.

@@ -25,7 +25,10 @@ pub struct Template {
 #[derive(Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),
-    Field { name: String, filters: Vec<Filter> },
+    Field {
+        name: String,
+        filters: Vec<Filter>,
+    },
     /// An environment value, already read and registered as a secret.
     Secret(String),
 }
@@ -53,7 +56,9 @@ pub enum TemplateError {
         filter: String,
     },
     /// `${NAME}` where `NAME` is not set.
-    #[error("environment variable `{name}` used in `{template}` is not set; export it before running")]
+    #[error(
+        "environment variable `{name}` used in `{template}` is not set; export it before running"
+    )]
     MissingEnv {
         /// The template text.
         template: String,
@@ -110,25 +115,25 @@ impl Template {
                 rest = &after[end + 1..];
                 continue;
             }
-            if c == '{' {
-                if let Some((name, filters, len)) = placeholder(rest) {
-                    let filters = filters
-                        .iter()
-                        .map(|filter| {
-                            parse_filter(filter).ok_or_else(|| TemplateError::UnknownFilter {
-                                template: raw.to_owned(),
-                                filter: (*filter).to_owned(),
-                            })
+            if c == '{'
+                && let Some((name, filters, len)) = placeholder(rest)
+            {
+                let filters = filters
+                    .iter()
+                    .map(|filter| {
+                        parse_filter(filter).ok_or_else(|| TemplateError::UnknownFilter {
+                            template: raw.to_owned(),
+                            filter: (*filter).to_owned(),
                         })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    flush(&mut literal, &mut parts);
-                    parts.push(Part::Field {
-                        name: name.to_owned(),
-                        filters,
-                    });
-                    rest = &rest[len..];
-                    continue;
-                }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                flush(&mut literal, &mut parts);
+                parts.push(Part::Field {
+                    name: name.to_owned(),
+                    filters,
+                });
+                rest = &rest[len..];
+                continue;
             }
             literal.push(c);
             rest = &rest[c.len_utf8()..];
@@ -155,7 +160,9 @@ impl Template {
 
     /// True when the template has no placeholder at all.
     pub fn is_constant(&self) -> bool {
-        self.parts.iter().all(|part| matches!(part, Part::Literal(_)))
+        self.parts
+            .iter()
+            .all(|part| matches!(part, Part::Literal(_)))
     }
 
     /// Checks that every field this template reads is in `available`.
@@ -302,9 +309,11 @@ mod tests {
     }
 
     fn render(template: &str, pairs: &[(&str, &str)]) -> String {
-        Template::parse_with(template, |name| (name == "TOKEN").then(|| "tok-1234".to_owned()))
-            .and_then(|t| t.render(&fields(pairs)))
-            .unwrap_or_else(|e| format!("error: {e}"))
+        Template::parse_with(template, |name| {
+            (name == "TOKEN").then(|| "tok-1234".to_owned())
+        })
+        .and_then(|t| t.render(&fields(pairs)))
+        .unwrap_or_else(|e| format!("error: {e}"))
     }
 
     macro_rules! render_cases {

@@ -10,10 +10,14 @@ use redrive_core::item::{Fields, NewItem, Status};
 use redrive_core::state::{JobInfo, Requeue, StateError, StateStore, Transition};
 
 /// Makes a fresh, empty store.
-pub type Factory<'a> = &'a (dyn Fn() -> Pin<Box<dyn Future<Output = Box<dyn StateStore>> + Send>> + Sync);
+pub type Factory<'a> =
+    &'a (dyn Fn() -> Pin<Box<dyn Future<Output = Box<dyn StateStore>> + Send>> + Sync);
 
 fn job(fingerprint: &str) -> JobInfo {
-    JobInfo { name: "conformance".to_owned(), fingerprint: fingerprint.to_owned() }
+    JobInfo {
+        name: "conformance".to_owned(),
+        fingerprint: fingerprint.to_owned(),
+    }
 }
 
 fn items(keys: &[&str]) -> Vec<NewItem> {
@@ -21,7 +25,10 @@ fn items(keys: &[&str]) -> Vec<NewItem> {
         .map(|key| {
             let mut fields = Fields::new();
             fields.insert("name".to_owned(), (*key).to_owned());
-            NewItem { key: (*key).to_owned(), fields }
+            NewItem {
+                key: (*key).to_owned(),
+                fields,
+            }
         })
         .collect()
 }
@@ -47,12 +54,21 @@ pub async fn run_all(factory: Factory<'_>) {
 /// A state refuses a plan with another fingerprint or job name.
 pub async fn begin_accepts_same_plan_and_refuses_another(store: &dyn StateStore) {
     ok(store.begin(&job("a")).await, "first begin");
-    ok(store.begin(&job("a")).await, "begin again with the same plan");
+    ok(
+        store.begin(&job("a")).await,
+        "begin again with the same plan",
+    );
     assert!(
-        matches!(store.begin(&job("b")).await, Err(StateError::PlanChanged { .. })),
+        matches!(
+            store.begin(&job("b")).await,
+            Err(StateError::PlanChanged { .. })
+        ),
         "a changed plan must be refused"
     );
-    let other = JobInfo { name: "other".to_owned(), fingerprint: "a".to_owned() };
+    let other = JobInfo {
+        name: "other".to_owned(),
+        fingerprint: "a".to_owned(),
+    };
     assert!(
         matches!(store.begin(&other).await, Err(StateError::OtherJob { .. })),
         "another job must be refused"
@@ -65,13 +81,28 @@ pub async fn insert_ignores_known_keys(store: &dyn StateStore) {
     assert_eq!(ok(store.insert(items(&["a", "b"])).await, "insert"), 2);
     let first = ok(store.runnable(0, 10).await, "runnable");
     ok(
-        store.record(Transition::Finished { id: first[0].id, status: Status::Done, bytes: 3, reason: None }).await,
+        store
+            .record(Transition::Finished {
+                id: first[0].id,
+                status: Status::Done,
+                bytes: 3,
+                reason: None,
+            })
+            .await,
         "record",
     );
-    assert_eq!(ok(store.insert(items(&["b", "a", "c"])).await, "insert again"), 1, "only `c` is new");
+    assert_eq!(
+        ok(store.insert(items(&["b", "a", "c"])).await, "insert again"),
+        1,
+        "only `c` is new"
+    );
     let summary = ok(store.summary().await, "summary");
     assert_eq!(summary.total(), 3);
-    assert_eq!(summary.count(Status::Done), 1, "a known key keeps its status");
+    assert_eq!(
+        summary.count(Status::Done),
+        1,
+        "a known key keeps its status"
+    );
 }
 
 /// Each transition is visible once `record` returns.
@@ -79,27 +110,86 @@ pub async fn transitions_are_visible_after_record(store: &dyn StateStore) {
     ok(store.begin(&job("a")).await, "begin");
     ok(store.insert(items(&["x"])).await, "insert");
     let item = ok(store.runnable(0, 10).await, "runnable").remove(0);
-    assert_eq!((item.status, item.step, item.attempts), (Status::Pending, 0, 0));
+    assert_eq!(
+        (item.status, item.step, item.attempts),
+        (Status::Pending, 0, 0)
+    );
     assert_eq!(item.fields.get("name").map(String::as_str), Some("x"));
-
-    ok(store.record(Transition::Started { id: item.id, step: 0, step_name: "copy".into() }).await, "start");
-    let running = ok(store.runnable(0, 10).await, "runnable").remove(0);
-    assert_eq!((running.status, running.attempts), (Status::Running, 1), "started → running, attempt 1");
 
     ok(
         store
-            .record(Transition::Advanced { id: item.id, step: 1, step_name: "notify".into(), bytes: 10 })
+            .record(Transition::Started {
+                id: item.id,
+                step: 0,
+                step_name: "copy".into(),
+            })
+            .await,
+        "start",
+    );
+    let running = ok(store.runnable(0, 10).await, "runnable").remove(0);
+    assert_eq!(
+        (running.status, running.attempts),
+        (Status::Running, 1),
+        "started → running, attempt 1"
+    );
+
+    ok(
+        store
+            .record(Transition::Advanced {
+                id: item.id,
+                step: 1,
+                step_name: "notify".into(),
+                bytes: 10,
+            })
             .await,
         "advance",
     );
     let advanced = ok(store.runnable(0, 10).await, "runnable").remove(0);
-    assert_eq!((advanced.step, advanced.bytes), (1, 10), "advanced → next step, bytes added");
+    assert_eq!(
+        (advanced.step, advanced.bytes),
+        (1, 10),
+        "advanced → next step, bytes added"
+    );
 
-    ok(store.record(Transition::Failed { id: item.id, error: "boom".into() }).await, "fail");
-    assert!(ok(store.runnable(0, 10).await, "runnable").is_empty(), "failed items are not runnable");
-    let failed = ok(store.items_with_status(Status::Failed, 0, 10).await, "failed");
+    ok(
+        store
+            .record(Transition::Released {
+                id: item.id,
+                error: "no bucket".into(),
+            })
+            .await,
+        "release",
+    );
+    let released = ok(store.runnable(0, 10).await, "runnable").remove(0);
+    assert_eq!(
+        (released.status, released.step, released.error.as_deref()),
+        (Status::Pending, 1, Some("no bucket")),
+        "released → pending at its step, error kept"
+    );
+
+    ok(
+        store
+            .record(Transition::Failed {
+                id: item.id,
+                error: "boom".into(),
+            })
+            .await,
+        "fail",
+    );
+    assert!(
+        ok(store.runnable(0, 10).await, "runnable").is_empty(),
+        "failed items are not runnable"
+    );
+    let failed = ok(
+        store.items_with_status(Status::Failed, 0, 10).await,
+        "failed",
+    );
     assert_eq!(failed.len(), 1);
-    assert_eq!((failed[0].step, failed[0].error.as_deref()), (1, Some("boom")), "fails at its step");
+    assert_eq!(
+        (failed[0].step, failed[0].error.as_deref()),
+        (1, Some("boom")),
+        "fails at its step"
+    );
 }
 
 /// `runnable` pages through pending and running items by id, skipping finished ones.
@@ -112,7 +202,14 @@ pub async fn runnable_pages_in_id_order(store: &dyn StateStore) {
     assert_eq!(all.len(), 25);
     for done in all.iter().step_by(5) {
         ok(
-            store.record(Transition::Finished { id: done.id, status: Status::Done, bytes: 0, reason: None }).await,
+            store
+                .record(Transition::Finished {
+                    id: done.id,
+                    status: Status::Done,
+                    bytes: 0,
+                    reason: None,
+                })
+                .await,
             "finish",
         );
     }
@@ -135,23 +232,90 @@ pub async fn requeue_and_skip(store: &dyn StateStore) {
     ok(store.begin(&job("a")).await, "begin");
     ok(store.insert(items(&["a", "b", "c", "d"])).await, "insert");
     let all = ok(store.runnable(0, 10).await, "runnable");
-    ok(store.record(Transition::Advanced { id: all[0].id, step: 1, step_name: "two".into(), bytes: 1 }).await, "advance");
-    ok(store.record(Transition::Failed { id: all[0].id, error: "e".into() }).await, "fail a");
-    ok(store.record(Transition::Failed { id: all[1].id, error: "e".into() }).await, "fail b");
-    ok(store.record(Transition::Finished { id: all[2].id, status: Status::Done, bytes: 0, reason: None }).await, "done c");
+    ok(
+        store
+            .record(Transition::Advanced {
+                id: all[0].id,
+                step: 1,
+                step_name: "two".into(),
+                bytes: 1,
+            })
+            .await,
+        "advance",
+    );
+    ok(
+        store
+            .record(Transition::Failed {
+                id: all[0].id,
+                error: "e".into(),
+            })
+            .await,
+        "fail a",
+    );
+    ok(
+        store
+            .record(Transition::Failed {
+                id: all[1].id,
+                error: "e".into(),
+            })
+            .await,
+        "fail b",
+    );
+    ok(
+        store
+            .record(Transition::Finished {
+                id: all[2].id,
+                status: Status::Done,
+                bytes: 0,
+                reason: None,
+            })
+            .await,
+        "done c",
+    );
 
-    assert_eq!(ok(store.requeue(Requeue::Failed).await, "requeue failed"), 2);
+    assert_eq!(
+        ok(store.requeue(Requeue::Failed).await, "requeue failed"),
+        2
+    );
     let runnable = ok(store.runnable(0, 10).await, "runnable");
     assert_eq!(runnable.len(), 3);
-    assert_eq!((runnable[0].key.as_str(), runnable[0].step), ("a", 1), "--retry-failed resumes at the failed step");
+    assert_eq!(
+        (runnable[0].key.as_str(), runnable[0].step),
+        ("a", 1),
+        "--retry-failed resumes at the failed step"
+    );
 
-    assert_eq!(ok(store.requeue(Requeue::Keys(vec!["a".into(), "zz".into()])).await, "reset a"), 1);
+    assert_eq!(
+        ok(
+            store
+                .requeue(Requeue::Keys(vec!["a".into(), "zz".into()]))
+                .await,
+            "reset a"
+        ),
+        1
+    );
     let a = ok(store.runnable(0, 1).await, "runnable").remove(0);
-    assert_eq!((a.key.as_str(), a.step, a.bytes), ("a", 0, 0), "reset restarts from the first step");
+    assert_eq!(
+        (a.key.as_str(), a.step, a.bytes),
+        ("a", 0, 0),
+        "reset restarts from the first step"
+    );
 
-    assert_eq!(ok(store.requeue(Requeue::Status(Status::Done)).await, "reset done"), 1);
-    assert_eq!(ok(store.skip(vec!["d".into()], "by hand".into()).await, "skip"), 1);
-    let skipped = ok(store.items_with_status(Status::Skipped, 0, 10).await, "skipped");
+    assert_eq!(
+        ok(
+            store.requeue(Requeue::Status(Status::Done)).await,
+            "reset done"
+        ),
+        1
+    );
+    assert_eq!(
+        ok(store.skip(vec!["d".into()], "by hand".into()).await, "skip"),
+        1
+    );
+    let skipped = ok(
+        store.items_with_status(Status::Skipped, 0, 10).await,
+        "skipped",
+    );
     assert_eq!(skipped.len(), 1);
     assert_eq!(skipped[0].error.as_deref(), Some("by hand"));
 }
@@ -173,7 +337,12 @@ pub async fn concurrent_records_all_land(store: &dyn StateStore) {
     ok(store.insert(items(&refs)).await, "insert");
     let all = ok(store.runnable(0, 5_000).await, "runnable");
     let records = all.iter().map(|item| {
-        store.record(Transition::Finished { id: item.id, status: Status::Done, bytes: 1, reason: None })
+        store.record(Transition::Finished {
+            id: item.id,
+            status: Status::Done,
+            bytes: 1,
+            reason: None,
+        })
     });
     for result in futures::future::join_all(records).await {
         ok(result, "concurrent record");

@@ -34,7 +34,9 @@ pub struct SqliteStateStore {
 
 impl std::fmt::Debug for SqliteStateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStateStore").field("location", &self.location).finish()
+        f.debug_struct("SqliteStateStore")
+            .field("location", &self.location)
+            .finish()
     }
 }
 
@@ -42,10 +44,10 @@ impl SqliteStateStore {
     /// Opens the state file, creating it (and its directory) when missing.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         let location = path.display().to_string();
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| backend(&location, e))?;
-            }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| backend(&location, e))?;
         }
         Self::open_with(path.to_path_buf(), location, true)
     }
@@ -79,7 +81,9 @@ impl SqliteStateStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(err)?;
-        reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
 
         let (sender, receiver) = mpsc::channel::<Command>();
         let thread = thread::Builder::new()
@@ -135,7 +139,10 @@ impl SqliteStateStore {
     }
 
     fn failed(&self, message: String) -> StateError {
-        StateError::Backend { location: self.location.clone(), message }
+        StateError::Backend {
+            location: self.location.clone(),
+            message,
+        }
     }
 }
 
@@ -144,16 +151,19 @@ impl Drop for SqliteStateStore {
         if let Ok(mut writer) = self.writer.lock() {
             writer.take();
         }
-        if let Ok(mut thread) = self.thread.lock() {
-            if let Some(thread) = thread.take() {
-                let _ = thread.join();
-            }
+        if let Ok(mut thread) = self.thread.lock()
+            && let Some(thread) = thread.take()
+        {
+            let _ = thread.join();
         }
     }
 }
 
 fn backend(location: &str, error: impl std::fmt::Display) -> StateError {
-    StateError::Backend { location: location.to_owned(), message: error.to_string() }
+    StateError::Backend {
+        location: location.to_owned(),
+        message: error.to_string(),
+    }
 }
 
 /// Takes every write waiting, applies them in one transaction, commits, then answers each.
@@ -223,9 +233,11 @@ impl StateStore for SqliteStateStore {
     async fn begin(&self, job: &JobInfo) -> Result<(), StateError> {
         let stored: Option<(String, String)> = self
             .read(|c| {
-                c.query_row("SELECT name, fingerprint FROM job WHERE id = 1", [], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
+                c.query_row(
+                    "SELECT name, fingerprint FROM job WHERE id = 1",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
                 .optional()
             })
             .await?;
@@ -235,11 +247,13 @@ impl StateStore for SqliteStateStore {
                 stored: name,
                 current: job.name.clone(),
             }),
-            Some((_, fingerprint)) if fingerprint != job.fingerprint => Err(StateError::PlanChanged {
-                location: self.location.clone(),
-                stored: fingerprint,
-                current: job.fingerprint.clone(),
-            }),
+            Some((_, fingerprint)) if fingerprint != job.fingerprint => {
+                Err(StateError::PlanChanged {
+                    location: self.location.clone(),
+                    stored: fingerprint,
+                    current: job.fingerprint.clone(),
+                })
+            }
             Some(_) => Ok(()),
             None => {
                 let job = job.clone();
@@ -262,7 +276,8 @@ impl StateStore for SqliteStateStore {
     async fn insert(&self, items: Vec<NewItem>) -> Result<u64, StateError> {
         let mut rows = Vec::with_capacity(items.len());
         for item in items {
-            let fields = serde_json::to_string(&item.fields).map_err(|e| self.failed(e.to_string()))?;
+            let fields =
+                serde_json::to_string(&item.fields).map_err(|e| self.failed(e.to_string()))?;
             rows.push((item.key, fields));
         }
         self.write(Box::new(move |tx| {
@@ -281,7 +296,8 @@ impl StateStore for SqliteStateStore {
 
     async fn set_source_complete(&self) -> Result<(), StateError> {
         self.write(Box::new(|tx| {
-            tx.execute("UPDATE job SET source_complete = 1 WHERE id = 1", []).map(|n| n as u64)
+            tx.execute("UPDATE job SET source_complete = 1 WHERE id = 1", [])
+                .map(|n| n as u64)
         }))
         .await
         .map(|_| ())
@@ -289,9 +305,11 @@ impl StateStore for SqliteStateStore {
 
     async fn source_complete(&self) -> Result<bool, StateError> {
         self.read(|c| {
-            c.query_row("SELECT source_complete FROM job WHERE id = 1", [], |row| row.get::<_, i64>(0))
-                .optional()
-                .map(|flag| flag == Some(1))
+            c.query_row("SELECT source_complete FROM job WHERE id = 1", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|flag| flag == Some(1))
         })
         .await
     }
@@ -336,6 +354,10 @@ impl StateStore for SqliteStateStore {
                     ),
                     params![id, status.as_str(), bytes_i64(bytes), reason],
                 )?,
+                Transition::Released { id, error } => tx.execute(
+                    &format!("UPDATE items SET status = 'pending', error = ?2, updated_at = {NOW} WHERE id = ?1"),
+                    params![id, error],
+                )?,
                 Transition::Failed { id, error } => tx.execute(
                     &format!(
                         "UPDATE items SET status = 'failed', error = ?2, updated_at = {NOW}, finished_at = {NOW}
@@ -353,10 +375,14 @@ impl StateStore for SqliteStateStore {
     async fn requeue(&self, which: Requeue) -> Result<u64, StateError> {
         self.write(Box::new(move |tx| {
             let reset = "status = 'pending', error = NULL, finished_at = NULL";
-            let restart = format!("{reset}, step_index = 0, step = NULL, attempts = 0, bytes = 0, updated_at = {NOW}");
+            let restart = format!(
+                "{reset}, step_index = 0, step = NULL, attempts = 0, bytes = 0, updated_at = {NOW}"
+            );
             let changed = match which {
                 Requeue::Failed => tx.execute(
-                    &format!("UPDATE items SET {reset}, updated_at = {NOW} WHERE status = 'failed'"),
+                    &format!(
+                        "UPDATE items SET {reset}, updated_at = {NOW} WHERE status = 'failed'"
+                    ),
                     [],
                 )?,
                 Requeue::Status(status) => tx.execute(

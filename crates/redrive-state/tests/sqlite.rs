@@ -24,18 +24,27 @@ async fn sqlite_passes_the_conformance_suite() {
 async fn open_existing_reports_a_missing_state() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let missing = dir.path().join("nope.db");
-    assert!(matches!(SqliteStateStore::open_existing(&missing), Err(StateError::Missing { .. })));
+    assert!(matches!(
+        SqliteStateStore::open_existing(&missing),
+        Err(StateError::Missing { .. })
+    ));
 }
 
 #[tokio::test]
 async fn state_survives_reopening() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let path = dir.path().join("s.db");
-    let job = JobInfo { name: "j".into(), fingerprint: "f".into() };
+    let job = JobInfo {
+        name: "j".into(),
+        fingerprint: "f".into(),
+    };
     {
         let store = SqliteStateStore::open(&path).unwrap_or_else(|e| panic!("open: {e}"));
         store.begin(&job).await.unwrap_or_else(|e| panic!("{e}"));
-        store.set_source_complete().await.unwrap_or_else(|e| panic!("{e}"));
+        store
+            .set_source_complete()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let store = SqliteStateStore::open(&path).unwrap_or_else(|e| panic!("open: {e}"));
     store.begin(&job).await.unwrap_or_else(|e| panic!("{e}"));
@@ -48,5 +57,8 @@ async fn a_state_on_a_read_only_path_is_a_clear_error() {
         .map(|_| ())
         .map_err(|e| e.to_string());
     let message = error.err().unwrap_or_default();
-    assert!(message.starts_with("state store `/proc/redrive/state.db` failed:"), "{message}");
+    assert!(
+        message.starts_with("state store `/proc/redrive/state.db` failed:"),
+        "{message}"
+    );
 }

@@ -10,11 +10,18 @@ use clap::{Args, Parser, Subcommand};
 /// A plan file (TOML) names the source of items, the steps run for each item and the limits.
 /// Runs resume by default: rerun the same command after a crash or Ctrl-C.
 #[derive(Debug, Parser)]
-#[command(name = "redrive", version, propagate_version = true, max_term_width = 100)]
-#[command(after_help = "Exit codes: 0 all items done or skipped; 1 some items failed; \
+#[command(
+    name = "redrive",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Exit codes: 0 all items done or skipped; 1 some items failed; \
 2 usage, plan or state error; 130 interrupted (rerun resumes).\n\n\
 Examples:\n  redrive validate plan.toml\n  redrive run plan.toml --dry-run --limit 5\n  \
-redrive run plan.toml\n  redrive status plan.toml\n  redrive failed plan.toml --csv retry.csv")]
+redrive run plan.toml\n  redrive status plan.toml\n  redrive failed plan.toml --csv retry.csv"
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,

@@ -19,7 +19,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.global.verbose, cli.global.quiet);
     redrive_core::secrets::register_env_credentials();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

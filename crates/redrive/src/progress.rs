@@ -28,7 +28,9 @@ pub(crate) struct Counters {
 
 impl Counters {
     fn finished(&self) -> u64 {
-        self.done.load(Ordering::Relaxed) + self.skipped.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+        self.done.load(Ordering::Relaxed)
+            + self.skipped.load(Ordering::Relaxed)
+            + self.failed.load(Ordering::Relaxed)
     }
 }
 
@@ -51,7 +53,9 @@ impl Progress {
     pub(crate) fn start(display: Display, total: u64, finished_before: u64) -> Arc<Self> {
         let counters = Arc::new(Counters::default());
         counters.total.store(total, Ordering::Relaxed);
-        counters.finished_before.store(finished_before, Ordering::Relaxed);
+        counters
+            .finished_before
+            .store(finished_before, Ordering::Relaxed);
         let (bar, ticker) = match display {
             Display::Bar => {
                 let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -80,7 +84,11 @@ impl Progress {
             }
             Display::Off => (None, None),
         };
-        Arc::new(Self { counters, bar, ticker })
+        Arc::new(Self {
+            counters,
+            bar,
+            ticker,
+        })
     }
 
     pub(crate) fn counters(&self) -> &Counters {

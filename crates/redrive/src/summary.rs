@@ -15,12 +15,18 @@ pub(crate) fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// Items finished per second over the job's active time.
 fn rate(summary: &Summary) -> Option<f64> {
-    let finished = summary.count(Status::Done) + summary.count(Status::Skipped) + summary.count(Status::Failed);
+    let finished = summary.count(Status::Done)
+        + summary.count(Status::Skipped)
+        + summary.count(Status::Failed);
     (summary.active_seconds > 0.0 && finished > 0).then(|| finished as f64 / summary.active_seconds)
 }
 
@@ -51,14 +57,27 @@ pub(crate) fn table(job: &str, state: &str, summary: &Summary) -> String {
     }
     let _ = writeln!(out, "  {:<8} {:>10}", "total", summary.total());
     if !summary.source_complete {
-        let _ = writeln!(out, "  (the source is not fully loaded yet: the total will grow)");
+        let _ = writeln!(
+            out,
+            "  (the source is not fully loaded yet: the total will grow)"
+        );
     }
     let rate = rate(summary).map_or_else(|| "-".to_owned(), |r| format!("{r:.1} items/s"));
     let eta = eta_seconds(summary).map_or_else(|| "-".to_owned(), human_duration);
-    let _ = writeln!(out, "  bytes {}  rate {rate}  ETA {eta}", human_bytes(summary.bytes));
+    let _ = writeln!(
+        out,
+        "  bytes {}  rate {rate}  ETA {eta}",
+        human_bytes(summary.bytes)
+    );
     if !summary.by_step.is_empty() {
         let _ = writeln!(out, "Unfinished and failed items by step:");
-        let width = summary.by_step.iter().map(|(step, _, _)| step.len()).max().unwrap_or(4).max(4);
+        let width = summary
+            .by_step
+            .iter()
+            .map(|(step, _, _)| step.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let _ = writeln!(out, "  {:<width$} {:<8} {:>10}", "step", "status", "items");
         for (step, status, count) in &summary.by_step {
             let _ = writeln!(out, "  {step:<width$} {:<8} {count:>10}", status.as_str());
@@ -69,8 +88,11 @@ pub(crate) fn table(job: &str, state: &str, summary: &Summary) -> String {
 
 /// The same, for `status --json`.
 pub(crate) fn json(job: &str, state: &str, summary: &Summary) -> serde_json::Value {
-    let items: serde_json::Map<String, serde_json::Value> =
-        summary.by_status.iter().map(|(status, n)| (status.as_str().to_owned(), json!(n))).collect();
+    let items: serde_json::Map<String, serde_json::Value> = summary
+        .by_status
+        .iter()
+        .map(|(status, n)| (status.as_str().to_owned(), json!(n)))
+        .collect();
     json!({
         "job": job,
         "state": state,
@@ -108,15 +130,27 @@ mod tests {
     fn table_lists_statuses_total_and_steps() {
         let summary = Summary {
             source_complete: true,
-            by_status: vec![(Status::Pending, 1), (Status::Running, 0), (Status::Done, 7), (Status::Skipped, 0), (Status::Failed, 2)],
-            by_step: vec![("copy".into(), Status::Failed, 2), ("copy".into(), Status::Pending, 1)],
+            by_status: vec![
+                (Status::Pending, 1),
+                (Status::Running, 0),
+                (Status::Done, 7),
+                (Status::Skipped, 0),
+                (Status::Failed, 2),
+            ],
+            by_step: vec![
+                ("copy".into(), Status::Failed, 2),
+                ("copy".into(), Status::Pending, 1),
+            ],
             bytes: 2048,
             active_seconds: 9.0,
         };
         let text = table("j", "s.db", &summary);
         assert!(text.contains("  done              7\n"), "{text}");
         assert!(text.contains("  total            10\n"), "{text}");
-        assert!(text.contains("bytes 2.0 KiB  rate 1.0 items/s  ETA 1s"), "{text}");
+        assert!(
+            text.contains("bytes 2.0 KiB  rate 1.0 items/s  ETA 1s"),
+            "{text}"
+        );
         assert!(text.contains("  copy failed            2\n"), "{text}");
     }
 }

@@ -33,13 +33,23 @@ impl CsvSource {
         let mut seen = BTreeSet::new();
         for header in &headers {
             if header.is_empty() {
-                return Err(input(format!("{file}:1"), "the header has an empty column name; name every column"));
+                return Err(input(
+                    format!("{file}:1"),
+                    "the header has an empty column name; name every column",
+                ));
             }
             if !seen.insert(header) {
-                return Err(input(format!("{file}:1"), format!("column `{header}` appears twice in the header")));
+                return Err(input(
+                    format!("{file}:1"),
+                    format!("column `{header}` appears twice in the header"),
+                ));
             }
         }
-        Ok(Self { path: path.to_path_buf(), delimiter, headers })
+        Ok(Self {
+            path: path.to_path_buf(),
+            delimiter,
+            headers,
+        })
     }
 }
 
@@ -48,16 +58,23 @@ fn reader(path: &Path, delimiter: u8) -> Result<csv::Reader<std::fs::File>, Sour
         location: path.display().to_string(),
         source: Box::new(e),
     })?;
-    Ok(csv::ReaderBuilder::new().delimiter(delimiter).has_headers(true).from_reader(file))
+    Ok(csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(true)
+        .from_reader(file))
 }
 
 fn row_error(file: &str, error: &csv::Error) -> SourceError {
     let line = error.position().map_or(0, csv::Position::line);
     let message = match error.kind() {
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!(
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!(
             "the row has {len} fields but the header has {expected_len}; quote fields that contain the delimiter"
         ),
-        csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8; save the file as UTF-8".to_owned(),
+        csv::ErrorKind::Utf8 { .. } => {
+            "the row is not valid UTF-8; save the file as UTF-8".to_owned()
+        }
         _ => error.to_string(),
     };
     input(format!("{file}:{line}"), message)
@@ -115,7 +132,8 @@ mod tests {
 
     async fn read(text: &str) -> Result<Vec<Fields>, String> {
         let (_dir, path) = write(text);
-        let source = CsvSource::open(&path, b',').map_err(|e| e.to_string().replace(&path.display().to_string(), "F"))?;
+        let source = CsvSource::open(&path, b',')
+            .map_err(|e| e.to_string().replace(&path.display().to_string(), "F"))?;
         let items: Vec<_> = source.items().collect().await;
         items
             .into_iter()
@@ -125,7 +143,9 @@ mod tests {
 
     #[tokio::test]
     async fn rows_become_fields_named_by_the_header() {
-        let items = read("JobId,WorkItemId\nj1,w1\nj2,\"w,2\"\n").await.unwrap_or_default();
+        let items = read("JobId,WorkItemId\nj1,w1\nj2,\"w,2\"\n")
+            .await
+            .unwrap_or_default();
         assert_eq!(items.len(), 2);
         assert_eq!(items[1].get("WorkItemId").map(String::as_str), Some("w,2"));
         assert_eq!(items[0].get("JobId").map(String::as_str), Some("j1"));
@@ -145,8 +165,14 @@ mod tests {
         std::fs::write(&path, b"a\nok\n\xff\xfe\n").unwrap_or_else(|e| panic!("{e}"));
         let source = CsvSource::open(&path, b',').unwrap_or_else(|e| panic!("{e}"));
         let last = source.items().collect::<Vec<_>>().await.pop();
-        let message = last.and_then(Result::err).map(|e| e.to_string()).unwrap_or_default();
-        assert!(message.ends_with(":3: the row is not valid UTF-8; save the file as UTF-8"), "{message}");
+        let message = last
+            .and_then(Result::err)
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.ends_with(":3: the row is not valid UTF-8; save the file as UTF-8"),
+            "{message}"
+        );
     }
 
     #[tokio::test]
@@ -157,12 +183,17 @@ mod tests {
 
     #[tokio::test]
     async fn duplicate_columns_are_refused() {
-        assert_eq!(read("a,a\n1,2\n").await, Err("F:1: column `a` appears twice in the header".to_owned()));
+        assert_eq!(
+            read("a,a\n1,2\n").await,
+            Err("F:1: column `a` appears twice in the header".to_owned())
+        );
     }
 
     #[tokio::test]
     async fn a_missing_file_is_named() {
-        let error = CsvSource::open(Path::new("/nonexistent/x.csv"), b',').map(|_| ()).map_err(|e| e.to_string());
+        let error = CsvSource::open(Path::new("/nonexistent/x.csv"), b',')
+            .map(|_| ())
+            .map_err(|e| e.to_string());
         assert_eq!(error, Err("failed to read `/nonexistent/x.csv`".to_owned()));
     }
 }

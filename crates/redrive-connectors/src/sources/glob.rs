@@ -17,8 +17,11 @@ pub struct GlobSource {
 impl GlobSource {
     /// Checks the pattern.
     pub fn new(pattern: &str) -> Result<Self, SourceError> {
-        glob::Pattern::new(pattern).map_err(|e| input(format!("glob `{pattern}`"), format!("{e}")))?;
-        Ok(Self { pattern: pattern.to_owned() })
+        glob::Pattern::new(pattern)
+            .map_err(|e| input(format!("glob `{pattern}`"), format!("{e}")))?;
+        Ok(Self {
+            pattern: pattern.to_owned(),
+        })
     }
 }
 
@@ -33,7 +36,8 @@ impl Source for GlobSource {
             let paths = match glob::glob(&pattern) {
                 Ok(paths) => paths,
                 Err(e) => {
-                    let _ = sender.blocking_send(Err(input(format!("glob `{pattern}`"), e.to_string())));
+                    let _ = sender
+                        .blocking_send(Err(input(format!("glob `{pattern}`"), e.to_string())));
                     return;
                 }
             };
@@ -45,18 +49,26 @@ impl Source for GlobSource {
                             fields.insert("path".to_owned(), path.display().to_string());
                             fields.insert(
                                 "name".to_owned(),
-                                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                                path.file_name()
+                                    .map(|n| n.to_string_lossy().into_owned())
+                                    .unwrap_or_default(),
                             );
                             fields.insert("size".to_owned(), meta.len().to_string());
                             Ok(fields)
                         }
                         Ok(_) => continue,
-                        Err(e) => Err(SourceError::Io { location: path.display().to_string(), source: Box::new(e) }),
+                        Err(e) => Err(SourceError::Io {
+                            location: path.display().to_string(),
+                            source: Box::new(e),
+                        }),
                     },
                     Err(e) => {
                         let location = e.path().display().to_string();
                         let io: std::io::Error = e.into();
-                        Err(SourceError::Io { location, source: Box::new(io) })
+                        Err(SourceError::Io {
+                            location,
+                            source: Box::new(io),
+                        })
                     }
                 };
                 let stop = item.is_err();
@@ -80,8 +92,13 @@ mod tests {
             std::fs::write(dir.path().join(name), body).unwrap_or_else(|e| panic!("{e}"));
         }
         std::fs::create_dir(dir.path().join("d.json")).unwrap_or_else(|e| panic!("{e}"));
-        let source = GlobSource::new(&format!("{}/*.json", dir.path().display())).unwrap_or_else(|e| panic!("{e}"));
-        let items: Vec<Fields> = source.items().filter_map(|i| async move { i.ok() }).collect().await;
+        let source = GlobSource::new(&format!("{}/*.json", dir.path().display()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let items: Vec<Fields> = source
+            .items()
+            .filter_map(|i| async move { i.ok() })
+            .collect()
+            .await;
         let names: Vec<(&str, &str)> = items
             .iter()
             .map(|f| (f["name"].as_str(), f["size"].as_str()))
@@ -92,7 +109,11 @@ mod tests {
 
     #[test]
     fn a_bad_pattern_is_named() {
-        let error = GlobSource::new("a/[").map(|_| ()).map_err(|e| e.to_string()).err().unwrap_or_default();
+        let error = GlobSource::new("a/[")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default();
         assert!(error.starts_with("glob `a/[`: "), "{error}");
     }
 }

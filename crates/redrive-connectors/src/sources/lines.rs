@@ -23,7 +23,9 @@ impl LinesSource {
             location: path.display().to_string(),
             source: Box::new(e),
         })?;
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -55,7 +57,10 @@ impl Source for LinesSource {
                     Ok(0) => return,
                     Ok(_) => {}
                     Err(e) => {
-                        let _ = sender.blocking_send(Err(input(format!("{}:{number}", path.display()), e.to_string())));
+                        let _ = sender.blocking_send(Err(input(
+                            format!("{}:{number}", path.display()),
+                            e.to_string(),
+                        )));
                         return;
                     }
                 }
@@ -109,7 +114,16 @@ mod tests {
         std::fs::write(&path, b"ok\n\xff\n").unwrap_or_else(|e| panic!("{e}"));
         let source = LinesSource::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let last = source.items().collect::<Vec<_>>().await.pop();
-        let message = last.and_then(Result::err).map(|e| e.to_string()).unwrap_or_default();
-        assert_eq!(message, format!("{}:2: the line is not valid UTF-8; save the file as UTF-8", path.display()));
+        let message = last
+            .and_then(Result::err)
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            message,
+            format!(
+                "{}:2: the line is not valid UTF-8; save the file as UTF-8",
+                path.display()
+            )
+        );
     }
 }

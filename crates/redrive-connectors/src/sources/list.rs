@@ -36,9 +36,16 @@ impl ListSource {
         let mut location = location;
         if location.local {
             // Local listings are of directories: make sure the path ends with `/`.
-            location.path = format!("{}/", location.path.trim_start_matches('/').trim_end_matches('/'));
+            location.path = format!(
+                "{}/",
+                location.path.trim_start_matches('/').trim_end_matches('/')
+            );
         }
-        Ok(Self { location, base, recursive })
+        Ok(Self {
+            location,
+            base,
+            recursive,
+        })
     }
 }
 
@@ -55,14 +62,24 @@ impl Source for ListSource {
         let local = self.location.local;
         let recursive = self.recursive;
         let lister = async move {
-            let io = |e: opendal::Error| SourceError::Io { location: display.clone(), source: Box::new(e) };
-            let lister = operator.lister_with(&path).recursive(recursive).await.map_err(io)?;
+            let io = |e: opendal::Error| SourceError::Io {
+                location: display.clone(),
+                source: Box::new(e),
+            };
+            let lister = operator
+                .lister_with(&path)
+                .recursive(recursive)
+                .await
+                .map_err(io)?;
             let entries = lister.filter_map(move |entry| {
                 let operator = operator.clone();
                 let base = base.clone();
                 let display = display.clone();
                 async move {
-                    let io = |e: opendal::Error| SourceError::Io { location: display.clone(), source: Box::new(e) };
+                    let io = |e: opendal::Error| SourceError::Io {
+                        location: display.clone(),
+                        source: Box::new(e),
+                    };
                     let entry = match entry {
                         Ok(entry) => entry,
                         Err(e) => return Some(Err(io(e))),
@@ -79,9 +96,16 @@ impl Source for ListSource {
                         }
                     }
                     let url = format!("{base}{}", entry.path());
-                    let key = if local { url.clone() } else { entry.path().to_owned() };
+                    let key = if local {
+                        url.clone()
+                    } else {
+                        entry.path().to_owned()
+                    };
                     let mut fields = Fields::new();
-                    fields.insert("name".to_owned(), entry.name().trim_end_matches('/').to_owned());
+                    fields.insert(
+                        "name".to_owned(),
+                        entry.name().trim_end_matches('/').to_owned(),
+                    );
                     fields.insert("size".to_owned(), size.to_string());
                     fields.insert("key".to_owned(), key);
                     fields.insert("url".to_owned(), url);

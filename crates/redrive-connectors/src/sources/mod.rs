@@ -25,11 +25,15 @@ fn blocking_stream(
 ) -> BoxStream<'static, Result<Fields, SourceError>> {
     let (sender, receiver) = mpsc::channel(CHANNEL);
     tokio::task::spawn_blocking(move || produce(&sender));
-    Box::pin(futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    }))
+    Box::pin(futures::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+    ))
 }
 
 fn input(location: impl Into<String>, message: impl Into<String>) -> SourceError {
-    SourceError::Input { location: location.into(), message: message.into() }
+    SourceError::Input {
+        location: location.into(),
+        message: message.into(),
+    }
 }

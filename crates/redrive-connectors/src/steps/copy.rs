@@ -34,13 +34,19 @@ impl CopyStep {
 
 /// The target exists: a conditional create was refused.
 fn target_exists(error: &opendal::Error) -> bool {
-    matches!(error.kind(), ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists)
+    matches!(
+        error.kind(),
+        ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists
+    )
 }
 
 #[async_trait]
 impl Step for CopyStep {
     async fn run(&self, fields: &Fields, cx: &StepContext<'_>) -> Result<Outcome, StepError> {
-        let render = |t: &redrive_core::Template| t.render(fields).map_err(|e| StepError::permanent(e.to_string()));
+        let render = |t: &redrive_core::Template| {
+            t.render(fields)
+                .map_err(|e| StepError::permanent(e.to_string()))
+        };
         let from = render(&self.spec.from)?;
         let to = render(&self.spec.to)?;
         let content_type = self.spec.content_type.as_ref().map(render).transpose()?;
@@ -70,7 +76,11 @@ impl Step for CopyStep {
             .await
             .map_err(|e| step_error(format!("cannot read `{}`", source.display), e))?;
 
-        let mut writer = target.operator.writer_with(&target.path).chunk(CHUNK).if_not_exists(create_only);
+        let mut writer = target
+            .operator
+            .writer_with(&target.path)
+            .chunk(CHUNK)
+            .if_not_exists(create_only);
         if let Some(content_type) = &content_type {
             writer = writer.content_type(content_type);
         }
@@ -87,7 +97,9 @@ impl Step for CopyStep {
                 Ok(None) => break,
                 Err(e) => {
                     let _ = writer.abort().await;
-                    let e = opendal::Error::new(ErrorKind::Unexpected, "read failed").set_source(e).set_temporary();
+                    let e = opendal::Error::new(ErrorKind::Unexpected, "read failed")
+                        .set_source(e)
+                        .set_temporary();
                     return Err(step_error(format!("cannot read `{}`", source.display), e));
                 }
             };

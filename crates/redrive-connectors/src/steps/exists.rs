@@ -22,19 +22,31 @@ pub struct ExistsStep {
 impl ExistsStep {
     /// A check of `url`; `negate` skips when the object is missing instead.
     pub fn new(url: Template, negate: bool, stores: Arc<Stores>) -> Self {
-        Self { url, negate, stores }
+        Self {
+            url,
+            negate,
+            stores,
+        }
     }
 }
 
 #[async_trait]
 impl Step for ExistsStep {
     async fn run(&self, fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
-        let url = self.url.render(fields).map_err(|e| StepError::permanent(e.to_string()))?;
+        let url = self
+            .url
+            .render(fields)
+            .map_err(|e| StepError::permanent(e.to_string()))?;
         let location = self.stores.resolve(&url)?;
         let present = match location.operator.stat(&location.path).await {
             Ok(_) => true,
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => false,
-            Err(e) => return Err(step_error(format!("cannot check whether `{}` exists", location.display), e)),
+            Err(e) => {
+                return Err(step_error(
+                    format!("cannot check whether `{}` exists", location.display),
+                    e,
+                ));
+            }
         };
         Ok(match (present, self.negate) {
             (true, false) => Outcome::Skipped("exists".into()),

@@ -1,27 +1,60 @@
 use super::*;
 
 fn stores(specs: Vec<(String, StoreSpec)>, env: &[(&str, &str)]) -> Stores {
-    Stores::new(Path::new("/plans"), specs, Env::from_pairs(env.iter().copied()))
+    Stores::new(
+        Path::new("/plans"),
+        specs,
+        Env::from_pairs(env.iter().copied()),
+    )
 }
 
 fn parse(url: &str) -> Result<Target, String> {
-    stores(vec![], &[]).parse(url, url).map_err(|e| e.to_string())
+    stores(vec![], &[])
+        .parse(url, url)
+        .map_err(|e| e.to_string())
 }
 
 #[test]
 fn plain_and_file_paths_are_local() {
-    assert_eq!(parse("out/a.txt"), Ok(Target::Local(PathBuf::from("/plans/out/a.txt"))));
-    assert_eq!(parse("/abs/a.txt"), Ok(Target::Local(PathBuf::from("/abs/a.txt"))));
-    assert_eq!(parse("file:///abs/a.txt"), Ok(Target::Local(PathBuf::from("/abs/a.txt"))));
+    assert_eq!(
+        parse("out/a.txt"),
+        Ok(Target::Local(PathBuf::from("/plans/out/a.txt")))
+    );
+    assert_eq!(
+        parse("/abs/a.txt"),
+        Ok(Target::Local(PathBuf::from("/abs/a.txt")))
+    );
+    assert_eq!(
+        parse("file:///abs/a.txt"),
+        Ok(Target::Local(PathBuf::from("/abs/a.txt")))
+    );
 }
 
 #[test]
 fn cloud_urls() {
-    assert_eq!(parse("s3://b/k/x.json"), Ok(Target::S3 { bucket: "b".into(), key: "k/x.json".into() }));
-    assert_eq!(parse("gs://b/k"), Ok(Target::Gcs { bucket: "b".into(), key: "k".into() }));
+    assert_eq!(
+        parse("s3://b/k/x.json"),
+        Ok(Target::S3 {
+            bucket: "b".into(),
+            key: "k/x.json".into()
+        })
+    );
+    assert_eq!(
+        parse("gs://b/k"),
+        Ok(Target::Gcs {
+            bucket: "b".into(),
+            key: "k".into()
+        })
+    );
     assert_eq!(
         parse("azure://c/p/q"),
-        Ok(Target::Azure { account: None, endpoint: None, container: "c".into(), path: "p/q".into(), sas: None })
+        Ok(Target::Azure {
+            account: None,
+            endpoint: None,
+            container: "c".into(),
+            path: "p/q".into(),
+            sas: None
+        })
     );
 }
 
@@ -45,16 +78,27 @@ fn bad_urls_are_named_with_the_expected_form() {
         parse("s3:///k"),
         Err("`s3:///k` has no bucket; write it as s3://BUCKET/KEY".to_owned())
     );
-    assert!(parse("ftp://h/x").is_err_and(|e| e.starts_with("`ftp://h/x` is not a storage URL redrive knows")));
+    assert!(
+        parse("ftp://h/x")
+            .is_err_and(|e| e.starts_with("`ftp://h/x` is not a storage URL redrive knows"))
+    );
     assert!(parse("https://example.com/x").is_err());
 }
 
 #[test]
 fn store_prefix_makes_an_endpoint_url_an_azure_location() {
-    let spec = StoreSpec { account_name: Some("devstoreaccount1".into()), ..Default::default() };
-    let stores = stores(vec![("http://127.0.0.1:10000/devstoreaccount1".into(), spec)], &[]);
+    let spec = StoreSpec {
+        account_name: Some("devstoreaccount1".into()),
+        ..Default::default()
+    };
+    let stores = stores(
+        vec![("http://127.0.0.1:10000/devstoreaccount1".into(), spec)],
+        &[],
+    );
     assert_eq!(
-        stores.parse("http://127.0.0.1:10000/devstoreaccount1/src/a/b.json", "x").ok(),
+        stores
+            .parse("http://127.0.0.1:10000/devstoreaccount1/src/a/b.json", "x")
+            .ok(),
         Some(Target::Azure {
             account: Some("devstoreaccount1".into()),
             endpoint: Some("http://127.0.0.1:10000/devstoreaccount1".into()),
@@ -67,7 +111,10 @@ fn store_prefix_makes_an_endpoint_url_an_azure_location() {
 
 #[test]
 fn az_without_an_account_says_what_to_set() {
-    let error = stores(vec![], &[]).resolve("az://c/x").map(|_| ()).map_err(|e| e.to_string());
+    let error = stores(vec![], &[])
+        .resolve("az://c/x")
+        .map(|_| ())
+        .map_err(|e| e.to_string());
     assert!(error.is_err_and(|e| e.contains("export AZURE_STORAGE_CONNECTION_STRING")));
 }
 
@@ -76,7 +123,10 @@ fn operators_are_cached_per_bucket() {
     let stores = stores(vec![], &[("AWS_ENDPOINT_URL", "http://127.0.0.1:1")]);
     let a = stores.resolve("s3://b/one").map(|l| l.path);
     let b = stores.resolve("s3://b/two").map(|l| l.path);
-    assert_eq!((a.ok(), b.ok()), (Some("one".to_owned()), Some("two".to_owned())));
+    assert_eq!(
+        (a.ok(), b.ok()),
+        (Some("one".to_owned()), Some("two".to_owned()))
+    );
     assert_eq!(stores.cache.lock().map(|c| c.len()).unwrap_or(0), 1);
 }
 

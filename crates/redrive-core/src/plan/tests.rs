@@ -40,7 +40,10 @@ fn minimal_plan_has_defaults() {
             retries: DEFAULT_RETRIES
         }
     );
-    assert_eq!(plan.key().map(|k| k.raw().to_owned()).ok(), Some("{line}".to_owned()));
+    assert_eq!(
+        plan.key().map(|k| k.raw().to_owned()).ok(),
+        Some("{line}".to_owned())
+    );
 }
 
 #[test]
@@ -57,27 +60,39 @@ fn unknown_key_in_a_step_names_the_step() {
     let e = error(&MINIMAL.replace("to = \"out/{line}\"", "to = \"out/{line}\", mode = 1"));
     assert!(e.contains("in `step[0].copy.mode`"), "{e}");
     assert!(e.contains("unknown field `mode`"), "{e}");
-    assert!(e.contains("`from`, `to`, `if_exists`, `content_type`"), "{e}");
+    assert!(
+        e.contains("`from`, `to`, `if_exists`, `content_type`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_type_names_key_and_expected_type() {
     let e = error(&format!("{MINIMAL}[limits]\nitems = \"many\"\n"));
     assert!(e.contains("in `limits.items`"), "{e}");
-    assert!(e.contains("invalid type: string \"many\", expected usize"), "{e}");
+    assert!(
+        e.contains("invalid type: string \"many\", expected usize"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_table_is_named() {
     let e = error(&format!("{MINIMAL}[limit]\nitems = 2\n"));
     assert!(e.contains("unknown field `limit`"), "{e}");
-    assert!(e.contains("`job`, `source`, `expand`, `step`, `limits`, `store`"), "{e}");
+    assert!(
+        e.contains("`job`, `source`, `expand`, `step`, `limits`, `store`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn malformed_toml_names_line() {
     let e = error("[job\nname = 1");
-    assert!(e.starts_with("/jobs/plan.toml: TOML parse error at line 1"), "{e}");
+    assert!(
+        e.starts_with("/jobs/plan.toml: TOML parse error at line 1"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -109,7 +124,10 @@ fn step_with_two_actions() {
 
 #[test]
 fn step_without_action() {
-    let e = error(&MINIMAL.replace("copy = { from = \"in/{line}\", to = \"out/{line}\" }", "name = \"x\""));
+    let e = error(&MINIMAL.replace(
+        "copy = { from = \"in/{line}\", to = \"out/{line}\" }",
+        "name = \"x\"",
+    ));
     assert!(e.contains("in [step.1]: the step has no action"), "{e}");
 }
 
@@ -121,7 +139,10 @@ fn plan_without_steps() {
 
 #[test]
 fn bad_if_exists_value() {
-    let e = error(&MINIMAL.replace("to = \"out/{line}\"", "to = \"out/{line}\", if_exists = \"replace\""));
+    let e = error(&MINIMAL.replace(
+        "to = \"out/{line}\"",
+        "to = \"out/{line}\", if_exists = \"replace\"",
+    ));
     assert!(e.contains("unknown variant `replace`"), "{e}");
     assert!(e.contains("`skip`, `overwrite`, `fail`"), "{e}");
 }
@@ -129,12 +150,16 @@ fn bad_if_exists_value() {
 #[test]
 fn bad_filter_in_a_step() {
     let e = error(&MINIMAL.replace("out/{line}", "out/{line|shout}"));
-    assert!(e.contains("in [step.1]: `copy.to`: unknown filter `shout`"), "{e}");
+    assert!(
+        e.contains("in [step.1]: `copy.to`: unknown filter `shout`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_field_is_a_plan_error_before_the_run() {
-    let plan = parse(&MINIMAL.replace("out/{line}", "out/{nope}")).unwrap_or_else(|e| panic!("{e}"));
+    let plan =
+        parse(&MINIMAL.replace("out/{line}", "out/{nope}")).unwrap_or_else(|e| panic!("{e}"));
     let fields: BTreeSet<String> = ["line".to_owned()].into();
     let e = plan.check_fields(&fields).map_err(|e| e.to_string());
     assert_eq!(
@@ -145,31 +170,43 @@ fn unknown_field_is_a_plan_error_before_the_run() {
 
 #[test]
 fn duplicate_step_names() {
-    let e = error(&format!("{MINIMAL}[[step]]\nname = \"copy\"\nexists = \"x\"\n"));
+    let e = error(&format!(
+        "{MINIMAL}[[step]]\nname = \"copy\"\nexists = \"x\"\n"
+    ));
     assert!(e.contains("step name `copy` is used twice"), "{e}");
 }
 
 #[test]
 fn default_step_names_are_unique() {
-    let plan = parse(&format!("{MINIMAL}[[step]]\ncopy = {{ from = \"a\", to = \"b\" }}\n"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let plan = parse(&format!(
+        "{MINIMAL}[[step]]\ncopy = {{ from = \"a\", to = \"b\" }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = plan.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["copy", "copy-2"]);
 }
 
 #[test]
 fn http_store_endpoint_needs_allow_http() {
-    let e = error(&format!("{MINIMAL}[store.\"s3://b\"]\nendpoint = \"http://127.0.0.1:9\"\n"));
+    let e = error(&format!(
+        "{MINIMAL}[store.\"s3://b\"]\nendpoint = \"http://127.0.0.1:9\"\n"
+    ));
     assert!(e.contains("in [store.\"s3://b\"]: endpoint `http://127.0.0.1:9` is plain http; add `allow_http = true`"), "{e}");
-    let ok = parse(&format!("{MINIMAL}[store.\"s3://b\"]\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\n"));
+    let ok = parse(&format!(
+        "{MINIMAL}[store.\"s3://b\"]\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\n"
+    ));
     assert!(ok.is_ok());
 }
 
 #[test]
 fn fingerprint_ignores_limits_but_not_steps() {
     let a = parse(MINIMAL).map(|p| p.fingerprint).unwrap_or_default();
-    let b = parse(&format!("{MINIMAL}[limits]\nitems = 3\n")).map(|p| p.fingerprint).unwrap_or_default();
-    let c = parse(&MINIMAL.replace("out/", "out2/")).map(|p| p.fingerprint).unwrap_or_default();
+    let b = parse(&format!("{MINIMAL}[limits]\nitems = 3\n"))
+        .map(|p| p.fingerprint)
+        .unwrap_or_default();
+    let c = parse(&MINIMAL.replace("out/", "out2/"))
+        .map(|p| p.fingerprint)
+        .unwrap_or_default();
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
@@ -181,5 +218,8 @@ fn exists_table_form() {
         "exists = { url = \"out/{line}\", negate = true }",
     ))
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(plan.steps[0].action, Action::Exists { negate: true, .. }));
+    assert!(matches!(
+        plan.steps[0].action,
+        Action::Exists { negate: true, .. }
+    ));
 }

@@ -19,10 +19,16 @@ pub(crate) async fn reset(args: &ResetArgs) -> anyhow::Result<ExitStatus> {
         None => Requeue::Keys(args.keys.clone()),
     };
     let asked = args.keys.len();
-    let changed = store.requeue(which).await.map_err(|e| super::state_error(e, &args.plan))?;
+    let changed = store
+        .requeue(which)
+        .await
+        .map_err(|e| super::state_error(e, &args.plan))?;
     println!("Reset {changed} items to pending; the next run starts them from their first step.");
     if args.status.is_none() && (changed as usize) < asked {
-        eprintln!("warning: {} of the {asked} keys are not in the state", asked - changed as usize);
+        eprintln!(
+            "warning: {} of the {asked} keys are not in the state",
+            asked - changed as usize
+        );
     }
     Ok(ExitStatus::Success)
 }
@@ -35,7 +41,11 @@ pub(crate) async fn skip(args: &SkipArgs) -> anyhow::Result<ExitStatus> {
         .map_err(|e| super::state_error(e, &args.plan))?;
     println!("Marked {changed} items skipped.");
     if (changed as usize) < args.keys.len() {
-        eprintln!("warning: {} of the {} keys are not in the state", args.keys.len() - changed as usize, args.keys.len());
+        eprintln!(
+            "warning: {} of the {} keys are not in the state",
+            args.keys.len() - changed as usize,
+            args.keys.len()
+        );
     }
     Ok(ExitStatus::Success)
 }

@@ -16,7 +16,10 @@ const PAGE: usize = 1_000;
 
 pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
     let (plan, store) = super::open_existing(&args.plan, &args.state)?;
-    let summary = store.summary().await.map_err(|e| super::state_error(e, &args.plan))?;
+    let summary = store
+        .summary()
+        .await
+        .map_err(|e| super::state_error(e, &args.plan))?;
     let job = plan.as_ref().map_or("-", |p| p.name.as_str());
     if args.json {
         println!("{}", summary::json(job, store.location(), &summary));
@@ -27,7 +30,8 @@ pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
 }
 
 fn step_name(plan: Option<&Plan>, item: &StoredItem) -> String {
-    plan.and_then(|p| p.steps.get(item.step)).map_or_else(|| format!("#{}", item.step + 1), |s| s.name.clone())
+    plan.and_then(|p| p.steps.get(item.step))
+        .map_or_else(|| format!("#{}", item.step + 1), |s| s.name.clone())
 }
 
 pub(crate) async fn failed(args: &FailedArgs) -> anyhow::Result<ExitStatus> {
@@ -82,15 +86,23 @@ fn write_csv_row(
     item: &StoredItem,
 ) -> anyhow::Result<()> {
     if out.is_none() {
-        let file = std::fs::File::create(path).with_context(|| format!("cannot create `{}`", path.display()))?;
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create `{}`", path.display()))?;
         let mut writer = csv::Writer::from_writer(file);
         let header: Vec<String> = item.fields.keys().cloned().collect();
-        writer.write_record(&header).with_context(|| format!("cannot write `{}`", path.display()))?;
+        writer
+            .write_record(&header)
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
         *out = Some((writer, header));
     }
     if let Some((writer, header)) = out {
-        let row: Vec<&str> = header.iter().map(|name| item.fields.get(name).map_or("", String::as_str)).collect();
-        writer.write_record(&row).with_context(|| format!("cannot write `{}`", path.display()))?;
+        let row: Vec<&str> = header
+            .iter()
+            .map(|name| item.fields.get(name).map_or("", String::as_str))
+            .collect();
+        writer
+            .write_record(&row)
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
     }
     Ok(())
 }

@@ -36,7 +36,10 @@ pub(crate) fn state_path(plan: Option<&Plan>, arg: &StateArg) -> anyhow::Result<
     };
     if plan.state.contains("://") {
         return Err(Hinted {
-            message: format!("state `{}` is a URL; this version of redrive keeps state in a SQLite file", plan.state),
+            message: format!(
+                "state `{}` is a URL; this version of redrive keeps state in a SQLite file",
+                plan.state
+            ),
             hint: "set [job] state to a file path".to_owned(),
         }
         .into());
@@ -45,8 +48,15 @@ pub(crate) fn state_path(plan: Option<&Plan>, arg: &StateArg) -> anyhow::Result<
 }
 
 /// The plan (when its file exists or no `--state` is given) and the existing state.
-pub(crate) fn open_existing(plan_path: &Path, arg: &StateArg) -> anyhow::Result<(Option<Plan>, SqliteStateStore)> {
-    let plan = if arg.state.is_some() && !plan_path.exists() { None } else { Some(load_plan(plan_path)?) };
+pub(crate) fn open_existing(
+    plan_path: &Path,
+    arg: &StateArg,
+) -> anyhow::Result<(Option<Plan>, SqliteStateStore)> {
+    let plan = if arg.state.is_some() && !plan_path.exists() {
+        None
+    } else {
+        Some(load_plan(plan_path)?)
+    };
     let path = state_path(plan.as_ref(), arg)?;
     let store = SqliteStateStore::open_existing(&path).map_err(|error| match error {
         StateError::Missing { .. } => anyhow::Error::new(Hinted {
@@ -71,7 +81,11 @@ pub(crate) fn state_error(error: StateError, plan_path: &Path) -> anyhow::Error 
         _ => None,
     };
     match hint {
-        Some(hint) => Hinted { message: error.to_string(), hint }.into(),
+        Some(hint) => Hinted {
+            message: error.to_string(),
+            hint,
+        }
+        .into(),
         None => anyhow::Error::new(error),
     }
 }

@@ -33,12 +33,20 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         confirm_restart(&state_path, args.yes)?;
         super::remove_state(&state_path)?;
     }
-    let store = Arc::new(SqliteStateStore::open(&state_path).map_err(|e| super::state_error(e, &args.plan))?);
+    let store = Arc::new(
+        SqliteStateStore::open(&state_path).map_err(|e| super::state_error(e, &args.plan))?,
+    );
     store
-        .begin(&JobInfo { name: plan.name.clone(), fingerprint: plan.fingerprint.clone() })
+        .begin(&JobInfo {
+            name: plan.name.clone(),
+            fingerprint: plan.fingerprint.clone(),
+        })
         .await
         .map_err(|e| super::state_error(e, &args.plan))?;
-    let before = store.summary().await.map_err(|e| super::state_error(e, &args.plan))?;
+    let before = store
+        .summary()
+        .await
+        .map_err(|e| super::state_error(e, &args.plan))?;
 
     let display = if global.quiet || global.no_progress {
         Display::Off
@@ -63,17 +71,28 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         backoff: Backoff::default(),
     };
     let state: Arc<dyn StateStore> = Arc::clone(&store) as _;
-    let result = engine::run(Arc::clone(&pipeline), state, options, Arc::clone(&progress) as _, stop_requests).await;
+    let result = engine::run(
+        Arc::clone(&pipeline),
+        state,
+        options,
+        Arc::clone(&progress) as _,
+        stop_requests,
+    )
+    .await;
     progress.finish();
     signals.abort();
 
-    let after = store.summary().await.map_err(|e| super::state_error(e, &args.plan))?;
+    let after = store
+        .summary()
+        .await
+        .map_err(|e| super::state_error(e, &args.plan))?;
     let report = match &result {
         Ok(report) => report.clone(),
         Err(_) => RunReport::default(),
     };
     if let Some(path) = &args.metrics {
-        write_metrics(path, &report, &progress).with_context(|| format!("cannot write metrics to `{}`", path.display()))?;
+        write_metrics(path, &report, &progress)
+            .with_context(|| format!("cannot write metrics to `{}`", path.display()))?;
     }
     if !global.quiet {
         eprint!("{}", summary::table(&plan.name, store.location(), &after));
@@ -85,7 +104,10 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
 
 fn outcome(report: &RunReport, after: &Summary, plan: &std::path::Path) -> ExitStatus {
     if report.interrupted {
-        eprintln!("Interrupted. The state is consistent: rerun `redrive run {}` to resume.", plan.display());
+        eprintln!(
+            "Interrupted. The state is consistent: rerun `redrive run {}` to resume.",
+            plan.display()
+        );
         return ExitStatus::Interrupted;
     }
     let failed = after.count(Status::Failed);
@@ -115,10 +137,16 @@ fn this_run(report: &RunReport) -> String {
     )
 }
 
-fn write_metrics(path: &std::path::Path, report: &RunReport, progress: &Progress) -> anyhow::Result<()> {
+fn write_metrics(
+    path: &std::path::Path,
+    report: &RunReport,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let seconds = report.duration.as_secs_f64();
     let counters = progress.counters();
-    let retries = report.retries.max(counters.retries.load(std::sync::atomic::Ordering::Relaxed));
+    let retries = report
+        .retries
+        .max(counters.retries.load(std::sync::atomic::Ordering::Relaxed));
     let metrics = serde_json::json!({
         "processed": report.done + report.skipped + report.failed,
         "done": report.done,
@@ -148,9 +176,14 @@ fn confirm_restart(path: &std::path::Path, yes: bool) -> anyhow::Result<()> {
         }
         .into());
     }
-    eprint!("Discard the state `{}` and start over? [y/N] ", path.display());
+    eprint!(
+        "Discard the state `{}` and start over? [y/N] ",
+        path.display()
+    );
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).context("cannot read the answer")?;
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         Ok(())
     } else {
@@ -160,7 +193,8 @@ fn confirm_restart(path: &std::path::Path, yes: bool) -> anyhow::Result<()> {
 
 /// First Ctrl-C (or SIGTERM): drain. Second: abort.
 async fn watch_signals(stop: watch::Sender<StopLevel>) {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut level = StopLevel::Run;
     loop {
         let terminated = async {
@@ -170,12 +204,17 @@ async fn watch_signals(stop: watch::Sender<StopLevel>) {
             }
         };
         tokio::select! {
-            result = tokio::signal::ctrl_c() => if result.is_err() { return },
+            result = tokio::signal::ctrl_c() => if result.is_err() {
+                // No signal handling here: keep the sender alive so no stop is ever reported.
+                std::future::pending::<()>().await;
+            },
             _ = terminated => {}
         }
         level = match level {
             StopLevel::Run => {
-                eprintln!("\nStopping: no new items; finishing those in flight (Ctrl-C again to abort them).");
+                eprintln!(
+                    "\nStopping: no new items; finishing those in flight (Ctrl-C again to abort them)."
+                );
                 StopLevel::Drain
             }
             _ => {

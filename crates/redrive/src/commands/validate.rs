@@ -10,10 +10,17 @@ pub(crate) fn validate(args: &PlanArg) -> anyhow::Result<ExitStatus> {
     let steps: Vec<&str> = plan.steps.iter().map(|s| s.name.as_str()).collect();
     println!("{}: ok", args.plan.display());
     println!("  job     {}", plan.name);
-    println!("  source  {} (fields: {})", plan.source.kind.name(), fields.join(", "));
+    println!(
+        "  source  {} (fields: {})",
+        plan.source.kind.name(),
+        fields.join(", ")
+    );
     println!("  key     {}", pipeline.key);
     println!("  steps   {}", steps.join(" → "));
     println!("  state   {}", plan.state);
-    println!("  limits  items {}, retries {}", plan.limits.items, plan.limits.retries);
+    println!(
+        "  limits  items {}, retries {}",
+        plan.limits.items, plan.limits.retries
+    );
     Ok(ExitStatus::Success)
 }

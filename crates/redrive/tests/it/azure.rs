@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common::{
-    AZURITE_KEY, TestContext, azure_endpoint, azure_env, azure_operator, content_type, create_container, get,
-    make_inputs, put, unique,
+    AZURITE_KEY, TestContext, azure_endpoint, azure_env, azure_operator, content_type,
+    create_container, get, make_inputs, put, unique,
 };
 
 #[test]
@@ -29,10 +29,23 @@ copy = {{ from = "{{path}}", to = "az://{container}/dst/{{name}}", content_type 
 "#
     ));
     t.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert_eq!(get(&operator, "dst/f00000.txt").as_deref(), Some(&b"body 0"[..]));
-    assert_eq!(content_type(&operator, "dst/f00000.txt").as_deref(), Some("application/json"));
-    assert_eq!(get(&operator, "dst/f00001.txt").as_deref(), Some(&b"ORIGINAL"[..]), "existing blob untouched");
-    assert_eq!(t.count("SELECT bytes FROM items WHERE key = 'f00000.txt'"), 6);
+    assert_eq!(
+        get(&operator, "dst/f00000.txt").as_deref(),
+        Some(&b"body 0"[..])
+    );
+    assert_eq!(
+        content_type(&operator, "dst/f00000.txt").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        get(&operator, "dst/f00001.txt").as_deref(),
+        Some(&b"ORIGINAL"[..]),
+        "existing blob untouched"
+    );
+    assert_eq!(
+        t.count("SELECT bytes FROM items WHERE key = 'f00000.txt'"),
+        6
+    );
 
     // Azure → Azure, the seed-000 shape: `{WorkItemId}-{FileName}`, skip existing.
     let t2 = azure_env(TestContext::new());
@@ -48,13 +61,23 @@ copy = {{ from = "{{url}}", to = "az://{container}/results/wi7-{{name}}", conten
 "#
     ));
     t2.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert_eq!(get(&operator, "results/wi7-f00003.txt").as_deref(), Some(&b"body 3"[..]));
-    assert_eq!(t2.count("SELECT count(*) FROM items WHERE status = 'done'"), 5);
+    assert_eq!(
+        get(&operator, "results/wi7-f00003.txt").as_deref(),
+        Some(&b"body 3"[..])
+    );
+    assert_eq!(
+        t2.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        5
+    );
     // Rerun after a reset: every target exists, nothing is overwritten, all count as done.
     put(&operator, "results/wi7-f00004.txt", b"CHANGED");
-    t2.redrive(&["reset", "plan.toml", "--status", "done"]).expect_code(0);
+    t2.redrive(&["reset", "plan.toml", "--status", "done"])
+        .expect_code(0);
     t2.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert_eq!(get(&operator, "results/wi7-f00004.txt").as_deref(), Some(&b"CHANGED"[..]));
+    assert_eq!(
+        get(&operator, "results/wi7-f00004.txt").as_deref(),
+        Some(&b"CHANGED"[..])
+    );
     assert_eq!(t2.count("SELECT sum(bytes) FROM items"), 0);
 }
 
@@ -88,7 +111,10 @@ allow_http = true
     ));
     let out = t.redrive(&["run", "plan.toml", "-v"]).expect_code(0);
     assert!(!out.stderr.contains(AZURITE_KEY), "the key is masked");
-    assert_eq!(get(&operator, "results/wi1-a.json").as_deref(), Some(&b"{\"a\":1}"[..]));
+    assert_eq!(
+        get(&operator, "results/wi1-a.json").as_deref(),
+        Some(&b"{\"a\":1}"[..])
+    );
 }
 
 #[test]
@@ -107,11 +133,18 @@ copy = { from = "{path}", to = "az://c/{name}" }
 "#,
     );
     let mut command = t.command(&["run", "plan.toml"]);
-    for var in ["AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT"] {
+    for var in [
+        "AZURE_STORAGE_CONNECTION_STRING",
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "AZURE_STORAGE_ACCOUNT",
+    ] {
         command.env_remove(var);
     }
     let output = command.output().expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("export AZURE_STORAGE_CONNECTION_STRING"), "{stderr}");
+    assert!(
+        stderr.contains("export AZURE_STORAGE_CONNECTION_STRING"),
+        "{stderr}"
+    );
 }

@@ -27,16 +27,38 @@ fn run_copies_every_item_and_records_bytes() {
     make_inputs(&t, 10);
     t.plan(COPY_PLAN);
     let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert!(out.stderr.contains("This run: done 10, skipped 0, failed 0"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("This run: done 10, skipped 0, failed 0"),
+        "{}",
+        out.stderr
+    );
     for i in 0..10 {
         assert_eq!(t.read(&format!("out/f{i:05}.txt")), format!("body {i}"));
     }
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'done' AND attempts = 1"), 10);
-    assert_eq!(t.count("SELECT sum(bytes) FROM items"), (0..10).map(|i| format!("body {i}").len() as i64).sum::<i64>());
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE finished_at IS NULL OR started_at IS NULL"), 0);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done' AND attempts = 1"),
+        10
+    );
+    assert_eq!(
+        t.count("SELECT sum(bytes) FROM items"),
+        (0..10)
+            .map(|i| format!("body {i}").len() as i64)
+            .sum::<i64>()
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE finished_at IS NULL OR started_at IS NULL"),
+        0
+    );
     // Nothing left: the rerun does nothing.
     let again = t.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert!(again.stderr.contains("This run: done 0, skipped 0, failed 0"), "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("This run: done 0, skipped 0, failed 0"),
+        "{}",
+        again.stderr
+    );
     assert_eq!(t.count("SELECT max(attempts) FROM items"), 1);
 }
 
@@ -49,8 +71,14 @@ fn an_existing_target_is_not_overwritten_and_counts_as_done() {
     t.redrive(&["run", "plan.toml"]).expect_code(0);
     assert_eq!(t.read("out/f00001.txt"), "ORIGINAL");
     assert_eq!(t.read("out/f00002.txt"), "body 2");
-    assert_eq!(t.count("SELECT bytes FROM items WHERE key = 'f00001.txt'"), 0);
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'done'"), 3);
+    assert_eq!(
+        t.count("SELECT bytes FROM items WHERE key = 'f00001.txt'"),
+        0
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        3
+    );
 }
 
 #[test]
@@ -58,17 +86,28 @@ fn if_exists_fail_and_overwrite() {
     let t = TestContext::new();
     make_inputs(&t, 2);
     t.write("out/f00000.txt", "ORIGINAL");
-    t.plan(&COPY_PLAN.replace("to = \"out/{name}\"", "to = \"out/{name}\", if_exists = \"fail\""));
+    t.plan(&COPY_PLAN.replace(
+        "to = \"out/{name}\"",
+        "to = \"out/{name}\", if_exists = \"fail\"",
+    ));
     let out = t.redrive(&["run", "plan.toml"]).expect_code(1);
     assert!(out.stderr.contains("1 items failed"), "{}", out.stderr);
     assert_eq!(t.read("out/f00000.txt"), "ORIGINAL");
     let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
-    assert!(failed.stdout.contains("exists (if_exists = \\\"fail\\\")") || failed.stdout.contains("exists (if_exists = \"fail\")"), "{}", failed.stdout);
+    assert!(
+        failed.stdout.contains("exists (if_exists = \\\"fail\\\")")
+            || failed.stdout.contains("exists (if_exists = \"fail\")"),
+        "{}",
+        failed.stdout
+    );
 
     let t = TestContext::new();
     make_inputs(&t, 1);
     t.write("out/f00000.txt", "ORIGINAL");
-    t.plan(&COPY_PLAN.replace("to = \"out/{name}\"", "to = \"out/{name}\", if_exists = \"overwrite\""));
+    t.plan(&COPY_PLAN.replace(
+        "to = \"out/{name}\"",
+        "to = \"out/{name}\", if_exists = \"overwrite\"",
+    ));
     t.redrive(&["run", "plan.toml"]).expect_code(0);
     assert_eq!(t.read("out/f00000.txt"), "body 0");
 }
@@ -78,7 +117,10 @@ fn exists_step_skips_with_reason_and_negate_skips_missing() {
     let t = TestContext::new();
     make_inputs(&t, 3);
     t.write("done/f00000.txt", "x");
-    t.plan(&COPY_PLAN.replace("[[step]]\ncopy", "[[step]]\nexists = \"done/{name}\"\n\n[[step]]\ncopy"));
+    t.plan(&COPY_PLAN.replace(
+        "[[step]]\ncopy",
+        "[[step]]\nexists = \"done/{name}\"\n\n[[step]]\ncopy",
+    ));
     let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
     assert!(out.stderr.contains("done 2, skipped 1"), "{}", out.stderr);
     assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'skipped' AND error = 'exists' AND key = 'f00000.txt'"), 1);
@@ -92,7 +134,10 @@ fn exists_step_skips_with_reason_and_negate_skips_missing() {
         "[[step]]\nexists = { url = \"done/{name}\", negate = true }\n\n[[step]]\ncopy",
     ));
     t.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'skipped' AND error = 'missing'"), 2);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'skipped' AND error = 'missing'"),
+        2
+    );
     assert!(t.path("out/f00000.txt").exists());
 }
 
@@ -117,24 +162,47 @@ retries = 0
 "#,
     );
     let out = t.redrive(&["run", "plan.toml"]).expect_code(1);
-    assert!(out.stderr.contains("1 items failed: `redrive failed plan.toml` lists them"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("1 items failed: `redrive failed plan.toml` lists them"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(t.read("out/g1-a"), "A");
 
     let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
-    assert!(failed.stdout.starts_with("key\tstep\tattempts\terror\nb\tcopy\t1\tcannot read `"), "{}", failed.stdout);
+    assert!(
+        failed
+            .stdout
+            .starts_with("key\tstep\tattempts\terror\nb\tcopy\t1\tcannot read `"),
+        "{}",
+        failed.stdout
+    );
     assert!(failed.stdout.contains("src/b"), "{}", failed.stdout);
-    assert_eq!(t.count("SELECT count(*) FROM failed"), 1, "the `failed` view");
+    assert_eq!(
+        t.count("SELECT count(*) FROM failed"),
+        1,
+        "the `failed` view"
+    );
 
     // --csv writes a file usable as a csv source.
-    t.redrive(&["failed", "plan.toml", "--csv", "retry.csv"]).expect_code(0);
+    t.redrive(&["failed", "plan.toml", "--csv", "retry.csv"])
+        .expect_code(0);
     assert_eq!(t.read("retry.csv"), "Group,Name\ng2,b\n");
-    let retry_plan = t.write("retry.toml", t.read("plan.toml").replace("items.csv", "retry.csv").replace("state.db", "retry.db"));
-    t.redrive(&["validate", retry_plan.to_str().unwrap()]).expect_code(0);
+    let retry_plan = t.write(
+        "retry.toml",
+        t.read("plan.toml")
+            .replace("items.csv", "retry.csv")
+            .replace("state.db", "retry.db"),
+    );
+    t.redrive(&["validate", retry_plan.to_str().unwrap()])
+        .expect_code(0);
 
     // A rerun without --retry-failed leaves it failed (exit 1); with it, the item is redone.
     t.redrive(&["run", "plan.toml"]).expect_code(1);
     t.write("src/b", "B");
-    t.redrive(&["run", "plan.toml", "--retry-failed"]).expect_code(0);
+    t.redrive(&["run", "plan.toml", "--retry-failed"])
+        .expect_code(0);
     assert_eq!(t.read("out/g2-b"), "B");
     assert_eq!(t.count("SELECT attempts FROM items WHERE key = 'b'"), 2);
 }
@@ -166,11 +234,21 @@ fn dry_run_prints_and_touches_nothing() {
     let t = TestContext::new();
     make_inputs(&t, 3);
     t.plan(COPY_PLAN);
-    let out = t.redrive(&["run", "plan.toml", "--dry-run", "--limit", "2"]).expect_code(0);
+    let out = t
+        .redrive(&["run", "plan.toml", "--dry-run", "--limit", "2"])
+        .expect_code(0);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", out.stdout);
-    assert!(lines[0].starts_with("f00000.txt\tcopy: copy "), "{}", lines[0]);
-    assert!(lines[0].ends_with("out/f00000.txt (if absent)"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("f00000.txt\tcopy: copy "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].ends_with("out/f00000.txt (if absent)"),
+        "{}",
+        lines[0]
+    );
     assert!(!t.path("state.db").exists(), "no state");
     assert!(!t.path("out").exists(), "nothing written");
 }
@@ -180,10 +258,17 @@ fn limit_starts_at_most_n_items() {
     let t = TestContext::new();
     make_inputs(&t, 10);
     t.plan(COPY_PLAN);
-    t.redrive(&["run", "plan.toml", "--limit", "3"]).expect_code(0);
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'done'"), 3);
+    t.redrive(&["run", "plan.toml", "--limit", "3"])
+        .expect_code(0);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        3
+    );
     t.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'done'"), 10);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        10
+    );
 }
 
 #[test]
@@ -194,16 +279,30 @@ fn a_changed_plan_is_refused_with_a_hint_and_restart_needs_yes() {
     t.redrive(&["run", "plan.toml"]).expect_code(0);
     t.plan(&COPY_PLAN.replace("out/{name}", "out2/{name}"));
     let out = t.redrive(&["run", "plan.toml"]).expect_code(2);
-    assert!(out.stderr.contains("was written by a different plan"), "{}", out.stderr);
-    assert!(out.stderr.contains("hint: the plan's source or steps changed"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("was written by a different plan"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("hint: the plan's source or steps changed"),
+        "{}",
+        out.stderr
+    );
     // Changing only limits is not a different plan.
     t.plan(COPY_PLAN.replace("items = 4", "items = 2").as_str());
     t.redrive(&["run", "plan.toml"]).expect_code(0);
 
     t.plan(&COPY_PLAN.replace("out/{name}", "out2/{name}"));
     let out = t.redrive(&["run", "plan.toml", "--restart"]).expect_code(2);
-    assert!(out.stderr.contains("hint: add --yes to confirm"), "{}", out.stderr);
-    t.redrive(&["run", "plan.toml", "--restart", "--yes"]).expect_code(0);
+    assert!(
+        out.stderr.contains("hint: add --yes to confirm"),
+        "{}",
+        out.stderr
+    );
+    t.redrive(&["run", "plan.toml", "--restart", "--yes"])
+        .expect_code(0);
     assert_eq!(t.read("out2/f00001.txt"), "body 1");
 }
 
@@ -214,21 +313,47 @@ fn status_table_and_json() {
     t.plan(COPY_PLAN);
     let out = t.redrive(&["status", "plan.toml"]).expect_code(2);
     assert!(out.stderr.contains("no state at"), "{}", out.stderr);
-    assert!(out.stderr.contains("hint: run `redrive run plan.toml` first"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("hint: run `redrive run plan.toml` first"),
+        "{}",
+        out.stderr
+    );
 
-    t.redrive(&["run", "plan.toml", "--limit", "1"]).expect_code(0);
+    t.redrive(&["run", "plan.toml", "--limit", "1"])
+        .expect_code(0);
     let table = t.redrive(&["status", "plan.toml"]).expect_code(0);
-    assert!(table.stdout.contains("  done              1\n"), "{}", table.stdout);
-    assert!(table.stdout.contains("  pending           3\n"), "{}", table.stdout);
-    assert!(table.stdout.contains("Unfinished and failed items by step:"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("  done              1\n"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains("  pending           3\n"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table
+            .stdout
+            .contains("Unfinished and failed items by step:"),
+        "{}",
+        table.stdout
+    );
     let json = t.redrive(&["status", "plan.toml", "--json"]).expect_code(0);
     let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
     assert_eq!(value["items"]["done"], 1);
     assert_eq!(value["total"], 4);
     assert_eq!(value["job"], "t");
     // --state alone, without the plan.
-    let by_state = t.redrive(&["status", "--state", "state.db", "missing.toml", "--json"]).expect_code(0);
-    assert!(by_state.stdout.contains("\"total\":4"), "{}", by_state.stdout);
+    let by_state = t
+        .redrive(&["status", "--state", "state.db", "missing.toml", "--json"])
+        .expect_code(0);
+    assert!(
+        by_state.stdout.contains("\"total\":4"),
+        "{}",
+        by_state.stdout
+    );
 }
 
 #[test]
@@ -236,22 +361,58 @@ fn reset_and_skip_by_hand() {
     let t = TestContext::new();
     make_inputs(&t, 3);
     t.plan(COPY_PLAN);
-    t.redrive(&["run", "plan.toml", "--limit", "2"]).expect_code(0);
-    let out = t.redrive(&["skip", "plan.toml", "f00002.txt"]).expect_code(0);
-    assert!(out.stdout.contains("Marked 1 items skipped."), "{}", out.stdout);
-    let out = t.redrive(&["reset", "plan.toml", "f00000.txt", "nope"]).expect_code(0);
-    assert!(out.stdout.contains("Reset 1 items to pending"), "{}", out.stdout);
-    assert!(out.stderr.contains("1 of the 2 keys are not in the state"), "{}", out.stderr);
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'pending' AND step_index = 0"), 1);
+    t.redrive(&["run", "plan.toml", "--limit", "2"])
+        .expect_code(0);
+    let out = t
+        .redrive(&["skip", "plan.toml", "f00002.txt"])
+        .expect_code(0);
+    assert!(
+        out.stdout.contains("Marked 1 items skipped."),
+        "{}",
+        out.stdout
+    );
+    let out = t
+        .redrive(&["reset", "plan.toml", "f00000.txt", "nope"])
+        .expect_code(0);
+    assert!(
+        out.stdout.contains("Reset 1 items to pending"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("1 of the 2 keys are not in the state"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'pending' AND step_index = 0"),
+        1
+    );
     t.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'done'"), 2);
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'skipped' AND error = 'skipped by hand'"), 1);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        2
+    );
+    assert_eq!(
+        t.count(
+            "SELECT count(*) FROM items WHERE status = 'skipped' AND error = 'skipped by hand'"
+        ),
+        1
+    );
     assert!(!t.path("out/f00002.txt").exists());
 
-    let out = t.redrive(&["reset", "plan.toml", "--status", "done"]).expect_code(0);
+    let out = t
+        .redrive(&["reset", "plan.toml", "--status", "done"])
+        .expect_code(0);
     assert!(out.stdout.contains("Reset 2 items"), "{}", out.stdout);
-    let out = t.redrive(&["reset", "plan.toml", "--status", "finished"]).expect_code(2);
-    assert!(out.stderr.contains("unknown status `finished`"), "{}", out.stderr);
+    let out = t
+        .redrive(&["reset", "plan.toml", "--status", "finished"])
+        .expect_code(2);
+    assert!(
+        out.stderr.contains("unknown status `finished`"),
+        "{}",
+        out.stderr
+    );
     t.redrive(&["reset", "plan.toml"]).expect_code(2);
 }
 
@@ -261,20 +422,44 @@ fn validate_reports_plan_errors_with_exit_2() {
     make_inputs(&t, 1);
     t.plan(COPY_PLAN);
     let out = t.redrive(&["validate", "plan.toml"]).expect_code(0);
-    assert!(out.stdout.contains("source  glob (fields: name, path, size)"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("source  glob (fields: name, path, size)"),
+        "{}",
+        out.stdout
+    );
 
     t.plan(&COPY_PLAN.replace("items = 4", "items = 4\nworkers = 2"));
     let out = t.redrive(&["validate", "plan.toml"]).expect_code(2);
-    assert!(out.stderr.contains("plan.toml: in `limits.workers`"), "{}", out.stderr);
-    assert!(out.stderr.contains("unknown field `workers`, expected one of `items`, `per_item`, `retries`"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("plan.toml: in `limits.workers`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("unknown field `workers`, expected one of `items`, `per_item`, `retries`"),
+        "{}",
+        out.stderr
+    );
 
     t.plan(&COPY_PLAN.replace("out/{name}", "out/{nmae}"));
     let out = t.redrive(&["run", "plan.toml"]).expect_code(2);
-    assert!(out.stderr.contains("field `nmae` used in `out/{nmae}` does not exist; available fields: name, path, size"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "field `nmae` used in `out/{nmae}` does not exist; available fields: name, path, size"
+        ),
+        "{}",
+        out.stderr
+    );
     assert!(!t.path("state.db").exists(), "a plan error writes no state");
 
     let out = t.redrive(&["validate", "nope.toml"]).expect_code(2);
-    assert!(out.stderr.contains("cannot read plan `nope.toml`"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot read plan `nope.toml`"),
+        "{}",
+        out.stderr
+    );
 
     let out = t.redrive(&["run"]).expect_code(2);
     assert!(out.stderr.contains("PLAN"), "{}", out.stderr);
@@ -298,12 +483,20 @@ copy = { from = "src/{Name}", to = "out/{Name}" }
 "#,
     );
     let out = t.redrive(&["run", "plan.toml"]).expect_code(2);
-    assert!(out.stderr.contains("items.csv:3: the row has 1 fields but the header has 2"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("items.csv:3: the row has 1 fields but the header has 2"),
+        "{}",
+        out.stderr
+    );
     // The good row before it was run; a fixed file resumes.
     t.write("items.csv", "Name,Group\na,g1\nb,g2\n");
     t.write("src/b", "B");
     t.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'done'"), 2);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        2
+    );
 }
 
 #[test]
@@ -324,19 +517,36 @@ copy = { from = "src/${REDRIVE_TEST_SECRET}/{line}", to = "out/{line}" }
 retries = 0
 "#,
     );
-    let run = t.redrive(&["run", "plan.toml", "-vv", "--metrics", "m.json"]).expect_code(1);
+    let run = t
+        .redrive(&["run", "plan.toml", "-vv", "--metrics", "m.json"])
+        .expect_code(1);
     let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
     let dry = t.redrive(&["run", "plan.toml", "--dry-run"]).expect_code(0);
-    let error: String = t.state().query_row("SELECT error FROM items", [], |r| r.get(0)).unwrap();
+    let error: String = t
+        .state()
+        .query_row("SELECT error FROM items", [], |r| r.get(0))
+        .unwrap();
     assert!(error.contains("src/***/k1"), "{error}");
-    for text in [&run.stdout, &run.stderr, &failed.stdout, &dry.stdout, &error, &t.read("m.json")] {
+    for text in [
+        &run.stdout,
+        &run.stderr,
+        &failed.stdout,
+        &dry.stdout,
+        &error,
+        &t.read("m.json"),
+    ] {
         assert!(!text.contains(secret), "secret leaked in: {text}");
     }
     let missing = TestContext::new();
     missing.write("keys.txt", "k1\n");
     missing.plan(&t.read("plan.toml"));
     let out = missing.redrive(&["validate", "plan.toml"]).expect_code(2);
-    assert!(out.stderr.contains("environment variable `REDRIVE_TEST_SECRET`"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("environment variable `REDRIVE_TEST_SECRET`"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -344,9 +554,20 @@ fn metrics_file_has_the_documented_fields() {
     let t = TestContext::new();
     make_inputs(&t, 5);
     t.plan(COPY_PLAN);
-    t.redrive(&["run", "plan.toml", "--metrics", "metrics.json"]).expect_code(0);
+    t.redrive(&["run", "plan.toml", "--metrics", "metrics.json"])
+        .expect_code(0);
     let metrics: serde_json::Value = serde_json::from_str(&t.read("metrics.json")).expect("json");
-    for field in ["processed", "failed", "skipped", "bytes", "duration_s", "items_per_sec", "retries", "throttled", "finished_at"] {
+    for field in [
+        "processed",
+        "failed",
+        "skipped",
+        "bytes",
+        "duration_s",
+        "items_per_sec",
+        "retries",
+        "throttled",
+        "finished_at",
+    ] {
         assert!(metrics.get(field).is_some(), "missing {field}: {metrics}");
     }
     assert_eq!(metrics["processed"], 5);
@@ -360,7 +581,11 @@ fn progress_lines_when_not_a_terminal() {
     make_inputs(&t, 2);
     t.plan(COPY_PLAN);
     let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert!(!out.stderr.contains('\u{1b}'), "no escape codes: {}", out.stderr);
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "no escape codes: {}",
+        out.stderr
+    );
     assert!(out.stderr.contains("Job t (state "), "{}", out.stderr);
     let quiet = t.redrive(&["run", "plan.toml", "-q"]).expect_code(0);
     assert_eq!(quiet.stderr, "");
@@ -370,11 +595,28 @@ fn progress_lines_when_not_a_terminal() {
 fn help_teaches() {
     let t = TestContext::new();
     let out = t.redrive(&["--help"]).expect_code(0);
-    for word in ["run", "validate", "status", "failed", "reset", "skip", "Exit codes"] {
+    for word in [
+        "run",
+        "validate",
+        "status",
+        "failed",
+        "reset",
+        "skip",
+        "Exit codes",
+    ] {
         assert!(out.stdout.contains(word), "{word}: {}", out.stdout);
     }
     let out = t.redrive(&["run", "--help"]).expect_code(0);
-    for flag in ["--dry-run", "--limit", "--retry-failed", "--restart", "--yes", "--concurrency", "--metrics", "--state"] {
+    for flag in [
+        "--dry-run",
+        "--limit",
+        "--retry-failed",
+        "--restart",
+        "--yes",
+        "--concurrency",
+        "--metrics",
+        "--state",
+    ] {
         assert!(out.stdout.contains(flag), "{flag}: {}", out.stdout);
     }
 }

@@ -27,14 +27,21 @@ pub struct Output {
 impl Output {
     /// Panics with both streams unless the exit code is `code`.
     pub fn expect_code(self, code: i32) -> Self {
-        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
 
 impl TestContext {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir"), envs: Vec::new() }
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            envs: Vec::new(),
+        }
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -56,7 +63,8 @@ impl TestContext {
     }
 
     pub fn read(&self, relative: &str) -> String {
-        std::fs::read_to_string(self.path(relative)).unwrap_or_else(|e| panic!("read {relative}: {e}"))
+        std::fs::read_to_string(self.path(relative))
+            .unwrap_or_else(|e| panic!("read {relative}: {e}"))
     }
 
     /// Writes `plan.toml`.
@@ -96,7 +104,9 @@ impl TestContext {
     }
 
     pub fn count(&self, sql: &str) -> i64 {
-        self.state().query_row(sql, [], |row| row.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
+        self.state()
+            .query_row(sql, [], |row| row.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 }
 
@@ -111,11 +121,18 @@ pub fn server(var: &str) -> String {
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 // ---- S3 (moto) ----
@@ -136,12 +153,21 @@ pub fn s3_env(context: TestContext) -> TestContext {
 pub fn create_bucket(name: &str) {
     let url = format!("{}/{name}", s3_endpoint());
     runtime().block_on(async {
-        let response = reqwest::Client::new().put(&url).send().await.unwrap_or_else(|e| panic!("PUT {url}: {e}"));
-        assert!(response.status().is_success(), "create bucket {name}: {}", response.status());
+        let response = reqwest::Client::new()
+            .put(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+        assert!(
+            response.status().is_success(),
+            "create bucket {name}: {}",
+            response.status()
+        );
     });
 }
 
 pub fn s3_operator(bucket: &str) -> opendal::Operator {
+    opendal::install_default();
     let builder = opendal::services::S3::default()
         .bucket(bucket)
         .endpoint(&s3_endpoint())
@@ -165,19 +191,26 @@ pub fn azure_connection_string() -> String {
 }
 
 pub fn azure_env(context: TestContext) -> TestContext {
-    context.env("AZURE_STORAGE_CONNECTION_STRING", &azure_connection_string())
+    context.env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        &azure_connection_string(),
+    )
 }
 
 /// Creates a container (OpenDAL does not): a Create Container request signed with Shared Key.
 pub fn create_container(name: &str) {
     use base64::Engine as _;
     use hmac::{Hmac, Mac};
-    let date = jiff::Timestamp::now().strftime("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let date = jiff::Timestamp::now()
+        .strftime("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
     let version = "2021-08-06";
     let string_to_sign = format!(
         "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
     );
-    let key = base64::engine::general_purpose::STANDARD.decode(AZURITE_KEY).expect("key");
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(AZURITE_KEY)
+        .expect("key");
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("hmac");
     mac.update(string_to_sign.as_bytes());
     let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
@@ -187,18 +220,25 @@ pub fn create_container(name: &str) {
             .put(&url)
             .header("x-ms-date", &date)
             .header("x-ms-version", version)
-            .header("Authorization", format!("SharedKey {AZURITE_ACCOUNT}:{signature}"))
+            .header(
+                "Authorization",
+                format!("SharedKey {AZURITE_ACCOUNT}:{signature}"),
+            )
             .header("Content-Length", "0")
             .send()
             .await
             .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
-        assert!(status.is_success(), "create container {name}: {status} {body}");
+        assert!(
+            status.is_success(),
+            "create container {name}: {status} {body}"
+        );
     });
 }
 
 pub fn azure_operator(container: &str) -> opendal::Operator {
+    opendal::install_default();
     let builder = opendal::services::Azblob::default()
         .container(container)
         .endpoint(&azure_endpoint())
@@ -220,13 +260,21 @@ pub fn get(operator: &opendal::Operator, path: &str) -> Option<Vec<u8>> {
 
 pub fn put(operator: &opendal::Operator, path: &str, body: &[u8]) {
     runtime().block_on(async {
-        operator.write(path, body.to_vec()).await.unwrap_or_else(|e| panic!("write {path}: {e}"));
+        operator
+            .write(path, body.to_vec())
+            .await
+            .unwrap_or_else(|e| panic!("write {path}: {e}"));
     });
 }
 
 pub fn content_type(operator: &opendal::Operator, path: &str) -> Option<String> {
     runtime().block_on(async {
-        operator.stat(path).await.unwrap_or_else(|e| panic!("stat {path}: {e}")).content_type().map(str::to_owned)
+        operator
+            .stat(path)
+            .await
+            .unwrap_or_else(|e| panic!("stat {path}: {e}"))
+            .content_type()
+            .map(str::to_owned)
     })
 }
 

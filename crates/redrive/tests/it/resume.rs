@@ -45,32 +45,50 @@ fn wait_for_done(t: &TestContext, child: &mut std::process::Child, n: i64) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("redrive ended before it could be interrupted: {status}");
         }
-        if t.path("state.db").exists() {
-            if let Ok(connection) = rusqlite::Connection::open_with_flags(
+        if t.path("state.db").exists()
+            && let Ok(connection) = rusqlite::Connection::open_with_flags(
                 t.path("state.db"),
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            ) {
-                let done: i64 = connection
-                    .query_row("SELECT count(*) FROM items WHERE status = 'done'", [], |r| r.get(0))
-                    .unwrap_or(0);
-                if done >= n {
-                    return;
-                }
+            )
+        {
+            let done: i64 = connection
+                .query_row(
+                    "SELECT count(*) FROM items WHERE status = 'done'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(0);
+            if done >= n {
+                return;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "no progress within 300 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no progress within 300 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 fn signal(child: &std::process::Child, name: &str) {
-    let status = std::process::Command::new("kill").args([name, &child.id().to_string()]).status().expect("kill");
+    let status = std::process::Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
 }
 
 fn assert_complete(t: &TestContext) {
-    assert_eq!(t.count("SELECT count(*) FROM items"), ITEMS as i64, "one row per item");
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'done'"), ITEMS as i64, "every item done");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items"),
+        ITEMS as i64,
+        "one row per item"
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        ITEMS as i64,
+        "every item done"
+    );
     for i in 0..ITEMS {
         let body = t.read(&format!("out/f{i:05}.txt"));
         if i % 200 == 0 {
@@ -90,7 +108,10 @@ fn sigkill_part_way_then_rerun_completes_every_item_exactly_once() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), None, "killed by a signal");
     let done_at_kill = t.count("SELECT count(*) FROM items WHERE status = 'done'");
-    assert!(done_at_kill < ITEMS as i64, "the kill came part-way ({done_at_kill} done)");
+    assert!(
+        done_at_kill < ITEMS as i64,
+        "the kill came part-way ({done_at_kill} done)"
+    );
 
     let rerun = t.redrive(&["run", "plan.toml"]).expect_code(0);
     assert!(rerun.stderr.contains("failed 0"), "{}", rerun.stderr);
@@ -110,11 +131,22 @@ fn sigint_drains_exits_130_and_the_rerun_completes() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("Stopping: no new items"), "{stderr}");
-    assert!(stderr.contains("Interrupted. The state is consistent"), "{stderr}");
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'running'"), 0, "in-flight items were drained");
+    assert!(
+        stderr.contains("Interrupted. The state is consistent"),
+        "{stderr}"
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'running'"),
+        0,
+        "in-flight items were drained"
+    );
     assert!(t.count("SELECT count(*) FROM items WHERE status = 'done'") < ITEMS as i64);
 
     t.redrive(&["run", "plan.toml"]).expect_code(0);
     assert_complete(&t);
-    assert_eq!(t.count("SELECT max(attempts) FROM items"), 1, "drained items are not redone");
+    assert_eq!(
+        t.count("SELECT max(attempts) FROM items"),
+        1,
+        "drained items are not redone"
+    );
 }

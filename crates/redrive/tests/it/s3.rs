@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common::{
-    TestContext, content_type, create_bucket, get, make_inputs, put, s3_endpoint, s3_env, s3_operator, unique,
+    TestContext, content_type, create_bucket, get, make_inputs, put, s3_endpoint, s3_env,
+    s3_operator, unique,
 };
 
 #[test]
@@ -28,12 +29,31 @@ copy = {{ from = "{{path}}", to = "s3://{bucket}/dst/{{name}}", content_type = "
 "#
     ));
     t.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert_eq!(get(&operator, "dst/f00000.txt").as_deref(), Some(&b"body 0"[..]));
-    assert_eq!(content_type(&operator, "dst/f00000.txt").as_deref(), Some("text/plain"));
-    assert_eq!(get(&operator, "dst/f00001.txt").as_deref(), Some(&b"ORIGINAL"[..]), "existing object untouched");
-    assert_eq!(t.count("SELECT bytes FROM items WHERE key = 'f00000.txt'"), 6);
-    assert_eq!(t.count("SELECT bytes FROM items WHERE key = 'f00001.txt'"), 0);
-    assert_eq!(t.count("SELECT count(*) FROM items WHERE status = 'done'"), 5);
+    assert_eq!(
+        get(&operator, "dst/f00000.txt").as_deref(),
+        Some(&b"body 0"[..])
+    );
+    assert_eq!(
+        content_type(&operator, "dst/f00000.txt").as_deref(),
+        Some("text/plain")
+    );
+    assert_eq!(
+        get(&operator, "dst/f00001.txt").as_deref(),
+        Some(&b"ORIGINAL"[..]),
+        "existing object untouched"
+    );
+    assert_eq!(
+        t.count("SELECT bytes FROM items WHERE key = 'f00000.txt'"),
+        6
+    );
+    assert_eq!(
+        t.count("SELECT bytes FROM items WHERE key = 'f00001.txt'"),
+        0
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        5
+    );
 
     // S3 → S3 from a prefix listing: fields key, name, size, url.
     let t2 = s3_env(TestContext::new());
@@ -49,10 +69,24 @@ copy = {{ from = "{{url}}", to = "s3://{bucket}/copy/{{size}}-{{name}}", content
 "#
     ));
     t2.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert_eq!(t2.count("SELECT count(*) FROM items WHERE status = 'done'"), 5);
-    assert_eq!(get(&operator, "copy/6-f00002.txt").as_deref(), Some(&b"body 2"[..]));
-    assert_eq!(get(&operator, "copy/8-f00001.txt").as_deref(), Some(&b"ORIGINAL"[..]));
-    let key: String = t2.state().query_row("SELECT key FROM items ORDER BY id LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(
+        t2.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        5
+    );
+    assert_eq!(
+        get(&operator, "copy/6-f00002.txt").as_deref(),
+        Some(&b"body 2"[..])
+    );
+    assert_eq!(
+        get(&operator, "copy/8-f00001.txt").as_deref(),
+        Some(&b"ORIGINAL"[..])
+    );
+    let key: String = t2
+        .state()
+        .query_row("SELECT key FROM items ORDER BY id LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     assert_eq!(key, "dst/f00000.txt");
 }
 
@@ -62,7 +96,9 @@ fn s3_settings_from_a_store_table_and_exists_step() {
     create_bucket(&bucket);
     let operator = s3_operator(&bucket);
     put(&operator, "done/b", b"processed");
-    let t = TestContext::new().env("MY_S3_KEY", "testing").env("MY_S3_SECRET", "testing-secret-x");
+    let t = TestContext::new()
+        .env("MY_S3_KEY", "testing")
+        .env("MY_S3_SECRET", "testing-secret-x");
     t.write("keys.txt", "a\nb\n");
     t.write("src/a", "A");
     t.write("src/b", "B");
@@ -89,14 +125,19 @@ secret_access_key = "${{MY_S3_SECRET}}"
     let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
     assert!(out.stderr.contains("done 1, skipped 1"), "{}", out.stderr);
     assert_eq!(get(&operator, "raw/a").as_deref(), Some(&b"A"[..]));
-    assert_eq!(get(&operator, "raw/b"), None, "skipped: its processed counterpart exists");
+    assert_eq!(
+        get(&operator, "raw/b"),
+        None,
+        "skipped: its processed counterpart exists"
+    );
 }
 
 #[test]
-fn a_missing_bucket_fails_the_item_with_the_url() {
+fn a_missing_bucket_stops_the_run_naming_the_url_and_keeps_the_items_pending() {
     let t = s3_env(TestContext::new());
-    t.write("keys.txt", "a\n");
+    t.write("keys.txt", "a\nb\n");
     t.write("src/a", "A");
+    t.write("src/b", "B");
     let bucket = unique("rd-none");
     t.plan(&format!(
         r#"
@@ -108,10 +149,34 @@ lines = "keys.txt"
 [[step]]
 copy = {{ from = "src/{{line}}", to = "s3://{bucket}/x/{{line}}" }}
 [limits]
+items = 1
 retries = 0
 "#
     ));
-    t.redrive(&["run", "plan.toml"]).expect_code(1);
-    let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
-    assert!(failed.stdout.contains(&format!("cannot write `s3://{bucket}/x/a`")), "{}", failed.stdout);
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(2);
+    assert!(out.stderr.contains("stopping the run"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("cannot write `s3://{bucket}/x/a`")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("NoSuchBucket"), "{}", out.stderr);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'pending'"),
+        2,
+        "not the items' fault"
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE error LIKE '%NoSuchBucket%'"),
+        1
+    );
+    // Once the bucket exists, a plain rerun completes.
+    crate::common::create_bucket(&bucket);
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let operator = crate::common::s3_operator(&bucket);
+    assert_eq!(
+        crate::common::get(&operator, "x/b").as_deref(),
+        Some(&b"B"[..])
+    );
 }
