@@ -439,7 +439,7 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
                         .options
                         .backoff
                         .delay(retry, error.retry_after(), &mut rng);
-                    tracing::debug!(key = %item.key, step = %name, retry, ?delay, error = %error.chain(), "Retrying.");
+                    tracing::info!(key = %crate::secrets::redact(&item.key), step = %name, retry, ?delay, error = %error.chain(), "Retrying.");
                     tokio::time::sleep(delay).await;
                 }
                 Err(error) => break Err(error),

@@ -164,3 +164,22 @@ impl Reporter for Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plain_line_counts_items_rate_and_bytes() {
+        let counters = Counters::default();
+        counters.total.store(21_000, Ordering::Relaxed);
+        counters.finished_before.store(2, Ordering::Relaxed);
+        counters.done.store(6, Ordering::Relaxed);
+        counters.failed.store(2, Ordering::Relaxed);
+        counters.bytes.store(3 * 1024 * 1024, Ordering::Relaxed);
+        assert_eq!(
+            line(&counters, Duration::from_secs(2)),
+            "Progress: 10/21000 (done 6, failed 2, skipped 0) 4 items/s, 3.0 MiB"
+        );
+    }
+}

@@ -620,3 +620,44 @@ fn help_teaches() {
         assert!(out.stdout.contains(flag), "{flag}: {}", out.stdout);
     }
 }
+
+#[test]
+fn a_local_listing_gives_key_name_size_and_url() {
+    let t = TestContext::new();
+    make_inputs(&t, 3);
+    t.write("in/sub/deep.txt", "deeper");
+    t.plan(
+        r#"
+[job]
+name = "t"
+state = "state.db"
+[source]
+list = "in/"
+[[step]]
+copy = { from = "{url}", to = "out/{size}-{name}" }
+"#,
+    );
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(t.read("out/6-f00002.txt"), "body 2");
+    assert_eq!(t.read("out/6-deep.txt"), "deeper");
+    let key: String = t
+        .state()
+        .query_row(
+            "SELECT key FROM items WHERE key LIKE '%deep.txt'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(key, t.path("in/sub/deep.txt").display().to_string());
+
+    // Not recursive: the subfolder is left out.
+    let flat = TestContext::new();
+    make_inputs(&flat, 2);
+    flat.write("in/sub/deep.txt", "deeper");
+    flat.plan(
+        &t.read("plan.toml")
+            .replace("list = \"in/\"", "list = \"in/\"\nrecursive = false"),
+    );
+    flat.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(flat.count("SELECT count(*) FROM items"), 2);
+}

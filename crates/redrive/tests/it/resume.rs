@@ -28,10 +28,14 @@ items = 8
 }
 
 fn setup() -> TestContext {
+    setup_with(ITEMS)
+}
+
+fn setup_with(items: usize) -> TestContext {
     let t = TestContext::new();
-    make_inputs(&t, ITEMS);
+    make_inputs(&t, items);
     // Every 200th target exists already with other content: it must survive.
-    for i in (0..ITEMS).step_by(200) {
+    for i in (0..items).step_by(200) {
         t.write(&format!("out/f{i:05}.txt"), "ORIGINAL");
     }
     t.plan(plan());
@@ -79,17 +83,21 @@ fn signal(child: &std::process::Child, name: &str) {
 }
 
 fn assert_complete(t: &TestContext) {
+    assert_complete_with(t, ITEMS);
+}
+
+fn assert_complete_with(t: &TestContext, items: usize) {
     assert_eq!(
         t.count("SELECT count(*) FROM items"),
-        ITEMS as i64,
+        items as i64,
         "one row per item"
     );
     assert_eq!(
         t.count("SELECT count(*) FROM items WHERE status = 'done'"),
-        ITEMS as i64,
+        items as i64,
         "every item done"
     );
-    for i in 0..ITEMS {
+    for i in 0..items {
         let body = t.read(&format!("out/f{i:05}.txt"));
         if i % 200 == 0 {
             assert_eq!(body, "ORIGINAL", "target {i} was overwritten");
@@ -149,4 +157,21 @@ fn sigint_drains_exits_130_and_the_rerun_completes() {
         1,
         "drained items are not redone"
     );
+}
+
+#[test]
+fn a_second_sigint_aborts_in_flight_items_which_the_rerun_redoes() {
+    let items = 5_000;
+    let t = setup_with(items);
+    let mut child = t.command(&["run", "plan.toml"]).spawn().expect("spawn");
+    wait_for_done(&t, &mut child, 500);
+    signal(&child, "-INT");
+    std::thread::sleep(Duration::from_millis(5));
+    signal(&child, "-INT");
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("Aborting the items in flight"), "{stderr}");
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_complete_with(&t, items);
 }
