@@ -30,6 +30,14 @@ pub enum StateError {
         /// This plan's job.
         current: String,
     },
+    /// Another process is running this job on the same state.
+    #[error("the state `{location}` is in use by another `redrive run` (lock file `{lock}`)")]
+    Locked {
+        /// The state's path or URL.
+        location: String,
+        /// The lock file.
+        lock: String,
+    },
     /// The state does not exist (for commands that only read it).
     #[error("no state at `{location}`: the job has not run yet")]
     Missing {

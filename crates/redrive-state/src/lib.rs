@@ -6,4 +6,4 @@
 pub mod conformance;
 mod sqlite;
 
-pub use sqlite::SqliteStateStore;
+pub use sqlite::{RunLock, SqliteStateStore};

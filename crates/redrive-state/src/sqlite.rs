@@ -146,6 +146,38 @@ impl SqliteStateStore {
     }
 }
 
+/// Held by the one `redrive run` that works on a state file; released when dropped (or when
+/// the process dies, so a crash never leaves a stale lock).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock `STATE.lock` beside the state file, or says who holds it.
+    pub fn acquire(state: &Path) -> Result<Self, StateError> {
+        let location = state.display().to_string();
+        let lock = PathBuf::from(format!("{location}.lock"));
+        if let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| backend(&location, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|e| backend(&location, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
+                location,
+                lock: lock.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(backend(&location, e)),
+        }
+    }
+}
+
 impl Drop for SqliteStateStore {
     fn drop(&mut self) {
         if let Ok(mut writer) = self.writer.lock() {

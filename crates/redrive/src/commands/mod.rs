@@ -75,6 +75,9 @@ pub(crate) fn state_error(error: StateError, plan_path: &Path) -> anyhow::Error 
             "the plan's source or steps changed since this state was written; run `redrive run {} --restart` to discard the old state, or set [job] state to a new file",
             plan_path.display()
         )),
+        StateError::Locked { .. } => Some(
+            "wait for the other run to finish (`redrive status` shows its progress), or give this run its own state with --state".to_owned(),
+        ),
         StateError::Backend { .. } => Some(
             "check that the state file's disk is writable and not full, and that no other redrive run uses it".to_owned(),
         ),

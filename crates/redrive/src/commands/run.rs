@@ -8,7 +8,7 @@ use redrive_core::engine::{self, RunOptions, RunReport, StopLevel};
 use redrive_core::item::Status;
 use redrive_core::retry::Backoff;
 use redrive_core::state::{JobInfo, StateStore, Summary};
-use redrive_state::SqliteStateStore;
+use redrive_state::{RunLock, SqliteStateStore};
 use tokio::sync::watch;
 
 use crate::cli::{GlobalArgs, RunArgs};
@@ -29,6 +29,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     }
 
     let state_path = super::state_path(Some(&plan), &args.state)?;
+    let _lock = RunLock::acquire(&state_path).map_err(|e| super::state_error(e, &args.plan))?;
     if args.restart && state_path.exists() {
         confirm_restart(&state_path, args.yes)?;
         super::remove_state(&state_path)?;

@@ -175,3 +175,31 @@ fn a_second_sigint_aborts_in_flight_items_which_the_rerun_redoes() {
     t.redrive(&["run", "plan.toml"]).expect_code(0);
     assert_complete_with(&t, items);
 }
+
+#[test]
+fn a_second_run_on_the_same_state_is_refused_while_the_first_runs() {
+    let items = 5_000;
+    let t = setup_with(items);
+    let mut child = t.command(&["run", "plan.toml"]).spawn().expect("spawn");
+    wait_for_done(&t, &mut child, 200);
+    let second = t.redrive(&["run", "plan.toml"]).expect_code(2);
+    assert!(
+        second.stderr.contains("is in use by another `redrive run`"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second
+            .stderr
+            .contains("hint: wait for the other run to finish"),
+        "{}",
+        second.stderr
+    );
+    // Reading the state while it runs is fine.
+    t.redrive(&["status", "plan.toml"]).expect_code(0);
+    let first = child.wait().expect("wait");
+    assert_eq!(first.code(), Some(0));
+    assert_complete_with(&t, items);
+    // The lock goes with the process: the next run takes it.
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+}
