@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -368,30 +368,50 @@ async fn load(
 ) -> Result<(), EngineError> {
     let mut items = shared.pipeline.source.items();
     let mut batch = Vec::with_capacity(LOAD_BATCH);
-    loop {
-        let next = tokio::select! {
-            next = items.next() => next,
-            _ = stop.changed() => return Err(EngineError::Stopped),
+    let result = loop {
+        // Hand over what we have whenever the source would make us wait (a slow listing), so
+        // the runner never idles while items sit in this batch.
+        let next = match items.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                flush(shared, loaded, &mut batch).await?;
+                tokio::select! {
+                    next = items.next() => next,
+                    _ = stop.changed() => break Err(EngineError::Stopped),
+                }
+            }
         };
-        let Some(fields) = next else { break };
-        let fields = fields?;
-        let key = shared
-            .pipeline
-            .key
-            .render(&fields)
-            .map_err(EngineError::Key)?;
-        batch.push(NewItem { key, fields });
-        if batch.len() >= LOAD_BATCH {
-            let added = shared.state.insert(std::mem::take(&mut batch)).await?;
-            shared.reporter.loaded(added);
-            loaded.notify_waiters();
+        let fields = match next {
+            None => break Ok(()),
+            Some(Err(error)) => break Err(EngineError::Source(error)),
+            Some(Ok(fields)) => fields,
+        };
+        match shared.pipeline.key.render(&fields) {
+            Ok(key) => batch.push(NewItem { key, fields }),
+            Err(error) => break Err(EngineError::Key(error)),
         }
-    }
-    if !batch.is_empty() {
-        let added = shared.state.insert(batch).await?;
-        shared.reporter.loaded(added);
-    }
+        if batch.len() >= LOAD_BATCH {
+            flush(shared, loaded, &mut batch).await?;
+        }
+    };
+    // The items read before an error are recorded (and run): fixing the input resumes.
+    flush(shared, loaded, &mut batch).await?;
+    result?;
     shared.state.set_source_complete().await?;
+    Ok(())
+}
+
+async fn flush(
+    shared: &Shared,
+    loaded: &Notify,
+    batch: &mut Vec<NewItem>,
+) -> Result<(), EngineError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let added = shared.state.insert(std::mem::take(batch)).await?;
+    shared.reporter.loaded(added);
+    loaded.notify_waiters();
     Ok(())
 }
 

@@ -489,7 +489,12 @@ copy = { from = "src/{Name}", to = "out/{Name}" }
         "{}",
         out.stderr
     );
-    // The good row before it was run; a fixed file resumes.
+    // The good row before it was recorded and run; a fixed file resumes.
+    assert_eq!(t.read("out/a"), "A");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        1
+    );
     t.write("items.csv", "Name,Group\na,g1\nb,g2\n");
     t.write("src/b", "B");
     t.redrive(&["run", "plan.toml"]).expect_code(0);
