@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use redrive_core::engine::Pipeline;
+use redrive_core::engine::{Expansion, Pipeline};
 use redrive_core::plan::{Action, Plan, PlanError, SourceKind, SourceSpec};
 use redrive_core::source::{Source, SourceError};
 use redrive_core::step::Step;
@@ -20,10 +20,12 @@ pub enum BuildError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     /// The source cannot be opened.
-    #[error("{file}: in [source]: cannot open the source")]
+    #[error("{file}: in [{table}]: cannot open the source")]
     Source {
         /// The plan file.
         file: String,
+        /// `source` or `expand`.
+        table: String,
         /// The cause.
         #[source]
         source: SourceError,
@@ -48,19 +50,22 @@ pub fn build(plan: &Plan) -> Result<Pipeline, BuildError> {
 /// Builds the plan with `env` as the environment.
 pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
     let file = plan.path.display().to_string();
-    if plan.expand.is_some() {
-        return Err(BuildError::Unsupported {
-            file,
-            table: "expand".to_owned(),
-            message: "`[expand]` is not available in this version of redrive; list the children in the source instead".to_owned(),
-        });
-    }
     let stores = Arc::new(Stores::new(&plan.base_dir, plan.stores.clone(), env));
-    let source = source(&plan.source, &stores).map_err(|source| BuildError::Source {
+    let source_error = |table: &str, source: SourceError| BuildError::Source {
         file: file.clone(),
+        table: table.to_owned(),
         source,
-    })?;
-    plan.check_fields(&source.fields())?;
+    };
+    let source = source(&plan.source, &stores).map_err(|e| source_error("source", e))?;
+    let expand = match (&plan.expand, plan.expand_key()?) {
+        (Some(spec), Some(key)) => Some(Expansion {
+            source: self::source(spec, &stores).map_err(|e| source_error("expand", e))?,
+            key,
+        }),
+        _ => None,
+    };
+    let child_fields = expand.as_ref().map(|e| e.source.fields());
+    plan.check_fields(&source.fields(), child_fields.as_ref())?;
     let steps = plan
         .steps
         .iter()
@@ -77,6 +82,7 @@ pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
     Ok(Pipeline {
         source,
         key: plan.key()?,
+        expand,
         steps,
     })
 }
@@ -85,15 +91,9 @@ fn source(spec: &SourceSpec, stores: &Arc<Stores>) -> Result<Arc<dyn Source>, So
     Ok(match &spec.kind {
         SourceKind::Csv { path, delimiter } => Arc::new(CsvSource::open(path, *delimiter)?),
         SourceKind::Lines { path } => Arc::new(LinesSource::open(path)?),
-        SourceKind::Glob { pattern } => Arc::new(GlobSource::new(pattern)?),
+        SourceKind::Glob { pattern } => Arc::new(GlobSource::new(pattern.clone())?),
         SourceKind::List { url, recursive } => {
-            let url = url
-                .render(&Default::default())
-                .map_err(|e| SourceError::Input {
-                    location: url.raw().to_owned(),
-                    message: format!("{e}; a top-level `list` URL cannot use item fields"),
-                })?;
-            Arc::new(ListSource::new(stores, &url, *recursive)?)
+            Arc::new(ListSource::new(stores, url.clone(), *recursive)?)
         }
     })
 }

@@ -10,7 +10,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::error::{ErrorClass, StepError};
-use crate::item::{NewItem, Status, StoredItem};
+use crate::item::{Fields, NewItem, Status, StoredItem};
 use crate::retry::Backoff;
 use crate::source::{Source, SourceError};
 use crate::state::{StateError, StateStore, Transition};
@@ -36,15 +36,31 @@ pub struct Pipeline {
     pub source: Arc<dyn Source>,
     /// Renders an item's key from its fields.
     pub key: Template,
+    /// Turns each item into children; the steps then run for each child.
+    pub expand: Option<Expansion>,
     /// The steps, with their names, in order.
     pub steps: Vec<(String, Arc<dyn Step>)>,
 }
 
+/// `[expand]`, built: a source run with each parent's fields, and the children's key.
+#[derive(Debug)]
+pub struct Expansion {
+    /// Lists a parent's children.
+    pub source: Arc<dyn Source>,
+    /// Renders a child's key (unique within its parent) from its fields.
+    pub key: Template,
+}
+
+/// Name recorded as the step of a parent while it expands and runs its children.
+pub const EXPAND_STEP: &str = "expand";
+
 /// Knobs of one run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Items in flight.
+    /// Items in flight (parents, under `[expand]`).
     pub concurrency: usize,
+    /// Children in flight per parent.
+    pub per_item: usize,
     /// Retries per step after the first attempt.
     pub retries: u32,
     /// Start at most this many items in this run.
@@ -79,6 +95,10 @@ pub trait Reporter: Send + Sync {
     fn bytes(&self, n: u64);
     /// A step is retried; `throttled` when the store asked to slow down.
     fn retried(&self, throttled: bool);
+    /// `n` new children were recorded by an expansion.
+    fn children_loaded(&self, _n: u64) {}
+    /// A child reached a final status in this run.
+    fn child_finished(&self, _status: Status) {}
 }
 
 /// A reporter that ignores everything.
@@ -101,6 +121,8 @@ pub struct RunReport {
     pub skipped: u64,
     /// Items failed in this run.
     pub failed: u64,
+    /// Children done, skipped and failed in this run (under `[expand]`).
+    pub children: Tally,
     /// Bytes moved in this run.
     pub bytes: u64,
     /// Step retries.
@@ -111,6 +133,28 @@ pub struct RunReport {
     pub duration: Duration,
     /// Stopped by a signal before every item was run.
     pub interrupted: bool,
+}
+
+/// Counts of final statuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Done.
+    pub done: u64,
+    /// Skipped.
+    pub skipped: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, status: Option<Status>) {
+        match status {
+            Some(Status::Done) => self.done += 1,
+            Some(Status::Skipped) => self.skipped += 1,
+            Some(Status::Failed) => self.failed += 1,
+            _ => {}
+        }
+    }
 }
 
 /// Why a run stopped early.
@@ -162,6 +206,7 @@ impl ByteCounter for Counter<'_> {
 #[derive(Default)]
 struct ItemReport {
     status: Option<Status>,
+    children: Tally,
     bytes: u64,
     retries: u64,
     throttled: u64,
@@ -266,8 +311,13 @@ pub async fn run(
             }
             taken += 1;
             let shared = Arc::clone(&shared);
+            let shutdown = shutdown.clone();
             tasks.spawn(async move {
-                let result = run_item(&shared, item).await;
+                let result = if shared.pipeline.expand.is_some() {
+                    run_parent(&shared, item, shutdown).await
+                } else {
+                    run_item(&shared, item).await
+                };
                 drop(permit);
                 result
             });
@@ -355,6 +405,9 @@ fn absorb(
         Some(Status::Failed) => report.failed += 1,
         _ => {}
     }
+    report.children.done += item.children.done;
+    report.children.skipped += item.children.skipped;
+    report.children.failed += item.children.failed;
     report.bytes += item.bytes;
     report.retries += item.retries;
     report.throttled += item.throttled;
@@ -366,7 +419,7 @@ async fn load(
     loaded: &Notify,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
-    let mut items = shared.pipeline.source.items();
+    let mut items = shared.pipeline.source.items(&Fields::new());
     let mut batch = Vec::with_capacity(LOAD_BATCH);
     let result = loop {
         // Hand over what we have whenever the source would make us wait (a slow listing), so
@@ -413,6 +466,225 @@ async fn flush(
     shared.reporter.loaded(added);
     loaded.notify_waiters();
     Ok(())
+}
+
+/// A parent: record its children (once: a resumed parent is not listed again), run them with
+/// at most `per_item` in flight, then sum up: done when every child is done or skipped, failed
+/// when any failed, skipped when it has none.
+async fn run_parent(
+    shared: &Arc<Shared>,
+    parent: StoredItem,
+    mut shutdown: Shutdown,
+) -> Result<ItemReport, EngineError> {
+    let state = &shared.state;
+    let mut report = ItemReport::default();
+    state
+        .record(Transition::Started {
+            id: parent.id,
+            step: 0,
+            step_name: EXPAND_STEP.to_owned(),
+        })
+        .await?;
+
+    if !parent.expanded {
+        let mut retry = 0;
+        let mut rng = fastrand::Rng::new();
+        loop {
+            match expand(shared, &parent).await {
+                Ok(()) => break,
+                Err(ExpandError::State(error)) => return Err(error.into()),
+                Err(ExpandError::Source(error)) => {
+                    let retryable = matches!(error, SourceError::Io { .. });
+                    if retryable && retry < shared.options.retries {
+                        retry += 1;
+                        report.retries += 1;
+                        shared.reporter.retried(false);
+                        let delay = shared.options.backoff.delay(retry, None, &mut rng);
+                        tracing::info!(key = %crate::secrets::redact(&parent.key), retry, ?delay, error = %error, "Retrying the expansion.");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    let message = crate::secrets::redact(&format!(
+                        "cannot list the children of `{}`: {}",
+                        parent.key,
+                        chain(&error)
+                    ))
+                    .into_owned();
+                    tracing::warn!(error = %message, "Item failed.");
+                    state
+                        .record(Transition::Failed {
+                            id: parent.id,
+                            error: message,
+                        })
+                        .await?;
+                    report.status = Some(Status::Failed);
+                    shared.reporter.finished(Status::Failed);
+                    return Ok(report);
+                }
+            }
+        }
+        state.set_expanded(parent.id).await?;
+    }
+
+    let semaphore = Arc::new(Semaphore::new(shared.options.per_item.max(1)));
+    let mut children: JoinSet<Result<ItemReport, EngineError>> = JoinSet::new();
+    let mut cursor = 0;
+    let mut stopped = false;
+    let mut failure = None;
+    'feed: loop {
+        let page = state.runnable_children(parent.id, cursor, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        for child in page {
+            cursor = child.id;
+            let permit = tokio::select! {
+                permit = Arc::clone(&semaphore).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break 'feed,
+                },
+                _ = stop_requested(&mut shutdown, StopLevel::Drain) => {
+                    stopped = true;
+                    break 'feed;
+                }
+            };
+            if shared.halt.load(Ordering::SeqCst) {
+                stopped = true;
+                break 'feed;
+            }
+            while let Some(joined) = children.try_join_next() {
+                tally_child(joined, &mut report, &mut failure);
+            }
+            let shared_child = Arc::clone(shared);
+            children.spawn(async move {
+                let result = run_item(&shared_child, child).await;
+                drop(permit);
+                result
+            });
+        }
+    }
+    while let Some(joined) = children.join_next().await {
+        tally_child(joined, &mut report, &mut failure);
+    }
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    if stopped || *shutdown.borrow() != StopLevel::Run {
+        // The parent stays `running`: the next run carries on with its unfinished children.
+        return Ok(report);
+    }
+
+    let counts = state.child_counts(parent.id).await?;
+    let transition = if counts.failed > 0 {
+        Transition::Failed {
+            id: parent.id,
+            error: format!("{} of {} children failed", counts.failed, counts.total),
+        }
+    } else if counts.total == 0 {
+        Transition::Finished {
+            id: parent.id,
+            status: Status::Skipped,
+            bytes: 0,
+            reason: Some("no children".to_owned()),
+        }
+    } else {
+        Transition::Finished {
+            id: parent.id,
+            status: Status::Done,
+            bytes: 0,
+            reason: None,
+        }
+    };
+    let status = match &transition {
+        Transition::Failed { .. } => Status::Failed,
+        Transition::Finished { status, .. } => *status,
+        _ => Status::Done,
+    };
+    state.record(transition).await?;
+    report.status = Some(status);
+    shared.reporter.finished(status);
+    Ok(report)
+}
+
+enum ExpandError {
+    Source(SourceError),
+    State(StateError),
+}
+
+/// Streams the parent's children into the state in batches. Idempotent: a retry after a
+/// partial listing inserts only what is missing.
+async fn expand(shared: &Shared, parent: &StoredItem) -> Result<(), ExpandError> {
+    let Some(expansion) = &shared.pipeline.expand else {
+        return Ok(());
+    };
+    let mut children = expansion.source.items(&parent.fields);
+    let mut batch = Vec::with_capacity(LOAD_BATCH);
+    while let Some(child) = children.next().await {
+        let child = child.map_err(ExpandError::Source)?;
+        // Children inherit their parent's fields; their own win on a clash.
+        let mut fields = parent.fields.clone();
+        fields.extend(child);
+        let key = expansion.key.render(&fields).map_err(|e| {
+            ExpandError::Source(SourceError::Input {
+                location: parent.key.clone(),
+                message: e.to_string(),
+            })
+        })?;
+        batch.push(NewItem { key, fields });
+        if batch.len() >= LOAD_BATCH {
+            let added = shared
+                .state
+                .insert_children(parent.id, std::mem::take(&mut batch))
+                .await
+                .map_err(ExpandError::State)?;
+            shared.reporter.children_loaded(added);
+        }
+    }
+    if !batch.is_empty() {
+        let added = shared
+            .state
+            .insert_children(parent.id, batch)
+            .await
+            .map_err(ExpandError::State)?;
+        shared.reporter.children_loaded(added);
+    }
+    Ok(())
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
+fn tally_child(
+    joined: Result<Result<ItemReport, EngineError>, tokio::task::JoinError>,
+    report: &mut ItemReport,
+    failure: &mut Option<EngineError>,
+) {
+    match joined {
+        Ok(Ok(child)) => {
+            report.children.add(child.status);
+            report.bytes += child.bytes;
+            report.retries += child.retries;
+            report.throttled += child.throttled;
+        }
+        Ok(Err(error)) => {
+            failure.get_or_insert(error);
+        }
+        Err(join) if join.is_cancelled() => {}
+        Err(join) => {
+            failure.get_or_insert(EngineError::State(StateError::Backend {
+                location: "engine".to_owned(),
+                message: format!("a child task panicked: {join}"),
+            }));
+        }
+    }
 }
 
 async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, EngineError> {
@@ -494,7 +766,7 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
                     })
                     .await?;
                 report.status = Some(Status::Skipped);
-                shared.reporter.finished(Status::Skipped);
+                finished(shared, &item, Status::Skipped);
                 return Ok(report);
             }
             Err(error) if error.class() == ErrorClass::Fatal => {
@@ -524,23 +796,32 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
                     })
                     .await?;
                 report.status = Some(Status::Failed);
-                shared.reporter.finished(Status::Failed);
+                finished(shared, &item, Status::Failed);
                 return Ok(report);
             }
         }
     }
     report.status = Some(Status::Done);
-    shared.reporter.finished(Status::Done);
+    finished(shared, &item, Status::Done);
     Ok(report)
 }
 
-/// Prints what each item would do, without touching the state or any store.
+fn finished(shared: &Shared, item: &StoredItem, status: Status) {
+    if item.parent.is_some() {
+        shared.reporter.child_finished(status);
+    } else {
+        shared.reporter.finished(status);
+    }
+}
+
+/// Prints what each item would do, without writing anything: no state, no object. Under
+/// `[expand]` each parent's children are listed (a read) and printed as `PARENT/CHILD`.
 pub async fn dry_run(
     pipeline: &Pipeline,
     limit: Option<u64>,
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<u64, EngineError> {
-    let mut items = pipeline.source.items();
+    let mut items = pipeline.source.items(&Fields::new());
     let mut count = 0u64;
     while let Some(fields) = items.next().await {
         if limit.is_some_and(|limit| count >= limit) {
@@ -548,15 +829,40 @@ pub async fn dry_run(
         }
         let fields = fields?;
         let key = pipeline.key.render(&fields).map_err(EngineError::Key)?;
-        let mut line = crate::secrets::redact(&key).into_owned();
-        for (name, step) in &pipeline.steps {
-            let what = step.describe(&fields).map_err(EngineError::Key)?;
-            line.push_str(&format!("\t{name}: {}", crate::secrets::redact(&what)));
-        }
-        if writeln!(out, "{line}").is_err() {
-            break;
-        }
         count += 1;
+        let Some(expansion) = &pipeline.expand else {
+            if !describe(pipeline, &key, &fields, out)? {
+                break;
+            }
+            continue;
+        };
+        let mut children = expansion.source.items(&fields);
+        while let Some(child) = children.next().await {
+            let mut child_fields = fields.clone();
+            child_fields.extend(child?);
+            let child_key = expansion
+                .key
+                .render(&child_fields)
+                .map_err(EngineError::Key)?;
+            if !describe(pipeline, &format!("{key}/{child_key}"), &child_fields, out)? {
+                return Ok(count);
+            }
+        }
     }
     Ok(count)
+}
+
+/// One line: the key, then each step's action. False when the output is closed.
+fn describe(
+    pipeline: &Pipeline,
+    key: &str,
+    fields: &Fields,
+    out: &mut (dyn std::io::Write + Send),
+) -> Result<bool, EngineError> {
+    let mut line = crate::secrets::redact(key).into_owned();
+    for (name, step) in &pipeline.steps {
+        let what = step.describe(fields).map_err(EngineError::Key)?;
+        line.push_str(&format!("\t{name}: {}", crate::secrets::redact(&what)));
+    }
+    Ok(writeln!(out, "{line}").is_ok())
 }

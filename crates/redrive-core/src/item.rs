@@ -26,6 +26,10 @@ pub struct StoredItem {
     pub id: ItemId,
     /// The parent item, for children of an expansion.
     pub parent: Option<ItemId>,
+    /// The parent's key, for children.
+    pub parent_key: Option<String>,
+    /// For a parent: its children are all recorded (it is not listed again on resume).
+    pub expanded: bool,
     /// The item's key.
     pub key: String,
     /// The item's fields.

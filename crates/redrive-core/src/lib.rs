@@ -18,6 +18,6 @@ pub use error::{BoxError, ErrorClass, StepError};
 pub use item::{Fields, ItemId, NewItem, Status, StoredItem};
 pub use plan::Plan;
 pub use source::{Source, SourceError};
-pub use state::{JobInfo, Requeue, StateError, StateStore, Summary, Transition};
+pub use state::{ChildCounts, JobInfo, Requeue, StateError, StateStore, Summary, Transition};
 pub use step::{ByteCounter, Outcome, Step, StepContext};
 pub use template::{Template, TemplateError};

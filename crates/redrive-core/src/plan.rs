@@ -65,7 +65,7 @@ pub struct Plan {
     pub state: String,
     /// The work list.
     pub source: SourceSpec,
-    /// The expansion of each item into children (not run yet by this version).
+    /// The expansion of each item into children; the steps then run for each child.
     pub expand: Option<SourceSpec>,
     /// The pipeline, in order.
     pub steps: Vec<StepSpec>,
@@ -103,8 +103,8 @@ pub enum SourceKind {
     },
     /// Local files matching a glob pattern.
     Glob {
-        /// The pattern, absolute.
-        pattern: String,
+        /// The pattern, absolute; may use the parent's fields under `[expand]`.
+        pattern: Template,
     },
     /// An object-store prefix listing.
     List {
@@ -123,6 +123,15 @@ impl SourceKind {
             SourceKind::Lines { .. } => "lines",
             SourceKind::Glob { .. } => "glob",
             SourceKind::List { .. } => "list",
+        }
+    }
+
+    /// The templates in the source's location (they may use a parent's fields).
+    pub fn templates(&self) -> Vec<&Template> {
+        match self {
+            SourceKind::Glob { pattern } => vec![pattern],
+            SourceKind::List { url, .. } => vec![url],
+            SourceKind::Csv { .. } | SourceKind::Lines { .. } => Vec::new(),
         }
     }
 
@@ -388,7 +397,19 @@ impl Plan {
 
         let source = source_spec(&raw.source, &base_dir).map_err(|m| invalid("source", m))?;
         let expand = match &raw.expand {
-            Some(expand) => Some(source_spec(expand, &base_dir).map_err(|m| invalid("expand", m))?),
+            Some(expand) => {
+                let spec = source_spec(expand, &base_dir).map_err(|m| invalid("expand", m))?;
+                if !matches!(spec.kind, SourceKind::List { .. } | SourceKind::Glob { .. }) {
+                    return Err(invalid(
+                        "expand",
+                        format!(
+                            "a `{}` source cannot expand an item; use `list` (e.g. `list = \"az://src/{{JobId}}/{{WorkItemId}}/\"`) or `glob`",
+                            spec.kind.name()
+                        ),
+                    ));
+                }
+                Some(spec)
+            }
             None => None,
         };
 
@@ -477,25 +498,54 @@ impl Plan {
         })
     }
 
-    /// Checks every template of the plan against the fields the source yields.
-    pub fn check_fields(&self, fields: &BTreeSet<String>) -> Result<(), PlanError> {
+    /// The key template of the children, when the plan expands items.
+    pub fn expand_key(&self) -> Result<Option<Template>, PlanError> {
+        self.expand
+            .as_ref()
+            .map(|expand| {
+                source_key(expand).map_err(|message| PlanError::Invalid {
+                    file: self.path.display().to_string(),
+                    table: "expand".to_owned(),
+                    message,
+                })
+            })
+            .transpose()
+    }
+
+    /// Checks every template of the plan against the fields that will exist: the source's,
+    /// and under `[expand]` the parent's plus the children's (children inherit their parent's).
+    pub fn check_fields(
+        &self,
+        parent: &BTreeSet<String>,
+        children: Option<&BTreeSet<String>>,
+    ) -> Result<(), PlanError> {
         let file = self.path.display().to_string();
+        let invalid = |table: String, what: &str, e: TemplateError| PlanError::Invalid {
+            file: file.clone(),
+            table,
+            message: format!("`{what}`: {e}"),
+        };
         self.key()?
-            .check_fields(fields)
-            .map_err(|e| PlanError::Invalid {
-                file: file.clone(),
-                table: "source".to_owned(),
-                message: format!("`key`: {e}"),
-            })?;
+            .check_fields(parent)
+            .map_err(|e| invalid("source".to_owned(), "key", e))?;
+        let mut item_fields = parent.clone();
+        if let (Some(expand), Some(children)) = (&self.expand, children) {
+            for template in expand.kind.templates() {
+                template
+                    .check_fields(parent)
+                    .map_err(|e| invalid("expand".to_owned(), expand.kind.name(), e))?;
+            }
+            item_fields.extend(children.iter().cloned());
+            if let Some(key) = self.expand_key()? {
+                key.check_fields(&item_fields)
+                    .map_err(|e| invalid("expand".to_owned(), "key", e))?;
+            }
+        }
         for (index, step) in self.steps.iter().enumerate() {
             for template in step.action.templates() {
                 template
-                    .check_fields(fields)
-                    .map_err(|e| PlanError::Invalid {
-                        file: file.clone(),
-                        table: format!("step.{}", index + 1),
-                        message: format!("`{}`: {e}", step.action.name()),
-                    })?;
+                    .check_fields(&item_fields)
+                    .map_err(|e| invalid(format!("step.{}", index + 1), step.action.name(), e))?;
             }
         }
         Ok(())
@@ -565,7 +615,7 @@ fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
         }
     } else if let Some(pattern) = &raw.glob {
         SourceKind::Glob {
-            pattern: base_dir.join(pattern).display().to_string(),
+            pattern: template("glob", &base_dir.join(pattern).display().to_string())?,
         }
     } else if let Some(url) = &raw.list {
         SourceKind::List {

@@ -36,6 +36,7 @@ pub trait Source: Send + Sync + Debug {
     /// The names of the fields every item has; templates are checked against them before a run.
     fn fields(&self) -> BTreeSet<String>;
 
-    /// The items. An error ends the stream.
-    fn items(&self) -> BoxStream<'static, Result<Fields, SourceError>>;
+    /// The items. `context` holds the fields the source's location templates may use: none
+    /// for the plan's source, the parent's under `[expand]`. An error ends the stream.
+    fn items(&self, context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>>;
 }

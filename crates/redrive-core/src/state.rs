@@ -125,13 +125,28 @@ pub enum Requeue {
     Status(Status),
 }
 
+/// A parent's children by status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChildCounts {
+    /// All children.
+    pub total: u64,
+    /// Done.
+    pub done: u64,
+    /// Skipped.
+    pub skipped: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
 /// Counts for `status` and the end-of-run summary.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {
     /// Whether the whole source has been loaded into the state.
     pub source_complete: bool,
-    /// Items by status, in `Status::ALL` order.
+    /// Top-level items by status, in `Status::ALL` order.
     pub by_status: Vec<(Status, u64)>,
+    /// Children (of expanded items) by status, in `Status::ALL` order; all zero without `[expand]`.
+    pub children_by_status: Vec<(Status, u64)>,
     /// Unfinished and failed items by step name and status.
     pub by_step: Vec<(String, Status, u64)>,
     /// Bytes moved over all items.
@@ -149,9 +164,22 @@ impl Summary {
             .map_or(0, |(_, n)| *n)
     }
 
-    /// All items.
+    /// All top-level items.
     pub fn total(&self) -> u64 {
         self.by_status.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Children with `status`.
+    pub fn children(&self, status: Status) -> u64 {
+        self.children_by_status
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// All children.
+    pub fn children_total(&self) -> u64 {
+        self.children_by_status.iter().map(|(_, n)| n).sum()
     }
 }
 
@@ -169,6 +197,26 @@ pub trait StateStore: Send + Sync {
     /// Adds items as `pending` at step 0; keys already present are left as they are.
     /// Returns how many were new.
     async fn insert(&self, items: Vec<NewItem>) -> Result<u64, StateError>;
+
+    /// Adds children of `parent` as `pending` at step 0; keys already present under that
+    /// parent are left as they are. Returns how many were new.
+    async fn insert_children(&self, parent: ItemId, items: Vec<NewItem>)
+    -> Result<u64, StateError>;
+
+    /// Records that every child of `parent` is recorded: a resumed run does not expand it again.
+    async fn set_expanded(&self, parent: ItemId) -> Result<(), StateError>;
+
+    /// Up to `limit` children of `parent` with status `pending` or `running` and id greater
+    /// than `after`, in id order.
+    async fn runnable_children(
+        &self,
+        parent: ItemId,
+        after: ItemId,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, StateError>;
+
+    /// `parent`'s children by status.
+    async fn child_counts(&self, parent: ItemId) -> Result<ChildCounts, StateError>;
 
     /// Records that the whole source has been loaded (a resumed run does not read it again).
     async fn set_source_complete(&self) -> Result<(), StateError>;
@@ -189,7 +237,8 @@ pub trait StateStore: Send + Sync {
     /// Marks items with these keys `skipped` by hand; returns how many.
     async fn skip(&self, keys: Vec<String>, reason: String) -> Result<u64, StateError>;
 
-    /// Items with `status` and id greater than `after`, up to `limit`, in id order.
+    /// Items with `status` and id greater than `after`, up to `limit`, in id order. Parents
+    /// that were expanded are left out: their status sums up their children's, which are listed.
     async fn items_with_status(
         &self,
         status: Status,

@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS items (
     parent      INTEGER REFERENCES items(id),
     key         TEXT    NOT NULL,
     fields      TEXT    NOT NULL,                 -- JSON object of the item's fields
+    expanded    INTEGER NOT NULL DEFAULT 0,       -- a parent whose children are all recorded
     step_index  INTEGER NOT NULL DEFAULT 0,       -- first step not yet finished
     step        TEXT,                             -- its name
     status      TEXT    NOT NULL DEFAULT 'pending'
@@ -30,6 +31,26 @@ CREATE UNIQUE INDEX IF NOT EXISTS items_top_key   ON items(key)         WHERE pa
 CREATE UNIQUE INDEX IF NOT EXISTS items_child_key ON items(parent, key) WHERE parent IS NOT NULL;
 CREATE INDEX        IF NOT EXISTS items_status    ON items(status, id);
 
+-- Items that failed themselves (an expanded parent fails because of its children, listed here).
 CREATE VIEW IF NOT EXISTS failed AS
     SELECT id, parent, key, step, attempts, error, updated_at
-    FROM items WHERE status = 'failed';
+    FROM items WHERE status = 'failed' AND NOT (parent IS NULL AND expanded = 1);
+
+-- Top-level items (work items) with their children (files) counted by status.
+CREATE VIEW IF NOT EXISTS workitems AS
+    SELECT p.id, p.key, p.fields, p.status, p.error, p.attempts,
+           count(c.id)                         AS files_total,
+           coalesce(sum(c.status = 'done'), 0)    AS files_done,
+           coalesce(sum(c.status = 'skipped'), 0) AS files_skipped,
+           coalesce(sum(c.status = 'failed'), 0)  AS files_failed,
+           coalesce(sum(c.bytes), 0)              AS bytes,
+           p.started_at, p.finished_at
+    FROM items p LEFT JOIN items c ON c.parent = p.id
+    WHERE p.parent IS NULL
+    GROUP BY p.id;
+
+-- Children (files) with their parent's key.
+CREATE VIEW IF NOT EXISTS files AS
+    SELECT c.id, p.key AS workitem, c.key, c.fields, c.step, c.status, c.error, c.attempts,
+           c.bytes, c.started_at, c.finished_at
+    FROM items c JOIN items p ON p.id = c.parent;

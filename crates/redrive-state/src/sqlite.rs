@@ -7,7 +7,9 @@ use std::thread;
 
 use async_trait::async_trait;
 use redrive_core::item::{Fields, ItemId, NewItem, Status, StoredItem};
-use redrive_core::state::{JobInfo, Requeue, StateError, StateStore, Summary, Transition};
+use redrive_core::state::{
+    ChildCounts, JobInfo, Requeue, StateError, StateStore, Summary, Transition,
+};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
@@ -244,6 +246,8 @@ fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredItem> {
     Ok(StoredItem {
         id: row.get("id")?,
         parent: row.get("parent")?,
+        parent_key: row.get("parent_key")?,
+        expanded: row.get::<_, i64>("expanded")? != 0,
         key: row.get("key")?,
         fields,
         step: row.get::<_, i64>("step_index")?.try_into().unwrap_or(0),
@@ -254,7 +258,8 @@ fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredItem> {
     })
 }
 
-const ITEM_COLUMNS: &str = "id, parent, key, fields, step_index, status, attempts, error, bytes";
+const ITEM_COLUMNS: &str = "i.id, i.parent, (SELECT p.key FROM items p WHERE p.id = i.parent) AS parent_key, \
+     i.expanded, i.key, i.fields, i.step_index, i.status, i.attempts, i.error, i.bytes";
 
 fn bytes_i64(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
@@ -326,6 +331,87 @@ impl StateStore for SqliteStateStore {
         .await
     }
 
+    async fn insert_children(
+        &self,
+        parent: ItemId,
+        items: Vec<NewItem>,
+    ) -> Result<u64, StateError> {
+        let mut rows = Vec::with_capacity(items.len());
+        for item in items {
+            let fields =
+                serde_json::to_string(&item.fields).map_err(|e| self.failed(e.to_string()))?;
+            rows.push((item.key, fields));
+        }
+        self.write(Box::new(move |tx| {
+            let mut statement = tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO items (parent, key, fields, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, {NOW}, {NOW})"
+            ))?;
+            let mut added = 0;
+            for (key, fields) in &rows {
+                added += statement.execute(params![parent, key, fields])? as u64;
+            }
+            Ok(added)
+        }))
+        .await
+    }
+
+    async fn set_expanded(&self, parent: ItemId) -> Result<(), StateError> {
+        self.write(Box::new(move |tx| {
+            tx.execute(
+                &format!("UPDATE items SET expanded = 1, updated_at = {NOW} WHERE id = ?1"),
+                params![parent],
+            )
+            .map(|n| n as u64)
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    async fn runnable_children(
+        &self,
+        parent: ItemId,
+        after: ItemId,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, StateError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut statement = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items i
+                 WHERE i.parent = ?1 AND i.id > ?2 AND i.status IN ('pending', 'running')
+                 ORDER BY i.id LIMIT ?3"
+            ))?;
+            let rows = statement.query_map(params![parent, after, limit], row_to_item)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn child_counts(&self, parent: ItemId) -> Result<ChildCounts, StateError> {
+        self.read(move |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT status, count(*) FROM items WHERE parent = ?1 GROUP BY status",
+            )?;
+            let mut counts = ChildCounts::default();
+            let rows = statement.query_map(params![parent], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (status, n) = row?;
+                let n = u64::try_from(n).unwrap_or(0);
+                counts.total += n;
+                match status.as_str() {
+                    "done" => counts.done += n,
+                    "skipped" => counts.skipped += n,
+                    "failed" => counts.failed += n,
+                    _ => {}
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
     async fn set_source_complete(&self) -> Result<(), StateError> {
         self.write(Box::new(|tx| {
             tx.execute("UPDATE job SET source_complete = 1 WHERE id = 1", [])
@@ -350,9 +436,9 @@ impl StateStore for SqliteStateStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
             let mut statement = c.prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM items
-                 WHERE status IN ('pending', 'running') AND id > ?1 AND parent IS NULL
-                 ORDER BY id LIMIT ?2"
+                "SELECT {ITEM_COLUMNS} FROM items i
+                 WHERE i.status IN ('pending', 'running') AND i.id > ?1 AND i.parent IS NULL
+                 ORDER BY i.id LIMIT ?2"
             ))?;
             let rows = statement.query_map(params![after, limit], row_to_item)?;
             rows.collect()
@@ -425,9 +511,15 @@ impl StateStore for SqliteStateStore {
                     let mut statement = tx.prepare_cached(&format!(
                         "UPDATE items SET {restart} WHERE key = ?1 AND parent IS NULL"
                     ))?;
+                    // A reset work item redoes all its children (its listing is kept).
+                    let mut children = tx.prepare_cached(&format!(
+                        "UPDATE items SET {restart}
+                         WHERE parent IN (SELECT id FROM items WHERE key = ?1 AND parent IS NULL)"
+                    ))?;
                     let mut changed = 0;
                     for key in &keys {
                         changed += statement.execute(params![key])?;
+                        children.execute(params![key])?;
                     }
                     changed
                 }
@@ -461,7 +553,9 @@ impl StateStore for SqliteStateStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
             let mut statement = c.prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM items WHERE status = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+                "SELECT {ITEM_COLUMNS} FROM items i
+                 WHERE i.status = ?1 AND i.id > ?2 AND NOT (i.parent IS NULL AND i.expanded = 1)
+                 ORDER BY i.id LIMIT ?3"
             ))?;
             let rows = statement.query_map(params![status.as_str(), after, limit], row_to_item)?;
             rows.collect()
@@ -476,17 +570,20 @@ impl StateStore for SqliteStateStore {
                 .optional()?
                 == Some(1);
             let mut by_status = Vec::new();
+            let mut children_by_status = Vec::new();
             for status in Status::ALL {
-                let n: i64 = c.query_row(
-                    "SELECT count(*) FROM items WHERE status = ?1",
+                let (top, children): (i64, i64) = c.query_row(
+                    "SELECT coalesce(sum(parent IS NULL), 0), coalesce(sum(parent IS NOT NULL), 0)
+                     FROM items WHERE status = ?1",
                     params![status.as_str()],
-                    |row| row.get(0),
+                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )?;
-                by_status.push((status, n.try_into().unwrap_or(0)));
+                by_status.push((status, top.try_into().unwrap_or(0)));
+                children_by_status.push((status, children.try_into().unwrap_or(0)));
             }
             let mut statement = c.prepare(
                 "SELECT coalesce(step, '-'), status, count(*) FROM items
-                 WHERE status IN ('pending', 'running', 'failed')
+                 WHERE status IN ('pending', 'running', 'failed') AND NOT (parent IS NULL AND expanded = 1)
                  GROUP BY step, status ORDER BY min(step_index), step, status",
             )?;
             let by_step = statement
@@ -509,6 +606,7 @@ impl StateStore for SqliteStateStore {
             Ok(Summary {
                 source_complete,
                 by_status,
+                children_by_status,
                 by_step,
                 bytes: bytes.try_into().unwrap_or(0),
                 active_seconds,

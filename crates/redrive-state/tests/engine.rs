@@ -33,7 +33,7 @@ impl Source for Numbers {
         ["n".to_owned()].into()
     }
 
-    fn items(&self) -> BoxStream<'static, Result<Fields, SourceError>> {
+    fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
         let delay = self.delay;
         futures::stream::iter(0..self.n)
             .then(move |i| async move {
@@ -149,6 +149,7 @@ async fn setup() -> Setup {
 fn options(concurrency: usize, retries: u32) -> RunOptions {
     RunOptions {
         concurrency,
+        per_item: 4,
         retries,
         limit: None,
         retry_failed: false,
@@ -168,6 +169,7 @@ async fn run(
     let pipeline = Arc::new(Pipeline {
         source: Arc::new(source),
         key: Template::parse("{n}").unwrap(),
+        expand: None,
         steps: steps
             .into_iter()
             .enumerate()
@@ -321,6 +323,7 @@ async fn a_fatal_error_stops_the_run_and_puts_the_item_back() {
             delay: Duration::ZERO,
         }),
         key: Template::parse("{n}").unwrap(),
+        expand: None,
         steps: vec![("s0".to_owned(), step.clone() as Arc<dyn Step>)],
     });
     let (_stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
@@ -348,6 +351,7 @@ async fn a_drain_request_lets_in_flight_items_finish_and_starts_no_more() {
             delay: Duration::ZERO,
         }),
         key: Template::parse("{n}").unwrap(),
+        expand: None,
         steps: vec![("s0".to_owned(), step.clone() as Arc<dyn Step>)],
     });
     let (stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
@@ -367,4 +371,321 @@ async fn a_drain_request_lets_in_flight_items_finish_and_starts_no_more() {
     assert_eq!(summary.count(Status::Running), 0, "drained");
     assert_eq!(summary.count(Status::Done), report.done);
     assert!(report.done < 10_000);
+}
+
+/// Children of a parent: `children` of them (from the parent's field), named `c0`, `c1`…;
+/// counts how often it is asked; fails for a parent named in `fail_for`.
+#[derive(Debug)]
+struct Children {
+    calls: AtomicUsize,
+    fail_for: Option<String>,
+}
+
+impl Source for Children {
+    fn fields(&self) -> BTreeSet<String> {
+        ["c".to_owned()].into()
+    }
+
+    fn items(&self, context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail_for.as_deref() == context.get("n").map(String::as_str) {
+            let error = SourceError::Input {
+                location: "listing".into(),
+                message: "no such prefix".into(),
+            };
+            return futures::stream::once(async move { Err(error) }).boxed();
+        }
+        let n: usize = context
+            .get("children")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(3);
+        futures::stream::iter(0..n)
+            .map(|i| Ok(Fields::from([("c".to_owned(), format!("c{i}"))])))
+            .boxed()
+    }
+}
+
+/// Parents `0..n`, with `children` = `per_parent` (parent 1 has none when `empty_second`).
+#[derive(Debug)]
+struct Parents {
+    n: usize,
+    per_parent: usize,
+}
+
+impl Source for Parents {
+    fn fields(&self) -> BTreeSet<String> {
+        ["n".to_owned(), "children".to_owned()].into()
+    }
+
+    fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
+        let per_parent = self.per_parent;
+        futures::stream::iter(0..self.n)
+            .map(move |i| {
+                let children = if i == 1 { 0 } else { per_parent };
+                Ok(Fields::from([
+                    ("n".to_owned(), i.to_string()),
+                    ("children".to_owned(), children.to_string()),
+                ]))
+            })
+            .boxed()
+    }
+}
+
+/// Fails for the child `c1` of parent `2`, counts concurrency per run.
+#[derive(Debug, Default)]
+struct ChildStep {
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Step for ChildStep {
+    async fn run(&self, fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::task::yield_now().await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if fields["n"] == "2" && fields["c"] == "c1" {
+            return Err(StepError::permanent("c1 of 2 is broken"));
+        }
+        Ok(Outcome::Done { bytes: 1 })
+    }
+
+    fn describe(&self, _: &Fields) -> Result<String, TemplateError> {
+        Ok("child".to_owned())
+    }
+}
+
+fn expand_pipeline(
+    parents: Parents,
+    children: Arc<Children>,
+    step: Arc<ChildStep>,
+) -> Arc<Pipeline> {
+    Arc::new(Pipeline {
+        source: Arc::new(parents),
+        key: Template::parse("{n}").unwrap(),
+        expand: Some(engine::Expansion {
+            source: children,
+            key: Template::parse("{c}").unwrap(),
+        }),
+        steps: vec![("child".to_owned(), step as Arc<dyn Step>)],
+    })
+}
+
+async fn run_pipeline(
+    store: &Arc<SqliteStateStore>,
+    pipeline: Arc<Pipeline>,
+    options: RunOptions,
+) -> RunReport {
+    let (_stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
+    let state: Arc<dyn StateStore> = Arc::clone(store) as _;
+    engine::run(pipeline, state, options, Arc::new(NoReport), shutdown)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_expand_into_children_that_inherit_their_fields() {
+    let s = setup().await;
+    let children = Arc::new(Children {
+        calls: AtomicUsize::new(0),
+        fail_for: None,
+    });
+    let step = Arc::new(ChildStep::default());
+    let mut options = options(3, 0);
+    options.per_item = 2;
+    let report = run_pipeline(
+        &s.store,
+        expand_pipeline(
+            Parents {
+                n: 5,
+                per_parent: 10,
+            },
+            children.clone(),
+            step.clone(),
+        ),
+        options,
+    )
+    .await;
+    // Parent 1 has no children (skipped); parent 2 has a failed child (failed).
+    assert_eq!((report.done, report.skipped, report.failed), (3, 1, 1));
+    assert_eq!((report.children.done, report.children.failed), (39, 1));
+    assert!(
+        step.max_in_flight.load(Ordering::SeqCst) <= 3 * 2,
+        "items × per_item"
+    );
+    let connection = rusqlite::Connection::open(&s.db).unwrap();
+    let (files_total, files_failed, error): (i64, i64, String) = connection
+        .query_row(
+            "SELECT files_total, files_failed, error FROM workitems WHERE key = '2'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (files_total, files_failed, error.as_str()),
+        (10, 1, "1 of 10 children failed")
+    );
+    let inherited: String = connection
+        .query_row(
+            "SELECT json_extract(fields, '$.n') FROM files WHERE workitem = '3' AND key = 'c4'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(inherited, "3");
+    let (failed_rows, failed_key): (i64, String) = connection
+        .query_row("SELECT count(*), max(key) FROM failed", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        (failed_rows, failed_key.as_str()),
+        (1, "c1"),
+        "the failed view lists the child, not its parent"
+    );
+    assert_eq!(
+        children.calls.load(Ordering::SeqCst),
+        5,
+        "each parent listed once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_parent_is_not_listed_again_and_retry_failed_redoes_only_the_failed_child() {
+    let s = setup().await;
+    let children = Arc::new(Children {
+        calls: AtomicUsize::new(0),
+        fail_for: None,
+    });
+    let step = Arc::new(ChildStep::default());
+    run_pipeline(
+        &s.store,
+        expand_pipeline(
+            Parents {
+                n: 4,
+                per_parent: 5,
+            },
+            children.clone(),
+            step.clone(),
+        ),
+        options(2, 0),
+    )
+    .await;
+    assert_eq!(children.calls.load(Ordering::SeqCst), 4);
+    let calls_before = step.calls.load(Ordering::SeqCst);
+    let mut retry = options(2, 0);
+    retry.retry_failed = true;
+    let report = run_pipeline(
+        &s.store,
+        expand_pipeline(
+            Parents {
+                n: 4,
+                per_parent: 5,
+            },
+            children.clone(),
+            step.clone(),
+        ),
+        retry,
+    )
+    .await;
+    assert_eq!(
+        children.calls.load(Ordering::SeqCst),
+        4,
+        "no second listing"
+    );
+    assert_eq!(
+        step.calls.load(Ordering::SeqCst) - calls_before,
+        1,
+        "only the failed child ran"
+    );
+    assert_eq!(report.failed, 1, "it fails again, and so does its parent");
+}
+
+#[tokio::test]
+async fn a_failed_expansion_fails_its_parent_and_is_listed_again_with_retry_failed() {
+    let s = setup().await;
+    let children = Arc::new(Children {
+        calls: AtomicUsize::new(0),
+        fail_for: Some("3".into()),
+    });
+    let step = Arc::new(ChildStep::default());
+    let report = run_pipeline(
+        &s.store,
+        expand_pipeline(
+            Parents {
+                n: 4,
+                per_parent: 2,
+            },
+            children.clone(),
+            step.clone(),
+        ),
+        options(2, 3),
+    )
+    .await;
+    assert_eq!(
+        report.failed, 2,
+        "parent 3 (its listing) and parent 2 (its child c1)"
+    );
+    let failed = s
+        .store
+        .items_with_status(Status::Failed, 0, 10)
+        .await
+        .unwrap();
+    let parent = failed
+        .iter()
+        .find(|item| item.key == "3")
+        .expect("parent 3 is listed as failed");
+    assert!(!parent.expanded);
+    assert_eq!(
+        parent.error.as_deref(),
+        Some("cannot list the children of `3`: listing: no such prefix")
+    );
+    let calls = children.calls.load(Ordering::SeqCst);
+    let mut retry = options(2, 0);
+    retry.retry_failed = true;
+    run_pipeline(
+        &s.store,
+        expand_pipeline(
+            Parents {
+                n: 4,
+                per_parent: 2,
+            },
+            children.clone(),
+            step,
+        ),
+        retry,
+    )
+    .await;
+    assert_eq!(
+        children.calls.load(Ordering::SeqCst),
+        calls + 1,
+        "the failed expansion is tried again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_with_100k_children_runs_them_all_in_pages() {
+    let s = setup().await;
+    let children = Arc::new(Children {
+        calls: AtomicUsize::new(0),
+        fail_for: None,
+    });
+    let step = Arc::new(ChildStep::default());
+    let mut options = options(1, 0);
+    options.per_item = 64;
+    let parents = Parents {
+        n: 1,
+        per_parent: 100_000,
+    };
+    let report = run_pipeline(
+        &s.store,
+        expand_pipeline(parents, children, step.clone()),
+        options,
+    )
+    .await;
+    assert_eq!((report.done, report.children.done), (1, 100_000));
+    assert!(step.max_in_flight.load(Ordering::SeqCst) <= 64);
 }

@@ -24,6 +24,9 @@ pub(crate) struct Counters {
     pub(crate) bytes: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) throttled: AtomicU64,
+    pub(crate) children_total: AtomicU64,
+    pub(crate) children_finished: AtomicU64,
+    pub(crate) children_failed: AtomicU64,
 }
 
 impl Counters {
@@ -91,6 +94,14 @@ impl Progress {
         })
     }
 
+    /// Children already recorded, and those already finished, when the run starts.
+    pub(crate) fn set_children(&self, total: u64, finished: u64) {
+        self.counters.children_total.store(total, Ordering::Relaxed);
+        self.counters
+            .children_finished
+            .store(finished, Ordering::Relaxed);
+    }
+
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
     }
@@ -110,10 +121,11 @@ impl Progress {
             bar.set_length(c.total.load(Ordering::Relaxed));
             bar.set_position(c.finished_before.load(Ordering::Relaxed) + c.finished());
             bar.set_message(format!(
-                "(done {}, failed {}, skipped {}) {}",
+                "(done {}, failed {}, skipped {}){} {}",
                 c.done.load(Ordering::Relaxed),
                 c.failed.load(Ordering::Relaxed),
                 c.skipped.load(Ordering::Relaxed),
+                children_text(c),
                 human_bytes(c.bytes.load(Ordering::Relaxed)),
             ));
         }
@@ -125,14 +137,29 @@ fn line(c: &Counters, elapsed: Duration) -> String {
     let finished = c.finished();
     let rate = finished as f64 / elapsed.as_secs_f64().max(0.001);
     format!(
-        "Progress: {}/{} (done {}, failed {}, skipped {}) {:.0} items/s, {}",
+        "Progress: {}/{} (done {}, failed {}, skipped {}){} {:.0} items/s, {}",
         c.finished_before.load(Ordering::Relaxed) + finished,
         c.total.load(Ordering::Relaxed),
         c.done.load(Ordering::Relaxed),
         c.failed.load(Ordering::Relaxed),
         c.skipped.load(Ordering::Relaxed),
+        children_text(c),
         rate,
         human_bytes(c.bytes.load(Ordering::Relaxed)),
+    )
+}
+
+/// ` files 120/800 (failed 2)` under `[expand]`, else nothing.
+fn children_text(c: &Counters) -> String {
+    let total = c.children_total.load(Ordering::Relaxed);
+    if total == 0 {
+        return String::new();
+    }
+    format!(
+        " children {}/{} (failed {})",
+        c.children_finished.load(Ordering::Relaxed),
+        total,
+        c.children_failed.load(Ordering::Relaxed)
     )
 }
 
@@ -155,6 +182,22 @@ impl Reporter for Progress {
 
     fn bytes(&self, n: u64) {
         self.counters.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn children_loaded(&self, n: u64) {
+        self.counters.children_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn child_finished(&self, status: Status) {
+        self.counters
+            .children_finished
+            .fetch_add(1, Ordering::Relaxed);
+        if status == Status::Failed {
+            self.counters
+                .children_failed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.refresh();
     }
 
     fn retried(&self, throttled: bool) {

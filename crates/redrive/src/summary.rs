@@ -51,18 +51,39 @@ fn human_duration(seconds: f64) -> String {
 pub(crate) fn table(job: &str, state: &str, summary: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Job {job} (state {state})");
-    let _ = writeln!(out, "  {:<8} {:>10}", "status", "items");
-    for (status, count) in &summary.by_status {
-        let _ = writeln!(out, "  {:<8} {:>10}", status.as_str(), count);
+    if summary.children_total() > 0 {
+        let _ = writeln!(out, "  {:<8} {:>10} {:>10}", "status", "items", "children");
+        for ((status, items), (_, children)) in
+            summary.by_status.iter().zip(&summary.children_by_status)
+        {
+            let _ = writeln!(out, "  {:<8} {items:>10} {children:>10}", status.as_str());
+        }
+        let _ = writeln!(
+            out,
+            "  {:<8} {:>10} {:>10}",
+            "total",
+            summary.total(),
+            summary.children_total()
+        );
+    } else {
+        let _ = writeln!(out, "  {:<8} {:>10}", "status", "items");
+        for (status, count) in &summary.by_status {
+            let _ = writeln!(out, "  {:<8} {:>10}", status.as_str(), count);
+        }
+        let _ = writeln!(out, "  {:<8} {:>10}", "total", summary.total());
     }
-    let _ = writeln!(out, "  {:<8} {:>10}", "total", summary.total());
     if !summary.source_complete {
         let _ = writeln!(
             out,
             "  (the source is not fully loaded yet: the total will grow)"
         );
     }
-    let rate = rate(summary).map_or_else(|| "-".to_owned(), |r| format!("{r:.1} items/s"));
+    let what = if summary.children_total() > 0 {
+        "children"
+    } else {
+        "items"
+    };
+    let rate = rate(summary).map_or_else(|| "-".to_owned(), |r| format!("{r:.1} {what}/s"));
     let eta = eta_seconds(summary).map_or_else(|| "-".to_owned(), human_duration);
     let _ = writeln!(
         out,
@@ -93,12 +114,19 @@ pub(crate) fn json(job: &str, state: &str, summary: &Summary) -> serde_json::Val
         .iter()
         .map(|(status, n)| (status.as_str().to_owned(), json!(n)))
         .collect();
+    let children: serde_json::Map<String, serde_json::Value> = summary
+        .children_by_status
+        .iter()
+        .map(|(status, n)| (status.as_str().to_owned(), json!(n)))
+        .collect();
     json!({
         "job": job,
         "state": state,
         "source_complete": summary.source_complete,
         "items": items,
         "total": summary.total(),
+        "children": children,
+        "children_total": summary.children_total(),
         "bytes": summary.bytes,
         "items_per_sec": rate(summary),
         "eta_seconds": eta_seconds(summary),
@@ -137,6 +165,7 @@ mod tests {
                 (Status::Skipped, 0),
                 (Status::Failed, 2),
             ],
+            children_by_status: Status::ALL.iter().map(|s| (*s, 0)).collect(),
             by_step: vec![
                 ("copy".into(), Status::Failed, 2),
                 ("copy".into(), Status::Pending, 1),

@@ -85,7 +85,7 @@ impl Source for CsvSource {
         self.headers.iter().cloned().collect()
     }
 
-    fn items(&self) -> BoxStream<'static, Result<Fields, SourceError>> {
+    fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
         let path = self.path.clone();
         let delimiter = self.delimiter;
         let headers = self.headers.clone();
@@ -134,7 +134,7 @@ mod tests {
         let (_dir, path) = write(text);
         let source = CsvSource::open(&path, b',')
             .map_err(|e| e.to_string().replace(&path.display().to_string(), "F"))?;
-        let items: Vec<_> = source.items().collect().await;
+        let items: Vec<_> = source.items(&Fields::new()).collect().await;
         items
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
@@ -164,7 +164,7 @@ mod tests {
         let (_dir, path) = write("");
         std::fs::write(&path, b"a\nok\n\xff\xfe\n").unwrap_or_else(|e| panic!("{e}"));
         let source = CsvSource::open(&path, b',').unwrap_or_else(|e| panic!("{e}"));
-        let last = source.items().collect::<Vec<_>>().await.pop();
+        let last = source.items(&Fields::new()).collect::<Vec<_>>().await.pop();
         let message = last
             .and_then(Result::err)
             .map(|e| e.to_string())

@@ -5,23 +5,28 @@ use std::collections::BTreeSet;
 use futures::stream::BoxStream;
 use redrive_core::item::Fields;
 use redrive_core::source::{Source, SourceError};
+use redrive_core::template::Template;
 
 use super::{blocking_stream, input};
 
-/// Local files matching a pattern (`*`, `?`, `[…]`, `**`), in path order; directories are left out.
+/// Local files matching a pattern (`*`, `?`, `[…]`, `**`), in path order; directories are left
+/// out. The pattern may use a parent's fields under `[expand]`.
 #[derive(Debug)]
 pub struct GlobSource {
-    pattern: String,
+    pattern: Template,
 }
 
 impl GlobSource {
-    /// Checks the pattern.
-    pub fn new(pattern: &str) -> Result<Self, SourceError> {
-        glob::Pattern::new(pattern)
-            .map_err(|e| input(format!("glob `{pattern}`"), format!("{e}")))?;
-        Ok(Self {
-            pattern: pattern.to_owned(),
-        })
+    /// Checks the pattern (now when it uses no fields, otherwise once rendered).
+    pub fn new(pattern: Template) -> Result<Self, SourceError> {
+        if pattern.fields().next().is_none() {
+            let text = pattern
+                .render(&Fields::new())
+                .map_err(|e| input(format!("glob `{pattern}`"), e.to_string()))?;
+            glob::Pattern::new(&text)
+                .map_err(|e| input(format!("glob `{text}`"), format!("{e}")))?;
+        }
+        Ok(Self { pattern })
     }
 }
 
@@ -30,9 +35,16 @@ impl Source for GlobSource {
         ["path", "name", "size"].map(str::to_owned).into()
     }
 
-    fn items(&self) -> BoxStream<'static, Result<Fields, SourceError>> {
-        let pattern = self.pattern.clone();
+    fn items(&self, context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
+        let rendered = self.pattern.render(context);
         blocking_stream(move |sender| {
+            let pattern = match rendered {
+                Ok(pattern) => pattern,
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(input("glob", e.to_string())));
+                    return;
+                }
+            };
             let paths = match glob::glob(&pattern) {
                 Ok(paths) => paths,
                 Err(e) => {
@@ -92,10 +104,13 @@ mod tests {
             std::fs::write(dir.path().join(name), body).unwrap_or_else(|e| panic!("{e}"));
         }
         std::fs::create_dir(dir.path().join("d.json")).unwrap_or_else(|e| panic!("{e}"));
-        let source = GlobSource::new(&format!("{}/*.json", dir.path().display()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let source = GlobSource::new(
+            Template::parse(&format!("{}/*.json", dir.path().display()))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let items: Vec<Fields> = source
-            .items()
+            .items(&Fields::new())
             .filter_map(|i| async move { i.ok() })
             .collect()
             .await;
@@ -109,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_bad_pattern_is_named() {
-        let error = GlobSource::new("a/[")
+        let error = GlobSource::new(Template::parse("a/[").unwrap_or_else(|e| panic!("{e}")))
             .map(|_| ())
             .map_err(|e| e.to_string())
             .err()

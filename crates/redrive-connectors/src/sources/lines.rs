@@ -34,7 +34,7 @@ impl Source for LinesSource {
         ["line".to_owned()].into()
     }
 
-    fn items(&self) -> BoxStream<'static, Result<Fields, SourceError>> {
+    fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
         let path = self.path.clone();
         blocking_stream(move |sender| {
             let file = match std::fs::File::open(&path) {
@@ -100,7 +100,7 @@ mod tests {
         std::fs::write(&path, "a\r\n\n  \nb c\nlast").unwrap_or_else(|e| panic!("{e}"));
         let source = LinesSource::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let lines: Vec<String> = source
-            .items()
+            .items(&Fields::new())
             .filter_map(|item| async move { item.ok().and_then(|f| f.get("line").cloned()) })
             .collect()
             .await;
@@ -113,7 +113,7 @@ mod tests {
         let path = dir.path().join("keys.txt");
         std::fs::write(&path, b"ok\n\xff\n").unwrap_or_else(|e| panic!("{e}"));
         let source = LinesSource::open(&path).unwrap_or_else(|e| panic!("{e}"));
-        let last = source.items().collect::<Vec<_>>().await.pop();
+        let last = source.items(&Fields::new()).collect::<Vec<_>>().await.pop();
         let message = last
             .and_then(Result::err)
             .map(|e| e.to_string())

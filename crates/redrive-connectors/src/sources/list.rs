@@ -7,45 +7,57 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use redrive_core::item::Fields;
 use redrive_core::source::{Source, SourceError};
+use redrive_core::template::Template;
 
 use crate::storage::{Location, Stores};
 
 /// The objects under a prefix, recursively unless `recursive = false`. Directory markers are
-/// left out.
+/// left out. The URL may use a parent's fields under `[expand]`.
 #[derive(Debug)]
 pub struct ListSource {
-    location: Location,
-    /// The URL the listing's keys are appended to, so `url` is usable by `copy`.
-    base: String,
+    url: Template,
+    stores: Arc<Stores>,
     recursive: bool,
 }
 
 impl ListSource {
-    /// A listing of `url`.
-    pub fn new(stores: &Arc<Stores>, url: &str, recursive: bool) -> Result<Self, SourceError> {
-        let location = stores.resolve(url).map_err(|e| SourceError::Input {
-            location: redrive_core::secrets::redact(url).into_owned(),
+    /// A listing of `url`; a URL without fields is checked now.
+    pub fn new(stores: &Arc<Stores>, url: Template, recursive: bool) -> Result<Self, SourceError> {
+        let source = Self {
+            url,
+            stores: Arc::clone(stores),
+            recursive,
+        };
+        if source.url.fields().next().is_none() {
+            source.locate(&Fields::new())?;
+        }
+        Ok(source)
+    }
+
+    /// The operator and path to list, and the URL the listing's keys are appended to (so
+    /// `url` is usable by `copy`).
+    fn locate(&self, context: &Fields) -> Result<(Location, String), SourceError> {
+        let url = self.url.render(context).map_err(|e| SourceError::Input {
+            location: format!("list `{}`", self.url),
+            message: e.to_string(),
+        })?;
+        let mut location = self.stores.resolve(&url).map_err(|e| SourceError::Input {
+            location: redrive_core::secrets::redact(&url).into_owned(),
             message: e.to_string(),
         })?;
         let base = if location.local {
-            "/".to_owned()
-        } else {
-            let without_query = url.split('?').next().unwrap_or(url);
-            without_query[..without_query.len() - location.path.len()].to_owned()
-        };
-        let mut location = location;
-        if location.local {
             // Local listings are of directories: make sure the path ends with `/`.
             location.path = format!(
                 "{}/",
                 location.path.trim_start_matches('/').trim_end_matches('/')
             );
-        }
-        Ok(Self {
-            location,
-            base,
-            recursive,
-        })
+            "/".to_owned()
+        } else {
+            let without_query = url.split('?').next().unwrap_or(&url);
+            let keep = without_query.len().saturating_sub(location.path.len());
+            without_query[..keep].to_owned()
+        };
+        Ok((location, base))
     }
 }
 
@@ -54,12 +66,15 @@ impl Source for ListSource {
         ["key", "name", "size", "url"].map(str::to_owned).into()
     }
 
-    fn items(&self) -> BoxStream<'static, Result<Fields, SourceError>> {
-        let operator = self.location.operator.clone();
-        let path = self.location.path.clone();
-        let display = self.location.display.clone();
-        let base = self.base.clone();
-        let local = self.location.local;
+    fn items(&self, context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
+        let (location, base) = match self.locate(context) {
+            Ok(found) => found,
+            Err(error) => return futures::stream::once(async { Err(error) }).boxed(),
+        };
+        let operator = location.operator.clone();
+        let path = location.path.clone();
+        let display = location.display.clone();
+        let local = location.local;
         let recursive = self.recursive;
         let lister = async move {
             let io = |e: opendal::Error| SourceError::Io {

@@ -161,7 +161,7 @@ fn unknown_field_is_a_plan_error_before_the_run() {
     let plan =
         parse(&MINIMAL.replace("out/{line}", "out/{nope}")).unwrap_or_else(|e| panic!("{e}"));
     let fields: BTreeSet<String> = ["line".to_owned()].into();
-    let e = plan.check_fields(&fields).map_err(|e| e.to_string());
+    let e = plan.check_fields(&fields, None).map_err(|e| e.to_string());
     assert_eq!(
         e,
         Err("/jobs/plan.toml: in [step.1]: `copy`: field `nope` used in `out/{nope}` does not exist; available fields: line".to_owned())
@@ -222,4 +222,60 @@ fn exists_table_form() {
         plan.steps[0].action,
         Action::Exists { negate: true, .. }
     ));
+}
+
+const EXPAND: &str = r#"
+[job]
+name = "j"
+[source]
+csv = "w.csv"
+key = "{WorkItemId}"
+[expand]
+list = "az://src/{JobId}/{WorkItemId}/"
+[[step]]
+copy = { from = "{url}", to = "az://results/{WorkItemId}-{name}" }
+"#;
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+#[test]
+fn expand_steps_see_parent_and_child_fields() {
+    let plan = parse(EXPAND).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        plan.expand_key().ok().flatten().map(|k| k.raw().to_owned()),
+        Some("{key}".to_owned())
+    );
+    let parent = set(&["JobId", "WorkItemId"]);
+    let children = set(&["key", "name", "size", "url"]);
+    assert!(plan.check_fields(&parent, Some(&children)).is_ok());
+}
+
+#[test]
+fn expand_location_may_only_use_parent_fields() {
+    let plan =
+        parse(&EXPAND.replace("{WorkItemId}/\"", "{name}/\"")).unwrap_or_else(|e| panic!("{e}"));
+    let e = plan
+        .check_fields(
+            &set(&["JobId", "WorkItemId"]),
+            Some(&set(&["key", "name", "size", "url"])),
+        )
+        .map_err(|e| e.to_string());
+    assert_eq!(
+        e,
+        Err("/jobs/plan.toml: in [expand]: `list`: field `name` used in `az://src/{JobId}/{name}/` does not exist; available fields: JobId, WorkItemId".to_owned())
+    );
+}
+
+#[test]
+fn expand_needs_a_listing_source() {
+    let e = error(&EXPAND.replace(
+        "list = \"az://src/{JobId}/{WorkItemId}/\"",
+        "csv = \"x.csv\"\nkey = \"{a}\"",
+    ));
+    assert!(
+        e.contains("in [expand]: a `csv` source cannot expand an item"),
+        "{e}"
+    );
 }

@@ -61,11 +61,19 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         finished_before += before.count(Status::Failed);
     }
     let progress = Progress::start(display, before.total(), finished_before);
+    progress.set_children(before.children_total(), {
+        let mut finished = before.children(Status::Done) + before.children(Status::Skipped);
+        if !args.retry_failed {
+            finished += before.children(Status::Failed);
+        }
+        finished
+    });
 
     let (stop, stop_requests) = watch::channel(StopLevel::Run);
     let signals = tokio::spawn(watch_signals(stop));
     let options = RunOptions {
         concurrency: args.concurrency.map_or(plan.limits.items, |n| n as usize),
+        per_item: plan.limits.per_item,
         retries: plan.limits.retries,
         limit: args.limit,
         retry_failed: args.retry_failed,
@@ -125,8 +133,17 @@ fn outcome(report: &RunReport, after: &Summary, plan: &std::path::Path) -> ExitS
 fn this_run(report: &RunReport) -> String {
     let seconds = report.duration.as_secs_f64();
     let finished = report.done + report.skipped + report.failed;
+    let children = report.children;
+    let children = if children.done + children.skipped + children.failed > 0 {
+        format!(
+            "; children done {}, skipped {}, failed {}",
+            children.done, children.skipped, children.failed
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "This run: done {}, skipped {}, failed {}, {} in {:.1}s ({:.0} items/s), {} retries ({} throttled)",
+        "This run: done {}, skipped {}, failed {}{children}, {} in {:.1}s ({:.0} items/s), {} retries ({} throttled)",
         report.done,
         report.skipped,
         report.failed,
@@ -158,6 +175,11 @@ fn write_metrics(
         "items_per_sec": ((report.done + report.skipped + report.failed) as f64 / seconds.max(0.001) * 10.0).round() / 10.0,
         "retries": retries,
         "throttled": report.throttled,
+        "children": {
+            "done": report.children.done,
+            "skipped": report.children.skipped,
+            "failed": report.children.failed,
+        },
         "interrupted": report.interrupted,
         "finished_at": jiff::Timestamp::now().to_string(),
     });

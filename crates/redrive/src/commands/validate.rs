@@ -16,6 +16,15 @@ pub(crate) fn validate(args: &PlanArg) -> anyhow::Result<ExitStatus> {
         fields.join(", ")
     );
     println!("  key     {}", pipeline.key);
+    if let (Some(spec), Some(expansion)) = (&plan.expand, &pipeline.expand) {
+        let fields: Vec<String> = expansion.source.fields().into_iter().collect();
+        println!(
+            "  expand  {} (fields: {}; key {})",
+            spec.kind.name(),
+            fields.join(", "),
+            expansion.key
+        );
+    }
     println!("  steps   {}", steps.join(" → "));
     println!("  state   {}", plan.state);
     println!(
