@@ -128,11 +128,31 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+/// One runtime for every helper: OpenDAL's process-wide HTTP client pools connections that
+/// belong to the runtime that opened them, so a runtime per call would leave dead ones behind.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+/// Writes an object, retrying what the server calls temporary (emulators under load reset
+/// connections now and then).
+pub async fn write_retrying(operator: &opendal::Operator, path: &str, body: Vec<u8>) {
+    for attempt in 1.. {
+        match operator.write(path, body.clone()).await {
+            Ok(_) => return,
+            Err(e) if e.is_temporary() && attempt < 5 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => panic!("write {path}: {e}"),
+        }
+    }
 }
 
 // ---- S3 (moto) ----
@@ -259,12 +279,7 @@ pub fn get(operator: &opendal::Operator, path: &str) -> Option<Vec<u8>> {
 }
 
 pub fn put(operator: &opendal::Operator, path: &str, body: &[u8]) {
-    runtime().block_on(async {
-        operator
-            .write(path, body.to_vec())
-            .await
-            .unwrap_or_else(|e| panic!("write {path}: {e}"));
-    });
+    runtime().block_on(write_retrying(operator, path, body.to_vec()));
 }
 
 pub fn content_type(operator: &opendal::Operator, path: &str) -> Option<String> {

@@ -4,4 +4,5 @@ mod azure;
 mod cli;
 mod common;
 mod resume;
+mod s1;
 mod s3;
