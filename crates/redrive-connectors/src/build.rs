@@ -9,7 +9,7 @@ use redrive_core::source::{Source, SourceError};
 use redrive_core::step::Step;
 
 use crate::sources::{CsvSource, GlobSource, LinesSource, ListSource};
-use crate::steps::{CopyStep, ExistsStep};
+use crate::steps::{CopyStep, EnqueueStep, ExistsStep};
 use crate::storage::{Env, Stores};
 
 /// A plan that cannot be built.
@@ -75,6 +75,9 @@ pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
                     Arc::new(ExistsStep::new(url.clone(), *negate, Arc::clone(&stores)))
                 }
                 Action::Copy(copy) => Arc::new(CopyStep::new(copy.clone(), Arc::clone(&stores))),
+                Action::Enqueue(enqueue) => {
+                    Arc::new(EnqueueStep::new(enqueue.clone(), Arc::clone(&stores)))
+                }
             };
             (spec.name.clone(), step)
         })

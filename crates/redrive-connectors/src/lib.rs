@@ -3,6 +3,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod build;
+mod queue;
 pub mod sources;
 pub mod steps;
 pub mod storage;

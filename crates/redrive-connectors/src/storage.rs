@@ -131,7 +131,7 @@ impl Env {
         }
     }
 
-    fn first(&self, names: &[&str]) -> Option<String> {
+    pub(crate) fn first(&self, names: &[&str]) -> Option<String> {
         names
             .iter()
             .find_map(|name| self.vars.get(*name).filter(|v| !v.is_empty()).cloned())
@@ -244,7 +244,13 @@ impl Stores {
         })
     }
 
-    fn spec_for(&self, url: &str) -> Option<&StoreSpec> {
+    /// The environment captured when the plan was built.
+    pub(crate) fn env(&self) -> &Env {
+        &self.env
+    }
+
+    /// The `[store."PREFIX"]` settings for `url` (longest prefix).
+    pub(crate) fn spec_for(&self, url: &str) -> Option<&StoreSpec> {
         self.specs
             .iter()
             .find(|(prefix, _)| url.starts_with(prefix.as_str()))

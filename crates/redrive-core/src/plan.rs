@@ -167,6 +167,8 @@ pub enum Action {
     },
     /// Copy one object, streamed.
     Copy(CopySpec),
+    /// Send one queue message.
+    Enqueue(EnqueueSpec),
 }
 
 impl Action {
@@ -175,6 +177,7 @@ impl Action {
         match self {
             Action::Exists { .. } => "exists",
             Action::Copy(_) => "copy",
+            Action::Enqueue(_) => "enqueue",
         }
     }
 
@@ -187,6 +190,7 @@ impl Action {
                 all.extend(copy.content_type.as_ref());
                 all
             }
+            Action::Enqueue(enqueue) => vec![&enqueue.queue, &enqueue.body],
         }
     }
 }
@@ -202,6 +206,17 @@ pub struct CopySpec {
     pub if_exists: IfExists,
     /// Content type to set on the target.
     pub content_type: Option<Template>,
+}
+
+/// `enqueue = { queue, body, base64 }`.
+#[derive(Clone, Debug)]
+pub struct EnqueueSpec {
+    /// The queue: `azq://QUEUE` or `https://ACCOUNT.queue.core.windows.net/QUEUE`.
+    pub queue: Template,
+    /// The message text.
+    pub body: Template,
+    /// Send the text base64-encoded (what Azure Functions queue triggers expect by default).
+    pub base64: bool,
 }
 
 /// What a copy does when its target exists.
@@ -313,6 +328,16 @@ struct RawStep {
     name: Option<String>,
     exists: Option<RawExists>,
     copy: Option<RawCopy>,
+    enqueue: Option<RawEnqueue>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnqueue {
+    queue: String,
+    body: String,
+    #[serde(default)]
+    base64: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -643,18 +668,36 @@ fn source_key(spec: &SourceSpec) -> Result<Template, String> {
 }
 
 fn action(raw: &RawStep) -> Result<Action, String> {
-    match (&raw.exists, &raw.copy) {
-        (Some(exists), None) => {
-            let (url, negate) = match exists {
-                RawExists::Url(url) => (url.as_str(), false),
-                RawExists::Table(table) => (table.url.as_str(), table.negate),
-            };
-            Ok(Action::Exists {
-                url: template("exists", url)?,
-                negate,
-            })
-        }
-        (None, Some(copy)) => Ok(Action::Copy(CopySpec {
+    let given: Vec<&str> = [
+        ("exists", raw.exists.is_some()),
+        ("copy", raw.copy.is_some()),
+        ("enqueue", raw.enqueue.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if given.len() > 1 {
+        return Err(format!(
+            "a step holds one action; put {} in separate `[[step]]` tables",
+            given
+                .iter()
+                .map(|g| format!("`{g}`"))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ));
+    }
+    if let Some(exists) = &raw.exists {
+        let (url, negate) = match exists {
+            RawExists::Url(url) => (url.as_str(), false),
+            RawExists::Table(table) => (table.url.as_str(), table.negate),
+        };
+        return Ok(Action::Exists {
+            url: template("exists", url)?,
+            negate,
+        });
+    }
+    if let Some(copy) = &raw.copy {
+        return Ok(Action::Copy(CopySpec {
             from: template("copy.from", &copy.from)?,
             to: template("copy.to", &copy.to)?,
             if_exists: copy.if_exists,
@@ -663,12 +706,16 @@ fn action(raw: &RawStep) -> Result<Action, String> {
                 .as_deref()
                 .map(|t| template("copy.content_type", t))
                 .transpose()?,
-        })),
-        (Some(_), Some(_)) => Err(
-            "a step holds one action; put `exists` and `copy` in two `[[step]]` tables".to_owned(),
-        ),
-        (None, None) => Err("the step has no action; give one of `exists`, `copy`".to_owned()),
+        }));
     }
+    if let Some(enqueue) = &raw.enqueue {
+        return Ok(Action::Enqueue(EnqueueSpec {
+            queue: template("enqueue.queue", &enqueue.queue)?,
+            body: template("enqueue.body", &enqueue.body)?,
+            base64: enqueue.base64,
+        }));
+    }
+    Err("the step has no action; give one of `exists`, `copy`, `enqueue`".to_owned())
 }
 
 fn store_spec(raw: &StoreSpec) -> Result<StoreSpec, String> {

@@ -119,7 +119,10 @@ fn csv_source_needs_a_key() {
 #[test]
 fn step_with_two_actions() {
     let e = error(&MINIMAL.replace("copy = {", "exists = \"x\"\ncopy = {"));
-    assert!(e.contains("in [step.1]: a step holds one action"), "{e}");
+    assert!(
+        e.contains("in [step.1]: a step holds one action; put `exists` and `copy` in separate"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -278,4 +281,23 @@ fn expand_needs_a_listing_source() {
         e.contains("in [expand]: a `csv` source cannot expand an item"),
         "{e}"
     );
+}
+
+#[test]
+fn enqueue_step() {
+    let plan = parse(&format!(
+        "{MINIMAL}[[step]]\nenqueue = {{ queue = \"azq://q\", body = '{{\"blob\":\"{{line}}\"}}', base64 = true }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    match &plan.steps[1].action {
+        Action::Enqueue(spec) => {
+            assert_eq!(spec.body.raw(), "{\"blob\":\"{line}\"}");
+            assert!(spec.base64);
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = error(&format!(
+        "{MINIMAL}[[step]]\nenqueue = {{ queue = \"azq://q\" }}\n"
+    ));
+    assert!(e.contains("missing field `body`"), "{e}");
 }

@@ -203,10 +203,15 @@ pub fn azure_endpoint() -> String {
     server("REDRIVE_TEST_AZURITE_BLOB")
 }
 
+pub fn azure_queue_endpoint() -> String {
+    server("REDRIVE_TEST_AZURITE_QUEUE")
+}
+
 pub fn azure_connection_string() -> String {
     format!(
-        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};",
-        azure_endpoint()
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};QueueEndpoint={};",
+        azure_endpoint(),
+        azure_queue_endpoint()
     )
 }
 
@@ -217,16 +222,24 @@ pub fn azure_env(context: TestContext) -> TestContext {
     )
 }
 
-/// Creates a container (OpenDAL does not): a Create Container request signed with Shared Key.
-pub fn create_container(name: &str) {
+/// A request to Azurite signed with Shared Key; returns status, headers and body.
+pub fn azure_request(
+    method: &str,
+    endpoint: &str,
+    path: &str,
+    query: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, String) {
     use base64::Engine as _;
     use hmac::{Hmac, Mac};
     let date = jiff::Timestamp::now()
         .strftime("%a, %d %b %Y %H:%M:%S GMT")
         .to_string();
     let version = "2021-08-06";
+    let mut sorted: Vec<&(&str, &str)> = query.iter().collect();
+    sorted.sort();
+    let canonical_query: String = sorted.iter().map(|(k, v)| format!("\n{k}:{v}")).collect();
     let string_to_sign = format!(
-        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
+        "{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{path}{canonical_query}"
     );
     let key = base64::engine::general_purpose::STANDARD
         .decode(AZURITE_KEY)
@@ -234,10 +247,16 @@ pub fn create_container(name: &str) {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("hmac");
     mac.update(string_to_sign.as_bytes());
     let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let url = format!("{}/{name}?restype=container", azure_endpoint());
+    let query_string: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let url = if query.is_empty() {
+        format!("{endpoint}/{path}")
+    } else {
+        format!("{endpoint}/{path}?{}", query_string.join("&"))
+    };
     runtime().block_on(async {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let response = reqwest::Client::new()
-            .put(&url)
+            .request(method, &url)
             .header("x-ms-date", &date)
             .header("x-ms-version", version)
             .header(
@@ -247,14 +266,68 @@ pub fn create_container(name: &str) {
             .header("Content-Length", "0")
             .send()
             .await
-            .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        assert!(
-            status.is_success(),
-            "create container {name}: {status} {body}"
-        );
-    });
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.text().await.unwrap_or_default())
+    })
+}
+
+/// Creates a container (OpenDAL does not).
+pub fn create_container(name: &str) {
+    let (status, _, body) =
+        azure_request("PUT", &azure_endpoint(), name, &[("restype", "container")]);
+    assert!(
+        (200..300).contains(&status),
+        "create container {name}: {status} {body}"
+    );
+}
+
+/// Creates a queue.
+pub fn create_queue(name: &str) {
+    let (status, _, body) = azure_request("PUT", &azure_queue_endpoint(), name, &[]);
+    assert!(
+        (200..300).contains(&status),
+        "create queue {name}: {status} {body}"
+    );
+}
+
+/// How many messages a queue holds.
+pub fn queue_length(name: &str) -> u64 {
+    let (status, headers, body) = azure_request(
+        "GET",
+        &azure_queue_endpoint(),
+        name,
+        &[("comp", "metadata")],
+    );
+    assert_eq!(status, 200, "queue metadata {name}: {body}");
+    headers
+        .get("x-ms-approximate-messages-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("message count")
+}
+
+/// The texts of up to 32 messages, without taking them.
+pub fn peek_messages(name: &str) -> Vec<String> {
+    let path = format!("{name}/messages");
+    let (status, _, body) = azure_request(
+        "GET",
+        &azure_queue_endpoint(),
+        &path,
+        &[("numofmessages", "32"), ("peekonly", "true")],
+    );
+    assert_eq!(status, 200, "peek {name}: {body}");
+    body.split("<MessageText>")
+        .skip(1)
+        .filter_map(|part| part.split("</MessageText>").next())
+        .map(|text| {
+            text.replace("&quot;", "\"")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&")
+        })
+        .collect()
 }
 
 pub fn azure_operator(container: &str) -> opendal::Operator {

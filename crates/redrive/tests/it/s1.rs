@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use crate::common::{
-    TestContext, azure_env, azure_operator, create_container, get, put, runtime, unique,
+    TestContext, azure_env, azure_operator, create_container, create_queue, get, peek_messages,
+    put, queue_length, runtime, unique,
 };
 
 const WORK_ITEMS: usize = 40;
@@ -18,6 +19,7 @@ struct S1 {
     t: TestContext,
     source: String,
     results: String,
+    queue: String,
 }
 
 fn body(job: usize, item: usize, file: usize) -> String {
@@ -28,8 +30,10 @@ fn body(job: usize, item: usize, file: usize) -> String {
 fn setup() -> S1 {
     let source = unique("s1-src");
     let results = unique("s1-results");
+    let queue = unique("s1-queue");
     create_container(&source);
     create_container(&results);
+    create_queue(&queue);
     let operator = azure_operator(&source);
     runtime().block_on(async {
         let uploads = (0..WORK_ITEMS).flat_map(|item| (0..FILES).map(move |file| (item, file)));
@@ -69,12 +73,20 @@ key = "{{name}}"
 [[step]]
 copy = {{ from = "{{url}}", to = "az://{results}/{{WorkItemId}}-{{name}}", content_type = "application/json", if_exists = "skip" }}
 
+[[step]]
+enqueue = {{ queue = "azq://{queue}", body = '{{"blob":"{{WorkItemId}}-{{name}}"}}' }}
+
 [limits]
 items = 4
 per_item = 5
 "#
     ));
-    S1 { t, source, results }
+    S1 {
+        t,
+        source,
+        results,
+        queue,
+    }
 }
 
 fn assert_all_copied(s1: &S1, untouched: &[(&str, &str)]) {
@@ -121,6 +133,19 @@ fn work_items_expand_into_files_copied_create_only() {
         out.stderr
     );
     assert_all_copied(&s1, &[("wi07-file03.json", "EXISTED BEFORE")]);
+    assert_eq!(
+        queue_length(&s1.queue),
+        1000,
+        "exactly one message per file"
+    );
+    let mut bodies = peek_messages(&s1.queue);
+    bodies.sort();
+    assert!(
+        bodies
+            .iter()
+            .all(|b| b.starts_with("{\"blob\":\"wi") && b.ends_with(".json\"}")),
+        "{bodies:?}"
+    );
     let content_type = crate::common::content_type(&results, "wi12-file00.json");
     assert_eq!(content_type.as_deref(), Some("application/json"));
     // status shows work items and files.
