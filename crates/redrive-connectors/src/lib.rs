@@ -2,6 +2,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+mod azure_auth;
 mod build;
 mod queue;
 pub mod sources;

@@ -106,6 +106,8 @@ pub enum SourceKind {
         /// The pattern, absolute; may use the parent's fields under `[expand]`.
         pattern: Template,
     },
+    /// An Azure Data Explorer (Kusto) query; result columns become fields.
+    Kusto(KustoSpec),
     /// An object-store prefix listing.
     List {
         /// The prefix URL.
@@ -122,6 +124,7 @@ impl SourceKind {
             SourceKind::Csv { .. } => "csv",
             SourceKind::Lines { .. } => "lines",
             SourceKind::Glob { .. } => "glob",
+            SourceKind::Kusto(_) => "kusto",
             SourceKind::List { .. } => "list",
         }
     }
@@ -131,6 +134,11 @@ impl SourceKind {
         match self {
             SourceKind::Glob { pattern } => vec![pattern],
             SourceKind::List { url, .. } => vec![url],
+            SourceKind::Kusto(kusto) => {
+                let mut all = vec![&kusto.query];
+                all.extend(kusto.token.as_ref());
+                all
+            }
             SourceKind::Csv { .. } | SourceKind::Lines { .. } => Vec::new(),
         }
     }
@@ -142,7 +150,52 @@ impl SourceKind {
             SourceKind::Lines { .. } => Some("{line}"),
             SourceKind::Glob { .. } => Some("{path}"),
             SourceKind::List { .. } => Some("{key}"),
+            SourceKind::Kusto(_) => None,
         }
+    }
+}
+
+/// `kusto = { cluster, database, query, token, columns, api }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KustoSpec {
+    /// `https://CLUSTER.REGION.kusto.windows.net`.
+    pub cluster: String,
+    /// The database.
+    pub database: String,
+    /// The query; use `{Field|kql}` to insert a value as a string literal.
+    pub query: Template,
+    /// A bearer token (`${ENV}`); without it, Azure credentials are used.
+    pub token: Option<Template>,
+    /// The result's columns, when they cannot be read from the query's last `project`.
+    pub columns: Vec<String>,
+    /// `v2` (default) or `v1` REST endpoint.
+    pub api: String,
+}
+
+impl KustoSpec {
+    /// The fields the query yields: `columns`, or the names of its last `| project`.
+    pub fn fields(&self) -> Option<Vec<String>> {
+        if !self.columns.is_empty() {
+            return Some(self.columns.clone());
+        }
+        let text = self.query.raw();
+        let at = text.rfind("project ")?;
+        let list = text[at + "project ".len()..].split('|').next()?;
+        let names: Vec<String> = list
+            .split(',')
+            .map(|column| {
+                column
+                    .split('=')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+            .collect();
+        names
+            .iter()
+            .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .then_some(names)
     }
 }
 
@@ -317,9 +370,22 @@ struct RawSource {
     lines: Option<String>,
     glob: Option<String>,
     list: Option<String>,
+    kusto: Option<RawKusto>,
     key: Option<String>,
     recursive: Option<bool>,
     delimiter: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKusto {
+    cluster: String,
+    database: String,
+    query: String,
+    token: Option<String>,
+    #[serde(default)]
+    columns: Vec<String>,
+    api: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -424,11 +490,14 @@ impl Plan {
         let expand = match &raw.expand {
             Some(expand) => {
                 let spec = source_spec(expand, &base_dir).map_err(|m| invalid("expand", m))?;
-                if !matches!(spec.kind, SourceKind::List { .. } | SourceKind::Glob { .. }) {
+                if !matches!(
+                    spec.kind,
+                    SourceKind::List { .. } | SourceKind::Glob { .. } | SourceKind::Kusto(_)
+                ) {
                     return Err(invalid(
                         "expand",
                         format!(
-                            "a `{}` source cannot expand an item; use `list` (e.g. `list = \"az://src/{{JobId}}/{{WorkItemId}}/\"`) or `glob`",
+                            "a `{}` source cannot expand an item; use `list` (e.g. `list = \"az://src/{{JobId}}/{{WorkItemId}}/\"`), `glob` or `kusto`",
                             spec.kind.name()
                         ),
                     ));
@@ -601,13 +670,14 @@ fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
         ("lines", raw.lines.is_some()),
         ("glob", raw.glob.is_some()),
         ("list", raw.list.is_some()),
+        ("kusto", raw.kusto.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
     .collect();
     if given.len() != 1 {
         return Err(format!(
-            "give exactly one of `csv`, `lines`, `glob`, `list` (found {}); e.g. `csv = \"items.csv\"`",
+            "give exactly one of `csv`, `lines`, `glob`, `list`, `kusto` (found {}); e.g. `csv = \"items.csv\"`",
             if given.is_empty() {
                 "none".to_owned()
             } else {
@@ -642,6 +712,33 @@ fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
         SourceKind::Glob {
             pattern: template("glob", &base_dir.join(pattern).display().to_string())?,
         }
+    } else if let Some(kusto) = &raw.kusto {
+        let cluster = kusto.cluster.trim_end_matches('/').to_owned();
+        if !cluster.starts_with("https://") && !cluster.starts_with("http://") {
+            return Err(format!(
+                "`kusto.cluster` must be a URL such as https://CLUSTER.REGION.kusto.windows.net, got `{cluster}`"
+            ));
+        }
+        let api = kusto.api.clone().unwrap_or_else(|| "v2".to_owned());
+        if api != "v1" && api != "v2" {
+            return Err(format!("`kusto.api` is `v1` or `v2`, got `{api}`"));
+        }
+        let spec = KustoSpec {
+            cluster,
+            database: kusto.database.clone(),
+            query: template("kusto.query", &kusto.query)?,
+            token: kusto
+                .token
+                .as_deref()
+                .map(|t| template("kusto.token", t))
+                .transpose()?,
+            columns: kusto.columns.clone(),
+            api,
+        };
+        if spec.fields().is_none() {
+            return Err("cannot tell the query's columns: end it with `| project Col1, Col2` or list them in `columns = [\"Col1\", \"Col2\"]`".to_owned());
+        }
+        SourceKind::Kusto(spec)
     } else if let Some(url) = &raw.list {
         SourceKind::List {
             url: template("list", url)?,

@@ -13,7 +13,9 @@ use crate::item::Fields;
 use crate::secrets;
 
 /// The filters a placeholder may apply, in the order they are written.
-pub const FILTERS: &[&str] = &["basename", "dirname", "lower", "upper", "url", "trim"];
+pub const FILTERS: &[&str] = &[
+    "basename", "dirname", "lower", "upper", "url", "trim", "kql",
+];
 
 /// A parsed template.
 #[derive(Clone, PartialEq, Eq)]
@@ -41,6 +43,7 @@ enum Filter {
     Upper,
     Url,
     Trim,
+    Kql,
 }
 
 /// A template that could not be parsed or rendered.
@@ -263,6 +266,7 @@ fn parse_filter(name: &str) -> Option<Filter> {
         "upper" => Filter::Upper,
         "url" => Filter::Url,
         "trim" => Filter::Trim,
+        "kql" => Filter::Kql,
         _ => return None,
     })
 }
@@ -273,6 +277,24 @@ const URL_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// A Kusto string literal: double-quoted, with `\\`, `"` and control characters escaped.
+fn kql_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
 
 fn apply(filter: Filter, value: &str) -> String {
     match filter {
@@ -294,6 +316,7 @@ fn apply(filter: Filter, value: &str) -> String {
         Filter::Upper => value.to_uppercase(),
         Filter::Url => utf8_percent_encode(value, URL_ENCODE).to_string(),
         Filter::Trim => value.trim().to_owned(),
+        Filter::Kql => kql_string(value),
     }
 }
 
@@ -339,8 +362,11 @@ mod tests {
         json_braces_are_literal: r#"{"blob":"{A}"}"#, &[("A", "1")] => r#"{"blob":"1"}"#;
         lone_brace_is_literal: "{ x", &[] => "{ x";
         env_value: "Bearer ${TOKEN}", &[] => "Bearer tok-1234";
+        kql_plain: "x == {a|kql}", &[("a", "wi-1")] => r#"x == "wi-1""#;
+        kql_escapes_quotes_and_backslashes: "{a|kql}", &[("a", r#"a"b\c"#)] => r#""a\"b\\c""#;
+        kql_escapes_newlines: "{a|kql}", &[("a", "a\nb")] => r#""a\nb""#;
         unknown_filter: "{a|nope}", &[("a", "1")] =>
-            "error: unknown filter `nope` in `{a|nope}`; filters are: basename, dirname, lower, upper, url, trim";
+            "error: unknown filter `nope` in `{a|nope}`; filters are: basename, dirname, lower, upper, url, trim, kql";
         missing_env: "${NOPE}", &[] =>
             "error: environment variable `NOPE` used in `${NOPE}` is not set; export it before running";
         unclosed_env: "${NOPE", &[] => "error: unclosed `${` in `${NOPE`; write `${NAME}`";

@@ -2,11 +2,13 @@
 
 mod csv;
 mod glob;
+mod kusto;
 mod lines;
 mod list;
 
 pub use self::csv::CsvSource;
 pub use self::glob::GlobSource;
+pub use self::kusto::KustoSource;
 pub use self::lines::LinesSource;
 pub use self::list::ListSource;
 

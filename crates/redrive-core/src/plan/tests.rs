@@ -106,7 +106,7 @@ fn source_needs_exactly_one_kind() {
     let e = error(&MINIMAL.replace("lines = \"keys.txt\"", "lines = \"a\"\ncsv = \"b\""));
     assert_eq!(
         e,
-        "/jobs/plan.toml: in [source]: give exactly one of `csv`, `lines`, `glob`, `list` (found csv, lines); e.g. `csv = \"items.csv\"`"
+        "/jobs/plan.toml: in [source]: give exactly one of `csv`, `lines`, `glob`, `list`, `kusto` (found csv, lines); e.g. `csv = \"items.csv\"`"
     );
 }
 
@@ -300,4 +300,35 @@ fn enqueue_step() {
         "{MINIMAL}[[step]]\nenqueue = {{ queue = \"azq://q\" }}\n"
     ));
     assert!(e.contains("missing field `body`"), "{e}");
+}
+
+#[test]
+fn kusto_columns_come_from_the_last_project_or_are_required() {
+    let plan = parse(&EXPAND.replace(
+        "list = \"az://src/{JobId}/{WorkItemId}/\"",
+        "kusto = { cluster = \"https://c.kusto.windows.net/\", database = \"db\", query = \"Files | where WorkItemId == {WorkItemId|kql} | project Uri, Name = FileName\" }\nkey = \"{Name}\"",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Some(SourceSpec {
+        kind: SourceKind::Kusto(kusto),
+        ..
+    }) = &plan.expand
+    else {
+        panic!("kusto expand expected");
+    };
+    assert_eq!(kusto.cluster, "https://c.kusto.windows.net");
+    assert_eq!(
+        kusto.fields(),
+        Some(vec!["Uri".to_owned(), "Name".to_owned()])
+    );
+    let e = error(&EXPAND.replace(
+        "list = \"az://src/{JobId}/{WorkItemId}/\"",
+        "kusto = { cluster = \"https://c\", database = \"db\", query = \"Files | take 10\" }\nkey = \"{x}\"",
+    ));
+    assert!(e.contains("cannot tell the query's columns"), "{e}");
+    let e = error(&EXPAND.replace(
+        "list = \"az://src/{JobId}/{WorkItemId}/\"",
+        "kusto = { cluster = \"c\", database = \"db\", query = \"T\", columns = [\"a\"] }\nkey = \"{a}\"",
+    ));
+    assert!(e.contains("`kusto.cluster` must be a URL"), "{e}");
 }
