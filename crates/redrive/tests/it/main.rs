@@ -3,6 +3,8 @@
 mod azure;
 mod cli;
 mod common;
+mod kusto;
+mod kusto_fake;
 mod resume;
 mod s1;
 mod s3;

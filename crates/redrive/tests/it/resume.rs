@@ -159,21 +159,111 @@ fn sigint_drains_exits_130_and_the_rerun_completes() {
     );
 }
 
+/// A server that accepts connections and never answers, until `answer` is set: then 404.
+fn stalling_server(answer: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let answer = std::sync::Arc::clone(&answer);
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer);
+                while !answer.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    address
+}
+
 #[test]
 fn a_second_sigint_aborts_in_flight_items_which_the_rerun_redoes() {
-    let items = 5_000;
-    let t = setup_with(items);
+    // The first four items read from a server that never answers: their copies block.
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = stalling_server(std::sync::Arc::clone(&answer));
+    let t = TestContext::new();
+    let mut csv = String::from("Key,From\n");
+    for i in 0..100 {
+        let key = format!("k{i:03}");
+        if i < 4 {
+            csv.push_str(&format!("{key},{server}/devstoreaccount1/c/{key}\n"));
+        } else {
+            t.write(&format!("src/{key}"), &key);
+            csv.push_str(&format!("{key},src/{key}\n"));
+        }
+    }
+    t.write("items.csv", csv);
+    t.plan(&format!(
+        r#"
+[job]
+name = "abort"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{{Key}}"
+[[step]]
+copy = {{ from = "{{From}}", to = "out/{{Key}}" }}
+[limits]
+items = 4
+retries = 0
+[store."{server}/devstoreaccount1"]
+account_name = "devstoreaccount1"
+account_key = "a2V5"
+allow_http = true
+"#
+    ));
     let mut child = t.command(&["run", "plan.toml"]).spawn().expect("spawn");
-    wait_for_done(&t, &mut child, 500);
+    let started = Instant::now();
+    while !(t.path("state.db").exists()
+        && t.count("SELECT count(*) FROM items WHERE status = 'running'") == 4)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the four blocked copies never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     signal(&child, "-INT");
-    std::thread::sleep(Duration::from_millis(5));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the drain waits for the blocked copies"
+    );
     signal(&child, "-INT");
     let output = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("Aborting the items in flight"), "{stderr}");
-    t.redrive(&["run", "plan.toml"]).expect_code(0);
-    assert_complete_with(&t, items);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'running'"),
+        4,
+        "abandoned, to be redone"
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'pending'"),
+        96
+    );
+
+    // The rerun redoes the four (now answered with 404: they fail) and runs the rest.
+    answer.store(true, std::sync::atomic::Ordering::SeqCst);
+    t.redrive(&["run", "plan.toml"]).expect_code(1);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        96
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'failed' AND attempts = 2"),
+        4,
+        "the aborted ones ran again"
+    );
+    assert_eq!(t.read("out/k050"), "k050");
 }
 
 #[test]
