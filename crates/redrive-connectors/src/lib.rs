@@ -6,6 +6,7 @@ mod azure_auth;
 mod build;
 mod queue;
 pub mod sources;
+mod sqs;
 pub mod steps;
 pub mod storage;
 

@@ -1,4 +1,4 @@
-//! `enqueue = { queue, body, base64 }`: one message per item to an Azure Storage Queue.
+//! `enqueue = { queue, body, base64 }`: one message per item to an Azure Storage Queue or SQS.
 //!
 //! At-least-once: a message sent just before a crash, whose completion was not yet recorded,
 //! is sent again on resume.
@@ -15,6 +15,7 @@ use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 
 use crate::queue::{self, MAX_MESSAGE};
+use crate::sqs::{Sqs, is_sqs};
 use crate::storage::Stores;
 
 /// Sends a queue message.
@@ -23,6 +24,8 @@ pub struct EnqueueStep {
     spec: EnqueueSpec,
     stores: Arc<Stores>,
     client: reqwest::Client,
+    /// SQS endpoints by queue URL, with the queue URLs they looked up.
+    sqs: tokio::sync::Mutex<std::collections::HashMap<String, Arc<Sqs>>>,
 }
 
 impl EnqueueStep {
@@ -37,6 +40,7 @@ impl EnqueueStep {
             spec,
             stores,
             client,
+            sqs: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -61,15 +65,31 @@ impl Step for EnqueueStep {
         let text = self
             .text(fields)
             .map_err(|e| StepError::permanent(e.to_string()))?;
-        let queue = queue::resolve(&self.stores, &url)?;
         if text.len() > MAX_MESSAGE {
             return Err(StepError::permanent(format!(
-                "the message for `{}` is {} bytes; a queue message holds at most 64 KiB",
-                queue.display,
+                "the message for `{}` is {} bytes; a queue message holds at most 256 KiB on SQS and 64 KiB on Azure",
+                redrive_core::secrets::redact(&url),
                 text.len()
             )));
         }
-        queue.put(&self.client, &text).await?;
+        if is_sqs(&url) {
+            let sqs = {
+                let mut known = self.sqs.lock().await;
+                match known.get(&url) {
+                    Some(sqs) => Arc::clone(sqs),
+                    None => {
+                        let sqs = Arc::new(Sqs::resolve(&self.stores, &url)?);
+                        known.insert(url.clone(), Arc::clone(&sqs));
+                        sqs
+                    }
+                }
+            };
+            sqs.send(&self.client, &url, &text).await?;
+        } else {
+            queue::resolve(&self.stores, &url)?
+                .put(&self.client, &text)
+                .await?;
+        }
         Ok(Outcome::Done { bytes: 0 })
     }
 

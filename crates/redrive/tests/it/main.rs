@@ -8,3 +8,4 @@ mod kusto_fake;
 mod resume;
 mod s1;
 mod s3;
+mod sqs;

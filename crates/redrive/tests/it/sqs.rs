@@ -1,0 +1,140 @@
+//! `enqueue` to SQS (moto server started by `scripts/test`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common::{TestContext, runtime, s3_endpoint, s3_env, unique};
+
+/// One SQS JSON-protocol call to moto (which does not check signatures).
+fn sqs(action: &str, payload: serde_json::Value) -> serde_json::Value {
+    runtime().block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("{}/", s3_endpoint()))
+            .header("content-type", "application/x-amz-json-1.0")
+            .header("x-amz-target", format!("AmazonSQS.{action}"))
+            // moto routes by the credential scope's service; it does not check the signature.
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(payload.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{action}: {e}"));
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert!(status.is_success(), "{action}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    })
+}
+
+fn receive_all(queue_url: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        let got = sqs(
+            "ReceiveMessage",
+            serde_json::json!({"QueueUrl": queue_url, "MaxNumberOfMessages": 10}),
+        );
+        let messages = got["Messages"].as_array().cloned().unwrap_or_default();
+        if messages.is_empty() {
+            break;
+        }
+        for message in messages {
+            bodies.push(message["Body"].as_str().unwrap_or_default().to_owned());
+            sqs(
+                "DeleteMessage",
+                serde_json::json!({"QueueUrl": queue_url, "ReceiptHandle": message["ReceiptHandle"]}),
+            );
+        }
+    }
+    bodies.sort();
+    bodies
+}
+
+#[test]
+fn one_message_per_item_with_the_templated_body() {
+    let name = unique("rd-sqs");
+    let queue_url = sqs("CreateQueue", serde_json::json!({"QueueName": name}))["QueueUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t = s3_env(TestContext::new());
+    t.write(
+        "keys.txt",
+        "raw/2026-01-01/a.dmp\nraw/2026-01-01/b.dmp\nraw/2026-01-02/c \"quoted\".dmp\n",
+    );
+    t.plan(&format!(
+        r#"
+[job]
+name = "sqs"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+enqueue = {{ queue = "sqs://{name}", body = '{{"key":"{{line}}","name":"{{line|basename}}"}}' }}
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let bodies = receive_all(&queue_url);
+    assert_eq!(
+        bodies,
+        [
+            r#"{"key":"raw/2026-01-01/a.dmp","name":"a.dmp"}"#,
+            r#"{"key":"raw/2026-01-01/b.dmp","name":"b.dmp"}"#,
+            r#"{"key":"raw/2026-01-02/c "quoted".dmp","name":"c "quoted".dmp"}"#,
+        ]
+    );
+    // Recorded: a rerun sends nothing.
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(receive_all(&queue_url).is_empty());
+
+    // base64, to a queue URL.
+    let t = s3_env(TestContext::new());
+    t.write("keys.txt", "x\n");
+    t.plan(&format!(
+        r#"
+[job]
+name = "sqs64"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+enqueue = {{ queue = "sqs://{name}", body = "hello {{line}}", base64 = true }}
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(receive_all(&queue_url), ["aGVsbG8geA=="]);
+}
+
+#[test]
+fn a_missing_queue_fails_the_item_naming_it() {
+    let t = s3_env(TestContext::new());
+    t.write("keys.txt", "x\n");
+    let name = unique("rd-nosuch");
+    t.plan(&format!(
+        r#"
+[job]
+name = "nosqs"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+enqueue = {{ queue = "sqs://{name}", body = "{{line}}" }}
+[limits]
+retries = 0
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(1);
+    let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
+    assert!(
+        failed
+            .stdout
+            .contains(&format!("SQS GetQueueUrl for `sqs://{name}` answered 400")),
+        "{}",
+        failed.stdout
+    );
+    assert!(
+        failed.stdout.contains("QueueDoesNotExist"),
+        "{}",
+        failed.stdout
+    );
+}
