@@ -246,6 +246,14 @@ pub trait StateStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<StoredItem>, StateError>;
 
+    /// Up to `limit` expanded top-level items with one of `statuses`, with their children
+    /// counted, in id order (for `status`: work items in progress or failed).
+    async fn parents(
+        &self,
+        statuses: &[Status],
+        limit: usize,
+    ) -> Result<Vec<(StoredItem, ChildCounts)>, StateError>;
+
     /// Counts by status and step.
     async fn summary(&self) -> Result<Summary, StateError>;
 

@@ -49,6 +49,111 @@ pub async fn run_all(factory: Factory<'_>) {
     requeue_and_skip(factory().await.as_ref()).await;
     source_complete_flag(factory().await.as_ref()).await;
     concurrent_records_all_land(factory().await.as_ref()).await;
+    children_belong_to_their_parent(factory().await.as_ref()).await;
+}
+
+/// Children are keyed within their parent, paged per parent, counted, and summed up apart.
+pub async fn children_belong_to_their_parent(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    ok(store.insert(items(&["p1", "p2"])).await, "insert parents");
+    let parents = ok(store.runnable(0, 10).await, "runnable");
+    let (p1, p2) = (parents[0].id, parents[1].id);
+    assert_eq!(
+        ok(
+            store.insert_children(p1, items(&["a", "b", "c"])).await,
+            "children"
+        ),
+        3
+    );
+    assert_eq!(
+        ok(
+            store.insert_children(p1, items(&["a", "d"])).await,
+            "children again"
+        ),
+        1,
+        "keys are unique per parent"
+    );
+    assert_eq!(
+        ok(
+            store.insert_children(p2, items(&["a"])).await,
+            "children of p2"
+        ),
+        1,
+        "the same key under another parent"
+    );
+    ok(store.set_expanded(p1).await, "expanded");
+    assert_eq!(
+        ok(store.runnable(0, 10).await, "runnable").len(),
+        2,
+        "children are not top-level items"
+    );
+    let children = ok(store.runnable_children(p1, 0, 10).await, "children");
+    assert_eq!(
+        children.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c", "d"]
+    );
+    assert_eq!(children[0].parent_key.as_deref(), Some("p1"));
+    ok(
+        store
+            .record(Transition::Finished {
+                id: children[0].id,
+                status: Status::Done,
+                bytes: 5,
+                reason: None,
+            })
+            .await,
+        "done",
+    );
+    ok(
+        store
+            .record(Transition::Failed {
+                id: children[1].id,
+                error: "x".into(),
+            })
+            .await,
+        "failed",
+    );
+    let counts = ok(store.child_counts(p1).await, "counts");
+    assert_eq!(
+        (counts.total, counts.done, counts.failed, counts.skipped),
+        (4, 1, 1, 0)
+    );
+    assert_eq!(
+        ok(store.runnable_children(p1, 0, 10).await, "children").len(),
+        2,
+        "finished children are not runnable"
+    );
+    ok(
+        store
+            .record(Transition::Started {
+                id: p1,
+                step: 0,
+                step_name: "expand".into(),
+            })
+            .await,
+        "start p1",
+    );
+    let overview = ok(
+        store.parents(&[Status::Running, Status::Failed], 10).await,
+        "parents",
+    );
+    assert_eq!(overview.len(), 1, "only expanded parents");
+    assert_eq!((overview[0].0.key.as_str(), overview[0].1.total), ("p1", 4));
+    let summary = ok(store.summary().await, "summary");
+    assert_eq!(summary.total(), 2);
+    assert_eq!(
+        (
+            summary.children_total(),
+            summary.children(Status::Done),
+            summary.children(Status::Failed)
+        ),
+        (5, 1, 1)
+    );
+    assert!(
+        ok(store.runnable(0, 10).await, "runnable")
+            .iter()
+            .any(|p| p.id == p1 && p.expanded)
+    );
 }
 
 /// A state refuses a plan with another fingerprint or job name.

@@ -563,6 +563,37 @@ impl StateStore for SqliteStateStore {
         .await
     }
 
+    async fn parents(
+        &self,
+        statuses: &[Status],
+        limit: usize,
+    ) -> Result<Vec<(StoredItem, ChildCounts)>, StateError> {
+        let statuses: Vec<&'static str> = statuses.iter().map(|s| s.as_str()).collect();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let placeholders = vec!["?"; statuses.len()].join(", ");
+            let mut statement = c.prepare(&format!(
+                "SELECT {ITEM_COLUMNS},
+                        (SELECT count(*) FROM items c WHERE c.parent = i.id) AS c_total,
+                        (SELECT count(*) FROM items c WHERE c.parent = i.id AND c.status = 'done') AS c_done,
+                        (SELECT count(*) FROM items c WHERE c.parent = i.id AND c.status = 'skipped') AS c_skipped,
+                        (SELECT count(*) FROM items c WHERE c.parent = i.id AND c.status = 'failed') AS c_failed
+                 FROM items i
+                 WHERE i.parent IS NULL AND i.expanded = 1 AND i.status IN ({placeholders})
+                 ORDER BY i.id LIMIT {limit}"
+            ))?;
+            let rows = statement.query_map(rusqlite::params_from_iter(statuses.iter()), |row| {
+                let count = |name: &str| row.get::<_, i64>(name).map(|n| u64::try_from(n).unwrap_or(0));
+                Ok((
+                    row_to_item(row)?,
+                    ChildCounts { total: count("c_total")?, done: count("c_done")?, skipped: count("c_skipped")?, failed: count("c_failed")? },
+                ))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn summary(&self) -> Result<Summary, StateError> {
         self.read(|c| {
             let source_complete = c

@@ -13,6 +13,8 @@ use crate::exit::ExitStatus;
 use crate::summary;
 
 const PAGE: usize = 1_000;
+/// Work items listed by `status`.
+const PARENTS_SHOWN: usize = 20;
 
 pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
     let (plan, store) = super::open_existing(&args.plan, &args.state)?;
@@ -21,10 +23,48 @@ pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
         .await
         .map_err(|e| super::state_error(e, &args.plan))?;
     let job = plan.as_ref().map_or("-", |p| p.name.as_str());
+    let parents = if summary.children_total() > 0 {
+        store
+            .parents(&[Status::Running, Status::Failed], PARENTS_SHOWN)
+            .await
+            .map_err(|e| super::state_error(e, &args.plan))?
+    } else {
+        Vec::new()
+    };
     if args.json {
-        println!("{}", summary::json(job, store.location(), &summary));
+        let mut value = summary::json(job, store.location(), &summary);
+        value["parents"] = serde_json::Value::Array(
+            parents
+                .iter()
+                .map(|(item, counts)| {
+                    serde_json::json!({
+                        "key": redact(&item.key), "status": item.status.as_str(),
+                        "children_total": counts.total, "children_done": counts.done,
+                        "children_skipped": counts.skipped, "children_failed": counts.failed,
+                    })
+                })
+                .collect(),
+        );
+        println!("{value}");
     } else {
         print!("{}", summary::table(job, store.location(), &summary));
+        if !parents.is_empty() {
+            println!("Items in progress or failed, with their children (first {PARENTS_SHOWN}):");
+            println!(
+                "  {:<8} {:>7} {:>7} {:>7}  key",
+                "status", "total", "done", "failed"
+            );
+            for (item, counts) in &parents {
+                println!(
+                    "  {:<8} {:>7} {:>7} {:>7}  {}",
+                    item.status.as_str(),
+                    counts.total,
+                    counts.done + counts.skipped,
+                    counts.failed,
+                    redact(&item.key)
+                );
+            }
+        }
     }
     Ok(ExitStatus::Success)
 }

@@ -11,6 +11,8 @@ use crate::kusto_fake::{FakeKusto, error, v2};
 const TOKEN: &str = "kusto-bearer-token-123456";
 
 /// 5 work items × 4 files in a source container; the fake lists each work item's files.
+/// `fake_status`: 200 answers, 401 refuses every token, 503 answers each work item's first
+/// query with 503 ServiceUnavailable.
 fn setup(fake_status: u16) -> (TestContext, FakeKusto, String, String, String) {
     let source = unique("k-src");
     let results = unique("k-results");
@@ -30,9 +32,13 @@ fn setup(fake_status: u16) -> (TestContext, FakeKusto, String, String, String) {
     }
     let endpoint = azure_endpoint();
     let base = format!("{endpoint}/{source}");
+    let busy = std::sync::Mutex::new(std::collections::HashSet::new());
     let fake = FakeKusto::start(move |request| {
         if fake_status == 401 {
             return (401, error("Unauthorized", "The token is invalid"));
+        }
+        if fake_status == 503 && busy.lock().unwrap().insert(request.csl.clone()) {
+            return (503, error("ServiceUnavailable", "The service is busy"));
         }
         if request.csl.contains("Filez") {
             return (
@@ -165,6 +171,21 @@ fn files_listed_by_kusto_are_copied_and_a_missing_blob_fails_only_its_work_item(
         t.count("SELECT count(*) FROM workitems WHERE status = 'done'"),
         4
     );
+    let status = t.redrive(&["status", "plan.toml"]).expect_code(0);
+    assert!(
+        status
+            .stdout
+            .contains("Items in progress or failed, with their children"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .contains("  failed         4       3       1  wi3\n"),
+        "{}",
+        status.stdout
+    );
 
     // `failed --csv` lists exactly it; run as a new source it retries exactly it.
     t.redrive(&["failed", "plan.toml", "--csv", "retry.csv"])
@@ -249,5 +270,17 @@ fn kql_escapes_values_holding_quotes() {
     assert_eq!(
         csl,
         r#"Files | where WorkItemId == "we\"ird\\one" | project Uri, FileName"#
+    );
+}
+
+#[test]
+fn transient_kusto_errors_are_retried() {
+    let (t, fake, _, _, _) = setup(503);
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(out.stderr.contains("children done 20"), "{}", out.stderr);
+    assert_eq!(
+        fake.requests().len(),
+        10,
+        "each work item's query twice: 503, then 200"
     );
 }

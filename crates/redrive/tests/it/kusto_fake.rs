@@ -89,6 +89,7 @@ fn serve(stream: std::net::TcpStream, handler: &Handler, seen: &Mutex<Vec<Reques
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        503 => "Service Unavailable",
         _ => "Status",
     };
     let mut stream = stream;
