@@ -8,7 +8,7 @@ use redrive_core::plan::{Action, Plan, PlanError, SourceKind, SourceSpec};
 use redrive_core::source::{Source, SourceError};
 use redrive_core::step::Step;
 
-use crate::sources::{CsvSource, GlobSource, KustoSource, LinesSource, ListSource};
+use crate::sources::{CsvSource, DatesSource, GlobSource, KustoSource, LinesSource, ListSource};
 use crate::steps::{CopyStep, EnqueueStep, ExistsStep};
 use crate::storage::{Env, Stores};
 
@@ -95,6 +95,11 @@ fn source(spec: &SourceSpec, stores: &Arc<Stores>) -> Result<Arc<dyn Source>, So
         SourceKind::Csv { path, delimiter } => Arc::new(CsvSource::open(path, *delimiter)?),
         SourceKind::Lines { path } => Arc::new(LinesSource::open(path)?),
         SourceKind::Glob { pattern } => Arc::new(GlobSource::new(pattern.clone())?),
+        SourceKind::Dates {
+            from,
+            to,
+            step_hours,
+        } => Arc::new(DatesSource::new(*from, *to, *step_hours)),
         SourceKind::Kusto(kusto) => Arc::new(KustoSource::new(kusto.clone(), stores.env().clone())),
         SourceKind::List { url, recursive } => {
             Arc::new(ListSource::new(stores, url.clone(), *recursive)?)

@@ -108,6 +108,15 @@ pub enum SourceKind {
     },
     /// An Azure Data Explorer (Kusto) query; result columns become fields.
     Kusto(KustoSpec),
+    /// A UTC date range, inclusive, by days or hours.
+    Dates {
+        /// First day.
+        from: jiff::civil::Date,
+        /// Last day (inclusive).
+        to: jiff::civil::Date,
+        /// Hours between items: 24 for days (the default), 1 for hours.
+        step_hours: u32,
+    },
     /// An object-store prefix listing.
     List {
         /// The prefix URL.
@@ -126,6 +135,7 @@ impl SourceKind {
             SourceKind::Glob { .. } => "glob",
             SourceKind::Kusto(_) => "kusto",
             SourceKind::List { .. } => "list",
+            SourceKind::Dates { .. } => "dates",
         }
     }
 
@@ -139,7 +149,9 @@ impl SourceKind {
                 all.extend(kusto.token.as_ref());
                 all
             }
-            SourceKind::Csv { .. } | SourceKind::Lines { .. } => Vec::new(),
+            SourceKind::Csv { .. } | SourceKind::Lines { .. } | SourceKind::Dates { .. } => {
+                Vec::new()
+            }
         }
     }
 
@@ -151,6 +163,8 @@ impl SourceKind {
             SourceKind::Glob { .. } => Some("{path}"),
             SourceKind::List { .. } => Some("{key}"),
             SourceKind::Kusto(_) => None,
+            SourceKind::Dates { step_hours, .. } if step_hours % 24 == 0 => Some("{date}"),
+            SourceKind::Dates { .. } => Some("{date}T{hour}"),
         }
     }
 }
@@ -371,9 +385,18 @@ struct RawSource {
     glob: Option<String>,
     list: Option<String>,
     kusto: Option<RawKusto>,
+    dates: Option<RawDates>,
     key: Option<String>,
     recursive: Option<bool>,
     delimiter: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDates {
+    from: String,
+    to: String,
+    step: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -671,13 +694,14 @@ fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
         ("glob", raw.glob.is_some()),
         ("list", raw.list.is_some()),
         ("kusto", raw.kusto.is_some()),
+        ("dates", raw.dates.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
     .collect();
     if given.len() != 1 {
         return Err(format!(
-            "give exactly one of `csv`, `lines`, `glob`, `list`, `kusto` (found {}); e.g. `csv = \"items.csv\"`",
+            "give exactly one of `csv`, `lines`, `glob`, `list`, `kusto`, `dates` (found {}); e.g. `csv = \"items.csv\"`",
             if given.is_empty() {
                 "none".to_owned()
             } else {
@@ -711,6 +735,26 @@ fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
     } else if let Some(pattern) = &raw.glob {
         SourceKind::Glob {
             pattern: template("glob", &base_dir.join(pattern).display().to_string())?,
+        }
+    } else if let Some(dates) = &raw.dates {
+        let date = |key: &str, text: &str| -> Result<jiff::civil::Date, String> {
+            text.trim().parse::<jiff::civil::Date>().map_err(|e| {
+                format!("`dates.{key}` = `{text}` is not a date: {e}; write YYYY-MM-DD, e.g. \"2026-01-31\"")
+            })
+        };
+        let from = date("from", &dates.from)?;
+        let to = date("to", &dates.to)?;
+        if to < from {
+            return Err(format!("`dates.to` ({to}) is before `dates.from` ({from})"));
+        }
+        let step = dates.step.as_deref().unwrap_or("1d");
+        let step_hours = parse_step(step).ok_or_else(|| {
+            format!("`dates.step` = `{step}` is not a step; write `1d`, `7d`, `1h` or `6h`")
+        })?;
+        SourceKind::Dates {
+            from,
+            to,
+            step_hours,
         }
     } else if let Some(kusto) = &raw.kusto {
         let cluster = kusto.cluster.trim_end_matches('/').to_owned();
@@ -751,6 +795,18 @@ fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
     let spec = SourceSpec { kind, key };
     source_key(&spec)?;
     Ok(spec)
+}
+
+/// `1d`, `7d` → hours; `1h`, `6h` → hours.
+fn parse_step(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u32 = number.parse().ok().filter(|n| *n > 0)?;
+    match unit {
+        "d" => n.checked_mul(24),
+        "h" => Some(n),
+        _ => None,
+    }
 }
 
 fn source_key(spec: &SourceSpec) -> Result<Template, String> {

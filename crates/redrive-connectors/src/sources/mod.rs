@@ -1,12 +1,14 @@
 //! Sources: where items come from. Each streams; none holds the work list in memory.
 
 mod csv;
+mod dates;
 mod glob;
 mod kusto;
 mod lines;
 mod list;
 
 pub use self::csv::CsvSource;
+pub use self::dates::DatesSource;
 pub use self::glob::GlobSource;
 pub use self::kusto::KustoSource;
 pub use self::lines::LinesSource;

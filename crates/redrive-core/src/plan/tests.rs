@@ -106,7 +106,7 @@ fn source_needs_exactly_one_kind() {
     let e = error(&MINIMAL.replace("lines = \"keys.txt\"", "lines = \"a\"\ncsv = \"b\""));
     assert_eq!(
         e,
-        "/jobs/plan.toml: in [source]: give exactly one of `csv`, `lines`, `glob`, `list`, `kusto` (found csv, lines); e.g. `csv = \"items.csv\"`"
+        "/jobs/plan.toml: in [source]: give exactly one of `csv`, `lines`, `glob`, `list`, `kusto`, `dates` (found csv, lines); e.g. `csv = \"items.csv\"`"
     );
 }
 
@@ -331,4 +331,51 @@ fn kusto_columns_come_from_the_last_project_or_are_required() {
         "kusto = { cluster = \"c\", database = \"db\", query = \"T\", columns = [\"a\"] }\nkey = \"{a}\"",
     ));
     assert!(e.contains("`kusto.cluster` must be a URL"), "{e}");
+}
+
+#[test]
+fn dates_source_and_its_errors() {
+    let plan = parse(&MINIMAL.replace(
+        "lines = \"keys.txt\"",
+        "dates = { from = \"2026-01-30\", to = \"2026-02-02\" }",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        plan.source.kind,
+        SourceKind::Dates { step_hours: 24, .. }
+    ));
+    assert_eq!(
+        plan.key().map(|k| k.raw().to_owned()).ok(),
+        Some("{date}".to_owned())
+    );
+    let hourly = parse(&MINIMAL.replace(
+        "lines = \"keys.txt\"",
+        "dates = { from = \"2026-01-30\", to = \"2026-01-30\", step = \"6h\" }",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        hourly.source.kind,
+        SourceKind::Dates { step_hours: 6, .. }
+    ));
+    let e = error(&MINIMAL.replace(
+        "lines = \"keys.txt\"",
+        "dates = { from = \"2026-02-30\", to = \"2026-03-01\" }",
+    ));
+    assert!(
+        e.contains("`dates.from` = `2026-02-30` is not a date"),
+        "{e}"
+    );
+    let e = error(&MINIMAL.replace(
+        "lines = \"keys.txt\"",
+        "dates = { from = \"2026-03-02\", to = \"2026-03-01\" }",
+    ));
+    assert!(
+        e.contains("`dates.to` (2026-03-01) is before `dates.from` (2026-03-02)"),
+        "{e}"
+    );
+    let e = error(&MINIMAL.replace(
+        "lines = \"keys.txt\"",
+        "dates = { from = \"2026-03-01\", to = \"2026-03-01\", step = \"1w\" }",
+    ));
+    assert!(e.contains("`dates.step` = `1w` is not a step"), "{e}");
 }
