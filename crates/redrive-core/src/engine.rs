@@ -14,7 +14,7 @@ use crate::item::{Fields, NewItem, Status, StoredItem};
 use crate::retry::Backoff;
 use crate::source::{Source, SourceError};
 use crate::state::{StateError, StateStore, Transition};
-use crate::step::{ByteCounter, Outcome, Step, StepContext};
+use crate::step::{ByteCounter, NO_INPUT, Outcome, Step, StepContext};
 use crate::template::{Template, TemplateError};
 
 /// The loader is still reading the source.
@@ -95,10 +95,37 @@ pub trait Reporter: Send + Sync {
     fn bytes(&self, n: u64);
     /// A step is retried; `throttled` when the store asked to slow down.
     fn retried(&self, throttled: bool);
+    /// A step of an item finished (done, skipped or failed), after it was recorded.
+    fn step(&self, _event: &StepEvent<'_>) {}
     /// `n` new children were recorded by an expansion.
     fn children_loaded(&self, _n: u64) {}
     /// A child reached a final status in this run.
     fn child_finished(&self, _status: Status) {}
+}
+
+/// One step of one item, as `--telemetry` writes it.
+#[derive(Debug)]
+pub struct StepEvent<'a> {
+    /// The item's key.
+    pub key: &'a str,
+    /// The parent's key, for children.
+    pub parent: Option<&'a str>,
+    /// The step's name.
+    pub step: &'a str,
+    /// `running` (the step starts), `done`, `skipped` or `failed`.
+    pub status: &'static str,
+    /// Wall time of the step, retries included.
+    pub seconds: f64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// A file the step produced.
+    pub output: Option<&'a str>,
+    /// Where the step wrote or sent.
+    pub target: Option<&'a str>,
+    /// The class of the error, for failures.
+    pub error_class: Option<ErrorClass>,
+    /// The error (failed) or the reason (skipped), secrets masked.
+    pub error: Option<&'a str>,
 }
 
 /// A reporter that ignores everything.
@@ -586,6 +613,7 @@ async fn run_parent(
             status: Status::Skipped,
             bytes: 0,
             reason: Some("no children".to_owned()),
+            output: None,
         }
     } else {
         Transition::Finished {
@@ -593,6 +621,7 @@ async fn run_parent(
             status: Status::Done,
             bytes: 0,
             reason: None,
+            output: None,
         }
     };
     let status = match &transition {
@@ -687,11 +716,28 @@ fn tally_child(
     }
 }
 
+/// Where an item starts: its first unfinished step, or earlier when a file that an earlier
+/// step produced has gone (that step is redone, and every step after it).
+async fn start_step(shared: &Shared, item: &StoredItem) -> Result<usize, EngineError> {
+    if item.step == 0 {
+        return Ok(0);
+    }
+    let outputs = shared.state.outputs(item.id).await?;
+    for (step, produced) in outputs {
+        if step < item.step && !std::path::Path::new(&produced.path).exists() {
+            tracing::info!(key = %crate::secrets::redact(&item.key), step, path = %produced.path, "Output gone: redoing the step.");
+            return Ok(step);
+        }
+    }
+    Ok(item.step)
+}
+
 async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, EngineError> {
     let steps = &shared.pipeline.steps;
     let state = &shared.state;
     let mut report = ItemReport::default();
-    let Some((first_name, _)) = steps.get(item.step) else {
+    let first = start_step(shared, &item).await?;
+    let Some((first_name, _)) = steps.get(first) else {
         // Every step already ran (the plan's fingerprint prevents this unless edited by hand).
         state
             .record(Transition::Finished {
@@ -699,6 +745,7 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
                 status: Status::Done,
                 bytes: 0,
                 reason: None,
+                output: None,
             })
             .await?;
         report.status = Some(Status::Done);
@@ -707,19 +754,51 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
     state
         .record(Transition::Started {
             id: item.id,
-            step: item.step,
+            step: first,
             step_name: first_name.clone(),
         })
         .await?;
 
+    // Fields that earlier steps' `require` bound (e.g. `input`) are bound again on resume.
+    let mut fields = item.fields.clone();
+    for (_, step) in &steps[..first] {
+        if let Ok(Some(bound)) = step.require(&fields).await {
+            fields.extend(bound);
+        }
+    }
+
     let counter = Counter(shared.reporter.as_ref());
-    let cx = StepContext { bytes: &counter };
+    let cx = StepContext {
+        bytes: &counter,
+        key: &item.key,
+    };
     let mut rng = fastrand::Rng::new();
-    for index in item.step..steps.len() {
+    for index in first..steps.len() {
         let (name, step) = &steps[index];
+        let started = Instant::now();
+        shared.reporter.step(&StepEvent {
+            key: &item.key,
+            parent: item.parent_key.as_deref(),
+            step: name,
+            status: "running",
+            seconds: 0.0,
+            bytes: 0,
+            output: None,
+            target: None,
+            error_class: None,
+            error: None,
+        });
         let mut retry = 0;
         let outcome = loop {
-            match step.run(&item.fields, &cx).await {
+            let attempt = match step.require(&fields).await {
+                Ok(Some(bound)) => {
+                    fields.extend(bound);
+                    step.run(&fields, &cx).await
+                }
+                Ok(None) => Ok(Outcome::Skipped(NO_INPUT.into())),
+                Err(error) => Err(error),
+            };
+            match attempt {
                 Ok(outcome) => break Ok(outcome),
                 Err(error) if error.class().is_retryable() && retry < shared.options.retries => {
                     retry += 1;
@@ -737,24 +816,42 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
                 Err(error) => break Err(error),
             }
         };
+        let mut event = StepEvent {
+            key: &item.key,
+            parent: item.parent_key.as_deref(),
+            step: name,
+            status: "done",
+            seconds: started.elapsed().as_secs_f64(),
+            bytes: 0,
+            output: None,
+            target: None,
+            error_class: None,
+            error: None,
+        };
         match outcome {
-            Ok(Outcome::Done { bytes }) => {
-                report.bytes += bytes;
+            Ok(Outcome::Done(done)) => {
+                report.bytes += done.bytes;
+                event.bytes = done.bytes;
+                event.output = done.output.as_ref().map(|o| o.path.as_str());
+                event.target = done.target.as_deref();
                 let transition = match steps.get(index + 1) {
                     Some((next_name, _)) => Transition::Advanced {
                         id: item.id,
                         step: index + 1,
                         step_name: next_name.clone(),
-                        bytes,
+                        bytes: done.bytes,
+                        output: done.output.clone(),
                     },
                     None => Transition::Finished {
                         id: item.id,
                         status: Status::Done,
-                        bytes,
+                        bytes: done.bytes,
                         reason: None,
+                        output: done.output.clone(),
                     },
                 };
                 state.record(transition).await?;
+                shared.reporter.step(&event);
             }
             Ok(Outcome::Skipped(reason)) => {
                 state
@@ -762,9 +859,13 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
                         id: item.id,
                         status: Status::Skipped,
                         bytes: 0,
-                        reason: Some(reason.into_owned()),
+                        reason: Some(reason.clone().into_owned()),
+                        output: None,
                     })
                     .await?;
+                event.status = "skipped";
+                event.error = Some(&reason);
+                shared.reporter.step(&event);
                 report.status = Some(Status::Skipped);
                 finished(shared, &item, Status::Skipped);
                 return Ok(report);
@@ -792,9 +893,13 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
                 state
                     .record(Transition::Failed {
                         id: item.id,
-                        error: message,
+                        error: message.clone(),
                     })
                     .await?;
+                event.status = "failed";
+                event.error_class = Some(error.class());
+                event.error = Some(&message);
+                shared.reporter.step(&event);
                 report.status = Some(Status::Failed);
                 finished(shared, &item, Status::Failed);
                 return Ok(report);

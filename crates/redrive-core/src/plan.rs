@@ -63,6 +63,8 @@ pub struct Plan {
     pub name: String,
     /// Where the state lives: a file path (resolved) or a URL.
     pub state: String,
+    /// Where `run` steps write each item's output log.
+    pub log_dir: PathBuf,
     /// The work list.
     pub source: SourceSpec,
     /// The expansion of each item into children; the steps then run for each child.
@@ -220,6 +222,34 @@ pub struct StepSpec {
     pub name: String,
     /// What the step does.
     pub action: Action,
+    /// What must exist before the step runs.
+    pub require: Option<RequireSpec>,
+}
+
+/// `require = "PATH|URL|GLOB"` or `require = { path = "…", field = "input" }`.
+#[derive(Clone, Debug)]
+pub struct RequireSpec {
+    /// A local path (relative to the plan), a glob, or a URL.
+    pub path: Template,
+    /// The field the matched path is bound to, for this step and later ones.
+    pub field: String,
+}
+
+/// `run = { cmd, shell, cwd, env, timeout, output }`.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// The program and its arguments, run without a shell.
+    pub cmd: Vec<Template>,
+    /// A command line for `sh -c`, instead of `cmd`.
+    pub shell: Option<Template>,
+    /// Working directory (default: the plan's folder).
+    pub cwd: Option<Template>,
+    /// Extra environment variables.
+    pub env: Vec<(String, Template)>,
+    /// Longest the command may run before it is killed.
+    pub timeout: Option<std::time::Duration>,
+    /// The file the command must produce; recorded, and the step is redone if it disappears.
+    pub output: Option<Template>,
 }
 
 /// The actions a step can take.
@@ -236,6 +266,8 @@ pub enum Action {
     Copy(CopySpec),
     /// Send one queue message.
     Enqueue(EnqueueSpec),
+    /// Run a command.
+    Run(RunSpec),
 }
 
 impl Action {
@@ -245,6 +277,7 @@ impl Action {
             Action::Exists { .. } => "exists",
             Action::Copy(_) => "copy",
             Action::Enqueue(_) => "enqueue",
+            Action::Run(_) => "run",
         }
     }
 
@@ -258,6 +291,14 @@ impl Action {
                 all
             }
             Action::Enqueue(enqueue) => vec![&enqueue.queue, &enqueue.body],
+            Action::Run(run) => {
+                let mut all: Vec<&Template> = run.cmd.iter().collect();
+                all.extend(run.shell.as_ref());
+                all.extend(run.cwd.as_ref());
+                all.extend(run.env.iter().map(|(_, t)| t));
+                all.extend(run.output.as_ref());
+                all
+            }
         }
     }
 }
@@ -375,6 +416,7 @@ struct RawPlan {
 struct RawJob {
     name: String,
     state: Option<String>,
+    logs: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -415,9 +457,37 @@ struct RawKusto {
 #[serde(deny_unknown_fields)]
 struct RawStep {
     name: Option<String>,
+    require: Option<RawRequire>,
+    run: Option<RawRun>,
     exists: Option<RawExists>,
     copy: Option<RawCopy>,
     enqueue: Option<RawEnqueue>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RawRequire {
+    Path(String),
+    Table(RawRequireTable),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequireTable {
+    path: String,
+    field: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    cmd: Option<Vec<String>>,
+    shell: Option<String>,
+    cwd: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    timeout: Option<String>,
+    output: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -509,6 +579,14 @@ impl Plan {
                 .to_string(),
         };
 
+        let log_dir = match &raw.job.logs {
+            Some(logs) => base_dir.join(logs),
+            None => Path::new(&state)
+                .parent()
+                .filter(|_| !state.contains("://"))
+                .map_or_else(|| base_dir.join(".redrive"), Path::to_path_buf)
+                .join(format!("{}-logs", file_safe(&raw.job.name))),
+        };
         let source = source_spec(&raw.source, &base_dir).map_err(|m| invalid("source", m))?;
         let expand = match &raw.expand {
             Some(expand) => {
@@ -560,11 +638,26 @@ impl Plan {
                     format!("step name `{name}` is used twice; give each step its own `name`"),
                 ));
             }
-            steps.push(StepSpec { name, action });
+            let require = step
+                .require
+                .as_ref()
+                .map(|require| require_spec(require, &base_dir))
+                .transpose()
+                .map_err(|m| invalid(&table, m))?;
+            steps.push(StepSpec {
+                name,
+                action,
+                require,
+            });
         }
 
+        // Commands run one at a time unless the plan says otherwise, as the backfill scripts do.
+        let runs_commands = steps.iter().any(|s| matches!(s.action, Action::Run(_)));
         let limits = Limits {
-            items: raw.limits.items.unwrap_or(DEFAULT_ITEMS),
+            items: raw
+                .limits
+                .items
+                .unwrap_or(if runs_commands { 1 } else { DEFAULT_ITEMS }),
             per_item: raw.limits.per_item.unwrap_or(DEFAULT_PER_ITEM),
             retries: raw.limits.retries.unwrap_or(DEFAULT_RETRIES),
         };
@@ -597,6 +690,7 @@ impl Plan {
             base_dir,
             name: raw.job.name.clone(),
             state,
+            log_dir,
             source,
             expand,
             steps,
@@ -659,6 +753,13 @@ impl Plan {
             }
         }
         for (index, step) in self.steps.iter().enumerate() {
+            if let Some(require) = &step.require {
+                require
+                    .path
+                    .check_fields(&item_fields)
+                    .map_err(|e| invalid(format!("step.{}", index + 1), "require", e))?;
+                item_fields.insert(require.field.clone());
+            }
             for template in step.action.templates() {
                 template
                     .check_fields(&item_fields)
@@ -825,6 +926,7 @@ fn action(raw: &RawStep) -> Result<Action, String> {
         ("exists", raw.exists.is_some()),
         ("copy", raw.copy.is_some()),
         ("enqueue", raw.enqueue.is_some()),
+        ("run", raw.run.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
@@ -868,7 +970,97 @@ fn action(raw: &RawStep) -> Result<Action, String> {
             base64: enqueue.base64,
         }));
     }
-    Err("the step has no action; give one of `exists`, `copy`, `enqueue`".to_owned())
+    if let Some(run) = &raw.run {
+        return run_spec(run).map(Action::Run);
+    }
+    Err("the step has no action; give one of `exists`, `copy`, `enqueue`, `run`".to_owned())
+}
+
+fn run_spec(raw: &RawRun) -> Result<RunSpec, String> {
+    let cmd = match (&raw.cmd, &raw.shell) {
+        (Some(cmd), None) if !cmd.is_empty() => cmd
+            .iter()
+            .map(|part| template("run.cmd", part))
+            .collect::<Result<Vec<_>, _>>()?,
+        (None, Some(_)) => Vec::new(),
+        (Some(_), Some(_)) => {
+            return Err("give `run.cmd` (no shell) or `run.shell`, not both".to_owned());
+        }
+        _ => {
+            return Err(
+                "`run` needs `cmd`, e.g. `cmd = [\"converter\", \"--in\", \"{input}\"]`, or `shell = \"…\"`".to_owned(),
+            );
+        }
+    };
+    let timeout = raw
+        .timeout
+        .as_deref()
+        .map(|t| {
+            parse_duration(t).ok_or_else(|| {
+                format!("`run.timeout` = `{t}` is not a duration; write e.g. `90s`, `10m` or `2h`")
+            })
+        })
+        .transpose()?;
+    Ok(RunSpec {
+        cmd,
+        shell: raw
+            .shell
+            .as_deref()
+            .map(|t| template("run.shell", t))
+            .transpose()?,
+        cwd: raw
+            .cwd
+            .as_deref()
+            .map(|t| template("run.cwd", t))
+            .transpose()?,
+        env: raw
+            .env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), template(&format!("run.env.{k}"), v)?)))
+            .collect::<Result<Vec<_>, String>>()?,
+        timeout,
+        output: raw
+            .output
+            .as_deref()
+            .map(|t| template("run.output", t))
+            .transpose()?,
+    })
+}
+
+/// `90s`, `10m`, `2h`, or a number of seconds.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(seconds));
+    }
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = number.trim().parse().ok()?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(seconds))
+}
+
+fn require_spec(raw: &RawRequire, base_dir: &Path) -> Result<RequireSpec, String> {
+    let (path, field) = match raw {
+        RawRequire::Path(path) => (path.as_str(), "input".to_owned()),
+        RawRequire::Table(table) => (
+            table.path.as_str(),
+            table.field.clone().unwrap_or_else(|| "input".to_owned()),
+        ),
+    };
+    let path = if path.contains("://") || Path::new(path).is_absolute() {
+        path.to_owned()
+    } else {
+        base_dir.join(path).display().to_string()
+    };
+    Ok(RequireSpec {
+        path: template("require", &path)?,
+        field,
+    })
 }
 
 fn store_spec(raw: &StoreSpec) -> Result<StoreSpec, String> {

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use crate::item::{ItemId, NewItem, Status, StoredItem};
+use crate::step::Produced;
 
 /// The state store failed; the run stops, since progress can no longer be recorded.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,8 @@ pub enum Transition {
         step_name: String,
         /// Bytes the finished step moved.
         bytes: u64,
+        /// The file the finished step produced, recorded against it.
+        output: Option<Produced>,
     },
     /// The item is done (every step ran) or skipped (a step said so).
     Finished {
@@ -96,6 +99,8 @@ pub enum Transition {
         bytes: u64,
         /// Why it was skipped.
         reason: Option<String>,
+        /// The file the last step produced, recorded against it.
+        output: Option<Produced>,
     },
     /// The run stopped for a reason that is not the item's (a fatal error such as a missing
     /// bucket): the item goes back to `pending` at its current step, the error kept.
@@ -149,6 +154,8 @@ pub struct Summary {
     pub children_by_status: Vec<(Status, u64)>,
     /// Unfinished and failed items by step name and status.
     pub by_step: Vec<(String, Status, u64)>,
+    /// Items skipped for `no input`, tried again on the next run (counted in `skipped` too).
+    pub no_input: u64,
     /// Bytes moved over all items.
     pub bytes: u64,
     /// Seconds between the first start and the last finish recorded.
@@ -215,6 +222,9 @@ pub trait StateStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<StoredItem>, StateError>;
 
+    /// The files an item's finished steps produced, by step index.
+    async fn outputs(&self, id: ItemId) -> Result<Vec<(usize, Produced)>, StateError>;
+
     /// `parent`'s children by status.
     async fn child_counts(&self, parent: ItemId) -> Result<ChildCounts, StateError>;
 
@@ -224,8 +234,8 @@ pub trait StateStore: Send + Sync {
     /// Whether the whole source has been loaded.
     async fn source_complete(&self) -> Result<bool, StateError>;
 
-    /// Up to `limit` items with status `pending` or `running` and id greater than `after`,
-    /// in id order.
+    /// Up to `limit` items with status `pending` or `running` (or skipped for `no input`) and
+    /// id greater than `after`, in id order.
     async fn runnable(&self, after: ItemId, limit: usize) -> Result<Vec<StoredItem>, StateError>;
 
     /// Commits one transition (durably, before returning).

@@ -14,12 +14,53 @@ use crate::template::TemplateError;
 pub enum Outcome {
     /// The step did its work (or found it already done, e.g. a create-only copy whose target
     /// exists); the item goes on to its next step.
-    Done {
-        /// Bytes moved.
-        bytes: u64,
-    },
+    Done(Done),
     /// The item needs no more work; no later step runs. The reason is recorded (`exists`).
+    /// The reason [`NO_INPUT`] is not final: the item is tried again on the next run.
     Skipped(Cow<'static, str>),
+}
+
+/// The reason of a skip that is not final: a step's `require` found nothing yet.
+pub const NO_INPUT: &str = "no input";
+
+/// What a finished step reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Done {
+    /// Bytes moved.
+    pub bytes: u64,
+    /// A local file the step produced (`output = …`): if it disappears before the item is
+    /// done, the step is redone.
+    pub output: Option<Produced>,
+    /// Where the step wrote or sent (a URL), for telemetry.
+    pub target: Option<String>,
+}
+
+/// A file a step produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Produced {
+    /// Its path.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+impl Outcome {
+    /// Done, having moved `bytes`.
+    pub fn done(bytes: u64) -> Self {
+        Outcome::Done(Done {
+            bytes,
+            ..Done::default()
+        })
+    }
+
+    /// Done, with where it went.
+    pub fn done_to(bytes: u64, target: impl Into<String>) -> Self {
+        Outcome::Done(Done {
+            bytes,
+            output: None,
+            target: Some(target.into()),
+        })
+    }
 }
 
 /// Counts bytes as they move, for progress.
@@ -32,6 +73,8 @@ pub trait ByteCounter: Send + Sync {
 pub struct StepContext<'a> {
     /// Where to report bytes as they move.
     pub bytes: &'a dyn ByteCounter,
+    /// The item's key (for log file names and messages).
+    pub key: &'a str,
 }
 
 /// One action of a plan's pipeline.
@@ -44,4 +87,11 @@ pub trait Step: Send + Sync + Debug {
 
     /// What the step would do for this item, for `--dry-run`. Touches nothing.
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError>;
+
+    /// What the step needs before it runs (`require = …`): `Ok(Some(fields))` when present,
+    /// with fields it binds for this and later steps (e.g. `input`, the matched path);
+    /// `Ok(None)` when missing: the item is skipped with [`NO_INPUT`] until a later run.
+    async fn require(&self, _fields: &Fields) -> Result<Option<Fields>, StepError> {
+        Ok(Some(Fields::new()))
+    }
 }

@@ -100,6 +100,7 @@ pub async fn children_belong_to_their_parent(store: &dyn StateStore) {
                 status: Status::Done,
                 bytes: 5,
                 reason: None,
+                output: None,
             })
             .await,
         "done",
@@ -192,6 +193,7 @@ pub async fn insert_ignores_known_keys(store: &dyn StateStore) {
                 status: Status::Done,
                 bytes: 3,
                 reason: None,
+                output: None,
             })
             .await,
         "record",
@@ -245,6 +247,7 @@ pub async fn transitions_are_visible_after_record(store: &dyn StateStore) {
                 step: 1,
                 step_name: "notify".into(),
                 bytes: 10,
+                output: None,
             })
             .await,
         "advance",
@@ -313,6 +316,7 @@ pub async fn runnable_pages_in_id_order(store: &dyn StateStore) {
                     status: Status::Done,
                     bytes: 0,
                     reason: None,
+                    output: None,
                 })
                 .await,
             "finish",
@@ -344,6 +348,7 @@ pub async fn requeue_and_skip(store: &dyn StateStore) {
                 step: 1,
                 step_name: "two".into(),
                 bytes: 1,
+                output: None,
             })
             .await,
         "advance",
@@ -373,6 +378,7 @@ pub async fn requeue_and_skip(store: &dyn StateStore) {
                 status: Status::Done,
                 bytes: 0,
                 reason: None,
+                output: None,
             })
             .await,
         "done c",
@@ -447,6 +453,7 @@ pub async fn concurrent_records_all_land(store: &dyn StateStore) {
             status: Status::Done,
             bytes: 1,
             reason: None,
+            output: None,
         })
     });
     for result in futures::future::join_all(records).await {

@@ -27,6 +27,16 @@ CREATE TABLE IF NOT EXISTS items (
     finished_at TEXT
 );
 
+-- Files that steps produced (`output = …`), one per item and step.
+CREATE TABLE IF NOT EXISTS outputs (
+    item        INTEGER NOT NULL REFERENCES items(id),
+    step_index  INTEGER NOT NULL,
+    path        TEXT    NOT NULL,
+    bytes       INTEGER NOT NULL,
+    recorded_at TEXT    NOT NULL,
+    PRIMARY KEY (item, step_index)
+);
+
 CREATE UNIQUE INDEX IF NOT EXISTS items_top_key   ON items(key)         WHERE parent IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS items_child_key ON items(parent, key) WHERE parent IS NOT NULL;
 CREATE INDEX        IF NOT EXISTS items_status    ON items(status, id);

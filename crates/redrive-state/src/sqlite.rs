@@ -10,6 +10,7 @@ use redrive_core::item::{Fields, ItemId, NewItem, Status, StoredItem};
 use redrive_core::state::{
     ChildCounts, JobInfo, Requeue, StateError, StateStore, Summary, Transition,
 };
+use redrive_core::step::Produced;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
@@ -261,6 +262,24 @@ fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredItem> {
 const ITEM_COLUMNS: &str = "i.id, i.parent, (SELECT p.key FROM items p WHERE p.id = i.parent) AS parent_key, \
      i.expanded, i.key, i.fields, i.step_index, i.status, i.attempts, i.error, i.bytes";
 
+fn record_output(
+    tx: &Transaction<'_>,
+    id: ItemId,
+    step: usize,
+    output: Option<&Produced>,
+) -> rusqlite::Result<()> {
+    if let Some(output) = output {
+        tx.execute(
+            &format!(
+                "INSERT OR REPLACE INTO outputs (item, step_index, path, bytes, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, {NOW})"
+            ),
+            params![id, step as i64, output.path, bytes_i64(output.bytes)],
+        )?;
+    }
+    Ok(())
+}
+
 fn bytes_i64(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
@@ -378,10 +397,30 @@ impl StateStore for SqliteStateStore {
         self.read(move |c| {
             let mut statement = c.prepare_cached(&format!(
                 "SELECT {ITEM_COLUMNS} FROM items i
-                 WHERE i.parent = ?1 AND i.id > ?2 AND i.status IN ('pending', 'running')
+                 WHERE i.parent = ?1 AND i.id > ?2
+                   AND (i.status IN ('pending', 'running') OR (i.status = 'skipped' AND i.error = 'no input'))
                  ORDER BY i.id LIMIT ?3"
             ))?;
             let rows = statement.query_map(params![parent, after, limit], row_to_item)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn outputs(&self, id: ItemId) -> Result<Vec<(usize, Produced)>, StateError> {
+        self.read(move |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT step_index, path, bytes FROM outputs WHERE item = ?1 ORDER BY step_index",
+            )?;
+            let rows = statement.query_map(params![id], |row| {
+                Ok((
+                    usize::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                    Produced {
+                        path: row.get(1)?,
+                        bytes: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                    },
+                ))
+            })?;
             rows.collect()
         })
         .await
@@ -437,7 +476,8 @@ impl StateStore for SqliteStateStore {
         self.read(move |c| {
             let mut statement = c.prepare_cached(&format!(
                 "SELECT {ITEM_COLUMNS} FROM items i
-                 WHERE i.status IN ('pending', 'running') AND i.id > ?1 AND i.parent IS NULL
+                 WHERE (i.status IN ('pending', 'running') OR (i.status = 'skipped' AND i.error = 'no input'))
+                   AND i.id > ?1 AND i.parent IS NULL
                  ORDER BY i.id LIMIT ?2"
             ))?;
             let rows = statement.query_map(params![after, limit], row_to_item)?;
@@ -457,21 +497,30 @@ impl StateStore for SqliteStateStore {
                     ),
                     params![id, step as i64, step_name],
                 )?,
-                Transition::Advanced { id, step, step_name, bytes } => tx.execute(
-                    &format!(
-                        "UPDATE items SET step_index = ?2, step = ?3, bytes = bytes + ?4, updated_at = {NOW}
-                         WHERE id = ?1"
-                    ),
-                    params![id, step as i64, step_name, bytes_i64(bytes)],
-                )?,
-                Transition::Finished { id, status, bytes, reason } => tx.execute(
-                    &format!(
-                        "UPDATE items SET status = ?2, bytes = bytes + ?3, error = ?4,
-                         updated_at = {NOW}, finished_at = {NOW}
-                         WHERE id = ?1"
-                    ),
-                    params![id, status.as_str(), bytes_i64(bytes), reason],
-                )?,
+                Transition::Advanced { id, step, step_name, bytes, output } => {
+                    record_output(tx, id, step.saturating_sub(1), output.as_ref())?;
+                    tx.execute(
+                        &format!(
+                            "UPDATE items SET step_index = ?2, step = ?3, bytes = bytes + ?4, updated_at = {NOW}
+                             WHERE id = ?1"
+                        ),
+                        params![id, step as i64, step_name, bytes_i64(bytes)],
+                    )?
+                }
+                Transition::Finished { id, status, bytes, reason, output } => {
+                    if let Some(output) = &output {
+                        let step: i64 = tx.query_row("SELECT step_index FROM items WHERE id = ?1", params![id], |r| r.get(0))?;
+                        record_output(tx, id, usize::try_from(step).unwrap_or(0), Some(output))?;
+                    }
+                    tx.execute(
+                        &format!(
+                            "UPDATE items SET status = ?2, bytes = bytes + ?3, error = ?4,
+                             updated_at = {NOW}, finished_at = {NOW}
+                             WHERE id = ?1"
+                        ),
+                        params![id, status.as_str(), bytes_i64(bytes), reason],
+                    )?
+                }
                 Transition::Released { id, error } => tx.execute(
                     &format!("UPDATE items SET status = 'pending', error = ?2, updated_at = {NOW} WHERE id = ?1"),
                     params![id, error],
@@ -634,7 +683,13 @@ impl StateStore for SqliteStateStore {
                 [],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )?;
+            let no_input: i64 = c.query_row(
+                "SELECT count(*) FROM items WHERE status = 'skipped' AND error = 'no input'",
+                [],
+                |row| row.get(0),
+            )?;
             Ok(Summary {
+                no_input: u64::try_from(no_input).unwrap_or(0),
                 source_complete,
                 by_status,
                 children_by_status,

@@ -85,7 +85,7 @@ impl Step for Flaky {
         if *count <= self.failures {
             return Err(StepError::new(self.class, format!("item {key} failed")));
         }
-        Ok(Outcome::Done { bytes: 1 })
+        Ok(Outcome::done(1))
     }
 
     fn describe(&self, _: &Fields) -> Result<String, TemplateError> {
@@ -114,7 +114,7 @@ impl Step for SeesCommittedStep {
         if (step, status.as_str()) != (1, "running") {
             self.violations.fetch_add(1, Ordering::SeqCst);
         }
-        Ok(Outcome::Done { bytes: 0 })
+        Ok(Outcome::done(0))
     }
 
     fn describe(&self, _: &Fields) -> Result<String, TemplateError> {
@@ -450,7 +450,7 @@ impl Step for ChildStep {
         if fields["n"] == "2" && fields["c"] == "c1" {
             return Err(StepError::permanent("c1 of 2 is broken"));
         }
-        Ok(Outcome::Done { bytes: 1 })
+        Ok(Outcome::done(1))
     }
 
     fn describe(&self, _: &Fields) -> Result<String, TemplateError> {

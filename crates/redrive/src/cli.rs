@@ -98,6 +98,10 @@ pub(crate) struct RunArgs {
     /// Write the run's metrics as JSON to FILE
     #[arg(long, value_name = "FILE")]
     pub(crate) metrics: Option<PathBuf>,
+    /// Append one CSV row per step transition to FILE (time, key, step, status, seconds, bytes,
+    /// output, target, error type and message)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) telemetry: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

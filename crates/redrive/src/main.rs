@@ -6,6 +6,7 @@ mod exit;
 mod logging;
 mod progress;
 mod summary;
+mod telemetry;
 
 use std::process::ExitCode;
 

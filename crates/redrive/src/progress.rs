@@ -40,6 +40,7 @@ impl Counters {
 /// The engine's reporter: counts, and keeps the bar (if any) up to date.
 pub(crate) struct Progress {
     counters: Arc<Counters>,
+    telemetry: Option<crate::telemetry::Telemetry>,
     bar: Option<ProgressBar>,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
@@ -53,7 +54,12 @@ pub(crate) enum Display {
 }
 
 impl Progress {
-    pub(crate) fn start(display: Display, total: u64, finished_before: u64) -> Arc<Self> {
+    pub(crate) fn start(
+        display: Display,
+        total: u64,
+        finished_before: u64,
+        telemetry: Option<crate::telemetry::Telemetry>,
+    ) -> Arc<Self> {
         let counters = Arc::new(Counters::default());
         counters.total.store(total, Ordering::Relaxed);
         counters
@@ -89,6 +95,7 @@ impl Progress {
         };
         Arc::new(Self {
             counters,
+            telemetry,
             bar,
             ticker,
         })
@@ -182,6 +189,12 @@ impl Reporter for Progress {
 
     fn bytes(&self, n: u64) {
         self.counters.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn step(&self, event: &redrive_core::engine::StepEvent<'_>) {
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.write(event);
+        }
     }
 
     fn children_loaded(&self, n: u64) {

@@ -72,6 +72,13 @@ pub(crate) fn table(job: &str, state: &str, summary: &Summary) -> String {
         }
         let _ = writeln!(out, "  {:<8} {:>10}", "total", summary.total());
     }
+    if summary.no_input > 0 {
+        let _ = writeln!(
+            out,
+            "  ({} skipped for `no input`: tried again on the next run)",
+            summary.no_input
+        );
+    }
     if !summary.source_complete {
         let _ = writeln!(
             out,
@@ -127,6 +134,7 @@ pub(crate) fn json(job: &str, state: &str, summary: &Summary) -> serde_json::Val
         "total": summary.total(),
         "children": children,
         "children_total": summary.children_total(),
+        "no_input": summary.no_input,
         "bytes": summary.bytes,
         "items_per_sec": rate(summary),
         "eta_seconds": eta_seconds(summary),
@@ -166,6 +174,7 @@ mod tests {
                 (Status::Failed, 2),
             ],
             children_by_status: Status::ALL.iter().map(|s| (*s, 0)).collect(),
+            no_input: 0,
             by_step: vec![
                 ("copy".into(), Status::Failed, 2),
                 ("copy".into(), Status::Pending, 1),

@@ -28,7 +28,7 @@ impl DatesSource {
     }
 
     fn hourly(&self) -> bool {
-        self.step_hours % 24 != 0
+        !self.step_hours.is_multiple_of(24)
     }
 }
 

@@ -57,7 +57,9 @@ impl Step for CopyStep {
         let exists = || -> Result<Outcome, StepError> {
             match self.spec.if_exists {
                 // An existing target counts as success; it is never touched.
-                IfExists::Skip | IfExists::Overwrite => Ok(Outcome::Done { bytes: 0 }),
+                IfExists::Skip | IfExists::Overwrite => {
+                    Ok(Outcome::done_to(0, target.display.clone()))
+                }
                 IfExists::Fail => Err(StepError::permanent(format!(
                     "target `{}` exists (if_exists = \"fail\"); remove it or use if_exists = \"skip\"",
                     target.display
@@ -115,7 +117,7 @@ impl Step for CopyStep {
             cx.bytes.add(n);
         }
         match writer.close().await {
-            Ok(_) => Ok(Outcome::Done { bytes }),
+            Ok(_) => Ok(Outcome::done_to(bytes, target.display.clone())),
             Err(e) if create_only && target_exists(&e) => exists(),
             Err(e) => {
                 let _ = writer.abort().await;

@@ -90,7 +90,10 @@ impl Step for EnqueueStep {
                 .put(&self.client, &text)
                 .await?;
         }
-        Ok(Outcome::Done { bytes: 0 })
+        Ok(Outcome::done_to(
+            0,
+            redrive_core::secrets::redact(&url).into_owned(),
+        ))
     }
 
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {

@@ -51,7 +51,7 @@ impl Step for ExistsStep {
         Ok(match (present, self.negate) {
             (true, false) => Outcome::Skipped("exists".into()),
             (false, true) => Outcome::Skipped("missing".into()),
-            _ => Outcome::Done { bytes: 0 },
+            _ => Outcome::done(0),
         })
     }
 

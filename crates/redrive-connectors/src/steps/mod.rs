@@ -3,7 +3,11 @@
 mod copy;
 mod enqueue;
 mod exists;
+mod require;
+mod run;
 
 pub use copy::CopyStep;
 pub use enqueue::EnqueueStep;
 pub use exists::ExistsStep;
+pub use require::Required;
+pub use run::RunStep;

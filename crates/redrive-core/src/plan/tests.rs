@@ -51,7 +51,7 @@ fn unknown_key_names_key_table_and_allowed_keys() {
     let e = error(&MINIMAL.replace("[job]\n", "[job]\nnmae = 1\n"));
     assert!(e.starts_with("/jobs/plan.toml: in `job.nmae`"), "{e}");
     assert!(e.contains("unknown field `nmae`"), "{e}");
-    assert!(e.contains("expected `name` or `state`"), "{e}");
+    assert!(e.contains("expected one of `name`, `state`, `logs`"), "{e}");
     assert!(e.contains("line 3"), "{e}");
 }
 
@@ -131,7 +131,12 @@ fn step_without_action() {
         "copy = { from = \"in/{line}\", to = \"out/{line}\" }",
         "name = \"x\"",
     ));
-    assert!(e.contains("in [step.1]: the step has no action"), "{e}");
+    assert!(
+        e.contains(
+            "in [step.1]: the step has no action; give one of `exists`, `copy`, `enqueue`, `run`"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -378,4 +383,71 @@ fn dates_source_and_its_errors() {
         "dates = { from = \"2026-03-01\", to = \"2026-03-01\", step = \"1w\" }",
     ));
     assert!(e.contains("`dates.step` = `1w` is not a step"), "{e}");
+}
+
+const BACKFILL: &str = r#"
+[job]
+name = "backfill"
+state = "state.db"
+[source]
+dates = { from = "2026-01-01", to = "2026-01-10" }
+[[step]]
+name = "process"
+require = "in/*{yyyymmdd}*.csv"
+run = { cmd = ["./convert", "{input}", "out/{date}.cdf"], timeout = "2m", output = "out/{date}.cdf" }
+[[step]]
+name = "upload"
+copy = { from = "out/{date}.cdf", to = "s3://b/{yyyy}/{date}.cdf" }
+"#;
+
+#[test]
+fn run_steps_with_require_bind_input_and_run_one_at_a_time() {
+    let plan = parse(BACKFILL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        plan.limits.items, 1,
+        "plans that run commands run one item at a time by default"
+    );
+    assert_eq!(plan.log_dir, PathBuf::from("/jobs/backfill-logs"));
+    let require = plan.steps[0]
+        .require
+        .as_ref()
+        .map(|r| (r.path.raw().to_owned(), r.field.clone()));
+    assert_eq!(
+        require,
+        Some(("/jobs/in/*{yyyymmdd}*.csv".to_owned(), "input".to_owned()))
+    );
+    let Action::Run(run) = &plan.steps[0].action else {
+        panic!("run")
+    };
+    assert_eq!(run.timeout, Some(std::time::Duration::from_secs(120)));
+    let fields = set(&["date", "yyyymmdd", "yyyy", "mm", "dd", "doy"]);
+    assert!(
+        plan.check_fields(&fields, None).is_ok(),
+        "{{input}} is bound by `require`"
+    );
+}
+
+#[test]
+fn run_step_errors() {
+    let e = error(&BACKFILL.replace("timeout = \"2m\"", "timeout = \"soon\""));
+    assert!(
+        e.contains("`run.timeout` = `soon` is not a duration"),
+        "{e}"
+    );
+    let e = error(&BACKFILL.replace(
+        "cmd = [\"./convert\", \"{input}\", \"out/{date}.cdf\"], ",
+        "",
+    ));
+    assert!(e.contains("`run` needs `cmd`"), "{e}");
+    let plan = parse(&BACKFILL.replace("require = \"in/*{yyyymmdd}*.csv\"\n", ""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = plan
+        .check_fields(&set(&["date", "yyyymmdd", "yyyy"]), None)
+        .map_err(|e| e.to_string())
+        .err()
+        .unwrap_or_default();
+    assert!(
+        e.contains("field `input` used in `{input}` does not exist"),
+        "{e}"
+    );
 }

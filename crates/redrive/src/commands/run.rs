@@ -60,7 +60,12 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     if !args.retry_failed {
         finished_before += before.count(Status::Failed);
     }
-    let progress = Progress::start(display, before.total(), finished_before);
+    let telemetry = args
+        .telemetry
+        .as_deref()
+        .map(crate::telemetry::Telemetry::open)
+        .transpose()?;
+    let progress = Progress::start(display, before.total(), finished_before, telemetry);
     progress.set_children(before.children_total(), {
         let mut finished = before.children(Status::Done) + before.children(Status::Skipped);
         if !args.retry_failed {

@@ -8,4 +8,5 @@ mod kusto_fake;
 mod resume;
 mod s1;
 mod s3;
+mod s4;
 mod sqs;

@@ -1,0 +1,263 @@
+//! `run = { cmd, shell, cwd, env, timeout, output }`: a command per item, without a shell
+//! unless `shell` is given. Its stdout and stderr go to a log file per item and step; a non-zero
+//! exit fails the item with the code and the last lines of stderr; `output` must exist after.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use redrive_core::error::{ErrorClass, StepError};
+use redrive_core::item::Fields;
+use redrive_core::plan::RunSpec;
+use redrive_core::step::{Done, Outcome, Produced, Step, StepContext};
+use redrive_core::template::TemplateError;
+use tokio::io::AsyncBufReadExt;
+
+/// Lines of stderr quoted in a failure.
+const TAIL: usize = 8;
+
+/// Runs a command.
+#[derive(Debug)]
+pub struct RunStep {
+    spec: RunSpec,
+    name: String,
+    base_dir: PathBuf,
+    log_dir: PathBuf,
+}
+
+struct Command {
+    program: String,
+    args: Vec<String>,
+    cwd: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl RunStep {
+    /// A step named `name`; relative paths are relative to `base_dir`, logs go to `log_dir`.
+    pub fn new(spec: RunSpec, name: &str, base_dir: &Path, log_dir: &Path) -> Self {
+        Self {
+            spec,
+            name: name.to_owned(),
+            base_dir: base_dir.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+        }
+    }
+
+    fn command(&self, fields: &Fields) -> Result<Command, TemplateError> {
+        let cwd = match &self.spec.cwd {
+            Some(cwd) => self.base_dir.join(cwd.render(fields)?),
+            None => self.base_dir.clone(),
+        };
+        let (program, args) = match &self.spec.shell {
+            Some(shell) => (
+                "sh".to_owned(),
+                vec!["-c".to_owned(), shell.render(fields)?],
+            ),
+            None => {
+                let mut parts = self
+                    .spec
+                    .cmd
+                    .iter()
+                    .map(|part| part.render(fields))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let program = if parts.is_empty() {
+                    String::new()
+                } else {
+                    parts.remove(0)
+                };
+                // `./convert` means the one in the working directory, whatever the process's is.
+                let program = if program.contains('/') && Path::new(&program).is_relative() {
+                    cwd.join(&program).display().to_string()
+                } else {
+                    program
+                };
+                (program, parts)
+            }
+        };
+        let env = self
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.render(fields)?)))
+            .collect::<Result<Vec<_>, TemplateError>>()?;
+        Ok(Command {
+            program,
+            args,
+            cwd,
+            env,
+        })
+    }
+
+    fn output(&self, fields: &Fields) -> Result<Option<PathBuf>, TemplateError> {
+        self.spec
+            .output
+            .as_ref()
+            .map(|o| Ok(self.base_dir.join(o.render(fields)?)))
+            .transpose()
+    }
+}
+
+fn log_name(key: &str, step: &str) -> String {
+    let safe: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.{step}.log")
+}
+
+#[async_trait]
+impl Step for RunStep {
+    async fn run(&self, fields: &Fields, cx: &StepContext<'_>) -> Result<Outcome, StepError> {
+        let command = self
+            .command(fields)
+            .map_err(|e| StepError::permanent(e.to_string()))?;
+        let output = self
+            .output(fields)
+            .map_err(|e| StepError::permanent(e.to_string()))?;
+        let log_path = self.log_dir.join(log_name(cx.key, &self.name));
+        let log_error = |e: std::io::Error| {
+            StepError::new(
+                ErrorClass::Fatal,
+                format!("cannot write the log `{}`", log_path.display()),
+            )
+            .with_source(e)
+        };
+        std::fs::create_dir_all(&self.log_dir).map_err(log_error)?;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(log_error)?;
+        {
+            use std::io::Write;
+            let line = redrive_core::secrets::redact(&format!(
+                "==== {} {} {}\n",
+                jiff::Timestamp::now(),
+                command.program,
+                command.args.join(" ")
+            ))
+            .into_owned();
+            log.write_all(line.as_bytes()).map_err(log_error)?;
+        }
+        let stdout = log.try_clone().map_err(log_error)?;
+
+        let mut child = tokio::process::Command::new(&command.program)
+            .args(&command.args)
+            .current_dir(&command.cwd)
+            .envs(command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                StepError::permanent(format!(
+                    "cannot start `{}` in `{}`: {e}; check that it exists and is executable",
+                    command.program,
+                    command.cwd.display()
+                ))
+            })?;
+
+        // stderr goes to the log too, and its last lines into the error.
+        let stderr = child.stderr.take();
+        let tail_task = async move {
+            let mut tail = VecDeque::with_capacity(TAIL);
+            if let Some(stderr) = stderr {
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    use std::io::Write;
+                    let _ = writeln!(log, "{line}");
+                    if tail.len() == TAIL {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            }
+            tail
+        };
+        let wait = async {
+            let (status, tail) = tokio::join!(child.wait(), tail_task);
+            (status, tail)
+        };
+        let (status, tail) = match self.spec.timeout {
+            Some(limit) => match tokio::time::timeout(limit, wait).await {
+                Ok(done) => done,
+                Err(_) => {
+                    let _ = child.kill().await;
+                    return Err(StepError::permanent(format!(
+                        "`{}` did not finish within {}s and was killed; its output is in `{}`",
+                        command.program,
+                        limit.as_secs(),
+                        log_path.display()
+                    )));
+                }
+            },
+            None => wait.await,
+        };
+        let status = status.map_err(|e| {
+            StepError::new(
+                ErrorClass::Transient,
+                format!("lost track of `{}`", command.program),
+            )
+            .with_source(e)
+        })?;
+        if !status.success() {
+            let code = status
+                .code()
+                .map_or_else(|| "a signal".to_owned(), |c| format!("code {c}"));
+            let tail: Vec<String> = tail.into_iter().collect();
+            return Err(StepError::permanent(format!(
+                "`{}` exited with {code}: {}; full output in `{}`",
+                command.program,
+                if tail.is_empty() {
+                    "(nothing on stderr)".to_owned()
+                } else {
+                    tail.join(" | ")
+                },
+                log_path.display()
+            )));
+        }
+        let produced = match output {
+            Some(path) => match std::fs::metadata(&path) {
+                Ok(meta) => Some(Produced {
+                    path: path.display().to_string(),
+                    bytes: meta.len(),
+                }),
+                Err(_) => {
+                    return Err(StepError::permanent(format!(
+                        "`{}` succeeded but did not produce `{}`; see `{}`",
+                        command.program,
+                        path.display(),
+                        log_path.display()
+                    )));
+                }
+            },
+            None => None,
+        };
+        Ok(Outcome::Done(Done {
+            bytes: 0,
+            output: produced,
+            target: None,
+        }))
+    }
+
+    fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {
+        let command = self.command(fields)?;
+        let output = self
+            .output(fields)?
+            .map(|o| format!(" → {}", o.display()))
+            .unwrap_or_default();
+        Ok(format!(
+            "run {} {}{output}",
+            command.program,
+            command.args.join(" ")
+        ))
+    }
+}
