@@ -17,6 +17,10 @@ use redrive_core::secrets;
 
 /// Bound on cached operators; past it the cache starts over (operators are cheap to rebuild).
 const CACHE_LIMIT: usize = 4_096;
+/// Deadline of a call that moves no body (stat, list page, delete).
+const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Deadline of one read or write of a body (one chunk or part).
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A URL that cannot be turned into an operator.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +233,14 @@ impl Stores {
                 local,
             });
         }
-        let operator = self.build(&target, spec, &display, write)?;
+        // Every call has a deadline: a stalled server fails the step (a temporary error, so
+        // the engine retries it) instead of hanging the run.
+        let timeout = spec.and_then(StoreSpec::timeout);
+        let operator = self.build(&target, spec, &display, write)?.layer(
+            opendal::layers::TimeoutLayer::new()
+                .with_timeout(timeout.unwrap_or(CONTROL_TIMEOUT))
+                .with_io_timeout(timeout.unwrap_or(IO_TIMEOUT)),
+        );
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();

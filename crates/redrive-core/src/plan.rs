@@ -381,6 +381,15 @@ pub struct StoreSpec {
     /// Use virtual-host-style addressing (S3).
     #[serde(default)]
     pub virtual_host_style: bool,
+    /// Deadline of each call to the store (`30s`, `5m`); default 60 s, 120 s for a body.
+    pub timeout: Option<String>,
+}
+
+impl StoreSpec {
+    /// `timeout`, parsed (checked when the plan is read).
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.timeout.as_deref().and_then(parse_duration)
+    }
 }
 
 impl fmt::Debug for StoreSpec {
@@ -1091,7 +1100,15 @@ fn store_spec(raw: &StoreSpec) -> Result<StoreSpec, String> {
         session_token: resolve("session_token", &raw.session_token)?,
         credential_path: resolve("credential_path", &raw.credential_path)?,
         virtual_host_style: raw.virtual_host_style,
+        timeout: raw.timeout.clone(),
     };
+    if let Some(timeout) = &spec.timeout {
+        if parse_duration(timeout).is_none() {
+            return Err(format!(
+                "`timeout` = `{timeout}` is not a duration; write e.g. `30s` or `5m`"
+            ));
+        }
+    }
     if let Some(endpoint) = &spec.endpoint {
         if endpoint.starts_with("http://") && !spec.allow_http {
             return Err(format!(

@@ -451,3 +451,20 @@ fn run_step_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn store_timeout_is_a_duration() {
+    let plan = parse(&format!("{MINIMAL}[store.\"s3://b\"]\ntimeout = \"5m\"\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        plan.stores[0].1.timeout(),
+        Some(std::time::Duration::from_secs(300))
+    );
+    let e = error(&format!(
+        "{MINIMAL}[store.\"s3://b\"]\ntimeout = \"later\"\n"
+    ));
+    assert!(
+        e.contains("in [store.\"s3://b\"]: `timeout` = `later` is not a duration"),
+        "{e}"
+    );
+}

@@ -293,3 +293,53 @@ fn a_second_run_on_the_same_state_is_refused_while_the_first_runs() {
     // The lock goes with the process: the next run takes it.
     t.redrive(&["run", "plan.toml"]).expect_code(0);
 }
+
+#[test]
+fn a_stalled_store_fails_the_item_at_its_timeout_instead_of_hanging() {
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = stalling_server(answer);
+    let t = TestContext::new();
+    t.write(
+        "items.csv",
+        format!("Key,From\nk1,{server}/devstoreaccount1/c/k1\n"),
+    );
+    t.plan(&format!(
+        r#"
+[job]
+name = "stall"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{{Key}}"
+[[step]]
+copy = {{ from = "{{From}}", to = "out/{{Key}}" }}
+[limits]
+retries = 1
+[store."{server}/devstoreaccount1"]
+account_name = "devstoreaccount1"
+account_key = "a2V5"
+allow_http = true
+timeout = "1s"
+"#
+    ));
+    let started = Instant::now();
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(1);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.stderr.contains("1 retries"),
+        "a timeout is retried: {}",
+        out.stderr
+    );
+    let error: String = t
+        .state()
+        .query_row("SELECT error FROM items", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        error.to_lowercase().contains("timeout") || error.to_lowercase().contains("timed out"),
+        "{error}"
+    );
+}
