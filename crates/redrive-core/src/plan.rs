@@ -1102,12 +1102,12 @@ fn store_spec(raw: &StoreSpec) -> Result<StoreSpec, String> {
         virtual_host_style: raw.virtual_host_style,
         timeout: raw.timeout.clone(),
     };
-    if let Some(timeout) = &spec.timeout {
-        if parse_duration(timeout).is_none() {
-            return Err(format!(
-                "`timeout` = `{timeout}` is not a duration; write e.g. `30s` or `5m`"
-            ));
-        }
+    if let Some(timeout) = &spec.timeout
+        && parse_duration(timeout).is_none()
+    {
+        return Err(format!(
+            "`timeout` = `{timeout}` is not a duration; write e.g. `30s` or `5m`"
+        ));
     }
     if let Some(endpoint) = &spec.endpoint {
         if endpoint.starts_with("http://") && !spec.allow_http {
