@@ -9,7 +9,7 @@ use redrive_core::source::{Source, SourceError};
 use redrive_core::step::Step;
 
 use crate::sources::{CsvSource, DatesSource, GlobSource, KustoSource, LinesSource, ListSource};
-use crate::steps::{CopyStep, EnqueueStep, ExistsStep, Required, RunStep};
+use crate::steps::{CopyStep, EnqueueStep, ExistsStep, HttpStep, Required, RunStep};
 use crate::storage::{Env, Stores};
 
 /// A plan that cannot be built.
@@ -78,6 +78,7 @@ pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
                 Action::Enqueue(enqueue) => {
                     Arc::new(EnqueueStep::new(enqueue.clone(), Arc::clone(&stores)))
                 }
+                Action::Http(http) => Arc::new(HttpStep::new(http.clone())),
                 Action::Run(run) => Arc::new(RunStep::new(
                     run.clone(),
                     &spec.name,

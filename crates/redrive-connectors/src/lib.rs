@@ -4,6 +4,7 @@
 
 mod azure_auth;
 mod build;
+pub mod diff;
 mod queue;
 pub mod sources;
 mod sqs;

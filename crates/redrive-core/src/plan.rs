@@ -268,6 +268,41 @@ pub enum Action {
     Enqueue(EnqueueSpec),
     /// Run a command.
     Run(RunSpec),
+    /// Call an HTTP API, one request per item or per batch of items.
+    Http(HttpSpec),
+}
+
+/// `http = { url, method, headers, form | json, batch, max_wait, rate, concurrency }`.
+#[derive(Clone, Debug)]
+pub struct HttpSpec {
+    /// The endpoint.
+    pub url: Template,
+    /// `POST` by default.
+    pub method: String,
+    /// Header values may use `${ENV}` (masked everywhere).
+    pub headers: Vec<(String, Template)>,
+    /// The body.
+    pub body: HttpBody,
+    /// Items per request (1 by default).
+    pub batch: usize,
+    /// Longest an item waits for its batch to fill.
+    pub max_wait: std::time::Duration,
+    /// Requests per second at most.
+    pub rate: Option<f64>,
+    /// Requests in flight at most.
+    pub concurrency: Option<usize>,
+}
+
+/// The body of an HTTP step.
+#[derive(Clone, Debug)]
+pub enum HttpBody {
+    /// `application/x-www-form-urlencoded`: each item adds its values (fields repeat).
+    Form(Vec<(String, Template)>),
+    /// `application/json`: a JSON array of each item's rendered template (a single value when
+    /// `batch = 1`).
+    Json(Template),
+    /// No body.
+    Empty,
 }
 
 impl Action {
@@ -278,6 +313,7 @@ impl Action {
             Action::Copy(_) => "copy",
             Action::Enqueue(_) => "enqueue",
             Action::Run(_) => "run",
+            Action::Http(_) => "http",
         }
     }
 
@@ -291,6 +327,16 @@ impl Action {
                 all
             }
             Action::Enqueue(enqueue) => vec![&enqueue.queue, &enqueue.body],
+            Action::Http(http) => {
+                let mut all = vec![&http.url];
+                all.extend(http.headers.iter().map(|(_, t)| t));
+                match &http.body {
+                    HttpBody::Form(form) => all.extend(form.iter().map(|(_, t)| t)),
+                    HttpBody::Json(json) => all.push(json),
+                    HttpBody::Empty => {}
+                }
+                all
+            }
             Action::Run(run) => {
                 let mut all: Vec<&Template> = run.cmd.iter().collect();
                 all.extend(run.shell.as_ref());
@@ -468,6 +514,7 @@ struct RawStep {
     name: Option<String>,
     require: Option<RawRequire>,
     run: Option<RawRun>,
+    http: Option<RawHttp>,
     exists: Option<RawExists>,
     copy: Option<RawCopy>,
     enqueue: Option<RawEnqueue>,
@@ -485,6 +532,21 @@ enum RawRequire {
 struct RawRequireTable {
     path: String,
     field: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    url: String,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    form: Option<BTreeMap<String, String>>,
+    json: Option<String>,
+    batch: Option<usize>,
+    max_wait: Option<String>,
+    rate: Option<f64>,
+    concurrency: Option<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -936,6 +998,7 @@ fn action(raw: &RawStep) -> Result<Action, String> {
         ("copy", raw.copy.is_some()),
         ("enqueue", raw.enqueue.is_some()),
         ("run", raw.run.is_some()),
+        ("http", raw.http.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
@@ -982,7 +1045,67 @@ fn action(raw: &RawStep) -> Result<Action, String> {
     if let Some(run) = &raw.run {
         return run_spec(run).map(Action::Run);
     }
-    Err("the step has no action; give one of `exists`, `copy`, `enqueue`, `run`".to_owned())
+    if let Some(http) = &raw.http {
+        return http_spec(http).map(Action::Http);
+    }
+    Err("the step has no action; give one of `exists`, `copy`, `enqueue`, `run`, `http`".to_owned())
+}
+
+fn http_spec(raw: &RawHttp) -> Result<HttpSpec, String> {
+    let method = raw
+        .method
+        .clone()
+        .unwrap_or_else(|| "POST".to_owned())
+        .to_ascii_uppercase();
+    if !matches!(method.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") {
+        return Err(format!(
+            "`http.method` = `{method}`; use GET, POST, PUT, PATCH or DELETE"
+        ));
+    }
+    let body = match (&raw.form, &raw.json) {
+        (Some(_), Some(_)) => return Err("give `http.form` or `http.json`, not both".to_owned()),
+        (Some(form), None) => HttpBody::Form(
+            form.iter()
+                .map(|(k, v)| Ok((k.clone(), template(&format!("http.form.{k}"), v)?)))
+                .collect::<Result<Vec<_>, String>>()?,
+        ),
+        (None, Some(json)) => HttpBody::Json(template("http.json", json)?),
+        (None, None) => HttpBody::Empty,
+    };
+    let batch = raw.batch.unwrap_or(1);
+    if batch == 0 {
+        return Err("`http.batch` must be at least 1".to_owned());
+    }
+    if let Some(rate) = raw.rate {
+        if !(rate > 0.0 && rate.is_finite()) {
+            return Err(format!(
+                "`http.rate` must be a positive number of requests per second, got {rate}"
+            ));
+        }
+    }
+    if raw.concurrency == Some(0) {
+        return Err("`http.concurrency` must be at least 1".to_owned());
+    }
+    let max_wait = match raw.max_wait.as_deref() {
+        Some(text) => parse_duration(text).ok_or_else(|| {
+            format!("`http.max_wait` = `{text}` is not a duration; write e.g. `2s`")
+        })?,
+        None => std::time::Duration::from_secs(1),
+    };
+    Ok(HttpSpec {
+        url: template("http.url", &raw.url)?,
+        method,
+        headers: raw
+            .headers
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), template(&format!("http.headers.{k}"), v)?)))
+            .collect::<Result<Vec<_>, String>>()?,
+        body,
+        batch,
+        max_wait,
+        rate: raw.rate,
+        concurrency: raw.concurrency,
+    })
 }
 
 fn run_spec(raw: &RawRun) -> Result<RunSpec, String> {
@@ -1036,11 +1159,18 @@ fn run_spec(raw: &RawRun) -> Result<RunSpec, String> {
     })
 }
 
-/// `90s`, `10m`, `2h`, or a number of seconds.
+/// `250ms`, `90s`, `10m`, `2h`, or a number of seconds.
 fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<u64>() {
         return Some(std::time::Duration::from_secs(seconds));
+    }
+    if let Some(millis) = text.strip_suffix("ms") {
+        return millis
+            .trim()
+            .parse()
+            .ok()
+            .map(std::time::Duration::from_millis);
     }
     let (number, unit) = text.split_at(text.len().checked_sub(1)?);
     let n: u64 = number.trim().parse().ok()?;

@@ -56,6 +56,31 @@ pub(crate) enum Command {
     Reset(ResetArgs),
     /// Mark items skipped by hand, so no run picks them up
     Skip(SkipArgs),
+    /// Which keys of SRC have (or lack) their counterpart in DST
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "SRC and DST are prefix listings (s3://, az://, gs://, a local folder) or \
+local files of keys, one per line. Both stream, in flat memory: a sorted merge when both list in \
+key order (object stores do), else an on-disk index.\n\nExample:\n  redrive diff s3://crashes/raw/20260915/ \
+s3://crashes/processed/ --map '{name}' --missing havenots.txt --present haves.txt"
+)]
+pub(crate) struct DiffArgs {
+    /// Where the keys to check come from
+    pub(crate) src: String,
+    /// Where their counterparts should be
+    pub(crate) dst: String,
+    /// The counterpart's key below DST, from SRC's fields (key, name, rel, size, url)
+    #[arg(long, value_name = "TEMPLATE", default_value = "{rel}")]
+    pub(crate) map: String,
+    /// Write SRC's keys without a counterpart here, one per line
+    #[arg(long, value_name = "FILE")]
+    pub(crate) missing: PathBuf,
+    /// Write SRC's keys with a counterpart here, one per line
+    #[arg(long, value_name = "FILE")]
+    pub(crate) present: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +117,9 @@ pub(crate) struct RunArgs {
     /// Answer yes to --restart's question
     #[arg(long, short = 'y')]
     pub(crate) yes: bool,
+    /// Requests per second at most, for every `http` step (overrides their `rate`)
+    #[arg(long, value_name = "R")]
+    pub(crate) rate: Option<f64>,
     /// Items in flight (overrides [limits] items)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency: Option<u32>,

@@ -50,6 +50,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<ExitStatus> {
         Command::Failed(args) => commands::inspect::failed(args).await,
         Command::Reset(args) => commands::edit::reset(args).await,
         Command::Skip(args) => commands::edit::skip(args).await,
+        Command::Diff(args) => commands::diff::diff(args).await,
     }
 }
 

@@ -1,4 +1,5 @@
-//! `list = "URL"`: an object-store prefix listing; fields `key`, `name`, `size`, `url`.
+//! `list = "URL"`: an object-store prefix listing; fields `key`, `name`, `rel` (the key below
+//! the listed prefix), `size`, `url`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -63,7 +64,9 @@ impl ListSource {
 
 impl Source for ListSource {
     fn fields(&self) -> BTreeSet<String> {
-        ["key", "name", "size", "url"].map(str::to_owned).into()
+        ["key", "name", "rel", "size", "url"]
+            .map(str::to_owned)
+            .into()
     }
 
     fn items(&self, context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
@@ -73,6 +76,7 @@ impl Source for ListSource {
         };
         let operator = location.operator.clone();
         let path = location.path.clone();
+        let prefix = location.path.clone();
         let display = location.display.clone();
         let local = location.local;
         let recursive = self.recursive;
@@ -90,6 +94,7 @@ impl Source for ListSource {
                 let operator = operator.clone();
                 let base = base.clone();
                 let display = display.clone();
+                let prefix = prefix.clone();
                 async move {
                     let io = |e: opendal::Error| SourceError::Io {
                         location: display.clone(),
@@ -123,6 +128,12 @@ impl Source for ListSource {
                     );
                     fields.insert("size".to_owned(), size.to_string());
                     fields.insert("key".to_owned(), key);
+                    // The key below the listed prefix: what `diff` compares across two listings.
+                    let rel = entry
+                        .path()
+                        .strip_prefix(prefix.as_str())
+                        .unwrap_or(entry.path());
+                    fields.insert("rel".to_owned(), rel.to_owned());
                     fields.insert("url".to_owned(), url);
                     Some(Ok(fields))
                 }

@@ -3,11 +3,13 @@
 mod copy;
 mod enqueue;
 mod exists;
+mod http;
 mod require;
 mod run;
 
 pub use copy::CopyStep;
 pub use enqueue::EnqueueStep;
 pub use exists::ExistsStep;
+pub use http::HttpStep;
 pub use require::Required;
 pub use run::RunStep;

@@ -468,3 +468,34 @@ fn store_timeout_is_a_duration() {
         "{e}"
     );
 }
+
+#[test]
+fn http_step_and_its_errors() {
+    let plan = parse(&format!(
+        "{MINIMAL}[[step]]\nhttp = {{ url = \"https://api/x\", form = {{ crash_ids = \"{{line}}\" }}, batch = 10, rate = 2.5 }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Action::Http(http) = &plan.steps[1].action else {
+        panic!("http")
+    };
+    assert_eq!(
+        (http.method.as_str(), http.batch, http.rate),
+        ("POST", 10, Some(2.5))
+    );
+    assert!(matches!(&http.body, HttpBody::Form(form) if form.len() == 1));
+    let e = error(&format!(
+        "{MINIMAL}[[step]]\nhttp = {{ url = \"u\", form = {{ a = \"b\" }}, json = \"{{}}\" }}\n"
+    ));
+    assert!(
+        e.contains("give `http.form` or `http.json`, not both"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{MINIMAL}[[step]]\nhttp = {{ url = \"u\", batch = 0 }}\n"
+    ));
+    assert!(e.contains("`http.batch` must be at least 1"), "{e}");
+    let e = error(&format!(
+        "{MINIMAL}[[step]]\nhttp = {{ url = \"u\", method = \"FETCH\" }}\n"
+    ));
+    assert!(e.contains("`http.method` = `FETCH`"), "{e}");
+}

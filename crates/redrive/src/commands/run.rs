@@ -17,7 +17,21 @@ use crate::progress::{Display, Progress};
 use crate::summary;
 
 pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let plan = super::load_plan(&args.plan)?;
+    let mut plan = super::load_plan(&args.plan)?;
+    if let Some(rate) = args.rate {
+        if !(rate > 0.0 && rate.is_finite()) {
+            return Err(Hinted {
+                message: format!("--rate {rate} is not a rate"),
+                hint: "give requests per second, e.g. --rate 5 or --rate 0.5".to_owned(),
+            }
+            .into());
+        }
+        for step in &mut plan.steps {
+            if let redrive_core::plan::Action::Http(http) = &mut step.action {
+                http.rate = Some(rate);
+            }
+        }
+    }
     let pipeline = Arc::new(redrive_connectors::build(&plan)?);
 
     if args.dry_run {

@@ -7,6 +7,7 @@ mod kusto;
 mod kusto_fake;
 mod resume;
 mod s1;
+mod s2;
 mod s3;
 mod s4;
 mod sqs;

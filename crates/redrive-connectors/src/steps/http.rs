@@ -1,0 +1,331 @@
+//! `http = { url, method, headers, form | json, batch, max_wait, rate, concurrency }`: an API
+//! call per item, or per batch of items.
+//!
+//! Batching needs nothing from the engine: each item's step call joins the current batch and
+//! waits for its result; a batch is sent when it holds `batch` items or its first item has
+//! waited `max_wait`. Every item of a batch shares its outcome: 2xx → done; 4xx → failed with an
+//! excerpt of the response; 429, 5xx and timeouts → retried (honouring Retry-After), each item
+//! joining a new batch. Delivery is at least once: a batch the API accepted just before a crash,
+//! not yet recorded, is sent again on resume.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use redrive_core::error::{ErrorClass, StepError};
+use redrive_core::item::Fields;
+use redrive_core::plan::{HttpBody, HttpSpec};
+use redrive_core::secrets::redact;
+use redrive_core::step::{Outcome, Step, StepContext};
+use redrive_core::template::TemplateError;
+use tokio::sync::{Semaphore, oneshot};
+
+/// What `application/x-www-form-urlencoded` leaves as is.
+const FORM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'*');
+/// Characters of a response body quoted in an error.
+const EXCERPT: usize = 300;
+
+/// A batch's outcome, shared by its items.
+#[derive(Clone, Debug)]
+struct Failure {
+    class: ErrorClass,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+struct Waiting {
+    fields: Fields,
+    done: oneshot::Sender<Result<(), Failure>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Waiting>,
+    /// Bumped at every flush, so a timer only flushes the batch it was started for.
+    generation: u64,
+}
+
+/// Spaces requests at least `interval` apart.
+struct Rate {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Rate {
+    async fn wait(&self) {
+        let at = match self.next.lock() {
+            Ok(mut next) => {
+                let at = (*next).max(Instant::now());
+                *next = at + self.interval;
+                at
+            }
+            Err(_) => Instant::now(),
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+struct Inner {
+    spec: HttpSpec,
+    client: reqwest::Client,
+    queue: Mutex<Queue>,
+    rate: Option<Rate>,
+    in_flight: Option<Semaphore>,
+}
+
+/// Calls an HTTP API.
+pub struct HttpStep {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HttpStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpStep")
+            .field("url", &self.inner.spec.url)
+            .field("batch", &self.inner.spec.batch)
+            .finish()
+    }
+}
+
+impl HttpStep {
+    /// A step as the plan describes it.
+    pub fn new(spec: HttpSpec) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        let rate = spec.rate.map(|r| Rate {
+            interval: Duration::from_secs_f64(1.0 / r),
+            next: Mutex::new(Instant::now()),
+        });
+        let in_flight = spec.concurrency.map(Semaphore::new);
+        Self {
+            inner: Arc::new(Inner {
+                spec,
+                client,
+                queue: Mutex::new(Queue::default()),
+                rate,
+                in_flight,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    /// The body of one request for `items`, and its content type.
+    fn body(&self, items: &[Fields]) -> Result<(String, Option<&'static str>), TemplateError> {
+        match &self.spec.body {
+            HttpBody::Empty => Ok((String::new(), None)),
+            HttpBody::Form(form) => {
+                let mut pairs = Vec::with_capacity(items.len() * form.len());
+                for fields in items {
+                    for (name, value) in form {
+                        let value = value.render(fields)?;
+                        pairs.push(format!(
+                            "{}={}",
+                            utf8_percent_encode(name, FORM),
+                            utf8_percent_encode(&value, FORM)
+                        ));
+                    }
+                }
+                Ok((pairs.join("&"), Some("application/x-www-form-urlencoded")))
+            }
+            HttpBody::Json(template) => {
+                let values = items
+                    .iter()
+                    .map(|fields| template.render(fields))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let body = if self.spec.batch == 1 && values.len() == 1 {
+                    values.into_iter().next().unwrap_or_default()
+                } else {
+                    format!("[{}]", values.join(","))
+                };
+                Ok((body, Some("application/json")))
+            }
+        }
+    }
+
+    async fn send(&self, items: &[Fields]) -> Result<(), Failure> {
+        let permanent = |message: String| Failure {
+            class: ErrorClass::Permanent,
+            message,
+            retry_after: None,
+        };
+        let first = items.first().cloned().unwrap_or_default();
+        let url = self
+            .spec
+            .url
+            .render(&first)
+            .map_err(|e| permanent(e.to_string()))?;
+        let (body, content_type) = self.body(items).map_err(|e| permanent(e.to_string()))?;
+        let method = reqwest::Method::from_bytes(self.spec.method.as_bytes())
+            .unwrap_or(reqwest::Method::POST);
+        let mut request = self.client.request(method, &url);
+        for (name, value) in &self.spec.headers {
+            request = request.header(
+                name,
+                value.render(&first).map_err(|e| permanent(e.to_string()))?,
+            );
+        }
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type).body(body);
+        }
+        if let Some(rate) = &self.rate {
+            rate.wait().await;
+        }
+        let _permit = match &self.in_flight {
+            Some(semaphore) => semaphore.acquire().await.ok(),
+            None => None,
+        };
+        let shown = redact(&url).into_owned();
+        let response = request.send().await.map_err(|e| Failure {
+            class: ErrorClass::Transient,
+            message: redact(&format!("{} {shown} failed: {e}", self.spec.method)).into_owned(),
+            retry_after: None,
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(EXCERPT)
+            .collect();
+        let class = match status.as_u16() {
+            429 | 503 => ErrorClass::Throttled,
+            408 | 500..=599 => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
+        };
+        Err(Failure {
+            class,
+            message: redact(&format!(
+                "{} {shown} answered {status}: {}",
+                self.spec.method,
+                text.trim()
+            ))
+            .into_owned(),
+            retry_after,
+        })
+    }
+
+    /// Sends `batch` and tells each of its items the outcome.
+    async fn flush(self: Arc<Self>, batch: Vec<Waiting>) {
+        let (fields, senders): (Vec<Fields>, Vec<_>) =
+            batch.into_iter().map(|w| (w.fields, w.done)).unzip();
+        let result = self.send(&fields).await;
+        for sender in senders {
+            let _ = sender.send(result.clone());
+        }
+    }
+
+    /// Joins the current batch; returns the batch's outcome.
+    async fn submit(self: &Arc<Self>, fields: Fields) -> Result<(), Failure> {
+        if self.spec.batch <= 1 {
+            return self.send(std::slice::from_ref(&fields)).await;
+        }
+        let (done, outcome) = oneshot::channel();
+        let (full, timer) = {
+            let mut queue = self.queue.lock().map_err(|_| Failure {
+                class: ErrorClass::Fatal,
+                message: "the batch queue is poisoned".to_owned(),
+                retry_after: None,
+            })?;
+            queue.items.push(Waiting { fields, done });
+            if queue.items.len() >= self.spec.batch {
+                queue.generation += 1;
+                (Some(std::mem::take(&mut queue.items)), None)
+            } else if queue.items.len() == 1 {
+                (None, Some(queue.generation))
+            } else {
+                (None, None)
+            }
+        };
+        if let Some(batch) = full {
+            tokio::spawn(Arc::clone(self).flush(batch));
+        }
+        if let Some(generation) = timer {
+            let inner = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(inner.spec.max_wait).await;
+                let batch = match inner.queue.lock() {
+                    Ok(mut queue) if queue.generation == generation && !queue.items.is_empty() => {
+                        queue.generation += 1;
+                        std::mem::take(&mut queue.items)
+                    }
+                    _ => return,
+                };
+                inner.flush(batch).await;
+            });
+        }
+        outcome.await.unwrap_or_else(|_| {
+            Err(Failure {
+                class: ErrorClass::Transient,
+                message: "the batch was dropped".to_owned(),
+                retry_after: None,
+            })
+        })
+    }
+}
+
+#[async_trait]
+impl Step for HttpStep {
+    async fn run(&self, fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
+        // A body that cannot be made fails this item alone, before it joins a batch.
+        self.inner
+            .body(std::slice::from_ref(fields))
+            .map_err(|e| StepError::permanent(e.to_string()))?;
+        if let HttpBody::Json(template) = &self.inner.spec.body {
+            let text = template
+                .render(fields)
+                .map_err(|e| StepError::permanent(e.to_string()))?;
+            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
+                StepError::permanent(format!(
+                    "the `json` body is not valid JSON for this item: {e}: {}",
+                    redact(&text)
+                ))
+            })?;
+        }
+        let target = self
+            .inner
+            .spec
+            .url
+            .render(fields)
+            .map(|u| redact(&u).into_owned())
+            .unwrap_or_default();
+        match self.inner.submit(fields.clone()).await {
+            Ok(()) => Ok(Outcome::done_to(0, target)),
+            Err(failure) => {
+                let mut error = StepError::new(failure.class, failure.message);
+                if let Some(delay) = failure.retry_after {
+                    error = error.with_retry_after(delay);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {
+        let url = self.inner.spec.url.render(fields)?;
+        let (body, _) = self.inner.body(std::slice::from_ref(fields))?;
+        let batch = match self.inner.spec.batch {
+            1 => String::new(),
+            n => format!(" (in batches of {n})"),
+        };
+        Ok(format!("{} {url}{batch} {body}", self.inner.spec.method))
+    }
+}
