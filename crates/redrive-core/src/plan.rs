@@ -1076,12 +1076,12 @@ fn http_spec(raw: &RawHttp) -> Result<HttpSpec, String> {
     if batch == 0 {
         return Err("`http.batch` must be at least 1".to_owned());
     }
-    if let Some(rate) = raw.rate {
-        if !(rate > 0.0 && rate.is_finite()) {
-            return Err(format!(
-                "`http.rate` must be a positive number of requests per second, got {rate}"
-            ));
-        }
+    if let Some(rate) = raw.rate
+        && !(rate > 0.0 && rate.is_finite())
+    {
+        return Err(format!(
+            "`http.rate` must be a positive number of requests per second, got {rate}"
+        ));
     }
     if raw.concurrency == Some(0) {
         return Err("`http.concurrency` must be at least 1".to_owned());
