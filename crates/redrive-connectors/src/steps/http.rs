@@ -9,7 +9,9 @@
 //! not yet recorded, is sent again on resume.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -66,7 +68,7 @@ impl Rate {
             }
             Err(_) => Instant::now(),
         };
-        tokio::time::sleep_until(at.into()).await;
+        tokio::time::sleep_until(at).await;
     }
 }
 
@@ -327,5 +329,111 @@ impl Step for HttpStep {
             n => format!(" (in batches of {n})"),
         };
         Ok(format!("{} {url}{batch} {body}", self.inner.spec.method))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redrive_core::template::Template;
+
+    fn spec(body: HttpBody, batch: usize) -> HttpSpec {
+        HttpSpec {
+            url: Template::parse("http://127.0.0.1:9/api").unwrap_or_else(|e| panic!("{e}")),
+            method: "POST".to_owned(),
+            headers: Vec::new(),
+            body,
+            batch,
+            max_wait: Duration::from_millis(10),
+            rate: None,
+            concurrency: None,
+        }
+    }
+
+    fn item(id: &str) -> Fields {
+        Fields::from([("id".to_owned(), id.to_owned())])
+    }
+
+    fn template(text: &str) -> Template {
+        Template::parse(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_form_repeats_each_item_s_fields() {
+        let step = HttpStep::new(spec(
+            HttpBody::Form(vec![("crash_ids".to_owned(), template("{id}"))]),
+            3,
+        ));
+        let body = step
+            .inner
+            .body(&[item("a b"), item("c&d")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            body,
+            (
+                "crash_ids=a%20b&crash_ids=c%26d".to_owned(),
+                Some("application/x-www-form-urlencoded")
+            )
+        );
+    }
+
+    #[test]
+    fn json_is_an_array_when_batched_and_a_value_when_not() {
+        let batched = HttpStep::new(spec(HttpBody::Json(template(r#"{"id":"{id}"}"#)), 2));
+        assert_eq!(
+            batched
+                .inner
+                .body(&[item("a"), item("b")])
+                .map(|b| b.0)
+                .ok(),
+            Some(r#"[{"id":"a"},{"id":"b"}]"#.to_owned())
+        );
+        let single = HttpStep::new(spec(HttpBody::Json(template(r#"{"id":"{id}"}"#)), 1));
+        assert_eq!(
+            single.inner.body(&[item("a")]).map(|b| b.0).ok(),
+            Some(r#"{"id":"a"}"#.to_owned())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_spaces_requests() {
+        let rate = Rate {
+            interval: Duration::from_millis(500),
+            next: Mutex::new(Instant::now()),
+        };
+        let started = Instant::now();
+        for _ in 0..5 {
+            rate.wait().await;
+        }
+        // Five requests at 2 per second: the fifth leaves two seconds after the first.
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_json_body_fails_its_item_before_it_joins_a_batch() {
+        let step = HttpStep::new(spec(HttpBody::Json(template(r#"{"id":{id}}"#)), 2));
+        let counter = NoBytes;
+        let cx = StepContext {
+            bytes: &counter,
+            key: "k",
+        };
+        let error = step
+            .run(&item("not-json"), &cx)
+            .await
+            .map(|_| ())
+            .map_err(|e| (e.class(), e.to_string()));
+        let (class, message) = error
+            .err()
+            .unwrap_or((ErrorClass::Transient, String::new()));
+        assert_eq!(class, ErrorClass::Permanent);
+        assert!(
+            message.starts_with("the `json` body is not valid JSON for this item"),
+            "{message}"
+        );
+    }
+
+    struct NoBytes;
+    impl redrive_core::step::ByteCounter for NoBytes {
+        fn add(&self, _: u64) {}
     }
 }
