@@ -74,7 +74,15 @@ pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
                 Action::Exists { url, negate } => {
                     Arc::new(ExistsStep::new(url.clone(), *negate, Arc::clone(&stores)))
                 }
-                Action::Copy(copy) => Arc::new(CopyStep::new(copy.clone(), Arc::clone(&stores))),
+                Action::Copy(copy) => Arc::new(
+                    CopyStep::new(copy.clone(), Arc::clone(&stores)).map_err(|e| {
+                        BuildError::Unsupported {
+                            file: file.clone(),
+                            table: format!("step `{}`", spec.name),
+                            message: format!("cannot open the manifest: {e}"),
+                        }
+                    })?,
+                ),
                 Action::Enqueue(enqueue) => {
                     Arc::new(EnqueueStep::new(enqueue.clone(), Arc::clone(&stores)))
                 }
@@ -95,9 +103,9 @@ pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
                 )),
                 None => step,
             };
-            (spec.name.clone(), step)
+            Ok((spec.name.clone(), step))
         })
-        .collect();
+        .collect::<Result<Vec<_>, BuildError>>()?;
     Ok(Pipeline {
         source,
         key: plan.key()?,

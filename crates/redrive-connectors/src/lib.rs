@@ -4,6 +4,7 @@
 
 mod azure_auth;
 mod build;
+mod checksum;
 pub mod diff;
 mod queue;
 pub mod sources;

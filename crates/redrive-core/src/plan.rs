@@ -360,6 +360,70 @@ pub struct CopySpec {
     pub if_exists: IfExists,
     /// Content type to set on the target.
     pub content_type: Option<Template>,
+    /// Bytes per read and per uploaded part (multipart / block upload above it).
+    pub part_size: usize,
+    /// Parts uploaded at once; peak memory per copy is about `parts × part_size`.
+    pub parts: usize,
+    /// Checksum computed while streaming, compared with the store's where it reports one.
+    pub checksum: Option<Checksum>,
+    /// A file that gets one JSON line per object copied.
+    pub manifest: Option<PathBuf>,
+}
+
+/// Default bytes per part.
+pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
+/// Default parts in flight.
+pub const DEFAULT_PARTS: usize = 8;
+
+/// Checksum algorithms for `copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checksum {
+    /// MD5 (what S3 single-part ETags and Azure Content-MD5 hold).
+    Md5,
+    /// CRC32C (Castagnoli).
+    Crc32c,
+    /// SHA-256.
+    Sha256,
+}
+
+impl Checksum {
+    /// The name as written.
+    pub fn name(self) -> &'static str {
+        match self {
+            Checksum::Md5 => "md5",
+            Checksum::Crc32c => "crc32c",
+            Checksum::Sha256 => "sha256",
+        }
+    }
+
+    /// Parses `md5`, `crc32c` or `sha256`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "md5" => Some(Checksum::Md5),
+            "crc32c" => Some(Checksum::Crc32c),
+            "sha256" => Some(Checksum::Sha256),
+            _ => None,
+        }
+    }
+}
+
+/// `16MiB`, `8 MB`, `5242880`: bytes.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: usize = number.parse().ok()?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
 
 /// `enqueue = { queue, body, base64 }`.
@@ -593,6 +657,10 @@ struct RawCopy {
     #[serde(default)]
     if_exists: IfExists,
     content_type: Option<String>,
+    part_size: Option<String>,
+    parts: Option<usize>,
+    checksum: Option<Checksum>,
+    manifest: Option<String>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -689,7 +757,7 @@ impl Plan {
         let mut names = BTreeSet::new();
         for (index, step) in raw.step.iter().enumerate() {
             let table = format!("step.{}", index + 1);
-            let action = action(step).map_err(|m| invalid(&table, m))?;
+            let action = action(step, &base_dir).map_err(|m| invalid(&table, m))?;
             let name = match &step.name {
                 Some(name) => name.clone(),
                 None => {
@@ -992,7 +1060,7 @@ fn source_key(spec: &SourceSpec) -> Result<Template, String> {
     }
 }
 
-fn action(raw: &RawStep) -> Result<Action, String> {
+fn action(raw: &RawStep, base_dir: &Path) -> Result<Action, String> {
     let given: Vec<&str> = [
         ("exists", raw.exists.is_some()),
         ("copy", raw.copy.is_some()),
@@ -1024,6 +1092,16 @@ fn action(raw: &RawStep) -> Result<Action, String> {
         });
     }
     if let Some(copy) = &raw.copy {
+        let part_size = match copy.part_size.as_deref() {
+            Some(text) => parse_size(text)
+                .filter(|n| *n >= 1024 * 1024)
+                .ok_or_else(|| format!("`copy.part_size` = `{text}`: give a size of at least 1MiB, e.g. \"16MiB\" (S3 parts are at least 5MiB)"))?,
+            None => DEFAULT_PART_SIZE,
+        };
+        let parts = copy.parts.unwrap_or(DEFAULT_PARTS);
+        if parts == 0 {
+            return Err("`copy.parts` must be at least 1".to_owned());
+        }
         return Ok(Action::Copy(CopySpec {
             from: template("copy.from", &copy.from)?,
             to: template("copy.to", &copy.to)?,
@@ -1033,6 +1111,10 @@ fn action(raw: &RawStep) -> Result<Action, String> {
                 .as_deref()
                 .map(|t| template("copy.content_type", t))
                 .transpose()?,
+            part_size,
+            parts,
+            checksum: copy.checksum,
+            manifest: copy.manifest.as_deref().map(|m| base_dir.join(m)),
         }));
     }
     if let Some(enqueue) = &raw.enqueue {

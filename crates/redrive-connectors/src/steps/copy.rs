@@ -1,7 +1,15 @@
-//! `copy = { from, to, if_exists, content_type }`: one object, streamed from source to target
-//! in bounded memory.
+//! `copy = { from, to, if_exists, content_type, part_size, parts, checksum, manifest }`: one
+//! object, streamed from source to target in bounded memory.
+//!
+//! Reads and writes go `part_size` at a time; above one part the target is uploaded in parts
+//! (S3 multipart, Azure blocks), `parts` at once, so peak memory is about `parts × part_size`
+//! whatever the object's size. `if_exists = "skip"` is a conditional create (If-None-Match: *),
+//! sent with the completing request of a multipart upload too. A failed or interrupted upload
+//! is aborted: nothing half-written becomes visible.
 
-use std::sync::Arc;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -12,23 +20,56 @@ use redrive_core::plan::{CopySpec, IfExists};
 use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 
+use crate::checksum::{Hasher, hex, store_md5};
 use crate::storage::{Stores, step_error};
-
-/// Bytes read and written at a time; also the part size when a store uploads in parts.
-/// Peak memory per copy is about twice this.
-pub(crate) const CHUNK: usize = 8 * 1024 * 1024;
 
 /// Copies one object.
 #[derive(Debug)]
 pub struct CopyStep {
     spec: CopySpec,
     stores: Arc<Stores>,
+    manifest: Option<Mutex<std::fs::File>>,
 }
 
 impl CopyStep {
-    /// A copy as the plan describes it.
-    pub fn new(spec: CopySpec, stores: Arc<Stores>) -> Self {
-        Self { spec, stores }
+    /// A copy as the plan describes it; opens its manifest (appending) when it has one.
+    pub fn new(spec: CopySpec, stores: Arc<Stores>) -> Result<Self, std::io::Error> {
+        let manifest = match &spec.manifest {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Some(Mutex::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)?,
+                ))
+            }
+            None => None,
+        };
+        Ok(Self {
+            spec,
+            stores,
+            manifest,
+        })
+    }
+
+    fn record(&self, line: &serde_json::Value) -> Result<(), StepError> {
+        let Some(manifest) = &self.manifest else {
+            return Ok(());
+        };
+        let text = redrive_core::secrets::redact(&line.to_string()).into_owned();
+        let mut file = manifest
+            .lock()
+            .map_err(|_| StepError::permanent("the manifest lock is poisoned"))?;
+        writeln!(file, "{text}").map_err(|e| {
+            StepError::new(
+                redrive_core::error::ErrorClass::Fatal,
+                "cannot append to the manifest",
+            )
+            .with_source(e)
+        })
     }
 }
 
@@ -43,6 +84,7 @@ fn target_exists(error: &opendal::Error) -> bool {
 #[async_trait]
 impl Step for CopyStep {
     async fn run(&self, fields: &Fields, cx: &StepContext<'_>) -> Result<Outcome, StepError> {
+        let started = Instant::now();
         let render = |t: &redrive_core::Template| {
             t.render(fields)
                 .map_err(|e| StepError::permanent(e.to_string()))
@@ -70,7 +112,7 @@ impl Step for CopyStep {
         let reader = source
             .operator
             .reader_with(&source.path)
-            .chunk(CHUNK)
+            .chunk(self.spec.part_size)
             .await
             .map_err(|e| step_error(format!("cannot read `{}`", source.display), e))?;
         let mut stream = reader
@@ -81,7 +123,8 @@ impl Step for CopyStep {
         let mut writer = target
             .operator
             .writer_with(&target.path)
-            .chunk(CHUNK)
+            .chunk(self.spec.part_size)
+            .concurrent(self.spec.parts)
             .if_not_exists(create_only);
         if let Some(content_type) = &content_type {
             writer = writer.content_type(content_type);
@@ -92,6 +135,7 @@ impl Step for CopyStep {
             Err(e) => return Err(step_error(format!("cannot write `{}`", target.display), e)),
         };
 
+        let mut hasher = self.spec.checksum.map(Hasher::new);
         let mut bytes = 0u64;
         loop {
             let chunk = match stream.try_next().await {
@@ -105,6 +149,9 @@ impl Step for CopyStep {
                     return Err(step_error(format!("cannot read `{}`", source.display), e));
                 }
             };
+            if let Some(hasher) = &mut hasher {
+                hasher.update(&chunk);
+            }
             let n = chunk.len() as u64;
             if let Err(e) = writer.write(chunk).await {
                 let _ = writer.abort().await;
@@ -116,14 +163,41 @@ impl Step for CopyStep {
             bytes += n;
             cx.bytes.add(n);
         }
-        match writer.close().await {
-            Ok(_) => Ok(Outcome::done_to(bytes, target.display.clone())),
-            Err(e) if create_only && target_exists(&e) => exists(),
+        let metadata = match writer.close().await {
+            Ok(metadata) => metadata,
+            Err(e) if create_only && target_exists(&e) => return exists(),
             Err(e) => {
                 let _ = writer.abort().await;
-                Err(step_error(format!("cannot write `{}`", target.display), e))
+                return Err(step_error(format!("cannot write `{}`", target.display), e));
             }
+        };
+
+        let digest = hasher.map(Hasher::finish);
+        if let (Some(redrive_core::plan::Checksum::Md5), Some(ours)) = (self.spec.checksum, &digest)
+            && let Some(theirs) = store_md5(metadata.content_md5(), metadata.etag())
+            && &theirs != ours
+        {
+            // What the store holds is not what was read: remove it (it was just created
+            // by this copy) so no wrong object stays visible.
+            let _ = target.operator.delete(&target.path).await;
+            return Err(StepError::permanent(format!(
+                "checksum mismatch for `{}`: read md5 {}, the store holds {}; the target was removed",
+                target.display,
+                hex(ours),
+                hex(&theirs)
+            )));
         }
+        self.record(&serde_json::json!({
+            "source": source.display,
+            "target": target.display,
+            "size": bytes,
+            "checksum": self.spec.checksum.zip(digest.as_ref()).map(|(algorithm, value)| serde_json::json!({
+                "algorithm": algorithm.name(), "value": hex(value)
+            })),
+            "etag": metadata.etag(),
+            "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        }))?;
+        Ok(Outcome::done_to(bytes, target.display.clone()))
     }
 
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {

@@ -499,3 +499,39 @@ fn http_step_and_its_errors() {
     ));
     assert!(e.contains("`http.method` = `FETCH`"), "{e}");
 }
+
+#[test]
+fn copy_parts_checksum_and_manifest() {
+    let plan = parse(&MINIMAL.replace(
+        "to = \"out/{line}\" }",
+        "to = \"out/{line}\", part_size = \"8MiB\", parts = 4, checksum = \"sha256\", manifest = \"manifest.jsonl\" }",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Action::Copy(copy) = &plan.steps[0].action else {
+        panic!("copy")
+    };
+    assert_eq!(
+        (copy.part_size, copy.parts, copy.checksum),
+        (8 * 1024 * 1024, 4, Some(Checksum::Sha256))
+    );
+    assert_eq!(
+        copy.manifest.as_deref(),
+        Some(Path::new("/jobs/manifest.jsonl"))
+    );
+    let e = error(&MINIMAL.replace(
+        "to = \"out/{line}\" }",
+        "to = \"out/{line}\", part_size = \"12 parsecs\" }",
+    ));
+    assert!(e.contains("`copy.part_size` = `12 parsecs`"), "{e}");
+    let e = error(&MINIMAL.replace(
+        "to = \"out/{line}\" }",
+        "to = \"out/{line}\", checksum = \"md4\" }",
+    ));
+    assert!(
+        e.contains("unknown variant `md4`, expected one of `md5`, `crc32c`, `sha256`"),
+        "{e}"
+    );
+    assert_eq!(parse_size("16MiB"), Some(16 * 1024 * 1024));
+    assert_eq!(parse_size("5 mb"), Some(5 * 1024 * 1024));
+    assert_eq!(parse_size("1024"), Some(1024));
+}

@@ -200,11 +200,20 @@ fn write_metrics(
             "failed": report.children.failed,
         },
         "interrupted": report.interrupted,
+        "peak_rss_mb": peak_rss_mb(),
         "finished_at": jiff::Timestamp::now().to_string(),
     });
     let text = redrive_core::secrets::redact(&serde_json::to_string_pretty(&metrics)?).into_owned();
     std::fs::write(path, text + "\n")?;
     Ok(())
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kb / 1024.0 * 10.0).round() / 10.0)
 }
 
 fn confirm_restart(path: &std::path::Path, yes: bool) -> anyhow::Result<()> {

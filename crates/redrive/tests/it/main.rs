@@ -1,6 +1,7 @@
 //! redrive's integration tests: the real binary, real SQLite, real servers (see `scripts/test`).
 
 mod azure;
+mod big;
 mod cli;
 mod common;
 mod kusto;
