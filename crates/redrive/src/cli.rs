@@ -58,6 +58,41 @@ pub(crate) enum Command {
     Skip(SkipArgs),
     /// Which keys of SRC have (or lack) their counterpart in DST
     Diff(DiffArgs),
+    /// Copy a file, folder or prefix (recursively) to another store, resumably
+    Cp(CpArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "SRC and DST are paths or URLs (s3://, az://, gs://, https://ACCOUNT.blob.core.windows.net/…). \
+A folder or prefix SRC copies recursively to DST/<path below SRC>. Targets that exist are left as they are. \
+The job's plan and state live in .redrive/cp-<hash>.toml/.db: rerun the same command to resume, \
+`redrive status .redrive/cp-<hash>.toml` to watch it.\n\nExample:\n  redrive cp ./exports/ s3://archive/2026/ \
+--checksum sha256 --manifest manifest.jsonl"
+)]
+pub(crate) struct CpArgs {
+    /// What to copy: a file, a folder or a prefix
+    pub(crate) src: String,
+    /// Where to: a folder or prefix (a file or object name when SRC is one file)
+    pub(crate) dst: String,
+    /// Copy only these paths below SRC, one per line
+    #[arg(long, value_name = "LIST")]
+    pub(crate) files_from: Option<PathBuf>,
+    /// Compute a checksum while copying (md5, crc32c, sha256); md5 is checked against the store's
+    #[arg(long, value_name = "ALG")]
+    pub(crate) checksum: Option<String>,
+    /// Append one JSON line per object copied to FILE
+    #[arg(long, value_name = "FILE")]
+    pub(crate) manifest: Option<PathBuf>,
+    /// Objects in flight
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub(crate) concurrency: u32,
+    /// Bytes per part for big objects (e.g. 16MiB)
+    #[arg(long, value_name = "SIZE", default_value = "16MiB")]
+    pub(crate) part_size: String,
+    /// Parts of one object in flight
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub(crate) parts: usize,
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<ExitStatus> {
         Command::Reset(args) => commands::edit::reset(args).await,
         Command::Skip(args) => commands::edit::skip(args).await,
         Command::Diff(args) => commands::diff::diff(args).await,
+        Command::Cp(args) => commands::cp::cp(args, &cli.global).await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! One module per subcommand, and what they share: finding the plan and its state.
 
+pub(crate) mod cp;
 pub(crate) mod diff;
 pub(crate) mod edit;
 pub(crate) mod inspect;

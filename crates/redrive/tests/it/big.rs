@@ -128,3 +128,104 @@ fn a_big_object_goes_up_in_blocks_to_azure() {
         .to_owned();
     assert_eq!(md5.len(), 32);
 }
+
+#[test]
+fn cp_copies_a_folder_recursively_and_a_rerun_resumes() {
+    let bucket = unique("rd-cp");
+    create_bucket(&bucket);
+    let s3 = s3_operator(&bucket);
+    let t = s3_env(TestContext::new());
+    t.write("exports/a.json", "A");
+    t.write("exports/day/b.json", "BB");
+    t.write("exports/day/deep/c.json", data(6 * MIB));
+    let out = t
+        .redrive(&[
+            "cp",
+            "exports",
+            &format!("s3://{bucket}/archive/"),
+            "--checksum",
+            "sha256",
+            "--manifest",
+            "m.jsonl",
+            "--part-size",
+            "5MiB",
+        ])
+        .expect_code(0);
+    assert!(
+        out.stderr.contains("This run: done 3, skipped 0, failed 0"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(get(&s3, "archive/a.json").as_deref(), Some(&b"A"[..]));
+    assert_eq!(get(&s3, "archive/day/b.json").as_deref(), Some(&b"BB"[..]));
+    assert_eq!(
+        get(&s3, "archive/day/deep/c.json").map(|b| b.len()),
+        Some(6 * MIB)
+    );
+    assert_eq!(t.read("m.jsonl").lines().count(), 3);
+
+    // The same command again: the state says everything is done.
+    let again = t
+        .redrive(&[
+            "cp",
+            "exports",
+            &format!("s3://{bucket}/archive/"),
+            "--checksum",
+            "sha256",
+            "--manifest",
+            "m.jsonl",
+            "--part-size",
+            "5MiB",
+        ])
+        .expect_code(0);
+    assert!(
+        again
+            .stderr
+            .contains("This run: done 0, skipped 0, failed 0"),
+        "{}",
+        again.stderr
+    );
+    let plans: Vec<_> = std::fs::read_dir(t.path(".redrive"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        .collect();
+    assert_eq!(plans.len(), 1, "one job for one command");
+    let status = t
+        .redrive(&["status", plans[0].path().to_str().unwrap()])
+        .expect_code(0);
+    assert!(
+        status.stdout.contains("  done              3"),
+        "{}",
+        status.stdout
+    );
+
+    // --files-from copies just those; a single file copies to a key.
+    t.write("list.txt", "day/b.json\n");
+    t.redrive(&[
+        "cp",
+        "exports",
+        &format!("s3://{bucket}/some/"),
+        "--files-from",
+        "list.txt",
+    ])
+    .expect_code(0);
+    assert_eq!(get(&s3, "some/day/b.json").as_deref(), Some(&b"BB"[..]));
+    assert_eq!(get(&s3, "some/a.json"), None);
+    t.redrive(&[
+        "cp",
+        "exports/a.json",
+        &format!("s3://{bucket}/one/renamed.json"),
+    ])
+    .expect_code(0);
+    assert_eq!(get(&s3, "one/renamed.json").as_deref(), Some(&b"A"[..]));
+
+    let bad = t
+        .redrive(&["cp", "exports", "out", "--checksum", "md4"])
+        .expect_code(2);
+    assert!(
+        bad.stderr.contains("--checksum md4 is not an algorithm"),
+        "{}",
+        bad.stderr
+    );
+}

@@ -1,0 +1,128 @@
+//! `redrive cp SRC DST`: a one-line copy through the same engine. The command writes its plan
+//! to `.redrive/cp-<hash>.toml` (the hash of its arguments) and runs it, so rerunning the same
+//! command resumes, and `status`/`failed` work on it like on any plan.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+use crate::cli::{CpArgs, GlobalArgs, RunArgs, StateArg};
+use crate::exit::{ExitStatus, Hinted};
+
+/// A TOML basic string (JSON's escapes are TOML's).
+fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+fn is_url(text: &str) -> bool {
+    text.contains("://")
+}
+
+fn absolute(text: &str, here: &Path) -> String {
+    if is_url(text) {
+        text.to_owned()
+    } else {
+        here.join(text).display().to_string()
+    }
+}
+
+pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let here = std::env::current_dir().context("cannot read the current directory")?;
+    if let Some(checksum) = &args.checksum
+        && redrive_core::plan::Checksum::parse(checksum).is_none()
+    {
+        return Err(Hinted {
+            message: format!("--checksum {checksum} is not an algorithm"),
+            hint: "use md5, crc32c or sha256".to_owned(),
+        }
+        .into());
+    }
+    let src = absolute(&args.src, &here);
+    let dst = absolute(&args.dst, &here);
+    let single_file = !is_url(&src) && Path::new(&src).is_file();
+    let (source, from, to) = if single_file {
+        let to = if dst.ends_with('/') || (!is_url(&dst) && Path::new(&dst).is_dir()) {
+            format!("{}/{{name}}", dst.trim_end_matches('/'))
+        } else {
+            dst.clone()
+        };
+        (
+            format!("glob = {}", toml_string(&src)),
+            "{path}".to_owned(),
+            to,
+        )
+    } else {
+        let src_dir = format!("{}/", src.trim_end_matches('/'));
+        let dst_dir = format!("{}/", dst.trim_end_matches('/'));
+        match &args.files_from {
+            Some(list) => (
+                format!(
+                    "lines = {}\nkey = \"{{line}}\"",
+                    toml_string(&absolute(&list.display().to_string(), &here))
+                ),
+                format!("{src_dir}{{line}}"),
+                format!("{dst_dir}{{line}}"),
+            ),
+            None => (
+                format!("list = {}", toml_string(&src_dir)),
+                "{url}".to_owned(),
+                format!("{dst_dir}{{rel}}"),
+            ),
+        }
+    };
+    let mut options = String::new();
+    if let Some(checksum) = &args.checksum {
+        options.push_str(&format!(
+            ", checksum = {}",
+            toml_string(&checksum.to_ascii_lowercase())
+        ));
+    }
+    if let Some(manifest) = &args.manifest {
+        options.push_str(&format!(
+            ", manifest = {}",
+            toml_string(&absolute(&manifest.display().to_string(), &here))
+        ));
+    }
+    options.push_str(&format!(
+        ", part_size = {}, parts = {}",
+        toml_string(&args.part_size),
+        args.parts
+    ));
+
+    let identity = format!("{src}\n{dst}\n{:?}\n{:?}", args.files_from, args.checksum);
+    let hash: String = Sha256::digest(identity.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let name = format!("cp-{hash}");
+    let plan = format!(
+        "# Written by `redrive cp {} {}`; rerun that command to resume.\n\
+         [job]\nname = {}\nstate = {}\n\n[source]\n{source}\n\n[[step]]\ncopy = {{ from = {}, to = {}{options} }}\n",
+        args.src,
+        args.dst,
+        toml_string(&name),
+        toml_string(&format!("{name}.db")),
+        toml_string(&from),
+        toml_string(&to),
+    );
+    let dir = here.join(".redrive");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    let plan_path: PathBuf = dir.join(format!("{name}.toml"));
+    std::fs::write(&plan_path, plan)
+        .with_context(|| format!("cannot write `{}`", plan_path.display()))?;
+    let run = RunArgs {
+        plan: plan_path,
+        state: StateArg { state: None },
+        dry_run: false,
+        limit: None,
+        retry_failed: true,
+        restart: false,
+        yes: false,
+        rate: None,
+        concurrency: Some(args.concurrency),
+        metrics: None,
+        telemetry: None,
+    };
+    super::run::run(&run, global).await
+}
