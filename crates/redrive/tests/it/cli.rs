@@ -607,6 +607,8 @@ fn help_teaches() {
         "failed",
         "reset",
         "skip",
+        "diff",
+        "cp",
         "Exit codes",
     ] {
         assert!(out.stdout.contains(word), "{word}: {}", out.stdout);
@@ -620,6 +622,8 @@ fn help_teaches() {
         "--yes",
         "--concurrency",
         "--metrics",
+        "--telemetry",
+        "--rate",
         "--state",
     ] {
         assert!(out.stdout.contains(flag), "{flag}: {}", out.stdout);
