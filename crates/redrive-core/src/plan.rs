@@ -790,6 +790,22 @@ impl Plan {
             });
         }
 
+        // Two steps writing the same target would overwrite (or skip) each other's work.
+        let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
+        for step in &steps {
+            if let Action::Copy(copy) = &step.action
+                && let Some(other) = targets.insert(copy.to.raw(), &step.name)
+            {
+                return Err(invalid(
+                    "step",
+                    format!(
+                        "steps `{other}` and `{}` both copy to `{}`; give each its own target",
+                        step.name,
+                        copy.to.raw()
+                    ),
+                ));
+            }
+        }
         // Commands run one at a time unless the plan says otherwise, as the backfill scripts do.
         let runs_commands = steps.iter().any(|s| matches!(s.action, Action::Run(_)));
         let limits = Limits {

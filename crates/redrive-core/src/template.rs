@@ -74,6 +74,16 @@ pub enum TemplateError {
         /// The template text.
         template: String,
     },
+    /// A field's value would take a path outside where the plan points it.
+    #[error(
+        "`{rendered}` leaves the place `{template}` points to: a field's value adds `..` or makes the path absolute; refusing to write there (use `|basename` to keep only the name)"
+    )]
+    Escapes {
+        /// The template text.
+        template: String,
+        /// The rendered path.
+        rendered: String,
+    },
     /// A field the item does not have (checked before the run wherever the fields are known).
     #[error("field `{field}` used in `{template}` does not exist; available fields: {available}")]
     UnknownField {
@@ -205,6 +215,28 @@ impl Template {
             }
         }
         Ok(out)
+    }
+}
+
+impl Template {
+    /// Renders a path or key to write to, refusing one that field values take elsewhere: more
+    /// `..` components than the template's own text has, or absolute where the template is not.
+    pub fn render_target(&self, fields: &Fields) -> Result<String, TemplateError> {
+        let rendered = self.render(fields)?;
+        let mut plain = Fields::new();
+        for name in self.fields() {
+            plain.insert(name.to_owned(), "x".to_owned());
+        }
+        let skeleton = self.render(&plain)?;
+        let ups = |path: &str| path.split(['/', '\\']).filter(|part| *part == "..").count();
+        let absolute = |path: &str| path.starts_with('/') && !path.contains("://");
+        if ups(&rendered) > ups(&skeleton) || (absolute(&rendered) && !absolute(&skeleton)) {
+            return Err(TemplateError::Escapes {
+                template: self.raw.clone(),
+                rendered,
+            });
+        }
+        Ok(rendered)
     }
 }
 
@@ -372,6 +404,31 @@ mod tests {
         unclosed_env: "${NOPE", &[] => "error: unclosed `${` in `${NOPE`; write `${NAME}`";
         missing_field: "{b}", &[("a", "1")] =>
             "error: field `b` used in `{b}` does not exist; available fields: a";
+    }
+
+    #[test]
+    fn targets_cannot_be_taken_elsewhere_by_field_values() {
+        let target = |template: &str, value: &str| {
+            Template::parse(template)
+                .and_then(|t| t.render_target(&fields(&[("name", value)])))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            target("out/{name}", "a/b.txt"),
+            Ok("out/a/b.txt".to_owned())
+        );
+        assert!(target("out/{name}", "../../etc/x").is_err_and(|e| e.contains("adds `..`")));
+        assert!(target("{name}", "/etc/passwd").is_err());
+        assert_eq!(
+            target("../shared/{name}", "a"),
+            Ok("../shared/a".to_owned()),
+            "the plan's own `..` is its choice"
+        );
+        assert_eq!(target("s3://b/{name}", "x/y"), Ok("s3://b/x/y".to_owned()));
+        assert_eq!(
+            target("out/{name|basename}", "../../x"),
+            Ok("out/x".to_owned())
+        );
     }
 
     #[test]

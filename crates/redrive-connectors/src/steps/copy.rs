@@ -90,7 +90,11 @@ impl Step for CopyStep {
                 .map_err(|e| StepError::permanent(e.to_string()))
         };
         let from = render(&self.spec.from)?;
-        let to = render(&self.spec.to)?;
+        let to = self
+            .spec
+            .to
+            .render_target(fields)
+            .map_err(|e| StepError::permanent(e.to_string()))?;
         let content_type = self.spec.content_type.as_ref().map(render).transpose()?;
         let source = self.stores.resolve(&from)?;
         let target = self.stores.resolve_for_write(&to)?;

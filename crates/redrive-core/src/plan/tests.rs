@@ -535,3 +535,14 @@ fn copy_parts_checksum_and_manifest() {
     assert_eq!(parse_size("5 mb"), Some(5 * 1024 * 1024));
     assert_eq!(parse_size("1024"), Some(1024));
 }
+
+#[test]
+fn two_steps_copying_to_the_same_target_are_refused() {
+    let e = error(&format!(
+        "{MINIMAL}[[step]]\ncopy = {{ from = \"b/{{line}}\", to = \"out/{{line}}\" }}\n"
+    ));
+    assert!(
+        e.contains("steps `copy` and `copy-2` both copy to `out/{line}`"),
+        "{e}"
+    );
+}

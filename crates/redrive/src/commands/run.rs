@@ -122,6 +122,12 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         write_metrics(path, &report, &progress)
             .with_context(|| format!("cannot write metrics to `{}`", path.display()))?;
     }
+    if after.total() == 0 && result.is_ok() {
+        eprintln!(
+            "warning: the source yielded no items; check [source] in {}",
+            args.plan.display()
+        );
+    }
     if !global.quiet {
         eprint!("{}", summary::table(&plan.name, store.location(), &after));
         eprintln!("{}", this_run(&report));

@@ -670,3 +670,94 @@ copy = { from = "{url}", to = "out/{size}-{name}" }
     flat.redrive(&["run", "plan.toml"]).expect_code(0);
     assert_eq!(flat.count("SELECT count(*) FROM items"), 2);
 }
+
+#[test]
+fn a_field_cannot_take_a_copy_outside_its_folder() {
+    let t = TestContext::new();
+    let escaped = format!("escaped-{}.txt", std::process::id());
+    t.write("items.csv", format!("name\n../../{escaped}\nok.txt\n"));
+    t.write("src", "hi");
+    t.plan(
+        r#"
+[job]
+name = "t"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{name}"
+[[step]]
+copy = { from = "src", to = "out/{name}" }
+[limits]
+retries = 0
+"#,
+    );
+    t.redrive(&["run", "plan.toml"]).expect_code(1);
+    assert!(!t.dir.path().parent().unwrap().join(&escaped).exists());
+    assert_eq!(t.read("out/ok.txt"), "hi");
+    let error: String = t
+        .state()
+        .query_row("SELECT error FROM failed", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        error.contains("leaves the place `out/{name}` points to"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_empty_source_says_so() {
+    let t = TestContext::new();
+    t.write("items.csv", "name\n");
+    t.plan(
+        r#"
+[job]
+name = "t"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{name}"
+[[step]]
+copy = { from = "in/{name}", to = "out/{name}" }
+"#,
+    );
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(
+        out.stderr.contains("warning: the source yielded no items"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn csv_with_bom_crlf_and_quoted_newlines_reads_cleanly() {
+    let t = TestContext::new();
+    t.write(
+        "items.csv",
+        b"\xef\xbb\xbfName,Note\r\na,\"one, two\r\nthree\"\r\nb,plain\r\n",
+    );
+    t.write("in/a", "A");
+    t.write("in/b", "B");
+    t.plan(
+        r#"
+[job]
+name = "t"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{Name}"
+[[step]]
+copy = { from = "in/{Name}", to = "out/{Name}" }
+"#,
+    );
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let note: String = t
+        .state()
+        .query_row(
+            "SELECT json_extract(fields, '$.Note') FROM items WHERE key = 'a'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(note, "one, two\r\nthree");
+    assert_eq!(t.read("out/b"), "B");
+}
