@@ -69,7 +69,12 @@ pub struct RunOptions {
     pub retry_failed: bool,
     /// Delay between retries.
     pub backoff: Backoff,
+    /// How long a step may keep being throttled (429, SlowDown) before its item fails.
+    pub throttle_budget: Duration,
 }
+
+/// Default time a step may be throttled before its item fails.
+pub const THROTTLE_BUDGET: Duration = Duration::from_secs(15 * 60);
 
 /// How far a stop request has gone: see [`Shutdown`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -788,7 +793,11 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
             error_class: None,
             error: None,
         });
+        // Every retry makes the backoff longer; only retries for errors other than throttling
+        // count against `retries`. Throttling has a time budget instead: a long throttle storm
+        // slows the run down rather than failing its items.
         let mut retry = 0;
+        let mut counted = 0;
         let outcome = loop {
             let attempt = match step.require(&fields).await {
                 Ok(Some(bound)) => {
@@ -800,9 +809,16 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
             };
             match attempt {
                 Ok(outcome) => break Ok(outcome),
-                Err(error) if error.class().is_retryable() && retry < shared.options.retries => {
+                Err(error)
+                    if (error.class() == ErrorClass::Throttled
+                        && started.elapsed() < shared.options.throttle_budget)
+                        || (error.class().is_retryable() && counted < shared.options.retries) =>
+                {
                     retry += 1;
                     let throttled = error.class() == ErrorClass::Throttled;
+                    if !throttled {
+                        counted += 1;
+                    }
                     report.retries += 1;
                     report.throttled += u64::from(throttled);
                     shared.reporter.retried(throttled);

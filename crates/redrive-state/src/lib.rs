@@ -1,9 +1,11 @@
-//! State stores for redrive: [`SqliteStateStore`] and the [`conformance`] suite every store
-//! implementation must pass.
+//! State stores for redrive: [`SqliteStateStore`], [`PostgresStateStore`], and the
+//! [`conformance`] suite every store implementation must pass.
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod conformance;
+mod postgres;
 mod sqlite;
 
+pub use postgres::{PostgresStateStore, schema_for};
 pub use sqlite::{RunLock, SqliteStateStore};

@@ -157,6 +157,7 @@ fn options(concurrency: usize, retries: u32) -> RunOptions {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(5),
         },
+        throttle_budget: Duration::from_secs(60),
     }
 }
 
@@ -214,6 +215,27 @@ async fn transient_errors_are_retried_until_they_pass() {
     .await;
     assert_eq!((report.done, report.failed, report.retries), (10, 0, 20));
     assert_eq!(step.calls.load(Ordering::SeqCst), 30);
+}
+
+#[tokio::test]
+async fn throttling_outlasts_the_retry_count_within_its_time_budget() {
+    let s = setup().await;
+    let step = Flaky::new(12, ErrorClass::Throttled);
+    let report = run(
+        &s.store,
+        Numbers {
+            n: 3,
+            delay: Duration::ZERO,
+        },
+        vec![step],
+        options(3, 2),
+    )
+    .await;
+    assert_eq!(
+        (report.done, report.failed, report.throttled),
+        (3, 0, 36),
+        "2 retries allowed, 12 throttles survived"
+    );
 }
 
 #[tokio::test]

@@ -97,6 +97,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         limit: args.limit,
         retry_failed: args.retry_failed,
         backoff: Backoff::default(),
+        throttle_budget: engine::THROTTLE_BUDGET,
     };
     let state: Arc<dyn StateStore> = Arc::clone(&store) as _;
     let result = engine::run(

@@ -1,0 +1,698 @@
+//! The PostgreSQL state store: one schema per job (`redrive_<job>`) holding the same tables
+//! and views as the SQLite store, so a job can be shared by many hosts. Every call commits on
+//! its own (durable when it returns); the schema is created and migrated by redrive itself,
+//! under an advisory lock so that workers starting together do not race.
+
+use async_trait::async_trait;
+use redrive_core::item::{Fields, ItemId, NewItem, Status, StoredItem};
+use redrive_core::state::{
+    ChildCounts, JobInfo, Requeue, StateError, StateStore, Summary, Transition,
+};
+use redrive_core::step::Produced;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Row};
+
+const SCHEMA_VERSION: i32 = 1;
+
+/// A state store in a PostgreSQL schema.
+pub struct PostgresStateStore {
+    pool: PgPool,
+    location: String,
+}
+
+impl std::fmt::Debug for PostgresStateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStateStore")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// `redrive_<job>`: lowercase letters, digits and `_`, at most 63 bytes.
+pub fn schema_for(job: &str) -> String {
+    let mut schema: String = format!("redrive_{job}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    schema.truncate(63);
+    schema
+}
+
+fn ddl(schema: &str) -> String {
+    format!(
+        r#"
+CREATE SCHEMA IF NOT EXISTS "{schema}";
+SET LOCAL search_path TO "{schema}";
+CREATE TABLE IF NOT EXISTS job (
+    id              INTEGER PRIMARY KEY CHECK (id = 1),
+    name            TEXT    NOT NULL,
+    fingerprint     TEXT    NOT NULL,
+    source_complete BOOLEAN NOT NULL DEFAULT false,
+    schema_version  INTEGER NOT NULL,
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS items (
+    id          BIGSERIAL PRIMARY KEY,
+    parent      BIGINT REFERENCES items(id),
+    key         TEXT    NOT NULL,
+    fields      JSONB   NOT NULL,
+    expanded    BOOLEAN NOT NULL DEFAULT false,
+    step_index  INTEGER NOT NULL DEFAULT 0,
+    step        TEXT,
+    status      TEXT    NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'running', 'done', 'skipped', 'failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    error       TEXT,
+    bytes       BIGINT  NOT NULL DEFAULT 0,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    started_at  TIMESTAMPTZ,
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    item        BIGINT  NOT NULL REFERENCES items(id),
+    step_index  INTEGER NOT NULL,
+    path        TEXT    NOT NULL,
+    bytes       BIGINT  NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (item, step_index)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS items_top_key   ON items(key)         WHERE parent IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS items_child_key ON items(parent, key) WHERE parent IS NOT NULL;
+CREATE INDEX        IF NOT EXISTS items_status    ON items(status, id);
+CREATE OR REPLACE VIEW failed AS
+    SELECT id, parent, key, step, attempts, error, updated_at
+    FROM items WHERE status = 'failed' AND NOT (parent IS NULL AND expanded);
+CREATE OR REPLACE VIEW workitems AS
+    SELECT p.id, p.key, p.fields, p.status, p.error, p.attempts,
+           count(c.id) AS files_total,
+           count(c.id) FILTER (WHERE c.status = 'done')    AS files_done,
+           count(c.id) FILTER (WHERE c.status = 'skipped') AS files_skipped,
+           count(c.id) FILTER (WHERE c.status = 'failed')  AS files_failed,
+           coalesce(sum(c.bytes), 0) AS bytes, p.started_at, p.finished_at
+    FROM items p LEFT JOIN items c ON c.parent = p.id
+    WHERE p.parent IS NULL GROUP BY p.id;
+CREATE OR REPLACE VIEW files AS
+    SELECT c.id, p.key AS workitem, c.key, c.fields, c.step, c.status, c.error, c.attempts,
+           c.bytes, c.started_at, c.finished_at
+    FROM items c JOIN items p ON p.id = c.parent;
+"#
+    )
+}
+
+const ITEM_COLUMNS: &str = "i.id, i.parent, (SELECT p.key FROM items p WHERE p.id = i.parent) AS parent_key, \
+     i.expanded, i.key, i.fields::text AS fields, i.step_index, i.status, i.attempts, i.error, i.bytes";
+
+const RUNNABLE: &str =
+    "(i.status IN ('pending', 'running') OR (i.status = 'skipped' AND i.error = 'no input'))";
+
+impl PostgresStateStore {
+    /// Connects to `url` and creates or migrates the job's schema.
+    pub async fn connect(url: &str, job: &str) -> Result<Self, StateError> {
+        Self::connect_schema(url, &schema_for(job)).await
+    }
+
+    /// Connects to `url`, using (and creating) `schema`.
+    pub async fn connect_schema(url: &str, schema: &str) -> Result<Self, StateError> {
+        let location = format!(
+            "{}#{schema}",
+            redrive_core::secrets::redact(&display_url(url))
+        );
+        let err = |e: sqlx::Error| StateError::Backend {
+            location: location.clone(),
+            message: e.to_string(),
+        };
+        let options: PgConnectOptions = url.parse().map_err(err)?;
+        let options = options
+            .options([("search_path", schema)])
+            .disable_statement_logging();
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(err)?;
+        let mut tx = pool.begin().await.map_err(err)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(schema)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl(schema)))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(Self { pool, location })
+    }
+
+    /// The URL and schema, password masked, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn failed(&self, e: impl std::fmt::Display) -> StateError {
+        StateError::Backend {
+            location: self.location.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The URL without its password.
+fn display_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn row_to_item(row: &PgRow) -> Result<StoredItem, sqlx::Error> {
+    let fields: String = row.try_get("fields")?;
+    let fields: Fields =
+        serde_json::from_str(&fields).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let status: String = row.try_get("status")?;
+    let status: Status = status
+        .parse()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(StoredItem {
+        id: row.try_get("id")?,
+        parent: row.try_get("parent")?,
+        parent_key: row.try_get("parent_key")?,
+        expanded: row.try_get("expanded")?,
+        key: row.try_get("key")?,
+        fields,
+        step: usize::try_from(row.try_get::<i32, _>("step_index")?).unwrap_or(0),
+        status,
+        attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+        error: row.try_get("error")?,
+        bytes: u64::try_from(row.try_get::<i64, _>("bytes")?).unwrap_or(0),
+    })
+}
+
+fn i64_of(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn i32_of(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn limit_of(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+async fn record_output(
+    tx: &mut sqlx::PgConnection,
+    id: ItemId,
+    step: usize,
+    output: Option<&Produced>,
+) -> Result<(), sqlx::Error> {
+    if let Some(output) = output {
+        sqlx::query(
+            "INSERT INTO outputs (item, step_index, path, bytes) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (item, step_index) DO UPDATE SET path = EXCLUDED.path, bytes = EXCLUDED.bytes, recorded_at = now()",
+        )
+        .bind(id)
+        .bind(i32_of(step))
+        .bind(&output.path)
+        .bind(i64_of(output.bytes))
+        .execute(tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl StateStore for PostgresStateStore {
+    async fn begin(&self, job: &JobInfo) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO job (id, name, fingerprint, schema_version) VALUES (1, $1, $2, $3) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&job.name)
+        .bind(&job.fingerprint)
+        .bind(SCHEMA_VERSION)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let row = sqlx::query("SELECT name, fingerprint FROM job WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let (name, fingerprint): (String, String) = (
+            row.try_get(0).map_err(|e| self.failed(e))?,
+            row.try_get(1).map_err(|e| self.failed(e))?,
+        );
+        if name != job.name {
+            return Err(StateError::OtherJob {
+                location: self.location.clone(),
+                stored: name,
+                current: job.name.clone(),
+            });
+        }
+        if fingerprint != job.fingerprint {
+            return Err(StateError::PlanChanged {
+                location: self.location.clone(),
+                stored: fingerprint,
+                current: job.fingerprint.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn insert(&self, items: Vec<NewItem>) -> Result<u64, StateError> {
+        let (keys, fields) = columns(items).map_err(|e| self.failed(e))?;
+        let done = sqlx::query(
+            "INSERT INTO items (key, fields)
+             SELECT k, f::jsonb FROM UNNEST($1::text[], $2::text[]) AS t(k, f)
+             ON CONFLICT (key) WHERE parent IS NULL DO NOTHING",
+        )
+        .bind(keys)
+        .bind(fields)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn insert_children(
+        &self,
+        parent: ItemId,
+        items: Vec<NewItem>,
+    ) -> Result<u64, StateError> {
+        let (keys, fields) = columns(items).map_err(|e| self.failed(e))?;
+        let done = sqlx::query(
+            "INSERT INTO items (parent, key, fields)
+             SELECT $1, k, f::jsonb FROM UNNEST($2::text[], $3::text[]) AS t(k, f)
+             ON CONFLICT (parent, key) WHERE parent IS NOT NULL DO NOTHING",
+        )
+        .bind(parent)
+        .bind(keys)
+        .bind(fields)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn set_expanded(&self, parent: ItemId) -> Result<(), StateError> {
+        sqlx::query("UPDATE items SET expanded = true, updated_at = now() WHERE id = $1")
+            .bind(parent)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    async fn runnable_children(
+        &self,
+        parent: ItemId,
+        after: ItemId,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, StateError> {
+        self.items(
+            &format!("WHERE i.parent = $1 AND i.id > $2 AND {RUNNABLE} ORDER BY i.id LIMIT $3"),
+            |q| q.bind(parent).bind(after).bind(limit_of(limit)),
+        )
+        .await
+    }
+
+    async fn outputs(&self, id: ItemId) -> Result<Vec<(usize, Produced)>, StateError> {
+        let rows = sqlx::query(
+            "SELECT step_index, path, bytes FROM outputs WHERE item = $1 ORDER BY step_index",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    usize::try_from(row.try_get::<i32, _>(0)?).unwrap_or(0),
+                    Produced {
+                        path: row.try_get(1)?,
+                        bytes: u64::try_from(row.try_get::<i64, _>(2)?).unwrap_or(0),
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn child_counts(&self, parent: ItemId) -> Result<ChildCounts, StateError> {
+        let row = sqlx::query(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'skipped'),
+                    count(*) FILTER (WHERE status = 'failed')
+             FROM items WHERE parent = $1",
+        )
+        .bind(parent)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let get = |i: usize| {
+            row.try_get::<i64, _>(i)
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .map_err(|e| self.failed(e))
+        };
+        Ok(ChildCounts {
+            total: get(0)?,
+            done: get(1)?,
+            skipped: get(2)?,
+            failed: get(3)?,
+        })
+    }
+
+    async fn set_source_complete(&self) -> Result<(), StateError> {
+        sqlx::query("UPDATE job SET source_complete = true WHERE id = 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    async fn source_complete(&self) -> Result<bool, StateError> {
+        let row = sqlx::query("SELECT source_complete FROM job WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(row
+            .map(|r| r.try_get::<bool, _>(0).unwrap_or(false))
+            .unwrap_or(false))
+    }
+
+    async fn runnable(&self, after: ItemId, limit: usize) -> Result<Vec<StoredItem>, StateError> {
+        self.items(
+            &format!("WHERE {RUNNABLE} AND i.id > $1 AND i.parent IS NULL ORDER BY i.id LIMIT $2"),
+            |q| q.bind(after).bind(limit_of(limit)),
+        )
+        .await
+    }
+
+    async fn record(&self, transition: Transition) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
+        let result = match transition {
+            Transition::Started { id, step, step_name } => sqlx::query(
+                "UPDATE items SET status = 'running', step_index = $2, step = $3, attempts = attempts + 1,
+                 error = NULL, started_at = now(), updated_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(i32_of(step))
+            .bind(step_name)
+            .execute(&mut *tx)
+            .await
+            .map(|_| ()),
+            Transition::Advanced { id, step, step_name, bytes, output } => {
+                match record_output(&mut tx, id, step.saturating_sub(1), output.as_ref()).await {
+                    Ok(()) => sqlx::query(
+                        "UPDATE items SET step_index = $2, step = $3, bytes = bytes + $4, updated_at = now() WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(i32_of(step))
+                    .bind(step_name)
+                    .bind(i64_of(bytes))
+                    .execute(&mut *tx)
+                    .await
+                    .map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            }
+            Transition::Finished { id, status, bytes, reason, output } => {
+                let recorded = match &output {
+                    Some(output) => {
+                        let step: Result<i32, _> = sqlx::query_scalar("SELECT step_index FROM items WHERE id = $1")
+                            .bind(id)
+                            .fetch_one(&mut *tx)
+                            .await;
+                        match step {
+                            Ok(step) => record_output(&mut tx, id, usize::try_from(step).unwrap_or(0), Some(output)).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                    None => Ok(()),
+                };
+                match recorded {
+                    Ok(()) => sqlx::query(
+                        "UPDATE items SET status = $2, bytes = bytes + $3, error = $4, updated_at = now(), finished_at = now()
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(status.as_str())
+                    .bind(i64_of(bytes))
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await
+                    .map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            }
+            Transition::Released { id, error } => {
+                sqlx::query("UPDATE items SET status = 'pending', error = $2, updated_at = now() WHERE id = $1")
+                    .bind(id)
+                    .bind(error)
+                    .execute(&mut *tx)
+                    .await
+                    .map(|_| ())
+            }
+            Transition::Failed { id, error } => sqlx::query(
+                "UPDATE items SET status = 'failed', error = $2, updated_at = now(), finished_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(error)
+            .execute(&mut *tx)
+            .await
+            .map(|_| ()),
+        };
+        result.map_err(|e| self.failed(e))?;
+        tx.commit().await.map_err(|e| self.failed(e))
+    }
+
+    async fn requeue(&self, which: Requeue) -> Result<u64, StateError> {
+        let restart = "status = 'pending', error = NULL, finished_at = NULL, step_index = 0, step = NULL, attempts = 0, bytes = 0, updated_at = now()";
+        let done = match which {
+            Requeue::Failed => {
+                sqlx::query(
+                    "UPDATE items SET status = 'pending', error = NULL, finished_at = NULL, updated_at = now() WHERE status = 'failed'",
+                )
+                .execute(&self.pool)
+                .await
+            }
+            Requeue::Status(status) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE items SET {restart} WHERE status = $1")))
+                    .bind(status.as_str())
+                    .execute(&self.pool)
+                    .await
+            }
+            Requeue::Keys(keys) => {
+                let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
+                let top = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE items SET {restart} WHERE parent IS NULL AND key = ANY($1)")))
+                    .bind(&keys)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE items SET {restart} WHERE parent IN (SELECT id FROM items WHERE parent IS NULL AND key = ANY($1))"
+                )))
+                .bind(&keys)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.failed(e))?;
+                tx.commit().await.map_err(|e| self.failed(e))?;
+                Ok(top)
+            }
+        };
+        done.map(|d| d.rows_affected()).map_err(|e| self.failed(e))
+    }
+
+    async fn skip(&self, keys: Vec<String>, reason: String) -> Result<u64, StateError> {
+        let done = sqlx::query(
+            "UPDATE items SET status = 'skipped', error = $2, updated_at = now(), finished_at = now()
+             WHERE parent IS NULL AND key = ANY($1)",
+        )
+        .bind(&keys)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn items_with_status(
+        &self,
+        status: Status,
+        after: ItemId,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, StateError> {
+        self.items(
+            "WHERE i.status = $1 AND i.id > $2 AND NOT (i.parent IS NULL AND i.expanded) ORDER BY i.id LIMIT $3",
+            |q| q.bind(status.as_str()).bind(after).bind(limit_of(limit)),
+        )
+        .await
+    }
+
+    async fn parents(
+        &self,
+        statuses: &[Status],
+        limit: usize,
+    ) -> Result<Vec<(StoredItem, ChildCounts)>, StateError> {
+        let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ITEM_COLUMNS},
+                    (SELECT count(*) FROM items c WHERE c.parent = i.id) AS c_total,
+                    (SELECT count(*) FROM items c WHERE c.parent = i.id AND c.status = 'done') AS c_done,
+                    (SELECT count(*) FROM items c WHERE c.parent = i.id AND c.status = 'skipped') AS c_skipped,
+                    (SELECT count(*) FROM items c WHERE c.parent = i.id AND c.status = 'failed') AS c_failed
+             FROM items i WHERE i.parent IS NULL AND i.expanded AND i.status = ANY($1) ORDER BY i.id LIMIT $2"
+        )))
+        .bind(&names)
+        .bind(limit_of(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        rows.iter()
+            .map(|row| {
+                let count = |name: &str| {
+                    row.try_get::<i64, _>(name)
+                        .map(|n| u64::try_from(n).unwrap_or(0))
+                };
+                Ok((
+                    row_to_item(row)?,
+                    ChildCounts {
+                        total: count("c_total")?,
+                        done: count("c_done")?,
+                        skipped: count("c_skipped")?,
+                        failed: count("c_failed")?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn summary(&self) -> Result<Summary, StateError> {
+        let err = |e: sqlx::Error| self.failed(e);
+        let source_complete = self.source_complete().await?;
+        let rows = sqlx::query(
+            "SELECT status, count(*) FILTER (WHERE parent IS NULL), count(*) FILTER (WHERE parent IS NOT NULL)
+             FROM items GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        let mut by_status = Vec::new();
+        let mut children_by_status = Vec::new();
+        for status in Status::ALL {
+            let row = rows
+                .iter()
+                .find(|r| r.try_get::<String, _>(0).ok().as_deref() == Some(status.as_str()));
+            let count = |i: usize| {
+                row.and_then(|r| r.try_get::<i64, _>(i).ok())
+                    .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+            };
+            by_status.push((status, count(1)));
+            children_by_status.push((status, count(2)));
+        }
+        let by_step = sqlx::query(
+            "SELECT coalesce(step, '-'), status, count(*) FROM items
+             WHERE status IN ('pending', 'running', 'failed') AND NOT (parent IS NULL AND expanded)
+             GROUP BY step, status ORDER BY min(step_index), 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?
+        .iter()
+        .filter_map(|row| {
+            let status: String = row.try_get(1).ok()?;
+            Some((
+                row.try_get::<String, _>(0).ok()?,
+                status.parse().ok()?,
+                u64::try_from(row.try_get::<i64, _>(2).ok()?).ok()?,
+            ))
+        })
+        .collect();
+        let totals = sqlx::query(
+            "SELECT coalesce(sum(bytes), 0)::bigint,
+                    coalesce(extract(epoch FROM max(finished_at) - min(started_at)), 0)::float8,
+                    count(*) FILTER (WHERE status = 'skipped' AND error = 'no input')
+             FROM items",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(Summary {
+            source_complete,
+            by_status,
+            children_by_status,
+            by_step,
+            no_input: u64::try_from(totals.try_get::<i64, _>(2).map_err(err)?).unwrap_or(0),
+            bytes: u64::try_from(totals.try_get::<i64, _>(0).map_err(err)?).unwrap_or(0),
+            active_seconds: totals.try_get::<f64, _>(1).map_err(err)?,
+        })
+    }
+
+    async fn flush(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+impl PostgresStateStore {
+    async fn items(
+        &self,
+        clause: &str,
+        bind: impl for<'q> FnOnce(Query<'q>) -> Query<'q>,
+    ) -> Result<Vec<StoredItem>, StateError> {
+        let sql = format!("SELECT {ITEM_COLUMNS} FROM items i {clause}");
+        let rows = bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        rows.iter()
+            .map(row_to_item)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.failed(e))
+    }
+}
+
+fn columns(items: Vec<NewItem>) -> Result<(Vec<String>, Vec<String>), serde_json::Error> {
+    let mut keys = Vec::with_capacity(items.len());
+    let mut fields = Vec::with_capacity(items.len());
+    for item in items {
+        fields.push(serde_json::to_string(&item.fields)?);
+        keys.push(item.key);
+    }
+    Ok((keys, fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_safe() {
+        assert_eq!(
+            schema_for("reupload-failed WorkItems"),
+            "redrive_reupload_failed_workitems"
+        );
+        assert_eq!(schema_for(&"x".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            display_url("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(display_url("postgres://h/db"), "postgres://h/db");
+    }
+}
