@@ -7,5 +7,5 @@ pub mod conformance;
 mod postgres;
 mod sqlite;
 
-pub use postgres::{PostgresStateStore, schema_for};
+pub use postgres::{PgRunLock, PostgresStateStore, schema_for};
 pub use sqlite::{RunLock, SqliteStateStore};

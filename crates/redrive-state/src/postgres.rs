@@ -10,7 +10,7 @@ use redrive_core::state::{
 };
 use redrive_core::step::Produced;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Row};
+use sqlx::{ConnectOptions, Connection, Row};
 
 const SCHEMA_VERSION: i32 = 1;
 
@@ -25,6 +25,17 @@ impl std::fmt::Debug for PostgresStateStore {
         f.debug_struct("PostgresStateStore")
             .field("location", &self.location)
             .finish()
+    }
+}
+
+/// Holds a job's run lock (see [`PostgresStateStore::lock_run`]).
+pub struct PgRunLock {
+    _connection: sqlx::PgConnection,
+}
+
+impl std::fmt::Debug for PgRunLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgRunLock")
     }
 }
 
@@ -139,7 +150,7 @@ impl PostgresStateStore {
             .await
             .map_err(err)?;
         let mut tx = pool.begin().await.map_err(err)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('redrive-migrate:' || $1))")
             .bind(schema)
             .execute(&mut *tx)
             .await
@@ -155,6 +166,57 @@ impl PostgresStateStore {
     /// The URL and schema, password masked, for messages.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Takes the job's run lock: a session advisory lock held on a connection of its own,
+    /// released when the lock is dropped or the process dies. Until workers share a job through
+    /// leases, one run at a time works on a job.
+    pub async fn lock_run(&self) -> Result<PgRunLock, StateError> {
+        let mut connection = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.failed(e))?
+            .detach();
+        let locked: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtext('redrive-run:' || current_schema()))",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .map_err(|e| self.failed(e))?;
+        if !locked {
+            return Err(StateError::Locked {
+                location: self.location.clone(),
+                lock: "a PostgreSQL advisory lock".to_owned(),
+            });
+        }
+        Ok(PgRunLock {
+            _connection: connection,
+        })
+    }
+
+    /// Drops the job's schema: `--restart`.
+    pub async fn discard(url: &str, job: &str) -> Result<(), StateError> {
+        let schema = schema_for(job);
+        let location = format!(
+            "{}#{schema}",
+            redrive_core::secrets::redact(&display_url(url))
+        );
+        let err = |e: sqlx::Error| StateError::Backend {
+            location: location.clone(),
+            message: e.to_string(),
+        };
+        let options: PgConnectOptions = url.parse().map_err(err)?;
+        let mut connection = sqlx::PgConnection::connect_with(&options)
+            .await
+            .map_err(err)?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+        )))
+        .execute(&mut connection)
+        .await
+        .map_err(err)?;
+        Ok(())
     }
 
     fn failed(&self, e: impl std::fmt::Display) -> StateError {

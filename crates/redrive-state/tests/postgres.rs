@@ -92,3 +92,27 @@ async fn a_bad_url_is_a_clear_error_without_the_password() {
     );
     assert!(!message.contains("hunter2pass"), "{message}");
 }
+
+#[tokio::test]
+async fn opening_the_store_while_a_run_holds_its_lock_does_not_block_or_steal_it() {
+    let url = url();
+    let schema = format!("redrive_test_{}_lock", std::process::id());
+    let store = fresh("lock").await;
+    let lock = store.lock_run().await.unwrap_or_else(|e| panic!("{e}"));
+    // A reader (`status`) migrates under its own lock: it neither waits for the run nor takes
+    // the run lock, and a second run is refused.
+    let reader = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        PostgresStateStore::connect_schema(&url, &schema),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("opening the store waited for the run lock"))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        reader.lock_run().await,
+        Err(redrive_core::state::StateError::Locked { .. })
+    ));
+    drop(lock);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(reader.lock_run().await.is_ok(), "released with its holder");
+}

@@ -1,13 +1,14 @@
 //! `redrive reset` and `redrive skip`: change items' status by hand.
 
 use redrive_core::item::Status;
-use redrive_core::state::{Requeue, StateStore};
+use redrive_core::state::Requeue;
 
 use crate::cli::{ResetArgs, SkipArgs};
 use crate::exit::{ExitStatus, Hinted};
 
 pub(crate) async fn reset(args: &ResetArgs) -> anyhow::Result<ExitStatus> {
-    let (_, store) = super::open_existing(&args.plan, &args.state)?;
+    let (_, opened) = super::open_existing(&args.plan, &args.state).await?;
+    let store = &opened.store;
     let which = match &args.status {
         Some(status) => {
             let status: Status = status.parse().map_err(|e| Hinted {
@@ -34,7 +35,8 @@ pub(crate) async fn reset(args: &ResetArgs) -> anyhow::Result<ExitStatus> {
 }
 
 pub(crate) async fn skip(args: &SkipArgs) -> anyhow::Result<ExitStatus> {
-    let (_, store) = super::open_existing(&args.plan, &args.state)?;
+    let (_, opened) = super::open_existing(&args.plan, &args.state).await?;
+    let store = &opened.store;
     let changed = store
         .skip(args.keys.clone(), args.reason.clone())
         .await

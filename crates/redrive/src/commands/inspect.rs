@@ -6,7 +6,6 @@ use anyhow::Context as _;
 use redrive_core::item::{Status, StoredItem};
 use redrive_core::plan::Plan;
 use redrive_core::secrets::redact;
-use redrive_core::state::StateStore;
 
 use crate::cli::{FailedArgs, StatusArgs};
 use crate::exit::ExitStatus;
@@ -17,7 +16,8 @@ const PAGE: usize = 1_000;
 const PARENTS_SHOWN: usize = 20;
 
 pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
-    let (plan, store) = super::open_existing(&args.plan, &args.state)?;
+    let (plan, opened) = super::open_existing(&args.plan, &args.state).await?;
+    let store = &opened.store;
     let summary = store
         .summary()
         .await
@@ -32,7 +32,7 @@ pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
         Vec::new()
     };
     if args.json {
-        let mut value = summary::json(job, store.location(), &summary);
+        let mut value = summary::json(job, opened.location.as_str(), &summary);
         value["parents"] = serde_json::Value::Array(
             parents
                 .iter()
@@ -47,7 +47,10 @@ pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
         );
         println!("{value}");
     } else {
-        print!("{}", summary::table(job, store.location(), &summary));
+        print!(
+            "{}",
+            summary::table(job, opened.location.as_str(), &summary)
+        );
         if !parents.is_empty() {
             println!("Items in progress or failed, with their children (first {PARENTS_SHOWN}):");
             println!(
@@ -75,7 +78,8 @@ fn step_name(plan: Option<&Plan>, item: &StoredItem) -> String {
 }
 
 pub(crate) async fn failed(args: &FailedArgs) -> anyhow::Result<ExitStatus> {
-    let (plan, store) = super::open_existing(&args.plan, &args.state)?;
+    let (plan, opened) = super::open_existing(&args.plan, &args.state).await?;
+    let store = &opened.store;
     let mut csv_out: Option<(csv::Writer<std::fs::File>, Vec<String>)> = None;
     let mut cursor = 0;
     let mut count = 0u64;

@@ -5,6 +5,7 @@ pub(crate) mod diff;
 pub(crate) mod edit;
 pub(crate) mod inspect;
 pub(crate) mod run;
+pub(crate) mod state;
 pub(crate) mod validate;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use redrive_core::plan::Plan;
 use redrive_core::state::StateError;
-use redrive_state::SqliteStateStore;
 
 use crate::cli::StateArg;
 use crate::exit::Hinted;
@@ -28,46 +28,19 @@ pub(crate) fn load_plan(path: &Path) -> anyhow::Result<Plan> {
     })
 }
 
-/// The state file: `--state`, else the plan's.
-pub(crate) fn state_path(plan: Option<&Plan>, arg: &StateArg) -> anyhow::Result<PathBuf> {
-    if let Some(path) = &arg.state {
-        return Ok(path.clone());
-    }
-    let Some(plan) = plan else {
-        anyhow::bail!("no plan and no --state: give the plan file, or the state file with --state");
-    };
-    if plan.state.contains("://") {
-        return Err(Hinted {
-            message: format!(
-                "state `{}` is a URL; this version of redrive keeps state in a SQLite file",
-                plan.state
-            ),
-            hint: "set [job] state to a file path".to_owned(),
-        }
-        .into());
-    }
-    Ok(PathBuf::from(&plan.state))
-}
-
 /// The plan (when its file exists or no `--state` is given) and the existing state.
-pub(crate) fn open_existing(
+pub(crate) async fn open_existing(
     plan_path: &Path,
     arg: &StateArg,
-) -> anyhow::Result<(Option<Plan>, SqliteStateStore)> {
+) -> anyhow::Result<(Option<Plan>, state::Opened)> {
     let plan = if arg.state.is_some() && !plan_path.exists() {
         None
     } else {
         Some(load_plan(plan_path)?)
     };
-    let path = state_path(plan.as_ref(), arg)?;
-    let store = SqliteStateStore::open_existing(&path).map_err(|error| match error {
-        StateError::Missing { .. } => anyhow::Error::new(Hinted {
-            message: error.to_string(),
-            hint: format!("run `redrive run {}` first", plan_path.display()),
-        }),
-        other => anyhow::Error::new(other),
-    })?;
-    Ok((plan, store))
+    let target = state::target(plan.as_ref(), arg)?;
+    let opened = state::open_existing(&target, plan_path).await?;
+    Ok((plan, opened))
 }
 
 /// A state error, with the hint that fixes it.

@@ -8,7 +8,6 @@ use redrive_core::engine::{self, RunOptions, RunReport, StopLevel};
 use redrive_core::item::Status;
 use redrive_core::retry::Backoff;
 use redrive_core::state::{JobInfo, StateStore, Summary};
-use redrive_state::{RunLock, SqliteStateStore};
 use tokio::sync::watch;
 
 use crate::cli::{GlobalArgs, RunArgs};
@@ -42,15 +41,15 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         return Ok(ExitStatus::Success);
     }
 
-    let state_path = super::state_path(Some(&plan), &args.state)?;
-    let _lock = RunLock::acquire(&state_path).map_err(|e| super::state_error(e, &args.plan))?;
-    if args.restart && state_path.exists() {
-        confirm_restart(&state_path, args.yes)?;
-        super::remove_state(&state_path)?;
-    }
-    let store = Arc::new(
-        SqliteStateStore::open(&state_path).map_err(|e| super::state_error(e, &args.plan))?,
-    );
+    let target = super::state::target(Some(&plan), &args.state)?;
+    let opened = super::state::open_for_run(
+        &target,
+        args.restart,
+        |what| confirm_restart(what, args.yes),
+        &args.plan,
+    )
+    .await?;
+    let store = Arc::clone(&opened.store);
     store
         .begin(&JobInfo {
             name: plan.name.clone(),
@@ -99,7 +98,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         backoff: Backoff::default(),
         throttle_budget: engine::THROTTLE_BUDGET,
     };
-    let state: Arc<dyn StateStore> = Arc::clone(&store) as _;
+    let state: Arc<dyn StateStore> = Arc::clone(&store);
     let result = engine::run(
         Arc::clone(&pipeline),
         state,
@@ -130,7 +129,10 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         );
     }
     if !global.quiet {
-        eprint!("{}", summary::table(&plan.name, store.location(), &after));
+        eprint!(
+            "{}",
+            summary::table(&plan.name, opened.location.as_str(), &after)
+        );
         eprintln!("{}", this_run(&report));
     }
     let report = result?;
@@ -223,21 +225,18 @@ fn peak_rss_mb() -> Option<f64> {
     Some((kb / 1024.0 * 10.0).round() / 10.0)
 }
 
-fn confirm_restart(path: &std::path::Path, yes: bool) -> anyhow::Result<()> {
+fn confirm_restart(what: &str, yes: bool) -> anyhow::Result<()> {
     if yes {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
         return Err(Hinted {
-            message: format!("--restart would discard the state `{}`", path.display()),
+            message: format!("--restart would discard the state `{what}`"),
             hint: "add --yes to confirm".to_owned(),
         }
         .into());
     }
-    eprint!(
-        "Discard the state `{}` and start over? [y/N] ",
-        path.display()
-    );
+    eprint!("Discard the state `{what}` and start over? [y/N] ");
     let mut answer = String::new();
     std::io::stdin()
         .read_line(&mut answer)

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod kusto;
 mod kusto_fake;
+mod pg;
 mod resume;
 mod s1;
 mod s2;

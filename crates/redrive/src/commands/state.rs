@@ -1,0 +1,146 @@
+//! Where a job's state is: a SQLite file (the default) or a PostgreSQL database
+//! (`state = "postgres://…"`, one schema per job), opened for a run or for reading.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redrive_core::plan::Plan;
+use redrive_core::state::{StateError, StateStore};
+use redrive_state::{PostgresStateStore, RunLock, SqliteStateStore};
+
+use crate::cli::StateArg;
+use crate::exit::Hinted;
+
+/// A state's place.
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    File(PathBuf),
+    Postgres { url: String, job: String },
+}
+
+fn is_postgres(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+/// `--state`, else the plan's `[job] state`.
+pub(crate) fn target(plan: Option<&Plan>, arg: &StateArg) -> anyhow::Result<Target> {
+    let text = match (&arg.state, plan) {
+        (Some(state), _) => state.display().to_string(),
+        (None, Some(plan)) => plan.state.clone(),
+        (None, None) => {
+            anyhow::bail!("no plan and no --state: give the plan file, or the state with --state")
+        }
+    };
+    if is_postgres(&text) {
+        let Some(plan) = plan else {
+            return Err(Hinted {
+                message: "a PostgreSQL state holds many jobs: redrive needs the plan to know which"
+                    .to_owned(),
+                hint: "give the plan file too".to_owned(),
+            }
+            .into());
+        };
+        return Ok(Target::Postgres {
+            url: text,
+            job: plan.name.clone(),
+        });
+    }
+    if text.contains("://") {
+        return Err(Hinted {
+            message: format!(
+                "state `{}` is neither a file nor a PostgreSQL URL",
+                redrive_core::secrets::redact(&text)
+            ),
+            hint: "use a file path, or postgres://USER@HOST:PORT/DATABASE".to_owned(),
+        }
+        .into());
+    }
+    Ok(Target::File(PathBuf::from(text)))
+}
+
+/// A run lock (`RunLock` or `PgRunLock`), held for its `Drop`.
+type Lock = Box<dyn std::any::Any + Send + Sync>;
+
+/// An open state and what holds it.
+pub(crate) struct Opened {
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) location: String,
+    _lock: Option<Lock>,
+}
+
+/// Opens (or creates) the state for a run, taking the run lock; `restart` discards it first
+/// (after `confirm`).
+pub(crate) async fn open_for_run(
+    target: &Target,
+    restart: bool,
+    confirm: impl FnOnce(&str) -> anyhow::Result<()>,
+    plan_path: &Path,
+) -> anyhow::Result<Opened> {
+    let fail = |e: StateError| super::state_error(e, plan_path);
+    match target {
+        Target::File(path) => {
+            let lock = RunLock::acquire(path).map_err(fail)?;
+            if restart && path.exists() {
+                confirm(&path.display().to_string())?;
+                super::remove_state(path)?;
+            }
+            let store = SqliteStateStore::open(path).map_err(fail)?;
+            let location = store.location().to_owned();
+            Ok(Opened {
+                store: Arc::new(store),
+                location,
+                _lock: Some(Box::new(lock) as Lock),
+            })
+        }
+        Target::Postgres { url, job } => {
+            let mut store = PostgresStateStore::connect(url, job).await.map_err(fail)?;
+            let mut lock = store.lock_run().await.map_err(fail)?;
+            if restart {
+                confirm(store.location())?;
+                drop(lock);
+                PostgresStateStore::discard(url, job).await.map_err(fail)?;
+                store = PostgresStateStore::connect(url, job).await.map_err(fail)?;
+                lock = store.lock_run().await.map_err(fail)?;
+            }
+            let location = store.location().to_owned();
+            Ok(Opened {
+                store: Arc::new(store),
+                location,
+                _lock: Some(Box::new(lock) as Lock),
+            })
+        }
+    }
+}
+
+/// Opens an existing state for reading or hand edits.
+pub(crate) async fn open_existing(target: &Target, plan_path: &Path) -> anyhow::Result<Opened> {
+    let missing = |error: StateError| match error {
+        StateError::Missing { .. } => anyhow::Error::new(Hinted {
+            message: error.to_string(),
+            hint: format!("run `redrive run {}` first", plan_path.display()),
+        }),
+        other => super::state_error(other, plan_path),
+    };
+    match target {
+        Target::File(path) => {
+            let store = SqliteStateStore::open_existing(path).map_err(missing)?;
+            let location = store.location().to_owned();
+            Ok(Opened {
+                store: Arc::new(store),
+                location,
+                _lock: None,
+            })
+        }
+        Target::Postgres { url, job } => {
+            let store = PostgresStateStore::connect(url, job)
+                .await
+                .map_err(missing)?;
+            let location = store.location().to_owned();
+            Ok(Opened {
+                store: Arc::new(store),
+                location,
+                _lock: None,
+            })
+        }
+    }
+}
