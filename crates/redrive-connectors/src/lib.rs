@@ -7,6 +7,7 @@ mod build;
 mod checksum;
 pub mod diff;
 mod queue;
+mod response;
 pub mod sources;
 mod sqs;
 pub mod steps;

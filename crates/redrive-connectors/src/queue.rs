@@ -5,8 +5,6 @@
 //! `AZURE_STORAGE_CONNECTION_STRING` (its `QueueEndpoint`, or the account's public endpoint),
 //! then `AZURE_STORAGE_ACCOUNT_NAME` with `AZURE_STORAGE_ACCOUNT_KEY` or `AZURE_STORAGE_SAS_TOKEN`.
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use redrive_core::error::{ErrorClass, StepError};
@@ -265,12 +263,7 @@ impl Queue {
         if status.is_success() {
             return Ok(());
         }
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::response::retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
         let code = between(&text, "<Code>", "</Code>").unwrap_or_default();
         let message = between(&text, "<Message>", "</Message>")

@@ -7,7 +7,6 @@
 //! `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use redrive_core::error::{ErrorClass, StepError};
@@ -210,12 +209,7 @@ impl Sqs {
                 .with_source(e)
             })?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::response::retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
         let value: serde_json::Value =
             serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);

@@ -195,12 +195,7 @@ impl Inner {
         if status.is_success() {
             return Ok(());
         }
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::response::retry_after(response.headers());
         let text: String = response
             .text()
             .await
