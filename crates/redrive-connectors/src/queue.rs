@@ -4,6 +4,8 @@
 //! Settings come from the same places as blobs: a matching `[store."PREFIX"]` table, then
 //! `AZURE_STORAGE_CONNECTION_STRING` (its `QueueEndpoint`, or the account's public endpoint),
 //! then `AZURE_STORAGE_ACCOUNT_NAME` with `AZURE_STORAGE_ACCOUNT_KEY` or `AZURE_STORAGE_SAS_TOKEN`.
+//! Without a key or SAS, an Azure AD token for `https://storage.azure.com` is used (a service
+//! principal from the environment, the `az` CLI, or a managed identity).
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -146,11 +148,6 @@ pub(crate) fn resolve(stores: &Stores, url: &str) -> Result<Queue, StepError> {
     if let Some(sas) = &sas {
         secrets::register(sas);
     }
-    if key.is_none() && sas.is_none() {
-        return Err(settings(format!(
-            "cannot reach `{display}`: no account key or SAS token for account `{account}`; set AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN, or account_key/sas_token in a [store] table"
-        )));
-    }
     Ok(Queue {
         endpoint,
         account,
@@ -211,8 +208,14 @@ pub(crate) fn shared_key_signature(
 
 impl Queue {
     /// Posts one message. 201 is success; 4xx fail the item with the service's message;
-    /// 429 and 5xx are retried (with Retry-After) by the engine.
-    pub(crate) async fn put(&self, client: &reqwest::Client, text: &str) -> Result<(), StepError> {
+    /// 429 and 5xx are retried (with Retry-After) by the engine. Without a key or SAS, `aad`
+    /// gives the bearer token.
+    pub(crate) async fn put(
+        &self,
+        client: &reqwest::Client,
+        text: &str,
+        aad: &crate::azure_auth::TokenSource,
+    ) -> Result<(), StepError> {
         let body = message_xml(text);
         let path_start = self.endpoint.find("://").map_or(0, |i| i + 3);
         let base_path = self.endpoint[path_start..]
@@ -246,6 +249,15 @@ impl Queue {
                 "authorization",
                 format!("SharedKey {}:{signature}", self.account),
             );
+        }
+        if self.key.is_none() && self.sas.is_none() {
+            let token = aad.token(client).await.map_err(|e| {
+                settings(format!(
+                    "cannot reach `{}`: no account key or SAS token for account `{}`, and no Azure AD token: {e}",
+                    self.display, self.account
+                ))
+            })?;
+            request = request.header("authorization", format!("Bearer {token}"));
         }
         let response = request.body(body).send().await.map_err(|e| {
             let class = if e.is_builder() {
@@ -362,16 +374,25 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(error.contains("no Azure storage account is set"), "{error}");
-        let no_key = stores(vec![], &[("AZURE_STORAGE_ACCOUNT_NAME", "acct")]);
-        let error = resolve(&no_key, "azq://q")
-            .map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn without_a_key_or_sas_an_azure_ad_token_is_required() {
+        let env = Env::from_pairs([
+            ("AZURE_STORAGE_ACCOUNT_NAME", "acct"),
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:9/token"),
+            ("IDENTITY_HEADER", "x"),
+        ]);
+        let stores = Stores::new(std::path::Path::new("/"), vec![], env.clone());
+        let queue = resolve(&stores, "azq://q").unwrap_or_else(|e| panic!("{e}"));
+        let aad = crate::azure_auth::TokenSource::new("https://storage.azure.com", env);
+        let error = queue
+            .put(&reqwest::Client::new(), "m", &aad)
+            .await
             .map_err(|e| e.to_string())
             .err()
             .unwrap_or_default();
-        assert!(
-            error.contains("no account key or SAS token for account `acct`"),
-            "{error}"
-        );
+        assert!(error.contains("no account key or SAS token for account `acct`, and no Azure AD token: no Azure credential found"), "{error}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct EnqueueStep {
     spec: EnqueueSpec,
     stores: Arc<Stores>,
     client: reqwest::Client,
+    /// Azure AD tokens for Azure queues reached without a key or SAS.
+    storage_tokens: crate::azure_auth::TokenSource,
     /// SQS endpoints by queue URL, with the queue URLs they looked up.
     sqs: tokio::sync::Mutex<std::collections::HashMap<String, Arc<Sqs>>>,
 }
@@ -36,9 +38,12 @@ impl EnqueueStep {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
+        let storage_tokens =
+            crate::azure_auth::TokenSource::new("https://storage.azure.com", stores.env().clone());
         Self {
             spec,
             stores,
+            storage_tokens,
             client,
             sqs: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         }
@@ -87,7 +92,7 @@ impl Step for EnqueueStep {
             sqs.send(&self.client, &url, &text).await?;
         } else {
             queue::resolve(&self.stores, &url)?
-                .put(&self.client, &text)
+                .put(&self.client, &text, &self.storage_tokens)
                 .await?;
         }
         Ok(Outcome::done_to(
