@@ -100,7 +100,10 @@ pub(crate) async fn failed(args: &FailedArgs) -> anyhow::Result<ExitStatus> {
                     }
                     println!(
                         "{}\t{}\t{}\t{}",
-                        redact(&item.key),
+                        redact(&match &item.parent_key {
+                            Some(parent) => format!("{parent}/{}", item.key),
+                            None => item.key.clone(),
+                        }),
                         step_name(plan.as_ref(), item),
                         item.attempts,
                         redact(item.error.as_deref().unwrap_or("")).replace(['\n', '\t'], " ")

@@ -156,7 +156,7 @@ fn files_listed_by_kusto_are_copied_and_a_missing_blob_fails_only_its_work_item(
     // The failed file names its blob and the error; its work item fails with the count.
     let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
     assert!(
-        failed.stdout.contains("file2.json\tcopy\t"),
+        failed.stdout.contains("wi3/file2.json\tcopy\t"),
         "{}",
         failed.stdout
     );
