@@ -97,6 +97,10 @@ CREATE TABLE IF NOT EXISTS outputs (
 CREATE UNIQUE INDEX IF NOT EXISTS items_top_key   ON items(key)         WHERE parent IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS items_child_key ON items(parent, key) WHERE parent IS NOT NULL;
 CREATE INDEX        IF NOT EXISTS items_status    ON items(status, id);
+CREATE INDEX IF NOT EXISTS items_top_status     ON items(status, id)         WHERE parent IS NULL;
+CREATE INDEX IF NOT EXISTS items_top_no_input   ON items(id)                 WHERE parent IS NULL AND status = 'skipped' AND error = 'no input';
+CREATE INDEX IF NOT EXISTS items_child_status   ON items(parent, status, id) WHERE parent IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_child_no_input ON items(parent, id)         WHERE parent IS NOT NULL AND status = 'skipped' AND error = 'no input';
 CREATE OR REPLACE VIEW failed AS
     SELECT id, parent, key, step, attempts, error, updated_at
     FROM items WHERE status = 'failed' AND NOT (parent IS NULL AND expanded);
@@ -119,9 +123,6 @@ CREATE OR REPLACE VIEW files AS
 
 const ITEM_COLUMNS: &str = "i.id, i.parent, (SELECT p.key FROM items p WHERE p.id = i.parent) AS parent_key, \
      i.expanded, i.key, i.fields::text AS fields, i.step_index, i.status, i.attempts, i.error, i.bytes";
-
-const RUNNABLE: &str =
-    "(i.status IN ('pending', 'running') OR (i.status = 'skipped' AND i.error = 'no input'))";
 
 impl PostgresStateStore {
     /// Connects to `url` and creates or migrates the job's schema.
@@ -383,7 +384,14 @@ impl StateStore for PostgresStateStore {
         limit: usize,
     ) -> Result<Vec<StoredItem>, StateError> {
         self.items(
-            &format!("WHERE i.parent = $1 AND i.id > $2 AND {RUNNABLE} ORDER BY i.id LIMIT $3"),
+            "WHERE i.id IN (
+               (SELECT id FROM items WHERE parent = $1 AND status = 'pending' AND id > $2 ORDER BY id LIMIT $3)
+               UNION ALL
+               (SELECT id FROM items WHERE parent = $1 AND status = 'running' AND id > $2 ORDER BY id LIMIT $3)
+               UNION ALL
+               (SELECT id FROM items WHERE parent = $1 AND status = 'skipped' AND error = 'no input'
+                AND id > $2 ORDER BY id LIMIT $3))
+             ORDER BY i.id LIMIT $3",
             |q| q.bind(parent).bind(after).bind(limit_of(limit)),
         )
         .await
@@ -453,8 +461,16 @@ impl StateStore for PostgresStateStore {
     }
 
     async fn runnable(&self, after: ItemId, limit: usize) -> Result<Vec<StoredItem>, StateError> {
+        // One index walk per status, each stopping at `limit`; no sort of everything runnable.
         self.items(
-            &format!("WHERE {RUNNABLE} AND i.id > $1 AND i.parent IS NULL ORDER BY i.id LIMIT $2"),
+            "WHERE i.id IN (
+               (SELECT id FROM items WHERE parent IS NULL AND status = 'pending' AND id > $1 ORDER BY id LIMIT $2)
+               UNION ALL
+               (SELECT id FROM items WHERE parent IS NULL AND status = 'running' AND id > $1 ORDER BY id LIMIT $2)
+               UNION ALL
+               (SELECT id FROM items WHERE parent IS NULL AND status = 'skipped' AND error = 'no input'
+                AND id > $1 ORDER BY id LIMIT $2))
+             ORDER BY i.id LIMIT $2",
             |q| q.bind(after).bind(limit_of(limit)),
         )
         .await

@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS outputs (
 CREATE UNIQUE INDEX IF NOT EXISTS items_top_key   ON items(key)         WHERE parent IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS items_child_key ON items(parent, key) WHERE parent IS NOT NULL;
 CREATE INDEX        IF NOT EXISTS items_status    ON items(status, id);
+-- Runnable items in id order, read a page at a time (one index walk per status, no sort):
+CREATE INDEX IF NOT EXISTS items_top_status      ON items(status, id)         WHERE parent IS NULL;
+CREATE INDEX IF NOT EXISTS items_top_no_input    ON items(id)                 WHERE parent IS NULL AND status = 'skipped' AND error = 'no input';
+CREATE INDEX IF NOT EXISTS items_child_status    ON items(parent, status, id) WHERE parent IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_child_no_input  ON items(parent, id)         WHERE parent IS NOT NULL AND status = 'skipped' AND error = 'no input';
 
 -- Items that failed themselves (an expanded parent fails because of its children, listed here).
 CREATE VIEW IF NOT EXISTS failed AS

@@ -396,9 +396,13 @@ impl StateStore for SqliteStateStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
             let mut statement = c.prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM items i
-                 WHERE i.parent = ?1 AND i.id > ?2
-                   AND (i.status IN ('pending', 'running') OR (i.status = 'skipped' AND i.error = 'no input'))
+                "SELECT {ITEM_COLUMNS} FROM items i WHERE i.id IN (
+                   SELECT id FROM (SELECT id FROM items WHERE parent = ?1 AND status = 'pending' AND id > ?2 ORDER BY id LIMIT ?3)
+                   UNION ALL
+                   SELECT id FROM (SELECT id FROM items WHERE parent = ?1 AND status = 'running' AND id > ?2 ORDER BY id LIMIT ?3)
+                   UNION ALL
+                   SELECT id FROM (SELECT id FROM items INDEXED BY items_child_no_input WHERE parent = ?1 AND status = 'skipped' AND error = 'no input'
+                                   AND id > ?2 ORDER BY id LIMIT ?3))
                  ORDER BY i.id LIMIT ?3"
             ))?;
             let rows = statement.query_map(params![parent, after, limit], row_to_item)?;
@@ -475,9 +479,13 @@ impl StateStore for SqliteStateStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
             let mut statement = c.prepare_cached(&format!(
-                "SELECT {ITEM_COLUMNS} FROM items i
-                 WHERE (i.status IN ('pending', 'running') OR (i.status = 'skipped' AND i.error = 'no input'))
-                   AND i.id > ?1 AND i.parent IS NULL
+"SELECT {ITEM_COLUMNS} FROM items i WHERE i.id IN (
+                   SELECT id FROM (SELECT id FROM items WHERE parent IS NULL AND status = 'pending' AND id > ?1 ORDER BY id LIMIT ?2)
+                   UNION ALL
+                   SELECT id FROM (SELECT id FROM items WHERE parent IS NULL AND status = 'running' AND id > ?1 ORDER BY id LIMIT ?2)
+                   UNION ALL
+                   SELECT id FROM (SELECT id FROM items INDEXED BY items_top_no_input WHERE parent IS NULL AND status = 'skipped' AND error = 'no input'
+                                   AND id > ?1 ORDER BY id LIMIT ?2))
                  ORDER BY i.id LIMIT ?2"
             ))?;
             let rows = statement.query_map(params![after, limit], row_to_item)?;
