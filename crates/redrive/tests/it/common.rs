@@ -378,3 +378,48 @@ pub fn make_inputs(context: &TestContext, n: usize) {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// One HTTP/1.1 request as the tests' small servers read it.
+pub struct HttpRequest {
+    /// The request target, e.g. `/v2/rest/query`.
+    pub path: String,
+    /// Header names lowercased.
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// Reads the next request from a connection; `None` when the client closed it.
+pub fn read_request(reader: &mut impl std::io::BufRead) -> Option<HttpRequest> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let mut headers = std::collections::HashMap::new();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+    }
+    let length = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(HttpRequest {
+        path,
+        headers,
+        body,
+    })
+}

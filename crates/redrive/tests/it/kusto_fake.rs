@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
@@ -48,34 +48,15 @@ impl FakeKusto {
 
 fn serve(stream: std::net::TcpStream, handler: &Handler, seen: &Mutex<Vec<Request>>) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+    let Some(http) = crate::common::read_request(&mut reader) else {
         return;
-    }
-    let path = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    let mut length = 0;
-    let mut authorization = String::new();
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).unwrap_or(0);
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap_or(0),
-                "authorization" => authorization = value.trim().to_owned(),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap_or(());
+    };
+    let (path, body) = (http.path, http.body);
+    let authorization = http
+        .headers
+        .get("authorization")
+        .cloned()
+        .unwrap_or_default();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let request = Request {
         path,

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -44,29 +44,11 @@ fn receiver(flaky: bool) -> Receiver {
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    let Some(http) = crate::common::read_request(&mut reader) else {
                         return;
-                    }
-                    let mut length = 0;
-                    let mut token = String::new();
-                    loop {
-                        let mut header = String::new();
-                        reader.read_line(&mut header).unwrap_or(0);
-                        let header = header.trim_end();
-                        if header.is_empty() {
-                            break;
-                        }
-                        if let Some((name, value)) = header.split_once(':') {
-                            match name.to_ascii_lowercase().as_str() {
-                                "content-length" => length = value.trim().parse().unwrap_or(0),
-                                "auth-token" => token = value.trim().to_owned(),
-                                _ => {}
-                            }
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
+                    };
+                    let token = http.headers.get("auth-token").cloned().unwrap_or_default();
+                    let body = http.body;
                     let n = r.fetch_add(1, Ordering::SeqCst) + 1;
                     let mut stream = stream.try_clone().unwrap();
                     if flaky && n % 5 == 1 {
