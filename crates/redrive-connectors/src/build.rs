@@ -5,11 +5,15 @@ use std::sync::Arc;
 
 use redrive_core::engine::{Expansion, Pipeline};
 use redrive_core::plan::{Action, Plan, PlanError, SourceKind, SourceSpec};
-use redrive_core::source::{Source, SourceError};
+use redrive_core::source::{Shard, Source, SourceError};
 use redrive_core::step::Step;
 
-use crate::sources::{CsvSource, DatesSource, GlobSource, KustoSource, LinesSource, ListSource};
-use crate::steps::{CopyStep, EnqueueStep, ExistsStep, HttpStep, Required, RunStep};
+use crate::sources::{
+    CsvSource, DatesSource, GlobSource, KustoSource, LinesSource, ListSource, Sharded, SqlSource,
+};
+use crate::steps::{
+    CopyStep, EnqueueStep, ExistsStep, HttpStep, Required, RunStep, SqlInsertStep, XmlStep,
+};
 use crate::storage::{Env, Stores};
 
 /// A plan that cannot be built.
@@ -49,6 +53,11 @@ pub fn build(plan: &Plan) -> Result<Pipeline, BuildError> {
 
 /// Builds the plan with `env` as the environment.
 pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
+    build_shard(plan, env, None)
+}
+
+/// Builds the plan for one shard of its items (`--shard I/N`), or all of them.
+pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeline, BuildError> {
     let file = plan.path.display().to_string();
     let stores = Arc::new(Stores::new(&plan.base_dir, plan.stores.clone(), env));
     let source_error = |table: &str, source: SourceError| BuildError::Source {
@@ -56,7 +65,17 @@ pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
         table: table.to_owned(),
         source,
     };
-    let source = source(&plan.source, &stores).map_err(|e| source_error("source", e))?;
+    let source = match (&plan.source.kind, shard) {
+        (SourceKind::Sql(sql), _) => Arc::new(
+            SqlSource::new(sql.clone(), shard).map_err(|e| source_error("source", e))?,
+        ) as Arc<dyn Source>,
+        (_, Some(shard)) => Arc::new(Sharded::new(
+            source(&plan.source, &stores).map_err(|e| source_error("source", e))?,
+            plan.key()?,
+            shard,
+        )),
+        (_, None) => source(&plan.source, &stores).map_err(|e| source_error("source", e))?,
+    };
     let expand = match (&plan.expand, plan.expand_key()?) {
         (Some(spec), Some(key)) => Some(Expansion {
             source: self::source(spec, &stores).map_err(|e| source_error("expand", e))?,
@@ -87,6 +106,14 @@ pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
                     Arc::new(EnqueueStep::new(enqueue.clone(), Arc::clone(&stores)))
                 }
                 Action::Http(http) => Arc::new(HttpStep::new(http.clone())),
+                Action::Xml(xml) => Arc::new(XmlStep::new(xml.clone())),
+                Action::SqlInsert(insert) => Arc::new(
+                    SqlInsertStep::new(insert.clone()).map_err(|e| BuildError::Unsupported {
+                        file: file.clone(),
+                        table: format!("step `{}`", spec.name),
+                        message: format!("`sql_insert.url`: {e}"),
+                    })?,
+                ),
                 Action::Run(run) => Arc::new(RunStep::new(
                     run.clone(),
                     &spec.name,
@@ -128,5 +155,6 @@ fn source(spec: &SourceSpec, stores: &Arc<Stores>) -> Result<Arc<dyn Source>, So
         SourceKind::List { url, recursive } => {
             Arc::new(ListSource::new(stores, url.clone(), *recursive)?)
         }
+        SourceKind::Sql(sql) => Arc::new(SqlSource::new(sql.clone(), None)?),
     })
 }

@@ -3,14 +3,17 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod azure_auth;
+mod batch;
 mod build;
 mod checksum;
 pub mod diff;
 mod queue;
 mod response;
 pub mod sources;
+pub mod sql;
 mod sqs;
 pub mod steps;
 pub mod storage;
+pub mod xml;
 
-pub use build::{BuildError, build, build_with};
+pub use build::{BuildError, build, build_shard, build_with};

@@ -309,7 +309,10 @@ pub async fn run(
             }
         }
         let loader_was = loader_end.load(Ordering::SeqCst);
-        let page = shared.state.runnable(cursor, PAGE).await?;
+        let mut page = shared.state.runnable(cursor, PAGE).await?;
+        if !page.is_empty() {
+            shared.pipeline.source.hydrate(&mut page).await?;
+        }
         if page.is_empty() {
             if loader_was != LOADING {
                 // Complete: nothing is left. Stopped early (an error, or `--limit` reached
@@ -451,7 +454,13 @@ async fn load(
     loaded: &Notify,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
-    let mut items = shared.pipeline.source.items(&Fields::new());
+    // A source that can seek resumes after the last item recorded; others are read again.
+    let source = &shared.pipeline.source;
+    let resumed = match shared.state.last_item().await? {
+        Some(last) => source.items_after(&last.fields),
+        None => None,
+    };
+    let mut items = resumed.unwrap_or_else(|| source.items(&Fields::new()));
     let mut batch = Vec::with_capacity(LOAD_BATCH);
     let result = loop {
         // Hand over what we have whenever the source would make us wait (a slow listing), so
@@ -723,18 +732,28 @@ fn tally_child(
 
 /// Where an item starts: its first unfinished step, or earlier when a file that an earlier
 /// step produced has gone (that step is redone, and every step after it).
+/// A step that binds fields (`xml`) is redone too: its fields are not in the state.
 async fn start_step(shared: &Shared, item: &StoredItem) -> Result<usize, EngineError> {
     if item.step == 0 {
         return Ok(0);
     }
+    let mut first = item.step;
     let outputs = shared.state.outputs(item.id).await?;
     for (step, produced) in outputs {
-        if step < item.step && !std::path::Path::new(&produced.path).exists() {
+        if step < first && !std::path::Path::new(&produced.path).exists() {
             tracing::info!(key = %crate::secrets::redact(&item.key), step, path = %produced.path, "Output gone: redoing the step.");
-            return Ok(step);
+            first = step;
+            break;
         }
     }
-    Ok(item.step)
+    let steps = &shared.pipeline.steps;
+    if let Some(binds) = steps[..first.min(steps.len())]
+        .iter()
+        .position(|(_, step)| step.binds_fields())
+    {
+        first = binds;
+    }
+    Ok(first)
 }
 
 async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, EngineError> {
@@ -845,7 +864,8 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
             error: None,
         };
         match outcome {
-            Ok(Outcome::Done(done)) => {
+            Ok(Outcome::Done(mut done)) => {
+                fields.append(&mut done.fields);
                 report.bytes += done.bytes;
                 event.bytes = done.bytes;
                 event.output = done.output.as_ref().map(|o| o.path.as_str());

@@ -12,6 +12,12 @@ use sha2::{Digest, Sha256};
 
 use crate::template::{Template, TemplateError};
 
+mod sql;
+pub use sql::{
+    DEFAULT_INSERT_BATCH, DEFAULT_SQL_BATCH, Hook, Missing, OnConflict, SqlInsertSpec, SqlSourceSpec, XmlPath, XmlSpec, XmlStep,
+    check_identifier, parse_xml_path,
+};
+
 /// Default items in flight.
 pub const DEFAULT_ITEMS: usize = 16;
 /// Default children in flight per item.
@@ -77,6 +83,10 @@ pub struct Plan {
     pub stores: Vec<(String, StoreSpec)>,
     /// Hash of the job name, source, expansion and steps (not limits or stores).
     pub fingerprint: String,
+    /// SQL run once before the job's items (`[[job.before]]`).
+    pub before: Vec<Hook>,
+    /// SQL run once after every item ended (`[[job.after]]`).
+    pub after: Vec<Hook>,
 }
 
 /// A source of items.
@@ -126,6 +136,8 @@ pub enum SourceKind {
         /// Descend into "subdirectories".
         recursive: bool,
     },
+    /// Rows of an SQL table, by keyset pagination on its key column.
+    Sql(SqlSourceSpec),
 }
 
 impl SourceKind {
@@ -138,6 +150,7 @@ impl SourceKind {
             SourceKind::Kusto(_) => "kusto",
             SourceKind::List { .. } => "list",
             SourceKind::Dates { .. } => "dates",
+            SourceKind::Sql(_) => "sql",
         }
     }
 
@@ -151,9 +164,10 @@ impl SourceKind {
                 all.extend(kusto.token.as_ref());
                 all
             }
-            SourceKind::Csv { .. } | SourceKind::Lines { .. } | SourceKind::Dates { .. } => {
-                Vec::new()
-            }
+            SourceKind::Csv { .. }
+            | SourceKind::Lines { .. }
+            | SourceKind::Dates { .. }
+            | SourceKind::Sql(_) => Vec::new(),
         }
     }
 
@@ -164,7 +178,7 @@ impl SourceKind {
             SourceKind::Lines { .. } => Some("{line}"),
             SourceKind::Glob { .. } => Some("{path}"),
             SourceKind::List { .. } => Some("{key}"),
-            SourceKind::Kusto(_) => None,
+            SourceKind::Kusto(_) | SourceKind::Sql(_) => None,
             SourceKind::Dates { step_hours, .. } if step_hours % 24 == 0 => Some("{date}"),
             SourceKind::Dates { .. } => Some("{date}T{hour}"),
         }
@@ -270,6 +284,10 @@ pub enum Action {
     Run(RunSpec),
     /// Call an HTTP API, one request per item or per batch of items.
     Http(HttpSpec),
+    /// Keep one element of an XML field.
+    Xml(XmlSpec),
+    /// Insert (or upsert) one row per item, in batches.
+    SqlInsert(SqlInsertSpec),
 }
 
 /// `http = { url, method, headers, form | json, batch, max_wait, rate, concurrency }`.
@@ -314,6 +332,8 @@ impl Action {
             Action::Enqueue(_) => "enqueue",
             Action::Run(_) => "run",
             Action::Http(_) => "http",
+            Action::Xml(_) => "xml",
+            Action::SqlInsert(_) => "sql_insert",
         }
     }
 
@@ -343,6 +363,12 @@ impl Action {
                 all.extend(run.cwd.as_ref());
                 all.extend(run.env.iter().map(|(_, t)| t));
                 all.extend(run.output.as_ref());
+                all
+            }
+            Action::Xml(_) => Vec::new(),
+            Action::SqlInsert(insert) => {
+                let mut all = vec![&insert.url];
+                all.extend(insert.columns.iter().map(|(_, t)| t));
                 all
             }
         }
@@ -536,6 +562,10 @@ struct RawJob {
     name: String,
     state: Option<String>,
     logs: Option<String>,
+    #[serde(default)]
+    before: Vec<sql::RawHook>,
+    #[serde(default)]
+    after: Vec<sql::RawHook>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -547,6 +577,7 @@ struct RawSource {
     list: Option<String>,
     kusto: Option<RawKusto>,
     dates: Option<RawDates>,
+    sql: Option<sql::RawSql>,
     key: Option<String>,
     recursive: Option<bool>,
     delimiter: Option<String>,
@@ -582,6 +613,8 @@ struct RawStep {
     exists: Option<RawExists>,
     copy: Option<RawCopy>,
     enqueue: Option<RawEnqueue>,
+    xml: Option<sql::RawXml>,
+    sql_insert: Option<sql::RawSqlInsert>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -852,6 +885,8 @@ impl Plan {
             limits,
             stores,
             fingerprint,
+            before: sql::hooks("before", &raw.job.before).map_err(|m| invalid("job", m))?,
+            after: sql::hooks("after", &raw.job.after).map_err(|m| invalid("job", m))?,
         })
     }
 
@@ -920,6 +955,20 @@ impl Plan {
                     .check_fields(&item_fields)
                     .map_err(|e| invalid(format!("step.{}", index + 1), step.action.name(), e))?;
             }
+            if let Action::Xml(xml) = &step.action {
+                if !item_fields.contains(&xml.field) {
+                    return Err(PlanError::Invalid {
+                        file: file.clone(),
+                        table: format!("step.{}", index + 1),
+                        message: format!(
+                            "`xml.field` names `{}`, which items do not have; they have: {}",
+                            xml.field,
+                            item_fields.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+                item_fields.insert(xml.into.clone());
+            }
         }
         Ok(())
     }
@@ -951,13 +1000,14 @@ fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
         ("list", raw.list.is_some()),
         ("kusto", raw.kusto.is_some()),
         ("dates", raw.dates.is_some()),
+        ("sql", raw.sql.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
     .collect();
     if given.len() != 1 {
         return Err(format!(
-            "give exactly one of `csv`, `lines`, `glob`, `list`, `kusto`, `dates` (found {}); e.g. `csv = \"items.csv\"`",
+            "give exactly one of `csv`, `lines`, `glob`, `list`, `kusto`, `dates`, `sql` (found {}); e.g. `csv = \"items.csv\"`",
             if given.is_empty() {
                 "none".to_owned()
             } else {
@@ -1044,10 +1094,16 @@ fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec, String> {
             url: template("list", url)?,
             recursive: raw.recursive.unwrap_or(true),
         }
+    } else if let Some(sql) = &raw.sql {
+        SourceKind::Sql(sql::sql_source(sql)?)
     } else {
         return Err("no source kind".to_owned());
     };
-    let key = raw.key.as_deref().map(|k| template("key", k)).transpose()?;
+    let key = match (&raw.key, &kind) {
+        (Some(key), _) => Some(template("key", key)?),
+        (None, SourceKind::Sql(sql)) => Some(template("key", &format!("{{{}}}", sql.key))?),
+        (None, _) => None,
+    };
     let spec = SourceSpec { kind, key };
     source_key(&spec)?;
     Ok(spec)
@@ -1083,6 +1139,8 @@ fn action(raw: &RawStep, base_dir: &Path) -> Result<Action, String> {
         ("enqueue", raw.enqueue.is_some()),
         ("run", raw.run.is_some()),
         ("http", raw.http.is_some()),
+        ("xml", raw.xml.is_some()),
+        ("sql_insert", raw.sql_insert.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
@@ -1146,7 +1204,13 @@ fn action(raw: &RawStep, base_dir: &Path) -> Result<Action, String> {
     if let Some(http) = &raw.http {
         return http_spec(http).map(Action::Http);
     }
-    Err("the step has no action; give one of `exists`, `copy`, `enqueue`, `run`, `http`".to_owned())
+    if let Some(xml) = &raw.xml {
+        return sql::xml(xml).map(Action::Xml);
+    }
+    if let Some(insert) = &raw.sql_insert {
+        return sql::sql_insert(insert).map(Action::SqlInsert);
+    }
+    Err("the step has no action; give one of `exists`, `copy`, `enqueue`, `run`, `http`, `xml`, `sql_insert`".to_owned())
 }
 
 fn http_spec(raw: &RawHttp) -> Result<HttpSpec, String> {

@@ -238,6 +238,9 @@ pub trait StateStore: Send + Sync {
     /// id greater than `after`, in id order.
     async fn runnable(&self, after: ItemId, limit: usize) -> Result<Vec<StoredItem>, StateError>;
 
+    /// The top-level item recorded last (the highest id), where a seekable source resumes.
+    async fn last_item(&self) -> Result<Option<StoredItem>, StateError>;
+
     /// Commits one transition (durably, before returning).
     async fn record(&self, transition: Transition) -> Result<(), StateError>;
 

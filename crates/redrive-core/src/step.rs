@@ -33,6 +33,9 @@ pub struct Done {
     pub output: Option<Produced>,
     /// Where the step wrote or sent (a URL), for telemetry.
     pub target: Option<String>,
+    /// Fields the step computed (`xml`'s `into`), for later steps. Not recorded in the state:
+    /// a step that returns fields says so with [`Step::binds_fields`] and is run again on resume.
+    pub fields: Fields,
 }
 
 /// A file a step produced.
@@ -59,6 +62,7 @@ impl Outcome {
             bytes,
             output: None,
             target: Some(target.into()),
+            fields: Fields::new(),
         })
     }
 }
@@ -93,5 +97,12 @@ pub trait Step: Send + Sync + Debug {
     /// `Ok(None)` when missing: the item is skipped with [`NO_INPUT`] until a later run.
     async fn require(&self, _fields: &Fields) -> Result<Option<Fields>, StepError> {
         Ok(Some(Fields::new()))
+    }
+
+    /// True for a step that computes fields for later steps ([`Done::fields`]) and has no
+    /// other effect (`xml`). Its fields are not in the state, so an item resumed after it
+    /// starts again at this step.
+    fn binds_fields(&self) -> bool {
+        false
     }
 }

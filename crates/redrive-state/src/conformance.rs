@@ -50,6 +50,30 @@ pub async fn run_all(factory: Factory<'_>) {
     source_complete_flag(factory().await.as_ref()).await;
     concurrent_records_all_land(factory().await.as_ref()).await;
     children_belong_to_their_parent(factory().await.as_ref()).await;
+    last_item_is_the_last_top_level_item(factory().await.as_ref()).await;
+}
+
+/// `last_item` is the top-level item recorded last (children do not count), or none.
+pub async fn last_item_is_the_last_top_level_item(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    assert!(ok(store.last_item().await, "last of none").is_none());
+    ok(store.insert(items(&["k1", "k2"])).await, "insert");
+    ok(store.flush().await, "flush");
+    let last = ok(store.last_item().await, "last").map(|i| i.key);
+    assert_eq!(last.as_deref(), Some("k2"));
+    let parents = ok(store.runnable(0, 10).await, "runnable");
+    ok(
+        store.insert_children(parents[0].id, items(&["c1", "c2"])).await,
+        "children",
+    );
+    ok(store.insert(items(&["k0"])).await, "insert again");
+    ok(store.flush().await, "flush");
+    let last = ok(store.last_item().await, "last").map(|i| (i.key, i.fields));
+    assert_eq!(
+        last,
+        Some(("k0".to_owned(), items(&["k0"]).remove(0).fields)),
+        "the last recorded, not the greatest key; children do not count"
+    );
 }
 
 /// Children are keyed within their parent, paged per parent, counted, and summed up apart.

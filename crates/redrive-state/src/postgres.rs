@@ -476,6 +476,16 @@ impl StateStore for PostgresStateStore {
         .await
     }
 
+    async fn last_item(&self) -> Result<Option<StoredItem>, StateError> {
+        let mut items = self
+            .items(
+                "WHERE i.id = (SELECT max(id) FROM items WHERE parent IS NULL)",
+                |q| q,
+            )
+            .await?;
+        Ok(items.pop())
+    }
+
     async fn record(&self, transition: Transition) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
         let result = match transition {

@@ -494,6 +494,18 @@ impl StateStore for SqliteStateStore {
         .await
     }
 
+    async fn last_item(&self) -> Result<Option<StoredItem>, StateError> {
+        self.read(move |c| {
+            let mut statement = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM items i
+                 WHERE i.id = (SELECT max(id) FROM items WHERE parent IS NULL)"
+            ))?;
+            let mut rows = statement.query_map([], row_to_item)?;
+            rows.next().transpose()
+        })
+        .await
+    }
+
     async fn record(&self, transition: Transition) -> Result<(), StateError> {
         self.write(Box::new(move |tx| {
             let changed = match transition {

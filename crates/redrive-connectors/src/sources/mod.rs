@@ -6,6 +6,8 @@ mod glob;
 mod kusto;
 mod lines;
 mod list;
+mod shard;
+mod sql;
 
 pub use self::csv::CsvSource;
 pub use self::dates::DatesSource;
@@ -13,6 +15,8 @@ pub use self::glob::GlobSource;
 pub use self::kusto::KustoSource;
 pub use self::lines::LinesSource;
 pub use self::list::ListSource;
+pub use self::shard::Sharded;
+pub use self::sql::SqlSource;
 
 use futures::stream::BoxStream;
 use redrive_core::item::Fields;

@@ -1,9 +1,8 @@
 //! `http = { url, method, headers, form | json, batch, max_wait, rate, concurrency }`: an API
 //! call per item, or per batch of items.
 //!
-//! Batching needs nothing from the engine: each item's step call joins the current batch and
-//! waits for its result; a batch is sent when it holds `batch` items or its first item has
-//! waited `max_wait`. Every item of a batch shares its outcome: 2xx → done; 4xx → failed with an
+//! Batches are gathered by [`crate::batch::Batcher`]: a batch is sent when it holds `batch`
+//! items or its first item has waited `max_wait`. Every item of a batch shares its outcome: 2xx → done; 4xx → failed with an
 //! excerpt of the response; 429, 5xx and timeouts → retried (honouring Retry-After), each item
 //! joining a new batch. Delivery is at least once: a batch the API accepted just before a crash,
 //! not yet recorded, is sent again on resume.
@@ -21,7 +20,9 @@ use redrive_core::plan::{HttpBody, HttpSpec};
 use redrive_core::secrets::redact;
 use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
+
+use crate::batch::Batcher;
 
 /// What `application/x-www-form-urlencoded` leaves as is.
 const FORM: &AsciiSet = &NON_ALPHANUMERIC
@@ -38,18 +39,6 @@ struct Failure {
     class: ErrorClass,
     message: String,
     retry_after: Option<Duration>,
-}
-
-struct Waiting {
-    fields: Fields,
-    done: oneshot::Sender<Result<(), Failure>>,
-}
-
-#[derive(Default)]
-struct Queue {
-    items: Vec<Waiting>,
-    /// Bumped at every flush, so a timer only flushes the batch it was started for.
-    generation: u64,
 }
 
 /// Spaces requests at least `interval` apart.
@@ -75,7 +64,6 @@ impl Rate {
 struct Inner {
     spec: HttpSpec,
     client: reqwest::Client,
-    queue: Mutex<Queue>,
     rate: Option<Rate>,
     in_flight: Option<Semaphore>,
 }
@@ -83,6 +71,7 @@ struct Inner {
 /// Calls an HTTP API.
 pub struct HttpStep {
     inner: Arc<Inner>,
+    batcher: Batcher<Fields, Failure>,
 }
 
 impl std::fmt::Debug for HttpStep {
@@ -107,14 +96,24 @@ impl HttpStep {
             next: Mutex::new(Instant::now()),
         });
         let in_flight = spec.concurrency.map(Semaphore::new);
+        let (size, max_wait) = (spec.batch, spec.max_wait);
+        let inner = Arc::new(Inner {
+            spec,
+            client,
+            rate,
+            in_flight,
+        });
+        let sender = Arc::clone(&inner);
+        let send: crate::batch::Send<Fields, Failure> = Arc::new(move |items: Vec<Fields>| {
+            let inner = Arc::clone(&sender);
+            Box::pin(async move {
+                let result = inner.send(&items).await;
+                vec![result; items.len()]
+            })
+        });
         Self {
-            inner: Arc::new(Inner {
-                spec,
-                client,
-                queue: Mutex::new(Queue::default()),
-                rate,
-                in_flight,
-            }),
+            inner,
+            batcher: Batcher::new(size, max_wait, send),
         }
     }
 }
@@ -219,64 +218,6 @@ impl Inner {
             retry_after,
         })
     }
-
-    /// Sends `batch` and tells each of its items the outcome.
-    async fn flush(self: Arc<Self>, batch: Vec<Waiting>) {
-        let (fields, senders): (Vec<Fields>, Vec<_>) =
-            batch.into_iter().map(|w| (w.fields, w.done)).unzip();
-        let result = self.send(&fields).await;
-        for sender in senders {
-            let _ = sender.send(result.clone());
-        }
-    }
-
-    /// Joins the current batch; returns the batch's outcome.
-    async fn submit(self: &Arc<Self>, fields: Fields) -> Result<(), Failure> {
-        if self.spec.batch <= 1 {
-            return self.send(std::slice::from_ref(&fields)).await;
-        }
-        let (done, outcome) = oneshot::channel();
-        let (full, timer) = {
-            let mut queue = self.queue.lock().map_err(|_| Failure {
-                class: ErrorClass::Fatal,
-                message: "the batch queue is poisoned".to_owned(),
-                retry_after: None,
-            })?;
-            queue.items.push(Waiting { fields, done });
-            if queue.items.len() >= self.spec.batch {
-                queue.generation += 1;
-                (Some(std::mem::take(&mut queue.items)), None)
-            } else if queue.items.len() == 1 {
-                (None, Some(queue.generation))
-            } else {
-                (None, None)
-            }
-        };
-        if let Some(batch) = full {
-            tokio::spawn(Arc::clone(self).flush(batch));
-        }
-        if let Some(generation) = timer {
-            let inner = Arc::clone(self);
-            tokio::spawn(async move {
-                tokio::time::sleep(inner.spec.max_wait).await;
-                let batch = match inner.queue.lock() {
-                    Ok(mut queue) if queue.generation == generation && !queue.items.is_empty() => {
-                        queue.generation += 1;
-                        std::mem::take(&mut queue.items)
-                    }
-                    _ => return,
-                };
-                inner.flush(batch).await;
-            });
-        }
-        outcome.await.unwrap_or_else(|_| {
-            Err(Failure {
-                class: ErrorClass::Transient,
-                message: "the batch was dropped".to_owned(),
-                retry_after: None,
-            })
-        })
-    }
 }
 
 #[async_trait]
@@ -304,7 +245,18 @@ impl Step for HttpStep {
             .render(fields)
             .map(|u| redact(&u).into_owned())
             .unwrap_or_default();
-        match self.inner.submit(fields.clone()).await {
+        let result = if self.inner.spec.batch <= 1 {
+            self.inner.send(std::slice::from_ref(fields)).await
+        } else {
+            self.batcher
+                .submit(fields.clone(), || Failure {
+                    class: ErrorClass::Transient,
+                    message: "the batch was dropped".to_owned(),
+                    retry_after: None,
+                })
+                .await
+        };
+        match result {
             Ok(()) => Ok(Outcome::done_to(0, target)),
             Err(failure) => {
                 let mut error = StepError::new(failure.class, failure.message);

@@ -6,6 +6,8 @@ mod exists;
 mod http;
 mod require;
 mod run;
+mod sql_insert;
+mod xml;
 
 pub use copy::CopyStep;
 pub use enqueue::EnqueueStep;
@@ -13,3 +15,5 @@ pub use exists::ExistsStep;
 pub use http::HttpStep;
 pub use require::Required;
 pub use run::RunStep;
+pub use sql_insert::SqlInsertStep;
+pub use xml::XmlStep;

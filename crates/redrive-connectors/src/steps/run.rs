@@ -245,6 +245,7 @@ impl Step for RunStep {
             bytes: 0,
             output: produced,
             target: None,
+            ..Done::default()
         }))
     }
 

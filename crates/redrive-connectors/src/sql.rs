@@ -1,0 +1,502 @@
+//! The one place redrive talks to SQL databases as a source, a target or a hook: a URL
+//! becomes a pool (PostgreSQL, MySQL or MariaDB); reads page by key; writes are multi-row
+//! statements with every value bound as a parameter, never written into the SQL.
+//!
+//! Identifiers (tables, columns) come from the plan, checked to be plain names
+//! ([`redrive_core::plan::check_identifier`]), and are written unquoted, so they mean what
+//! they mean in the user's own SQL.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redrive_core::error::ErrorClass;
+use redrive_core::plan::OnConflict;
+use redrive_core::secrets::redact;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+
+/// Most parameters one statement may carry (PostgreSQL and MySQL allow 65,535).
+const MAX_PARAMETERS: usize = 60_000;
+
+/// A database call that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SqlError {
+    /// Retry or not.
+    pub class: ErrorClass,
+    /// What failed, where, and the server's words (secrets masked).
+    pub message: String,
+}
+
+/// Which SQL is spoken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Postgres(PgPool),
+    MySql(MySqlPool),
+}
+
+/// A connection pool to one database.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pool: Pool,
+    /// The URL with its password masked, for messages.
+    shown: String,
+}
+
+/// A multi-row insert, prepared once for a table.
+#[derive(Clone, Debug)]
+pub struct Insert {
+    /// The table.
+    pub table: String,
+    /// Its columns, in value order.
+    pub columns: Vec<String>,
+    /// The unique columns for `ON CONFLICT`.
+    pub key: Vec<String>,
+    /// What a conflict does.
+    pub on_conflict: OnConflict,
+}
+
+impl Database {
+    /// A pool for `url` (`postgres://`, `mysql://` or `mariadb://`), connecting on first use.
+    pub fn connect(url: &str, connections: u32) -> Result<Self, SqlError> {
+        let shown = mask_password(url);
+        let bad = |e: sqlx::Error| SqlError {
+            class: ErrorClass::Permanent,
+            message: format!("`{shown}` is not a usable database URL: {e}"),
+        };
+        let timeout = Duration::from_secs(30);
+        let pool = match url.split("://").next().unwrap_or_default() {
+            "postgres" | "postgresql" => Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(connections)
+                    .acquire_timeout(timeout)
+                    .connect_lazy(url)
+                    .map_err(bad)?,
+            ),
+            "mysql" | "mariadb" => {
+                let url = url.replacen("mariadb://", "mysql://", 1);
+                Pool::MySql(
+                    MySqlPoolOptions::new()
+                        .max_connections(connections)
+                        .acquire_timeout(timeout)
+                        .connect_lazy(&url)
+                        .map_err(bad)?,
+                )
+            }
+            scheme => {
+                return Err(SqlError {
+                    class: ErrorClass::Permanent,
+                    message: format!(
+                        "`{shown}`: unknown database scheme `{scheme}`; use postgres:// or mysql:// (mariadb://)"
+                    ),
+                });
+            }
+        };
+        Ok(Self { pool, shown })
+    }
+
+    /// The SQL this database speaks.
+    pub fn dialect(&self) -> Dialect {
+        match self.pool {
+            Pool::Postgres(_) => Dialect::Postgres,
+            Pool::MySql(_) => Dialect::MySql,
+        }
+    }
+
+    /// The URL, password masked.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    fn error(&self, what: &str, error: sqlx::Error) -> SqlError {
+        SqlError {
+            class: classify(&error),
+            message: redact(&format!("{what} on `{}`: {error}", self.shown)).into_owned(),
+        }
+    }
+
+    /// Runs one or more statements as written (a hook).
+    pub async fn execute_script(&self, sql: &str) -> Result<(), SqlError> {
+        let script = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()));
+        let result = match &self.pool {
+            Pool::Postgres(pool) => script.execute(pool).await.map(|_| ()),
+            Pool::MySql(pool) => script.execute(pool).await.map(|_| ()),
+        };
+        result.map_err(|e| self.error("the statement failed", e))
+    }
+
+    /// Each column of `table` and its type as the server names it (`integer`, `text`, `int`).
+    /// Names are lower-cased.
+    pub async fn column_types(&self, table: &str) -> Result<HashMap<String, String>, SqlError> {
+        let rows: Vec<(String, String)> = match &self.pool {
+            Pool::Postgres(pool) => sqlx::query_as(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+                 FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            )
+            .bind(table.to_lowercase())
+            .fetch_all(pool)
+            .await
+            .map_err(|e| self.error(&format!("cannot read the columns of `{table}`"), e))?,
+            Pool::MySql(pool) => {
+                let (schema, name) = match table.split_once('.') {
+                    Some((schema, name)) => (Some(schema), name),
+                    None => (None, table),
+                };
+                sqlx::query_as(
+                    "SELECT CAST(column_name AS CHAR), CAST(data_type AS CHAR) FROM information_schema.columns
+                     WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?",
+                )
+                .bind(schema)
+                .bind(name)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| self.error(&format!("cannot read the columns of `{table}`"), e))?
+            }
+        };
+        if rows.is_empty() {
+            return Err(SqlError {
+                class: ErrorClass::Permanent,
+                message: format!("`{}` has no table `{table}`", self.shown),
+            });
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(name, kind)| (name.to_lowercase(), kind.to_lowercase()))
+            .collect())
+    }
+
+    /// Runs `sql` (with `?` placeholders, rewritten to `$n` for PostgreSQL), binding `params`,
+    /// and returns every column of each row as text (`None` for NULL).
+    pub async fn query_text(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<Vec<Option<String>>>, SqlError> {
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let sql = numbered(sql);
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for param in params {
+                    query = match param {
+                        Param::Int(n) => query.bind(*n),
+                        Param::Text(t) => query.bind(t.clone()),
+                        Param::Ints(n) => query.bind(n.clone()),
+                        Param::Texts(t) => query.bind(t.clone()),
+                    };
+                }
+                let rows = query
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| self.error("the query failed", e))?;
+                rows.iter().map(|row| pg_text(row).map_err(|e| self.error("cannot read a row", e))).collect()
+            }
+            Pool::MySql(pool) => {
+                let mut query = sqlx::query(AssertSqlSafe(sql.to_owned()));
+                for param in params {
+                    query = match param {
+                        Param::Int(n) => query.bind(*n),
+                        Param::Text(t) => query.bind(t.clone()),
+                        Param::Ints(_) | Param::Texts(_) => {
+                            return Err(SqlError {
+                                class: ErrorClass::Permanent,
+                                message: "array parameters are PostgreSQL only".to_owned(),
+                            });
+                        }
+                    };
+                }
+                let rows = query
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| self.error("the query failed", e))?;
+                rows.iter().map(|row| my_text(row).map_err(|e| self.error("cannot read a row", e))).collect()
+            }
+        }
+    }
+
+    /// Inserts `rows` (each value as text, cast to the column's type on PostgreSQL) in one
+    /// transaction, as few multi-row statements as the parameter limit allows.
+    pub async fn insert(
+        &self,
+        insert: &Insert,
+        types: &HashMap<String, String>,
+        rows: &[Vec<String>],
+    ) -> Result<(), SqlError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let per_statement = (MAX_PARAMETERS / insert.columns.len().max(1)).max(1);
+        let what = format!("inserting {} row(s) into `{}`", rows.len(), insert.table);
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(|e| self.error(&what, e))?;
+                for chunk in rows.chunks(per_statement) {
+                    let sql = insert_sql(Dialect::Postgres, insert, types, chunk.len());
+                    let mut query = sqlx::query(AssertSqlSafe(sql));
+                    for value in chunk.iter().flatten() {
+                        query = query.bind(value.as_str());
+                    }
+                    query.execute(&mut *tx).await.map_err(|e| self.error(&what, e))?;
+                }
+                tx.commit().await.map_err(|e| self.error(&what, e))
+            }
+            Pool::MySql(pool) => {
+                let mut tx = pool.begin().await.map_err(|e| self.error(&what, e))?;
+                for chunk in rows.chunks(per_statement) {
+                    let sql = insert_sql(Dialect::MySql, insert, types, chunk.len());
+                    let mut query = sqlx::query(AssertSqlSafe(sql));
+                    for value in chunk.iter().flatten() {
+                        query = query.bind(value.as_str());
+                    }
+                    query.execute(&mut *tx).await.map_err(|e| self.error(&what, e))?;
+                }
+                tx.commit().await.map_err(|e| self.error(&what, e))
+            }
+        }
+    }
+}
+
+/// A bound parameter.
+#[derive(Clone, Debug)]
+pub enum Param {
+    /// An integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// Integers (PostgreSQL `= ANY(?)`).
+    Ints(Vec<i64>),
+    /// Texts (PostgreSQL `= ANY(?)`).
+    Texts(Vec<String>),
+}
+
+/// Is a column of this type an integer (so a shard filter `key % N` works)?
+pub fn is_integer_type(kind: &str) -> bool {
+    let kind = kind.trim_end_matches(" unsigned");
+    matches!(
+        kind,
+        "integer" | "bigint" | "smallint" | "int" | "tinyint" | "mediumint" | "int2" | "int4" | "int8"
+    )
+}
+
+/// The SQL of one multi-row insert of `rows` rows.
+fn insert_sql(
+    dialect: Dialect,
+    insert: &Insert,
+    types: &HashMap<String, String>,
+    rows: usize,
+) -> String {
+    let columns = insert.columns.join(", ");
+    let mut sql = format!("INSERT INTO {} ({columns}) VALUES ", insert.table);
+    let mut n = 0;
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for (i, column) in insert.columns.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            n += 1;
+            match dialect {
+                // Text parameters, cast to the column's own type: `integer`, `xml`, `timestamp`.
+                Dialect::Postgres => match types.get(&column.to_lowercase()) {
+                    Some(kind) if kind != "text" => sql.push_str(&format!("CAST(${n} AS {kind})")),
+                    _ => sql.push_str(&format!("${n}")),
+                },
+                Dialect::MySql => sql.push('?'),
+            }
+        }
+        sql.push(')');
+    }
+    let others: Vec<&String> = insert
+        .columns
+        .iter()
+        .filter(|c| !insert.key.iter().any(|k| k.eq_ignore_ascii_case(c)))
+        .collect();
+    match (dialect, insert.on_conflict) {
+        (_, OnConflict::Fail) => {}
+        (Dialect::Postgres, OnConflict::Skip) => sql.push_str(" ON CONFLICT DO NOTHING"),
+        (Dialect::Postgres, OnConflict::Update) if others.is_empty() => {
+            sql.push_str(" ON CONFLICT DO NOTHING");
+        }
+        (Dialect::Postgres, OnConflict::Update) => {
+            let set: Vec<String> = others.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+            sql.push_str(&format!(
+                " ON CONFLICT ({}) DO UPDATE SET {}",
+                insert.key.join(", "),
+                set.join(", ")
+            ));
+        }
+        // `INSERT IGNORE` would also turn bad values into warnings; a no-op update does not.
+        (Dialect::MySql, OnConflict::Skip) => {
+            let first = &insert.columns[0];
+            sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {first} = {first}"));
+        }
+        (Dialect::MySql, OnConflict::Update) => {
+            let first = &insert.columns[0];
+            let set: Vec<String> = if others.is_empty() {
+                vec![format!("{first} = {first}")]
+            } else {
+                others.iter().map(|c| format!("{c} = VALUES({c})")).collect()
+            };
+            sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {}", set.join(", ")));
+        }
+    }
+    sql
+}
+
+/// `?` → `$1`, `$2`, … outside quotes.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    let mut quote = None;
+    for c in sql.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                out.push(c);
+            }
+            (Some(q), c) if q == c => {
+                quote = None;
+                out.push(c);
+            }
+            (None, '?') => {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn pg_text(row: &PgRow) -> Result<Vec<Option<String>>, sqlx::Error> {
+    (0..row.len()).map(|i| row.try_get::<Option<String>, _>(i)).collect()
+}
+
+fn my_text(row: &MySqlRow) -> Result<Vec<Option<String>>, sqlx::Error> {
+    (0..row.len())
+        .map(|i| match row.try_get::<Option<String>, _>(i) {
+            Ok(value) => Ok(value),
+            // A binary collation: the bytes must still be UTF-8 text.
+            Err(_) => row.try_get::<Option<Vec<u8>>, _>(i).and_then(|bytes| {
+                bytes
+                    .map(|b| String::from_utf8(b).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+                    .transpose()
+            }),
+        })
+        .collect()
+}
+
+/// Retry what a later attempt can fix: lost connections, deadlocks, serialization failures,
+/// a server that is starting or full; not what the data causes (constraints, bad values).
+fn classify(error: &sqlx::Error) -> ErrorClass {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            ErrorClass::Transient
+        }
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => ErrorClass::Transient,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            match code.as_ref() {
+                // PostgreSQL: connection, resources, operator intervention, deadlock/serialization.
+                c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57") => {
+                    ErrorClass::Transient
+                }
+                "40001" | "40P01" => ErrorClass::Transient,
+                // MySQL: too many connections, deadlock, lock wait timeout.
+                "1040" | "HY000" if db.message().contains("connections") => ErrorClass::Throttled,
+                "1213" | "1205" | "40000" => ErrorClass::Transient,
+                "28000" | "28P01" | "42501" => ErrorClass::Fatal,
+                _ => ErrorClass::Permanent,
+            }
+        }
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`.
+pub(crate) fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact(url).into_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{credentials}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    redact(&format!("{scheme}://{authority}{path}")).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(on_conflict: OnConflict) -> Insert {
+        Insert {
+            table: "staging".into(),
+            columns: vec!["app_id".into(), "app_xml".into()],
+            key: vec!["app_id".into()],
+            on_conflict,
+        }
+    }
+
+    #[test]
+    fn inserts_bind_every_value_and_cast_on_postgres() {
+        let types = HashMap::from([
+            ("app_id".to_owned(), "integer".to_owned()),
+            ("app_xml".to_owned(), "text".to_owned()),
+        ]);
+        assert_eq!(
+            insert_sql(Dialect::Postgres, &insert(OnConflict::Update), &types, 2),
+            "INSERT INTO staging (app_id, app_xml) VALUES (CAST($1 AS integer), $2), (CAST($3 AS integer), $4) ON CONFLICT (app_id) DO UPDATE SET app_xml = EXCLUDED.app_xml"
+        );
+        assert_eq!(
+            insert_sql(Dialect::Postgres, &insert(OnConflict::Skip), &types, 1),
+            "INSERT INTO staging (app_id, app_xml) VALUES (CAST($1 AS integer), $2) ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(
+            insert_sql(Dialect::MySql, &insert(OnConflict::Update), &types, 1),
+            "INSERT INTO staging (app_id, app_xml) VALUES (?, ?) ON DUPLICATE KEY UPDATE app_xml = VALUES(app_xml)"
+        );
+        assert_eq!(
+            insert_sql(Dialect::MySql, &insert(OnConflict::Fail), &types, 1),
+            "INSERT INTO staging (app_id, app_xml) VALUES (?, ?)"
+        );
+    }
+
+    #[test]
+    fn placeholders_are_numbered_outside_quotes() {
+        assert_eq!(numbered("a = ? AND b = '?' AND c > ?"), "a = $1 AND b = '?' AND c > $2");
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_password("postgres://app:s3cret@db:5432/x?sslmode=require"),
+            "postgres://app:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(mask_password("mysql://root@127.0.0.1/test"), "mysql://root@127.0.0.1/test");
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused() {
+        let error = Database::connect("oracle://x/y", 1).unwrap_err();
+        assert!(error.message.contains("unknown database scheme"), "{error}");
+    }
+}

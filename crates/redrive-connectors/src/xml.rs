@@ -1,0 +1,263 @@
+//! Keeps one element of an XML document, byte for byte.
+//!
+//! The document is parsed to the end (a malformed document fails even when the element came
+//! first), and the element is cut out of the original text: entities, CDATA sections, comments
+//! and whitespace inside it stay exactly as they were. With `keep_ancestors`, the result is a
+//! minimal document: the XML declaration, each ancestor's start tag as written (its namespace
+//! declarations and attributes included), the element, and the ancestors' end tags.
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::{Namespace, ResolveResult};
+use quick_xml::reader::NsReader;
+use redrive_core::plan::{XmlPath, XmlStep};
+
+/// A document that is not well-formed XML.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed XML at line {line}, column {column}: {message}")]
+pub struct XmlError {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// The parser's message.
+    pub message: String,
+}
+
+struct Open {
+    /// Byte range of the start tag.
+    tag: std::ops::Range<usize>,
+    /// The qualified name, for the end tag.
+    name: String,
+    /// This element and all its ancestors match the path so far.
+    on_path: bool,
+}
+
+/// The first element of `doc` at `path`: its exact text, wrapped in its ancestors when
+/// `keep_ancestors`; `None` when the path matches nothing.
+pub fn extract(doc: &str, path: &XmlPath, keep_ancestors: bool) -> Result<Option<String>, XmlError> {
+    let mut reader = NsReader::from_str(doc);
+    let mut stack: Vec<Open> = Vec::new();
+    let mut declaration = None;
+    let mut found: Option<(std::ops::Range<usize>, Vec<Open>)> = None;
+    let last = path.steps.len() - 1;
+    let mut seen_root = false;
+    loop {
+        let before = position(reader.buffer_position());
+        let event = match reader.read_event() {
+            Ok(event) => event,
+            Err(error) => {
+                return Err(located(
+                    doc,
+                    position(reader.error_position()),
+                    error.to_string(),
+                ));
+            }
+        };
+        let after = position(reader.buffer_position());
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                if stack.is_empty() && seen_root {
+                    return Err(located(
+                        doc,
+                        before,
+                        "a second root element; a document has exactly one".to_owned(),
+                    ));
+                }
+                seen_root = true;
+                let depth = stack.len();
+                let parent_on_path = stack.last().is_none_or(|open| open.on_path);
+                let (namespace, _) = reader.resolver().resolve_element(e.name());
+                let on_path = parent_on_path
+                    && depth <= last
+                    && matches(&path.steps[depth], &namespace, e)
+                        .map_err(|message| located(doc, before, message))?;
+                let is_empty = matches!(event, Event::Empty(_));
+                if is_empty {
+                    if on_path && depth == last && found.is_none() {
+                        found = Some((before..after, copy_stack(&stack)));
+                    }
+                } else {
+                    stack.push(Open {
+                        tag: before..after,
+                        name: e.name().as_ref().to_owned(),
+                        on_path,
+                    });
+                }
+            }
+            Event::End(_) => {
+                if let Some(open) = stack.pop()
+                    && open.on_path
+                    && stack.len() == last
+                    && found.is_none()
+                {
+                    found = Some((open.tag.start..after, copy_stack(&stack)));
+                }
+            }
+            Event::Decl(_) => declaration = Some(before..after),
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if let Some(open) = stack.last() {
+        return Err(located(
+            doc,
+            doc.len(),
+            format!("`<{}>` is not closed before the end of the document", open.name),
+        ));
+    }
+    if !seen_root {
+        return Err(located(doc, doc.len(), "the document has no element".to_owned()));
+    }
+    let Some((element, ancestors)) = found else {
+        return Ok(None);
+    };
+    if !keep_ancestors {
+        return Ok(Some(doc[element].to_owned()));
+    }
+    let mut out = String::with_capacity(element.len() + 256);
+    if let Some(declaration) = declaration {
+        out.push_str(&doc[declaration]);
+    }
+    for open in &ancestors {
+        out.push_str(&doc[open.tag.clone()]);
+    }
+    out.push_str(&doc[element]);
+    for open in ancestors.iter().rev() {
+        out.push_str("</");
+        out.push_str(&open.name);
+        out.push('>');
+    }
+    Ok(Some(out))
+}
+
+fn copy_stack(stack: &[Open]) -> Vec<Open> {
+    stack
+        .iter()
+        .map(|open| Open {
+            tag: open.tag.clone(),
+            name: open.name.clone(),
+            on_path: open.on_path,
+        })
+        .collect()
+}
+
+fn position(at: u64) -> usize {
+    usize::try_from(at).unwrap_or(usize::MAX)
+}
+
+/// Does the element match this step of the path? Errors are malformed attributes.
+fn matches(step: &XmlStep, namespace: &ResolveResult<'_>, e: &BytesStart<'_>) -> Result<bool, String> {
+    if e.local_name().as_ref() != step.local.as_str() {
+        return Ok(false);
+    }
+    if let Some(uri) = &step.namespace {
+        match namespace {
+            ResolveResult::Bound(Namespace(bound)) if *bound == uri.as_str() => {}
+            _ => return Ok(false),
+        }
+    }
+    for (name, value) in &step.attributes {
+        let mut hit = false;
+        for attribute in e.attributes() {
+            let attribute = attribute.map_err(|e| e.to_string())?;
+            if attribute.key.local_name().as_ref() == name.as_str() {
+                let actual = attribute.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(|e| e.to_string())?;
+                hit = actual == value.as_str();
+                break;
+            }
+        }
+        if !hit {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn located(doc: &str, at: usize, message: String) -> XmlError {
+    let mut at = at.min(doc.len());
+    while !doc.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &doc[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    XmlError {
+        line,
+        column,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use redrive_core::plan::parse_xml_path;
+
+    use super::*;
+
+    fn path(text: &str) -> XmlPath {
+        let ns = BTreeMap::from([
+            ("p".to_owned(), "urn:provenir".to_owned()),
+            ("q".to_owned(), "urn:other".to_owned()),
+        ]);
+        parse_xml_path(text, &ns).unwrap()
+    }
+
+    const DOC: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- head -->\n<Provenir xmlns=\"urn:provenir\" xmlns:x=\"urn:x\" id=\"7\">\n  <Response><CustData>not this</CustData></Response>\n  <Request type=\"full\">\n    <Other/>\n    <CustData a=\"1 &amp; 2\"><Name>A &amp; B &#169;</Name><![CDATA[<raw> & stuff]]><x:N>é</x:N>\n    </CustData>\n  </Request>\n</Provenir>\n";
+
+    #[test]
+    fn the_element_is_cut_out_byte_for_byte() {
+        let got = extract(DOC, &path("/Provenir/Request/CustData"), false).unwrap().unwrap();
+        assert_eq!(
+            got,
+            "<CustData a=\"1 &amp; 2\"><Name>A &amp; B &#169;</Name><![CDATA[<raw> & stuff]]><x:N>é</x:N>\n    </CustData>"
+        );
+    }
+
+    #[test]
+    fn ancestors_wrap_it_into_a_minimal_document() {
+        let got = extract(DOC, &path("/p:Provenir/p:Request[@type='full']/p:CustData"), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Provenir xmlns=\"urn:provenir\" xmlns:x=\"urn:x\" id=\"7\"><Request type=\"full\"><CustData a=\"1 &amp; 2\"><Name>A &amp; B &#169;</Name><![CDATA[<raw> & stuff]]><x:N>é</x:N>\n    </CustData></Request></Provenir>"
+        );
+        // The result is itself well-formed and holds the same element.
+        let again = extract(&got, &path("/Provenir/Request/CustData"), false).unwrap();
+        assert_eq!(again, extract(DOC, &path("/Provenir/Request/CustData"), false).unwrap());
+    }
+
+    #[test]
+    fn namespaces_predicates_and_empty_elements_decide_the_match() {
+        assert_eq!(extract(DOC, &path("/q:Provenir/Request/CustData"), false).unwrap(), None);
+        assert_eq!(extract(DOC, &path("/Provenir/Request[@type='brief']/CustData"), false).unwrap(), None);
+        assert_eq!(
+            extract(DOC, &path("/Provenir/Request/Other"), true).unwrap().as_deref(),
+            Some("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Provenir xmlns=\"urn:provenir\" xmlns:x=\"urn:x\" id=\"7\"><Request type=\"full\"><Other/></Request></Provenir>")
+        );
+        assert_eq!(
+            extract(DOC, &path("/Provenir"), false).unwrap().as_deref(),
+            Some(DOC[DOC.find("<Provenir").unwrap()..DOC.rfind('>').unwrap() + 1].as_ref())
+        );
+        assert_eq!(extract(DOC, &path("/Provenir/Missing"), false).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_documents_fail_with_the_place() {
+        for (doc, line, says) in [
+            ("<a>\n<b></c></a>", 2, "</c>"),
+            ("<a>\n<b>", 2, "not closed"),
+            ("<a><b x=\"1></b></a>", 1, ""),
+            ("", 1, "no element"),
+            ("just text", 1, "no element"),
+            ("<a/><b/>", 1, "second root"),
+            ("<a>\n<CustData>ok</CustData>\n</a>\n<a>", 4, ""),
+        ] {
+            let error = extract(doc, &path("/a/CustData"), true).unwrap_err();
+            assert_eq!(error.line, line, "{doc:?}: {error}");
+            assert!(error.to_string().contains(says), "{doc:?}: {error}");
+        }
+    }
+}
