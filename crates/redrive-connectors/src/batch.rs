@@ -123,7 +123,13 @@ mod tests {
                 Box::pin(async move {
                     items
                         .iter()
-                        .map(|n| if n % 5 == 0 { Err(format!("bad {n}")) } else { Ok(()) })
+                        .map(|n| {
+                            if n % 5 == 0 {
+                                Err(format!("bad {n}"))
+                            } else {
+                                Ok(())
+                            }
+                        })
                         .collect()
                 })
             })
@@ -132,13 +138,19 @@ mod tests {
         let mut tasks = Vec::new();
         for n in 1..=7u32 {
             let batcher = Arc::clone(&batcher);
-            tasks.push(tokio::spawn(async move { batcher.submit(n, || "lost".into()).await }));
+            tasks.push(tokio::spawn(async move {
+                batcher.submit(n, || "lost".into()).await
+            }));
         }
         let mut results = Vec::new();
         for task in tasks {
             results.push(task.await.unwrap());
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 3, "two full batches and one timed out");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "two full batches and one timed out"
+        );
         assert_eq!(results[4], Err("bad 5".to_owned()));
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 6);
         let mut all: Vec<u32> = sent.lock().unwrap().concat();

@@ -66,9 +66,10 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
         source,
     };
     let source = match (&plan.source.kind, shard) {
-        (SourceKind::Sql(sql), _) => Arc::new(
-            SqlSource::new(sql.clone(), shard).map_err(|e| source_error("source", e))?,
-        ) as Arc<dyn Source>,
+        (SourceKind::Sql(sql), _) => {
+            Arc::new(SqlSource::new(sql.clone(), shard).map_err(|e| source_error("source", e))?)
+                as Arc<dyn Source>
+        }
         (_, Some(shard)) => Arc::new(Sharded::new(
             source(&plan.source, &stores).map_err(|e| source_error("source", e))?,
             plan.key()?,
@@ -107,13 +108,15 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
                 }
                 Action::Http(http) => Arc::new(HttpStep::new(http.clone())),
                 Action::Xml(xml) => Arc::new(XmlStep::new(xml.clone())),
-                Action::SqlInsert(insert) => Arc::new(
-                    SqlInsertStep::new(insert.clone()).map_err(|e| BuildError::Unsupported {
-                        file: file.clone(),
-                        table: format!("step `{}`", spec.name),
-                        message: format!("`sql_insert.url`: {e}"),
-                    })?,
-                ),
+                Action::SqlInsert(insert) => {
+                    Arc::new(SqlInsertStep::new(insert.clone()).map_err(|e| {
+                        BuildError::Unsupported {
+                            file: file.clone(),
+                            table: format!("step `{}`", spec.name),
+                            message: format!("`sql_insert.url`: {e}"),
+                        }
+                    })?)
+                }
                 Action::Run(run) => Arc::new(RunStep::new(
                     run.clone(),
                     &spec.name,

@@ -197,7 +197,9 @@ impl Database {
                     .fetch_all(pool)
                     .await
                     .map_err(|e| self.error("the query failed", e))?;
-                rows.iter().map(|row| pg_text(row).map_err(|e| self.error("cannot read a row", e))).collect()
+                rows.iter()
+                    .map(|row| pg_text(row).map_err(|e| self.error("cannot read a row", e)))
+                    .collect()
             }
             Pool::MySql(pool) => {
                 let mut query = sqlx::query(AssertSqlSafe(sql.to_owned()));
@@ -217,7 +219,9 @@ impl Database {
                     .fetch_all(pool)
                     .await
                     .map_err(|e| self.error("the query failed", e))?;
-                rows.iter().map(|row| my_text(row).map_err(|e| self.error("cannot read a row", e))).collect()
+                rows.iter()
+                    .map(|row| my_text(row).map_err(|e| self.error("cannot read a row", e)))
+                    .collect()
             }
         }
     }
@@ -244,7 +248,10 @@ impl Database {
                     for value in chunk.iter().flatten() {
                         query = query.bind(value.as_str());
                     }
-                    query.execute(&mut *tx).await.map_err(|e| self.error(&what, e))?;
+                    query
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.error(&what, e))?;
                 }
                 tx.commit().await.map_err(|e| self.error(&what, e))
             }
@@ -256,7 +263,10 @@ impl Database {
                     for value in chunk.iter().flatten() {
                         query = query.bind(value.as_str());
                     }
-                    query.execute(&mut *tx).await.map_err(|e| self.error(&what, e))?;
+                    query
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.error(&what, e))?;
                 }
                 tx.commit().await.map_err(|e| self.error(&what, e))
             }
@@ -282,7 +292,15 @@ pub fn is_integer_type(kind: &str) -> bool {
     let kind = kind.trim_end_matches(" unsigned");
     matches!(
         kind,
-        "integer" | "bigint" | "smallint" | "int" | "tinyint" | "mediumint" | "int2" | "int4" | "int8"
+        "integer"
+            | "bigint"
+            | "smallint"
+            | "int"
+            | "tinyint"
+            | "mediumint"
+            | "int2"
+            | "int4"
+            | "int8"
     )
 }
 
@@ -329,7 +347,10 @@ fn insert_sql(
             sql.push_str(" ON CONFLICT DO NOTHING");
         }
         (Dialect::Postgres, OnConflict::Update) => {
-            let set: Vec<String> = others.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+            let set: Vec<String> = others
+                .iter()
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect();
             sql.push_str(&format!(
                 " ON CONFLICT ({}) DO UPDATE SET {}",
                 insert.key.join(", "),
@@ -346,7 +367,10 @@ fn insert_sql(
             let set: Vec<String> = if others.is_empty() {
                 vec![format!("{first} = {first}")]
             } else {
-                others.iter().map(|c| format!("{c} = VALUES({c})")).collect()
+                others
+                    .iter()
+                    .map(|c| format!("{c} = VALUES({c})"))
+                    .collect()
             };
             sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {}", set.join(", ")));
         }
@@ -380,7 +404,9 @@ fn numbered(sql: &str) -> String {
 }
 
 fn pg_text(row: &PgRow) -> Result<Vec<Option<String>>, sqlx::Error> {
-    (0..row.len()).map(|i| row.try_get::<Option<String>, _>(i)).collect()
+    (0..row.len())
+        .map(|i| row.try_get::<Option<String>, _>(i))
+        .collect()
 }
 
 fn my_text(row: &MySqlRow) -> Result<Vec<Option<String>>, sqlx::Error> {
@@ -482,7 +508,10 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_outside_quotes() {
-        assert_eq!(numbered("a = ? AND b = '?' AND c > ?"), "a = $1 AND b = '?' AND c > $2");
+        assert_eq!(
+            numbered("a = ? AND b = '?' AND c > ?"),
+            "a = $1 AND b = '?' AND c > $2"
+        );
     }
 
     #[test]
@@ -491,7 +520,10 @@ mod tests {
             mask_password("postgres://app:s3cret@db:5432/x?sslmode=require"),
             "postgres://app:***@db:5432/x?sslmode=require"
         );
-        assert_eq!(mask_password("mysql://root@127.0.0.1/test"), "mysql://root@127.0.0.1/test");
+        assert_eq!(
+            mask_password("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
     }
 
     #[test]

@@ -34,7 +34,11 @@ struct Open {
 
 /// The first element of `doc` at `path`: its exact text, wrapped in its ancestors when
 /// `keep_ancestors`; `None` when the path matches nothing.
-pub fn extract(doc: &str, path: &XmlPath, keep_ancestors: bool) -> Result<Option<String>, XmlError> {
+pub fn extract(
+    doc: &str,
+    path: &XmlPath,
+    keep_ancestors: bool,
+) -> Result<Option<String>, XmlError> {
     let mut reader = NsReader::from_str(doc);
     let mut stack: Vec<Open> = Vec::new();
     let mut declaration = None;
@@ -102,11 +106,18 @@ pub fn extract(doc: &str, path: &XmlPath, keep_ancestors: bool) -> Result<Option
         return Err(located(
             doc,
             doc.len(),
-            format!("`<{}>` is not closed before the end of the document", open.name),
+            format!(
+                "`<{}>` is not closed before the end of the document",
+                open.name
+            ),
         ));
     }
     if !seen_root {
-        return Err(located(doc, doc.len(), "the document has no element".to_owned()));
+        return Err(located(
+            doc,
+            doc.len(),
+            "the document has no element".to_owned(),
+        ));
     }
     let Some((element, ancestors)) = found else {
         return Ok(None);
@@ -146,7 +157,11 @@ fn position(at: u64) -> usize {
 }
 
 /// Does the element match this step of the path? Errors are malformed attributes.
-fn matches(step: &XmlStep, namespace: &ResolveResult<'_>, e: &BytesStart<'_>) -> Result<bool, String> {
+fn matches(
+    step: &XmlStep,
+    namespace: &ResolveResult<'_>,
+    e: &BytesStart<'_>,
+) -> Result<bool, String> {
     if e.local_name().as_ref() != step.local.as_str() {
         return Ok(false);
     }
@@ -161,7 +176,9 @@ fn matches(step: &XmlStep, namespace: &ResolveResult<'_>, e: &BytesStart<'_>) ->
         for attribute in e.attributes() {
             let attribute = attribute.map_err(|e| e.to_string())?;
             if attribute.key.local_name().as_ref() == name.as_str() {
-                let actual = attribute.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(|e| e.to_string())?;
+                let actual = attribute
+                    .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .map_err(|e| e.to_string())?;
                 hit = actual == value.as_str();
                 break;
             }
@@ -208,7 +225,9 @@ mod tests {
 
     #[test]
     fn the_element_is_cut_out_byte_for_byte() {
-        let got = extract(DOC, &path("/Provenir/Request/CustData"), false).unwrap().unwrap();
+        let got = extract(DOC, &path("/Provenir/Request/CustData"), false)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             got,
             "<CustData a=\"1 &amp; 2\"><Name>A &amp; B &#169;</Name><![CDATA[<raw> & stuff]]><x:N>é</x:N>\n    </CustData>"
@@ -217,31 +236,56 @@ mod tests {
 
     #[test]
     fn ancestors_wrap_it_into_a_minimal_document() {
-        let got = extract(DOC, &path("/p:Provenir/p:Request[@type='full']/p:CustData"), true)
-            .unwrap()
-            .unwrap();
+        let got = extract(
+            DOC,
+            &path("/p:Provenir/p:Request[@type='full']/p:CustData"),
+            true,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(
             got,
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Provenir xmlns=\"urn:provenir\" xmlns:x=\"urn:x\" id=\"7\"><Request type=\"full\"><CustData a=\"1 &amp; 2\"><Name>A &amp; B &#169;</Name><![CDATA[<raw> & stuff]]><x:N>é</x:N>\n    </CustData></Request></Provenir>"
         );
         // The result is itself well-formed and holds the same element.
         let again = extract(&got, &path("/Provenir/Request/CustData"), false).unwrap();
-        assert_eq!(again, extract(DOC, &path("/Provenir/Request/CustData"), false).unwrap());
+        assert_eq!(
+            again,
+            extract(DOC, &path("/Provenir/Request/CustData"), false).unwrap()
+        );
     }
 
     #[test]
     fn namespaces_predicates_and_empty_elements_decide_the_match() {
-        assert_eq!(extract(DOC, &path("/q:Provenir/Request/CustData"), false).unwrap(), None);
-        assert_eq!(extract(DOC, &path("/Provenir/Request[@type='brief']/CustData"), false).unwrap(), None);
         assert_eq!(
-            extract(DOC, &path("/Provenir/Request/Other"), true).unwrap().as_deref(),
-            Some("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Provenir xmlns=\"urn:provenir\" xmlns:x=\"urn:x\" id=\"7\"><Request type=\"full\"><Other/></Request></Provenir>")
+            extract(DOC, &path("/q:Provenir/Request/CustData"), false).unwrap(),
+            None
+        );
+        assert_eq!(
+            extract(
+                DOC,
+                &path("/Provenir/Request[@type='brief']/CustData"),
+                false
+            )
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            extract(DOC, &path("/Provenir/Request/Other"), true)
+                .unwrap()
+                .as_deref(),
+            Some(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Provenir xmlns=\"urn:provenir\" xmlns:x=\"urn:x\" id=\"7\"><Request type=\"full\"><Other/></Request></Provenir>"
+            )
         );
         assert_eq!(
             extract(DOC, &path("/Provenir"), false).unwrap().as_deref(),
             Some(DOC[DOC.find("<Provenir").unwrap()..DOC.rfind('>').unwrap() + 1].as_ref())
         );
-        assert_eq!(extract(DOC, &path("/Provenir/Missing"), false).unwrap(), None);
+        assert_eq!(
+            extract(DOC, &path("/Provenir/Missing"), false).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -309,10 +309,7 @@ pub async fn run(
             }
         }
         let loader_was = loader_end.load(Ordering::SeqCst);
-        let mut page = shared.state.runnable(cursor, PAGE).await?;
-        if !page.is_empty() {
-            shared.pipeline.source.hydrate(&mut page).await?;
-        }
+        let page = shared.state.runnable(cursor, PAGE).await?;
         if page.is_empty() {
             if loader_was != LOADING {
                 // Complete: nothing is left. Stopped early (an error, or `--limit` reached
@@ -326,36 +323,47 @@ pub async fn run(
             }
             continue;
         }
-        for item in page {
-            cursor = item.id;
-            if shared.options.limit.is_some_and(|limit| taken >= limit) {
-                break 'feed;
+        // Large fields left out of the state (an SQL row's XML) are read a few items at a
+        // time, just before the items run: memory stays at (in flight + chunk) rows.
+        let mut page = page.into_iter();
+        let chunk = shared.options.concurrency.clamp(16, PAGE);
+        loop {
+            let mut items: Vec<StoredItem> = page.by_ref().take(chunk).collect();
+            if items.is_empty() {
+                break;
             }
-            let permit = tokio::select! {
-                permit = Arc::clone(&semaphore).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break 'feed,
-                },
-                _ = stop_requested(&mut shutdown, StopLevel::Drain) => {
-                    report.interrupted = true;
+            shared.pipeline.source.hydrate(&mut items).await?;
+            for item in items {
+                cursor = item.id;
+                if shared.options.limit.is_some_and(|limit| taken >= limit) {
                     break 'feed;
                 }
-            };
-            if shared.halt.load(Ordering::SeqCst) {
-                break 'feed;
-            }
-            taken += 1;
-            let shared = Arc::clone(&shared);
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                let result = if shared.pipeline.expand.is_some() {
-                    run_parent(&shared, item, shutdown).await
-                } else {
-                    run_item(&shared, item).await
+                let permit = tokio::select! {
+                    permit = Arc::clone(&semaphore).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break 'feed,
+                    },
+                    _ = stop_requested(&mut shutdown, StopLevel::Drain) => {
+                        report.interrupted = true;
+                        break 'feed;
+                    }
                 };
-                drop(permit);
-                result
-            });
+                if shared.halt.load(Ordering::SeqCst) {
+                    break 'feed;
+                }
+                taken += 1;
+                let shared = Arc::clone(&shared);
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    let result = if shared.pipeline.expand.is_some() {
+                        run_parent(&shared, item, shutdown).await
+                    } else {
+                        run_item(&shared, item).await
+                    };
+                    drop(permit);
+                    result
+                });
+            }
         }
     }
 
@@ -971,8 +979,24 @@ pub async fn dry_run(
         let fields = fields?;
         let key = pipeline.key.render(&fields).map_err(EngineError::Key)?;
         count += 1;
+        // Large fields left out of the state are read (a read, like the listing).
+        let mut item = [StoredItem {
+            id: 0,
+            parent: None,
+            parent_key: None,
+            expanded: false,
+            key,
+            fields,
+            step: 0,
+            status: Status::Pending,
+            attempts: 0,
+            error: None,
+            bytes: 0,
+        }];
+        pipeline.source.hydrate(&mut item).await?;
+        let [StoredItem { key, fields, .. }] = item;
         let Some(expansion) = &pipeline.expand else {
-            if !describe(pipeline, &key, &fields, out)? {
+            if !describe(pipeline, &key, &fields, out).await? {
                 break;
             }
             continue;
@@ -985,7 +1009,7 @@ pub async fn dry_run(
                 .key
                 .render(&child_fields)
                 .map_err(EngineError::Key)?;
-            if !describe(pipeline, &format!("{key}/{child_key}"), &child_fields, out)? {
+            if !describe(pipeline, &format!("{key}/{child_key}"), &child_fields, out).await? {
                 return Ok(count);
             }
         }
@@ -993,17 +1017,43 @@ pub async fn dry_run(
     Ok(count)
 }
 
-/// One line: the key, then each step's action. False when the output is closed.
-fn describe(
+/// One line: the key, then each step's action. False when the output is closed. Steps that
+/// only compute fields (`xml`) are run, so later steps show what they would get.
+async fn describe(
     pipeline: &Pipeline,
     key: &str,
     fields: &Fields,
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<bool, EngineError> {
+    struct Nothing;
+    impl ByteCounter for Nothing {
+        fn add(&self, _: u64) {}
+    }
+    let mut fields = std::borrow::Cow::Borrowed(fields);
     let mut line = crate::secrets::redact(key).into_owned();
     for (name, step) in &pipeline.steps {
-        let what = step.describe(fields).map_err(EngineError::Key)?;
+        let what = step.describe(&fields).map_err(EngineError::Key)?;
         line.push_str(&format!("\t{name}: {}", crate::secrets::redact(&what)));
+        if step.binds_fields() {
+            let cx = StepContext {
+                bytes: &Nothing,
+                key,
+            };
+            match step.run(&fields, &cx).await {
+                Ok(Outcome::Done(done)) => fields.to_mut().extend(done.fields),
+                Ok(Outcome::Skipped(reason)) => {
+                    line.push_str(&format!(" → skipped: {reason}"));
+                    break;
+                }
+                Err(error) => {
+                    line.push_str(&format!(
+                        " → fails: {}",
+                        crate::secrets::redact(&error.chain())
+                    ));
+                    break;
+                }
+            }
+        }
     }
     Ok(writeln!(out, "{line}").is_ok())
 }

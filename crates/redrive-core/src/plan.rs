@@ -14,12 +14,14 @@ use crate::template::{Template, TemplateError};
 
 mod sql;
 pub use sql::{
-    DEFAULT_INSERT_BATCH, DEFAULT_SQL_BATCH, Hook, Missing, OnConflict, SqlInsertSpec, SqlSourceSpec, XmlPath, XmlSpec, XmlStep,
-    check_identifier, parse_xml_path,
+    DEFAULT_INSERT_BATCH, DEFAULT_SQL_BATCH, Hook, Missing, OnConflict, SqlInsertSpec,
+    SqlSourceSpec, XmlPath, XmlSpec, XmlStep, check_identifier, parse_xml_path,
 };
 
 /// Default items in flight.
 pub const DEFAULT_ITEMS: usize = 16;
+/// Most items in flight by default, however large a step's batch.
+const MAX_DEFAULT_ITEMS: usize = 4_096;
 /// Default children in flight per item.
 pub const DEFAULT_PER_ITEM: usize = 10;
 /// Default retries per step.
@@ -841,11 +843,23 @@ impl Plan {
         }
         // Commands run one at a time unless the plan says otherwise, as the backfill scripts do.
         let runs_commands = steps.iter().any(|s| matches!(s.action, Action::Run(_)));
+        // A batching step fills its batches only with enough items in flight.
+        let largest_batch = steps
+            .iter()
+            .map(|s| match &s.action {
+                Action::Http(http) => http.batch,
+                Action::SqlInsert(insert) => insert.batch,
+                _ => 1,
+            })
+            .max()
+            .unwrap_or(1);
+        let default_items = if runs_commands {
+            1
+        } else {
+            DEFAULT_ITEMS.max(largest_batch.saturating_mul(2).min(MAX_DEFAULT_ITEMS))
+        };
         let limits = Limits {
-            items: raw
-                .limits
-                .items
-                .unwrap_or(if runs_commands { 1 } else { DEFAULT_ITEMS }),
+            items: raw.limits.items.unwrap_or(default_items),
             per_item: raw.limits.per_item.unwrap_or(DEFAULT_PER_ITEM),
             retries: raw.limits.retries.unwrap_or(DEFAULT_RETRIES),
         };

@@ -44,14 +44,20 @@ pub trait Source: Send + Sync + Debug {
     /// The items after the one recorded last (`last`: its fields), for a source that can seek
     /// (an SQL keyset): a resumed load starts there instead of at the beginning. `None` (the
     /// default): the source is read again from the start, and known keys are ignored.
-    fn items_after(&self, _last: &Fields) -> Option<BoxStream<'static, Result<Fields, SourceError>>> {
+    fn items_after(
+        &self,
+        _last: &Fields,
+    ) -> Option<BoxStream<'static, Result<Fields, SourceError>>> {
         None
     }
 
     /// Adds the fields left out of the state because they are large (an SQL row's XML) to a
     /// page of items, just before they run. An item whose row is gone is left as it is (its
     /// steps then find the field missing). The default adds nothing.
-    fn hydrate<'a>(&'a self, _items: &'a mut [StoredItem]) -> BoxFuture<'a, Result<(), SourceError>> {
+    fn hydrate<'a>(
+        &'a self,
+        _items: &'a mut [StoredItem],
+    ) -> BoxFuture<'a, Result<(), SourceError>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -68,7 +74,8 @@ pub struct Shard {
 impl Shard {
     /// Parses `I/N` (`0 <= I < N`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("`{text}` is not a shard; write I/N with 0 <= I < N, e.g. `--shard 0/4`");
+        let bad =
+            || format!("`{text}` is not a shard; write I/N with 0 <= I < N, e.g. `--shard 0/4`");
         let (index, count) = text.split_once('/').ok_or_else(bad)?;
         let index: u32 = index.trim().parse().map_err(|_| bad())?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;

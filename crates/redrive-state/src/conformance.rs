@@ -63,7 +63,9 @@ pub async fn last_item_is_the_last_top_level_item(store: &dyn StateStore) {
     assert_eq!(last.as_deref(), Some("k2"));
     let parents = ok(store.runnable(0, 10).await, "runnable");
     ok(
-        store.insert_children(parents[0].id, items(&["c1", "c2"])).await,
+        store
+            .insert_children(parents[0].id, items(&["c1", "c2"]))
+            .await,
         "children",
     );
     ok(store.insert(items(&["k0"])).await, "insert again");

@@ -158,13 +158,34 @@ pub(crate) struct RunArgs {
     /// Items in flight (overrides [limits] items)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency: Option<u32>,
-    /// Write the run's metrics as JSON to FILE
+    /// Write the run's metrics as JSON to FILE (processed, done, failed, skipped, duration_s,
+    /// rows_per_sec, retries, peak_rss_mb, finished_at, …)
     #[arg(long, value_name = "FILE")]
     pub(crate) metrics: Option<PathBuf>,
     /// Append one CSV row per step transition to FILE (time, key, step, status, seconds, bytes,
     /// output, target, error type and message)
     #[arg(long, value_name = "FILE")]
     pub(crate) telemetry: Option<PathBuf>,
+    /// Run only shard I of N (0 <= I < N): an integer `sql` key is split by `key mod N` in the
+    /// query, other keys by a hash. The shard has its own state, STATE.shard-I-of-N.db (or its
+    /// own PostgreSQL schema); the plan's hooks are not run
+    #[arg(long, value_name = "I/N", value_parser = parse_shard, conflicts_with = "workers")]
+    pub(crate) shard: Option<redrive_core::source::Shard>,
+    /// Start N worker processes over shards 0..N-1 with one combined progress view; each writes
+    /// worker-I.json beside the --metrics file (default metrics/aggregate.json), which gets the
+    /// sum; each worker's stderr goes to the plan's log folder. Rerun to resume every shard
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256), conflicts_with = "dry_run")]
+    pub(crate) workers: Option<u32>,
+    /// Do not run the plan's [[job.before]] and [[job.after]] SQL
+    #[arg(long)]
+    pub(crate) no_hooks: bool,
+    /// Report progress as JSON lines on stdout (what --workers reads from its workers)
+    #[arg(long, hide = true)]
+    pub(crate) progress_json: bool,
+}
+
+fn parse_shard(text: &str) -> Result<redrive_core::source::Shard, String> {
+    redrive_core::source::Shard::parse(text)
 }
 
 #[derive(Debug, Args)]

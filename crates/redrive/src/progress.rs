@@ -12,6 +12,8 @@ use crate::summary::human_bytes;
 
 /// How often the plain progress line is printed.
 const LINE_EVERY: Duration = Duration::from_secs(5);
+/// How often a worker reports its progress to `--workers` (a JSON line on stdout).
+const JSON_EVERY: Duration = Duration::from_millis(500);
 
 /// Counters the engine updates and the display reads.
 #[derive(Debug, Default)]
@@ -50,6 +52,8 @@ pub(crate) struct Progress {
 pub(crate) enum Display {
     Bar,
     Lines,
+    /// JSON lines on stdout, for the `--workers` parent.
+    Json,
     Off,
 }
 
@@ -91,6 +95,17 @@ impl Progress {
                 });
                 (None, Some(ticker))
             }
+            Display::Json => {
+                let counters = Arc::clone(&counters);
+                let ticker = tokio::spawn(async move {
+                    let mut interval = tokio::time::interval(JSON_EVERY);
+                    loop {
+                        interval.tick().await;
+                        println!("{}", json_line(&counters));
+                    }
+                });
+                (None, Some(ticker))
+            }
             Display::Off => (None, None),
         };
         Arc::new(Self {
@@ -120,6 +135,11 @@ impl Progress {
         if let Some(ticker) = &self.ticker {
             ticker.abort();
         }
+    }
+
+    /// The last JSON progress line, when reporting to `--workers`.
+    pub(crate) fn final_json(&self) -> String {
+        json_line(&self.counters)
     }
 
     fn refresh(&self) {
@@ -154,6 +174,20 @@ fn line(c: &Counters, elapsed: Duration) -> String {
         rate,
         human_bytes(c.bytes.load(Ordering::Relaxed)),
     )
+}
+
+/// What a worker tells `--workers`: its totals so far.
+fn json_line(c: &Counters) -> String {
+    let finished = c.finished();
+    serde_json::json!({
+        "total": c.total.load(Ordering::Relaxed),
+        "finished": c.finished_before.load(Ordering::Relaxed) + finished,
+        "done": c.done.load(Ordering::Relaxed),
+        "failed": c.failed.load(Ordering::Relaxed),
+        "skipped": c.skipped.load(Ordering::Relaxed),
+        "bytes": c.bytes.load(Ordering::Relaxed),
+    })
+    .to_string()
 }
 
 /// ` files 120/800 (failed 2)` under `[expand]`, else nothing.

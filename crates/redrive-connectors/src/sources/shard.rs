@@ -49,7 +49,10 @@ impl Source for Sharded {
         self.filter(self.inner.items(context))
     }
 
-    fn items_after(&self, last: &Fields) -> Option<BoxStream<'static, Result<Fields, SourceError>>> {
+    fn items_after(
+        &self,
+        last: &Fields,
+    ) -> Option<BoxStream<'static, Result<Fields, SourceError>>> {
         self.inner.items_after(last).map(|items| self.filter(items))
     }
 

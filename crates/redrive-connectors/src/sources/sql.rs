@@ -41,10 +41,13 @@ struct Inner {
 impl SqlSource {
     /// The source as the plan describes it, restricted to `shard` when given.
     pub fn new(spec: SqlSourceSpec, shard: Option<Shard>) -> Result<Self, SourceError> {
-        let url = spec.url.render(&Fields::new()).map_err(|e| SourceError::Input {
-            location: "sql.url".to_owned(),
-            message: e.to_string(),
-        })?;
+        let url = spec
+            .url
+            .render(&Fields::new())
+            .map_err(|e| SourceError::Input {
+                location: "sql.url".to_owned(),
+                message: e.to_string(),
+            })?;
         let db = Database::connect(&url, 4).map_err(|e| SourceError::Input {
             location: "sql.url".to_owned(),
             message: e.message,
@@ -75,7 +78,11 @@ impl Inner {
     async fn integer_key(&self) -> Result<bool, SourceError> {
         self.integer_key
             .get_or_try_init(|| async {
-                let types = self.db.column_types(&self.spec.table).await.map_err(|e| self.failed(e))?;
+                let types = self
+                    .db
+                    .column_types(&self.spec.table)
+                    .await
+                    .map_err(|e| self.failed(e))?;
                 let Some(kind) = types.get(&self.spec.key.to_lowercase()) else {
                     return Err(SourceError::Input {
                         location: self.location(),
@@ -128,23 +135,31 @@ impl Inner {
         }
         if let Some(after) = after {
             conditions.push(format!("{key} > ?"));
-            params.push(key_param(after, integer).map_err(|message| SourceError::Input {
-                location: self.location(),
-                message,
-            })?);
+            params.push(
+                key_param(after, integer).map_err(|message| SourceError::Input {
+                    location: self.location(),
+                    message,
+                })?,
+            );
         }
         let clause = if conditions.is_empty() {
             String::new()
         } else {
             format!(" WHERE {}", conditions.join(" AND "))
         };
+        // The text column gets its own name: `ORDER BY key` must sort by the column itself,
+        // not by a text output column of the same name (1, 10, 100, 2, …).
         let sql = format!(
-            "SELECT {} FROM {}{clause} ORDER BY {key} LIMIT {}",
+            "SELECT {} AS redrive_key FROM {}{clause} ORDER BY {key} LIMIT {}",
             self.as_text(key),
             self.spec.table,
             self.spec.batch
         );
-        let rows = self.db.query_text(&sql, &params).await.map_err(|e| self.failed(e))?;
+        let rows = self
+            .db
+            .query_text(&sql, &params)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(rows
             .into_iter()
             .filter_map(|row| row.into_iter().next().flatten())
@@ -152,7 +167,10 @@ impl Inner {
     }
 
     /// Streams keys after `after` page by page, one page read ahead.
-    fn stream(self: &Arc<Self>, after: Option<String>) -> BoxStream<'static, Result<Fields, SourceError>> {
+    fn stream(
+        self: &Arc<Self>,
+        after: Option<String>,
+    ) -> BoxStream<'static, Result<Fields, SourceError>> {
         let (sender, receiver) = mpsc::channel::<Result<Vec<String>, SourceError>>(CHANNEL);
         let inner = Arc::clone(self);
         tokio::spawn(async move {
@@ -215,7 +233,10 @@ impl Inner {
                 format!("{key} = ANY(?)"),
                 vec![Param::Ints(
                     keys.iter()
-                        .map(|k| k.parse::<i64>().map_err(|_| bad_key(format!("key `{k}` is not an integer"))))
+                        .map(|k| {
+                            k.parse::<i64>()
+                                .map_err(|_| bad_key(format!("key `{k}` is not an integer")))
+                        })
                         .collect::<Result<_, _>>()?,
                 )],
             ),
@@ -235,7 +256,11 @@ impl Inner {
             select.join(", "),
             self.spec.table
         );
-        let rows = self.db.query_text(&sql, &params).await.map_err(|e| self.failed(e))?;
+        let rows = self
+            .db
+            .query_text(&sql, &params)
+            .await
+            .map_err(|e| self.failed(e))?;
         let mut by_key: HashMap<String, Vec<Option<String>>> = HashMap::with_capacity(rows.len());
         for mut row in rows {
             if row.is_empty() {
@@ -251,7 +276,8 @@ impl Inner {
             };
             for (column, value) in self.spec.columns.iter().zip(values) {
                 // NULL is the empty string: fields are text.
-                item.fields.insert(column.clone(), value.unwrap_or_default());
+                item.fields
+                    .insert(column.clone(), value.unwrap_or_default());
             }
         }
         Ok(())
@@ -285,12 +311,18 @@ impl Source for SqlSource {
         self.inner.stream(None)
     }
 
-    fn items_after(&self, last: &Fields) -> Option<BoxStream<'static, Result<Fields, SourceError>>> {
+    fn items_after(
+        &self,
+        last: &Fields,
+    ) -> Option<BoxStream<'static, Result<Fields, SourceError>>> {
         let after = last.get(&self.inner.spec.key)?.clone();
         Some(self.inner.stream(Some(after)))
     }
 
-    fn hydrate<'a>(&'a self, items: &'a mut [StoredItem]) -> BoxFuture<'a, Result<(), SourceError>> {
+    fn hydrate<'a>(
+        &'a self,
+        items: &'a mut [StoredItem],
+    ) -> BoxFuture<'a, Result<(), SourceError>> {
         Box::pin(self.inner.hydrate(items))
     }
 }

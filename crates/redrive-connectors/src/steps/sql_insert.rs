@@ -162,11 +162,7 @@ impl Step for SqlInsertStep {
             .map_err(|e| StepError::permanent(e.to_string()))?;
         let target = format!("{} {}", self.inner.url_shown(), self.inner.spec.table);
         let result = if self.inner.spec.batch <= 1 {
-            self.inner
-                .send(vec![row])
-                .await
-                .pop()
-                .unwrap_or(Ok(()))
+            self.inner.send(vec![row]).await.pop().unwrap_or(Ok(()))
         } else {
             self.batcher
                 .submit(row, || Failure {
@@ -191,7 +187,11 @@ impl Step for SqlInsertStep {
             .zip(values)
             .map(|(column, value)| {
                 let value = if value.chars().count() > 40 {
-                    format!("{}… ({} bytes)", value.chars().take(40).collect::<String>(), value.len())
+                    format!(
+                        "{}… ({} bytes)",
+                        value.chars().take(40).collect::<String>(),
+                        value.len()
+                    )
                 } else {
                     value
                 };

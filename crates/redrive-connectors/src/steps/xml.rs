@@ -36,16 +36,19 @@ impl Step for XmlStep {
             )));
         };
         let found = if doc.len() >= BLOCKING_FROM {
-            let (doc, path, keep) = (doc.clone(), self.spec.path.clone(), self.spec.keep_ancestors);
+            let (doc, path, keep) = (
+                doc.clone(),
+                self.spec.path.clone(),
+                self.spec.keep_ancestors,
+            );
             tokio::task::spawn_blocking(move || crate::xml::extract(&doc, &path, keep))
                 .await
                 .map_err(|e| StepError::permanent(format!("the XML parser stopped: {e}")))?
         } else {
             crate::xml::extract(doc, &self.spec.path, self.spec.keep_ancestors)
         };
-        let found = found.map_err(|e| {
-            StepError::permanent(format!("field `{}`: {e}", self.spec.field))
-        })?;
+        let found =
+            found.map_err(|e| StepError::permanent(format!("field `{}`: {e}", self.spec.field)))?;
         match (found, self.spec.missing) {
             (Some(text), _) => Ok(Outcome::Done(Done {
                 fields: Fields::from([(self.spec.into.clone(), text)]),
@@ -71,7 +74,11 @@ impl Step for XmlStep {
             "keep {} of `{}`{} as `{}`",
             self.spec.path.text,
             self.spec.field,
-            if self.spec.keep_ancestors { " with its ancestors" } else { "" },
+            if self.spec.keep_ancestors {
+                " with its ancestors"
+            } else {
+                ""
+            },
             self.spec.into
         ))
     }

@@ -243,7 +243,10 @@ pub(super) fn xml(raw: &RawXml) -> Result<XmlSpec, String> {
 pub(super) fn sql_insert(raw: &RawSqlInsert) -> Result<SqlInsertSpec, String> {
     let url = check_url("sql_insert.url", &raw.url)?;
     if url.fields().next().is_some() {
-        return Err("`sql_insert.url` cannot use item fields (rows are sent in batches), only `${ENV}`".to_owned());
+        return Err(
+            "`sql_insert.url` cannot use item fields (rows are sent in batches), only `${ENV}`"
+                .to_owned(),
+        );
     }
     check_identifier("`sql_insert.table`", &raw.table)?;
     if raw.columns.is_empty() {
@@ -312,9 +315,14 @@ pub(super) fn hooks(which: &str, raw: &[RawHook]) -> Result<Vec<Hook>, String> {
 }
 
 /// Parses `/p:A/B[@x='1']/C` with the plan's `namespaces` (prefix → URI).
-pub fn parse_xml_path(text: &str, namespaces: &BTreeMap<String, String>) -> Result<XmlPath, String> {
+pub fn parse_xml_path(
+    text: &str,
+    namespaces: &BTreeMap<String, String>,
+) -> Result<XmlPath, String> {
     let bad = |why: &str| {
-        format!("`xml.path` = `{text}`: {why}; write an absolute element path such as `/Provenir/Request/CustData` or `/p:Root/Item[@type='a']`")
+        format!(
+            "`xml.path` = `{text}`: {why}; write an absolute element path such as `/Provenir/Request/CustData` or `/p:Root/Item[@type='a']`"
+        )
     };
     let Some(rest) = text.trim().strip_prefix('/') else {
         return Err(bad("it must start with `/`"));
@@ -336,7 +344,11 @@ pub fn parse_xml_path(text: &str, namespaces: &BTreeMap<String, String>) -> Resu
             },
             None => (None, name),
         };
-        if local.is_empty() || !local.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c)) {
+        if local.is_empty()
+            || !local
+                .chars()
+                .all(|c| c.is_alphanumeric() || "_-.".contains(c))
+        {
             return Err(bad(&format!("`{part}` is not an element name")));
         }
         let mut attributes = Vec::new();
@@ -345,8 +357,11 @@ pub fn parse_xml_path(text: &str, namespaces: &BTreeMap<String, String>) -> Resu
                 return Err(bad("a `[` is not closed"));
             };
             let inner = &predicates[1..end];
-            let Some((attr, value)) = inner.strip_prefix('@').and_then(|p| p.split_once('=')) else {
-                return Err(bad(&format!("`[{inner}]` is not an attribute test `[@name='value']`")));
+            let Some((attr, value)) = inner.strip_prefix('@').and_then(|p| p.split_once('='))
+            else {
+                return Err(bad(&format!(
+                    "`[{inner}]` is not an attribute test `[@name='value']`"
+                )));
             };
             let value = value.trim();
             let quoted = value.len() >= 2

@@ -123,6 +123,10 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         concurrency: Some(args.concurrency),
         metrics: None,
         telemetry: None,
+        shard: None,
+        workers: None,
+        no_hooks: true,
+        progress_json: false,
     };
     super::run::run(&run, global).await
 }

@@ -16,6 +16,9 @@ const PAGE: usize = 1_000;
 const PARENTS_SHOWN: usize = 20;
 
 pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
+    if let Some(status) = shard_status(args).await? {
+        return Ok(status);
+    }
     let (plan, opened) = super::open_existing(&args.plan, &args.state).await?;
     let store = &opened.store;
     let summary = store
@@ -70,6 +73,91 @@ pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
         }
     }
     Ok(ExitStatus::Success)
+}
+
+/// `status` of a job run with `--workers` (or `--shard`): its shards' states beside the
+/// plan's state file, summed, with one line per shard. `None` when there are none.
+async fn shard_status(args: &StatusArgs) -> anyhow::Result<Option<ExitStatus>> {
+    let plan = if args.state.state.is_some() && !args.plan.exists() {
+        None
+    } else {
+        Some(super::load_plan(&args.plan)?)
+    };
+    let target = super::state::target(plan.as_ref(), &args.state)?;
+    let super::state::Target::File(path) = &target else {
+        return Ok(None);
+    };
+    if path.exists() {
+        return Ok(None);
+    }
+    let shards = target.shard_files();
+    // Several shardings may lie side by side (`--workers 2`, later `--workers 4`): the most
+    // recently written one is the job's.
+    let newest = shards
+        .iter()
+        .max_by_key(|(_, p)| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .map(|(shard, _)| shard.count);
+    let Some(count) = newest else {
+        return Ok(None);
+    };
+    let mut parts = Vec::new();
+    let mut rows = Vec::new();
+    for (shard, file) in shards.iter().filter(|(s, _)| s.count == count) {
+        let opened =
+            super::state::open_existing(&super::state::Target::File(file.clone()), &args.plan)
+                .await?;
+        let part = opened
+            .store
+            .summary()
+            .await
+            .map_err(|e| super::state_error(e, &args.plan))?;
+        rows.push((*shard, opened.location.clone(), part.clone()));
+        parts.push(part);
+    }
+    let total = summary::sum(&parts);
+    let job = plan.as_ref().map_or("-", |p| p.name.as_str());
+    let location = format!("{count} shards, {}.shard-*", path.display());
+    if args.json {
+        let mut value = summary::json(job, &location, &total);
+        value["shards"] = serde_json::Value::Array(
+            rows.iter()
+                .map(|(shard, state, part)| {
+                    serde_json::json!({
+                        "shard": shard.to_string(), "state": state,
+                        "source_complete": part.source_complete, "total": part.total(),
+                        "done": part.count(Status::Done), "failed": part.count(Status::Failed),
+                        "skipped": part.count(Status::Skipped), "pending": part.count(Status::Pending),
+                        "running": part.count(Status::Running),
+                    })
+                })
+                .collect(),
+        );
+        println!("{value}");
+    } else {
+        print!("{}", summary::table(job, &location, &total));
+        println!("Shards:");
+        println!(
+            "  {:<6} {:>9} {:>9} {:>9} {:>9} {:>9}  state",
+            "shard", "total", "done", "failed", "skipped", "pending"
+        );
+        for (shard, state, part) in &rows {
+            println!(
+                "  {:<6} {:>9} {:>9} {:>9} {:>9} {:>9}  {state}{}",
+                shard.to_string(),
+                part.total(),
+                part.count(Status::Done),
+                part.count(Status::Failed),
+                part.count(Status::Skipped),
+                part.count(Status::Pending) + part.count(Status::Running),
+                if part.source_complete {
+                    ""
+                } else {
+                    " (loading)"
+                }
+            );
+        }
+    }
+    Ok(Some(ExitStatus::Success))
 }
 
 fn step_name(plan: Option<&Plan>, item: &StoredItem) -> String {

@@ -3,10 +3,12 @@
 pub(crate) mod cp;
 pub(crate) mod diff;
 pub(crate) mod edit;
+pub(crate) mod hooks;
 pub(crate) mod inspect;
 pub(crate) mod run;
 pub(crate) mod state;
 pub(crate) mod validate;
+pub(crate) mod workers;
 
 use std::path::{Path, PathBuf};
 

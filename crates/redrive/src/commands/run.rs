@@ -31,17 +31,24 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
             }
         }
     }
-    let pipeline = Arc::new(redrive_connectors::build(&plan)?);
+    if let Some(workers) = args.workers {
+        return super::workers::run(args, global, &plan, workers).await;
+    }
+    let env = redrive_connectors::storage::Env::from_process();
+    let pipeline = Arc::new(redrive_connectors::build_shard(&plan, env, args.shard)?);
 
     if args.dry_run {
         let mut stdout = std::io::BufWriter::new(std::io::stdout());
         let count = engine::dry_run(&pipeline, args.limit, &mut stdout).await?;
         std::io::Write::flush(&mut stdout).context("cannot write to stdout")?;
-        eprintln!("Dry run: {count} items listed; nothing was read, written or recorded.");
+        eprintln!("Dry run: {count} items listed; nothing was written or recorded.");
         return Ok(ExitStatus::Success);
     }
 
-    let target = super::state::target(Some(&plan), &args.state)?;
+    let mut target = super::state::target(Some(&plan), &args.state)?;
+    if let Some(shard) = args.shard {
+        target = target.for_shard(shard);
+    }
     let opened = super::state::open_for_run(
         &target,
         args.restart,
@@ -62,7 +69,17 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         .await
         .map_err(|e| super::state_error(e, &args.plan))?;
 
-    let display = if global.quiet || global.no_progress {
+    // Hooks belong to the whole job: a shard (started by --workers or by hand) runs none.
+    let hooks = !args.no_hooks
+        && args.shard.is_none()
+        && super::hooks::has_work(&before, args.retry_failed);
+    if hooks {
+        super::hooks::run("before", &plan.before).await?;
+    }
+
+    let display = if args.progress_json {
+        Display::Json
+    } else if global.quiet || global.no_progress {
         Display::Off
     } else if std::io::stderr().is_terminal() {
         Display::Bar
@@ -109,6 +126,9 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     .await;
     progress.finish();
     signals.abort();
+    if args.progress_json {
+        println!("{}", progress.final_json());
+    }
 
     let after = store
         .summary()
@@ -119,7 +139,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         Err(_) => RunReport::default(),
     };
     if let Some(path) = &args.metrics {
-        write_metrics(path, &report, &progress)
+        write_metrics(path, &report, &progress, args.shard)
             .with_context(|| format!("cannot write metrics to `{}`", path.display()))?;
     }
     if after.total() == 0 && result.is_ok() {
@@ -136,6 +156,9 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         eprintln!("{}", this_run(&report));
     }
     let report = result?;
+    if hooks && !report.interrupted && super::hooks::all_ended(&after) {
+        super::hooks::run("after", &plan.after).await?;
+    }
     Ok(outcome(&report, &after, &args.plan))
 }
 
@@ -187,6 +210,7 @@ fn write_metrics(
     path: &std::path::Path,
     report: &RunReport,
     progress: &Progress,
+    shard: Option<redrive_core::source::Shard>,
 ) -> anyhow::Result<()> {
     let seconds = report.duration.as_secs_f64();
     let counters = progress.counters();
@@ -200,7 +224,9 @@ fn write_metrics(
         "skipped": report.skipped,
         "bytes": report.bytes,
         "duration_s": (seconds * 1000.0).round() / 1000.0,
-        "items_per_sec": ((report.done + report.skipped + report.failed) as f64 / seconds.max(0.001) * 10.0).round() / 10.0,
+        "items_per_sec": per_second(report.done + report.skipped + report.failed, seconds),
+        "rows_per_sec": per_second(report.done + report.skipped + report.failed, seconds),
+        "shard": shard.map(|s| s.to_string()),
         "retries": retries,
         "throttled": report.throttled,
         "children": {
@@ -217,6 +243,11 @@ fn write_metrics(
     Ok(())
 }
 
+/// `n` per second over `seconds`, to one decimal.
+pub(crate) fn per_second(n: u64, seconds: f64) -> f64 {
+    (n as f64 / seconds.max(0.001) * 10.0).round() / 10.0
+}
+
 /// The process's peak resident memory (Linux `VmHWM`), in MiB.
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -225,7 +256,7 @@ fn peak_rss_mb() -> Option<f64> {
     Some((kb / 1024.0 * 10.0).round() / 10.0)
 }
 
-fn confirm_restart(what: &str, yes: bool) -> anyhow::Result<()> {
+pub(crate) fn confirm_restart(what: &str, yes: bool) -> anyhow::Result<()> {
     if yes {
         return Ok(());
     }
@@ -249,7 +280,7 @@ fn confirm_restart(what: &str, yes: bool) -> anyhow::Result<()> {
 }
 
 /// First Ctrl-C (or SIGTERM): drain. Second: abort.
-async fn watch_signals(stop: watch::Sender<StopLevel>) {
+pub(crate) async fn watch_signals(stop: watch::Sender<StopLevel>) {
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut level = StopLevel::Run;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redrive_core::plan::Plan;
+use redrive_core::source::Shard;
 use redrive_core::state::{StateError, StateStore};
 use redrive_state::{PostgresStateStore, RunLock, SqliteStateStore};
 
@@ -16,6 +17,63 @@ use crate::exit::Hinted;
 pub(crate) enum Target {
     File(PathBuf),
     Postgres { url: String, job: String },
+}
+
+impl Target {
+    /// The state of one shard: `STATE.shard-I-of-N.EXT` beside the file, or the job's schema
+    /// with `-shard-I-of-N`.
+    pub(crate) fn for_shard(&self, shard: Shard) -> Target {
+        let suffix = format!("shard-{}-of-{}", shard.index, shard.count);
+        match self {
+            Target::File(path) => {
+                let stem = path
+                    .file_stem()
+                    .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                let name = match path.extension() {
+                    Some(ext) => format!("{stem}.{suffix}.{}", ext.to_string_lossy()),
+                    None => format!("{stem}.{suffix}"),
+                };
+                Target::File(path.with_file_name(name))
+            }
+            Target::Postgres { url, job } => Target::Postgres {
+                url: url.clone(),
+                job: format!("{job}-{suffix}"),
+            },
+        }
+    }
+
+    /// The shard states that exist beside a file state, with their shard, in shard order.
+    pub(crate) fn shard_files(&self) -> Vec<(Shard, PathBuf)> {
+        let Target::File(path) = self else {
+            return Vec::new();
+        };
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let stem = path
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        let ext = path
+            .extension()
+            .map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+        let prefix = format!("{stem}.shard-");
+        let mut found: Vec<(Shard, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let middle = name.strip_prefix(&prefix)?.strip_suffix(&ext)?;
+                let (index, count) = middle.split_once("-of-")?;
+                let shard = Shard::parse(&format!("{index}/{count}")).ok()?;
+                Some((shard, dir.join(&name)))
+            })
+            .collect();
+        found.sort_by_key(|(shard, _)| (shard.count, shard.index));
+        found
+    }
 }
 
 fn is_postgres(text: &str) -> bool {

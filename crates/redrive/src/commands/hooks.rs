@@ -1,0 +1,50 @@
+//! `[[job.before]]` and `[[job.after]]`: SQL run once around a job's items (drop an index
+//! before a load, recreate it after). `before` runs when a run starts with work left to do,
+//! `after` when a run leaves every item ended; a rerun of a finished job runs neither. A run
+//! interrupted in between runs `before` again when it resumes, so write it to be repeatable
+//! (`DROP INDEX IF EXISTS …`).
+
+use redrive_connectors::sql::Database;
+use redrive_core::item::Fields;
+use redrive_core::item::Status;
+use redrive_core::plan::Hook;
+use redrive_core::state::Summary;
+
+use crate::exit::Hinted;
+
+/// Runs `hooks` in order; the first failure stops the run.
+pub(crate) async fn run(which: &str, hooks: &[Hook]) -> anyhow::Result<()> {
+    for (index, hook) in hooks.iter().enumerate() {
+        let label = format!("[[job.{which}]] #{}", index + 1);
+        let url = hook.url.render(&Fields::new())?;
+        let db = Database::connect(&url, 1).map_err(|e| Hinted {
+            message: format!("{label}: {e}"),
+            hint: "fix the hook's `url`".to_owned(),
+        })?;
+        tracing::info!(hook = %label, database = %db.shown(), "Running a hook.");
+        eprintln!("Running {label} on {}", db.shown());
+        db.execute_script(&hook.sql).await.map_err(|e| Hinted {
+            message: format!("{label} failed: {e}"),
+            hint: format!(
+                "fix the SQL or the database, then rerun; the items have {} run",
+                if which == "before" { "not" } else { "all" }
+            ),
+        })?;
+    }
+    Ok(())
+}
+
+/// Has the job work left: a source not read to the end, or items not ended?
+pub(crate) fn has_work(summary: &Summary, retry_failed: bool) -> bool {
+    !summary.source_complete
+        || summary.count(Status::Pending) + summary.count(Status::Running) > 0
+        || summary.no_input > 0
+        || (retry_failed && summary.count(Status::Failed) > 0)
+}
+
+/// Has every item ended (done, skipped for good, or failed)?
+pub(crate) fn all_ended(summary: &Summary) -> bool {
+    summary.source_complete
+        && summary.count(Status::Pending) + summary.count(Status::Running) == 0
+        && summary.no_input == 0
+}
