@@ -12,4 +12,5 @@ mod s1;
 mod s2;
 mod s3;
 mod s4;
+mod s5;
 mod sqs;
