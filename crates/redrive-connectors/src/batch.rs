@@ -105,6 +105,7 @@ async fn flush<T, E>(inner: Arc<Inner<T, E>>, batch: Vec<Waiting<T, E>>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -73,7 +73,7 @@ impl Database {
             class: ErrorClass::Permanent,
             message: format!("`{shown}` is not a usable database URL: {e}"),
         };
-        let timeout = Duration::from_secs(30);
+        let timeout = Duration::from_secs(10);
         let pool = match url.split("://").next().unwrap_or_default() {
             "postgres" | "postgresql" => Pool::Postgres(
                 PgPoolOptions::new()
@@ -118,9 +118,13 @@ impl Database {
     }
 
     fn error(&self, what: &str, error: sqlx::Error) -> SqlError {
+        let cause = match error {
+            sqlx::Error::PoolTimedOut => "no connection within 10 s: is the server up at this address, and are the user and password right?".to_owned(),
+            ref other => other.to_string(),
+        };
         SqlError {
             class: classify(&error),
-            message: redact(&format!("{what} on `{}`: {error}", self.shown)).into_owned(),
+            message: redact(&format!("{what} on `{}`: {cause}", self.shown)).into_owned(),
         }
     }
 
@@ -470,6 +474,7 @@ pub(crate) fn mask_password(url: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

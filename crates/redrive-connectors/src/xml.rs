@@ -206,6 +206,7 @@ fn located(doc: &str, at: usize, message: String) -> XmlError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use std::collections::BTreeMap;
 

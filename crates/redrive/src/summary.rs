@@ -144,6 +144,47 @@ pub(crate) fn json(job: &str, state: &str, summary: &Summary) -> serde_json::Val
     })
 }
 
+/// The sum of several shards' summaries: counts added, the active time the longest.
+pub(crate) fn sum(parts: &[Summary]) -> Summary {
+    let mut total = Summary {
+        source_complete: !parts.is_empty(),
+        ..Summary::default()
+    };
+    let add = |into: &mut Vec<(Status, u64)>, from: &[(Status, u64)]| {
+        for (status, n) in from {
+            match into.iter_mut().find(|(s, _)| s == status) {
+                Some((_, count)) => *count += n,
+                None => into.push((*status, *n)),
+            }
+        }
+    };
+    for part in parts {
+        total.source_complete &= part.source_complete;
+        add(&mut total.by_status, &part.by_status);
+        add(&mut total.children_by_status, &part.children_by_status);
+        for (step, status, n) in &part.by_step {
+            match total
+                .by_step
+                .iter_mut()
+                .find(|(s, st, _)| s == step && st == status)
+            {
+                Some((_, _, count)) => *count += n,
+                None => total.by_step.push((step.clone(), *status, *n)),
+            }
+        }
+        total.no_input += part.no_input;
+        total.bytes += part.bytes;
+        total.active_seconds = total.active_seconds.max(part.active_seconds);
+    }
+    total
+        .by_status
+        .sort_by_key(|(s, _)| Status::ALL.iter().position(|a| a == s));
+    total
+        .children_by_status
+        .sort_by_key(|(s, _)| Status::ALL.iter().position(|a| a == s));
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,45 +232,4 @@ mod tests {
         );
         assert!(text.contains("  copy failed            2\n"), "{text}");
     }
-}
-
-/// The sum of several shards' summaries: counts added, the active time the longest.
-pub(crate) fn sum(parts: &[Summary]) -> Summary {
-    let mut total = Summary {
-        source_complete: !parts.is_empty(),
-        ..Summary::default()
-    };
-    let add = |into: &mut Vec<(Status, u64)>, from: &[(Status, u64)]| {
-        for (status, n) in from {
-            match into.iter_mut().find(|(s, _)| s == status) {
-                Some((_, count)) => *count += n,
-                None => into.push((*status, *n)),
-            }
-        }
-    };
-    for part in parts {
-        total.source_complete &= part.source_complete;
-        add(&mut total.by_status, &part.by_status);
-        add(&mut total.children_by_status, &part.children_by_status);
-        for (step, status, n) in &part.by_step {
-            match total
-                .by_step
-                .iter_mut()
-                .find(|(s, st, _)| s == step && st == status)
-            {
-                Some((_, _, count)) => *count += n,
-                None => total.by_step.push((step.clone(), *status, *n)),
-            }
-        }
-        total.no_input += part.no_input;
-        total.bytes += part.bytes;
-        total.active_seconds = total.active_seconds.max(part.active_seconds);
-    }
-    total
-        .by_status
-        .sort_by_key(|(s, _)| Status::ALL.iter().position(|a| a == s));
-    total
-        .children_by_status
-        .sort_by_key(|(s, _)| Status::ALL.iter().position(|a| a == s));
-    total
 }

@@ -632,3 +632,46 @@ fn s5_workers_split_the_rows_and_a_killed_worker_is_resumed() {
     assert_eq!(status["shards"].as_array().map(Vec::len), Some(4));
     db.execute(&format!("DROP TABLE {table}"));
 }
+
+#[test]
+fn s5_a_missing_table_column_or_server_is_named() {
+    let db = Db::postgres();
+    db.ensure_source();
+    let t = TestContext::new();
+    let table = unique("s5_bad").replace('-', "_");
+    db.staging(&table);
+    for (from, to, says) in [
+        (
+            "columns = [\"app_XML\"]",
+            "columns = [\"app_XML\", \"nope\"]",
+            "the table has no column `nope` (its columns: app_id, app_xml)",
+        ),
+        (
+            &format!("table = \"{SOURCE}\""),
+            "table = \"no_such_table\"",
+            "no_such_table",
+        ),
+        (
+            &format!("url = \"{}\", table = \"{SOURCE}\"", db.url),
+            &format!("url = \"postgres://postgres@127.0.0.1:1/test\", table = \"{SOURCE}\""),
+            "postgres://postgres@127.0.0.1:1/test",
+        ),
+    ] {
+        plan(&t, &db, &table, "bad.db");
+        let text = t.read("plan.toml");
+        assert!(text.contains(from), "{from}");
+        t.write("plan.toml", text.replacen(from, to, 1));
+        let out = t.redrive(&["run", "plan.toml", "--no-hooks", "--restart", "--yes"]);
+        assert_eq!(out.code, 2, "{to}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{to}: {}", out.stderr);
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    }
+    // A staging column that does not exist fails the items with its name.
+    plan(&t, &db, &table, "bad.db");
+    let text = t.read("plan.toml").replace("app_XML = \"{CustXml}\"", "app_XMLx = \"{CustXml}\"");
+    t.write("plan.toml", text);
+    let out = t.redrive(&["run", "plan.toml", "--no-hooks", "--restart", "--yes", "--limit", "5"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("has no column `app_XMLx`"), "{}", out.stderr);
+    db.execute(&format!("DROP TABLE {table}"));
+}
