@@ -190,21 +190,31 @@ pub fn check_identifier(what: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// A database URL: no item fields (rows are read and written in batches); `${ENV}` allowed,
+/// even for the whole URL.
 fn check_url(what: &str, url: &str) -> Result<Template, String> {
-    let scheme = url.split("://").next().unwrap_or_default();
-    if !url.contains("://") || !matches!(scheme, "postgres" | "postgresql" | "mysql" | "mariadb") {
+    let parsed = template(what, url)?;
+    if parsed.fields().next().is_some() {
+        return Err(format!(
+            "`{what}` cannot use item fields (rows are read and written in batches), only `${{ENV}}`"
+        ));
+    }
+    let rendered = parsed
+        .render(&Default::default())
+        .map_err(|e| format!("`{what}`: {e}"))?;
+    let scheme = rendered.split("://").next().unwrap_or_default();
+    if !rendered.contains("://")
+        || !matches!(scheme, "postgres" | "postgresql" | "mysql" | "mariadb")
+    {
         return Err(format!(
             "`{what}` = `{url}` is not a database URL; write postgres://USER@HOST/DB or mysql://USER@HOST/DB (passwords as ${{ENV}})"
         ));
     }
-    template(what, url)
+    Ok(parsed)
 }
 
 pub(super) fn sql_source(raw: &RawSql) -> Result<SqlSourceSpec, String> {
     let url = check_url("sql.url", &raw.url)?;
-    if url.fields().next().is_some() {
-        return Err("`sql.url` cannot use item fields, only `${ENV}`".to_owned());
-    }
     check_identifier("`sql.table`", &raw.table)?;
     check_identifier("`sql.key`", &raw.key)?;
     for column in &raw.columns {
@@ -242,12 +252,6 @@ pub(super) fn xml(raw: &RawXml) -> Result<XmlSpec, String> {
 
 pub(super) fn sql_insert(raw: &RawSqlInsert) -> Result<SqlInsertSpec, String> {
     let url = check_url("sql_insert.url", &raw.url)?;
-    if url.fields().next().is_some() {
-        return Err(
-            "`sql_insert.url` cannot use item fields (rows are sent in batches), only `${ENV}`"
-                .to_owned(),
-        );
-    }
     check_identifier("`sql_insert.table`", &raw.table)?;
     if raw.columns.is_empty() {
         return Err(
@@ -298,11 +302,6 @@ pub(super) fn hooks(which: &str, raw: &[RawHook]) -> Result<Vec<Hook>, String> {
     raw.iter()
         .map(|hook| {
             let url = check_url(&format!("job.{which}.url"), &hook.url)?;
-            if url.fields().next().is_some() {
-                return Err(format!(
-                    "`job.{which}.url` cannot use item fields, only `${{ENV}}`"
-                ));
-            }
             if hook.sql.trim().is_empty() {
                 return Err(format!("`job.{which}.sql` is empty"));
             }
