@@ -7,8 +7,7 @@
 //! declarations and attributes included), the element, and the ancestors' end tags.
 
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::{Namespace, ResolveResult};
-use quick_xml::reader::NsReader;
+use quick_xml::reader::Reader;
 use redrive_core::plan::{XmlPath, XmlStep};
 
 /// A document that is not well-formed XML.
@@ -23,26 +22,33 @@ pub struct XmlError {
     pub message: String,
 }
 
+/// An open element that matches the path so far (its ancestors do too).
 struct Open {
     /// Byte range of the start tag.
     tag: std::ops::Range<usize>,
-    /// The qualified name, for the end tag.
-    name: String,
-    /// This element and all its ancestors match the path so far.
-    on_path: bool,
+    /// Byte range of the qualified name, for the end tag.
+    name: std::ops::Range<usize>,
+    /// Namespace declarations on this element: prefix (empty for the default) and URI.
+    namespaces: Vec<(String, String)>,
 }
 
 /// The first element of `doc` at `path`: its exact text, wrapped in its ancestors when
 /// `keep_ancestors`; `None` when the path matches nothing.
+///
+/// Only elements on the path are looked at closely (names, namespaces, attributes); the
+/// others are only checked to be well-formed, which keeps a large document cheap.
 pub fn extract(
     doc: &str,
     path: &XmlPath,
     keep_ancestors: bool,
 ) -> Result<Option<String>, XmlError> {
-    let mut reader = NsReader::from_str(doc);
-    let mut stack: Vec<Open> = Vec::new();
+    let mut reader = Reader::from_str(doc);
+    // The path so far: `on_path[i]` is the open element at depth i, for as long as every
+    // element from the root down matches.
+    let mut on_path: Vec<Open> = Vec::new();
+    let mut depth = 0usize;
     let mut declaration = None;
-    let mut found: Option<(std::ops::Range<usize>, Vec<Open>)> = None;
+    let mut found: Option<std::ops::Range<usize>> = None;
     let last = path.steps.len() - 1;
     let mut seen_root = false;
     loop {
@@ -60,7 +66,7 @@ pub fn extract(
         let after = position(reader.buffer_position());
         match event {
             Event::Start(ref e) | Event::Empty(ref e) => {
-                if stack.is_empty() && seen_root {
+                if depth == 0 && seen_root {
                     return Err(located(
                         doc,
                         before,
@@ -68,33 +74,39 @@ pub fn extract(
                     ));
                 }
                 seen_root = true;
-                let depth = stack.len();
-                let parent_on_path = stack.last().is_none_or(|open| open.on_path);
-                let (namespace, _) = reader.resolver().resolve_element(e.name());
-                let on_path = parent_on_path
-                    && depth <= last
-                    && matches(&path.steps[depth], &namespace, e)
-                        .map_err(|message| located(doc, before, message))?;
                 let is_empty = matches!(event, Event::Empty(_));
-                if is_empty {
-                    if on_path && depth == last && found.is_none() {
-                        found = Some((before..after, copy_stack(&stack)));
+                // Only a child of the matched path, while the element is not yet found, can
+                // extend it.
+                if found.is_none() && on_path.len() == depth && depth <= last {
+                    let namespaces = declarations(e).map_err(|m| located(doc, before, m))?;
+                    let matched = matches(&path.steps[depth], &on_path, &namespaces, e)
+                        .map_err(|m| located(doc, before, m))?;
+                    if matched && depth == last && is_empty {
+                        found = Some(before..after);
+                    } else if matched && !is_empty {
+                        let name_start = before + 1;
+                        on_path.push(Open {
+                            tag: before..after,
+                            name: name_start..name_start + e.name().as_ref().len(),
+                            namespaces,
+                        });
                     }
-                } else {
-                    stack.push(Open {
-                        tag: before..after,
-                        name: e.name().as_ref().to_owned(),
-                        on_path,
-                    });
+                }
+                if !is_empty {
+                    depth += 1;
                 }
             }
             Event::End(_) => {
-                if let Some(open) = stack.pop()
-                    && open.on_path
-                    && stack.len() == last
-                    && found.is_none()
-                {
-                    found = Some((open.tag.start..after, copy_stack(&stack)));
+                depth = depth.saturating_sub(1);
+                // Once found, the ancestors stay: they wrap the result.
+                if found.is_none() && on_path.len() > depth {
+                    let open = on_path.pop();
+                    if let Some(open) = open
+                        && depth == last
+                        && found.is_none()
+                    {
+                        found = Some(open.tag.start..after);
+                    }
                 }
             }
             Event::Decl(_) => declaration = Some(before..after),
@@ -102,14 +114,11 @@ pub fn extract(
             _ => {}
         }
     }
-    if let Some(open) = stack.last() {
+    if depth > 0 {
         return Err(located(
             doc,
             doc.len(),
-            format!(
-                "`<{}>` is not closed before the end of the document",
-                open.name
-            ),
+            format!("{depth} element(s) not closed before the end of the document"),
         ));
     }
     if !seen_root {
@@ -119,7 +128,7 @@ pub fn extract(
             "the document has no element".to_owned(),
         ));
     }
-    let Some((element, ancestors)) = found else {
+    let Some(element) = found else {
         return Ok(None);
     };
     if !keep_ancestors {
@@ -129,46 +138,76 @@ pub fn extract(
     if let Some(declaration) = declaration {
         out.push_str(&doc[declaration]);
     }
-    for open in &ancestors {
+    for open in &on_path {
         out.push_str(&doc[open.tag.clone()]);
     }
     out.push_str(&doc[element]);
-    for open in ancestors.iter().rev() {
+    for open in on_path.iter().rev() {
         out.push_str("</");
-        out.push_str(&open.name);
+        out.push_str(&doc[open.name.clone()]);
         out.push('>');
     }
     Ok(Some(out))
-}
-
-fn copy_stack(stack: &[Open]) -> Vec<Open> {
-    stack
-        .iter()
-        .map(|open| Open {
-            tag: open.tag.clone(),
-            name: open.name.clone(),
-            on_path: open.on_path,
-        })
-        .collect()
 }
 
 fn position(at: u64) -> usize {
     usize::try_from(at).unwrap_or(usize::MAX)
 }
 
+/// The `xmlns` and `xmlns:p` attributes of a start tag.
+fn declarations(e: &BytesStart<'_>) -> Result<Vec<(String, String)>, String> {
+    let mut found = Vec::new();
+    for attribute in e.attributes() {
+        let attribute = attribute.map_err(|e| e.to_string())?;
+        let key = attribute.key.as_ref();
+        let prefix = if key == "xmlns" {
+            ""
+        } else if let Some(prefix) = key.strip_prefix("xmlns:") {
+            prefix
+        } else {
+            continue;
+        };
+        let uri = attribute
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .map_err(|e| e.to_string())?;
+        found.push((prefix.to_owned(), uri.into_owned()));
+    }
+    Ok(found)
+}
+
+/// The URI `prefix` is bound to, on the element itself or its ancestors (`None`: unbound).
+fn namespace_of<'a>(
+    prefix: &str,
+    own: &'a [(String, String)],
+    ancestors: &'a [Open],
+) -> Option<&'a str> {
+    own.iter()
+        .chain(
+            ancestors
+                .iter()
+                .rev()
+                .flat_map(|open| open.namespaces.iter()),
+        )
+        .find(|(p, _)| p == prefix)
+        .map(|(_, uri)| uri.as_str())
+        .filter(|uri| !uri.is_empty())
+}
+
 /// Does the element match this step of the path? Errors are malformed attributes.
 fn matches(
     step: &XmlStep,
-    namespace: &ResolveResult<'_>,
+    ancestors: &[Open],
+    own: &[(String, String)],
     e: &BytesStart<'_>,
 ) -> Result<bool, String> {
     if e.local_name().as_ref() != step.local.as_str() {
         return Ok(false);
     }
     if let Some(uri) = &step.namespace {
-        match namespace {
-            ResolveResult::Bound(Namespace(bound)) if *bound == uri.as_str() => {}
-            _ => return Ok(false),
+        let name = e.name();
+        let prefix = name.as_ref().split_once(':').map_or("", |(p, _)| p);
+        if namespace_of(prefix, own, ancestors) != Some(uri.as_str()) {
+            return Ok(false);
         }
     }
     for (name, value) in &step.attributes {

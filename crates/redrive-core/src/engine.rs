@@ -764,7 +764,7 @@ async fn start_step(shared: &Shared, item: &StoredItem) -> Result<usize, EngineE
     Ok(first)
 }
 
-async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, EngineError> {
+async fn run_item(shared: &Shared, mut item: StoredItem) -> Result<ItemReport, EngineError> {
     let steps = &shared.pipeline.steps;
     let state = &shared.state;
     let mut report = ItemReport::default();
@@ -792,7 +792,7 @@ async fn run_item(shared: &Shared, item: StoredItem) -> Result<ItemReport, Engin
         .await?;
 
     // Fields that earlier steps' `require` bound (e.g. `input`) are bound again on resume.
-    let mut fields = item.fields.clone();
+    let mut fields = std::mem::take(&mut item.fields);
     for (_, step) in &steps[..first] {
         if let Ok(Some(bound)) = step.require(&fields).await {
             fields.extend(bound);

@@ -269,7 +269,8 @@ fn record_output(
     output: Option<&Produced>,
 ) -> rusqlite::Result<()> {
     if let Some(output) = output {
-        tx.execute(
+        exec(
+            tx,
             &format!(
                 "INSERT OR REPLACE INTO outputs (item, step_index, path, bytes, recorded_at)
                  VALUES (?1, ?2, ?3, ?4, {NOW})"
@@ -278,6 +279,12 @@ fn record_output(
         )?;
     }
     Ok(())
+}
+
+/// Runs a statement through the connection's statement cache: the writer runs the same few
+/// statements for every transition, and preparing one costs more than running it.
+fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
 }
 
 fn bytes_i64(bytes: u64) -> i64 {
@@ -509,7 +516,8 @@ impl StateStore for SqliteStateStore {
     async fn record(&self, transition: Transition) -> Result<(), StateError> {
         self.write(Box::new(move |tx| {
             let changed = match transition {
-                Transition::Started { id, step, step_name } => tx.execute(
+                Transition::Started { id, step, step_name } => exec(
+                    tx,
                     &format!(
                         "UPDATE items SET status = 'running', step_index = ?2, step = ?3,
                          attempts = attempts + 1, error = NULL, started_at = {NOW}, updated_at = {NOW}
@@ -519,7 +527,8 @@ impl StateStore for SqliteStateStore {
                 )?,
                 Transition::Advanced { id, step, step_name, bytes, output } => {
                     record_output(tx, id, step.saturating_sub(1), output.as_ref())?;
-                    tx.execute(
+                    exec(
+                    tx,
                         &format!(
                             "UPDATE items SET step_index = ?2, step = ?3, bytes = bytes + ?4, updated_at = {NOW}
                              WHERE id = ?1"
@@ -532,7 +541,8 @@ impl StateStore for SqliteStateStore {
                         let step: i64 = tx.query_row("SELECT step_index FROM items WHERE id = ?1", params![id], |r| r.get(0))?;
                         record_output(tx, id, usize::try_from(step).unwrap_or(0), Some(output))?;
                     }
-                    tx.execute(
+                    exec(
+                    tx,
                         &format!(
                             "UPDATE items SET status = ?2, bytes = bytes + ?3, error = ?4,
                              updated_at = {NOW}, finished_at = {NOW}
@@ -541,11 +551,13 @@ impl StateStore for SqliteStateStore {
                         params![id, status.as_str(), bytes_i64(bytes), reason],
                     )?
                 }
-                Transition::Released { id, error } => tx.execute(
+                Transition::Released { id, error } => exec(
+                    tx,
                     &format!("UPDATE items SET status = 'pending', error = ?2, updated_at = {NOW} WHERE id = ?1"),
                     params![id, error],
                 )?,
-                Transition::Failed { id, error } => tx.execute(
+                Transition::Failed { id, error } => exec(
+                    tx,
                     &format!(
                         "UPDATE items SET status = 'failed', error = ?2, updated_at = {NOW}, finished_at = {NOW}
                          WHERE id = ?1"

@@ -568,7 +568,10 @@ fn the_s5_plan_parses_with_its_defaults() {
         panic!("not a sql source: {:?}", plan.source.kind)
     };
     assert_eq!((sql.key.as_str(), sql.batch), ("app_id", DEFAULT_SQL_BATCH));
-    assert_eq!(plan.key().map(|k| k.raw().to_owned()).ok(), Some("{app_id}".to_owned()));
+    assert_eq!(
+        plan.key().map(|k| k.raw().to_owned()).ok(),
+        Some("{app_id}".to_owned())
+    );
     let Action::Xml(xml) = &plan.steps[0].action else {
         panic!("not xml")
     };
@@ -577,36 +580,103 @@ fn the_s5_plan_parses_with_its_defaults() {
     let Action::SqlInsert(insert) = &plan.steps[1].action else {
         panic!("not sql_insert")
     };
-    assert_eq!((insert.batch, insert.on_conflict), (250, OnConflict::Update));
+    assert_eq!(
+        (insert.batch, insert.on_conflict),
+        (250, OnConflict::Update)
+    );
     assert_eq!(plan.before.len(), 1);
     assert!(plan.after.is_empty());
     // Enough items in flight to fill a batch.
     assert_eq!(plan.limits.items, 500);
     // `into` is a field for later steps; a field nobody makes is an error.
     let fields: BTreeSet<String> = ["app_id", "app_XML"].map(str::to_owned).into();
-    plan.check_fields(&fields, None).unwrap_or_else(|e| panic!("{e}"));
+    plan.check_fields(&fields, None)
+        .unwrap_or_else(|e| panic!("{e}"));
     let only_key: BTreeSet<String> = ["app_id"].map(str::to_owned).into();
-    let e = plan.check_fields(&only_key, None).map(|_| ()).unwrap_err().to_string();
-    assert!(e.contains("`xml.field` names `app_XML`, which items do not have"), "{e}");
+    let e = plan
+        .check_fields(&only_key, None)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`xml.field` names `app_XML`, which items do not have"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_sql_parts_are_refused_with_the_fix() {
     for (from, to, says) in [
-        ("postgres://app@db:5432/x", "oracle://db/x", "is not a database URL"),
-        ("table = \"dbo.app_xml\"", "table = \"app; drop table x\"", "is not a plain SQL name"),
-        ("key = \"app_id\", columns", "key = \"app id\", columns", "is not a plain SQL name"),
-        ("path = \"/p:Provenir/Request/CustData\"", "path = \"/q:Provenir\"", "prefix `q` is not declared"),
-        ("path = \"/p:Provenir/Request/CustData\"", "path = \"Provenir\"", "must start with `/`"),
-        ("missing = \"skip\"", "missing = \"maybe\"", "unknown variant `maybe`"),
-        ("on_conflict = \"update\"", "on_conflict = \"merge\"", "unknown variant `merge`"),
-        ("key = [\"app_id\"], on_conflict", "key = [], on_conflict", "needs `key = [\"COLUMN\"]`"),
-        ("key = [\"app_id\"], on_conflict", "key = [\"id\"], on_conflict", "`sql_insert.key` names `id`"),
-        ("batch = 250", "batch = 0", "`sql_insert.batch` must be at least 1"),
-        ("url = \"mysql://root@db/x\"", "url = \"mysql://root@db/{app_id}\"", "cannot use item fields"),
-        ("columns = { app_id", "columns = { \"app-id\"", "is not a plain SQL name"),
-        ("sql = \"DROP INDEX IF EXISTS ix\"", "sql = \" \"", "`job.before.sql` is empty"),
-        ("url = \"postgres://app@db/x\"", "url = \"http://db/x\"", "`job.before.url`"),
+        (
+            "postgres://app@db:5432/x",
+            "oracle://db/x",
+            "is not a database URL",
+        ),
+        (
+            "table = \"dbo.app_xml\"",
+            "table = \"app; drop table x\"",
+            "is not a plain SQL name",
+        ),
+        (
+            "key = \"app_id\", columns",
+            "key = \"app id\", columns",
+            "is not a plain SQL name",
+        ),
+        (
+            "path = \"/p:Provenir/Request/CustData\"",
+            "path = \"/q:Provenir\"",
+            "prefix `q` is not declared",
+        ),
+        (
+            "path = \"/p:Provenir/Request/CustData\"",
+            "path = \"Provenir\"",
+            "must start with `/`",
+        ),
+        (
+            "missing = \"skip\"",
+            "missing = \"maybe\"",
+            "unknown variant `maybe`",
+        ),
+        (
+            "on_conflict = \"update\"",
+            "on_conflict = \"merge\"",
+            "unknown variant `merge`",
+        ),
+        (
+            "key = [\"app_id\"], on_conflict",
+            "key = [], on_conflict",
+            "needs `key = [\"COLUMN\"]`",
+        ),
+        (
+            "key = [\"app_id\"], on_conflict",
+            "key = [\"id\"], on_conflict",
+            "`sql_insert.key` names `id`",
+        ),
+        (
+            "batch = 250",
+            "batch = 0",
+            "`sql_insert.batch` must be at least 1",
+        ),
+        (
+            "url = \"mysql://root@db/x\"",
+            "url = \"mysql://root@db/{app_id}\"",
+            "cannot use item fields",
+        ),
+        (
+            "columns = { app_id",
+            "columns = { \"app-id\"",
+            "is not a plain SQL name",
+        ),
+        (
+            "sql = \"DROP INDEX IF EXISTS ix\"",
+            "sql = \" \"",
+            "`job.before.sql` is empty",
+        ),
+        (
+            "url = \"postgres://app@db/x\"",
+            "url = \"http://db/x\"",
+            "`job.before.url`",
+        ),
     ] {
         assert!(S5.contains(from), "{from}");
         let e = error(&S5.replacen(from, to, 1));

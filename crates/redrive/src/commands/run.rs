@@ -115,6 +115,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         backoff: Backoff::default(),
         throttle_budget: engine::THROTTLE_BUDGET,
     };
+    warn_unfillable_batches(&plan, options.concurrency);
     let state: Arc<dyn StateStore> = Arc::clone(&store);
     let result = engine::run(
         Arc::clone(&pipeline),
@@ -241,6 +242,25 @@ fn write_metrics(
     let text = redrive_core::secrets::redact(&serde_json::to_string_pretty(&metrics)?).into_owned();
     std::fs::write(path, text + "\n")?;
     Ok(())
+}
+
+/// A batch fills only from the items in flight: with fewer in flight than the batch holds,
+/// every batch waits its `max_wait`, and the run crawls.
+fn warn_unfillable_batches(plan: &redrive_core::Plan, in_flight: usize) {
+    for step in &plan.steps {
+        let (batch, max_wait) = match &step.action {
+            redrive_core::plan::Action::Http(http) => (http.batch, http.max_wait),
+            redrive_core::plan::Action::SqlInsert(insert) => (insert.batch, insert.max_wait),
+            _ => continue,
+        };
+        if in_flight < batch {
+            eprintln!(
+                "warning: step `{}` sends batches of {batch} but only {in_flight} items are in flight: each batch waits {max_wait:?} to fill; raise [limits] items or --concurrency to at least {}, or lower its `batch`",
+                step.name,
+                batch * 2
+            );
+        }
+    }
 }
 
 /// `n` per second over `seconds`, to one decimal.

@@ -668,10 +668,24 @@ fn s5_a_missing_table_column_or_server_is_named() {
     }
     // A staging column that does not exist fails the items with its name.
     plan(&t, &db, &table, "bad.db");
-    let text = t.read("plan.toml").replace("app_XML = \"{CustXml}\"", "app_XMLx = \"{CustXml}\"");
+    let text = t
+        .read("plan.toml")
+        .replace("app_XML = \"{CustXml}\"", "app_XMLx = \"{CustXml}\"");
     t.write("plan.toml", text);
-    let out = t.redrive(&["run", "plan.toml", "--no-hooks", "--restart", "--yes", "--limit", "5"]);
+    let out = t.redrive(&[
+        "run",
+        "plan.toml",
+        "--no-hooks",
+        "--restart",
+        "--yes",
+        "--limit",
+        "5",
+    ]);
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("has no column `app_XMLx`"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("has no column `app_XMLx`"),
+        "{}",
+        out.stderr
+    );
     db.execute(&format!("DROP TABLE {table}"));
 }
