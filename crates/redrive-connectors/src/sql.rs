@@ -16,8 +16,14 @@ use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
+#[cfg(feature = "mssql")]
+mod mssql;
+
 /// Most parameters one statement may carry (PostgreSQL and MySQL allow 65,535).
 const MAX_PARAMETERS: usize = 60_000;
+/// Most parameters one SQL Server statement may carry (it allows 2,100).
+#[cfg(feature = "mssql")]
+const MAX_MSSQL_PARAMETERS: usize = 2_000;
 
 /// A database call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +42,44 @@ pub enum Dialect {
     Postgres,
     /// MySQL or MariaDB.
     MySql,
+    /// SQL Server (feature `mssql`).
+    MsSql,
+}
+
+impl Dialect {
+    /// `column` as text.
+    pub fn as_text(self, column: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("{column}::text"),
+            Dialect::MySql => format!("CAST({column} AS CHAR)"),
+            Dialect::MsSql => format!("CAST({column} AS NVARCHAR(MAX))"),
+        }
+    }
+
+    /// `SELECT columns FROM rest` limited to the first `n` rows (`rest` ends with its ORDER BY).
+    pub fn first_rows(self, columns: &str, rest: &str, n: usize) -> String {
+        match self {
+            Dialect::MsSql => format!("SELECT TOP ({n}) {columns} FROM {rest}"),
+            Dialect::Postgres | Dialect::MySql => format!("SELECT {columns} FROM {rest} LIMIT {n}"),
+        }
+    }
+
+    /// The `n`-th placeholder (1-based): `$n`, `?` or `@Pn`.
+    fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${n}"),
+            Dialect::MySql => "?".to_owned(),
+            Dialect::MsSql => format!("@P{n}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 enum Pool {
     Postgres(PgPool),
     MySql(MySqlPool),
+    #[cfg(feature = "mssql")]
+    MsSql(std::sync::Arc<mssql::Pool>),
 }
 
 /// A connection pool to one database.
@@ -92,11 +130,28 @@ impl Database {
                         .map_err(bad)?,
                 )
             }
+            #[cfg(feature = "mssql")]
+            "mssql" | "sqlserver" => {
+                let config = mssql::config(url).map_err(|e| SqlError {
+                    class: ErrorClass::Permanent,
+                    message: format!("`{shown}` is not a usable SQL Server URL: {e}"),
+                })?;
+                Pool::MsSql(std::sync::Arc::new(mssql::Pool::new(config, connections)))
+            }
+            #[cfg(not(feature = "mssql"))]
+            "mssql" | "sqlserver" => {
+                return Err(SqlError {
+                    class: ErrorClass::Permanent,
+                    message: format!(
+                        "`{shown}`: this redrive was built without SQL Server support; build it with `cargo install --features mssql`"
+                    ),
+                });
+            }
             scheme => {
                 return Err(SqlError {
                     class: ErrorClass::Permanent,
                     message: format!(
-                        "`{shown}`: unknown database scheme `{scheme}`; use postgres:// or mysql:// (mariadb://)"
+                        "`{shown}`: unknown database scheme `{scheme}`; use postgres://, mysql:// (mariadb://) or mssql://"
                     ),
                 });
             }
@@ -109,6 +164,8 @@ impl Database {
         match self.pool {
             Pool::Postgres(_) => Dialect::Postgres,
             Pool::MySql(_) => Dialect::MySql,
+            #[cfg(feature = "mssql")]
+            Pool::MsSql(_) => Dialect::MsSql,
         }
     }
 
@@ -128,12 +185,22 @@ impl Database {
         }
     }
 
+    #[cfg(feature = "mssql")]
+    fn named(&self, error: SqlError) -> SqlError {
+        SqlError {
+            class: error.class,
+            message: redact(&format!("{} on `{}`", error.message, self.shown)).into_owned(),
+        }
+    }
+
     /// Runs one or more statements as written (a hook).
     pub async fn execute_script(&self, sql: &str) -> Result<(), SqlError> {
         let script = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()));
         let result = match &self.pool {
             Pool::Postgres(pool) => script.execute(pool).await.map(|_| ()),
             Pool::MySql(pool) => script.execute(pool).await.map(|_| ()),
+            #[cfg(feature = "mssql")]
+            Pool::MsSql(pool) => return pool.execute_script(sql).await.map_err(|e| self.named(e)),
         };
         result.map_err(|e| self.error("the statement failed", e))
     }
@@ -164,6 +231,26 @@ impl Database {
                 .fetch_all(pool)
                 .await
                 .map_err(|e| self.error(&format!("cannot read the columns of `{table}`"), e))?
+            }
+            #[cfg(feature = "mssql")]
+            Pool::MsSql(pool) => {
+                let (schema, name) = match table.split_once('.') {
+                    Some((schema, name)) => (schema.to_owned(), name.to_owned()),
+                    None => (String::new(), table.to_owned()),
+                };
+                pool.query_text(
+                    "SELECT COLUMN_NAME, DATA_TYPE FROM INFORMATION_SCHEMA.COLUMNS
+                     WHERE TABLE_NAME = @P1 AND (@P2 = '' OR TABLE_SCHEMA = @P2)",
+                    &[Param::Text(name), Param::Text(schema)],
+                )
+                .await
+                .map_err(|e| self.named(e))?
+                .into_iter()
+                .filter_map(|row| {
+                    let mut row = row.into_iter();
+                    Some((row.next()??, row.next()??))
+                })
+                .collect()
             }
         };
         if rows.is_empty() {
@@ -227,6 +314,11 @@ impl Database {
                     .map(|row| my_text(row).map_err(|e| self.error("cannot read a row", e)))
                     .collect()
             }
+            #[cfg(feature = "mssql")]
+            Pool::MsSql(pool) => pool
+                .query_text(&mssql_numbered(sql), params)
+                .await
+                .map_err(|e| self.named(e)),
         }
     }
 
@@ -274,8 +366,30 @@ impl Database {
                 }
                 tx.commit().await.map_err(|e| self.error(&what, e))
             }
+            #[cfg(feature = "mssql")]
+            Pool::MsSql(pool) => {
+                let per_statement = (MAX_MSSQL_PARAMETERS / insert.columns.len().max(1)).max(1);
+                let statements = rows
+                    .chunks(per_statement)
+                    .map(|chunk| {
+                        (
+                            insert_sql(Dialect::MsSql, insert, types, chunk.len()),
+                            chunk.iter().flatten().map(String::as_str).collect(),
+                        )
+                    })
+                    .collect();
+                pool.execute_in_transaction(statements)
+                    .await
+                    .map_err(|e| self.named(e))
+            }
         }
     }
+}
+
+/// `?` → `@P1`, `@P2`, … outside quotes.
+#[cfg(feature = "mssql")]
+fn mssql_numbered(sql: &str) -> String {
+    numbered(sql).replace('$', "@P")
 }
 
 /// A bound parameter.
@@ -334,10 +448,13 @@ fn insert_sql(
                     Some(kind) if kind != "text" => sql.push_str(&format!("CAST(${n} AS {kind})")),
                     _ => sql.push_str(&format!("${n}")),
                 },
-                Dialect::MySql => sql.push('?'),
+                Dialect::MySql | Dialect::MsSql => sql.push_str(&dialect.placeholder(n)),
             }
         }
         sql.push(')');
+    }
+    if dialect == Dialect::MsSql && insert.on_conflict != OnConflict::Fail {
+        return mssql_merge(insert, rows);
     }
     let others: Vec<&String> = insert
         .columns
@@ -346,6 +463,8 @@ fn insert_sql(
         .collect();
     match (dialect, insert.on_conflict) {
         (_, OnConflict::Fail) => {}
+        // Handled above.
+        (Dialect::MsSql, _) => {}
         (Dialect::Postgres, OnConflict::Skip) => sql.push_str(" ON CONFLICT DO NOTHING"),
         (Dialect::Postgres, OnConflict::Update) if others.is_empty() => {
             sql.push_str(" ON CONFLICT DO NOTHING");
@@ -380,6 +499,59 @@ fn insert_sql(
         }
     }
     sql
+}
+
+/// SQL Server has no `ON CONFLICT`: a MERGE of the rows on the key columns (with `HOLDLOCK`,
+/// so two batches cannot both insert one key).
+fn mssql_merge(insert: &Insert, rows: usize) -> String {
+    let columns = insert.columns.join(", ");
+    let mut values = Vec::with_capacity(rows);
+    let mut n = 0;
+    for _ in 0..rows {
+        let row: Vec<String> = insert
+            .columns
+            .iter()
+            .map(|_| {
+                n += 1;
+                format!("@P{n}")
+            })
+            .collect();
+        values.push(format!("({})", row.join(", ")));
+    }
+    let on: Vec<String> = insert
+        .key
+        .iter()
+        .map(|k| format!("target.{k} = source.{k}"))
+        .collect();
+    let on = if on.is_empty() {
+        // No key: every row is new (the table's own constraints still apply).
+        "1 = 0".to_owned()
+    } else {
+        on.join(" AND ")
+    };
+    let set: Vec<String> = insert
+        .columns
+        .iter()
+        .filter(|c| !insert.key.iter().any(|k| k.eq_ignore_ascii_case(c)))
+        .map(|c| format!("{c} = source.{c}"))
+        .collect();
+    let matched = match insert.on_conflict {
+        OnConflict::Update if !set.is_empty() => {
+            format!(" WHEN MATCHED THEN UPDATE SET {}", set.join(", "))
+        }
+        _ => String::new(),
+    };
+    let source: Vec<String> = insert
+        .columns
+        .iter()
+        .map(|c| format!("source.{c}"))
+        .collect();
+    format!(
+        "MERGE INTO {table} WITH (HOLDLOCK) AS target USING (VALUES {values}) AS source ({columns}) ON {on}{matched} WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({source});",
+        table = insert.table,
+        values = values.join(", "),
+        source = source.join(", ")
+    )
 }
 
 /// `?` → `$1`, `$2`, … outside quotes.
@@ -508,6 +680,27 @@ mod tests {
         assert_eq!(
             insert_sql(Dialect::MySql, &insert(OnConflict::Fail), &types, 1),
             "INSERT INTO staging (app_id, app_xml) VALUES (?, ?)"
+        );
+    }
+
+    #[test]
+    fn sql_server_upserts_are_merges() {
+        let types = HashMap::new();
+        assert_eq!(
+            insert_sql(Dialect::MsSql, &insert(OnConflict::Update), &types, 2),
+            "MERGE INTO staging WITH (HOLDLOCK) AS target USING (VALUES (@P1, @P2), (@P3, @P4)) AS source (app_id, app_xml) ON target.app_id = source.app_id WHEN MATCHED THEN UPDATE SET app_xml = source.app_xml WHEN NOT MATCHED THEN INSERT (app_id, app_xml) VALUES (source.app_id, source.app_xml);"
+        );
+        assert_eq!(
+            insert_sql(Dialect::MsSql, &insert(OnConflict::Skip), &types, 1),
+            "MERGE INTO staging WITH (HOLDLOCK) AS target USING (VALUES (@P1, @P2)) AS source (app_id, app_xml) ON target.app_id = source.app_id WHEN NOT MATCHED THEN INSERT (app_id, app_xml) VALUES (source.app_id, source.app_xml);"
+        );
+        assert_eq!(
+            insert_sql(Dialect::MsSql, &insert(OnConflict::Fail), &types, 1),
+            "INSERT INTO staging (app_id, app_xml) VALUES (@P1, @P2)"
+        );
+        assert_eq!(
+            Dialect::MsSql.first_rows("CAST(k AS NVARCHAR(MAX)) AS redrive_key", "t ORDER BY k", 5),
+            "SELECT TOP (5) CAST(k AS NVARCHAR(MAX)) AS redrive_key FROM t ORDER BY k"
         );
     }
 

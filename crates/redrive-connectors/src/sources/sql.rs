@@ -111,10 +111,7 @@ impl Inner {
     }
 
     fn as_text(&self, column: &str) -> String {
-        match self.db.dialect() {
-            Dialect::Postgres => format!("{column}::text"),
-            Dialect::MySql => format!("CAST({column} AS CHAR)"),
-        }
+        self.db.dialect().as_text(column)
     }
 
     /// One page of keys after `after`.
@@ -128,7 +125,7 @@ impl Inner {
         }
         if let (Some(shard), true) = (self.shard, integer) {
             conditions.push(format!(
-                "MOD(MOD({key}, {n}) + {n}, {n}) = {i}",
+                "(({key} % {n}) + {n}) % {n} = {i}",
                 n = shard.count,
                 i = shard.index
             ));
@@ -149,11 +146,10 @@ impl Inner {
         };
         // The text column gets its own name: `ORDER BY key` must sort by the column itself,
         // not by a text output column of the same name (1, 10, 100, 2, …).
-        let sql = format!(
-            "SELECT {} AS redrive_key FROM {}{clause} ORDER BY {key} LIMIT {}",
-            self.as_text(key),
-            self.spec.table,
-            self.spec.batch
+        let sql = self.db.dialect().first_rows(
+            &format!("{} AS redrive_key", self.as_text(key)),
+            &format!("{}{clause} ORDER BY {key}", self.spec.table),
+            self.spec.batch,
         );
         let rows = self
             .db
@@ -244,7 +240,7 @@ impl Inner {
                 format!("{key} = ANY(?)"),
                 vec![Param::Texts(keys.iter().map(|k| (*k).to_owned()).collect())],
             ),
-            Dialect::MySql => (
+            Dialect::MySql | Dialect::MsSql => (
                 format!("{key} IN ({})", vec!["?"; keys.len()].join(", ")),
                 keys.iter()
                     .map(|k| key_param(k, integer).map_err(bad_key))

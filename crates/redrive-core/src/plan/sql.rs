@@ -204,10 +204,13 @@ fn check_url(what: &str, url: &str) -> Result<Template, String> {
         .map_err(|e| format!("`{what}`: {e}"))?;
     let scheme = rendered.split("://").next().unwrap_or_default();
     if !rendered.contains("://")
-        || !matches!(scheme, "postgres" | "postgresql" | "mysql" | "mariadb")
+        || !matches!(
+            scheme,
+            "postgres" | "postgresql" | "mysql" | "mariadb" | "mssql" | "sqlserver"
+        )
     {
         return Err(format!(
-            "`{what}` = `{url}` is not a database URL; write postgres://USER@HOST/DB or mysql://USER@HOST/DB (passwords as ${{ENV}})"
+            "`{what}` = `{url}` is not a database URL; write postgres://USER@HOST/DB, mysql://USER@HOST/DB or mssql://USER:PASSWORD@HOST/DB (passwords as ${{ENV}})"
         ));
     }
     Ok(parsed)
