@@ -689,3 +689,55 @@ fn s5_a_missing_table_column_or_server_is_named() {
     );
     db.execute(&format!("DROP TABLE {table}"));
 }
+
+#[test]
+fn s5_ctrl_c_reaches_every_worker_and_the_rerun_completes() {
+    let db = Db::postgres();
+    db.ensure_source();
+    let t = TestContext::new();
+    let table = unique("s5_sigint").replace('-', "_");
+    db.staging(&table);
+    plan(&t, &db, &table, "state.db");
+    let plan_path = t.path("plan.toml").display().to_string();
+
+    let run = t
+        .command(&["run", &plan_path, "--workers", "2", "--no-hooks"])
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while db.count(&format!("SELECT count(*) FROM {table}")) < 500 {
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::process::Command::new("kill")
+        .args(["-INT", &run.id().to_string()])
+        .status()
+        .unwrap();
+    let output = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        !stderr.contains("died"),
+        "the workers drained, none died: {stderr}"
+    );
+    // The workers stopped too: none is left running.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{plan_path} --shard")])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "workers still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let staged = db.count(&format!("SELECT count(*) FROM {table}"));
+    assert!(
+        staged < good(),
+        "interrupted before the end ({staged} rows)"
+    );
+
+    t.redrive(&["run", &plan_path, "--workers", "2", "--no-hooks"])
+        .expect_code(1);
+    assert_eq!(db.count(&format!("SELECT count(*) FROM {table}")), good());
+    db.execute(&format!("DROP TABLE {table}"));
+}
