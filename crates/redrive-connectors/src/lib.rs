@@ -14,6 +14,7 @@ pub mod sql;
 mod sqs;
 pub mod steps;
 pub mod storage;
+pub mod upload;
 pub mod xml;
 
 pub use build::{BuildError, build, build_shard, build_with};

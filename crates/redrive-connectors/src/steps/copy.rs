@@ -8,6 +8,7 @@
 //! is aborted: nothing half-written becomes visible.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,7 +22,10 @@ use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 
 use crate::checksum::{Hasher, hex, store_md5};
-use crate::storage::{Stores, step_error};
+use tokio::sync::mpsc;
+
+use crate::storage::{Location, Stores, step_error};
+use crate::upload::Upload;
 
 /// Copies one object.
 #[derive(Debug)]
@@ -81,6 +85,140 @@ fn target_exists(error: &opendal::Error) -> bool {
     )
 }
 
+/// How to move one object.
+struct Transfer {
+    part_size: usize,
+    parts: usize,
+    create_only: bool,
+    content_type: Option<String>,
+    checksum: Option<redrive_core::plan::Checksum>,
+}
+
+enum Failure {
+    /// A create-only target exists.
+    Exists,
+    Step(StepError),
+}
+
+/// Tells a cancelled copy's task to stop, and lets the program wait for its abort.
+struct CancelOnDrop {
+    cancelled: Arc<AtomicBool>,
+    task:
+        Option<tokio::task::JoinHandle<Result<(u64, opendal::Metadata, Option<Hasher>), Failure>>>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            self.cancelled.store(true, Ordering::SeqCst);
+            crate::upload::track(async move {
+                let _ = task.await;
+            });
+        }
+    }
+}
+
+/// Streams `source` into `target`, checking `cancelled` between writes (an upload is never
+/// dropped in the middle of a request: it is aborted).
+async fn transfer(
+    source: Location,
+    target: Location,
+    how: Transfer,
+    cancelled: Arc<AtomicBool>,
+    progress: mpsc::UnboundedSender<u64>,
+) -> Result<(u64, opendal::Metadata, Option<Hasher>), Failure> {
+    let reader = source
+        .operator
+        .reader_with(&source.path)
+        .chunk(how.part_size)
+        .await
+        .map_err(|e| Failure::Step(step_error(format!("cannot read `{}`", source.display), e)))?;
+    let mut stream = reader
+        .into_bytes_stream(..)
+        .await
+        .map_err(|e| Failure::Step(step_error(format!("cannot read `{}`", source.display), e)))?;
+
+    let mut writer = target
+        .operator
+        .writer_with(&target.path)
+        .chunk(how.part_size)
+        .concurrent(how.parts)
+        .if_not_exists(how.create_only);
+    if let Some(content_type) = &how.content_type {
+        writer = writer.content_type(content_type);
+    }
+    let mut upload = match writer.await {
+        Ok(writer) => Upload::new(writer, target.display.clone()),
+        Err(e) if how.create_only && target_exists(&e) => return Err(Failure::Exists),
+        Err(e) => {
+            return Err(Failure::Step(step_error(
+                format!("cannot write `{}`", target.display),
+                e,
+            )));
+        }
+    };
+
+    let mut hasher = how.checksum.map(Hasher::new);
+    let mut bytes = 0u64;
+    loop {
+        if cancelled.load(Ordering::SeqCst) {
+            upload.abort().await;
+            return Err(Failure::Step(StepError::new(
+                redrive_core::error::ErrorClass::Transient,
+                "cancelled",
+            )));
+        }
+        let chunk = match stream.try_next().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                upload.abort().await;
+                let e = opendal::Error::new(ErrorKind::Unexpected, "read failed")
+                    .set_source(e)
+                    .set_temporary();
+                return Err(Failure::Step(step_error(
+                    format!("cannot read `{}`", source.display),
+                    e,
+                )));
+            }
+        };
+        if let Some(hasher) = &mut hasher {
+            hasher.update(&chunk);
+        }
+        let n = chunk.len() as u64;
+        let Some(writer) = upload.writer() else {
+            break;
+        };
+        if let Err(e) = writer.write(chunk).await {
+            upload.abort().await;
+            if how.create_only && target_exists(&e) {
+                return Err(Failure::Exists);
+            }
+            return Err(Failure::Step(step_error(
+                format!("cannot write `{}`", target.display),
+                e,
+            )));
+        }
+        bytes += n;
+        let _ = progress.send(n);
+    }
+    if cancelled.load(Ordering::SeqCst) {
+        upload.abort().await;
+        return Err(Failure::Step(StepError::new(
+            redrive_core::error::ErrorClass::Transient,
+            "cancelled",
+        )));
+    }
+    match upload.close().await {
+        Ok(metadata) => Ok((bytes, metadata, hasher)),
+        Err(e) if how.create_only && target_exists(&e) => Err(Failure::Exists),
+        Err(e) => Err(Failure::Step(step_error(
+            format!("cannot write `{}`", target.display),
+            e,
+        ))),
+    }
+}
+
 #[async_trait]
 impl Step for CopyStep {
     async fn run(&self, fields: &Fields, cx: &StepContext<'_>) -> Result<Outcome, StepError> {
@@ -113,69 +251,46 @@ impl Step for CopyStep {
             }
         };
 
-        let reader = source
-            .operator
-            .reader_with(&source.path)
-            .chunk(self.spec.part_size)
-            .await
-            .map_err(|e| step_error(format!("cannot read `{}`", source.display), e))?;
-        let mut stream = reader
-            .into_bytes_stream(..)
-            .await
-            .map_err(|e| step_error(format!("cannot read `{}`", source.display), e))?;
-
-        let mut writer = target
-            .operator
-            .writer_with(&target.path)
-            .chunk(self.spec.part_size)
-            .concurrent(self.spec.parts)
-            .if_not_exists(create_only);
-        if let Some(content_type) = &content_type {
-            writer = writer.content_type(content_type);
-        }
-        let mut writer = match writer.await {
-            Ok(writer) => writer,
-            Err(e) if create_only && target_exists(&e) => return exists(),
-            Err(e) => return Err(step_error(format!("cannot write `{}`", target.display), e)),
+        // The transfer runs as its own task: when this step is cancelled (a second Ctrl-C
+        // drops the item), the task is told to stop and stops between two writes, then aborts
+        // its upload. Dropping the writer in the middle of a request instead could lose the
+        // id of a multipart upload the store has just created, leaving it orphaned.
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let (progress, mut moved) = mpsc::unbounded_channel();
+        let task = tokio::spawn(transfer(
+            source.clone(),
+            target.clone(),
+            Transfer {
+                part_size: self.spec.part_size,
+                parts: self.spec.parts,
+                create_only,
+                content_type,
+                checksum: self.spec.checksum,
+            },
+            Arc::clone(&cancelled),
+            progress,
+        ));
+        let mut guard = CancelOnDrop {
+            cancelled,
+            task: Some(task),
         };
-
-        let mut hasher = self.spec.checksum.map(Hasher::new);
-        let mut bytes = 0u64;
-        loop {
-            let chunk = match stream.try_next().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    let e = opendal::Error::new(ErrorKind::Unexpected, "read failed")
-                        .set_source(e)
-                        .set_temporary();
-                    return Err(step_error(format!("cannot read `{}`", source.display), e));
-                }
-            };
-            if let Some(hasher) = &mut hasher {
-                hasher.update(&chunk);
-            }
-            let n = chunk.len() as u64;
-            if let Err(e) = writer.write(chunk).await {
-                let _ = writer.abort().await;
-                if create_only && target_exists(&e) {
-                    return exists();
-                }
-                return Err(step_error(format!("cannot write `{}`", target.display), e));
-            }
-            bytes += n;
+        while let Some(n) = moved.recv().await {
             cx.bytes.add(n);
         }
-        let metadata = match writer.close().await {
-            Ok(metadata) => metadata,
-            Err(e) if create_only && target_exists(&e) => return exists(),
-            Err(e) => {
-                let _ = writer.abort().await;
-                return Err(step_error(format!("cannot write `{}`", target.display), e));
+        let Some(task) = guard.task.take() else {
+            return Err(StepError::permanent("the copy task is gone"));
+        };
+        let (bytes, metadata, hasher) = match task.await {
+            Ok(Ok(done)) => done,
+            Ok(Err(Failure::Exists)) => return exists(),
+            Ok(Err(Failure::Step(error))) => return Err(error),
+            Err(join) => {
+                return Err(StepError::permanent(format!(
+                    "the copy of `{}` stopped: {join}",
+                    source.display
+                )));
             }
         };
-
         let digest = hasher.map(Hasher::finish);
         if let (Some(redrive_core::plan::Checksum::Md5), Some(ours)) = (self.spec.checksum, &digest)
             && let Some(theirs) = store_md5(metadata.content_md5(), metadata.etag())

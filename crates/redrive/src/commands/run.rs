@@ -127,6 +127,14 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     .await;
     progress.finish();
     signals.abort();
+    // Uploads cut off by a second Ctrl-C abort in the background: let them finish, so no
+    // multipart upload is left behind.
+    let late = redrive_connectors::upload::finish_aborts(std::time::Duration::from_secs(15)).await;
+    if late > 0 {
+        eprintln!(
+            "warning: {late} interrupted uploads were not aborted in time; their parts stay until the store's lifecycle rule removes them"
+        );
+    }
     if args.progress_json {
         println!("{}", progress.final_json());
     }

@@ -229,3 +229,66 @@ fn cp_copies_a_folder_recursively_and_a_rerun_resumes() {
         bad.stderr
     );
 }
+
+/// Multipart uploads in progress in `bucket`, as S3's ListMultipartUploads reports them.
+fn uploads_in_progress(bucket: &str) -> usize {
+    let url = format!("{}/{bucket}?uploads", crate::common::s3_endpoint());
+    let body = crate::common::runtime()
+        .block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() });
+    body.matches("<UploadId>").count()
+}
+
+#[test]
+fn a_second_ctrl_c_aborts_the_multipart_uploads_it_cuts_off() {
+    let bucket = unique("rd-abort");
+    create_bucket(&bucket);
+    let t = s3_env(TestContext::new());
+    let files: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            let mut bytes = data(40 * MIB);
+            bytes[0] = i;
+            bytes
+        })
+        .collect();
+    for (i, bytes) in files.iter().enumerate() {
+        t.write(&format!("in/f{i}.bin"), bytes);
+    }
+    plan(&t, &format!("s3://{bucket}/up"), "sha256");
+
+    let run = t
+        .command(&["run", "plan.toml", "--concurrency", "4"])
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while uploads_in_progress(&bucket) == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "no upload started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for _ in 0..2 {
+        std::process::Command::new("kill")
+            .args(["-INT", &run.id().to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let output = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert_eq!(
+        uploads_in_progress(&bucket),
+        0,
+        "orphaned multipart uploads: {stderr}"
+    );
+
+    // The rerun redoes what was cut off; every object arrives whole.
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let operator = s3_operator(&bucket);
+    for (i, bytes) in files.iter().enumerate() {
+        let got = get(&operator, &format!("up/f{i}.bin")).unwrap();
+        assert!(got == *bytes, "up/f{i}.bin differs");
+    }
+    assert_eq!(uploads_in_progress(&bucket), 0);
+}
