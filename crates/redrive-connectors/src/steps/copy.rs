@@ -94,6 +94,9 @@ struct Transfer {
     checksum: Option<redrive_core::plan::Checksum>,
 }
 
+/// Bytes moved, what the store says of the new object, and the running checksum.
+type Transferred = (u64, opendal::Metadata, Option<Hasher>);
+
 enum Failure {
     /// A create-only target exists.
     Exists,
@@ -103,8 +106,7 @@ enum Failure {
 /// Tells a cancelled copy's task to stop, and lets the program wait for its abort.
 struct CancelOnDrop {
     cancelled: Arc<AtomicBool>,
-    task:
-        Option<tokio::task::JoinHandle<Result<(u64, opendal::Metadata, Option<Hasher>), Failure>>>,
+    task: Option<tokio::task::JoinHandle<Result<Transferred, Failure>>>,
 }
 
 impl Drop for CancelOnDrop {
@@ -126,7 +128,7 @@ async fn transfer(
     how: Transfer,
     cancelled: Arc<AtomicBool>,
     progress: mpsc::UnboundedSender<u64>,
-) -> Result<(u64, opendal::Metadata, Option<Hasher>), Failure> {
+) -> Result<Transferred, Failure> {
     let reader = source
         .operator
         .reader_with(&source.path)
