@@ -16,6 +16,17 @@ use redrive_core::plan::StoreSpec;
 use redrive_core::secrets;
 
 /// Bound on cached operators; past it the cache starts over (operators are cheap to rebuild).
+/// Store-level retries are routine: logged at debug, not as warnings (`-vv` shows them).
+struct QuietRetries;
+
+impl opendal::layers::RetryInterceptor for QuietRetries {
+    fn intercept(&self, event: opendal::layers::RetryEvent<'_>) {
+        tracing::debug!(operation = %event.op, attempt = event.attempt, delay = ?event.retry_after, error = %secrets::redact(&event.err.to_string()), "Retrying a storage call.");
+    }
+}
+
+/// Retries of one storage call (a request, a part) before its step fails.
+const CALL_RETRIES: usize = 2;
 const CACHE_LIMIT: usize = 4_096;
 /// Deadline of a call that moves no body (stat, list page, delete).
 const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -233,14 +244,26 @@ impl Stores {
                 local,
             });
         }
-        // Every call has a deadline: a stalled server fails the step (a temporary error, so
-        // the engine retries it) instead of hanging the run.
+        // Every call has a deadline: a stalled server fails the call (a temporary error)
+        // instead of hanging the run. A temporary error is retried right here, a few times:
+        // a failed part of a multipart upload is sent again alone, not the whole object.
+        // What still fails goes to the engine, which retries the whole step.
         let timeout = spec.and_then(StoreSpec::timeout);
-        let operator = self.build(&target, spec, &display, write)?.layer(
-            opendal::layers::TimeoutLayer::new()
-                .with_timeout(timeout.unwrap_or(CONTROL_TIMEOUT))
-                .with_io_timeout(timeout.unwrap_or(IO_TIMEOUT)),
-        );
+        let operator = self
+            .build(&target, spec, &display, write)?
+            .layer(
+                opendal::layers::TimeoutLayer::new()
+                    .with_timeout(timeout.unwrap_or(CONTROL_TIMEOUT))
+                    .with_io_timeout(timeout.unwrap_or(IO_TIMEOUT)),
+            )
+            .layer(
+                opendal::layers::RetryLayer::new()
+                    .with_max_times(CALL_RETRIES)
+                    .with_min_delay(std::time::Duration::from_millis(200))
+                    .with_max_delay(std::time::Duration::from_secs(5))
+                    .with_jitter()
+                    .with_notify(QuietRetries),
+            );
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
@@ -552,7 +575,20 @@ pub fn classify(error: &opendal::Error) -> ErrorClass {
     match error.kind() {
         ErrorKind::RateLimited => ErrorClass::Throttled,
         ErrorKind::ConfigInvalid => ErrorClass::Fatal,
-        _ if error.is_temporary() => ErrorClass::Transient,
+        // What no retry can change.
+        ErrorKind::NotFound
+        | ErrorKind::PermissionDenied
+        | ErrorKind::AlreadyExists
+        | ErrorKind::ConditionNotMatch
+        | ErrorKind::IsADirectory
+        | ErrorKind::NotADirectory
+        | ErrorKind::Unsupported
+        | ErrorKind::IsSameFile
+        | ErrorKind::RangeNotSatisfied => ErrorClass::Permanent,
+        // The store layer marks every error that leaves it `persistent` (retried there, or
+        // not retryable): an unexpected one may still pass later, so the engine retries the
+        // step with its longer backoff.
+        _ if error.is_temporary() || error.is_persistent() => ErrorClass::Transient,
         _ => ErrorClass::Permanent,
     }
 }

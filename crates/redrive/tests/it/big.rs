@@ -292,3 +292,134 @@ fn a_second_ctrl_c_aborts_the_multipart_uploads_it_cuts_off() {
     }
     assert_eq!(uploads_in_progress(&bucket), 0);
 }
+
+/// A proxy in front of moto that answers the first upload of part 2 with a 500, and logs
+/// each request as `METHOD PATH`.
+fn part_failing_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufReader, Write as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let upstream = crate::common::s3_endpoint();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let requests = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (upstream, log, failed, client) = (
+                upstream.clone(),
+                Arc::clone(&requests),
+                Arc::clone(&failed),
+                client.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                while let Some(request) = crate::common::read_request(&mut reader) {
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{} {}", request.method, request.path));
+                    let is_part_2 =
+                        request.method == "PUT" && request.path.contains("partNumber=2");
+                    if is_part_2 && !failed.swap(true, Ordering::SeqCst) {
+                        let body =
+                            "<Error><Code>InternalError</Code><Message>injected</Message></Error>";
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        continue;
+                    }
+                    let response = crate::common::runtime().block_on(async {
+                        let method =
+                            reqwest::Method::from_bytes(request.method.as_bytes()).unwrap();
+                        let mut forward =
+                            client.request(method, format!("{upstream}{}", request.path));
+                        for (name, value) in &request.headers {
+                            if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+                                forward = forward.header(name, value);
+                            }
+                        }
+                        let response = forward.body(request.body).send().await.unwrap();
+                        let status = response.status();
+                        let headers = response.headers().clone();
+                        (status, headers, response.bytes().await.unwrap())
+                    });
+                    let (status, headers, body) = response;
+                    let mut head = format!(
+                        "HTTP/1.1 {} {}\r\n",
+                        status.as_u16(),
+                        status.canonical_reason().unwrap_or("")
+                    );
+                    for (name, value) in &headers {
+                        if !matches!(
+                            name.as_str(),
+                            "content-length" | "transfer-encoding" | "connection"
+                        ) {
+                            head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
+                        }
+                    }
+                    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+                    if stream.write_all(head.as_bytes()).is_err()
+                        || stream.write_all(&body).is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (address, log)
+}
+
+#[test]
+fn a_failed_part_is_sent_again_alone() {
+    let bucket = unique("rd-part");
+    create_bucket(&bucket);
+    let (proxy, log) = part_failing_proxy();
+    let t = TestContext::new()
+        .env("AWS_ENDPOINT_URL", &proxy)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
+        .env("AWS_REGION", "us-east-1");
+    let big = data(12 * MIB);
+    t.write("in/big.bin", &big);
+    plan(&t, &format!("s3://{bucket}/up"), "sha256");
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
+
+    let log = log.lock().unwrap().clone();
+    let count = |what: &dyn Fn(&str) -> bool| log.iter().filter(|l| what(l)).count();
+    assert_eq!(
+        count(&|l| l.starts_with("POST") && l.contains("?uploads")),
+        1,
+        "one multipart upload: {log:#?}"
+    );
+    assert_eq!(
+        count(&|l| l.starts_with("PUT") && l.contains("partNumber=1")),
+        1,
+        "part 1 once: {log:#?}"
+    );
+    assert_eq!(
+        count(&|l| l.starts_with("PUT") && l.contains("partNumber=2")),
+        2,
+        "part 2 again, alone: {log:#?}"
+    );
+    assert_eq!(
+        count(&|l| l.starts_with("PUT") && l.contains("partNumber=3")),
+        1,
+        "part 3 once: {log:#?}"
+    );
+    assert!(
+        out.stderr.contains("0 retries"),
+        "the step itself was not retried: {}",
+        out.stderr
+    );
+    assert!(
+        get(&s3_operator(&bucket), "up/big.bin").unwrap() == big,
+        "the object differs"
+    );
+}

@@ -103,6 +103,15 @@ impl TestContext {
         rusqlite::Connection::open(self.path("state.db")).expect("open state")
     }
 
+    /// `count`, or `None` while the state is not there yet (or not yet created).
+    pub fn try_count(&self, sql: &str) -> Option<i64> {
+        if !self.path("state.db").exists() {
+            return None;
+        }
+        let state = rusqlite::Connection::open(self.path("state.db")).ok()?;
+        state.query_row(sql, [], |row| row.get(0)).ok()
+    }
+
     pub fn count(&self, sql: &str) -> i64 {
         self.state()
             .query_row(sql, [], |row| row.get(0))
@@ -381,6 +390,8 @@ pub fn exists(path: &Path) -> bool {
 
 /// One HTTP/1.1 request as the tests' small servers read it.
 pub struct HttpRequest {
+    /// `GET`, `PUT`, …
+    pub method: String,
     /// The request target, e.g. `/v2/rest/query`.
     pub path: String,
     /// Header names lowercased.
@@ -394,6 +405,11 @@ pub fn read_request(reader: &mut impl std::io::BufRead) -> Option<HttpRequest> {
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
     }
+    let method = line
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let path = line
         .split_whitespace()
         .nth(1)
@@ -418,6 +434,7 @@ pub fn read_request(reader: &mut impl std::io::BufRead) -> Option<HttpRequest> {
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
     Some(HttpRequest {
+        method,
         path,
         headers,
         body,

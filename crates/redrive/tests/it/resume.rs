@@ -221,9 +221,7 @@ allow_http = true
     ));
     let mut child = t.command(&["run", "plan.toml"]).spawn().expect("spawn");
     let started = Instant::now();
-    while !(t.path("state.db").exists()
-        && t.count("SELECT count(*) FROM items WHERE status = 'running'") == 4)
-    {
+    while t.try_count("SELECT count(*) FROM items WHERE status = 'running'") != Some(4) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the four blocked copies never started"
@@ -324,8 +322,10 @@ timeout = "1s"
     ));
     let started = Instant::now();
     let out = t.redrive(&["run", "plan.toml"]).expect_code(1);
+    // Each call times out after 1 s and is retried twice by the store layer; the step is
+    // retried once by the engine: seconds, not a hang.
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(45),
         "{:?}",
         started.elapsed()
     );
