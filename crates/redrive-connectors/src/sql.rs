@@ -335,37 +335,27 @@ impl Database {
         }
         let per_statement = (MAX_PARAMETERS / insert.columns.len().max(1)).max(1);
         let what = format!("inserting {} row(s) into `{}`", rows.len(), insert.table);
+        // The same for each sqlx driver (their query and transaction types differ).
+        macro_rules! insert_in_transaction {
+            ($pool:expr, $dialect:expr) => {{
+                let mut tx = $pool.begin().await.map_err(|e| self.error(&what, e))?;
+                for chunk in rows.chunks(per_statement) {
+                    let sql = insert_sql($dialect, insert, types, chunk.len());
+                    let mut query = sqlx::query(AssertSqlSafe(sql));
+                    for value in chunk.iter().flatten() {
+                        query = query.bind(value.as_str());
+                    }
+                    query
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.error(&what, e))?;
+                }
+                tx.commit().await.map_err(|e| self.error(&what, e))
+            }};
+        }
         match &self.pool {
-            Pool::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(|e| self.error(&what, e))?;
-                for chunk in rows.chunks(per_statement) {
-                    let sql = insert_sql(Dialect::Postgres, insert, types, chunk.len());
-                    let mut query = sqlx::query(AssertSqlSafe(sql));
-                    for value in chunk.iter().flatten() {
-                        query = query.bind(value.as_str());
-                    }
-                    query
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.error(&what, e))?;
-                }
-                tx.commit().await.map_err(|e| self.error(&what, e))
-            }
-            Pool::MySql(pool) => {
-                let mut tx = pool.begin().await.map_err(|e| self.error(&what, e))?;
-                for chunk in rows.chunks(per_statement) {
-                    let sql = insert_sql(Dialect::MySql, insert, types, chunk.len());
-                    let mut query = sqlx::query(AssertSqlSafe(sql));
-                    for value in chunk.iter().flatten() {
-                        query = query.bind(value.as_str());
-                    }
-                    query
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.error(&what, e))?;
-                }
-                tx.commit().await.map_err(|e| self.error(&what, e))
-            }
+            Pool::Postgres(pool) => insert_in_transaction!(pool, Dialect::Postgres),
+            Pool::MySql(pool) => insert_in_transaction!(pool, Dialect::MySql),
             #[cfg(feature = "mssql")]
             Pool::MsSql(pool) => {
                 let per_statement = (MAX_MSSQL_PARAMETERS / insert.columns.len().max(1)).max(1);

@@ -62,17 +62,10 @@ impl Drop for Upload {
         let Some(mut writer) = self.writer.take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         tracing::debug!(target = %self.what, "Aborting an interrupted upload.");
-        let task = runtime.spawn(async move {
+        track(async move {
             let _ = writer.abort().await;
         });
-        if let Ok(mut pending) = PENDING.lock() {
-            pending.retain(|task| !task.is_finished());
-            pending.push(task);
-        }
     }
 }
 

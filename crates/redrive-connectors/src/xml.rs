@@ -49,7 +49,9 @@ pub fn extract(
     let mut depth = 0usize;
     let mut declaration = None;
     let mut found: Option<std::ops::Range<usize>> = None;
-    let last = path.steps.len() - 1;
+    let Some(last) = path.steps.len().checked_sub(1) else {
+        return Ok(None);
+    };
     let mut seen_root = false;
     loop {
         let before = position(reader.buffer_position());

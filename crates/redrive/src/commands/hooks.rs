@@ -5,8 +5,7 @@
 //! (`DROP INDEX IF EXISTS …`).
 
 use redrive_connectors::sql::Database;
-use redrive_core::item::Fields;
-use redrive_core::item::Status;
+use redrive_core::item::{Fields, Status};
 use redrive_core::plan::Hook;
 use redrive_core::state::Summary;
 

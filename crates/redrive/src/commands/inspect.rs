@@ -78,11 +78,7 @@ pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
 /// `status` of a job run with `--workers` (or `--shard`): its shards' states beside the
 /// plan's state file, summed, with one line per shard. `None` when there are none.
 async fn shard_status(args: &StatusArgs) -> anyhow::Result<Option<ExitStatus>> {
-    let plan = if args.state.state.is_some() && !args.plan.exists() {
-        None
-    } else {
-        Some(super::load_plan(&args.plan)?)
-    };
+    let plan = super::plan_unless_state_only(&args.plan, &args.state)?;
     let target = super::state::target(plan.as_ref(), &args.state)?;
     let super::state::Target::File(path) = &target else {
         return Ok(None);

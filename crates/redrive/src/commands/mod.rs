@@ -35,14 +35,23 @@ pub(crate) async fn open_existing(
     plan_path: &Path,
     arg: &StateArg,
 ) -> anyhow::Result<(Option<Plan>, state::Opened)> {
-    let plan = if arg.state.is_some() && !plan_path.exists() {
-        None
-    } else {
-        Some(load_plan(plan_path)?)
-    };
+    let plan = plan_unless_state_only(plan_path, arg)?;
     let target = state::target(plan.as_ref(), arg)?;
     let opened = state::open_existing(&target, plan_path).await?;
     Ok((plan, opened))
+}
+
+/// The plan, unless `--state` is given and the plan file does not exist (reading a state
+/// without its plan).
+pub(crate) fn plan_unless_state_only(
+    plan_path: &Path,
+    arg: &StateArg,
+) -> anyhow::Result<Option<Plan>> {
+    if arg.state.is_some() && !plan_path.exists() {
+        Ok(None)
+    } else {
+        load_plan(plan_path).map(Some)
+    }
 }
 
 /// A state error, with the hint that fixes it.

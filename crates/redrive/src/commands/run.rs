@@ -307,25 +307,34 @@ pub(crate) fn confirm_restart(what: &str, yes: bool) -> anyhow::Result<()> {
     }
 }
 
+/// SIGTERM, when it can be watched.
+pub(crate) fn terminate_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
+}
+
+/// Waits for the next Ctrl-C or SIGTERM. Without signal handling, waits forever (no stop is
+/// ever reported).
+pub(crate) async fn next_stop_signal(terminate: &mut Option<tokio::signal::unix::Signal>) {
+    let terminated = async {
+        match terminate.as_mut() {
+            Some(signal) => signal.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => if result.is_err() {
+            std::future::pending::<()>().await;
+        },
+        _ = terminated => {}
+    }
+}
+
 /// First Ctrl-C (or SIGTERM): drain. Second: abort.
 pub(crate) async fn watch_signals(stop: watch::Sender<StopLevel>) {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut terminate = terminate_signal();
     let mut level = StopLevel::Run;
     loop {
-        let terminated = async {
-            match terminate.as_mut() {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => if result.is_err() {
-                // No signal handling here: keep the sender alive so no stop is ever reported.
-                std::future::pending::<()>().await;
-            },
-            _ = terminated => {}
-        }
+        next_stop_signal(&mut terminate).await;
         level = match level {
             StopLevel::Run => {
                 eprintln!(

@@ -269,22 +269,10 @@ fn forward(command: &mut tokio::process::Command, args: &RunArgs, global: &Globa
 
 /// First Ctrl-C (or SIGTERM): each worker drains. Second: each aborts.
 async fn forward_signals(pids: Vec<u32>) {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut terminate = super::run::terminate_signal();
     let mut count = 0;
     loop {
-        let terminated = async {
-            match terminate.as_mut() {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => if result.is_err() {
-                std::future::pending::<()>().await;
-            },
-            _ = terminated => {}
-        }
+        super::run::next_stop_signal(&mut terminate).await;
         count += 1;
         eprintln!(
             "\n{} the workers.",
