@@ -37,25 +37,97 @@ impl Hasher {
     }
 }
 
+/// The MD5 of each part of a multipart upload, for S3's multipart ETag: the MD5 of the parts'
+/// MD5s, then `-N`. Parts are cut at `part_size` bytes, as the writer cuts them; 16 bytes a
+/// part (S3 allows 10,000 parts).
+pub(crate) struct PartMd5s {
+    part_size: usize,
+    filled: usize,
+    current: md5::Md5,
+    parts: Vec<[u8; 16]>,
+}
+
+impl PartMd5s {
+    pub(crate) fn new(part_size: usize) -> Self {
+        Self {
+            part_size: part_size.max(1),
+            filled: 0,
+            current: <md5::Md5 as md5::Digest>::new(),
+            parts: Vec::new(),
+        }
+    }
+
+    pub(crate) fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = (self.part_size - self.filled).min(bytes.len());
+            md5::Digest::update(&mut self.current, &bytes[..take]);
+            self.filled += take;
+            bytes = &bytes[take..];
+            if self.filled == self.part_size {
+                self.close_part();
+            }
+        }
+    }
+
+    fn close_part(&mut self) {
+        let done = std::mem::replace(&mut self.current, <md5::Md5 as md5::Digest>::new());
+        self.parts.push(md5::Digest::finalize(done).into());
+        self.filled = 0;
+    }
+
+    /// The multipart ETag's digest and its part count.
+    pub(crate) fn finish(mut self) -> (Vec<u8>, usize) {
+        if self.filled > 0 || self.parts.is_empty() {
+            self.close_part();
+        }
+        let mut all = <md5::Md5 as md5::Digest>::new();
+        for part in &self.parts {
+            md5::Digest::update(&mut all, part);
+        }
+        (md5::Digest::finalize(all).to_vec(), self.parts.len())
+    }
+}
+
+/// What the store says of the object's MD5.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum StoreMd5 {
+    /// The MD5 of the whole object: Azure's Content-MD5, or a single-part S3 ETag.
+    Whole(Vec<u8>),
+    /// An S3 multipart ETag: the MD5 of the parts' MD5s, and the number of parts.
+    Parts(Vec<u8>, usize),
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What the store says the object's MD5 is, when it says: Azure's Content-MD5, or an S3
-/// ETag of a single-part upload (32 hex digits; multipart ETags end in `-N`).
-pub(crate) fn store_md5(content_md5: Option<&str>, etag: Option<&str>) -> Option<Vec<u8>> {
+/// What the store says the object's MD5 is, when it says: Azure's Content-MD5, an S3 ETag of
+/// a single-part upload (32 hex digits), or a multipart one (32 hex digits, `-N`).
+///
+/// An S3 bucket that encrypts with SSE-KMS or SSE-C returns ETags that are not MD5s: there,
+/// use `checksum = "crc32c"` or `"sha256"` (the mismatch message says so).
+pub(crate) fn store_md5(content_md5: Option<&str>, etag: Option<&str>) -> Option<StoreMd5> {
     if let Some(b64) = content_md5
         && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b64.trim())
+        && bytes.len() == 16
     {
-        return Some(bytes);
+        return Some(StoreMd5::Whole(bytes));
     }
     let etag = etag?.trim().trim_matches('"');
-    if etag.len() == 32 && etag.chars().all(|c| c.is_ascii_hexdigit()) {
-        return (0..16)
-            .map(|i| u8::from_str_radix(&etag[2 * i..2 * i + 2], 16).ok())
-            .collect();
+    let (digest, parts) = match etag.split_once('-') {
+        Some((digest, parts)) => (digest, Some(parts.parse::<usize>().ok()?)),
+        None => (etag, None),
+    };
+    if digest.len() != 32 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
     }
-    None
+    let bytes = (0..16)
+        .map(|i| u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some(match parts {
+        Some(n) => StoreMd5::Parts(bytes, n),
+        None => StoreMd5::Whole(bytes),
+    })
 }
 
 #[cfg(test)]
@@ -85,23 +157,57 @@ mod tests {
     }
 
     #[test]
-    fn the_store_md5_comes_from_content_md5_or_a_single_part_etag() {
+    fn the_store_md5_comes_from_content_md5_or_an_etag() {
         let md5 = [
             0x5e, 0xb6, 0x3b, 0xbb, 0xe0, 0x1e, 0xee, 0xd0, 0x93, 0xcb, 0x22, 0xbb, 0x8f, 0x5a,
             0xcd, 0xc3,
         ];
         assert_eq!(
-            store_md5(None, Some("\"5eb63bbbe01eeed093cb22bb8f5acdc3\"")).as_deref(),
-            Some(&md5[..])
+            store_md5(None, Some("\"5eb63bbbe01eeed093cb22bb8f5acdc3\"")),
+            Some(StoreMd5::Whole(md5.to_vec()))
         );
         assert_eq!(
-            store_md5(Some("XrY7u+Ae7tCTyyK7j1rNww=="), None).as_deref(),
-            Some(&md5[..])
+            store_md5(Some("XrY7u+Ae7tCTyyK7j1rNww=="), None),
+            Some(StoreMd5::Whole(md5.to_vec()))
         );
         assert_eq!(
             store_md5(None, Some("\"5eb63bbbe01eeed093cb22bb8f5acdc3-3\"")),
-            None,
+            Some(StoreMd5::Parts(md5.to_vec(), 3)),
             "multipart"
         );
+        assert_eq!(store_md5(None, Some("\"0x8DC1234\"")), None, "Azure ETag");
+        assert_eq!(
+            store_md5(None, Some("\"5eb63bbbe01eeed093cb22bb8f5acdc3-x\"")),
+            None
+        );
+        assert_eq!(store_md5(None, None), None);
+    }
+
+    #[test]
+    fn part_md5s_make_the_s3_multipart_etag_whatever_the_chunking() {
+        let data: Vec<u8> = (0..25u32).map(|i| (i * 7) as u8).collect();
+        let expected = {
+            let mut all = <md5::Md5 as md5::Digest>::new();
+            for part in data.chunks(10) {
+                let digest: [u8; 16] = md5::Digest::finalize(md5::Digest::chain_update(
+                    <md5::Md5 as md5::Digest>::new(),
+                    part,
+                ))
+                .into();
+                md5::Digest::update(&mut all, digest);
+            }
+            md5::Digest::finalize(all).to_vec()
+        };
+        for split in [1, 3, 10, 11, 25] {
+            let mut parts = PartMd5s::new(10);
+            for chunk in data.chunks(split) {
+                parts.update(chunk);
+            }
+            assert_eq!(parts.finish(), (expected.clone(), 3), "chunks of {split}");
+        }
+        // Exactly two parts: no empty third part.
+        let mut parts = PartMd5s::new(10);
+        parts.update(&data[..20]);
+        assert_eq!(parts.finish().1, 2);
     }
 }

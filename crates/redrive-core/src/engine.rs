@@ -14,7 +14,7 @@ use crate::item::{Fields, NewItem, Status, StoredItem};
 use crate::retry::Backoff;
 use crate::source::{Source, SourceError};
 use crate::state::{StateError, StateStore, Transition};
-use crate::step::{ByteCounter, NO_INPUT, Outcome, Step, StepContext};
+use crate::step::{ByteCounter, NO_INPUT, ObjectProgress, Outcome, Step, StepContext};
 use crate::template::{Template, TemplateError};
 
 /// The loader is still reading the source.
@@ -98,6 +98,10 @@ pub trait Reporter: Send + Sync {
     fn finished(&self, status: Status);
     /// Bytes moved.
     fn bytes(&self, n: u64);
+    /// A large object starts moving (see [`ByteCounter::object`]).
+    fn object(&self, _name: &str, _size: Option<u64>) -> Option<Box<dyn ObjectProgress>> {
+        None
+    }
     /// A step is retried; `throttled` when the store asked to slow down.
     fn retried(&self, throttled: bool);
     /// A step of an item finished (done, skipped or failed), after it was recorded.
@@ -232,6 +236,10 @@ struct Counter<'a>(&'a dyn Reporter);
 impl ByteCounter for Counter<'_> {
     fn add(&self, n: u64) {
         self.0.bytes(n);
+    }
+
+    fn object(&self, name: &str, size: Option<u64>) -> Option<Box<dyn ObjectProgress>> {
+        self.0.object(name, size)
     }
 }
 

@@ -71,6 +71,18 @@ impl Outcome {
 pub trait ByteCounter: Send + Sync {
     /// `n` more bytes moved.
     fn add(&self, n: u64);
+
+    /// A large object is moving: its own progress (bytes, rate, ETA) is shown while the
+    /// returned handle lives. `size` when known. `None` when nobody shows it.
+    fn object(&self, _name: &str, _size: Option<u64>) -> Option<Box<dyn ObjectProgress>> {
+        None
+    }
+}
+
+/// The progress of one large object, from [`ByteCounter::object`]; dropped when it ends.
+pub trait ObjectProgress: Send + Sync {
+    /// `n` more bytes of this object moved (they are counted in the total separately).
+    fn add(&self, n: u64);
 }
 
 /// What a step gets besides the item.

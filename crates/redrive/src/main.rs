@@ -16,6 +16,11 @@ use redrive_core::secrets::redact;
 use crate::cli::{Cli, Command};
 use crate::exit::{ExitStatus, Hinted};
 
+/// Peak memory must stay about parts × part size whatever the object's size: jemalloc reuses
+/// the freed part buffers of a multipart copy, where glibc's malloc let RSS drift by tens of MB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.global.verbose, cli.global.quiet);

@@ -1,10 +1,11 @@
 //! Progress on stderr: a bar on a terminal, a plain line every 5 seconds otherwise.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use redrive_core::ObjectProgress;
 use redrive_core::engine::Reporter;
 use redrive_core::item::Status;
 
@@ -14,6 +15,8 @@ use crate::summary::human_bytes;
 const LINE_EVERY: Duration = Duration::from_secs(5);
 /// How often a worker reports its progress to `--workers` (a JSON line on stdout).
 const JSON_EVERY: Duration = Duration::from_millis(500);
+/// Large objects shown at once, each on its own line.
+const OBJECTS_SHOWN: usize = 8;
 
 /// Counters the engine updates and the display reads.
 #[derive(Debug, Default)]
@@ -39,12 +42,52 @@ impl Counters {
     }
 }
 
+/// One large object moving: its bytes so far, for its progress line.
+#[derive(Debug)]
+pub(crate) struct Moving {
+    name: String,
+    size: Option<u64>,
+    bytes: AtomicU64,
+    started: Instant,
+}
+
+/// The large objects moving now.
+type Objects = Arc<Mutex<Vec<Arc<Moving>>>>;
+
 /// The engine's reporter: counts, and keeps the bar (if any) up to date.
 pub(crate) struct Progress {
     counters: Arc<Counters>,
     telemetry: Option<crate::telemetry::Telemetry>,
-    bar: Option<ProgressBar>,
+    bar: Option<(MultiProgress, ProgressBar)>,
     ticker: Option<tokio::task::JoinHandle<()>>,
+    objects: Objects,
+}
+
+/// One large object's progress: its bar on a terminal, its line in the plain output.
+struct ObjectHandle {
+    moving: Arc<Moving>,
+    objects: Objects,
+    bar: Option<ProgressBar>,
+}
+
+impl ObjectProgress for ObjectHandle {
+    fn add(&self, n: u64) {
+        self.moving.bytes.fetch_add(n, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+    }
+}
+
+impl Drop for ObjectHandle {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        if let Ok(mut objects) = self.objects.lock() {
+            objects.retain(|o| !Arc::ptr_eq(o, &self.moving));
+        }
+    }
 }
 
 /// How progress is shown.
@@ -65,13 +108,15 @@ impl Progress {
         telemetry: Option<crate::telemetry::Telemetry>,
     ) -> Arc<Self> {
         let counters = Arc::new(Counters::default());
+        let objects = Objects::default();
         counters.total.store(total, Ordering::Relaxed);
         counters
             .finished_before
             .store(finished_before, Ordering::Relaxed);
         let (bar, ticker) = match display {
             Display::Bar => {
-                let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+                let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+                let bar = multi.add(ProgressBar::new(total));
                 let style = ProgressStyle::with_template(
                     "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} items {per_sec} ETA {eta} {msg}",
                 )
@@ -80,10 +125,11 @@ impl Progress {
                 bar.set_style(style);
                 bar.set_position(finished_before);
                 bar.enable_steady_tick(Duration::from_millis(200));
-                (Some(bar), None)
+                (Some((multi, bar)), None)
             }
             Display::Lines => {
                 let counters = Arc::clone(&counters);
+                let objects = Arc::clone(&objects);
                 let ticker = tokio::spawn(async move {
                     let started = Instant::now();
                     let mut interval = tokio::time::interval(LINE_EVERY);
@@ -91,6 +137,10 @@ impl Progress {
                     loop {
                         interval.tick().await;
                         eprintln!("{}", line(&counters, started.elapsed()));
+                        let moving = objects.lock().map(|o| o.clone()).unwrap_or_default();
+                        for object in moving.iter().take(OBJECTS_SHOWN) {
+                            eprintln!("{}", object_line(object, object.started.elapsed()));
+                        }
                     }
                 });
                 (None, Some(ticker))
@@ -113,6 +163,7 @@ impl Progress {
             telemetry,
             bar,
             ticker,
+            objects,
         })
     }
 
@@ -129,7 +180,7 @@ impl Progress {
     }
 
     pub(crate) fn finish(&self) {
-        if let Some(bar) = &self.bar {
+        if let Some((_, bar)) = &self.bar {
             bar.finish_and_clear();
         }
         if let Some(ticker) = &self.ticker {
@@ -143,7 +194,7 @@ impl Progress {
     }
 
     fn refresh(&self) {
-        if let Some(bar) = &self.bar {
+        if let Some((_, bar)) = &self.bar {
             let c = &self.counters;
             bar.set_length(c.total.load(Ordering::Relaxed));
             bar.set_position(c.finished_before.load(Ordering::Relaxed) + c.finished());
@@ -174,6 +225,46 @@ fn line(c: &Counters, elapsed: Duration) -> String {
         rate,
         human_bytes(c.bytes.load(Ordering::Relaxed)),
     )
+}
+
+/// `  big.bin: 120.0 MiB/300.0 MiB, 40.0 MiB/s, ETA 5s`: one large object moving.
+fn object_line(object: &Moving, elapsed: Duration) -> String {
+    let bytes = object.bytes.load(Ordering::Relaxed);
+    let rate = bytes as f64 / elapsed.as_secs_f64().max(0.001);
+    let mut text = format!("  {}: {}", object.name, human_bytes(bytes));
+    if let Some(size) = object.size {
+        text.push_str(&format!("/{}", human_bytes(size)));
+    }
+    text.push_str(&format!(", {}/s", human_bytes(rate as u64)));
+    if let Some(size) = object.size
+        && rate > 0.0
+    {
+        let left = size.saturating_sub(bytes) as f64 / rate;
+        text.push_str(&format!(", ETA {}s", left.ceil() as u64));
+    }
+    text
+}
+
+/// A large object's bar under the job's: bytes, rate and ETA (or bytes and rate when its
+/// size is unknown).
+fn object_bar(multi: &MultiProgress, name: &str, size: Option<u64>) -> ProgressBar {
+    let (bar, template) = match size {
+        Some(size) => (
+            ProgressBar::new(size),
+            "  {msg:30!} [{bar:20}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        ),
+        None => (
+            ProgressBar::no_length(),
+            "  {msg:30!} {bytes} {bytes_per_sec}",
+        ),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(name.to_owned());
+    multi.add(bar)
 }
 
 /// What a worker tells `--workers`: its totals so far.
@@ -225,6 +316,32 @@ impl Reporter for Progress {
         self.counters.bytes.fetch_add(n, Ordering::Relaxed);
     }
 
+    fn object(&self, name: &str, size: Option<u64>) -> Option<Box<dyn ObjectProgress>> {
+        if self.ticker.is_none() && self.bar.is_none() {
+            return None;
+        }
+        let moving = Arc::new(Moving {
+            name: name.to_owned(),
+            size,
+            bytes: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        let shown = {
+            let mut objects = self.objects.lock().ok()?;
+            objects.push(Arc::clone(&moving));
+            objects.len() <= OBJECTS_SHOWN
+        };
+        let bar = match &self.bar {
+            Some((multi, _)) if shown => Some(object_bar(multi, name, size)),
+            _ => None,
+        };
+        Some(Box::new(ObjectHandle {
+            moving,
+            objects: Arc::clone(&self.objects),
+            bar,
+        }))
+    }
+
     fn step(&self, event: &redrive_core::engine::StepEvent<'_>) {
         if let Some(telemetry) = &self.telemetry {
             telemetry.write(event);
@@ -256,6 +373,7 @@ impl Reporter for Progress {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -270,6 +388,59 @@ mod tests {
         assert_eq!(
             line(&counters, Duration::from_secs(2)),
             "Progress: 10/21000 (done 6, failed 2, skipped 0) 4 items/s, 3.0 MiB"
+        );
+    }
+
+    #[test]
+    fn a_large_object_line_has_bytes_rate_and_eta() {
+        let mib = 1024 * 1024;
+        let object = Moving {
+            name: "s3://b/big.bin".to_owned(),
+            size: Some(300 * mib),
+            bytes: AtomicU64::new(100 * mib),
+            started: Instant::now(),
+        };
+        assert_eq!(
+            object_line(&object, Duration::from_secs(4)),
+            "  s3://b/big.bin: 100.0 MiB/300.0 MiB, 25.0 MiB/s, ETA 8s"
+        );
+        let unknown = Moving {
+            size: None,
+            ..object
+        };
+        assert_eq!(
+            object_line(&unknown, Duration::from_secs(4)),
+            "  s3://b/big.bin: 100.0 MiB, 25.0 MiB/s"
+        );
+    }
+
+    #[tokio::test]
+    async fn large_objects_are_listed_while_they_move() {
+        let progress = Progress::start(Display::Lines, 1, 0, None);
+        let first = progress.object("a.bin", Some(10)).expect("shown");
+        let second = progress.object("b.bin", None).expect("shown");
+        first.add(4);
+        let names = |p: &Progress| -> Vec<(String, u64)> {
+            p.objects
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|o| (o.name.clone(), o.bytes.load(Ordering::Relaxed)))
+                .collect()
+        };
+        assert_eq!(
+            names(&progress),
+            [("a.bin".to_owned(), 4), ("b.bin".to_owned(), 0)]
+        );
+        drop(first);
+        assert_eq!(names(&progress), [("b.bin".to_owned(), 0)]);
+        drop(second);
+        assert!(names(&progress).is_empty());
+        progress.finish();
+        assert!(
+            Progress::start(Display::Off, 1, 0, None)
+                .object("c", None)
+                .is_none()
         );
     }
 }

@@ -18,10 +18,10 @@ use opendal::ErrorKind;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
 use redrive_core::plan::{CopySpec, IfExists};
-use redrive_core::step::{Outcome, Step, StepContext};
+use redrive_core::step::{ObjectProgress, Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 
-use crate::checksum::{Hasher, hex, store_md5};
+use crate::checksum::{Hasher, PartMd5s, StoreMd5, hex, store_md5};
 use tokio::sync::mpsc;
 
 use crate::storage::{Location, Stores, step_error};
@@ -94,8 +94,16 @@ struct Transfer {
     checksum: Option<redrive_core::plan::Checksum>,
 }
 
-/// Bytes moved, what the store says of the new object, and the running checksum.
-type Transferred = (u64, opendal::Metadata, Option<Hasher>);
+/// What a finished transfer knows.
+struct Transferred {
+    bytes: u64,
+    /// What the store says of the new object.
+    metadata: opendal::Metadata,
+    /// The object's checksum, when the plan asks for one.
+    hasher: Option<Hasher>,
+    /// Each part's MD5, to check an S3 multipart ETag (with `checksum = "md5"`).
+    parts: Option<PartMd5s>,
+}
 
 enum Failure {
     /// A create-only target exists.
@@ -132,7 +140,7 @@ async fn transfer(
     let reader = source
         .operator
         .reader_with(&source.path)
-        .chunk(how.part_size)
+        .chunk(read_size(&source.operator, how.part_size))
         .await
         .map_err(|e| Failure::Step(step_error(format!("cannot read `{}`", source.display), e)))?;
     let mut stream = reader
@@ -161,6 +169,8 @@ async fn transfer(
     };
 
     let mut hasher = how.checksum.map(Hasher::new);
+    let mut parts = (how.checksum == Some(redrive_core::plan::Checksum::Md5))
+        .then(|| PartMd5s::new(effective_part_size(&target.operator, how.part_size)));
     let mut bytes = 0u64;
     loop {
         if cancelled.load(Ordering::SeqCst) {
@@ -187,6 +197,9 @@ async fn transfer(
         if let Some(hasher) = &mut hasher {
             hasher.update(&chunk);
         }
+        if let Some(parts) = &mut parts {
+            parts.update(&chunk);
+        }
         let n = chunk.len() as u64;
         let Some(writer) = upload.writer() else {
             break;
@@ -212,12 +225,88 @@ async fn transfer(
         )));
     }
     match upload.close().await {
-        Ok(metadata) => Ok((bytes, metadata, hasher)),
+        Ok(metadata) => Ok(Transferred {
+            bytes,
+            metadata,
+            hasher,
+            parts,
+        }),
         Err(e) if how.create_only && target_exists(&e) => Err(Failure::Exists),
         Err(e) => Err(Failure::Step(step_error(
             format!("cannot write `{}`", target.display),
             e,
         ))),
+    }
+}
+
+/// Bytes read at a time from local files: the writer gathers them into parts (without
+/// copying), so a local read need not hold a whole part of its own (8 MiB less at 8 MiB parts).
+/// A store is read a part at a time: each read is a request.
+const LOCAL_READ: usize = 1024 * 1024;
+
+fn read_size(operator: &opendal::Operator, part_size: usize) -> usize {
+    if operator.info().scheme() == "fs" {
+        LOCAL_READ.min(part_size)
+    } else {
+        part_size
+    }
+}
+
+/// The part size the store's writer really uses: OpenDAL clamps the asked size to the
+/// service's limits (S3: 5 MiB to 5 GiB), and the part MD5s must be cut at the same places.
+fn effective_part_size(operator: &opendal::Operator, asked: usize) -> usize {
+    let capability = operator.info().capability();
+    let mut size = asked;
+    if let Some(max) = capability.write_multi_max_size {
+        size = size.min(max);
+    }
+    if let Some(min) = capability.write_multi_min_size {
+        size = size.max(min);
+    }
+    size
+}
+
+/// How the MD5 read differs from what the store holds, if it does. A multipart ETag with
+/// another part count than ours cannot be compared (another part size): no verdict.
+fn md5_mismatch(ours: &[u8], parts: PartMd5s, theirs: &StoreMd5) -> Option<String> {
+    match theirs {
+        StoreMd5::Whole(theirs) => (theirs.as_slice() != ours)
+            .then(|| format!("read md5 {}, the store holds {}", hex(ours), hex(theirs))),
+        StoreMd5::Parts(theirs, n) => {
+            let (expected, count) = parts.finish();
+            (count == *n && expected != *theirs).then(|| {
+                format!(
+                    "the parts read make the multipart ETag {}-{count}, the store holds {}-{n}",
+                    hex(&expected),
+                    hex(theirs)
+                )
+            })
+        }
+    }
+}
+
+/// The store holds other bytes than were read (corrupted in transit): the object this copy
+/// just wrote is removed, so no wrong object stays visible, and the copy is tried again.
+async fn remove_corrupted(target: &Location, mismatch: &str) -> StepError {
+    match target.operator.delete(&target.path).await {
+        Ok(()) => StepError::new(
+            redrive_core::error::ErrorClass::Transient,
+            format!(
+                "checksum mismatch for `{}`: {mismatch}; the target was removed and the copy \
+                 will be tried again (a bucket with SSE-KMS or SSE-C encryption has ETags that \
+                 are not MD5s: use checksum = \"crc32c\" or \"sha256\" there)",
+                target.display
+            ),
+        ),
+        Err(e) => StepError::new(
+            redrive_core::error::ErrorClass::Fatal,
+            format!(
+                "checksum mismatch for `{}`: {mismatch}, and the wrong object could not be \
+                 removed: delete it by hand before running again",
+                target.display
+            ),
+        )
+        .with_source(e),
     }
 }
 
@@ -276,13 +365,34 @@ impl Step for CopyStep {
             cancelled,
             task: Some(task),
         };
+        // An object larger than one part gets its own progress (bytes, rate, ETA).
+        let size = fields.get("size").and_then(|s| s.parse::<u64>().ok());
+        let mut so_far = 0u64;
+        let mut object: Option<Box<dyn ObjectProgress>> = None;
         while let Some(n) = moved.recv().await {
             cx.bytes.add(n);
+            so_far += n;
+            match &object {
+                Some(object) => object.add(n),
+                None if so_far >= self.spec.part_size as u64 => {
+                    object = cx.bytes.object(&source.display, size);
+                    if let Some(object) = &object {
+                        object.add(so_far);
+                    }
+                }
+                None => {}
+            }
         }
+        drop(object);
         let Some(task) = guard.task.take() else {
             return Err(StepError::permanent("the copy task is gone"));
         };
-        let (bytes, metadata, hasher) = match task.await {
+        let Transferred {
+            bytes,
+            metadata,
+            hasher,
+            parts,
+        } = match task.await {
             Ok(Ok(done)) => done,
             Ok(Err(Failure::Exists)) => return exists(),
             Ok(Err(Failure::Step(error))) => return Err(error),
@@ -294,19 +404,11 @@ impl Step for CopyStep {
             }
         };
         let digest = hasher.map(Hasher::finish);
-        if let (Some(redrive_core::plan::Checksum::Md5), Some(ours)) = (self.spec.checksum, &digest)
+        if let (Some(ours), Some(parts)) = (&digest, parts)
             && let Some(theirs) = store_md5(metadata.content_md5(), metadata.etag())
-            && &theirs != ours
+            && let Some(mismatch) = md5_mismatch(ours, parts, &theirs)
         {
-            // What the store holds is not what was read: remove it (it was just created
-            // by this copy) so no wrong object stays visible.
-            let _ = target.operator.delete(&target.path).await;
-            return Err(StepError::permanent(format!(
-                "checksum mismatch for `{}`: read md5 {}, the store holds {}; the target was removed",
-                target.display,
-                hex(ours),
-                hex(&theirs)
-            )));
+            return Err(remove_corrupted(&target, &mismatch).await);
         }
         self.record(&serde_json::json!({
             "source": source.display,

@@ -3,7 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use sha2::Digest;
+
+use crate::proxy::{Action, Proxy};
 
 use crate::common::{
     TestContext, azure_env, azure_operator, create_bucket, create_container, get, s3_env,
@@ -293,105 +298,40 @@ fn a_second_ctrl_c_aborts_the_multipart_uploads_it_cuts_off() {
     assert_eq!(uploads_in_progress(&bucket), 0);
 }
 
-/// A proxy in front of moto that answers the first upload of part 2 with a 500, and logs
-/// each request as `METHOD PATH`.
-fn part_failing_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufReader, Write as _};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    let upstream = crate::common::s3_endpoint();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let failed = Arc::new(AtomicBool::new(false));
-    let client = reqwest::Client::new();
-    let requests = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let (upstream, log, failed, client) = (
-                upstream.clone(),
-                Arc::clone(&requests),
-                Arc::clone(&failed),
-                client.clone(),
-            );
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                while let Some(request) = crate::common::read_request(&mut reader) {
-                    log.lock()
-                        .unwrap()
-                        .push(format!("{} {}", request.method, request.path));
-                    let is_part_2 =
-                        request.method == "PUT" && request.path.contains("partNumber=2");
-                    if is_part_2 && !failed.swap(true, Ordering::SeqCst) {
-                        let body =
-                            "<Error><Code>InternalError</Code><Message>injected</Message></Error>";
-                        let _ = write!(
-                            stream,
-                            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        continue;
-                    }
-                    let response = crate::common::runtime().block_on(async {
-                        let method =
-                            reqwest::Method::from_bytes(request.method.as_bytes()).unwrap();
-                        let mut forward =
-                            client.request(method, format!("{upstream}{}", request.path));
-                        for (name, value) in &request.headers {
-                            if !matches!(name.as_str(), "host" | "content-length" | "connection") {
-                                forward = forward.header(name, value);
-                            }
-                        }
-                        let response = forward.body(request.body).send().await.unwrap();
-                        let status = response.status();
-                        let headers = response.headers().clone();
-                        (status, headers, response.bytes().await.unwrap())
-                    });
-                    let (status, headers, body) = response;
-                    let mut head = format!(
-                        "HTTP/1.1 {} {}\r\n",
-                        status.as_u16(),
-                        status.canonical_reason().unwrap_or("")
-                    );
-                    for (name, value) in &headers {
-                        if !matches!(
-                            name.as_str(),
-                            "content-length" | "transfer-encoding" | "connection"
-                        ) {
-                            head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
-                        }
-                    }
-                    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-                    if stream.write_all(head.as_bytes()).is_err()
-                        || stream.write_all(&body).is_err()
-                    {
-                        break;
-                    }
-                }
-            });
+/// A proxy in front of moto that answers the first upload of part 2 with a 500.
+fn part_failing_proxy() -> Proxy {
+    let failed = AtomicBool::new(false);
+    Proxy::start(crate::common::s3_endpoint(), move |request| {
+        let is_part_2 = request.method == "PUT" && request.path.contains("partNumber=2");
+        if is_part_2 && !failed.swap(true, Ordering::SeqCst) {
+            let body = "<Error><Code>InternalError</Code><Message>injected</Message></Error>";
+            return Action::Answer(500, body.to_owned());
         }
-    });
-    (address, log)
+        Action::Forward
+    })
+}
+
+/// A test context whose S3 endpoint is `proxy`.
+fn through(proxy: &Proxy) -> TestContext {
+    TestContext::new()
+        .env("AWS_ENDPOINT_URL", &proxy.address)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
+        .env("AWS_REGION", "us-east-1")
 }
 
 #[test]
 fn a_failed_part_is_sent_again_alone() {
     let bucket = unique("rd-part");
     create_bucket(&bucket);
-    let (proxy, log) = part_failing_proxy();
-    let t = TestContext::new()
-        .env("AWS_ENDPOINT_URL", &proxy)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
-        .env("AWS_REGION", "us-east-1");
+    let proxy = part_failing_proxy();
+    let t = through(&proxy);
     let big = data(12 * MIB);
     t.write("in/big.bin", &big);
     plan(&t, &format!("s3://{bucket}/up"), "sha256");
     let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
 
-    let log = log.lock().unwrap().clone();
+    let log = proxy.requests();
     let count = |what: &dyn Fn(&str) -> bool| log.iter().filter(|l| what(l)).count();
     assert_eq!(
         count(&|l| l.starts_with("POST") && l.contains("?uploads")),
@@ -421,5 +361,249 @@ fn a_failed_part_is_sent_again_alone() {
     assert!(
         get(&s3_operator(&bucket), "up/big.bin").unwrap() == big,
         "the object differs"
+    );
+}
+
+/// A proxy in front of moto that flips one byte in the body of a PUT: the first PUT of each
+/// object when `always` is false, every PUT when it is true.
+fn byte_flipping_proxy(always: bool) -> (Proxy, Arc<AtomicUsize>) {
+    let flipped = Arc::new(AtomicUsize::new(0));
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    let count = Arc::clone(&flipped);
+    let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
+        if request.method != "PUT" || request.body.is_empty() {
+            return Action::Forward;
+        }
+        let object = request.path.split('?').next().unwrap_or("").to_owned();
+        let first = seen.lock().unwrap().insert(object);
+        if always || first {
+            let middle = request.body.len() / 2;
+            request.body[middle] ^= 0x01;
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        Action::Forward
+    });
+    (proxy, flipped)
+}
+
+#[test]
+fn a_byte_flipped_on_the_way_is_caught_and_the_object_sent_again() {
+    let bucket = unique("rd-flip");
+    create_bucket(&bucket);
+    let (proxy, flipped) = byte_flipping_proxy(false);
+    let t = through(&proxy);
+    let small = data(MIB + 5);
+    let mut big = data(12 * MIB + 3);
+    big[0] = 7;
+    t.write("in/small.bin", &small);
+    t.write("in/big.bin", &big);
+    plan(&t, &format!("s3://{bucket}/up"), "md5");
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(flipped.load(Ordering::SeqCst), 2, "{:#?}", proxy.requests());
+    assert!(
+        out.stderr.contains("2 retries"),
+        "each object was sent again once: {}",
+        out.stderr
+    );
+
+    let s3 = s3_operator(&bucket);
+    assert!(
+        get(&s3, "up/small.bin").unwrap() == small,
+        "small.bin differs"
+    );
+    assert!(get(&s3, "up/big.bin").unwrap() == big, "big.bin differs");
+    let lines = manifest(&t);
+    assert_eq!(lines.len(), 2, "one line per object copied: {lines:?}");
+    assert_eq!(uploads_in_progress(&bucket), 0);
+}
+
+#[test]
+fn a_byte_flipped_every_time_fails_the_item_and_leaves_nothing_visible() {
+    let bucket = unique("rd-flips");
+    create_bucket(&bucket);
+    let (proxy, _) = byte_flipping_proxy(true);
+    let t = through(&proxy);
+    t.write("in/small.bin", data(MIB));
+    t.write("in/big.bin", data(11 * MIB));
+    t.plan(&format!(
+        r#"
+[job]
+name = "flips"
+state = "state.db"
+[source]
+glob = "in/*.bin"
+key = "{{name}}"
+[limits]
+retries = 1
+[[step]]
+copy = {{ from = "{{path}}", to = "s3://{bucket}/up/{{name}}", part_size = "5MiB", parts = 2, checksum = "md5" }}
+"#
+    ));
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(1);
+    assert!(
+        out.stderr.contains("checksum mismatch") && out.stderr.contains("the target was removed"),
+        "{}",
+        out.stderr
+    );
+    let s3 = s3_operator(&bucket);
+    assert_eq!(
+        get(&s3, "up/small.bin"),
+        None,
+        "a wrong small.bin is visible"
+    );
+    assert_eq!(get(&s3, "up/big.bin"), None, "a wrong big.bin is visible");
+    assert_eq!(uploads_in_progress(&bucket), 0);
+    let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
+    assert!(failed.stdout.contains("big.bin") && failed.stdout.contains("small.bin"));
+}
+
+/// `size` bytes of generated data in `path`, written a block at a time.
+fn generate(path: &std::path::Path, size: usize) {
+    use std::io::Write as _;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut block = vec![0u8; MIB];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+        let n = left.min(block.len());
+        file.write_all(&block[..n]).unwrap();
+        left -= n;
+    }
+}
+
+/// A digest by coreutils (`md5sum`, `sha256sum`): independent of redrive's code.
+fn coreutils_digest(tool: &str, path: &std::path::Path) -> String {
+    let out = std::process::Command::new(tool).arg(path).output().unwrap();
+    assert!(out.status.success(), "{tool} failed");
+    String::from_utf8(out.stdout).unwrap()[..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Reads `path` from `operator` and compares it with the local file, a part at a time.
+fn assert_same(operator: &opendal::Operator, path: &str, local: &std::path::Path) {
+    use futures::TryStreamExt as _;
+    use std::io::Read as _;
+    let mut file = std::io::BufReader::new(std::fs::File::open(local).unwrap());
+    let size = std::fs::metadata(local).unwrap().len();
+    crate::common::runtime().block_on(async {
+        let meta = operator.stat(path).await.unwrap();
+        assert_eq!(meta.content_length(), size, "{path}: size");
+        let reader = operator.reader_with(path).chunk(8 * MIB).await.unwrap();
+        let mut stream = reader.into_bytes_stream(..).await.unwrap();
+        let mut offset = 0u64;
+        while let Some(chunk) = stream.try_next().await.unwrap() {
+            let mut expected = vec![0u8; chunk.len()];
+            file.read_exact(&mut expected).unwrap();
+            assert!(
+                chunk[..] == expected[..],
+                "{path} differs near byte {offset}"
+            );
+            offset += chunk.len() as u64;
+        }
+        assert_eq!(offset, size, "{path}: bytes read");
+    });
+}
+
+/// 300 MB to `to` with each checksum, 8 MiB × 4 parts: byte-equal, each manifest line
+/// matches an independent digest of the file, and redrive's peak RSS stays under 100 MB.
+fn three_hundred_megabytes(t: TestContext, to: &str, operator: &opendal::Operator) {
+    const SIZE: usize = 300 * 1000 * 1000;
+    std::fs::create_dir_all(t.path("in")).unwrap();
+    let file = t.path("in/big.bin");
+    generate(&file, SIZE);
+    let steps: String = ["md5", "crc32c", "sha256"]
+        .iter()
+        .map(|algorithm| {
+            format!(
+                r#"
+[[step]]
+name = "copy-{algorithm}"
+copy = {{ from = "{{path}}", to = "{to}/{algorithm}/{{name}}", part_size = "8MiB", parts = 4, checksum = "{algorithm}", manifest = "{algorithm}.jsonl" }}
+"#
+            )
+        })
+        .collect();
+    t.plan(&format!(
+        r#"
+[job]
+name = "big300"
+state = "state.db"
+[source]
+glob = "in/*.bin"
+key = "{{name}}"
+{steps}"#
+    ));
+    let out = t
+        .redrive(&["run", "plan.toml", "--metrics", "metrics.json"])
+        .expect_code(0);
+    let metrics: serde_json::Value = serde_json::from_str(&t.read("metrics.json")).unwrap();
+    let rss = metrics["peak_rss_mb"].as_f64().unwrap();
+    eprintln!("300 MB to {to} at 8 MiB × 4: peak RSS {rss} MB");
+    assert!(rss < 100.0, "peak RSS {rss} MB: {metrics} {}", out.stderr);
+
+    let crc = {
+        use std::io::Read as _;
+        let mut reader = std::fs::File::open(&file).unwrap();
+        let mut buffer = vec![0u8; MIB];
+        let mut crc = 0u32;
+        loop {
+            let n = reader.read(&mut buffer).unwrap();
+            if n == 0 {
+                break;
+            }
+            crc = crc32c::crc32c_append(crc, &buffer[..n]);
+        }
+        format!("{crc:08x}")
+    };
+    let expected = [
+        ("md5", coreutils_digest("md5sum", &file)),
+        ("crc32c", crc),
+        ("sha256", coreutils_digest("sha256sum", &file)),
+    ];
+    for (algorithm, digest) in expected {
+        let lines: Vec<serde_json::Value> = t
+            .read(&format!("{algorithm}.jsonl"))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{algorithm}: {lines:?}");
+        assert_eq!(lines[0]["size"], SIZE, "{algorithm}");
+        assert_eq!(lines[0]["checksum"]["algorithm"], algorithm);
+        assert_eq!(lines[0]["checksum"]["value"], digest, "{algorithm}");
+        assert_same(operator, &format!("up/{algorithm}/big.bin"), &file);
+    }
+}
+
+#[test]
+fn three_hundred_megabytes_to_s3_with_each_checksum_in_bounded_memory() {
+    let bucket = unique("rd-300");
+    create_bucket(&bucket);
+    let operator = s3_operator(&bucket);
+    three_hundred_megabytes(
+        s3_env(TestContext::new()),
+        &format!("s3://{bucket}/up"),
+        &operator,
+    );
+    assert_eq!(uploads_in_progress(&bucket), 0);
+}
+
+#[test]
+fn three_hundred_megabytes_to_azure_with_each_checksum_in_bounded_memory() {
+    let container = unique("rd-300az");
+    create_container(&container);
+    let operator = azure_operator(&container);
+    three_hundred_megabytes(
+        azure_env(TestContext::new()),
+        &format!("az://{container}/up"),
+        &operator,
     );
 }

@@ -7,6 +7,7 @@ mod common;
 mod kusto;
 mod kusto_fake;
 mod pg;
+mod proxy;
 mod resume;
 mod s1;
 mod s2;

@@ -1,0 +1,113 @@
+//! An HTTP proxy on 127.0.0.1 between redrive and a real server (moto, Azurite), that lets a
+//! test change requests on their way (flip a byte of a body) or answer them itself (a 500).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufReader, Write as _};
+use std::sync::{Arc, Mutex};
+
+use crate::common::HttpRequest;
+
+/// What the proxy does with one request, decided by the test's rule.
+pub enum Action {
+    /// Sends it on (as the rule may have changed it).
+    Forward,
+    /// Answers it with this status and body; the server never sees it.
+    Answer(u16, String),
+}
+
+/// A running proxy: its address, and each request it saw as `METHOD PATH`.
+pub struct Proxy {
+    pub address: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Starts a proxy in front of `upstream` (e.g. `http://127.0.0.1:5000`). `rule` sees every
+    /// request, in order, and may change it.
+    pub fn start(
+        upstream: String,
+        rule: impl Fn(&mut HttpRequest) -> Action + Send + Sync + 'static,
+    ) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let client = reqwest::Client::new();
+        let (requests, rule) = (Arc::clone(&log), Arc::new(rule));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (upstream, log, rule, client) = (
+                    upstream.clone(),
+                    Arc::clone(&requests),
+                    Arc::clone(&rule),
+                    client.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    while let Some(mut request) = crate::common::read_request(&mut reader) {
+                        log.lock()
+                            .unwrap()
+                            .push(format!("{} {}", request.method, request.path));
+                        let (status, headers, body) = match rule(&mut request) {
+                            Action::Answer(status, body) => (
+                                reqwest::StatusCode::from_u16(status).unwrap(),
+                                reqwest::header::HeaderMap::new(),
+                                body.into_bytes(),
+                            ),
+                            Action::Forward => forward(&client, &upstream, request),
+                        };
+                        let mut head = format!(
+                            "HTTP/1.1 {} {}\r\n",
+                            status.as_u16(),
+                            status.canonical_reason().unwrap_or("")
+                        );
+                        for (name, value) in &headers {
+                            if !matches!(
+                                name.as_str(),
+                                "content-length" | "transfer-encoding" | "connection"
+                            ) {
+                                head.push_str(&format!(
+                                    "{name}: {}\r\n",
+                                    value.to_str().unwrap_or("")
+                                ));
+                            }
+                        }
+                        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+                        if stream.write_all(head.as_bytes()).is_err()
+                            || stream.write_all(&body).is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { address, log }
+    }
+
+    /// The requests seen so far, as `METHOD PATH`.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn forward(
+    client: &reqwest::Client,
+    upstream: &str,
+    request: HttpRequest,
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    crate::common::runtime().block_on(async {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap();
+        let mut forward = client.request(method, format!("{upstream}{}", request.path));
+        for (name, value) in &request.headers {
+            if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+                forward = forward.header(name, value);
+            }
+        }
+        let response = forward.body(request.body).send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        (status, headers, response.bytes().await.unwrap().to_vec())
+    })
+}
