@@ -368,6 +368,11 @@ pub async fn run(
                     } else {
                         run_item(&shared, item).await
                     };
+                    // Progress can no longer be recorded (a full, read-only or locked state):
+                    // start no more items; those in flight end as they can.
+                    if matches!(result, Err(EngineError::State(_))) {
+                        shared.halt.store(true, Ordering::SeqCst);
+                    }
                     drop(permit);
                     result
                 });

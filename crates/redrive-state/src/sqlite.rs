@@ -213,9 +213,21 @@ fn write_loop(mut connection: Connection, receiver: mpsc::Receiver<Command>) {
         }
         let mut answers = Vec::with_capacity(batch.len());
         let committed = connection.transaction().and_then(|tx| {
-            for command in batch {
-                let result = (command.write)(&tx).map_err(|e| e.to_string());
-                answers.push((command.done, result));
+            let mut commands = batch.into_iter();
+            for command in commands.by_ref() {
+                match (command.write)(&tx) {
+                    Ok(n) => answers.push((command.done, Ok(n))),
+                    // The file itself refuses writes (locked past the busy timeout, full,
+                    // read-only): every write of the batch would wait and fail the same way.
+                    Err(error) if refuses_writes(&error) => {
+                        answers.push((command.done, Err(error.to_string())));
+                        for rest in commands.by_ref() {
+                            answers.push((rest.done, Err(error.to_string())));
+                        }
+                        return Err(error);
+                    }
+                    Err(error) => answers.push((command.done, Err(error.to_string()))),
+                }
             }
             tx.commit()
         });
@@ -233,6 +245,17 @@ fn write_loop(mut connection: Connection, receiver: mpsc::Receiver<Command>) {
             }
         }
     }
+}
+
+/// An error of the database file rather than of one write.
+fn refuses_writes(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{
+        CannotOpen, DatabaseBusy, DatabaseLocked, DiskFull, ReadOnly, SystemIoFailure,
+    };
+    matches!(
+        error.sqlite_error_code(),
+        Some(DatabaseBusy | DatabaseLocked | DiskFull | ReadOnly | CannotOpen | SystemIoFailure)
+    )
 }
 
 fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredItem> {

@@ -164,7 +164,10 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         );
         eprintln!("{}", this_run(&report));
     }
-    let report = result?;
+    let report = result.map_err(|e| match e {
+        engine::EngineError::State(e) => super::state_error(e, &args.plan),
+        other => anyhow::Error::new(other),
+    })?;
     if hooks && !report.interrupted && super::hooks::all_ended(&after) {
         super::hooks::run("after", &plan.after).await?;
     }

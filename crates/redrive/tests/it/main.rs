@@ -15,3 +15,4 @@ mod s3;
 mod s4;
 mod s5;
 mod sqs;
+mod state_disk;
