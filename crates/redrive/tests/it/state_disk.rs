@@ -71,7 +71,11 @@ copy = { from = "in/{line}", to = "out/{line}" }
 fn assert_all_done(t: &TestContext, n: usize) {
     let state = rusqlite::Connection::open(t.path("st/state.db")).unwrap();
     let done: i64 = state
-        .query_row("SELECT count(*) FROM items WHERE status = 'done'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM items WHERE status = 'done'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     let total: i64 = state
         .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
