@@ -286,7 +286,13 @@ pub async fn run(
         let loaded = Arc::clone(&loaded);
         let end = Arc::clone(&loader_end);
         Some(tokio::spawn(async move {
-            let result = load(&shared, &loaded, stop_loader_rx).await;
+            // One process loads a shared job; the others wait for the source to be complete,
+            // and take the role over if its holder dies first.
+            let result = match load_or_wait(&shared, &loaded, stop_loader_rx.clone()).await {
+                Ok(true) => load(&shared, &loaded, stop_loader_rx).await,
+                Ok(false) => Ok(()),
+                Err(error) => Err(error),
+            };
             let ended = if result.is_ok() {
                 ENDED_COMPLETE
             } else {
@@ -317,9 +323,9 @@ pub async fn run(
             }
         }
         let loader_was = loader_end.load(Ordering::SeqCst);
-        let page = shared.state.runnable(cursor, PAGE).await?;
+        let page = shared.state.claim(cursor, PAGE).await?;
         if page.is_empty() {
-            if loader_was != LOADING {
+            if loader_was != LOADING && !shared.state.others_busy().await? {
                 // Complete: nothing is left. Stopped early (an error, or `--limit` reached
                 // elsewhere): its error is reported below.
                 break;
@@ -420,6 +426,8 @@ pub async fn run(
         }
     }
     shared.state.flush().await?;
+    // Best effort: leases not given back expire on their own.
+    let _ = shared.state.release_claims().await;
     report.duration = started.elapsed();
     match failure {
         Some(error) => Err(error),
@@ -468,6 +476,32 @@ fn absorb(
     report.retries += item.retries;
     report.throttled += item.throttled;
     Ok(())
+}
+
+/// How often a process without the loader role looks whether the source is complete.
+const LOADER_POLL: Duration = Duration::from_millis(250);
+
+/// `Ok(true)` once this process holds the loader role; `Ok(false)` when another process
+/// completed the source first.
+async fn load_or_wait(
+    shared: &Shared,
+    loaded: &Notify,
+    mut stop: watch::Receiver<bool>,
+) -> Result<bool, EngineError> {
+    loop {
+        if shared.state.take_loader_role().await? {
+            return Ok(true);
+        }
+        if shared.state.source_complete().await? {
+            return Ok(false);
+        }
+        // Items the loader adds meanwhile are claimed by the runner's polling.
+        loaded.notify_waiters();
+        tokio::select! {
+            _ = tokio::time::sleep(LOADER_POLL) => {}
+            _ = stop.changed() => return Err(EngineError::Stopped),
+        }
+    }
 }
 
 async fn load(

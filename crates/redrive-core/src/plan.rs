@@ -487,7 +487,13 @@ pub struct Limits {
     pub per_item: usize,
     /// Retries per step after the first attempt.
     pub retries: u32,
+    /// With a PostgreSQL state shared by several processes: how long an item claimed by a
+    /// worker stays its own without a heartbeat (a dead worker's items wait this long).
+    pub lease: std::time::Duration,
 }
+
+/// Default `[limits] lease`.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `[store."PREFIX"]`: settings for URLs that start with the prefix. Values may use `${ENV}`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -704,6 +710,7 @@ struct RawLimits {
     items: Option<usize>,
     per_item: Option<usize>,
     retries: Option<u32>,
+    lease: Option<String>,
 }
 
 /// The part of a plan that decides which items exist and what is done to them.
@@ -862,6 +869,17 @@ impl Plan {
             items: raw.limits.items.unwrap_or(default_items),
             per_item: raw.limits.per_item.unwrap_or(DEFAULT_PER_ITEM),
             retries: raw.limits.retries.unwrap_or(DEFAULT_RETRIES),
+            lease: match raw.limits.lease.as_deref() {
+                None => DEFAULT_LEASE,
+                Some(text) => parse_duration(text)
+                    .filter(|d| *d >= std::time::Duration::from_secs(1))
+                    .ok_or_else(|| {
+                        invalid(
+                            "limits",
+                            format!("`lease` = `{text}` is not a duration of 1s or more; write e.g. `30s`"),
+                        )
+                    })?,
+            },
         };
         if limits.items == 0 || limits.per_item == 0 {
             return Err(invalid(

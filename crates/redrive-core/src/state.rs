@@ -272,4 +272,57 @@ pub trait StateStore: Send + Sync {
 
     /// Waits until every transition handed over so far is committed.
     async fn flush(&self) -> Result<(), StateError>;
+
+    /// Takes up to `limit` runnable items (as [`StateStore::runnable`]) for this process to
+    /// run. A store shared by several processes leases them: no other process takes them while
+    /// the lease is renewed, and an expired lease (a worker that died) makes them runnable
+    /// again, whatever their id. A store used by one process returns `runnable`.
+    async fn claim(&self, after: ItemId, limit: usize) -> Result<Vec<StoredItem>, StateError> {
+        self.runnable(after, limit).await
+    }
+
+    /// True while other processes hold live leases on unfinished items: a worker that finds
+    /// nothing to claim waits for them (to take over their items if their leases expire)
+    /// rather than ending.
+    async fn others_busy(&self) -> Result<bool, StateError> {
+        Ok(false)
+    }
+
+    /// Takes the loader role: the one process that reads the source into the state. `false`
+    /// when another live process holds it; that one's death frees it.
+    async fn take_loader_role(&self) -> Result<bool, StateError> {
+        Ok(true)
+    }
+
+    /// Gives back the leases of items this process claimed and did not finish (a run ending
+    /// early): others may take them at once instead of waiting for the leases to expire.
+    async fn release_claims(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    /// The processes working on this job, for `status` (a store used by one process: none).
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, StateError> {
+        Ok(Vec::new())
+    }
+}
+
+/// One process working on a shared job, as its heartbeats describe it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct WorkerInfo {
+    /// `host:pid:nonce`.
+    pub id: String,
+    /// The host name.
+    pub host: String,
+    /// The process id on that host.
+    pub pid: u32,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_s: f64,
+    /// Items it holds leases on, at its last heartbeat.
+    pub in_flight: u64,
+    /// Items it finished.
+    pub finished: u64,
+    /// Items finished per second since it started.
+    pub rate: f64,
 }

@@ -4,6 +4,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod conformance;
+mod lease;
 mod postgres;
 mod sqlite;
 

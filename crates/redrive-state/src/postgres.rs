@@ -1,5 +1,6 @@
 //! The PostgreSQL state store: one schema per job (`redrive_<job>`) holding the same tables
-//! and views as the SQLite store, so a job can be shared by many hosts. Every call commits on
+//! and views as the SQLite store, so a job can be shared by many hosts: any number of
+//! `redrive run` processes cooperate through leases (see `lease.rs`). Every call commits on
 //! its own (durable when it returns); the schema is created and migrated by redrive itself,
 //! under an advisory lock so that workers starting together do not race.
 
@@ -12,12 +13,33 @@ use redrive_core::step::Produced;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 
+use crate::lease::{self, Worker};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 const SCHEMA_VERSION: i32 = 1;
 
 /// A state store in a PostgreSQL schema.
 pub struct PostgresStateStore {
     pool: PgPool,
     location: String,
+    /// This process as a worker of the job: its id and lease.
+    worker: Arc<Worker>,
+    /// Renews this worker's leases; started by its first claim.
+    heartbeat: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The connection holding the loader role's advisory lock, while this process loads.
+    loader: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+}
+
+impl Drop for PostgresStateStore {
+    fn drop(&mut self) {
+        if let Ok(mut heartbeat) = self.heartbeat.lock()
+            && let Some(task) = heartbeat.take()
+        {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStateStore {
@@ -156,12 +178,50 @@ impl PostgresStateStore {
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl(schema)))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl(schema) + lease::DDL))
             .execute(&mut *tx)
             .await
             .map_err(err)?;
         tx.commit().await.map_err(err)?;
-        Ok(Self { pool, location })
+        Ok(Self {
+            pool,
+            location,
+            worker: Arc::new(Worker::new(redrive_core::plan::DEFAULT_LEASE)),
+            heartbeat: std::sync::Mutex::new(None),
+            loader: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The lease this process takes on the items it claims (`[limits] lease`): the time a
+    /// dead worker's items wait before others take them over. Set before the first claim.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.worker = Arc::new(Worker::new(lease.max(Duration::from_secs(1))));
+        self
+    }
+
+    /// This process's worker id (`host:pid:nonce`).
+    pub fn worker_id(&self) -> &str {
+        &self.worker.id
+    }
+
+    /// Registers this worker and starts renewing its leases, once.
+    async fn ensure_heartbeat(&self) -> Result<(), StateError> {
+        let started = self.heartbeat.lock().map(|h| h.is_some()).unwrap_or(true);
+        if started {
+            return Ok(());
+        }
+        lease::heartbeat(&self.pool, &self.worker, None)
+            .await
+            .map_err(|e| self.failed(e))?;
+        if let Ok(mut heartbeat) = self.heartbeat.lock()
+            && heartbeat.is_none()
+        {
+            *heartbeat = Some(lease::start_heartbeat(
+                self.pool.clone(),
+                Arc::clone(&self.worker),
+            ));
+        }
+        Ok(())
     }
 
     /// The URL and schema, password masked, for messages.
@@ -170,21 +230,25 @@ impl PostgresStateStore {
     }
 
     /// Takes the job's run lock: a session advisory lock held on a connection of its own,
-    /// released when the lock is dropped or the process dies. Until workers share a job through
-    /// leases, one run at a time works on a job.
-    pub async fn lock_run(&self) -> Result<PgRunLock, StateError> {
+    /// released when the lock is dropped or the process dies. Runs take it shared (any number
+    /// of workers cooperate); `--restart` takes it exclusive, so it never drops the schema
+    /// under a running worker.
+    pub async fn lock_run(&self, exclusive: bool) -> Result<PgRunLock, StateError> {
         let mut connection = self
             .pool
             .acquire()
             .await
             .map_err(|e| self.failed(e))?
             .detach();
-        let locked: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(hashtext('redrive-run:' || current_schema()))",
-        )
-        .fetch_one(&mut connection)
-        .await
-        .map_err(|e| self.failed(e))?;
+        let sql = if exclusive {
+            "SELECT pg_try_advisory_lock(hashtext('redrive-run:' || current_schema()))"
+        } else {
+            "SELECT pg_try_advisory_lock_shared(hashtext('redrive-run:' || current_schema()))"
+        };
+        let locked: bool = sqlx::query_scalar(sql)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(|e| self.failed(e))?;
         if !locked {
             return Err(StateError::Locked {
                 location: self.location.clone(),
@@ -447,6 +511,10 @@ impl StateStore for PostgresStateStore {
             .execute(&self.pool)
             .await
             .map_err(|e| self.failed(e))?;
+        // The loader role is no longer needed: closing its session releases the lock.
+        if let Some(connection) = self.loader.lock().await.take() {
+            let _ = connection.close().await;
+        }
         Ok(())
     }
 
@@ -487,6 +555,10 @@ impl StateStore for PostgresStateStore {
     }
 
     async fn record(&self, transition: Transition) -> Result<(), StateError> {
+        let finishes = matches!(
+            transition,
+            Transition::Finished { .. } | Transition::Failed { .. }
+        );
         let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
         let result = match transition {
             Transition::Started { id, step, step_name } => sqlx::query(
@@ -561,7 +633,11 @@ impl StateStore for PostgresStateStore {
             .map(|_| ()),
         };
         result.map_err(|e| self.failed(e))?;
-        tx.commit().await.map_err(|e| self.failed(e))
+        tx.commit().await.map_err(|e| self.failed(e))?;
+        if finishes {
+            self.worker.finished.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn requeue(&self, which: Requeue) -> Result<u64, StateError> {
@@ -729,6 +805,57 @@ impl StateStore for PostgresStateStore {
 
     async fn flush(&self) -> Result<(), StateError> {
         Ok(())
+    }
+
+    async fn claim(&self, after: ItemId, limit: usize) -> Result<Vec<StoredItem>, StateError> {
+        self.ensure_heartbeat().await?;
+        let ids = lease::claim(&self.pool, &self.worker, after, limit)
+            .await
+            .map_err(|e| self.failed(e))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.items("WHERE i.id = ANY($1) ORDER BY i.id", |q| q.bind(ids))
+            .await
+    }
+
+    async fn others_busy(&self) -> Result<bool, StateError> {
+        lease::others_busy(&self.pool, &self.worker)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn take_loader_role(&self) -> Result<bool, StateError> {
+        let mut loader = self.loader.lock().await;
+        if loader.is_some() {
+            return Ok(true);
+        }
+        let mut connection = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.failed(e))?
+            .detach();
+        if lease::try_loader_lock(&mut connection)
+            .await
+            .map_err(|e| self.failed(e))?
+        {
+            *loader = Some(connection);
+            Ok(true)
+        } else {
+            let _ = connection.close().await;
+            Ok(false)
+        }
+    }
+
+    async fn release_claims(&self) -> Result<(), StateError> {
+        lease::release(&self.pool, &self.worker)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn workers(&self) -> Result<Vec<redrive_core::state::WorkerInfo>, StateError> {
+        lease::workers(&self.pool).await.map_err(|e| self.failed(e))
     }
 }
 

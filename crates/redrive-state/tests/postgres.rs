@@ -94,25 +94,144 @@ async fn a_bad_url_is_a_clear_error_without_the_password() {
 }
 
 #[tokio::test]
-async fn opening_the_store_while_a_run_holds_its_lock_does_not_block_or_steal_it() {
+async fn runs_share_the_run_lock_and_a_restart_needs_it_alone() {
     let url = url();
     let schema = format!("redrive_test_{}_lock", std::process::id());
     let store = fresh("lock").await;
-    let lock = store.lock_run().await.unwrap_or_else(|e| panic!("{e}"));
+    let run = store
+        .lock_run(false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     // A reader (`status`) migrates under its own lock: it neither waits for the run nor takes
-    // the run lock, and a second run is refused.
-    let reader = tokio::time::timeout(
+    // the run lock; a second run shares the job; a restart is refused while runs hold it.
+    let other = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         PostgresStateStore::connect_schema(&url, &schema),
     )
     .await
     .unwrap_or_else(|_| panic!("opening the store waited for the run lock"))
     .unwrap_or_else(|e| panic!("{e}"));
+    let second = other
+        .lock_run(false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(
-        reader.lock_run().await,
+        other.lock_run(true).await,
         Err(redrive_core::state::StateError::Locked { .. })
     ));
-    drop(lock);
+    drop((run, second));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(reader.lock_run().await.is_ok(), "released with its holder");
+    assert!(
+        other.lock_run(true).await.is_ok(),
+        "released with its holders"
+    );
+}
+
+fn keys(n: usize) -> Vec<redrive_core::item::NewItem> {
+    (0..n)
+        .map(|i| redrive_core::item::NewItem {
+            key: format!("k{i:05}"),
+            fields: Default::default(),
+        })
+        .collect()
+}
+
+async fn worker(schema: &str, lease_ms: u64) -> PostgresStateStore {
+    let store = PostgresStateStore::connect_schema(&url(), schema)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_lease(std::time::Duration::from_millis(lease_ms));
+    store
+        .begin(&JobInfo {
+            name: "j".into(),
+            fingerprint: "f".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_claim_disjoint_items_and_take_over_expired_leases() {
+    let schema = format!("redrive_test_{}_lease", std::process::id());
+    let _ = fresh("lease").await;
+    let a = worker(&schema, 1_000).await;
+    let b = worker(&schema, 1_000).await;
+    a.insert(keys(300)).await.unwrap_or_else(|e| panic!("{e}"));
+    let ids = |items: Vec<redrive_core::item::StoredItem>| -> Vec<i64> {
+        items.iter().map(|i| i.id).collect()
+    };
+    let (x, y) = tokio::join!(a.claim(0, 200), b.claim(0, 200));
+    let (x, y) = (
+        ids(x.unwrap_or_else(|e| panic!("{e}"))),
+        ids(y.unwrap_or_else(|e| panic!("{e}"))),
+    );
+    assert!(!x.is_empty() && !y.is_empty(), "both claim: {x:?} {y:?}");
+    assert!(x.iter().all(|id| !y.contains(id)), "claimed twice");
+    assert!(
+        b.others_busy().await.unwrap_or(false),
+        "a holds live leases"
+    );
+
+    // `a` dies (its heartbeat stops): once its leases expire, `b` takes its items over.
+    let held = x.clone();
+    drop(a);
+    let mut taken = Vec::new();
+    let started = std::time::Instant::now();
+    while taken.len() < held.len() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "not taken over: {taken:?}"
+        );
+        let claimed = ids(b.claim(0, 128).await.unwrap_or_else(|e| panic!("{e}")));
+        taken.extend(claimed.into_iter().filter(|id| held.contains(id)));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // `b`'s own leases are renewed by its heartbeat: they never expired meanwhile.
+    let c = worker(&schema, 1_000).await;
+    let stolen = ids(c.claim(0, 128).await.unwrap_or_else(|e| panic!("{e}")));
+    assert!(
+        stolen.iter().all(|id| !y.contains(id)),
+        "b's live leases were taken: {stolen:?}"
+    );
+    let workers = b.workers().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        workers
+            .iter()
+            .any(|w| w.id == b.worker_id() && w.in_flight > 0),
+        "{workers:?}"
+    );
+
+    // Leases given back are free at once.
+    b.release_claims().await.unwrap_or_else(|e| panic!("{e}"));
+    let freed = ids(c.claim(0, 128).await.unwrap_or_else(|e| panic!("{e}")));
+    assert!(freed.iter().any(|id| y.contains(id)), "{freed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_at_a_time_holds_the_loader_role() {
+    let schema = format!("redrive_test_{}_loader", std::process::id());
+    let _ = fresh("loader").await;
+    let a = worker(&schema, 5_000).await;
+    let b = worker(&schema, 5_000).await;
+    assert!(a.take_loader_role().await.unwrap_or(false));
+    assert!(a.take_loader_role().await.unwrap_or(false), "kept");
+    assert!(!b.take_loader_role().await.unwrap_or(true), "held by a");
+    drop(a);
+    let started = std::time::Instant::now();
+    while !b.take_loader_role().await.unwrap_or(false) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    b.set_source_complete()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c = worker(&schema, 5_000).await;
+    assert!(
+        c.take_loader_role().await.unwrap_or(false),
+        "freed when the source is complete"
+    );
 }

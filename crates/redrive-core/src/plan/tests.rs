@@ -37,7 +37,8 @@ fn minimal_plan_has_defaults() {
         Limits {
             items: DEFAULT_ITEMS,
             per_item: DEFAULT_PER_ITEM,
-            retries: DEFAULT_RETRIES
+            retries: DEFAULT_RETRIES,
+            lease: DEFAULT_LEASE,
         }
     );
     assert_eq!(
@@ -64,6 +65,20 @@ fn unknown_key_in_a_step_names_the_step() {
         e.contains("`from`, `to`, `if_exists`, `content_type`"),
         "{e}"
     );
+}
+
+#[test]
+fn a_lease_is_a_duration_of_a_second_or_more() {
+    let plan =
+        parse(&format!("{MINIMAL}[limits]\nlease = \"5s\"\n")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.limits.lease, std::time::Duration::from_secs(5));
+    for bad in ["\"soon\"", "\"100ms\""] {
+        let e = error(&format!("{MINIMAL}[limits]\nlease = {bad}\n"));
+        assert!(
+            e.contains("`lease`") && e.contains("write e.g. `30s`"),
+            "{e}"
+        );
+    }
 }
 
 #[test]

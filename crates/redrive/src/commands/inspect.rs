@@ -34,8 +34,15 @@ pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
     } else {
         Vec::new()
     };
+    let workers = store
+        .workers()
+        .await
+        .map_err(|e| super::state_error(e, &args.plan))?;
     if args.json {
         let mut value = summary::json(job, opened.location.as_str(), &summary);
+        if !workers.is_empty() {
+            value["workers"] = serde_json::to_value(&workers)?;
+        }
         value["parents"] = serde_json::Value::Array(
             parents
                 .iter()
@@ -71,8 +78,33 @@ pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
                 );
             }
         }
+        if !workers.is_empty() {
+            print!("{}", workers_table(&workers));
+        }
     }
     Ok(ExitStatus::Success)
+}
+
+/// The processes sharing a job (a PostgreSQL state), one line each.
+fn workers_table(workers: &[redrive_core::state::WorkerInfo]) -> String {
+    let mut text = format!(
+        "Workers ({}):\n  {:<24} {:>8}  {:<20} {:>9} {:>9} {:>9} {:>8}\n",
+        workers.len(),
+        "host",
+        "pid",
+        "started",
+        "heartbeat",
+        "in flight",
+        "finished",
+        "items/s"
+    );
+    for w in workers {
+        text.push_str(&format!(
+            "  {:<24} {:>8}  {:<20} {:>8.0}s {:>9} {:>9} {:>8.1}\n",
+            w.host, w.pid, w.started_at, w.heartbeat_age_s, w.in_flight, w.finished, w.rate
+        ));
+    }
+    text
 }
 
 /// `status` of a job run with `--workers` (or `--shard`): its shards' states beside the

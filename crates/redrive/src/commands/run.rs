@@ -51,6 +51,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     }
     let opened = super::state::open_for_run(
         &target,
+        plan.limits.lease,
         args.restart,
         |what| confirm_restart(what, args.yes),
         &args.plan,

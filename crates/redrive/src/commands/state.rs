@@ -127,9 +127,10 @@ pub(crate) struct Opened {
 }
 
 /// Opens (or creates) the state for a run, taking the run lock; `restart` discards it first
-/// (after `confirm`).
+/// (after `confirm`). `lease`: how long a PostgreSQL state leases the items this run claims.
 pub(crate) async fn open_for_run(
     target: &Target,
+    lease: std::time::Duration,
     restart: bool,
     confirm: impl FnOnce(&str) -> anyhow::Result<()>,
     plan_path: &Path,
@@ -151,15 +152,18 @@ pub(crate) async fn open_for_run(
             })
         }
         Target::Postgres { url, job } => {
+            // Runs share the job (each holds the run lock shared and claims items under
+            // leases); `--restart` needs it alone, so it never drops the state under a worker.
             let mut store = PostgresStateStore::connect(url, job).await.map_err(fail)?;
-            let mut lock = store.lock_run().await.map_err(fail)?;
             if restart {
                 confirm(store.location())?;
-                drop(lock);
+                let alone = store.lock_run(true).await.map_err(fail)?;
                 PostgresStateStore::discard(url, job).await.map_err(fail)?;
+                drop(alone);
                 store = PostgresStateStore::connect(url, job).await.map_err(fail)?;
-                lock = store.lock_run().await.map_err(fail)?;
             }
+            let store = store.with_lease(lease);
+            let lock = store.lock_run(false).await.map_err(fail)?;
             let location = store.location().to_owned();
             Ok(Opened {
                 store: Arc::new(store),

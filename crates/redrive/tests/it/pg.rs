@@ -32,7 +32,7 @@ fn a_job_runs_resumes_and_restarts_on_postgres_state() {
     plan(&t, &job);
 
     let mut first = t.command(&["run", "plan.toml"]).spawn().expect("spawn");
-    // Once it is under way, a second run on the same job is refused.
+    // Once it is under way, a second run on the same job joins it.
     let started = Instant::now();
     loop {
         let status = t.redrive(&["status", "plan.toml", "--json"]);
@@ -50,18 +50,9 @@ fn a_job_runs_resumes_and_restarts_on_postgres_state() {
         assert!(started.elapsed() < Duration::from_secs(60), "no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let second = t.redrive(&["run", "plan.toml"]);
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
     let status = first.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
-    if second.code != 0 {
-        // (When the first run finished before the second started, the second simply found nothing to do.)
-        assert_eq!(second.code, 2, "{}", second.stderr);
-        assert!(
-            second.stderr.contains("is in use by another `redrive run`"),
-            "{}",
-            second.stderr
-        );
-    }
     assert_eq!(t.read("out/f02999.txt"), "body 2999");
 
     let status = t.redrive(&["status", "plan.toml", "--json"]).expect_code(0);
@@ -107,4 +98,184 @@ fn status_on_postgres_state_needs_the_plan() {
         "{}",
         out.stderr
     );
+}
+
+/// A job of `n` keys (`lines`), each copied create-only from `in/` to `out/`, on the
+/// PostgreSQL state, with a short lease so a dead worker's items come back quickly.
+fn shared_job(t: &TestContext, job: &str, n: usize) {
+    let keys: String = (0..n).map(|i| format!("k{i:05}\n")).collect();
+    t.write("keys.txt", keys);
+    for i in 0..n {
+        t.write(&format!("in/k{i:05}"), format!("item {i}"));
+    }
+    t.plan(&format!(
+        r#"
+[job]
+name = "{job}"
+state = "{url}"
+[source]
+lines = "keys.txt"
+[[step]]
+copy = {{ from = "in/{{line}}", to = "out/{{line}}" }}
+[limits]
+items = 8
+lease = "2s"
+"#,
+        url = server("REDRIVE_TEST_POSTGRES_URL")
+    ));
+}
+
+/// Runs `sql` on the job's schema and returns the first column of each row as text.
+fn query(job: &str, sql: &str) -> Vec<String> {
+    try_query(job, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// `query`, or its error (the schema may not exist yet).
+fn try_query(job: &str, sql: &str) -> Result<Vec<String>, sqlx::Error> {
+    let url = server("REDRIVE_TEST_POSTGRES_URL");
+    let schema = format!("redrive_{}", job.replace('-', "_"));
+    crate::common::runtime().block_on(async {
+        let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET search_path TO \"{schema}\""
+        )))
+        .execute(&mut connection)
+        .await?;
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&mut connection)
+            .await
+    })
+}
+
+fn assert_every_item_done_once(t: &TestContext, job: &str, n: usize) {
+    let counts = query(
+        job,
+        "SELECT status || ' ' || count(*) FROM items GROUP BY status ORDER BY status",
+    );
+    assert_eq!(counts, [format!("done {n}")], "items by status");
+    for i in (0..n).step_by(97) {
+        assert_eq!(t.read(&format!("out/k{i:05}")), format!("item {i}"));
+    }
+    // (A copy cut off by SIGKILL may leave its temporary file beside the targets.)
+    let outputs = std::fs::read_dir(t.path("out"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.len() == 6 && name.starts_with('k')
+        })
+        .count();
+    assert_eq!(outputs, n, "every target once");
+}
+
+#[test]
+fn three_workers_share_a_job_and_take_over_a_killed_workers_items() {
+    let t = TestContext::new();
+    let job = unique("pg-3w");
+    let n = 20_000;
+    shared_job(&t, &job, n);
+    let mut workers: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            t.command(&["run", "plan.toml", "-q"])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+
+    // Kill worker 0 once it has finished some items and holds leases.
+    let victim = workers[0].id();
+    let started = Instant::now();
+    loop {
+        let finished = try_query(
+            &job,
+            &format!("SELECT finished::text FROM workers WHERE pid = {victim}"),
+        )
+        .unwrap_or_default();
+        if finished
+            .first()
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+            > 500
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "worker 0 made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    workers[0].kill().unwrap();
+    workers[0].wait().unwrap();
+    let victim_id = query(
+        &job,
+        &format!("SELECT id FROM workers WHERE pid = {victim}"),
+    );
+    let victim_id = victim_id.first().expect("the victim registered").clone();
+    let held = query(
+        &job,
+        &format!(
+            "SELECT id::text FROM items WHERE lease_owner = '{victim_id}' AND status = 'running'"
+        ),
+    );
+    assert!(!held.is_empty(), "the killed worker held no leases");
+
+    for worker in &mut workers[1..] {
+        let status = worker.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "a surviving worker failed");
+    }
+    assert_every_item_done_once(&t, &job, n);
+    // Its items were taken over by the others, and finished by them.
+    let left = query(
+        &job,
+        &format!(
+            "SELECT id::text FROM items WHERE lease_owner = '{victim_id}' AND id = ANY('{{{}}}'::bigint[])",
+            held.join(",")
+        ),
+    );
+    assert!(left.is_empty(), "still the dead worker's: {left:?}");
+
+    let status = t.redrive(&["status", "plan.toml"]).expect_code(0);
+    assert!(status.stdout.contains("Workers (3)"), "{}", status.stdout);
+    let json = t.redrive(&["status", "plan.toml", "--json"]).expect_code(0);
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        value["workers"].as_array().map(Vec::len),
+        Some(3),
+        "{value}"
+    );
+    assert_eq!(value["items"]["done"], n);
+}
+
+#[test]
+fn two_workers_racing_to_load_a_job_record_each_item_once() {
+    let t = TestContext::new();
+    let job = unique("pg-race");
+    let n = 5_000;
+    shared_job(&t, &job, n);
+    let runs: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            t.command(&["run", "plan.toml", "-q"])
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_every_item_done_once(&t, &job, n);
+    assert_eq!(
+        query(&job, "SELECT count(DISTINCT key)::text FROM items"),
+        [n.to_string()]
+    );
+    assert_eq!(query(&job, "SELECT count(*)::text FROM workers"), ["2"]);
 }

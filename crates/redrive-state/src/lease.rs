@@ -1,0 +1,225 @@
+//! Leases: how several processes share one job in PostgreSQL (the pattern of River, Oban and
+//! pg-boss). A worker claims a batch of runnable items with `FOR UPDATE SKIP LOCKED`, marking
+//! them `running` under its id until `lease_until`; a heartbeat renews its leases every third
+//! of the lease and records the worker in `workers`. A worker that dies stops renewing: once
+//! its leases expire, its unfinished items are runnable again for the others. One worker at a
+//! time holds the loader role (a session advisory lock) and reads the source into the state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redrive_core::state::WorkerInfo;
+use sqlx::postgres::PgPool;
+use sqlx::{PgConnection, Row};
+
+/// Items claimed at once: a worker does not hoard what the others could run.
+pub(crate) const CLAIM_BATCH: usize = 128;
+
+/// Tables and columns the leases need (added to a schema of an earlier version in place).
+pub(crate) const DDL: &str = r#"
+ALTER TABLE items ADD COLUMN IF NOT EXISTS lease_owner TEXT;
+ALTER TABLE items ADD COLUMN IF NOT EXISTS lease_until TIMESTAMPTZ;
+CREATE INDEX IF NOT EXISTS items_leased ON items(lease_owner) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS items_top_running ON items(lease_until, id) WHERE parent IS NULL AND status = 'running';
+CREATE TABLE IF NOT EXISTS workers (
+    id           TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    in_flight    BIGINT NOT NULL DEFAULT 0,
+    finished     BIGINT NOT NULL DEFAULT 0
+);
+"#;
+
+/// This process as a worker of the job.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) id: String,
+    host: String,
+    pid: u32,
+    pub(crate) lease: Duration,
+    /// Items this worker finished (reported by the heartbeat).
+    pub(crate) finished: AtomicU64,
+}
+
+impl Worker {
+    pub(crate) fn new(lease: Duration) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "unknown-host".to_owned());
+        let pid = std::process::id();
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        Self {
+            id: format!("{host}:{pid}:{nonce:08x}"),
+            host,
+            pid,
+            lease,
+            finished: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn lease_seconds(&self) -> f64 {
+        self.lease.as_secs_f64()
+    }
+}
+
+/// Claims up to `limit` runnable top-level items for `worker`: pending ones, running ones
+/// whose lease expired (or that no lease covers: a run before leases, or given back), and
+/// those skipped for `no input` after `after`. Returns their ids, in id order.
+pub(crate) async fn claim(
+    pool: &PgPool,
+    worker: &Worker,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let limit = i64::try_from(limit.min(CLAIM_BATCH)).unwrap_or(1);
+    let rows = sqlx::query(
+        // Each status is its own index walk that skips rows another claim is locking, so
+        // workers claiming at once get different items instead of waiting or getting none.
+        "WITH pending AS (
+           SELECT id FROM items WHERE parent IS NULL AND status = 'pending'
+           ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),
+         expired AS (
+           SELECT id FROM items WHERE parent IS NULL AND status = 'running'
+             AND (lease_until IS NULL OR lease_until < now())
+           ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),
+         no_input AS (
+           SELECT id FROM items WHERE parent IS NULL AND status = 'skipped' AND error = 'no input'
+             AND id > $1
+           ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),
+         picked AS (
+           SELECT id FROM (SELECT id FROM pending UNION ALL SELECT id FROM expired
+                           UNION ALL SELECT id FROM no_input) AS runnable
+           ORDER BY id LIMIT $2)
+         UPDATE items i SET status = 'running', lease_owner = $3,
+                lease_until = now() + make_interval(secs => $4), updated_at = now()
+         FROM picked WHERE i.id = picked.id
+         RETURNING i.id",
+    )
+    .bind(after)
+    .bind(limit)
+    .bind(&worker.id)
+    .bind(worker.lease_seconds())
+    .fetch_all(pool)
+    .await?;
+    let mut ids = rows
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Whether other workers hold live leases on unfinished items.
+pub(crate) async fn others_busy(pool: &PgPool, worker: &Worker) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM items WHERE parent IS NULL AND status = 'running'
+           AND lease_until >= now() AND lease_owner IS DISTINCT FROM $1)",
+    )
+    .bind(&worker.id)
+    .fetch_one(pool)
+    .await
+}
+
+/// Gives back this worker's leases on unfinished items.
+pub(crate) async fn release(pool: &PgPool, worker: &Worker) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE items SET lease_until = NULL WHERE lease_owner = $1 AND status = 'running'",
+    )
+    .bind(&worker.id)
+    .execute(pool)
+    .await?;
+    heartbeat(pool, worker, Some(0)).await
+}
+
+/// Renews this worker's leases and records it in `workers`. `in_flight` given: record that
+/// instead of the leases renewed.
+pub(crate) async fn heartbeat(
+    pool: &PgPool,
+    worker: &Worker,
+    in_flight: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    let renewed = sqlx::query(
+        "UPDATE items SET lease_until = now() + make_interval(secs => $2)
+         WHERE lease_owner = $1 AND status = 'running' AND lease_until IS NOT NULL",
+    )
+    .bind(&worker.id)
+    .bind(worker.lease_seconds())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let in_flight = in_flight.unwrap_or_else(|| i64::try_from(renewed).unwrap_or(i64::MAX));
+    sqlx::query(
+        "INSERT INTO workers (id, host, pid, in_flight, finished) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), in_flight = $4, finished = $5",
+    )
+    .bind(&worker.id)
+    .bind(&worker.host)
+    .bind(i32::try_from(worker.pid).unwrap_or(i32::MAX))
+    .bind(in_flight)
+    .bind(i64::try_from(worker.finished.load(Ordering::Relaxed)).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Renews the leases every third of the lease until dropped.
+pub(crate) fn start_heartbeat(pool: PgPool, worker: Arc<Worker>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(worker.lease / 3);
+        loop {
+            every.tick().await;
+            if let Err(error) = heartbeat(&pool, &worker, None).await {
+                tracing::warn!(%error, "lease heartbeat failed; retrying");
+            }
+        }
+    })
+}
+
+/// Tries to take the loader role on `connection` (a session advisory lock, held as long as the
+/// connection stays open).
+pub(crate) async fn try_loader_lock(connection: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('redrive-load:' || current_schema()))")
+        .fetch_one(connection)
+        .await
+}
+
+/// The workers of the job, latest heartbeat first.
+pub(crate) async fn workers(pool: &PgPool) -> Result<Vec<WorkerInfo>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, host, pid, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                extract(epoch FROM now() - heartbeat_at)::float8, in_flight, finished,
+                extract(epoch FROM heartbeat_at - started_at)::float8
+         FROM workers ORDER BY heartbeat_at DESC, id",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let finished = u64::try_from(r.try_get::<i64, _>(6)?).unwrap_or(0);
+            let active: f64 = r.try_get(7)?;
+            Ok(WorkerInfo {
+                id: r.try_get(0)?,
+                host: r.try_get(1)?,
+                pid: u32::try_from(r.try_get::<i32, _>(2)?).unwrap_or(0),
+                started_at: r.try_get(3)?,
+                heartbeat_age_s: r.try_get(4)?,
+                in_flight: u64::try_from(r.try_get::<i64, _>(5)?).unwrap_or(0),
+                finished,
+                rate: if active > 0.0 {
+                    finished as f64 / active
+                } else {
+                    0.0
+                },
+            })
+        })
+        .collect()
+}
