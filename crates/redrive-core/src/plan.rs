@@ -750,7 +750,17 @@ impl Plan {
         if raw.job.name.trim().is_empty() {
             return Err(invalid("job", "`name` must not be empty".to_owned()));
         }
+        // `state = "${REDRIVE_STATE}"`: a URL with a password comes from the environment
+        // (read now, masked everywhere).
         let state = match &raw.job.state {
+            Some(state) => Some(
+                crate::Template::parse(state)
+                    .and_then(|t| t.render(&crate::item::Fields::new()))
+                    .map_err(|e| invalid("job", format!("`state`: {e}")))?,
+            ),
+            None => None,
+        };
+        let state = match &state {
             Some(state) if state.contains("://") => state.clone(),
             Some(state) => base_dir.join(state).display().to_string(),
             None => base_dir

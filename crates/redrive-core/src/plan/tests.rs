@@ -68,6 +68,22 @@ fn unknown_key_in_a_step_names_the_step() {
 }
 
 #[test]
+fn the_state_may_come_from_the_environment() {
+    let plan = MINIMAL.replace(
+        "[job]\n",
+        "[job]\nstate = \"${REDRIVE_TEST_PLAN_STATE_URL}\"\n",
+    );
+    assert!(plan.contains("REDRIVE_TEST_PLAN_STATE_URL"), "{plan}");
+    let e = error(&plan);
+    assert!(
+        e.contains("`state`") && e.contains("REDRIVE_TEST_PLAN_STATE_URL"),
+        "{e}"
+    );
+    let e = error(&MINIMAL.replace("[job]\n", "[job]\nstate = \"{line}.db\"\n"));
+    assert!(e.contains("`state`") && e.contains("line"), "{e}");
+}
+
+#[test]
 fn a_lease_is_a_duration_of_a_second_or_more() {
     let plan =
         parse(&format!("{MINIMAL}[limits]\nlease = \"5s\"\n")).unwrap_or_else(|e| panic!("{e}"));

@@ -101,7 +101,8 @@ fn status_on_postgres_state_needs_the_plan() {
 }
 
 /// A job of `n` keys (`lines`), each copied create-only from `in/` to `out/`, on the
-/// PostgreSQL state, with a short lease so a dead worker's items come back quickly.
+/// PostgreSQL state (its URL read from the environment, as a deployment would), with a short
+/// lease so a dead worker's items come back quickly.
 fn shared_job(t: &TestContext, job: &str, n: usize) {
     let keys: String = (0..n).map(|i| format!("k{i:05}\n")).collect();
     t.write("keys.txt", keys);
@@ -112,7 +113,7 @@ fn shared_job(t: &TestContext, job: &str, n: usize) {
         r#"
 [job]
 name = "{job}"
-state = "{url}"
+state = "${{REDRIVE_TEST_POSTGRES_URL}}"
 [source]
 lines = "keys.txt"
 [[step]]
@@ -120,9 +121,9 @@ copy = {{ from = "in/{{line}}", to = "out/{{line}}" }}
 [limits]
 items = 8
 lease = "2s"
-"#,
-        url = server("REDRIVE_TEST_POSTGRES_URL")
+"#
     ));
+    server("REDRIVE_TEST_POSTGRES_URL");
 }
 
 /// Runs `sql` on the job's schema and returns the first column of each row as text.
