@@ -14,5 +14,6 @@ mod s2;
 mod s3;
 mod s4;
 mod s5;
+mod secrets;
 mod sqs;
 mod state_disk;
