@@ -19,8 +19,18 @@ use redrive_core::secrets;
 /// Store-level retries are routine: logged at debug, not as warnings (`-vv` shows them).
 struct QuietRetries;
 
+/// Storage calls retried on the spot by the store layer, in this process.
+static CALL_RETRIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many storage calls (a request, a part) were retried on the spot so far: throttling and
+/// resets the steps never saw, for `--metrics`.
+pub fn calls_retried() -> u64 {
+    CALL_RETRIED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl opendal::layers::RetryInterceptor for QuietRetries {
     fn intercept(&self, event: opendal::layers::RetryEvent<'_>) {
+        CALL_RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(operation = %event.op, attempt = event.attempt, delay = ?event.retry_after, error = %secrets::redact(&event.err.to_string()), "Retrying a storage call.");
     }
 }

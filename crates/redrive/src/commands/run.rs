@@ -242,6 +242,7 @@ fn write_metrics(
         "shard": shard.map(|s| s.to_string()),
         "retries": retries,
         "throttled": report.throttled,
+        "storage_calls_retried": redrive_connectors::storage::calls_retried(),
         "children": {
             "done": report.children.done,
             "skipped": report.children.skipped,

@@ -571,6 +571,7 @@ fn metrics_file_has_the_documented_fields() {
         "items_per_sec",
         "retries",
         "throttled",
+        "storage_calls_retried",
         "finished_at",
     ] {
         assert!(metrics.get(field).is_some(), "missing {field}: {metrics}");

@@ -1,5 +1,7 @@
 //! An HTTP proxy on 127.0.0.1 between redrive and a real server (moto, Azurite), that lets a
-//! test change requests on their way (flip a byte of a body) or answer them itself (a 500).
+//! test change requests on their way (flip a byte of a body), answer them itself (a 500, a 429
+//! with Retry-After, a 503 SlowDown), or fail the connection: reset before any answer, cut the
+//! answer's body short, or stall.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,6 +16,14 @@ pub enum Action {
     Forward,
     /// Answers it with this status and body; the server never sees it.
     Answer(u16, String),
+    /// Answers it with this status, extra headers and body.
+    AnswerWith(u16, Vec<(String, String)>, String),
+    /// Closes the connection without answering (the server never sees the request).
+    Reset,
+    /// Forwards it, then sends the server's answer with half its body and closes.
+    Truncate,
+    /// Waits this long before doing anything (longer than the client's timeout: a stall).
+    Stall(std::time::Duration),
 }
 
 /// A running proxy: its address, and each request it saw as `METHOD PATH`.
@@ -49,13 +59,26 @@ impl Proxy {
                         log.lock()
                             .unwrap()
                             .push(format!("{} {}", request.method, request.path));
-                        let (status, headers, body) = match rule(&mut request) {
-                            Action::Answer(status, body) => (
-                                reqwest::StatusCode::from_u16(status).unwrap(),
-                                reqwest::header::HeaderMap::new(),
-                                body.into_bytes(),
-                            ),
-                            Action::Forward => forward(&client, &upstream, request),
+                        let mut action = rule(&mut request);
+                        if let Action::Stall(time) = action {
+                            std::thread::sleep(time);
+                            break;
+                        }
+                        let mut truncate = false;
+                        let (status, headers, body) = match action {
+                            Action::Answer(status, body) => {
+                                action = Action::AnswerWith(status, Vec::new(), body);
+                                answer(&action)
+                            }
+                            Action::AnswerWith(..) => answer(&action),
+                            Action::Reset => break,
+                            Action::Truncate => {
+                                truncate = true;
+                                forward(&client, &upstream, request)
+                            }
+                            Action::Forward | Action::Stall(_) => {
+                                forward(&client, &upstream, request)
+                            }
                         };
                         let mut head = format!(
                             "HTTP/1.1 {} {}\r\n",
@@ -74,8 +97,10 @@ impl Proxy {
                             }
                         }
                         head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+                        let sent = if truncate { body.len() / 2 } else { body.len() };
                         if stream.write_all(head.as_bytes()).is_err()
-                            || stream.write_all(&body).is_err()
+                            || stream.write_all(&body[..sent]).is_err()
+                            || truncate
                         {
                             break;
                         }
@@ -90,6 +115,25 @@ impl Proxy {
     pub fn requests(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
+}
+
+/// The response an `AnswerWith` describes.
+fn answer(action: &Action) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    let Action::AnswerWith(status, extra, body) = action else {
+        unreachable!("answer() is called for answers only")
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in extra {
+        headers.insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            reqwest::header::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    (
+        reqwest::StatusCode::from_u16(*status).unwrap(),
+        headers,
+        body.clone().into_bytes(),
+    )
 }
 
 fn forward(

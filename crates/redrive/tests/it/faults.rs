@@ -1,0 +1,206 @@
+//! Faults on the wire: a proxy between redrive and moto / Azurite answers a fifth of the
+//! requests with throttling (503 SlowDown or ServerBusy, 429 with Retry-After), resets some
+//! connections before answering and cuts some answers short. Every object still arrives once,
+//! whole, no item fails, and the retries show in the metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::common::{
+    AZURITE_ACCOUNT, AZURITE_KEY, TestContext, azure_operator, create_bucket, create_container,
+    get, s3_operator, unique,
+};
+use crate::proxy::{Action, Proxy};
+
+/// What the proxy injected, by kind.
+#[derive(Default)]
+struct Injected {
+    throttled: AtomicUsize,
+    resets: AtomicUsize,
+    truncated: AtomicUsize,
+}
+
+/// The n-th request's fate: 10% throttled by a 503, 10% by a 429 (Retry-After: 1), 2% reset,
+/// 2% cut short; the rest forwarded. Spread by a hash of n so faults do not line up with the
+/// order of the items.
+fn faulty(upstream: String, busy: &'static str) -> (Proxy, Arc<Injected>) {
+    let injected = Arc::new(Injected::default());
+    let count = Arc::clone(&injected);
+    let n = AtomicUsize::new(0);
+    let proxy = Proxy::start(upstream, move |_| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        let slot = (i.wrapping_mul(2_654_435_761) >> 7) % 50;
+        match slot {
+            0..=4 => {
+                count.throttled.fetch_add(1, Ordering::SeqCst);
+                Action::AnswerWith(
+                    503,
+                    vec![("x-ms-error-code".to_owned(), busy.to_owned())],
+                    format!(
+                        "<?xml version=\"1.0\"?><Error><Code>{busy}</Code><Message>Please reduce your request rate.</Message></Error>"
+                    ),
+                )
+            }
+            5..=9 => {
+                count.throttled.fetch_add(1, Ordering::SeqCst);
+                Action::AnswerWith(
+                    429,
+                    vec![("Retry-After".to_owned(), "1".to_owned())],
+                    "Too Many Requests".to_owned(),
+                )
+            }
+            10 => {
+                count.resets.fetch_add(1, Ordering::SeqCst);
+                Action::Reset
+            }
+            11 => {
+                count.truncated.fetch_add(1, Ordering::SeqCst);
+                Action::Truncate
+            }
+            _ => Action::Forward,
+        }
+    });
+    (proxy, injected)
+}
+
+fn files(t: &TestContext, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let body = format!("file {i} ").repeat(50 + i % 200).into_bytes();
+            t.write(&format!("in/f{i:04}.txt"), &body);
+            body
+        })
+        .collect()
+}
+
+fn plan(t: &TestContext, to: &str) {
+    t.plan(&format!(
+        r#"
+[job]
+name = "faults"
+state = "state.db"
+[source]
+glob = "in/*.txt"
+key = "{{name}}"
+[[step]]
+copy = {{ from = "{{path}}", to = "{to}/{{name}}" }}
+[limits]
+items = 16
+"#
+    ));
+}
+
+fn check(t: &TestContext, injected: &Injected, bodies: &[Vec<u8>], operator: &opendal::Operator) {
+    let out = t
+        .redrive(&["run", "plan.toml", "--metrics", "metrics.json"])
+        .expect_code(0);
+    let metrics: serde_json::Value = serde_json::from_str(&t.read("metrics.json")).unwrap();
+    assert_eq!(metrics["done"], bodies.len(), "{metrics} {}", out.stderr);
+    assert_eq!(metrics["failed"], 0, "{metrics}");
+    let throttled = injected.throttled.load(Ordering::SeqCst);
+    let resets = injected.resets.load(Ordering::SeqCst);
+    assert!(throttled > 0 && resets > 0, "faults were injected");
+    let retried =
+        metrics["storage_calls_retried"].as_u64().unwrap() + metrics["retries"].as_u64().unwrap();
+    // A call the store layer retried on the spot counts once; one it gave up on after its
+    // retries counts once more, as a step retry.
+    assert!(retried > 0, "the retries show in the metrics: {metrics}");
+    for (i, body) in bodies.iter().enumerate() {
+        let name = format!("up/f{i:04}.txt");
+        assert!(
+            get(operator, &name).as_ref() == Some(body),
+            "{name} differs"
+        );
+    }
+    eprintln!(
+        "injected {throttled} throttled, {resets} resets, {} truncated; metrics {metrics}",
+        injected.truncated.load(Ordering::SeqCst)
+    );
+}
+
+#[test]
+fn s3_copies_arrive_whole_through_throttling_and_resets() {
+    let bucket = unique("rd-faults");
+    create_bucket(&bucket);
+    let (proxy, injected) = faulty(crate::common::s3_endpoint(), "SlowDown");
+    let t = TestContext::new()
+        .env("AWS_ENDPOINT_URL", &proxy.address)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
+        .env("AWS_REGION", "us-east-1");
+    let bodies = files(&t, 300);
+    plan(&t, &format!("s3://{bucket}/up"));
+    check(&t, &injected, &bodies, &s3_operator(&bucket));
+}
+
+#[test]
+fn azure_copies_arrive_whole_through_throttling_and_resets() {
+    let container = unique("rd-faultsaz");
+    create_container(&container);
+    let upstream = crate::common::azure_endpoint();
+    let origin = upstream
+        .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
+        .to_owned();
+    let (proxy, injected) = faulty(origin, "ServerBusy");
+    let t = TestContext::new().env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        &format!(
+            "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={}/{AZURITE_ACCOUNT};",
+            proxy.address
+        ),
+    );
+    let bodies = files(&t, 300);
+    plan(&t, &format!("az://{container}/up"));
+    check(&t, &injected, &bodies, &azure_operator(&container));
+}
+
+#[test]
+fn a_stalled_answer_times_out_and_the_copy_is_sent_again() {
+    let bucket = unique("rd-stall");
+    create_bucket(&bucket);
+    let stalled = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&stalled);
+    let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
+        if request.method == "PUT" && count.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Action::Stall(std::time::Duration::from_secs(30));
+        }
+        Action::Forward
+    });
+    let t = TestContext::new()
+        .env("AWS_ENDPOINT_URL", &proxy.address)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
+        .env("AWS_REGION", "us-east-1");
+    let bodies = files(&t, 3);
+    t.plan(&format!(
+        r#"
+[job]
+name = "stall"
+state = "state.db"
+[source]
+glob = "in/*.txt"
+key = "{{name}}"
+[[step]]
+copy = {{ from = "{{path}}", to = "s3://{bucket}/up/{{name}}" }}
+[store."s3://{bucket}"]
+timeout = "2s"
+"#
+    ));
+    let started = std::time::Instant::now();
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "the stalled call was not cut off at its timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(stalled.load(Ordering::SeqCst) >= 4, "every object was sent");
+    for (i, body) in bodies.iter().enumerate() {
+        let name = format!("up/f{i:04}.txt");
+        assert!(
+            get(&s3_operator(&bucket), &name).as_ref() == Some(body),
+            "{name}"
+        );
+    }
+}
