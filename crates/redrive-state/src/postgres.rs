@@ -234,12 +234,7 @@ impl PostgresStateStore {
     /// of workers cooperate); `--restart` takes it exclusive, so it never drops the schema
     /// under a running worker.
     pub async fn lock_run(&self, exclusive: bool) -> Result<PgRunLock, StateError> {
-        let mut connection = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.failed(e))?
-            .detach();
+        let mut connection = self.dedicated_connection().await?;
         let sql = if exclusive {
             "SELECT pg_try_advisory_lock(hashtext('redrive-run:' || current_schema()))"
         } else {
@@ -282,6 +277,16 @@ impl PostgresStateStore {
         .await
         .map_err(err)?;
         Ok(())
+    }
+
+    /// A connection out of the pool, for a session lock: closing it releases the lock.
+    async fn dedicated_connection(&self) -> Result<sqlx::PgConnection, StateError> {
+        Ok(self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.failed(e))?
+            .detach())
     }
 
     fn failed(&self, e: impl std::fmt::Display) -> StateError {
@@ -830,12 +835,7 @@ impl StateStore for PostgresStateStore {
         if loader.is_some() {
             return Ok(true);
         }
-        let mut connection = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.failed(e))?
-            .detach();
+        let mut connection = self.dedicated_connection().await?;
         if lease::try_loader_lock(&mut connection)
             .await
             .map_err(|e| self.failed(e))?

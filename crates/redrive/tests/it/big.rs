@@ -313,11 +313,7 @@ fn part_failing_proxy() -> Proxy {
 
 /// A test context whose S3 endpoint is `proxy`.
 fn through(proxy: &Proxy) -> TestContext {
-    TestContext::new()
-        .env("AWS_ENDPOINT_URL", &proxy.address)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
-        .env("AWS_REGION", "us-east-1")
+    crate::common::s3_env_at(TestContext::new(), &proxy.address)
 }
 
 #[test]

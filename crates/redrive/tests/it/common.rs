@@ -171,8 +171,13 @@ pub fn s3_endpoint() -> String {
 }
 
 pub fn s3_env(context: TestContext) -> TestContext {
+    s3_env_at(context, &s3_endpoint())
+}
+
+/// `s3_env` with another endpoint (a proxy in front of moto).
+pub fn s3_env_at(context: TestContext, endpoint: &str) -> TestContext {
     context
-        .env("AWS_ENDPOINT_URL", &s3_endpoint())
+        .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
         .env("AWS_REGION", "us-east-1")

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::common::{
     AZURITE_ACCOUNT, AZURITE_KEY, TestContext, azure_operator, create_bucket, create_container,
-    get, s3_operator, unique,
+    get, s3_env_at, s3_operator, unique,
 };
 use crate::proxy::{Action, Proxy};
 
@@ -125,11 +125,7 @@ fn s3_copies_arrive_whole_through_throttling_and_resets() {
     let bucket = unique("rd-faults");
     create_bucket(&bucket);
     let (proxy, injected) = faulty(crate::common::s3_endpoint(), "SlowDown");
-    let t = TestContext::new()
-        .env("AWS_ENDPOINT_URL", &proxy.address)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
-        .env("AWS_REGION", "us-east-1");
+    let t = s3_env_at(TestContext::new(), &proxy.address);
     let bodies = files(&t, 300);
     plan(&t, &format!("s3://{bucket}/up"));
     check(&t, &injected, &bodies, &s3_operator(&bucket));
@@ -168,11 +164,7 @@ fn a_stalled_answer_times_out_and_the_copy_is_sent_again() {
         }
         Action::Forward
     });
-    let t = TestContext::new()
-        .env("AWS_ENDPOINT_URL", &proxy.address)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
-        .env("AWS_REGION", "us-east-1");
+    let t = s3_env_at(TestContext::new(), &proxy.address);
     let bodies = files(&t, 3);
     t.plan(&format!(
         r#"
