@@ -120,7 +120,7 @@ lines = "keys.txt"
 copy = {{ from = "in/{{line}}", to = "out/{{line}}" }}
 [limits]
 items = 8
-lease = "2s"
+lease = "3s"
 "#
     ));
     server("REDRIVE_TEST_POSTGRES_URL");
