@@ -222,9 +222,13 @@ pub fn azure_queue_endpoint() -> String {
 }
 
 pub fn azure_connection_string() -> String {
+    azure_connection_string_at(&azure_endpoint())
+}
+
+/// Azurite's connection string with another blob endpoint (a proxy in front of Azurite).
+pub fn azure_connection_string_at(blob_endpoint: &str) -> String {
     format!(
-        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};QueueEndpoint={};",
-        azure_endpoint(),
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={blob_endpoint};QueueEndpoint={};",
         azure_queue_endpoint()
     )
 }

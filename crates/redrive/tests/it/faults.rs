@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::common::{
-    AZURITE_ACCOUNT, AZURITE_KEY, TestContext, azure_operator, create_bucket, create_container,
-    get, s3_env_at, s3_operator, unique,
+    AZURITE_ACCOUNT, TestContext, azure_connection_string_at, azure_operator, create_bucket,
+    create_container, get, s3_env_at, s3_operator, unique,
 };
 use crate::proxy::{Action, Proxy};
 
@@ -75,7 +75,8 @@ fn files(t: &TestContext, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn plan(t: &TestContext, to: &str) {
+/// Copies `in/*.txt` to `to`; `settings` adds tables (`[limits]`, `[store."…"]`).
+fn plan(t: &TestContext, to: &str, settings: &str) {
     t.plan(&format!(
         r#"
 [job]
@@ -86,8 +87,7 @@ glob = "in/*.txt"
 key = "{{name}}"
 [[step]]
 copy = {{ from = "{{path}}", to = "{to}/{{name}}" }}
-[limits]
-items = 16
+{settings}
 "#
     ));
 }
@@ -127,7 +127,7 @@ fn s3_copies_arrive_whole_through_throttling_and_resets() {
     let (proxy, injected) = faulty(crate::common::s3_endpoint(), "SlowDown");
     let t = s3_env_at(TestContext::new(), &proxy.address);
     let bodies = files(&t, 300);
-    plan(&t, &format!("s3://{bucket}/up"));
+    plan(&t, &format!("s3://{bucket}/up"), "[limits]\nitems = 16");
     check(&t, &injected, &bodies, &s3_operator(&bucket));
 }
 
@@ -142,13 +142,10 @@ fn azure_copies_arrive_whole_through_throttling_and_resets() {
     let (proxy, injected) = faulty(origin, "ServerBusy");
     let t = TestContext::new().env(
         "AZURE_STORAGE_CONNECTION_STRING",
-        &format!(
-            "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={}/{AZURITE_ACCOUNT};",
-            proxy.address
-        ),
+        &azure_connection_string_at(&format!("{}/{AZURITE_ACCOUNT}", proxy.address)),
     );
     let bodies = files(&t, 300);
-    plan(&t, &format!("az://{container}/up"));
+    plan(&t, &format!("az://{container}/up"), "[limits]\nitems = 16");
     check(&t, &injected, &bodies, &azure_operator(&container));
 }
 
@@ -166,20 +163,11 @@ fn a_stalled_answer_times_out_and_the_copy_is_sent_again() {
     });
     let t = s3_env_at(TestContext::new(), &proxy.address);
     let bodies = files(&t, 3);
-    t.plan(&format!(
-        r#"
-[job]
-name = "stall"
-state = "state.db"
-[source]
-glob = "in/*.txt"
-key = "{{name}}"
-[[step]]
-copy = {{ from = "{{path}}", to = "s3://{bucket}/up/{{name}}" }}
-[store."s3://{bucket}"]
-timeout = "2s"
-"#
-    ));
+    plan(
+        &t,
+        &format!("s3://{bucket}/up"),
+        &format!("[store.\"s3://{bucket}\"]\ntimeout = \"2s\""),
+    );
     let started = std::time::Instant::now();
     t.redrive(&["run", "plan.toml"]).expect_code(0);
     assert!(
