@@ -7,6 +7,8 @@ mod batch;
 mod build;
 mod checksum;
 pub mod diff;
+#[doc(hidden)]
+pub mod fuzz;
 mod queue;
 mod response;
 pub mod sources;

@@ -31,6 +31,9 @@ pub fn calls_retried() -> u64 {
 impl opendal::layers::RetryInterceptor for QuietRetries {
     fn intercept(&self, event: opendal::layers::RetryEvent<'_>) {
         CALL_RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if is_throttling(event.err) {
+            redrive_core::throttle::report_throttled();
+        }
         tracing::debug!(operation = %event.op, attempt = event.attempt, delay = ?event.retry_after, error = %secrets::redact(&event.err.to_string()), "Retrying a storage call.");
     }
 }
@@ -580,10 +583,18 @@ fn decode(text: &str) -> String {
         .into_owned()
 }
 
+/// The store asked to slow down: 429 or S3 `SlowDown` (OpenDAL's `RateLimited`), or Azure's
+/// 503 `ServerBusy` (which OpenDAL leaves `Unexpected`).
+fn is_throttling(error: &opendal::Error) -> bool {
+    error.kind() == ErrorKind::RateLimited || error.to_string().contains("ServerBusy")
+}
+
 /// Classifies an OpenDAL error for the engine.
 pub fn classify(error: &opendal::Error) -> ErrorClass {
+    if is_throttling(error) {
+        return ErrorClass::Throttled;
+    }
     match error.kind() {
-        ErrorKind::RateLimited => ErrorClass::Throttled,
         ErrorKind::ConfigInvalid => ErrorClass::Fatal,
         // What no retry can change.
         ErrorKind::NotFound

@@ -1,6 +1,7 @@
 //! The engine: loads the source into the state, then runs each runnable item's steps with
 //! bounded concurrency, recording every transition before the item's next step.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use crate::source::{Source, SourceError};
 use crate::state::{StateError, StateStore, Transition};
 use crate::step::{ByteCounter, NO_INPUT, ObjectProgress, Outcome, Step, StepContext};
 use crate::template::{Template, TemplateError};
+use crate::throttle::{self, AdaptiveLimit, LimitReport, Rate};
 
 /// The loader is still reading the source.
 const LOADING: u8 = 0;
@@ -71,6 +73,9 @@ pub struct RunOptions {
     pub backoff: Backoff,
     /// How long a step may keep being throttled (429, SlowDown) before its item fails.
     pub throttle_budget: Duration,
+    /// Step calls per second at most, across the run (`--rate`), for steps that do not pace
+    /// themselves.
+    pub rate: Option<f64>,
 }
 
 /// Default time a step may be throttled before its item fails.
@@ -165,6 +170,10 @@ pub struct RunReport {
     pub retries: u64,
     /// Retries caused by throttling.
     pub throttled: u64,
+    /// Each step's adaptive concurrency limit: how low throttling drove it, and the throttled
+    /// responses it saw (those retried on the spot included). Steps that pace themselves have
+    /// none.
+    pub limits: Vec<(String, LimitReport)>,
     /// Wall time of the run.
     pub duration: Duration,
     /// Stopped by a signal before every item was run.
@@ -229,6 +238,11 @@ struct Shared {
     state: Arc<dyn StateStore>,
     reporter: Arc<dyn Reporter>,
     options: RunOptions,
+    /// One adaptive limit per step (each step talks to one endpoint); `None` for a step that
+    /// paces itself.
+    limits: Vec<Option<Arc<AdaptiveLimit>>>,
+    /// `--rate`.
+    rate: Option<Rate>,
 }
 
 struct Counter<'a>(&'a dyn Reporter);
@@ -264,12 +278,27 @@ pub async fn run(
     if options.retry_failed {
         state.requeue(crate::state::Requeue::Failed).await?;
     }
+    // Steps run at most `concurrency` at once (times `per_item` under `[expand]`); the
+    // adaptive limit starts there and only comes down when an endpoint throttles.
+    let ceiling = if pipeline.expand.is_some() {
+        options.concurrency.max(1) * options.per_item.max(1)
+    } else {
+        options.concurrency.max(1)
+    };
+    let limits = pipeline
+        .steps
+        .iter()
+        .map(|(_, step)| (!step.paces_itself()).then(|| Arc::new(AdaptiveLimit::new(ceiling))))
+        .collect();
+    let rate = options.rate.and_then(Rate::per_second);
     let shared = Arc::new(Shared {
         halt: AtomicBool::new(false),
         pipeline,
         state,
         reporter,
         options,
+        limits,
+        rate,
     });
 
     // The loader adds the source's items to the state while the runner works through them.
@@ -429,6 +458,13 @@ pub async fn run(
     // Best effort: leases not given back expire on their own.
     let _ = shared.state.release_claims().await;
     report.duration = started.elapsed();
+    report.limits = shared
+        .pipeline
+        .steps
+        .iter()
+        .zip(&shared.limits)
+        .filter_map(|((name, _), limit)| Some((name.clone(), limit.as_ref()?.report())))
+        .collect();
     match failure {
         Some(error) => Err(error),
         None => Ok(report),
@@ -876,7 +912,7 @@ async fn run_item(shared: &Shared, mut item: StoredItem) -> Result<ItemReport, E
             let attempt = match step.require(&fields).await {
                 Ok(Some(bound)) => {
                     fields.extend(bound);
-                    step.run(&fields, &cx).await
+                    paced(shared, index, step.run(&fields, &cx)).await
                 }
                 Ok(None) => Ok(Outcome::Skipped(NO_INPUT.into())),
                 Err(error) => Err(error),
@@ -1000,6 +1036,29 @@ async fn run_item(shared: &Shared, mut item: StoredItem) -> Result<ItemReport, E
     report.status = Some(Status::Done);
     finished(shared, &item, Status::Done);
     Ok(report)
+}
+
+/// Runs one attempt of step `index` under its adaptive limit and the run's rate, and tells
+/// the limit how the endpoint answered.
+async fn paced<T>(
+    shared: &Shared,
+    index: usize,
+    call: impl Future<Output = Result<T, StepError>>,
+) -> Result<T, StepError> {
+    let Some(limit) = shared.limits.get(index).and_then(Option::as_ref) else {
+        return call.await;
+    };
+    let _permit = limit.acquire().await;
+    if let Some(rate) = &shared.rate {
+        rate.wait().await;
+    }
+    let result = throttle::scope(Arc::clone(limit), call).await;
+    match &result {
+        Ok(_) => limit.succeeded(),
+        Err(error) if error.class() == ErrorClass::Throttled => limit.throttled(),
+        Err(_) => {}
+    }
+    result
 }
 
 fn finished(shared: &Shared, item: &StoredItem, status: Status) {

@@ -13,6 +13,7 @@ pub mod source;
 pub mod state;
 pub mod step;
 pub mod template;
+pub mod throttle;
 
 pub use error::{BoxError, ErrorClass, StepError};
 pub use item::{Fields, ItemId, NewItem, Status, StoredItem};

@@ -117,4 +117,11 @@ pub trait Step: Send + Sync + Debug {
     fn binds_fields(&self) -> bool {
         false
     }
+
+    /// True for a step that paces its own requests (a batching `http` or `sql_insert` step:
+    /// one request carries many items, with its own rate and concurrency). The engine's
+    /// adaptive concurrency and `--rate` apply to the other steps, one call per item.
+    fn paces_itself(&self) -> bool {
+        false
+    }
 }

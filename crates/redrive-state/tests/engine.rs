@@ -158,6 +158,7 @@ fn options(concurrency: usize, retries: u32) -> RunOptions {
             cap: Duration::from_millis(5),
         },
         throttle_budget: Duration::from_secs(60),
+        rate: None,
     }
 }
 

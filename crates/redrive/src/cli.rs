@@ -152,7 +152,8 @@ pub(crate) struct RunArgs {
     /// Answer yes to --restart's question
     #[arg(long, short = 'y')]
     pub(crate) yes: bool,
-    /// Requests per second at most, for every `http` step (overrides their `rate`)
+    /// Calls per second at most, for the whole run: each step's calls, and each `http`
+    /// step's requests (overrides its `rate`); split between `--workers`
     #[arg(long, value_name = "R")]
     pub(crate) rate: Option<f64>,
     /// Items in flight (overrides [limits] items)

@@ -7,10 +7,8 @@
 //! joining a new batch. Delivery is at least once: a batch the API accepted just before a crash,
 //! not yet recorded, is sent again on resume.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use async_trait::async_trait;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -20,6 +18,7 @@ use redrive_core::plan::{HttpBody, HttpSpec};
 use redrive_core::secrets::redact;
 use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
+use redrive_core::throttle::Rate;
 use tokio::sync::Semaphore;
 
 use crate::batch::Batcher;
@@ -39,26 +38,6 @@ struct Failure {
     class: ErrorClass,
     message: String,
     retry_after: Option<Duration>,
-}
-
-/// Spaces requests at least `interval` apart.
-struct Rate {
-    interval: Duration,
-    next: Mutex<Instant>,
-}
-
-impl Rate {
-    async fn wait(&self) {
-        let at = match self.next.lock() {
-            Ok(mut next) => {
-                let at = (*next).max(Instant::now());
-                *next = at + self.interval;
-                at
-            }
-            Err(_) => Instant::now(),
-        };
-        tokio::time::sleep_until(at).await;
-    }
 }
 
 struct Inner {
@@ -91,10 +70,7 @@ impl HttpStep {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
-        let rate = spec.rate.map(|r| Rate {
-            interval: Duration::from_secs_f64(1.0 / r),
-            next: Mutex::new(Instant::now()),
-        });
+        let rate = spec.rate.and_then(Rate::per_second);
         let in_flight = spec.concurrency.map(Semaphore::new);
         let (size, max_wait) = (spec.batch, spec.max_wait);
         let inner = Arc::new(Inner {
@@ -277,6 +253,11 @@ impl Step for HttpStep {
         };
         Ok(format!("{} {url}{batch} {body}", self.inner.spec.method))
     }
+
+    /// Its own `rate` (which `--rate` sets), `concurrency` and batches pace the API.
+    fn paces_itself(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -340,20 +321,6 @@ mod tests {
             single.inner.body(&[item("a")]).map(|b| b.0).ok(),
             Some(r#"{"id":"a"}"#.to_owned())
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_rate_spaces_requests() {
-        let rate = Rate {
-            interval: Duration::from_millis(500),
-            next: Mutex::new(Instant::now()),
-        };
-        let started = Instant::now();
-        for _ in 0..5 {
-            rate.wait().await;
-        }
-        // Five requests at 2 per second: the fifth leaves two seconds after the first.
-        assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test]

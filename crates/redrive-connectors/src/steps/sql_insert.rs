@@ -177,6 +177,11 @@ impl Step for SqlInsertStep {
         }
     }
 
+    /// One statement carries a batch of rows: holding items back would only shrink batches.
+    fn paces_itself(&self) -> bool {
+        true
+    }
+
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {
         let values = self.inner.row(fields)?;
         let shown: Vec<String> = self

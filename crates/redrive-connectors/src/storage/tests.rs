@@ -141,3 +141,17 @@ fn secrets_in_urls_are_masked_in_messages() {
     assert!(error.contains("sig=***"), "{error}");
     assert!(!error.contains("abcdef"), "{error}");
 }
+
+#[test]
+fn throttling_is_told_apart_from_other_temporary_errors() {
+    let rate_limited = opendal::Error::new(ErrorKind::RateLimited, "SlowDown").set_temporary();
+    let server_busy = opendal::Error::new(
+        ErrorKind::Unexpected,
+        "AzblobError { code: \"ServerBusy\", message: \"busy\" }",
+    )
+    .set_temporary();
+    let reset = opendal::Error::new(ErrorKind::Unexpected, "connection reset").set_temporary();
+    assert_eq!(classify(&rate_limited), ErrorClass::Throttled);
+    assert_eq!(classify(&server_busy), ErrorClass::Throttled);
+    assert_eq!(classify(&reset), ErrorClass::Transient);
+}

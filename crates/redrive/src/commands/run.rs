@@ -115,6 +115,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         retry_failed: args.retry_failed,
         backoff: Backoff::default(),
         throttle_budget: engine::THROTTLE_BUDGET,
+        rate: args.rate,
     };
     warn_unfillable_batches(&plan, options.concurrency);
     let state: Arc<dyn StateStore> = Arc::clone(&store);
@@ -216,7 +217,27 @@ fn this_run(report: &RunReport) -> String {
         finished as f64 / seconds.max(0.001),
         report.retries,
         report.throttled,
-    )
+    ) + &lowered_limits(report)
+}
+
+/// The steps whose endpoints throttled enough to lower how many calls redrive keeps in flight.
+fn lowered_limits(report: &RunReport) -> String {
+    let lowered: Vec<String> = report
+        .limits
+        .iter()
+        .filter(|(_, limit)| limit.lowest < limit.max)
+        .map(|(step, limit)| {
+            format!(
+                "{step}: {} throttled responses, in flight lowered to {} of {} (now {})",
+                limit.throttled, limit.lowest, limit.max, limit.now
+            )
+        })
+        .collect();
+    if lowered.is_empty() {
+        String::new()
+    } else {
+        format!("; throttling: {}", lowered.join("; "))
+    }
 }
 
 fn write_metrics(
@@ -243,6 +264,14 @@ fn write_metrics(
         "retries": retries,
         "throttled": report.throttled,
         "storage_calls_retried": redrive_connectors::storage::calls_retried(),
+        "throttled_responses": report.limits.iter().map(|(_, l)| l.throttled).sum::<u64>(),
+        "concurrency": report.limits.iter().map(|(step, l)| serde_json::json!({
+            "step": step,
+            "max": l.max,
+            "lowest": l.lowest,
+            "end": l.now,
+            "throttled_responses": l.throttled,
+        })).collect::<Vec<_>>(),
         "children": {
             "done": report.children.done,
             "skipped": report.children.skipped,

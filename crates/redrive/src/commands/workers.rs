@@ -102,7 +102,7 @@ pub(crate) async fn run(
             .arg(&metrics)
             .arg("--progress-json")
             .arg("--no-hooks");
-        forward(&mut command, args, global, shard.index);
+        forward(&mut command, args, global, *shard);
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -232,7 +232,13 @@ pub(crate) async fn run(
 }
 
 /// The options a worker inherits.
-fn forward(command: &mut tokio::process::Command, args: &RunArgs, global: &GlobalArgs, index: u32) {
+fn forward(
+    command: &mut tokio::process::Command,
+    args: &RunArgs,
+    global: &GlobalArgs,
+    shard: redrive_core::source::Shard,
+) {
+    let index = shard.index;
     if let Some(state) = &args.state.state {
         command.arg("--state").arg(state);
     }
@@ -245,8 +251,11 @@ fn forward(command: &mut tokio::process::Command, args: &RunArgs, global: &Globa
     if args.restart {
         command.arg("--restart").arg("--yes");
     }
+    // `--rate` is for the whole run: each of the N workers gets its share.
     if let Some(rate) = args.rate {
-        command.arg("--rate").arg(rate.to_string());
+        command
+            .arg("--rate")
+            .arg((rate / f64::from(shard.count.max(1))).to_string());
     }
     if let Some(concurrency) = args.concurrency {
         command.arg("--concurrency").arg(concurrency.to_string());

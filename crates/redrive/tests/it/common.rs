@@ -227,9 +227,13 @@ pub fn azure_connection_string() -> String {
 
 /// Azurite's connection string with another blob endpoint (a proxy in front of Azurite).
 pub fn azure_connection_string_at(blob_endpoint: &str) -> String {
+    azure_connection_string_via(blob_endpoint, &azure_queue_endpoint())
+}
+
+/// Azurite's connection string with other blob and queue endpoints (proxies).
+pub fn azure_connection_string_via(blob_endpoint: &str, queue_endpoint: &str) -> String {
     format!(
-        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={blob_endpoint};QueueEndpoint={};",
-        azure_queue_endpoint()
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={blob_endpoint};QueueEndpoint={queue_endpoint};"
     )
 }
 
@@ -336,6 +340,30 @@ pub fn peek_messages(name: &str) -> Vec<String> {
         &[("numofmessages", "32"), ("peekonly", "true")],
     );
     assert_eq!(status, 200, "peek {name}: {body}");
+    message_texts(&body)
+}
+
+/// The texts of every message in a queue, taken (hidden for ten minutes), 32 at a time.
+pub fn take_messages(name: &str) -> Vec<String> {
+    let path = format!("{name}/messages");
+    let mut texts = Vec::new();
+    loop {
+        let (status, _, body) = azure_request(
+            "GET",
+            &azure_queue_endpoint(),
+            &path,
+            &[("numofmessages", "32"), ("visibilitytimeout", "600")],
+        );
+        assert_eq!(status, 200, "get messages {name}: {body}");
+        let batch = message_texts(&body);
+        if batch.is_empty() {
+            return texts;
+        }
+        texts.extend(batch);
+    }
+}
+
+fn message_texts(body: &str) -> Vec<String> {
     body.split("<MessageText>")
         .skip(1)
         .filter_map(|part| part.split("</MessageText>").next())
@@ -436,16 +464,41 @@ pub fn read_request(reader: &mut impl std::io::BufRead) -> Option<HttpRequest> {
             headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
         }
     }
-    let length = headers
-        .get("content-length")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        read_chunks(reader)?
+    } else {
+        let length = headers
+            .get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).ok()?;
+        body
+    };
     Some(HttpRequest {
         method,
         path,
         headers,
         body,
     })
+}
+
+/// A `Transfer-Encoding: chunked` body (a stream of unknown length), decoded.
+fn read_chunks(reader: &mut impl std::io::BufRead) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).ok()?;
+        let size = size.trim().split(';').next()?;
+        let size = usize::from_str_radix(size, 16).ok()?;
+        let mut chunk = vec![0; size + 2]; // the chunk and its CRLF
+        reader.read_exact(&mut chunk).ok()?;
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::common::{
-    AZURITE_ACCOUNT, TestContext, azure_connection_string_at, azure_operator, create_bucket,
-    create_container, get, s3_env_at, s3_operator, unique,
+    AZURITE_ACCOUNT, TestContext, azure_connection_string_at, azure_connection_string_via,
+    azure_operator, create_bucket, create_container, get, s3_env_at, s3_operator, unique,
 };
 use crate::proxy::{Action, Proxy};
 
@@ -107,6 +107,14 @@ fn check(t: &TestContext, injected: &Injected, bodies: &[Vec<u8>], operator: &op
     // A call the store layer retried on the spot counts once; one it gave up on after its
     // retries counts once more, as a step retry.
     assert!(retried > 0, "the retries show in the metrics: {metrics}");
+    assert!(
+        metrics["throttled_responses"].as_u64().unwrap() > 0,
+        "throttled responses are counted: {metrics}"
+    );
+    assert!(
+        metrics["concurrency"][0]["lowest"].as_u64() < metrics["concurrency"][0]["max"].as_u64(),
+        "throttling lowered the copies in flight: {metrics}"
+    );
     for (i, body) in bodies.iter().enumerate() {
         let name = format!("up/f{i:04}.txt");
         assert!(
@@ -183,4 +191,66 @@ fn a_stalled_answer_times_out_and_the_copy_is_sent_again() {
             "{name}"
         );
     }
+}
+
+/// Seed 000's job through faults: the listing, the copies and the queue messages all pass a
+/// proxy that throttles a fifth of the requests and resets or cuts short some more.
+#[test]
+fn the_s1_job_finishes_every_file_through_throttling_and_resets() {
+    let origin = |endpoint: String| {
+        endpoint
+            .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
+            .to_owned()
+    };
+    let (blobs, blob_faults) = faulty(origin(crate::common::azure_endpoint()), "ServerBusy");
+    let (queue, queue_faults) = faulty(origin(crate::common::azure_queue_endpoint()), "ServerBusy");
+    let s1 = crate::s1::setup_with(
+        crate::s1::Size {
+            work_items: 8,
+            files: 25,
+        },
+        &azure_connection_string_via(
+            &format!("{}/{AZURITE_ACCOUNT}", blobs.address),
+            &format!("{}/{AZURITE_ACCOUNT}", queue.address),
+        ),
+    );
+    let started = std::time::Instant::now();
+    let out =
+        s1.t.redrive(&["run", "plan.toml", "--metrics", "metrics.json"])
+            .expect_code(0);
+    let seconds = started.elapsed().as_secs_f64();
+    let metrics: serde_json::Value = serde_json::from_str(&s1.t.read("metrics.json")).unwrap();
+    assert!(
+        out.stderr
+            .contains("done 8, skipped 0, failed 0; children done 200, skipped 0, failed 0"),
+        "{}",
+        out.stderr
+    );
+    crate::s1::assert_all_copied(&s1, &[]);
+    let duplicates = crate::s1::assert_every_message_at_least_once(&s1);
+    let injected = |i: &Injected| {
+        (
+            i.throttled.load(Ordering::SeqCst),
+            i.resets.load(Ordering::SeqCst),
+        )
+    };
+    let (blob_throttled, _) = injected(&blob_faults);
+    let (queue_throttled, _) = injected(&queue_faults);
+    assert!(blob_throttled > 0 && queue_throttled > 0, "faults injected");
+    // The throttling is visible: responses counted, and the steps' in-flight limits lowered.
+    assert!(
+        metrics["throttled_responses"].as_u64().unwrap() > 0,
+        "{metrics}"
+    );
+    let lowered = metrics["concurrency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|step| step["lowest"].as_u64() < step["max"].as_u64());
+    assert!(lowered, "throttling lowered an in-flight limit: {metrics}");
+    eprintln!(
+        "S1 through faults: {seconds:.1}s; injected blob {:?}, queue {:?}; {duplicates} duplicate messages; metrics {metrics}",
+        injected(&blob_faults),
+        injected(&queue_faults)
+    );
 }

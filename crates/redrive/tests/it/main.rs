@@ -4,6 +4,7 @@ mod azure;
 mod big;
 mod cli;
 mod common;
+mod crash;
 mod faults;
 mod kusto;
 mod kusto_fake;

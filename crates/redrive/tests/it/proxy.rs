@@ -145,7 +145,10 @@ fn forward(
         let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap();
         let mut forward = client.request(method, format!("{upstream}{}", request.path));
         for (name, value) in &request.headers {
-            if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+            if !matches!(
+                name.as_str(),
+                "host" | "content-length" | "connection" | "transfer-encoding"
+            ) {
                 forward = forward.header(name, value);
             }
         }

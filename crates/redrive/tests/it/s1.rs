@@ -8,26 +8,45 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use crate::common::{
-    TestContext, azure_env, azure_operator, create_container, create_queue, get, peek_messages,
-    put, queue_length, runtime, unique,
+    TestContext, azure_connection_string, azure_operator, create_container, create_queue, get,
+    peek_messages, put, queue_length, runtime, take_messages, unique,
 };
 
-const WORK_ITEMS: usize = 40;
-const FILES: usize = 25;
+/// How many work items, and files in each.
+#[derive(Clone, Copy)]
+pub struct Size {
+    pub work_items: usize,
+    pub files: usize,
+}
 
-struct S1 {
-    t: TestContext,
-    source: String,
-    results: String,
-    queue: String,
+const SMALL: Size = Size {
+    work_items: 40,
+    files: 25,
+};
+
+pub struct S1 {
+    pub t: TestContext,
+    pub size: Size,
+    pub results: String,
+    pub queue: String,
 }
 
 fn body(job: usize, item: usize, file: usize) -> String {
     format!("{{\"job\":{job},\"workitem\":{item},\"file\":{file}}}")
 }
 
-/// Fills a source container with WORK_ITEMS × FILES blobs under `{JobId}/{WorkItemId}/`.
+/// The result blob of a file.
+fn result_name(item: usize, file: usize) -> String {
+    format!("wi{item:02}-file{file:02}.json")
+}
+
 fn setup() -> S1 {
+    setup_with(SMALL, &azure_connection_string())
+}
+
+/// Fills a source container with `size` blobs under `{JobId}/{WorkItemId}/`, and writes the
+/// plan; redrive reaches Azurite through `connection_string` (proxies, for the fault tests).
+pub fn setup_with(size: Size, connection_string: &str) -> S1 {
     let source = unique("s1-src");
     let results = unique("s1-results");
     let queue = unique("s1-queue");
@@ -36,7 +55,8 @@ fn setup() -> S1 {
     create_queue(&queue);
     let operator = azure_operator(&source);
     runtime().block_on(async {
-        let uploads = (0..WORK_ITEMS).flat_map(|item| (0..FILES).map(move |file| (item, file)));
+        let uploads =
+            (0..size.work_items).flat_map(|item| (0..size.files).map(move |file| (item, file)));
         futures::stream::iter(uploads)
             .map(|(item, file)| {
                 let operator = operator.clone();
@@ -50,9 +70,9 @@ fn setup() -> S1 {
             .collect::<Vec<_>>()
             .await;
     });
-    let t = azure_env(TestContext::new());
+    let t = TestContext::new().env("AZURE_STORAGE_CONNECTION_STRING", connection_string);
     let mut csv = String::from("JobId,WorkItemId\n");
-    for item in 0..WORK_ITEMS {
+    for item in 0..size.work_items {
         csv.push_str(&format!("job{},wi{item:02}\n", item % 3));
     }
     t.write("failed_workitems.csv", csv);
@@ -83,17 +103,20 @@ per_item = 5
     ));
     S1 {
         t,
-        source,
+        size,
         results,
         queue,
     }
 }
 
-fn assert_all_copied(s1: &S1, untouched: &[(&str, &str)]) {
+/// Every file copied once with its content (those in `untouched` kept as they were), and the
+/// state says so.
+pub fn assert_all_copied(s1: &S1, untouched: &[(&str, &str)]) {
+    let Size { work_items, files } = s1.size;
     let results = azure_operator(&s1.results);
-    for item in 0..WORK_ITEMS {
-        for file in 0..FILES {
-            let name = format!("wi{item:02}-file{file:02}.json");
+    for item in 0..work_items {
+        for file in 0..files {
+            let name = result_name(item, file);
             let got = get(&results, &name).unwrap_or_else(|| panic!("{name} is missing"));
             match untouched.iter().find(|(n, _)| *n == name) {
                 Some((_, original)) => {
@@ -108,16 +131,43 @@ fn assert_all_copied(s1: &S1, untouched: &[(&str, &str)]) {
         }
     }
     let t = &s1.t;
-    assert_eq!(t.count("SELECT count(*) FROM workitems WHERE status = 'done' AND files_total = 25 AND files_done = 25"), 40);
+    assert_eq!(
+        t.count(&format!(
+            "SELECT count(*) FROM workitems WHERE status = 'done' AND files_total = {files} AND files_done = {files}"
+        )),
+        work_items as i64
+    );
     assert_eq!(
         t.count("SELECT count(*) FROM files WHERE status = 'done'"),
-        (WORK_ITEMS * FILES) as i64
+        (work_items * files) as i64
     );
     assert_eq!(
         t.count("SELECT count(*) FROM files"),
-        (WORK_ITEMS * FILES) as i64,
+        (work_items * files) as i64,
         "no file listed twice"
     );
+}
+
+/// Takes every message of the queue: each file's message is there at least once, no other
+/// is. Returns how many are duplicates (a message sent again after a crash or a lost answer).
+pub fn assert_every_message_at_least_once(s1: &S1) -> usize {
+    let mut seen: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for text in take_messages(&s1.queue) {
+        *seen.entry(text).or_default() += 1;
+    }
+    let Size { work_items, files } = s1.size;
+    let mut duplicates = 0;
+    for item in 0..work_items {
+        for file in 0..files {
+            let text = format!("{{\"blob\":\"{}\"}}", result_name(item, file));
+            let count = seen
+                .remove(&text)
+                .unwrap_or_else(|| panic!("no message for {text}"));
+            duplicates += count - 1;
+        }
+    }
+    assert!(seen.is_empty(), "unexpected messages: {seen:?}");
+    duplicates
 }
 
 #[test]
@@ -172,13 +222,12 @@ fn work_items_expand_into_files_copied_create_only() {
     let dry =
         s1.t.redrive(&["run", "plan.toml", "--dry-run", "--limit", "1"])
             .expect_code(0);
-    assert_eq!(dry.stdout.lines().count(), FILES, "{}", dry.stdout);
+    assert_eq!(dry.stdout.lines().count(), SMALL.files, "{}", dry.stdout);
     assert!(
         dry.stdout.starts_with("wi00/file00.json\tcopy: copy az://"),
         "{}",
         dry.stdout
     );
-    let _ = s1.source;
 }
 
 #[test]
