@@ -206,7 +206,7 @@ fn the_s1_job_finishes_every_file_through_throttling_and_resets() {
     let (queue, queue_faults) = faulty(origin(crate::common::azure_queue_endpoint()), "ServerBusy");
     let s1 = crate::s1::setup_with(
         crate::s1::Size {
-            work_items: 8,
+            work_items: 40,
             files: 25,
         },
         &azure_connection_string_via(
@@ -222,7 +222,7 @@ fn the_s1_job_finishes_every_file_through_throttling_and_resets() {
     let metrics: serde_json::Value = serde_json::from_str(&s1.t.read("metrics.json")).unwrap();
     assert!(
         out.stderr
-            .contains("done 8, skipped 0, failed 0; children done 200, skipped 0, failed 0"),
+            .contains("done 40, skipped 0, failed 0; children done 1000, skipped 0, failed 0"),
         "{}",
         out.stderr
     );

@@ -59,6 +59,7 @@ impl Proxy {
                         log.lock()
                             .unwrap()
                             .push(format!("{} {}", request.method, request.path));
+                        let head_request = request.method == "HEAD";
                         let mut action = rule(&mut request);
                         if let Action::Stall(time) = action {
                             std::thread::sleep(time);
@@ -96,7 +97,14 @@ impl Proxy {
                                 ));
                             }
                         }
-                        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+                        // A HEAD answer has no body but tells the object's length.
+                        let length = match headers.get("content-length") {
+                            Some(length) if head_request => {
+                                length.to_str().unwrap_or("0").to_owned()
+                            }
+                            _ => body.len().to_string(),
+                        };
+                        head.push_str(&format!("Content-Length: {length}\r\n\r\n"));
                         let sent = if truncate { body.len() / 2 } else { body.len() };
                         if stream.write_all(head.as_bytes()).is_err()
                             || stream.write_all(&body[..sent]).is_err()
