@@ -92,6 +92,8 @@ struct Transfer {
     create_only: bool,
     content_type: Option<String>,
     checksum: Option<redrive_core::plan::Checksum>,
+    /// The source's size, when the source listed it (the `size` field).
+    size: Option<u64>,
 }
 
 /// What a finished transfer knows.
@@ -137,10 +139,7 @@ async fn transfer(
     cancelled: Arc<AtomicBool>,
     progress: mpsc::UnboundedSender<u64>,
 ) -> Result<Transferred, Failure> {
-    let reader = source
-        .operator
-        .reader_with(&source.path)
-        .chunk(read_size(&source.operator, how.part_size))
+    let reader = read_plan(&source.operator, &source.path, how.part_size, how.size)
         .await
         .map_err(|e| Failure::Step(step_error(format!("cannot read `{}`", source.display), e)))?;
     let mut stream = reader
@@ -241,14 +240,26 @@ async fn transfer(
 
 /// Bytes read at a time from local files: the writer gathers them into parts (without
 /// copying), so a local read need not hold a whole part of its own (8 MiB less at 8 MiB parts).
-/// A store is read a part at a time: each read is a request.
 const LOCAL_READ: usize = 1024 * 1024;
 
-fn read_size(operator: &opendal::Operator, part_size: usize) -> usize {
+/// How the source is read. An object that the listing says is larger than a part is read a
+/// part at a time, each part its own ranged request (retried alone), after a HEAD request for
+/// its exact size (the `size` field only chooses the way: a wrong one cannot cut an object
+/// short). Any other object is one streamed GET: for small objects the HEAD would be a third of
+/// the copy's requests (HEAD, GET, PUT).
+async fn read_plan(
+    operator: &opendal::Operator,
+    path: &str,
+    part_size: usize,
+    size: Option<u64>,
+) -> opendal::Result<opendal::Reader> {
+    let reader = operator.reader_with(path);
     if operator.info().scheme() == "fs" {
-        LOCAL_READ.min(part_size)
-    } else {
-        part_size
+        return reader.chunk(LOCAL_READ.min(part_size)).await;
+    }
+    match size {
+        Some(size) if size > part_size as u64 => reader.chunk(part_size).await,
+        _ => reader.await,
     }
 }
 
@@ -329,6 +340,7 @@ impl Step for CopyStep {
         let target = self.stores.resolve_for_write(&to)?;
 
         let create_only = self.spec.if_exists != IfExists::Overwrite;
+        let size = fields.get("size").and_then(|s| s.parse::<u64>().ok());
         let exists = || -> Result<Outcome, StepError> {
             match self.spec.if_exists {
                 // An existing target counts as success; it is never touched.
@@ -357,6 +369,7 @@ impl Step for CopyStep {
                 create_only,
                 content_type,
                 checksum: self.spec.checksum,
+                size,
             },
             Arc::clone(&cancelled),
             progress,
@@ -366,7 +379,6 @@ impl Step for CopyStep {
             task: Some(task),
         };
         // An object larger than one part gets its own progress (bytes, rate, ETA).
-        let size = fields.get("size").and_then(|s| s.parse::<u64>().ok());
         let mut so_far = 0u64;
         let mut object: Option<Box<dyn ObjectProgress>> = None;
         while let Some(n) = moved.recv().await {

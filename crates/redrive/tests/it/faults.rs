@@ -195,45 +195,79 @@ fn a_stalled_answer_times_out_and_the_copy_is_sent_again() {
 
 /// Seed 000's job through faults: the listing, the copies and the queue messages all pass a
 /// proxy that throttles a fifth of the requests and resets or cuts short some more.
-#[test]
-fn the_s1_job_finishes_every_file_through_throttling_and_resets() {
+/// One S1 run on Azurite, its blob and queue endpoints behind fault proxies (or straight to
+/// Azurite when `faults` is false): the run's wall time, metrics and the proxies' counts.
+struct S1Run {
+    s1: crate::s1::S1,
+    seconds: f64,
+    stderr: String,
+    metrics: serde_json::Value,
+    injected: Option<(Arc<Injected>, Arc<Injected>)>,
+}
+
+fn run_s1(size: crate::s1::Size, faults: bool) -> S1Run {
     let origin = |endpoint: String| {
         endpoint
             .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
             .to_owned()
     };
-    let (blobs, blob_faults) = faulty(origin(crate::common::azure_endpoint()), "ServerBusy");
-    let (queue, queue_faults) = faulty(origin(crate::common::azure_queue_endpoint()), "ServerBusy");
-    let s1 = crate::s1::setup_with(
-        crate::s1::Size {
-            work_items: 40,
-            files: 25,
-        },
-        &azure_connection_string_via(
-            &format!("{}/{AZURITE_ACCOUNT}", blobs.address),
-            &format!("{}/{AZURITE_ACCOUNT}", queue.address),
-        ),
-    );
+    let (connection_string, proxies) = if faults {
+        let (blobs, blob_faults) = faulty(origin(crate::common::azure_endpoint()), "ServerBusy");
+        let (queue, queue_faults) =
+            faulty(origin(crate::common::azure_queue_endpoint()), "ServerBusy");
+        (
+            azure_connection_string_via(
+                &format!("{}/{AZURITE_ACCOUNT}", blobs.address),
+                &format!("{}/{AZURITE_ACCOUNT}", queue.address),
+            ),
+            Some((blob_faults, queue_faults)),
+        )
+    } else {
+        (crate::common::azure_connection_string(), None)
+    };
+    let s1 = crate::s1::setup_with(size, &connection_string);
     let started = std::time::Instant::now();
     let out =
         s1.t.redrive(&["run", "plan.toml", "--metrics", "metrics.json"])
             .expect_code(0);
     let seconds = started.elapsed().as_secs_f64();
-    let metrics: serde_json::Value = serde_json::from_str(&s1.t.read("metrics.json")).unwrap();
+    let metrics = serde_json::from_str(&s1.t.read("metrics.json")).unwrap();
+    S1Run {
+        s1,
+        seconds,
+        stderr: out.stderr,
+        metrics,
+        injected: proxies,
+    }
+}
+
+fn injected(i: &Injected) -> (usize, usize) {
+    (
+        i.throttled.load(Ordering::SeqCst),
+        i.resets.load(Ordering::SeqCst),
+    )
+}
+
+#[test]
+fn the_s1_job_finishes_every_file_through_throttling_and_resets() {
+    let size = crate::s1::Size {
+        work_items: 40,
+        files: 25,
+    };
+    let S1Run {
+        s1,
+        seconds,
+        stderr,
+        metrics,
+        injected: proxies,
+    } = run_s1(size, true);
+    let (blob_faults, queue_faults) = proxies.unwrap();
     assert!(
-        out.stderr
-            .contains("done 40, skipped 0, failed 0; children done 1000, skipped 0, failed 0"),
-        "{}",
-        out.stderr
+        stderr.contains("done 40, skipped 0, failed 0; children done 1000, skipped 0, failed 0"),
+        "{stderr}"
     );
     crate::s1::assert_all_copied(&s1, &[]);
     let duplicates = crate::s1::assert_every_message_at_least_once(&s1);
-    let injected = |i: &Injected| {
-        (
-            i.throttled.load(Ordering::SeqCst),
-            i.resets.load(Ordering::SeqCst),
-        )
-    };
     let (blob_throttled, _) = injected(&blob_faults);
     let (queue_throttled, _) = injected(&queue_faults);
     assert!(blob_throttled > 0 && queue_throttled > 0, "faults injected");
@@ -253,4 +287,54 @@ fn the_s1_job_finishes_every_file_through_throttling_and_resets() {
         injected(&blob_faults),
         injected(&queue_faults)
     );
+}
+
+/// A benchmark, not a test (`bench/s1-faults` runs it): the S1 job calm and through the fault
+/// proxies, in alternation for `REDRIVE_BENCH_ROUNDS` rounds, each run's wall time appended as a
+/// JSON line to `REDRIVE_BENCH_OUT`. Every run must still copy every file.
+#[test]
+#[ignore = "a benchmark: bench/s1-faults runs it"]
+fn bench_s1_calm_vs_faults() {
+    let rounds: usize = std::env::var("REDRIVE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let work_items: usize = std::env::var("REDRIVE_BENCH_WORK_ITEMS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(40);
+    let out = std::env::var("REDRIVE_BENCH_OUT").unwrap_or_else(|_| "s1-faults.jsonl".into());
+    for round in 1..=rounds {
+        for faults in [false, true] {
+            let size = crate::s1::Size {
+                work_items,
+                files: 25,
+            };
+            let run = run_s1(size, faults);
+            crate::s1::assert_all_copied(&run.s1, &[]);
+            let duplicates = crate::s1::assert_every_message_at_least_once(&run.s1);
+            let (throttled, resets) = run.injected.as_ref().map_or((0, 0), |(blob, queue)| {
+                let (b, q) = (injected(blob), injected(queue));
+                (b.0 + q.0, b.1 + q.1)
+            });
+            let line = serde_json::json!({
+                "run": if faults { "faults" } else { "calm" },
+                "round": round,
+                "files": work_items * 25,
+                "seconds": run.seconds,
+                "injected_throttles": throttled,
+                "injected_resets": resets,
+                "throttled_responses": run.metrics["throttled_responses"],
+                "retries": run.metrics["retries"],
+                "duplicate_messages": duplicates,
+            });
+            eprintln!("{line}");
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&out)
+                .unwrap();
+            std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).unwrap();
+        }
+    }
 }
