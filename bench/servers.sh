@@ -19,7 +19,9 @@ wait_port() {
   bench_say "no server on port $1"; exit 2
 }
 
+# The release build of this checkout, or REDRIVE_BIN (another build, for a before/after).
 build_redrive() {
+  if [ -n "${REDRIVE_BIN:-}" ]; then redrive=$REDRIVE_BIN; return 0; fi
   (cd "$root" && cargo build -q --release -p redrive)
   redrive="$root/target/release/redrive"
 }
