@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod error;
+mod fingerprint;
 pub mod item;
 pub mod plan;
 pub mod retry;

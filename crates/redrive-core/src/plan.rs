@@ -8,7 +8,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::template::{Template, TemplateError};
 
@@ -83,8 +82,12 @@ pub struct Plan {
     pub limits: Limits,
     /// Store settings by URL prefix, longest prefix first.
     pub stores: Vec<(String, StoreSpec)>,
-    /// Hash of the job name, source, expansion and steps (not limits or stores).
+    /// Hash of the job name, source, expansion and steps (not limits or stores), in their
+    /// canonical form: a default written out or left absent is the same plan.
     pub fingerprint: String,
+    /// What earlier releases called this same plan: a state that records one of these resumes
+    /// (and is given [`Plan::fingerprint`]).
+    pub earlier_fingerprints: Vec<String>,
     /// SQL run once before the job's items (`[[job.before]]`).
     pub before: Vec<Hook>,
     /// SQL run once after every item ended (`[[job.after]]`).
@@ -555,12 +558,13 @@ impl fmt::Debug for StoreSpec {
 struct RawPlan {
     job: RawJob,
     source: RawSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
     expand: Option<RawSource>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     step: Vec<RawStep>,
     #[serde(default)]
     limits: RawLimits,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     store: BTreeMap<String, StoreSpec>,
 }
 
@@ -568,26 +572,38 @@ struct RawPlan {
 #[serde(deny_unknown_fields)]
 struct RawJob {
     name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     logs: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     before: Vec<sql::RawHook>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     after: Vec<sql::RawHook>,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
+    #[serde(skip_serializing_if = "Option::is_none")]
     csv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     lines: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     glob: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     list: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     kusto: Option<RawKusto>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     dates: Option<RawDates>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     sql: Option<sql::RawSql>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     recursive: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     delimiter: Option<String>,
 }
 
@@ -596,6 +612,7 @@ struct RawSource {
 struct RawDates {
     from: String,
     to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     step: Option<String>,
 }
 
@@ -605,23 +622,34 @@ struct RawKusto {
     cluster: String,
     database: String,
     query: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     columns: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     api: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStep {
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     require: Option<RawRequire>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     run: Option<RawRun>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     http: Option<RawHttp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     exists: Option<RawExists>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     copy: Option<RawCopy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     enqueue: Option<RawEnqueue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     xml: Option<sql::RawXml>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     sql_insert: Option<sql::RawSqlInsert>,
 }
 
@@ -636,6 +664,7 @@ enum RawRequire {
 #[serde(deny_unknown_fields)]
 struct RawRequireTable {
     path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<String>,
 }
 
@@ -643,26 +672,38 @@ struct RawRequireTable {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     method: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     form: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     json: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_wait: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     concurrency: Option<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRun {
+    #[serde(skip_serializing_if = "Option::is_none")]
     cmd: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     shell: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cwd: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<String>,
 }
 
@@ -671,7 +712,7 @@ struct RawRun {
 struct RawEnqueue {
     queue: String,
     body: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "crate::fingerprint::is_default")]
     base64: bool,
 }
 
@@ -686,7 +727,7 @@ enum RawExists {
 #[serde(deny_unknown_fields)]
 struct RawExistsTable {
     url: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "crate::fingerprint::is_default")]
     negate: bool,
 }
 
@@ -695,31 +736,105 @@ struct RawExistsTable {
 struct RawCopy {
     from: String,
     to: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "crate::fingerprint::is_default")]
     if_exists: IfExists,
+    #[serde(skip_serializing_if = "Option::is_none")]
     content_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     part_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     parts: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     checksum: Option<Checksum>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     manifest: Option<String>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
     items: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     per_item: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     lease: Option<String>,
 }
 
-/// The part of a plan that decides which items exist and what is done to them.
+/// The part of a plan that decides which items exist and what is done to them, in its
+/// canonical form (see [`crate::fingerprint`]).
 #[derive(Serialize)]
 struct Fingerprinted<'a> {
     name: &'a str,
     source: &'a RawSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
     expand: &'a Option<RawSource>,
     step: &'a [RawStep],
+}
+
+// ---- canonical form (for the fingerprint) ----
+//
+// Each value equal to its default becomes absent, and a short form (`exists = "URL"`) and its
+// table form are written alike, so that a plan means one fingerprint however it is written.
+
+/// `None` when `value` is `default` under `same`.
+fn unless_default<T>(value: &mut Option<T>, same: impl Fn(&T) -> bool) {
+    if value.as_ref().is_some_and(same) {
+        *value = None;
+    }
+}
+
+impl RawSource {
+    fn canonicalize(&mut self) {
+        unless_default(&mut self.recursive, |r| *r);
+        unless_default(&mut self.delimiter, |d| d == ",");
+        if let Some(dates) = &mut self.dates {
+            unless_default(&mut dates.step, |s| s.trim() == "1d");
+        }
+        if let Some(kusto) = &mut self.kusto {
+            unless_default(&mut kusto.api, |a| a == "v2");
+        }
+        if let Some(sql) = &mut self.sql {
+            sql.canonicalize();
+        }
+    }
+}
+
+impl RawStep {
+    fn canonicalize(&mut self) {
+        if let Some(RawRequire::Table(table)) = &mut self.require {
+            unless_default(&mut table.field, |f| f == "input");
+            if table.field.is_none() {
+                self.require = Some(RawRequire::Path(std::mem::take(&mut table.path)));
+            }
+        }
+        if let Some(RawExists::Table(table)) = &mut self.exists
+            && !table.negate
+        {
+            self.exists = Some(RawExists::Url(std::mem::take(&mut table.url)));
+        }
+        if let Some(copy) = &mut self.copy {
+            unless_default(&mut copy.part_size, |p| {
+                parse_size(p) == Some(DEFAULT_PART_SIZE)
+            });
+            unless_default(&mut copy.parts, |p| *p == DEFAULT_PARTS);
+        }
+        if let Some(http) = &mut self.http {
+            unless_default(&mut http.method, |m| m.eq_ignore_ascii_case("POST"));
+            unless_default(&mut http.batch, |b| *b == 1);
+            unless_default(&mut http.max_wait, |w| {
+                parse_duration(w) == Some(std::time::Duration::from_secs(1))
+            });
+        }
+        if let Some(xml) = &mut self.xml {
+            xml.canonicalize();
+        }
+        if let Some(insert) = &mut self.sql_insert {
+            insert.canonicalize();
+        }
+    }
 }
 
 impl Plan {
@@ -908,12 +1023,22 @@ impl Plan {
         }
         stores.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
 
-        let fingerprint = fingerprint(&Fingerprinted {
+        let mut raw = raw;
+        raw.source.canonicalize();
+        if let Some(expand) = &mut raw.expand {
+            expand.canonicalize();
+        }
+        raw.step.iter_mut().for_each(RawStep::canonicalize);
+        let fingerprint = crate::fingerprint::of(&Fingerprinted {
             name: &raw.job.name,
             source: &raw.source,
             expand: &raw.expand,
             step: &raw.step,
         });
+        let earlier_fingerprints = crate::fingerprint::legacy(text)
+            .filter(|legacy| *legacy != fingerprint)
+            .into_iter()
+            .collect();
 
         Ok(Plan {
             path: path.to_path_buf(),
@@ -927,6 +1052,7 @@ impl Plan {
             limits,
             stores,
             fingerprint,
+            earlier_fingerprints,
             before: sql::hooks("before", &raw.job.before).map_err(|m| invalid("job", m))?,
             after: sql::hooks("after", &raw.job.after).map_err(|m| invalid("job", m))?,
         })
@@ -1472,12 +1598,6 @@ fn store_spec(raw: &StoreSpec) -> Result<StoreSpec, String> {
 
 fn template(key: &str, text: &str) -> Result<Template, String> {
     Template::parse(text).map_err(|e: TemplateError| format!("`{key}`: {e}"))
-}
-
-fn fingerprint(value: &impl Serialize) -> String {
-    let json = serde_json::to_vec(value).unwrap_or_default();
-    let digest = Sha256::digest(&json);
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn file_safe(name: &str) -> String {

@@ -62,6 +62,9 @@ pub struct JobInfo {
     pub name: String,
     /// A hash of what decides the items and what is done to them (not the limits).
     pub fingerprint: String,
+    /// Hashes earlier releases gave the same plan. A state that records one of them belongs to
+    /// this plan: [`StateStore::begin`] accepts it and records `fingerprint` instead.
+    pub earlier_fingerprints: Vec<String>,
 }
 
 /// One change of an item, committed before the item's next step runs.

@@ -72,6 +72,7 @@ async fn transitions<S: StateStore + 'static>(
         .begin(&JobInfo {
             name: "bench_transitions".into(),
             fingerprint: "bench".into(),
+            earlier_fingerprints: Vec::new(),
         })
         .await?;
     for start in (0..items).step_by(10_000) {

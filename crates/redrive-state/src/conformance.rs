@@ -17,6 +17,7 @@ fn job(fingerprint: &str) -> JobInfo {
     JobInfo {
         name: "conformance".to_owned(),
         fingerprint: fingerprint.to_owned(),
+        earlier_fingerprints: Vec::new(),
     }
 }
 
@@ -43,6 +44,7 @@ fn ok<T>(result: Result<T, StateError>, what: &str) -> T {
 /// Runs every check, each on a store from `factory`.
 pub async fn run_all(factory: Factory<'_>) {
     begin_accepts_same_plan_and_refuses_another(factory().await.as_ref()).await;
+    begin_upgrades_an_earlier_fingerprint(factory().await.as_ref()).await;
     insert_ignores_known_keys(factory().await.as_ref()).await;
     transitions_are_visible_after_record(factory().await.as_ref()).await;
     runnable_pages_in_id_order(factory().await.as_ref()).await;
@@ -200,10 +202,50 @@ pub async fn begin_accepts_same_plan_and_refuses_another(store: &dyn StateStore)
     let other = JobInfo {
         name: "other".to_owned(),
         fingerprint: "a".to_owned(),
+        earlier_fingerprints: Vec::new(),
     };
     assert!(
         matches!(store.begin(&other).await, Err(StateError::OtherJob { .. })),
         "another job must be refused"
+    );
+}
+
+/// A state whose fingerprint an earlier release computed for the same plan resumes, and
+/// records the current fingerprint from then on.
+pub async fn begin_upgrades_an_earlier_fingerprint(store: &dyn StateStore) {
+    ok(
+        store.begin(&job("legacy")).await,
+        "begin with the old fingerprint",
+    );
+    let upgraded = JobInfo {
+        earlier_fingerprints: vec!["other".to_owned(), "legacy".to_owned()],
+        ..job("canonical")
+    };
+    ok(
+        store.begin(&upgraded).await,
+        "begin with an earlier fingerprint listed",
+    );
+    ok(
+        store.begin(&job("canonical")).await,
+        "the state now records the current fingerprint",
+    );
+    assert!(
+        matches!(
+            store.begin(&job("legacy")).await,
+            Err(StateError::PlanChanged { .. })
+        ),
+        "the old fingerprint no longer matches once upgraded"
+    );
+    let unrelated = JobInfo {
+        earlier_fingerprints: vec!["legacy".to_owned()],
+        ..job("third")
+    };
+    assert!(
+        matches!(
+            store.begin(&unrelated).await,
+            Err(StateError::PlanChanged { .. })
+        ),
+        "an earlier fingerprint that is not the stored one changes nothing"
     );
 }
 

@@ -392,6 +392,16 @@ impl StateStore for PostgresStateStore {
                 current: job.name.clone(),
             });
         }
+        if job.earlier_fingerprints.contains(&fingerprint) {
+            // The same plan, fingerprinted by an earlier release: it now has its canonical one.
+            sqlx::query("UPDATE job SET fingerprint = $1 WHERE id = 1 AND fingerprint = $2")
+                .bind(&job.fingerprint)
+                .bind(&fingerprint)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.failed(e))?;
+            return Ok(());
+        }
         if fingerprint != job.fingerprint {
             return Err(StateError::PlanChanged {
                 location: self.location.clone(),

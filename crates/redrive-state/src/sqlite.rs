@@ -355,6 +355,19 @@ impl StateStore for SqliteStateStore {
                 stored: name,
                 current: job.name.clone(),
             }),
+            Some((_, fingerprint)) if job.earlier_fingerprints.contains(&fingerprint) => {
+                // The same plan, fingerprinted by an earlier release: it now has its canonical one.
+                let current = job.fingerprint.clone();
+                self.write(Box::new(move |tx| {
+                    tx.execute(
+                        "UPDATE job SET fingerprint = ?1 WHERE id = 1 AND fingerprint = ?2",
+                        params![current, fingerprint],
+                    )
+                    .map(|n| n as u64)
+                }))
+                .await
+                .map(|_| ())
+            }
             Some((_, fingerprint)) if fingerprint != job.fingerprint => {
                 Err(StateError::PlanChanged {
                     location: self.location.clone(),

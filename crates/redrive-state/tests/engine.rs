@@ -136,6 +136,7 @@ async fn setup() -> Setup {
         .begin(&JobInfo {
             name: "e".into(),
             fingerprint: "f".into(),
+            earlier_fingerprints: Vec::new(),
         })
         .await
         .unwrap();

@@ -56,6 +56,7 @@ async fn two_processes_migrating_at_once_do_not_race() {
     let job = JobInfo {
         name: "j".into(),
         fingerprint: "f".into(),
+        earlier_fingerprints: Vec::new(),
     };
     a.begin(&job).await.unwrap_or_else(|e| panic!("{e}"));
     b.begin(&job).await.unwrap_or_else(|e| panic!("{e}"));
@@ -145,6 +146,7 @@ async fn worker(schema: &str, lease_ms: u64) -> PostgresStateStore {
         .begin(&JobInfo {
             name: "j".into(),
             fingerprint: "f".into(),
+            earlier_fingerprints: Vec::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -37,6 +37,7 @@ async fn state_survives_reopening() {
     let job = JobInfo {
         name: "j".into(),
         fingerprint: "f".into(),
+        earlier_fingerprints: Vec::new(),
     };
     {
         let store = SqliteStateStore::open(&path).unwrap_or_else(|e| panic!("open: {e}"));

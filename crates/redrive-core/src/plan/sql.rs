@@ -126,10 +126,11 @@ pub(super) struct RawSql {
     url: String,
     table: String,
     key: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     columns: Vec<String>,
-    #[serde(rename = "where")]
+    #[serde(rename = "where", skip_serializing_if = "Option::is_none")]
     filter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<usize>,
 }
 
@@ -138,12 +139,13 @@ pub(super) struct RawSql {
 pub(super) struct RawXml {
     field: String,
     path: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     namespaces: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "crate::fingerprint::is_default")]
     keep_ancestors: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     into: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "crate::fingerprint::is_default")]
     missing: Missing,
 }
 
@@ -153,11 +155,13 @@ pub(super) struct RawSqlInsert {
     url: String,
     table: String,
     columns: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     key: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_wait: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "crate::fingerprint::is_default")]
     on_conflict: OnConflict,
 }
 
@@ -166,6 +170,31 @@ pub(super) struct RawSqlInsert {
 pub(super) struct RawHook {
     url: String,
     sql: String,
+}
+
+impl RawSql {
+    /// Defaults become absent (see `RawSource::canonicalize`).
+    pub(super) fn canonicalize(&mut self) {
+        super::unless_default(&mut self.batch, |b| *b == DEFAULT_SQL_BATCH);
+    }
+}
+
+impl RawXml {
+    /// Defaults become absent (see `RawStep::canonicalize`).
+    pub(super) fn canonicalize(&mut self) {
+        let field = self.field.clone();
+        super::unless_default(&mut self.into, |into| *into == field);
+    }
+}
+
+impl RawSqlInsert {
+    /// Defaults become absent (see `RawStep::canonicalize`).
+    pub(super) fn canonicalize(&mut self) {
+        super::unless_default(&mut self.batch, |b| *b == DEFAULT_INSERT_BATCH);
+        super::unless_default(&mut self.max_wait, |w| {
+            super::parse_duration(w) == Some(Duration::from_secs(1))
+        });
+    }
 }
 
 /// Checks an SQL identifier (`name` or `schema.name`): it is written into statements, so

@@ -62,6 +62,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         .begin(&JobInfo {
             name: plan.name.clone(),
             fingerprint: plan.fingerprint.clone(),
+            earlier_fingerprints: plan.earlier_fingerprints.clone(),
         })
         .await
         .map_err(|e| super::state_error(e, &args.plan))?;

@@ -19,3 +19,4 @@ mod s5;
 mod secrets;
 mod sqs;
 mod state_disk;
+mod upgrade;
