@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use redrive_core::engine::{Expansion, Pipeline};
+use redrive_core::engine::{Expansion, Pipeline, PipelineStep};
 use redrive_core::plan::{Action, Plan, PlanError, SourceKind, SourceSpec};
 use redrive_core::source::{Shard, Source, SourceError};
-use redrive_core::step::Step;
+use redrive_core::step::{Step, StepTraits};
 
 use crate::sources::{
     CsvSource, DatesSource, GlobSource, KustoSource, LinesSource, ListSource, Sharded, SqlSource,
@@ -90,6 +90,7 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
         .steps
         .iter()
         .map(|spec| {
+            let mut traits = StepTraits::default();
             let step: Arc<dyn Step> = match &spec.action {
                 Action::Exists { url, negate } => {
                     Arc::new(ExistsStep::new(url.clone(), *negate, Arc::clone(&stores)))
@@ -106,9 +107,16 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
                 Action::Enqueue(enqueue) => {
                     Arc::new(EnqueueStep::new(enqueue.clone(), Arc::clone(&stores)))
                 }
-                Action::Http(http) => Arc::new(HttpStep::new(http.clone())),
-                Action::Xml(xml) => Arc::new(XmlStep::new(xml.clone())),
+                Action::Http(http) => {
+                    traits = HttpStep::traits(http);
+                    Arc::new(HttpStep::new(http.clone()))
+                }
+                Action::Xml(xml) => {
+                    traits = XmlStep::traits();
+                    Arc::new(XmlStep::new(xml.clone()))
+                }
                 Action::SqlInsert(insert) => {
+                    traits = SqlInsertStep::traits(insert);
                     Arc::new(SqlInsertStep::new(insert.clone()).map_err(|e| {
                         BuildError::Unsupported {
                             file: file.clone(),
@@ -133,7 +141,11 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
                 )),
                 None => step,
             };
-            Ok((spec.name.clone(), step))
+            Ok(PipelineStep {
+                name: spec.name.clone(),
+                step,
+                traits,
+            })
         })
         .collect::<Result<Vec<_>, BuildError>>()?;
     Ok(Pipeline {
@@ -160,4 +172,54 @@ fn source(spec: &SourceSpec, stores: &Arc<Stores>) -> Result<Arc<dyn Source>, So
         }
         SourceKind::Sql(sql) => Arc::new(SqlSource::new(sql.clone(), None)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn pipeline(steps: &str) -> Pipeline {
+        let text = format!(
+            "[job]\nname = \"t\"\n[source]\ndates = {{ from = \"2026-01-01\", to = \"2026-01-02\" }}\n{steps}"
+        );
+        let plan =
+            Plan::parse(&text, Path::new("/tmp/plan.toml")).unwrap_or_else(|e| panic!("{e}"));
+        build_with(&plan, Env::from_pairs([])).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn what_a_step_needs_from_the_engine_survives_require() {
+        let built = pipeline(
+            r#"
+[[step]]
+require = "in/{date}"
+http = { url = "http://127.0.0.1:9/x", batch = 10 }
+[[step]]
+require = "in/{date}"
+xml = { field = "date", path = "/a" }
+[[step]]
+require = "in/{date}"
+copy = { from = "in/{date}", to = "out/{date}" }
+"#,
+        );
+        let traits: Vec<StepTraits> = built.steps.iter().map(|s| s.traits).collect();
+        assert_eq!(
+            traits,
+            [
+                StepTraits {
+                    paces_itself: true,
+                    binds_fields: false,
+                    batch: Some((10, std::time::Duration::from_secs(1))),
+                },
+                StepTraits {
+                    paces_itself: false,
+                    binds_fields: true,
+                    batch: None,
+                },
+                StepTraits::default(),
+            ]
+        );
+    }
 }

@@ -15,9 +15,9 @@ use crate::item::{Fields, NewItem, Status, StoredItem};
 use crate::retry::Backoff;
 use crate::source::{Source, SourceError};
 use crate::state::{StateError, StateStore, Transition};
-use crate::step::{ByteCounter, NO_INPUT, ObjectProgress, Outcome, Step, StepContext};
+use crate::step::{ByteCounter, NO_INPUT, ObjectProgress, Outcome, Step, StepContext, StepTraits};
 use crate::template::{Template, TemplateError};
-use crate::throttle::{self, AdaptiveLimit, LimitReport, Rate};
+use crate::throttle::{AdaptiveLimit, LimitReport, Rate, Throttle};
 
 /// The loader is still reading the source.
 const LOADING: u8 = 0;
@@ -40,8 +40,30 @@ pub struct Pipeline {
     pub key: Template,
     /// Turns each item into children; the steps then run for each child.
     pub expand: Option<Expansion>,
-    /// The steps, with their names, in order.
-    pub steps: Vec<(String, Arc<dyn Step>)>,
+    /// The steps, in order.
+    pub steps: Vec<PipelineStep>,
+}
+
+/// One built step of a pipeline.
+#[derive(Debug)]
+pub struct PipelineStep {
+    /// Its name (unique in the plan), as recorded in the state.
+    pub name: String,
+    /// The runtime object.
+    pub step: Arc<dyn Step>,
+    /// What it needs from the engine.
+    pub traits: StepTraits,
+}
+
+impl PipelineStep {
+    /// A step with default traits (paced by the engine, no bound fields, no batches).
+    pub fn new(name: impl Into<String>, step: Arc<dyn Step>) -> Self {
+        Self {
+            name: name.into(),
+            step,
+            traits: StepTraits::default(),
+        }
+    }
 }
 
 /// `[expand]`, built: a source run with each parent's fields, and the children's key.
@@ -288,7 +310,7 @@ pub async fn run(
     let limits = pipeline
         .steps
         .iter()
-        .map(|(_, step)| (!step.paces_itself()).then(|| Arc::new(AdaptiveLimit::new(ceiling))))
+        .map(|step| (!step.traits.paces_itself).then(|| Arc::new(AdaptiveLimit::new(ceiling))))
         .collect();
     let rate = options.rate.and_then(Rate::per_second);
     let shared = Arc::new(Shared {
@@ -463,7 +485,7 @@ pub async fn run(
         .steps
         .iter()
         .zip(&shared.limits)
-        .filter_map(|((name, _), limit)| Some((name.clone(), limit.as_ref()?.report())))
+        .filter_map(|(step, limit)| Some((step.name.clone(), limit.as_ref()?.report())))
         .collect();
     match failure {
         Some(error) => Err(error),
@@ -840,7 +862,7 @@ async fn start_step(shared: &Shared, item: &StoredItem) -> Result<usize, EngineE
     let steps = &shared.pipeline.steps;
     if let Some(binds) = steps[..first.min(steps.len())]
         .iter()
-        .position(|(_, step)| step.binds_fields())
+        .position(|step| step.traits.binds_fields)
     {
         first = binds;
     }
@@ -852,7 +874,10 @@ async fn run_item(shared: &Shared, mut item: StoredItem) -> Result<ItemReport, E
     let state = &shared.state;
     let mut report = ItemReport::default();
     let first = start_step(shared, &item).await?;
-    let Some((first_name, _)) = steps.get(first) else {
+    let Some(PipelineStep {
+        name: first_name, ..
+    }) = steps.get(first)
+    else {
         // Every step already ran (the plan's fingerprint prevents this unless edited by hand).
         state
             .record(Transition::Finished {
@@ -876,20 +901,21 @@ async fn run_item(shared: &Shared, mut item: StoredItem) -> Result<ItemReport, E
 
     // Fields that earlier steps' `require` bound (e.g. `input`) are bound again on resume.
     let mut fields = std::mem::take(&mut item.fields);
-    for (_, step) in &steps[..first] {
+    for PipelineStep { step, .. } in &steps[..first] {
         if let Ok(Some(bound)) = step.require(&fields).await {
             fields.extend(bound);
         }
     }
 
     let counter = Counter(shared.reporter.as_ref());
-    let cx = StepContext {
-        bytes: &counter,
-        key: &item.key,
-    };
     let mut rng = fastrand::Rng::new();
     for index in first..steps.len() {
-        let (name, step) = &steps[index];
+        let PipelineStep { name, step, .. } = &steps[index];
+        let cx = StepContext {
+            bytes: &counter,
+            key: &item.key,
+            throttle: Throttle::of(shared.limits.get(index).and_then(Option::clone)),
+        };
         let started = Instant::now();
         shared.reporter.step(&StepEvent {
             key: &item.key,
@@ -962,7 +988,9 @@ async fn run_item(shared: &Shared, mut item: StoredItem) -> Result<ItemReport, E
                 event.output = done.output.as_ref().map(|o| o.path.as_str());
                 event.target = done.target.as_deref();
                 let transition = match steps.get(index + 1) {
-                    Some((next_name, _)) => Transition::Advanced {
+                    Some(PipelineStep {
+                        name: next_name, ..
+                    }) => Transition::Advanced {
                         id: item.id,
                         step: index + 1,
                         step_name: next_name.clone(),
@@ -1052,7 +1080,7 @@ async fn paced<T>(
     if let Some(rate) = &shared.rate {
         rate.wait().await;
     }
-    let result = throttle::scope(Arc::clone(limit), call).await;
+    let result = Throttle::of(Some(Arc::clone(limit))).scope(call).await;
     match &result {
         Ok(_) => limit.succeeded(),
         Err(error) if error.class() == ErrorClass::Throttled => limit.throttled(),
@@ -1137,13 +1165,14 @@ async fn describe(
     }
     let mut fields = std::borrow::Cow::Borrowed(fields);
     let mut line = crate::secrets::redact(key).into_owned();
-    for (name, step) in &pipeline.steps {
+    for PipelineStep { name, step, traits } in &pipeline.steps {
         let what = step.describe(&fields).map_err(EngineError::Key)?;
         line.push_str(&format!("\t{name}: {}", crate::secrets::redact(&what)));
-        if step.binds_fields() {
+        if traits.binds_fields {
             let cx = StepContext {
                 bytes: &Nothing,
                 key,
+                throttle: Throttle::none(),
             };
             match step.run(&fields, &cx).await {
                 Ok(Outcome::Done(done)) => fields.to_mut().extend(done.fields),

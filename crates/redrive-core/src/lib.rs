@@ -21,5 +21,7 @@ pub use item::{Fields, ItemId, NewItem, Status, StoredItem};
 pub use plan::Plan;
 pub use source::{Shard, Source, SourceError};
 pub use state::{ChildCounts, JobInfo, Requeue, StateError, StateStore, Summary, Transition};
-pub use step::{ByteCounter, Done, NO_INPUT, ObjectProgress, Outcome, Produced, Step, StepContext};
+pub use step::{
+    ByteCounter, Done, NO_INPUT, ObjectProgress, Outcome, Produced, Step, StepContext, StepTraits,
+};
 pub use template::{Template, TemplateError};

@@ -34,7 +34,7 @@ pub struct Done {
     /// Where the step wrote or sent (a URL), for telemetry.
     pub target: Option<String>,
     /// Fields the step computed (`xml`'s `into`), for later steps. Not recorded in the state:
-    /// a step that returns fields says so with [`Step::binds_fields`] and is run again on resume.
+    /// a step that returns fields says so in [`StepTraits::binds_fields`] and is run again on resume.
     pub fields: Fields,
 }
 
@@ -91,6 +91,28 @@ pub struct StepContext<'a> {
     pub bytes: &'a dyn ByteCounter,
     /// The item's key (for log file names and messages).
     pub key: &'a str,
+    /// The step's throttle signal: a storage call retried on the spot because the endpoint
+    /// throttled reports it here. Work the step spawns must run under
+    /// [`Throttle::scope`](crate::throttle::Throttle::scope), or its throttling goes unseen.
+    pub throttle: crate::throttle::Throttle,
+}
+
+/// What a step needs from the engine, decided when the pipeline is built (from the step's
+/// configuration, not asked of the runtime object, so that a wrapper such as `require` cannot
+/// hide it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepTraits {
+    /// True for a step that paces its own requests (a batching `http` or `sql_insert` step:
+    /// one request carries many items, with its own rate and concurrency). The engine's
+    /// adaptive concurrency and `--rate` apply to the other steps, one call per item.
+    pub paces_itself: bool,
+    /// True for a step that computes fields for later steps ([`Done::fields`]) and has no
+    /// other effect (`xml`). Its fields are not in the state, so an item resumed after it
+    /// starts again at this step, and `--dry-run` runs it.
+    pub binds_fields: bool,
+    /// For a step that sends items in batches: how many per batch, and the longest an item
+    /// waits for its batch to fill.
+    pub batch: Option<(usize, std::time::Duration)>,
 }
 
 /// One action of a plan's pipeline.
@@ -109,19 +131,5 @@ pub trait Step: Send + Sync + Debug {
     /// `Ok(None)` when missing: the item is skipped with [`NO_INPUT`] until a later run.
     async fn require(&self, _fields: &Fields) -> Result<Option<Fields>, StepError> {
         Ok(Some(Fields::new()))
-    }
-
-    /// True for a step that computes fields for later steps ([`Done::fields`]) and has no
-    /// other effect (`xml`). Its fields are not in the state, so an item resumed after it
-    /// starts again at this step.
-    fn binds_fields(&self) -> bool {
-        false
-    }
-
-    /// True for a step that paces its own requests (a batching `http` or `sql_insert` step:
-    /// one request carries many items, with its own rate and concurrency). The engine's
-    /// adaptive concurrency and `--rate` apply to the other steps, one call per item.
-    fn paces_itself(&self) -> bool {
-        false
     }
 }

@@ -157,18 +157,53 @@ impl Drop for Permit {
 }
 
 tokio::task_local! {
-    static CURRENT: Arc<AdaptiveLimit>;
+    static CURRENT: Throttle;
 }
 
-/// Runs `future` (a step) so that [`report_throttled`] inside it reaches `limit`.
-pub async fn scope<F: Future>(limit: Arc<AdaptiveLimit>, future: F) -> F::Output {
-    CURRENT.scope(limit, future).await
+/// A step's throttle signal, carried in its [`StepContext`](crate::StepContext): where a
+/// throttled call made for the step is reported (its adaptive limit), or nowhere.
+///
+/// Storage calls are retried on the spot by the store layer, deep inside a client library that
+/// knows no step; [`report_throttled`] finds the signal of the task it runs in. A step's own
+/// task has it; a task the step spawns has it only when its work runs under [`Throttle::scope`]
+/// (task-locals do not cross `tokio::spawn`), so every spawn in a step wraps its future.
+#[derive(Clone, Debug, Default)]
+pub struct Throttle(Option<Arc<AdaptiveLimit>>);
+
+impl Throttle {
+    /// Reports to `limit`, or nowhere.
+    pub fn of(limit: Option<Arc<AdaptiveLimit>>) -> Self {
+        Self(limit)
+    }
+
+    /// Reports nowhere (a step the engine does not pace, a dry run).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// An endpoint throttled a call made for this step.
+    pub fn throttled(&self) {
+        if let Some(limit) = &self.0 {
+            limit.throttled();
+        }
+    }
+
+    /// Runs `future` so that [`report_throttled`] inside it reaches this signal: the step's
+    /// own call, and any work it spawns.
+    pub async fn scope<F: Future>(&self, future: F) -> F::Output {
+        CURRENT.scope(self.clone(), future).await
+    }
+
+    /// [`Throttle::scope`] for a future handed to `tokio::spawn`.
+    pub fn scope_owned<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
+    }
 }
 
 /// A call made for the current step was throttled and retried on the spot: tells the step's
-/// limit. Does nothing outside [`scope`] (or in a task the step spawned).
+/// limit. Does nothing outside [`Throttle::scope`].
 pub fn report_throttled() {
-    let _ = CURRENT.try_with(|limit| limit.throttled());
+    let _ = CURRENT.try_with(Throttle::throttled);
 }
 
 /// At most one call per interval, across every task that shares it.
@@ -266,10 +301,29 @@ mod tests {
     #[tokio::test]
     async fn throttling_reported_inside_a_scope_reaches_its_limit() {
         let limit = Arc::new(AdaptiveLimit::new(8));
-        scope(Arc::clone(&limit), async { report_throttled() }).await;
+        let throttle = Throttle::of(Some(Arc::clone(&limit)));
+        throttle.scope(async { report_throttled() }).await;
         report_throttled(); // outside: nobody to tell, no panic
         assert_eq!(limit.report().throttled, 1);
         assert_eq!(limit.report().now, 4);
+    }
+
+    #[tokio::test]
+    async fn a_spawned_task_reports_only_under_its_steps_scope() {
+        let limit = Arc::new(AdaptiveLimit::new(8));
+        let throttle = Throttle::of(Some(Arc::clone(&limit)));
+        throttle
+            .scope(async {
+                // A bare spawn loses the step's signal (task-locals do not cross spawn) ...
+                tokio::spawn(async { report_throttled() }).await.unwrap();
+                assert_eq!(limit.report().throttled, 0);
+                // ... the scoped one keeps it.
+                tokio::spawn(throttle.clone().scope_owned(async { report_throttled() }))
+                    .await
+                    .unwrap();
+            })
+            .await;
+        assert_eq!(limit.report().throttled, 1);
     }
 
     #[tokio::test]

@@ -12,7 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use redrive_core::engine::{self, NoReport, Pipeline, RunOptions, RunReport, StopLevel};
+use redrive_core::engine::{
+    self, NoReport, Pipeline, PipelineStep, RunOptions, RunReport, StopLevel,
+};
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::item::{Fields, Status};
 use redrive_core::retry::Backoff;
@@ -176,7 +178,7 @@ async fn run(
         steps: steps
             .into_iter()
             .enumerate()
-            .map(|(i, s)| (format!("s{i}"), s))
+            .map(|(i, s)| PipelineStep::new(format!("s{i}"), s))
             .collect(),
     });
     let (_stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
@@ -348,7 +350,7 @@ async fn a_fatal_error_stops_the_run_and_puts_the_item_back() {
         }),
         key: Template::parse("{n}").unwrap(),
         expand: None,
-        steps: vec![("s0".to_owned(), step.clone() as Arc<dyn Step>)],
+        steps: vec![PipelineStep::new("s0", step.clone() as Arc<dyn Step>)],
     });
     let (_stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
     let state: Arc<dyn StateStore> = Arc::clone(&s.store) as _;
@@ -376,7 +378,7 @@ async fn a_drain_request_lets_in_flight_items_finish_and_starts_no_more() {
         }),
         key: Template::parse("{n}").unwrap(),
         expand: None,
-        steps: vec![("s0".to_owned(), step.clone() as Arc<dyn Step>)],
+        steps: vec![PipelineStep::new("s0", step.clone() as Arc<dyn Step>)],
     });
     let (stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
     let state: Arc<dyn StateStore> = Arc::clone(&s.store) as _;
@@ -494,7 +496,7 @@ fn expand_pipeline(
             source: children,
             key: Template::parse("{c}").unwrap(),
         }),
-        steps: vec![("child".to_owned(), step as Arc<dyn Step>)],
+        steps: vec![PipelineStep::new("child", step as Arc<dyn Step>)],
     })
 }
 

@@ -360,7 +360,8 @@ impl Step for CopyStep {
         // id of a multipart upload the store has just created, leaving it orphaned.
         let cancelled = Arc::new(AtomicBool::new(false));
         let (progress, mut moved) = mpsc::unbounded_channel();
-        let task = tokio::spawn(transfer(
+        // The task reports throttled storage calls to this step's limit, as the step would.
+        let task = tokio::spawn(cx.throttle.clone().scope_owned(transfer(
             source.clone(),
             target.clone(),
             Transfer {
@@ -373,7 +374,7 @@ impl Step for CopyStep {
             },
             Arc::clone(&cancelled),
             progress,
-        ));
+        )));
         let mut guard = CancelOnDrop {
             cancelled,
             task: Some(task),

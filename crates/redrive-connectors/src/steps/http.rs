@@ -16,7 +16,7 @@ use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::item::Fields;
 use redrive_core::plan::{HttpBody, HttpSpec};
 use redrive_core::secrets::redact;
-use redrive_core::step::{Outcome, Step, StepContext};
+use redrive_core::step::{Outcome, Step, StepContext, StepTraits};
 use redrive_core::template::TemplateError;
 use redrive_core::throttle::Rate;
 use tokio::sync::Semaphore;
@@ -63,6 +63,15 @@ impl std::fmt::Debug for HttpStep {
 }
 
 impl HttpStep {
+    /// Its own `rate` (which `--rate` sets), `concurrency` and batches pace the API.
+    pub fn traits(spec: &HttpSpec) -> StepTraits {
+        StepTraits {
+            paces_itself: true,
+            batch: (spec.batch > 1).then_some((spec.batch, spec.max_wait)),
+            ..StepTraits::default()
+        }
+    }
+
     /// A step as the plan describes it.
     pub fn new(spec: HttpSpec) -> Self {
         let client = reqwest::Client::builder()
@@ -253,11 +262,6 @@ impl Step for HttpStep {
         };
         Ok(format!("{} {url}{batch} {body}", self.inner.spec.method))
     }
-
-    /// Its own `rate` (which `--rate` sets), `concurrency` and batches pace the API.
-    fn paces_itself(&self) -> bool {
-        true
-    }
 }
 
 #[cfg(test)]
@@ -330,6 +334,7 @@ mod tests {
         let cx = StepContext {
             bytes: &counter,
             key: "k",
+            throttle: redrive_core::throttle::Throttle::none(),
         };
         let error = step
             .run(&item("not-json"), &cx)

@@ -80,10 +80,6 @@ impl Step for Required {
         self.inner.run(fields, cx).await
     }
 
-    fn binds_fields(&self) -> bool {
-        self.inner.binds_fields()
-    }
-
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {
         let path = self.path.render(fields)?;
         // A dry run does not look: it says what is needed and the action with it bound.

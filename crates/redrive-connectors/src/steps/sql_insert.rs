@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::item::Fields;
 use redrive_core::plan::SqlInsertSpec;
-use redrive_core::step::{Outcome, Step, StepContext};
+use redrive_core::step::{Outcome, Step, StepContext, StepTraits};
 use redrive_core::template::TemplateError;
 use tokio::sync::OnceCell;
 
@@ -63,6 +63,15 @@ impl std::fmt::Debug for SqlInsertStep {
 }
 
 impl SqlInsertStep {
+    /// One statement carries a batch of rows: holding items back would only shrink batches.
+    pub fn traits(spec: &SqlInsertSpec) -> StepTraits {
+        StepTraits {
+            paces_itself: true,
+            batch: (spec.batch > 1).then_some((spec.batch, spec.max_wait)),
+            ..StepTraits::default()
+        }
+    }
+
     /// A step as the plan describes it.
     pub fn new(spec: SqlInsertSpec) -> Result<Self, TemplateError> {
         let url = spec.url.render(&Fields::new())?;
@@ -175,11 +184,6 @@ impl Step for SqlInsertStep {
             Ok(()) => Ok(Outcome::done_to(0, target)),
             Err(failure) => Err(StepError::new(failure.class, failure.message)),
         }
-    }
-
-    /// One statement carries a batch of rows: holding items back would only shrink batches.
-    fn paces_itself(&self) -> bool {
-        true
     }
 
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
 use redrive_core::plan::{Missing, XmlSpec};
-use redrive_core::step::{Done, Outcome, Step, StepContext};
+use redrive_core::step::{Done, Outcome, Step, StepContext, StepTraits};
 use redrive_core::template::TemplateError;
 
 /// Documents at least this large are parsed on the blocking pool, off the async workers.
@@ -20,6 +20,14 @@ pub struct XmlStep {
 }
 
 impl XmlStep {
+    /// It only computes a field for later steps.
+    pub fn traits() -> StepTraits {
+        StepTraits {
+            binds_fields: true,
+            ..StepTraits::default()
+        }
+    }
+
     /// A step as the plan describes it.
     pub fn new(spec: XmlSpec) -> Self {
         Self { spec }
@@ -63,10 +71,6 @@ impl Step for XmlStep {
                 self.spec.field, self.spec.path.text
             ))),
         }
-    }
-
-    fn binds_fields(&self) -> bool {
-        true
     }
 
     fn describe(&self, _fields: &Fields) -> Result<String, TemplateError> {

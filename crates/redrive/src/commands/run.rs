@@ -118,7 +118,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         throttle_budget: engine::THROTTLE_BUDGET,
         rate: args.rate,
     };
-    warn_unfillable_batches(&plan, options.concurrency);
+    warn_unfillable_batches(&pipeline, options.concurrency);
     let state: Arc<dyn StateStore> = Arc::clone(&store);
     let result = engine::run(
         Arc::clone(&pipeline),
@@ -289,12 +289,10 @@ fn write_metrics(
 
 /// A batch fills only from the items in flight: with fewer in flight than the batch holds,
 /// every batch waits its `max_wait`, and the run crawls.
-fn warn_unfillable_batches(plan: &redrive_core::Plan, in_flight: usize) {
-    for step in &plan.steps {
-        let (batch, max_wait) = match &step.action {
-            redrive_core::plan::Action::Http(http) => (http.batch, http.max_wait),
-            redrive_core::plan::Action::SqlInsert(insert) => (insert.batch, insert.max_wait),
-            _ => continue,
+fn warn_unfillable_batches(pipeline: &engine::Pipeline, in_flight: usize) {
+    for step in &pipeline.steps {
+        let Some((batch, max_wait)) = step.traits.batch else {
+            continue;
         };
         if in_flight < batch {
             eprintln!(

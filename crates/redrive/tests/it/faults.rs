@@ -139,6 +139,51 @@ fn s3_copies_arrive_whole_through_throttling_and_resets() {
     check(&t, &injected, &bodies, &s3_operator(&bucket));
 }
 
+/// Throttling the store layer retried on the spot (so no step ever failed) still lowers the
+/// copy step's limit: a copy's transfer runs in a task of its own, and the step's throttle
+/// signal goes with it.
+#[test]
+fn throttling_retried_inside_a_copy_lowers_the_copy_limit() {
+    let bucket = unique("rd-throttle");
+    create_bucket(&bucket);
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    let throttled = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&throttled);
+    // The first PUT of every fourth object is refused with 503 SlowDown; its retry passes.
+    let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
+        let first = request.method == "PUT" && seen.lock().unwrap().insert(request.path.clone());
+        if first && (request.path.ends_with("0.txt") || request.path.ends_with("4.txt")) {
+            count.fetch_add(1, Ordering::SeqCst);
+            return Action::AnswerWith(
+                503,
+                Vec::new(),
+                "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>".to_owned(),
+            );
+        }
+        Action::Forward
+    });
+    let t = s3_env_at(TestContext::new(), &proxy.address);
+    let bodies = files(&t, 80);
+    plan(&t, &format!("s3://{bucket}/up"), "[limits]\nitems = 16");
+    let out = t
+        .redrive(&["run", "plan.toml", "--metrics", "metrics.json"])
+        .expect_code(0);
+    let metrics: serde_json::Value = serde_json::from_str(&t.read("metrics.json")).unwrap();
+    assert_eq!(metrics["done"], bodies.len(), "{metrics} {}", out.stderr);
+    assert!(
+        throttled.load(Ordering::SeqCst) >= 10,
+        "throttling was injected"
+    );
+    assert_eq!(
+        metrics["retries"], 0,
+        "every throttled call was retried by the store layer, none by the engine: {metrics}"
+    );
+    assert!(
+        metrics["concurrency"][0]["lowest"].as_u64() < metrics["concurrency"][0]["max"].as_u64(),
+        "the copy step's limit came down: {metrics}"
+    );
+}
+
 #[test]
 fn azure_copies_arrive_whole_through_throttling_and_resets() {
     let container = unique("rd-faultsaz");
