@@ -4,16 +4,15 @@
 use std::sync::Arc;
 
 use redrive_core::engine::{Expansion, Pipeline, PipelineStep};
-use redrive_core::plan::{Action, Plan, PlanError, SourceKind, SourceSpec};
+use redrive_core::job::PlanError;
 use redrive_core::source::{Shard, Source, SourceError};
-use redrive_core::step::{Step, StepTraits};
+use redrive_core::step::Step;
 
+use crate::plan::{Plan, SourceKind, SourceSpec};
 use crate::sources::{
     CsvSource, DatesSource, GlobSource, KustoSource, LinesSource, ListSource, Sharded, SqlSource,
 };
-use crate::steps::{
-    CopyStep, EnqueueStep, ExistsStep, HttpStep, Required, RunStep, SqlInsertStep, XmlStep,
-};
+use crate::steps::{BuildContext, Required};
 use crate::storage::{Env, Stores};
 
 /// A plan that cannot be built.
@@ -90,48 +89,20 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
         .steps
         .iter()
         .map(|spec| {
-            let mut traits = StepTraits::default();
-            let step: Arc<dyn Step> = match &spec.action {
-                Action::Exists { url, negate } => {
-                    Arc::new(ExistsStep::new(url.clone(), *negate, Arc::clone(&stores)))
-                }
-                Action::Copy(copy) => Arc::new(
-                    CopyStep::new(copy.clone(), Arc::clone(&stores)).map_err(|e| {
-                        BuildError::Unsupported {
-                            file: file.clone(),
-                            table: format!("step `{}`", spec.name),
-                            message: format!("cannot open the manifest: {e}"),
-                        }
-                    })?,
-                ),
-                Action::Enqueue(enqueue) => {
-                    Arc::new(EnqueueStep::new(enqueue.clone(), Arc::clone(&stores)))
-                }
-                Action::Http(http) => {
-                    traits = HttpStep::traits(http);
-                    Arc::new(HttpStep::new(http.clone()))
-                }
-                Action::Xml(xml) => {
-                    traits = XmlStep::traits();
-                    Arc::new(XmlStep::new(xml.clone()))
-                }
-                Action::SqlInsert(insert) => {
-                    traits = SqlInsertStep::traits(insert);
-                    Arc::new(SqlInsertStep::new(insert.clone()).map_err(|e| {
-                        BuildError::Unsupported {
-                            file: file.clone(),
-                            table: format!("step `{}`", spec.name),
-                            message: format!("`sql_insert.url`: {e}"),
-                        }
-                    })?)
-                }
-                Action::Run(run) => Arc::new(RunStep::new(
-                    run.clone(),
-                    &spec.name,
-                    &plan.base_dir,
-                    &plan.log_dir,
-                )),
+            let config = spec.action.config();
+            let cx = BuildContext {
+                name: &spec.name,
+                stores: &stores,
+                base_dir: &plan.base_dir,
+                log_dir: &plan.log_dir,
             };
+            let step = config
+                .build(&cx)
+                .map_err(|message| BuildError::Unsupported {
+                    file: file.clone(),
+                    table: format!("step `{}`", spec.name),
+                    message,
+                })?;
             let step: Arc<dyn Step> = match &spec.require {
                 Some(require) => Arc::new(Required::new(
                     step,
@@ -144,7 +115,7 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
             Ok(PipelineStep {
                 name: spec.name.clone(),
                 step,
-                traits,
+                traits: config.traits(),
             })
         })
         .collect::<Result<Vec<_>, BuildError>>()?;
@@ -177,6 +148,8 @@ fn source(spec: &SourceSpec, stores: &Arc<Stores>) -> Result<Arc<dyn Source>, So
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use redrive_core::step::StepTraits;
 
     use super::*;
 

@@ -1,13 +1,46 @@
 //! Checksums computed while a copy streams: never a second read of the data.
 
 use base64::Engine as _;
-use redrive_core::plan::Checksum;
+use serde::{Deserialize, Serialize};
 
 /// A running checksum.
 pub(crate) enum Hasher {
     Md5(md5::Md5),
     Crc32c(u32),
     Sha256(sha2::Sha256),
+}
+
+/// Checksum algorithms for `copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checksum {
+    /// MD5 (what S3 single-part ETags and Azure Content-MD5 hold).
+    Md5,
+    /// CRC32C (Castagnoli).
+    Crc32c,
+    /// SHA-256.
+    Sha256,
+}
+
+impl Checksum {
+    /// The name as written.
+    pub fn name(self) -> &'static str {
+        match self {
+            Checksum::Md5 => "md5",
+            Checksum::Crc32c => "crc32c",
+            Checksum::Sha256 => "sha256",
+        }
+    }
+
+    /// Parses `md5`, `crc32c` or `sha256`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "md5" => Some(Checksum::Md5),
+            "crc32c" => Some(Checksum::Crc32c),
+            "sha256" => Some(Checksum::Sha256),
+            _ => None,
+        }
+    }
 }
 
 impl Hasher {

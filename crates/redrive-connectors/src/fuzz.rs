@@ -18,7 +18,7 @@ pub fn plan(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = redrive_core::Plan::parse(text, Path::new("/fuzz/plan.toml"));
+    let _ = crate::Plan::parse(text, Path::new("/fuzz/plan.toml"));
 }
 
 /// The template engine: the first line is the template, the rest the value of every field
@@ -72,7 +72,7 @@ pub fn xml(data: &[u8]) {
     };
     let (path, doc) = text.split_once('\n').unwrap_or((text, ""));
     let namespaces = BTreeMap::from([("p".to_owned(), "urn:p".to_owned())]);
-    let Ok(path) = redrive_core::plan::parse_xml_path(path, &namespaces) else {
+    let Ok(path) = crate::xml::parse_xml_path(path, &namespaces) else {
         return;
     };
     let _ = crate::xml::extract(doc, &path, false);

@@ -5,10 +5,11 @@
 mod azure_auth;
 mod batch;
 mod build;
-mod checksum;
+pub mod checksum;
 pub mod diff;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod plan;
 mod queue;
 mod response;
 pub mod sources;
@@ -18,5 +19,5 @@ pub mod steps;
 pub mod storage;
 pub mod upload;
 pub mod xml;
-
 pub use build::{BuildError, build, build_shard, build_with};
+pub use plan::Plan;

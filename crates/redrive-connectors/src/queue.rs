@@ -311,7 +311,7 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
     use crate::storage::Env;
-    use redrive_core::plan::StoreSpec;
+    use redrive_core::job::StoreSpec;
 
     fn stores(specs: Vec<(String, StoreSpec)>, env: &[(&str, &str)]) -> Stores {
         Stores::new(

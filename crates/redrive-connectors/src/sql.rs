@@ -3,14 +3,14 @@
 //! statements with every value bound as a parameter, never written into the SQL.
 //!
 //! Identifiers (tables, columns) come from the plan, checked to be plain names
-//! ([`redrive_core::plan::check_identifier`]), and are written unquoted, so they mean what
+//! ([`redrive_core::job::check_identifier`]), and are written unquoted, so they mean what
 //! they mean in the user's own SQL.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::steps::OnConflict;
 use redrive_core::error::ErrorClass;
-use redrive_core::plan::OnConflict;
 use redrive_core::secrets::redact;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};

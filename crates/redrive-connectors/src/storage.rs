@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use opendal::{ErrorKind, Operator, services};
 use redrive_core::error::{ErrorClass, StepError};
-use redrive_core::plan::StoreSpec;
+use redrive_core::job::StoreSpec;
 use redrive_core::secrets;
 
 /// Bound on cached operators; past it the cache starts over (operators are cheap to rebuild).

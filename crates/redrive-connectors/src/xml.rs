@@ -6,9 +6,10 @@
 //! minimal document: the XML declaration, each ancestor's start tag as written (its namespace
 //! declarations and attributes included), the element, and the ancestors' end tags.
 
+use std::collections::BTreeMap;
+
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
-use redrive_core::plan::{XmlPath, XmlStep};
 
 /// A document that is not well-formed XML.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -197,7 +198,7 @@ fn namespace_of<'a>(
 
 /// Does the element match this step of the path? Errors are malformed attributes.
 fn matches(
-    step: &XmlStep,
+    step: &XmlElement,
     ancestors: &[Open],
     own: &[(String, String)],
     e: &BytesStart<'_>,
@@ -246,12 +247,128 @@ fn located(doc: &str, at: usize, message: String) -> XmlError {
     }
 }
 
+/// An absolute element path: `/a:Root/Request[@type='x']/CustData`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XmlPath {
+    /// The path as written.
+    pub text: String,
+    /// One step per element, from the root.
+    pub steps: Vec<XmlElement>,
+}
+
+/// One element of an [`XmlPath`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XmlElement {
+    /// The namespace URI of the prefix it was written with; `None` matches any namespace.
+    pub namespace: Option<String>,
+    /// The local name.
+    pub local: String,
+    /// `[@name='value']` predicates: attribute (local name) and value, all must hold.
+    pub attributes: Vec<(String, String)>,
+}
+
+/// Parses `/p:A/B[@x='1']/C` with the plan's `namespaces` (prefix → URI).
+pub fn parse_xml_path(
+    text: &str,
+    namespaces: &BTreeMap<String, String>,
+) -> Result<XmlPath, String> {
+    let bad = |why: &str| {
+        format!(
+            "`xml.path` = `{text}`: {why}; write an absolute element path such as `/Provenir/Request/CustData` or `/p:Root/Item[@type='a']`"
+        )
+    };
+    let Some(rest) = text.trim().strip_prefix('/') else {
+        return Err(bad("it must start with `/`"));
+    };
+    let mut steps = Vec::new();
+    for part in split_steps(rest) {
+        let (name, mut predicates) = match part.find('[') {
+            Some(at) => (&part[..at], &part[at..]),
+            None => (part, ""),
+        };
+        let (namespace, local) = match name.split_once(':') {
+            Some((prefix, local)) => match namespaces.get(prefix) {
+                Some(uri) => (Some(uri.clone()), local),
+                None => {
+                    return Err(bad(&format!(
+                        "the prefix `{prefix}` is not declared; add `namespaces = {{ {prefix} = \"URI\" }}`"
+                    )));
+                }
+            },
+            None => (None, name),
+        };
+        if local.is_empty()
+            || !local
+                .chars()
+                .all(|c| c.is_alphanumeric() || "_-.".contains(c))
+        {
+            return Err(bad(&format!("`{part}` is not an element name")));
+        }
+        let mut attributes = Vec::new();
+        while !predicates.is_empty() {
+            let Some(end) = predicates.find(']') else {
+                return Err(bad("a `[` is not closed"));
+            };
+            let inner = &predicates[1..end];
+            let Some((attr, value)) = inner.strip_prefix('@').and_then(|p| p.split_once('='))
+            else {
+                return Err(bad(&format!(
+                    "`[{inner}]` is not an attribute test `[@name='value']`"
+                )));
+            };
+            let value = value.trim();
+            let quoted = value.len() >= 2
+                && ((value.starts_with('\'') && value.ends_with('\''))
+                    || (value.starts_with('"') && value.ends_with('"')));
+            if !quoted {
+                return Err(bad(&format!("the value in `[{inner}]` must be quoted")));
+            }
+            let attr = attr.trim();
+            let attr = attr.split_once(':').map_or(attr, |(_, local)| local);
+            attributes.push((attr.to_owned(), value[1..value.len() - 1].to_owned()));
+            predicates = &predicates[end + 1..];
+            if !predicates.is_empty() && !predicates.starts_with('[') {
+                return Err(bad(&format!("unexpected `{predicates}`")));
+            }
+        }
+        steps.push(XmlElement {
+            namespace,
+            local: local.to_owned(),
+            attributes,
+        });
+    }
+    if steps.is_empty() {
+        return Err(bad("it names no element"));
+    }
+    Ok(XmlPath {
+        text: text.trim().to_owned(),
+        steps,
+    })
+}
+
+/// Splits at `/` outside quotes (an attribute value may contain `/`).
+fn split_steps(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut quote = None;
+    let mut start = 0;
+    for (at, c) in text.char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if q == c => quote = None,
+            (None, '/') => {
+                parts.push(&text[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use redrive_core::plan::parse_xml_path;
 
     use super::*;
 
@@ -344,6 +461,36 @@ mod tests {
             let error = extract(doc, &path("/a/CustData"), true).unwrap_err();
             assert_eq!(error.line, line, "{doc:?}: {error}");
             assert!(error.to_string().contains(says), "{doc:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn paths_parse_with_prefixes_and_predicates() {
+        let ns = BTreeMap::from([("p".to_owned(), "urn:p".to_owned())]);
+        let path = parse_xml_path("/p:Root/Req[@type='a/b'][@n=\"2\"]/CustData", &ns).unwrap();
+        assert_eq!(path.steps.len(), 3);
+        assert_eq!(path.steps[0].namespace.as_deref(), Some("urn:p"));
+        assert_eq!(
+            path.steps[1].attributes,
+            vec![("type".into(), "a/b".into()), ("n".into(), "2".into())]
+        );
+        assert_eq!(path.steps[2].local, "CustData");
+    }
+
+    #[test]
+    fn bad_paths_say_what_is_wrong() {
+        let ns = BTreeMap::new();
+        for (path, says) in [
+            ("Root/A", "must start with `/`"),
+            ("/x:Root", "prefix `x` is not declared"),
+            ("/Root/A[@t=1]", "must be quoted"),
+            ("/Root/A[t='1']", "not an attribute test"),
+            ("/Root/A[@t='1'", "not closed"),
+            ("/Root//A", "not an element name"),
+            ("/", "not an element name"),
+        ] {
+            let error = parse_xml_path(path, &ns).unwrap_err();
+            assert!(error.contains(says), "{path}: {error}");
         }
     }
 }

@@ -1,13 +1,14 @@
-//! redrive's core: items, plans, templates, the engine, and the traits that sources, steps and
-//! state stores implement. No CLI, no storage client, no database here.
+//! redrive's core: items, the job model of a plan, templates, the engine, and the traits that
+//! sources, steps and state stores implement. No CLI, no storage client, no database, and no
+//! source's or step's options here (those are each component's own, in `redrive-connectors`).
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod engine;
 pub mod error;
-mod fingerprint;
+pub mod fingerprint;
 pub mod item;
-pub mod plan;
+pub mod job;
 pub mod retry;
 pub mod secrets;
 pub mod source;
@@ -18,7 +19,6 @@ pub mod throttle;
 
 pub use error::{BoxError, ErrorClass, StepError};
 pub use item::{Fields, ItemId, NewItem, Status, StoredItem};
-pub use plan::Plan;
 pub use source::{Shard, Source, SourceError};
 pub use state::{ChildCounts, JobInfo, Requeue, StateError, StateStore, Summary, Transition};
 pub use step::{

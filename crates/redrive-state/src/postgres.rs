@@ -186,7 +186,7 @@ impl PostgresStateStore {
         Ok(Self {
             pool,
             location,
-            worker: Arc::new(Worker::new(redrive_core::plan::DEFAULT_LEASE)),
+            worker: Arc::new(Worker::new(redrive_core::job::DEFAULT_LEASE)),
             heartbeat: std::sync::Mutex::new(None),
             loader: tokio::sync::Mutex::new(None),
         })

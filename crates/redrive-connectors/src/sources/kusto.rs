@@ -10,10 +10,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::plan::KustoSpec;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use redrive_core::item::Fields;
-use redrive_core::plan::KustoSpec;
 use redrive_core::secrets::redact;
 use redrive_core::source::{Source, SourceError};
 use serde_json::Value;

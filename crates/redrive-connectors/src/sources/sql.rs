@@ -11,10 +11,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use crate::plan::SqlSourceSpec;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use redrive_core::item::{Fields, StoredItem};
-use redrive_core::plan::SqlSourceSpec;
 use redrive_core::source::{Shard, Source, SourceError};
 use tokio::sync::{OnceCell, mpsc};
 

@@ -30,7 +30,7 @@ fn absolute(text: &str, here: &Path) -> String {
 pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let here = std::env::current_dir().context("cannot read the current directory")?;
     if let Some(checksum) = &args.checksum
-        && redrive_core::plan::Checksum::parse(checksum).is_none()
+        && redrive_connectors::checksum::Checksum::parse(checksum).is_none()
     {
         return Err(Hinted {
             message: format!("--checksum {checksum} is not an algorithm"),

@@ -6,7 +6,7 @@
 
 use redrive_connectors::sql::Database;
 use redrive_core::item::{Fields, Status};
-use redrive_core::plan::Hook;
+use redrive_core::job::Hook;
 use redrive_core::state::Summary;
 
 use crate::exit::Hinted;

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::Context as _;
+use redrive_connectors::Plan;
 use redrive_core::item::{Status, StoredItem};
-use redrive_core::plan::Plan;
 use redrive_core::secrets::redact;
 
 use crate::cli::{FailedArgs, StatusArgs};

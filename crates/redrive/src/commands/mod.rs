@@ -13,7 +13,7 @@ pub(crate) mod workers;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use redrive_core::plan::Plan;
+use redrive_connectors::Plan;
 use redrive_core::state::StateError;
 
 use crate::cli::StateArg;
@@ -22,7 +22,7 @@ use crate::exit::Hinted;
 /// Reads and checks the plan file.
 pub(crate) fn load_plan(path: &Path) -> anyhow::Result<Plan> {
     Plan::load(path).map_err(|error| match error {
-        redrive_core::plan::PlanError::Read { .. } => anyhow::Error::new(Hinted {
+        redrive_core::job::PlanError::Read { .. } => anyhow::Error::new(Hinted {
             message: error.to_string(),
             hint: "give the path of a plan file (TOML); see README.md for an example".to_owned(),
         }),

@@ -26,9 +26,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
             .into());
         }
         for step in &mut plan.steps {
-            if let redrive_core::plan::Action::Http(http) = &mut step.action {
-                http.rate = Some(rate);
-            }
+            step.action.config_mut().override_rate(rate);
         }
     }
     if let Some(workers) = args.workers {

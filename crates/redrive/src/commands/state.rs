@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redrive_core::plan::Plan;
+use redrive_connectors::Plan;
 use redrive_core::source::Shard;
 use redrive_core::state::{StateError, StateStore};
 use redrive_state::{PostgresStateStore, RunLock, SqliteStateStore};

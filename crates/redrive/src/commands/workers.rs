@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use redrive_connectors::Plan;
 use redrive_core::item::Status;
-use redrive_core::plan::Plan;
 use redrive_core::source::Shard;
 use redrive_core::state::Summary;
 use tokio::io::AsyncBufReadExt as _;

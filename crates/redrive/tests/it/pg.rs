@@ -31,7 +31,12 @@ fn a_job_runs_resumes_and_restarts_on_postgres_state() {
     let job = unique("pg");
     plan(&t, &job);
 
-    let mut first = t.command(&["run", "plan.toml"]).spawn().expect("spawn");
+    // Paced, so that it is still under way when the second run starts, however loaded the
+    // machine (unpaced, 3,000 local copies can end before a `status` process first answers).
+    let mut first = t
+        .command(&["run", "plan.toml", "--rate", "300"])
+        .spawn()
+        .expect("spawn");
     // Once it is under way, a second run on the same job joins it.
     let started = Instant::now();
     loop {
@@ -43,10 +48,13 @@ fn a_job_runs_resumes_and_restarts_on_postgres_state() {
         if done > 0 {
             break;
         }
-        assert!(
-            first.try_wait().ok().flatten().is_none(),
-            "the first run ended early"
-        );
+        if let Ok(Some(code)) = first.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = first.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!("the first run ended early ({code}):\n{stderr}");
+        }
         assert!(started.elapsed() < Duration::from_secs(60), "no progress");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -7,17 +7,19 @@
 //! sent with the completing request of a multipart upload too. A failed or interrupted upload
 //! is aborted: nothing half-written becomes visible.
 
+pub(crate) mod config;
+
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use self::config::{CopySpec, IfExists};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use opendal::ErrorKind;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
-use redrive_core::plan::{CopySpec, IfExists};
 use redrive_core::step::{ObjectProgress, Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 
@@ -91,7 +93,7 @@ struct Transfer {
     parts: usize,
     create_only: bool,
     content_type: Option<String>,
-    checksum: Option<redrive_core::plan::Checksum>,
+    checksum: Option<crate::checksum::Checksum>,
     /// The source's size, when the source listed it (the `size` field).
     size: Option<u64>,
 }
@@ -168,7 +170,7 @@ async fn transfer(
     };
 
     let mut hasher = how.checksum.map(Hasher::new);
-    let mut parts = (how.checksum == Some(redrive_core::plan::Checksum::Md5))
+    let mut parts = (how.checksum == Some(crate::checksum::Checksum::Md5))
         .then(|| PartMd5s::new(effective_part_size(&target.operator, how.part_size)));
     let mut bytes = 0u64;
     loop {

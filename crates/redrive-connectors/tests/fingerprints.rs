@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use redrive_core::Plan;
+use redrive_connectors::plan::Plan;
 
 fn load(path: &str) -> Plan {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);

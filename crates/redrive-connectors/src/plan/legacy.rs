@@ -22,7 +22,7 @@ pub(crate) fn fingerprint(text: &str) -> Option<String> {
         step: &plan.step,
     })
     .ok()?;
-    Some(super::short_hash(&json))
+    Some(redrive_core::fingerprint::short_hash(&json))
 }
 
 #[derive(Serialize)]

@@ -2,14 +2,16 @@
 //! unless `shell` is given. Its stdout and stderr go to a log file per item and step; a non-zero
 //! exit fails the item with the code and the last lines of stderr; `output` must exist after.
 
+pub(crate) mod config;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use self::config::RunSpec;
 use async_trait::async_trait;
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::item::Fields;
-use redrive_core::plan::RunSpec;
 use redrive_core::step::{Done, Outcome, Produced, Step, StepContext};
 use redrive_core::template::TemplateError;
 use tokio::io::AsyncBufReadExt;

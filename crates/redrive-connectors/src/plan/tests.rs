@@ -1,4 +1,8 @@
+use redrive_core::job::{DEFAULT_LEASE, DEFAULT_PER_ITEM, DEFAULT_RETRIES, parse_size};
+
 use super::*;
+use crate::checksum::Checksum;
+use crate::steps::{HttpBody, Missing, OnConflict};
 
 fn parse(text: &str) -> Result<Plan, String> {
     Plan::parse(text, Path::new("/jobs/plan.toml")).map_err(|e| e.to_string())
@@ -259,7 +263,7 @@ fn exists_table_form() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(
         plan.steps[0].action,
-        Action::Exists { negate: true, .. }
+        Action::Exists(crate::steps::ExistsSpec { negate: true, .. })
     ));
 }
 

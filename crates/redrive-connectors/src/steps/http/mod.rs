@@ -7,14 +7,16 @@
 //! joining a new batch. Delivery is at least once: a batch the API accepted just before a crash,
 //! not yet recorded, is sent again on resume.
 
+pub(crate) mod config;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use self::config::{HttpBody, HttpSpec};
 use async_trait::async_trait;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::item::Fields;
-use redrive_core::plan::{HttpBody, HttpSpec};
 use redrive_core::secrets::redact;
 use redrive_core::step::{Outcome, Step, StepContext, StepTraits};
 use redrive_core::template::TemplateError;

@@ -3,14 +3,16 @@
 //! At-least-once: a message sent just before a crash, whose completion was not yet recorded,
 //! is sent again on resume.
 
+pub(crate) mod config;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use self::config::EnqueueSpec;
 use async_trait::async_trait;
 use base64::Engine as _;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
-use redrive_core::plan::EnqueueSpec;
 use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 

@@ -1,6 +1,8 @@
 //! `exists = "URL"`: skip the item when the object exists (or, with `negate`, when it is
 //! missing).
 
+pub(crate) mod config;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

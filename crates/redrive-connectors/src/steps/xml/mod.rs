@@ -1,12 +1,14 @@
 //! `xml = { field, path, namespaces, keep_ancestors, into, missing }`: keeps one element of an
 //! XML field and binds it to `into` for later steps. No side effect: on resume it runs again.
 
+pub(crate) mod config;
+
 use std::borrow::Cow;
 
+use self::config::{Missing, XmlSpec};
 use async_trait::async_trait;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
-use redrive_core::plan::{Missing, XmlSpec};
 use redrive_core::step::{Done, Outcome, Step, StepContext, StepTraits};
 use redrive_core::template::TemplateError;
 

@@ -6,13 +6,15 @@
 //! tried one by one, so only the rows at fault fail. Errors a later attempt can fix (a lost
 //! connection, a deadlock) fail the whole batch as retryable: each item joins a new batch.
 
+pub(crate) mod config;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use self::config::SqlInsertSpec;
 use async_trait::async_trait;
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::item::Fields;
-use redrive_core::plan::SqlInsertSpec;
 use redrive_core::step::{Outcome, Step, StepContext, StepTraits};
 use redrive_core::template::TemplateError;
 use tokio::sync::OnceCell;

@@ -1,0 +1,132 @@
+//! `copy = { from, to, if_exists, content_type, part_size, parts, checksum, manifest }`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use redrive_core::job::{parse_size, template};
+use redrive_core::step::Step;
+use redrive_core::template::Template;
+use serde::{Deserialize, Serialize};
+
+use super::CopyStep;
+use crate::checksum::Checksum;
+use crate::steps::{BuildContext, CheckContext, StepConfig, StepKind};
+
+/// Copy one object, streamed.
+#[derive(Clone, Debug)]
+pub struct CopySpec {
+    /// Source object URL.
+    pub from: Template,
+    /// Target object URL.
+    pub to: Template,
+    /// What to do when the target exists.
+    pub if_exists: IfExists,
+    /// Content type to set on the target.
+    pub content_type: Option<Template>,
+    /// Bytes per read and per uploaded part (multipart / block upload above it).
+    pub part_size: usize,
+    /// Parts uploaded at once; peak memory per copy is about `parts × part_size`.
+    pub parts: usize,
+    /// Checksum computed while streaming, compared with the store's where it reports one.
+    pub checksum: Option<Checksum>,
+    /// A file that gets one JSON line per object copied.
+    pub manifest: Option<PathBuf>,
+}
+
+/// Default bytes per part.
+pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
+/// Default parts in flight.
+pub const DEFAULT_PARTS: usize = 8;
+
+/// What a copy does when its target exists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfExists {
+    /// Create only (a conditional write); an existing target counts as success.
+    #[default]
+    Skip,
+    /// Replace the target.
+    Overwrite,
+    /// Fail the item.
+    Fail,
+}
+
+/// As written.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCopy {
+    from: String,
+    to: String,
+    #[serde(default, skip_serializing_if = "is_skip")]
+    if_exists: IfExists,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checksum: Option<Checksum>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest: Option<String>,
+}
+
+fn is_skip(if_exists: &IfExists) -> bool {
+    *if_exists == IfExists::Skip
+}
+
+impl StepKind for CopySpec {
+    type Raw = RawCopy;
+
+    fn check(copy: &RawCopy, cx: &CheckContext<'_>) -> Result<Self, String> {
+        let part_size = match copy.part_size.as_deref() {
+            Some(text) => parse_size(text)
+                .filter(|n| *n >= 1024 * 1024)
+                .ok_or_else(|| format!("`copy.part_size` = `{text}`: give a size of at least 1MiB, e.g. \"16MiB\" (S3 parts are at least 5MiB)"))?,
+            None => DEFAULT_PART_SIZE,
+        };
+        let parts = copy.parts.unwrap_or(DEFAULT_PARTS);
+        if parts == 0 {
+            return Err("`copy.parts` must be at least 1".to_owned());
+        }
+        Ok(CopySpec {
+            from: template("copy.from", &copy.from)?,
+            to: template("copy.to", &copy.to)?,
+            if_exists: copy.if_exists,
+            content_type: copy
+                .content_type
+                .as_deref()
+                .map(|t| template("copy.content_type", t))
+                .transpose()?,
+            part_size,
+            parts,
+            checksum: copy.checksum,
+            manifest: copy.manifest.as_deref().map(|m| cx.base_dir.join(m)),
+        })
+    }
+
+    fn canonicalize(raw: &mut RawCopy) {
+        crate::plan::unless_default(&mut raw.part_size, |p| {
+            parse_size(p) == Some(DEFAULT_PART_SIZE)
+        });
+        crate::plan::unless_default(&mut raw.parts, |p| *p == DEFAULT_PARTS);
+    }
+}
+
+impl StepConfig for CopySpec {
+    fn templates(&self) -> Vec<&Template> {
+        let mut all = vec![&self.from, &self.to];
+        all.extend(self.content_type.as_ref());
+        all
+    }
+
+    fn target(&self) -> Option<&Template> {
+        Some(&self.to)
+    }
+
+    fn build(&self, cx: &BuildContext<'_>) -> Result<Arc<dyn Step>, String> {
+        let step = CopyStep::new(self.clone(), Arc::clone(cx.stores))
+            .map_err(|e| format!("cannot open the manifest: {e}"))?;
+        Ok(Arc::new(step))
+    }
+}
