@@ -8,10 +8,8 @@ use redrive_core::job::PlanError;
 use redrive_core::source::{Shard, Source, SourceError};
 use redrive_core::step::Step;
 
-use crate::plan::{Plan, SourceKind, SourceSpec};
-use crate::sources::{
-    CsvSource, DatesSource, GlobSource, KustoSource, LinesSource, ListSource, Sharded, SqlSource,
-};
+use crate::plan::{Plan, SourceSpec};
+use crate::sources::{Sharded, SourceBuildContext};
 use crate::steps::{BuildContext, Required};
 use crate::storage::{Env, Stores};
 
@@ -64,21 +62,17 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
         table: table.to_owned(),
         source,
     };
-    let source = match (&plan.source.kind, shard) {
-        (SourceKind::Sql(sql), _) => {
-            Arc::new(SqlSource::new(sql.clone(), shard).map_err(|e| source_error("source", e))?)
-                as Arc<dyn Source>
+    let source =
+        self::source(&plan.source, &stores, shard).map_err(|e| source_error("source", e))?;
+    let source = match shard {
+        Some(shard) if !plan.source.kind.config().shards_itself() => {
+            Arc::new(Sharded::new(source, plan.key()?, shard)) as Arc<dyn Source>
         }
-        (_, Some(shard)) => Arc::new(Sharded::new(
-            source(&plan.source, &stores).map_err(|e| source_error("source", e))?,
-            plan.key()?,
-            shard,
-        )),
-        (_, None) => source(&plan.source, &stores).map_err(|e| source_error("source", e))?,
+        _ => source,
     };
     let expand = match (&plan.expand, plan.expand_key()?) {
         (Some(spec), Some(key)) => Some(Expansion {
-            source: self::source(spec, &stores).map_err(|e| source_error("expand", e))?,
+            source: self::source(spec, &stores, None).map_err(|e| source_error("expand", e))?,
             key,
         }),
         _ => None,
@@ -127,22 +121,14 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
     })
 }
 
-fn source(spec: &SourceSpec, stores: &Arc<Stores>) -> Result<Arc<dyn Source>, SourceError> {
-    Ok(match &spec.kind {
-        SourceKind::Csv { path, delimiter } => Arc::new(CsvSource::open(path, *delimiter)?),
-        SourceKind::Lines { path } => Arc::new(LinesSource::open(path)?),
-        SourceKind::Glob { pattern } => Arc::new(GlobSource::new(pattern.clone())?),
-        SourceKind::Dates {
-            from,
-            to,
-            step_hours,
-        } => Arc::new(DatesSource::new(*from, *to, *step_hours)),
-        SourceKind::Kusto(kusto) => Arc::new(KustoSource::new(kusto.clone(), stores.env().clone())),
-        SourceKind::List { url, recursive } => {
-            Arc::new(ListSource::new(stores, url.clone(), *recursive)?)
-        }
-        SourceKind::Sql(sql) => Arc::new(SqlSource::new(sql.clone(), None)?),
-    })
+fn source(
+    spec: &SourceSpec,
+    stores: &Arc<Stores>,
+    shard: Option<Shard>,
+) -> Result<Arc<dyn Source>, SourceError> {
+    spec.kind
+        .config()
+        .build(&SourceBuildContext { stores, shard })
 }
 
 #[cfg(test)]

@@ -27,8 +27,9 @@ mod source;
 #[cfg(test)]
 mod tests;
 
+pub use crate::sources::{SOURCE_KINDS, SourceKind};
 pub use redrive_core::job::PlanError;
-pub use source::{DEFAULT_SQL_BATCH, KustoSpec, SourceKind, SourceSpec, SqlSourceSpec};
+pub use source::SourceSpec;
 use source::{RawSource, source_key, source_spec};
 
 /// A checked plan.
@@ -264,10 +265,7 @@ impl Plan {
         let expand = match &raw.expand {
             Some(expand) => {
                 let spec = source_spec(expand, &base_dir).map_err(|m| invalid("expand", m))?;
-                if !matches!(
-                    spec.kind,
-                    SourceKind::List { .. } | SourceKind::Glob { .. } | SourceKind::Kusto(_)
-                ) {
+                if !spec.kind.config().expands() {
                     return Err(invalid(
                         "expand",
                         format!(
@@ -447,7 +445,7 @@ impl Plan {
             .map_err(|e| invalid("source".to_owned(), "key", e))?;
         let mut item_fields = parent.clone();
         if let (Some(expand), Some(children)) = (&self.expand, children) {
-            for template in expand.kind.templates() {
+            for template in expand.kind.config().templates() {
                 template
                     .check_fields(parent)
                     .map_err(|e| invalid("expand".to_owned(), expand.kind.name(), e))?;

@@ -2,6 +2,7 @@ use redrive_core::job::{DEFAULT_LEASE, DEFAULT_PER_ITEM, DEFAULT_RETRIES, parse_
 
 use super::*;
 use crate::checksum::Checksum;
+use crate::sources::{DEFAULT_SQL_BATCH, DatesSpec, LinesSpec};
 use crate::steps::{HttpBody, Missing, OnConflict};
 
 fn parse(text: &str) -> Result<Plan, String> {
@@ -31,9 +32,9 @@ fn minimal_plan_has_defaults() {
     assert_eq!(plan.state, "/jobs/.redrive/j.db");
     assert_eq!(
         plan.source.kind,
-        SourceKind::Lines {
+        SourceKind::Lines(LinesSpec {
             path: PathBuf::from("/jobs/keys.txt")
-        }
+        })
     );
     assert_eq!(plan.steps[0].name, "copy");
     assert_eq!(
@@ -382,7 +383,7 @@ fn dates_source_and_its_errors() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(
         plan.source.kind,
-        SourceKind::Dates { step_hours: 24, .. }
+        SourceKind::Dates(DatesSpec { step_hours: 24, .. })
     ));
     assert_eq!(
         plan.key().map(|k| k.raw().to_owned()).ok(),
@@ -395,7 +396,7 @@ fn dates_source_and_its_errors() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(
         hourly.source.kind,
-        SourceKind::Dates { step_hours: 6, .. }
+        SourceKind::Dates(DatesSpec { step_hours: 6, .. })
     ));
     let e = error(&MINIMAL.replace(
         "lines = \"keys.txt\"",
@@ -716,4 +717,56 @@ fn bad_sql_parts_are_refused_with_the_fix() {
         let e = error(&S5.replacen(from, to, 1));
         assert!(e.contains(says), "{to}: {e}");
     }
+}
+
+#[test]
+fn the_keys_a_plan_error_lists_come_from_the_registries() {
+    let e = error(&MINIMAL.replace(
+        "lines = \"keys.txt\"",
+        "lines = \"keys.txt\"\nrecursiv = true",
+    ));
+    assert!(e.contains("in `source.recursiv`"), "{e}");
+    let kinds: Vec<String> = crate::sources::SOURCE_KINDS
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect();
+    assert!(
+        e.contains(&format!("expected one of {}, `key`", kinds.join(", "))),
+        "{e}"
+    );
+    assert!(e.contains("line 6"), "{e}");
+
+    let e = error(&MINIMAL.replace("copy = {", "cpoy = {"));
+    let kinds: Vec<String> = crate::steps::STEP_KINDS
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect();
+    assert!(e.contains("unknown field `cpoy`"), "{e}");
+    assert!(
+        e.contains(&format!(
+            "expected one of `name`, `require`, {}",
+            kinds.join(", ")
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_source_option_of_the_wrong_type_or_kind_is_named() {
+    let e = error(&MINIMAL.replace(
+        "lines = \"keys.txt\"",
+        "list = \"s3://b/p/\"\nrecursive = \"yes\"",
+    ));
+    assert!(
+        e.contains("in [source]: `recursive` must be true or false"),
+        "{e}"
+    );
+    let e = error(&MINIMAL.replace(
+        "lines = \"keys.txt\"",
+        "lines = \"keys.txt\"\ndelimiter = \";\"",
+    ));
+    assert!(
+        e.contains("`delimiter` applies to a `csv` source only"),
+        "{e}"
+    );
 }

@@ -1,4 +1,18 @@
 //! Sources: where items come from. Each streams; none holds the work list in memory.
+//!
+//! Each kind is a folder: `config.rs` (its part of the `[source]` table as written, its check,
+//! canonical form and build) beside `mod.rs` (the runtime). Adding a kind: a folder like the
+//! others and one line in [`source_kinds!`] below.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redrive_core::source::{Shard, Source};
+use redrive_core::template::Template;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::storage::Stores;
 
 mod csv;
 mod dates;
@@ -8,6 +22,14 @@ mod lines;
 mod list;
 mod shard;
 mod sql;
+
+pub use self::csv::config::CsvSpec;
+pub use self::dates::config::DatesSpec;
+pub use self::glob::config::GlobSpec;
+pub use self::kusto::config::KustoSpec;
+pub use self::lines::config::LinesSpec;
+pub use self::list::config::ListSpec;
+pub use self::sql::config::{DEFAULT_SQL_BATCH, SqlSourceSpec};
 
 pub use self::csv::CsvSource;
 pub use self::dates::DatesSource;
@@ -22,6 +44,218 @@ use futures::stream::BoxStream;
 use redrive_core::item::Fields;
 use redrive_core::source::SourceError;
 use tokio::sync::mpsc;
+
+/// A source kind's configuration: the value of its key in `[source]` as written
+/// ([`SourceKindConfig::Raw`]), with the kind's own keys beside it (`delimiter` for `csv`),
+/// checked into `Self`.
+pub(crate) trait SourceKindConfig: Sized {
+    /// The value as written (`csv = "FILE"`, `sql = { … }`); when serialized, keys absent or
+    /// at their default are skipped (the fingerprint's canonical form).
+    type Raw: DeserializeOwned + Serialize;
+
+    /// Keys of the `[source]` table besides the kind's own that belong to this kind.
+    const OPTIONS: &'static [&'static str] = &[];
+
+    /// Checks it (pure: no I/O). `Err` is the message, naming the key and the fix.
+    fn check(raw: &Self::Raw, options: &SourceOptions, base_dir: &Path) -> Result<Self, String>;
+
+    /// Makes what is at its default absent, in the value and in the options.
+    fn canonicalize(_raw: &mut Self::Raw, _options: &mut SourceOptions) {}
+}
+
+/// The keys of a `[source]` table that belong to its kind, as written (scalars).
+#[derive(Debug, Default, Serialize)]
+pub struct SourceOptions(pub(crate) std::collections::BTreeMap<String, toml::Value>);
+
+impl SourceOptions {
+    /// A string option.
+    pub(crate) fn string(&self, key: &str) -> Result<Option<&str>, String> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(text)) => Ok(Some(text)),
+            Some(other) => Err(format!("`{key}` must be a string, got `{other}`")),
+        }
+    }
+
+    /// A boolean option.
+    pub(crate) fn bool(&self, key: &str) -> Result<Option<bool>, String> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Boolean(value)) => Ok(Some(*value)),
+            Some(other) => Err(format!("`{key}` must be true or false, got `{other}`")),
+        }
+    }
+
+    /// Drops `key` when `same` says its value is the default.
+    pub(crate) fn unless_default(&mut self, key: &str, same: impl Fn(&toml::Value) -> bool) {
+        if self.0.get(key).is_some_and(same) {
+            self.0.remove(key);
+        }
+    }
+}
+
+/// What building a source may use.
+pub struct SourceBuildContext<'a> {
+    /// The stores, configured from the plan and the environment.
+    pub stores: &'a Arc<Stores>,
+    /// The shard of the items to read, for a source that splits them itself
+    /// ([`SourceConfig::shards_itself`]).
+    pub shard: Option<Shard>,
+}
+
+/// A checked source configuration: what the plan reader and the builder ask of every kind.
+pub trait SourceConfig: std::fmt::Debug + Send + Sync {
+    /// The templates in the source's location (under `[expand]` they use the parent's fields).
+    fn templates(&self) -> Vec<&Template> {
+        Vec::new()
+    }
+
+    /// The key template used when the plan sets none; `None`: the plan must set `key`.
+    fn default_key(&self) -> Option<String> {
+        None
+    }
+
+    /// True for a kind that can list an item's children under `[expand]`.
+    fn expands(&self) -> bool {
+        false
+    }
+
+    /// True for a source that reads only its shard of the items itself (in its query); the
+    /// others are filtered by a hash of the key.
+    fn shards_itself(&self) -> bool {
+        false
+    }
+
+    /// The runtime source.
+    fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Arc<dyn Source>, SourceError>;
+}
+
+/// The registry of source kinds: one line each, `"key" => Variant(ConfigType)`, in the order
+/// plan errors list them.
+macro_rules! source_kinds {
+    ($($name:literal => $variant:ident($spec:ty)),* $(,)?) => {
+        /// The kinds of source, each with its checked configuration.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum SourceKind {
+            $(
+                #[doc = concat!("`", $name, " = …`")]
+                $variant($spec),
+            )*
+        }
+
+        /// The source kinds, as written in a plan.
+        pub const SOURCE_KINDS: &[&str] = &[$($name),*];
+
+        /// A source kind's value as written.
+        pub(crate) enum RawSourceKind {
+            $($variant(<$spec as SourceKindConfig>::Raw),)*
+        }
+
+        /// Every key a `[source]` table may have: the kinds, `key`, and the kinds' options.
+        pub(crate) fn source_keys() -> &'static [&'static str] {
+            static KEYS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+            KEYS.get_or_init(|| {
+                let mut keys: Vec<&'static str> = SOURCE_KINDS.to_vec();
+                keys.push("key");
+                $(
+                    for option in <$spec as SourceKindConfig>::OPTIONS {
+                        if !keys.contains(option) {
+                            keys.push(option);
+                        }
+                    }
+                )*
+                keys
+            })
+        }
+
+        /// The kinds whose option `key` is.
+        pub(crate) fn kinds_with_option(key: &str) -> Vec<&'static str> {
+            let mut kinds = Vec::new();
+            $(
+                if <$spec as SourceKindConfig>::OPTIONS.contains(&key) {
+                    kinds.push($name);
+                }
+            )*
+            kinds
+        }
+
+        impl RawSourceKind {
+            /// Reads the value of key `kind` from `map`; `None` when it is not a source kind.
+            pub(crate) fn next_value<'de, A: serde::de::MapAccess<'de>>(
+                kind: &str,
+                map: &mut A,
+            ) -> Result<Option<Self>, A::Error> {
+                $(
+                    if kind == $name {
+                        return map.next_value().map(|raw| Some(RawSourceKind::$variant(raw)));
+                    }
+                )*
+                Ok(None)
+            }
+
+            /// The kind, as written.
+            pub(crate) fn name(&self) -> &'static str {
+                match self {
+                    $(RawSourceKind::$variant(_) => $name,)*
+                }
+            }
+
+            /// The options this kind takes.
+            pub(crate) fn options(&self) -> &'static [&'static str] {
+                match self {
+                    $(RawSourceKind::$variant(_) => <$spec as SourceKindConfig>::OPTIONS,)*
+                }
+            }
+
+            /// Checks the value and its options.
+            pub(crate) fn check(&self, options: &SourceOptions, base_dir: &Path) -> Result<SourceKind, String> {
+                match self {
+                    $(RawSourceKind::$variant(raw) => <$spec as SourceKindConfig>::check(raw, options, base_dir).map(SourceKind::$variant),)*
+                }
+            }
+
+            /// Writes `kind = value` into the source's canonical form.
+            pub(crate) fn serialize_entry<M: serde::ser::SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+                match self {
+                    $(RawSourceKind::$variant(raw) => map.serialize_entry($name, raw),)*
+                }
+            }
+
+            /// Defaults become absent (see [`SourceKindConfig::canonicalize`]).
+            pub(crate) fn canonicalize(&mut self, options: &mut SourceOptions) {
+                match self {
+                    $(RawSourceKind::$variant(raw) => <$spec as SourceKindConfig>::canonicalize(raw, options),)*
+                }
+            }
+        }
+
+        impl SourceKind {
+            /// The kind, as written in a plan.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(SourceKind::$variant(_) => $name,)*
+                }
+            }
+
+            /// The configuration, whatever the kind.
+            pub fn config(&self) -> &dyn SourceConfig {
+                match self {
+                    $(SourceKind::$variant(spec) => spec,)*
+                }
+            }
+        }
+    };
+}
+
+source_kinds! {
+    "csv" => Csv(CsvSpec),
+    "lines" => Lines(LinesSpec),
+    "glob" => Glob(GlobSpec),
+    "list" => List(ListSpec),
+    "kusto" => Kusto(KustoSpec),
+    "dates" => Dates(DatesSpec),
+    "sql" => Sql(SqlSourceSpec),
+}
 
 /// Items buffered between a blocking reader thread and the engine.
 const CHANNEL: usize = 1_024;

@@ -1,5 +1,7 @@
 //! `lines = "FILE"`: one item per non-empty line, field `line`.
 
+pub(crate) mod config;
+
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! `list = "URL"`: an object-store prefix listing; fields `key`, `name`, `rel` (the key below
 //! the listed prefix), `size`, `url`.
 
+pub(crate) mod config;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

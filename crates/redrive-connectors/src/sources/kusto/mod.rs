@@ -6,11 +6,13 @@
 //! frames; the first `PrimaryResult` table). A result is bounded by Kusto's own limits
 //! (500,000 rows or 64 MB by default), so it is read whole.
 
+pub(crate) mod config;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::plan::KustoSpec;
+use crate::sources::KustoSpec;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use redrive_core::item::Fields;

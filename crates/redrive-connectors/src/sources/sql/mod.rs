@@ -8,10 +8,12 @@
 //! filter (`key mod N = I`) is part of the query; with another key type it is applied to the
 //! keys as they arrive.
 
+pub(crate) mod config;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::plan::SqlSourceSpec;
+use crate::sources::SqlSourceSpec;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use redrive_core::item::{Fields, StoredItem};

@@ -1,5 +1,7 @@
 //! `csv = "FILE"`: one item per row, fields named by the header.
 
+pub(crate) mod config;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,7 @@
 //! `dates = { from, to, step }`: one item per UTC day (or per `step` hours), inclusive.
 
+pub(crate) mod config;
+
 use std::collections::BTreeSet;
 
 use futures::StreamExt;

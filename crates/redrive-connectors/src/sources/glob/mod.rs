@@ -1,5 +1,7 @@
 //! `glob = "PATTERN"`: local files; fields `path`, `name`, `size`.
 
+pub(crate) mod config;
+
 use std::collections::BTreeSet;
 
 use futures::stream::BoxStream;
