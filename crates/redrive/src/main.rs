@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod exit;
 mod logging;
+mod metrics;
 mod progress;
 mod summary;
 mod telemetry;

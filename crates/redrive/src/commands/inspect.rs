@@ -112,7 +112,7 @@ fn workers_table(workers: &[redrive_core::state::WorkerInfo]) -> String {
 async fn shard_status(args: &StatusArgs) -> anyhow::Result<Option<ExitStatus>> {
     let plan = super::plan_unless_state_only(&args.plan, &args.state)?;
     let target = super::state::target(plan.as_ref(), &args.state)?;
-    let super::state::Target::File(path) = &target else {
+    let redrive_state::StateLocation::File(path) = &target else {
         return Ok(None);
     };
     if path.exists() {
@@ -131,9 +131,11 @@ async fn shard_status(args: &StatusArgs) -> anyhow::Result<Option<ExitStatus>> {
     let mut parts = Vec::new();
     let mut rows = Vec::new();
     for (shard, file) in shards.iter().filter(|(s, _)| s.count == count) {
-        let opened =
-            super::state::open_existing(&super::state::Target::File(file.clone()), &args.plan)
-                .await?;
+        let opened = super::state::open_existing(
+            &redrive_state::StateLocation::File(file.clone()),
+            &args.plan,
+        )
+        .await?;
         let part = opened
             .store
             .summary()

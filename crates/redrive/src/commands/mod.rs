@@ -6,13 +6,13 @@ pub(crate) mod edit;
 pub(crate) mod hooks;
 pub(crate) mod inspect;
 pub(crate) mod run;
+pub(crate) mod signals;
 pub(crate) mod state;
 pub(crate) mod validate;
 pub(crate) mod workers;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::Context as _;
 use redrive_connectors::Plan;
 use redrive_core::state::StateError;
 
@@ -34,7 +34,7 @@ pub(crate) fn load_plan(path: &Path) -> anyhow::Result<Plan> {
 pub(crate) async fn open_existing(
     plan_path: &Path,
     arg: &StateArg,
-) -> anyhow::Result<(Option<Plan>, state::Opened)> {
+) -> anyhow::Result<(Option<Plan>, redrive_state::OpenState)> {
     let plan = plan_unless_state_only(plan_path, arg)?;
     let target = state::target(plan.as_ref(), arg)?;
     let opened = state::open_existing(&target, plan_path).await?;
@@ -77,17 +77,4 @@ pub(crate) fn state_error(error: StateError, plan_path: &Path) -> anyhow::Error 
         .into(),
         None => anyhow::Error::new(error),
     }
-}
-
-/// Removes a SQLite state file and its WAL companions.
-pub(crate) fn remove_state(path: &Path) -> anyhow::Result<()> {
-    for suffix in ["", "-wal", "-shm"] {
-        let file = PathBuf::from(format!("{}{suffix}", path.display()));
-        match std::fs::remove_file(&file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove `{}`", file.display())),
-        }
-    }
-    Ok(())
 }

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::exit::{ExitStatus, Hinted};
+use crate::metrics::RunMetrics;
 use crate::progress::{Display, Progress};
 use crate::summary;
 
@@ -51,7 +52,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         &target,
         plan.limits.lease,
         args.restart,
-        |what| confirm_restart(what, args.yes),
+        |what| super::state::confirm_restart(what, args.yes),
         &args.plan,
     )
     .await?;
@@ -105,7 +106,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     });
 
     let (stop, stop_requests) = watch::channel(StopLevel::Run);
-    let signals = tokio::spawn(watch_signals(stop));
+    let signals = tokio::spawn(super::signals::watch_signals(stop));
     let options = RunOptions {
         concurrency: args.concurrency.map_or(plan.limits.items, |n| n as usize),
         per_item: plan.limits.per_item,
@@ -245,44 +246,14 @@ fn write_metrics(
     progress: &Progress,
     shard: Option<redrive_core::source::Shard>,
 ) -> anyhow::Result<()> {
-    let seconds = report.duration.as_secs_f64();
-    let counters = progress.counters();
-    let retries = report
+    let retries = progress
+        .counters()
         .retries
-        .max(counters.retries.load(std::sync::atomic::Ordering::Relaxed));
-    let metrics = serde_json::json!({
-        "processed": report.done + report.skipped + report.failed,
-        "done": report.done,
-        "failed": report.failed,
-        "skipped": report.skipped,
-        "bytes": report.bytes,
-        "duration_s": (seconds * 1000.0).round() / 1000.0,
-        "items_per_sec": per_second(report.done + report.skipped + report.failed, seconds),
-        "rows_per_sec": per_second(report.done + report.skipped + report.failed, seconds),
-        "shard": shard.map(|s| s.to_string()),
-        "retries": retries,
-        "throttled": report.throttled,
-        "storage_calls_retried": redrive_connectors::storage::calls_retried(),
-        "throttled_responses": report.limits.iter().map(|(_, l)| l.throttled).sum::<u64>(),
-        "concurrency": report.limits.iter().map(|(step, l)| serde_json::json!({
-            "step": step,
-            "max": l.max,
-            "lowest": l.lowest,
-            "end": l.now,
-            "throttled_responses": l.throttled,
-        })).collect::<Vec<_>>(),
-        "children": {
-            "done": report.children.done,
-            "skipped": report.children.skipped,
-            "failed": report.children.failed,
-        },
-        "interrupted": report.interrupted,
-        "peak_rss_mb": peak_rss_mb(),
-        "finished_at": jiff::Timestamp::now().to_string(),
-    });
-    let text = redrive_core::secrets::redact(&serde_json::to_string_pretty(&metrics)?).into_owned();
-    std::fs::write(path, text + "\n")?;
-    Ok(())
+        .load(std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::write(
+        path,
+        &RunMetrics::of(report, retries, shard.map(|s| s.to_string())),
+    )
 }
 
 /// A batch fills only from the items in flight: with fewer in flight than the batch holds,
@@ -299,85 +270,5 @@ fn warn_unfillable_batches(pipeline: &engine::Pipeline, in_flight: usize) {
                 batch * 2
             );
         }
-    }
-}
-
-/// `n` per second over `seconds`, to one decimal.
-pub(crate) fn per_second(n: u64, seconds: f64) -> f64 {
-    (n as f64 / seconds.max(0.001) * 10.0).round() / 10.0
-}
-
-/// The process's peak resident memory (Linux `VmHWM`), in MiB.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some((kb / 1024.0 * 10.0).round() / 10.0)
-}
-
-pub(crate) fn confirm_restart(what: &str, yes: bool) -> anyhow::Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(Hinted {
-            message: format!("--restart would discard the state `{what}`"),
-            hint: "add --yes to confirm".to_owned(),
-        }
-        .into());
-    }
-    eprint!("Discard the state `{what}` and start over? [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin()
-        .read_line(&mut answer)
-        .context("cannot read the answer")?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        anyhow::bail!("not restarted: the state is kept")
-    }
-}
-
-/// SIGTERM, when it can be watched.
-pub(crate) fn terminate_signal() -> Option<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
-}
-
-/// Waits for the next Ctrl-C or SIGTERM. Without signal handling, waits forever (no stop is
-/// ever reported).
-pub(crate) async fn next_stop_signal(terminate: &mut Option<tokio::signal::unix::Signal>) {
-    let terminated = async {
-        match terminate.as_mut() {
-            Some(signal) => signal.recv().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => if result.is_err() {
-            std::future::pending::<()>().await;
-        },
-        _ = terminated => {}
-    }
-}
-
-/// First Ctrl-C (or SIGTERM): drain. Second: abort.
-pub(crate) async fn watch_signals(stop: watch::Sender<StopLevel>) {
-    let mut terminate = terminate_signal();
-    let mut level = StopLevel::Run;
-    loop {
-        next_stop_signal(&mut terminate).await;
-        level = match level {
-            StopLevel::Run => {
-                eprintln!(
-                    "\nStopping: no new items; finishing those in flight (Ctrl-C again to abort them)."
-                );
-                StopLevel::Drain
-            }
-            _ => {
-                eprintln!("\nAborting the items in flight; they will be redone on the next run.");
-                StopLevel::Abort
-            }
-        };
-        let _ = stop.send(level);
     }
 }

@@ -18,6 +18,7 @@ use tokio::io::AsyncBufReadExt as _;
 
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::exit::ExitStatus;
+use crate::metrics::{AggregateMetrics, RunMetrics, WorkerMetrics, per_second};
 use crate::summary;
 
 /// A worker's last progress report.
@@ -65,7 +66,7 @@ pub(crate) async fn run(
     std::fs::create_dir_all(&plan.log_dir)
         .with_context(|| format!("cannot create `{}`", plan.log_dir.display()))?;
     if args.restart {
-        super::run::confirm_restart(&format!("{} shard states", workers), args.yes)?;
+        super::state::confirm_restart(&format!("{} shard states", workers), args.yes)?;
     }
 
     // The hooks run here, once for the job, not in each worker.
@@ -196,7 +197,7 @@ pub(crate) async fn run(
             "{}",
             summary::table(
                 &plan.name,
-                &format!("{workers} shards, {}", location(&target)),
+                &format!("{workers} shards, {}", target.shards_display()),
                 after
             )
         );
@@ -278,10 +279,10 @@ fn forward(
 
 /// First Ctrl-C (or SIGTERM): each worker drains. Second: each aborts.
 async fn forward_signals(pids: Vec<u32>) {
-    let mut terminate = super::run::terminate_signal();
+    let mut terminate = super::signals::terminate_signal();
     let mut count = 0;
     loop {
-        super::run::next_stop_signal(&mut terminate).await;
+        super::signals::next_stop_signal(&mut terminate).await;
         count += 1;
         eprintln!(
             "\n{} the workers.",
@@ -304,7 +305,7 @@ async fn forward_signals(pids: Vec<u32>) {
 
 /// Each shard's summary, summed; `None` when no shard has a state yet.
 async fn shard_summaries(
-    target: &super::state::Target,
+    target: &redrive_state::StateLocation,
     shards: &[Shard],
     plan_path: &Path,
 ) -> Option<Summary> {
@@ -322,13 +323,6 @@ async fn shard_summaries(
         .iter()
         .any(|p| p.total() > 0 || p.source_complete)
         .then(|| summary::sum(&parts))
-}
-
-fn location(target: &super::state::Target) -> String {
-    match target {
-        super::state::Target::File(path) => format!("{}.shard-*", path.display()),
-        super::state::Target::Postgres { job, .. } => format!("PostgreSQL, job {job}-shard-*"),
-    }
 }
 
 /// The last lines of a worker's log, indented.
@@ -350,51 +344,44 @@ fn write_aggregate(
     died: &[u32],
     wall: f64,
 ) -> anyhow::Result<()> {
-    let mut totals = [0u64; 6];
-    const KEYS: [&str; 6] = ["processed", "done", "failed", "skipped", "bytes", "retries"];
-    let mut per_worker = Vec::new();
+    let mut aggregate = AggregateMetrics {
+        workers: shards.len(),
+        processed: 0,
+        done: 0,
+        failed: 0,
+        skipped: 0,
+        bytes: 0,
+        retries: 0,
+        duration_s: (wall * 1000.0).round() / 1000.0,
+        rows_per_sec: 0.0,
+        items_per_sec: 0.0,
+        died: died.to_vec(),
+        finished_at: jiff::Timestamp::now().to_string(),
+        per_worker: Vec::with_capacity(shards.len()),
+    };
     for shard in shards {
         let file = dir.join(format!("worker-{}.json", shard.index));
-        let metrics: Option<serde_json::Value> = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+        let metrics = RunMetrics::read(&file);
         if let Some(metrics) = &metrics {
-            for (total, key) in totals.iter_mut().zip(KEYS) {
-                *total += metrics[key].as_u64().unwrap_or(0);
-            }
+            aggregate.processed += metrics.processed;
+            aggregate.done += metrics.done;
+            aggregate.failed += metrics.failed;
+            aggregate.skipped += metrics.skipped;
+            aggregate.bytes += metrics.bytes;
+            aggregate.retries += metrics.retries;
         }
-        per_worker.push(serde_json::json!({
-            "shard": shard.to_string(),
-            "metrics": file.display().to_string(),
-            "died": died.contains(&shard.index),
-            "processed": metrics.as_ref().map(|m| m["processed"].clone()),
-            "rows_per_sec": metrics.as_ref().map(|m| m["rows_per_sec"].clone()),
-        }));
+        aggregate.per_worker.push(WorkerMetrics {
+            shard: shard.to_string(),
+            metrics: file.display().to_string(),
+            died: died.contains(&shard.index),
+            processed: metrics.as_ref().map(|m| m.processed),
+            rows_per_sec: metrics.as_ref().map(|m| m.rows_per_sec),
+        });
     }
-    let mut aggregate = serde_json::Map::new();
-    aggregate.insert("workers".into(), shards.len().into());
-    for (total, key) in totals.iter().zip(KEYS) {
-        aggregate.insert(key.into(), (*total).into());
-    }
-    let rate = super::run::per_second(totals[0], wall);
-    aggregate.insert(
-        "duration_s".into(),
-        ((wall * 1000.0).round() / 1000.0).into(),
-    );
-    aggregate.insert("rows_per_sec".into(), rate.into());
-    aggregate.insert("items_per_sec".into(), rate.into());
-    aggregate.insert("died".into(), died.to_vec().into());
-    aggregate.insert(
-        "finished_at".into(),
-        jiff::Timestamp::now().to_string().into(),
-    );
-    aggregate.insert("per_worker".into(), per_worker.into());
-    let text = serde_json::to_string_pretty(&serde_json::Value::Object(aggregate))?;
-    std::fs::write(
-        path,
-        redrive_core::secrets::redact(&text).into_owned() + "\n",
-    )?;
-    Ok(())
+    let rate = per_second(aggregate.processed, wall);
+    aggregate.rows_per_sec = rate;
+    aggregate.items_per_sec = rate;
+    crate::metrics::write(path, &aggregate)
 }
 
 /// The combined view: a bar on a terminal (total and one per worker), else a line every 5 s.

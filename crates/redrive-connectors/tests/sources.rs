@@ -1,0 +1,175 @@
+//! The source conformance suite: every source kind that runs on this machine, the same checks.
+//!
+//! 1. A second read yields the same items in the same order (resume relies on keys).
+//! 2. `items_after(last)`, where a source can seek, continues exactly after `last`.
+//! 3. A source that cannot be read says which one (its file or URL) in its error.
+//!
+//! `sql` needs the PostgreSQL `scripts/test` starts (`REDRIVE_TEST_POSTGRES_URL`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use futures::StreamExt;
+use redrive_connectors::storage::Env;
+use redrive_connectors::{Plan, build_with};
+use redrive_core::engine::Pipeline;
+use redrive_core::item::Fields;
+
+fn plan(dir: &Path, source: &str) -> Plan {
+    let text = format!(
+        "[job]\nname = \"conformance\"\n[source]\n{source}\n[[step]]\nexists = \"{}/nothing/{{n}}\"\n",
+        dir.display()
+    );
+    let text = text.replace("{n}", "x");
+    Plan::parse(&text, &dir.join("plan.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build(plan: &Plan) -> Pipeline {
+    build_with(plan, Env::from_pairs([])).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn keys(
+    pipeline: &Pipeline,
+    items: futures::stream::BoxStream<'static, Result<Fields, redrive_core::SourceError>>,
+) -> Vec<(String, Fields)> {
+    items
+        .map(|item| {
+            let fields = item.unwrap_or_else(|e| panic!("{e}"));
+            (pipeline.key.render(&fields).unwrap(), fields)
+        })
+        .collect()
+        .await
+}
+
+/// Checks 1 and 2 on the plan's source; `seeks`: the source must continue after a key.
+async fn conforms(name: &str, plan: &Plan, seeks: bool) {
+    let pipeline = build(plan);
+    let first = keys(&pipeline, pipeline.source.items(&Fields::new())).await;
+    assert!(first.len() >= 3, "{name}: the fixture has items");
+    let second = keys(&pipeline, pipeline.source.items(&Fields::new())).await;
+    let names =
+        |items: &[(String, Fields)]| items.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&first),
+        names(&second),
+        "{name}: a second read is the same"
+    );
+    let mut unique = names(&first);
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), first.len(), "{name}: keys are unique");
+    match pipeline.source.items_after(&first[1].1) {
+        Some(rest) => {
+            let rest = keys(&pipeline, rest).await;
+            assert_eq!(
+                names(&rest),
+                names(&first[2..]),
+                "{name}: continues right after the key"
+            );
+        }
+        None => assert!(!seeks, "{name}: can seek"),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[tokio::test]
+async fn every_local_source_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    write(
+        dir,
+        "items.csv",
+        "JobId,WorkItemId\nJ1,A\nJ1,B\nJ2,A\nJ2,C\n",
+    );
+    write(dir, "items.txt", "k1\nk2\n\nk3\nk4\n");
+    for name in ["d/a.json", "d/b.json", "d/sub/c.json", "d/e.json"] {
+        write(dir, name, "{}");
+    }
+    let cases = [
+        (
+            "csv",
+            "csv = \"items.csv\"\nkey = \"{JobId}/{WorkItemId}\"".to_owned(),
+        ),
+        ("lines", "lines = \"items.txt\"".to_owned()),
+        ("glob", "glob = \"d/**/*.json\"".to_owned()),
+        ("list", format!("list = \"{}/d/\"", dir.display())),
+        (
+            "dates",
+            "dates = { from = \"2026-01-01\", to = \"2026-01-05\" }".to_owned(),
+        ),
+    ];
+    let mut tested: Vec<&str> = Vec::new();
+    for (name, source) in &cases {
+        conforms(name, &plan(dir, source), false).await;
+        tested.push(name);
+    }
+    // Every registered kind is here, or in a test of its own below (sql) or in the CLI suite
+    // against its fake server (kusto).
+    for kind in redrive_connectors::plan::SOURCE_KINDS {
+        assert!(
+            tested.contains(kind) || ["sql", "kusto"].contains(kind),
+            "source kind `{kind}` is not in the conformance suite"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_source_that_cannot_be_read_names_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    for (source, names) in [
+        ("csv = \"missing.csv\"\nkey = \"{a}\"", "missing.csv"),
+        ("lines = \"missing.txt\"", "missing.txt"),
+    ] {
+        let error = match build_with(&plan(dir, source), Env::from_pairs([])) {
+            Ok(_) => panic!("{source}: opened a missing file"),
+            Err(error) => error,
+        };
+        let mut chain = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(e) = cause {
+            chain.push_str(&format!(": {e}"));
+            cause = e.source();
+        }
+        assert!(chain.contains(names), "{source}: {chain}");
+    }
+}
+
+#[tokio::test]
+async fn the_sql_source_conforms_and_seeks() {
+    let url = std::env::var("REDRIVE_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!("REDRIVE_TEST_POSTGRES_URL is not set: this test needs the PostgreSQL that `scripts/test` starts; run `scripts/test`")
+    });
+    // The table name is this test's own (no input reaches these statements).
+    let table = format!("conformance_{}", std::process::id());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, body TEXT)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, 25) g"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source =
+        format!("sql = {{ url = \"{url}\", table = \"{table}\", key = \"id\", batch = 7 }}");
+    conforms("sql", &plan(dir.path(), &source), true).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
