@@ -3,8 +3,11 @@
 //!
 //! Operators are built once per bucket or container and cached. Endpoints and credentials come
 //! from a matching `[store."PREFIX"]` table first, then the environment, read the way each
-//! cloud's own tools read it. No retry layer is added: the engine retries whole steps, and it is
-//! the one that honours Retry-After (see `redrive_core::retry`).
+//! cloud's own tools read it. Each operator retries a failed call on the spot (OpenDAL's
+//! `RetryLayer`, `CALL_RETRIES` times, jittered), so one failed part is sent again alone;
+//! what still fails reaches the engine, which retries the whole step with its backoff and
+//! honours Retry-After (see `redrive_core::retry`). A call retried for throttling tells the
+//! step's adaptive limit (`redrive_core::throttle`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

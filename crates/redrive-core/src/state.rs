@@ -193,8 +193,9 @@ impl Summary {
     }
 }
 
-/// Where item progress lives. Implementations: SQLite (one file, one host) and, later,
-/// PostgreSQL (many hosts). Every implementation passes `redrive_state::conformance`.
+/// Where item progress lives. Implementations: SQLite (one file, one host) and PostgreSQL
+/// (one job shared by many hosts, items claimed under leases). Every implementation passes
+/// `redrive_state::conformance`.
 ///
 /// Contract: when `record` returns `Ok`, the transition is durable (committed); the engine
 /// runs an item's next step only after that. Writes may be batched into transactions with

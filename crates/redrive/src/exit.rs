@@ -1,4 +1,5 @@
-//! Exit codes, as documented in `--help` and SPEC.md.
+//! Exit codes, as documented in `--help` and the README ("Commands"): 0 done, 1 some items
+//! failed, 2 usage, configuration or a fatal error, 130 interrupted.
 
 use std::process::ExitCode;
 

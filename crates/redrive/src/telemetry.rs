@@ -66,7 +66,7 @@ impl Telemetry {
                 .map(|p| redact(p).into_owned())
                 .unwrap_or_default(),
             event.step.to_owned(),
-            event.status.to_owned(),
+            event.status.as_str().to_owned(),
             format!("{:.3}", event.seconds),
             event.bytes.to_string(),
             event.output.unwrap_or_default().to_owned(),

@@ -1,0 +1,272 @@
+//! One item through its steps: where it starts, each step paced and retried, every transition
+//! recorded before the next side effect.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::report::{ItemReport, StepEvent, StepStatus};
+use super::{Counter, EngineError, PipelineStep, Shared};
+use crate::error::{ErrorClass, StepError};
+use crate::item::{Status, StoredItem};
+use crate::state::Transition;
+use crate::step::{NO_INPUT, Outcome, StepContext};
+use crate::throttle::Throttle;
+
+/// Where an item starts: its first unfinished step, or earlier when a file that an earlier
+/// step produced has gone (that step is redone, and every step after it).
+/// A step that binds fields (`xml`) is redone too: its fields are not in the state.
+pub(super) async fn start_step(shared: &Shared, item: &StoredItem) -> Result<usize, EngineError> {
+    if item.step == 0 {
+        return Ok(0);
+    }
+    let mut first = item.step;
+    let outputs = shared.state.outputs(item.id).await?;
+    for (step, produced) in outputs {
+        if step < first && !std::path::Path::new(&produced.path).exists() {
+            tracing::info!(key = %crate::secrets::redact(&item.key), step, path = %produced.path, "Output gone: redoing the step.");
+            first = step;
+            break;
+        }
+    }
+    let steps = &shared.pipeline.steps;
+    if let Some(binds) = steps[..first.min(steps.len())]
+        .iter()
+        .position(|step| step.traits.binds_fields)
+    {
+        first = binds;
+    }
+    Ok(first)
+}
+
+pub(super) async fn run_item(
+    shared: &Shared,
+    mut item: StoredItem,
+) -> Result<ItemReport, EngineError> {
+    let steps = &shared.pipeline.steps;
+    let state = &shared.state;
+    let mut report = ItemReport::default();
+    let first = start_step(shared, &item).await?;
+    let Some(PipelineStep {
+        name: first_name, ..
+    }) = steps.get(first)
+    else {
+        // Every step already ran (the plan's fingerprint prevents this unless edited by hand).
+        state
+            .record(Transition::Finished {
+                id: item.id,
+                status: Status::Done,
+                bytes: 0,
+                reason: None,
+                output: None,
+            })
+            .await?;
+        report.status = Some(Status::Done);
+        return Ok(report);
+    };
+    state
+        .record(Transition::Started {
+            id: item.id,
+            step: first,
+            step_name: first_name.clone(),
+        })
+        .await?;
+
+    // Fields that earlier steps' `require` bound (e.g. `input`) are bound again on resume.
+    let mut fields = std::mem::take(&mut item.fields);
+    for PipelineStep { step, .. } in &steps[..first] {
+        if let Ok(Some(bound)) = step.require(&fields).await {
+            fields.extend(bound);
+        }
+    }
+
+    let counter = Counter(shared.reporter.as_ref());
+    let mut rng = fastrand::Rng::new();
+    for index in first..steps.len() {
+        let PipelineStep { name, step, .. } = &steps[index];
+        let cx = StepContext {
+            bytes: &counter,
+            key: &item.key,
+            throttle: Throttle::of(shared.limits.get(index).and_then(Option::clone)),
+        };
+        let started = Instant::now();
+        shared.reporter.step(&StepEvent {
+            key: &item.key,
+            parent: item.parent_key.as_deref(),
+            step: name,
+            status: StepStatus::Running,
+            seconds: 0.0,
+            bytes: 0,
+            output: None,
+            target: None,
+            error_class: None,
+            error: None,
+        });
+        // Every retry makes the backoff longer; only retries for errors other than throttling
+        // count against `retries`. Throttling has a time budget instead: a long throttle storm
+        // slows the run down rather than failing its items.
+        let mut retry = 0;
+        let mut counted = 0;
+        let outcome = loop {
+            let attempt = match step.require(&fields).await {
+                Ok(Some(bound)) => {
+                    fields.extend(bound);
+                    paced(shared, index, step.run(&fields, &cx)).await
+                }
+                Ok(None) => Ok(Outcome::Skipped(NO_INPUT.into())),
+                Err(error) => Err(error),
+            };
+            match attempt {
+                Ok(outcome) => break Ok(outcome),
+                Err(error)
+                    if (error.class() == ErrorClass::Throttled
+                        && started.elapsed() < shared.options.throttle_budget)
+                        || (error.class().is_retryable() && counted < shared.options.retries) =>
+                {
+                    retry += 1;
+                    let throttled = error.class() == ErrorClass::Throttled;
+                    if !throttled {
+                        counted += 1;
+                    }
+                    report.retries += 1;
+                    report.throttled += u64::from(throttled);
+                    shared.reporter.retried(throttled);
+                    let delay = shared
+                        .options
+                        .backoff
+                        .delay(retry, error.retry_after(), &mut rng);
+                    tracing::info!(key = %crate::secrets::redact(&item.key), step = %name, retry, ?delay, error = %error.chain(), "Retrying.");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        let mut event = StepEvent {
+            key: &item.key,
+            parent: item.parent_key.as_deref(),
+            step: name,
+            status: StepStatus::Done,
+            seconds: started.elapsed().as_secs_f64(),
+            bytes: 0,
+            output: None,
+            target: None,
+            error_class: None,
+            error: None,
+        };
+        match outcome {
+            Ok(Outcome::Done(mut done)) => {
+                fields.append(&mut done.fields);
+                report.bytes += done.bytes;
+                event.bytes = done.bytes;
+                event.output = done.output.as_ref().map(|o| o.path.as_str());
+                event.target = done.target.as_deref();
+                let transition = match steps.get(index + 1) {
+                    Some(PipelineStep {
+                        name: next_name, ..
+                    }) => Transition::Advanced {
+                        id: item.id,
+                        step: index + 1,
+                        step_name: next_name.clone(),
+                        bytes: done.bytes,
+                        output: done.output.clone(),
+                    },
+                    None => Transition::Finished {
+                        id: item.id,
+                        status: Status::Done,
+                        bytes: done.bytes,
+                        reason: None,
+                        output: done.output.clone(),
+                    },
+                };
+                state.record(transition).await?;
+                shared.reporter.step(&event);
+            }
+            Ok(Outcome::Skipped(reason)) => {
+                state
+                    .record(Transition::Finished {
+                        id: item.id,
+                        status: Status::Skipped,
+                        bytes: 0,
+                        reason: Some(reason.clone().into_owned()),
+                        output: None,
+                    })
+                    .await?;
+                event.status = StepStatus::Skipped;
+                event.error = Some(&reason);
+                shared.reporter.step(&event);
+                report.status = Some(Status::Skipped);
+                finished(shared, &item, Status::Skipped);
+                return Ok(report);
+            }
+            Err(error) if error.class() == ErrorClass::Fatal => {
+                // Not this item's fault, and no other item would get further: put it back
+                // and stop the run.
+                shared.halt.store(true, Ordering::SeqCst);
+                let message = error.chain();
+                state
+                    .record(Transition::Released {
+                        id: item.id,
+                        error: message,
+                    })
+                    .await?;
+                return Err(EngineError::Fatal {
+                    step: name.clone(),
+                    key: item.key,
+                    source: error,
+                });
+            }
+            Err(error) => {
+                let message = error.chain();
+                tracing::warn!(key = %crate::secrets::redact(&item.key), step = %name, error = %message, "Item failed.");
+                state
+                    .record(Transition::Failed {
+                        id: item.id,
+                        error: message.clone(),
+                    })
+                    .await?;
+                event.status = StepStatus::Failed;
+                event.error_class = Some(error.class());
+                event.error = Some(&message);
+                shared.reporter.step(&event);
+                report.status = Some(Status::Failed);
+                finished(shared, &item, Status::Failed);
+                return Ok(report);
+            }
+        }
+    }
+    report.status = Some(Status::Done);
+    finished(shared, &item, Status::Done);
+    Ok(report)
+}
+
+/// Runs one attempt of step `index` under its adaptive limit and the run's rate, and tells
+/// the limit how the endpoint answered.
+pub(super) async fn paced<T>(
+    shared: &Shared,
+    index: usize,
+    call: impl Future<Output = Result<T, StepError>>,
+) -> Result<T, StepError> {
+    let Some(limit) = shared.limits.get(index).and_then(Option::as_ref) else {
+        return call.await;
+    };
+    let _permit = limit.acquire().await;
+    if let Some(rate) = &shared.rate {
+        rate.wait().await;
+    }
+    let result = Throttle::of(Some(Arc::clone(limit))).scope(call).await;
+    match &result {
+        Ok(_) => limit.succeeded(),
+        Err(error) if error.class() == ErrorClass::Throttled => limit.throttled(),
+        Err(_) => {}
+    }
+    result
+}
+
+pub(super) fn finished(shared: &Shared, item: &StoredItem, status: Status) {
+    if item.parent.is_some() {
+        shared.reporter.child_finished(status);
+    } else {
+        shared.reporter.finished(status);
+    }
+}

@@ -1,0 +1,96 @@
+//! Loading the source into the state: one process holds the loader role and streams the
+//! items in batches; the others wait for it, or take the role over when it dies.
+
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{Notify, watch};
+
+use super::{EngineError, LOAD_BATCH, Shared};
+use crate::item::{Fields, NewItem};
+
+/// How often a process without the loader role looks whether the source is complete.
+const LOADER_POLL: Duration = Duration::from_millis(250);
+
+/// `Ok(true)` once this process holds the loader role; `Ok(false)` when another process
+/// completed the source first.
+pub(super) async fn load_or_wait(
+    shared: &Shared,
+    loaded: &Notify,
+    mut stop: watch::Receiver<bool>,
+) -> Result<bool, EngineError> {
+    loop {
+        if shared.state.take_loader_role().await? {
+            return Ok(true);
+        }
+        if shared.state.source_complete().await? {
+            return Ok(false);
+        }
+        // Items the loader adds meanwhile are claimed by the runner's polling.
+        loaded.notify_waiters();
+        tokio::select! {
+            _ = tokio::time::sleep(LOADER_POLL) => {}
+            _ = stop.changed() => return Err(EngineError::Stopped),
+        }
+    }
+}
+
+pub(super) async fn load(
+    shared: &Shared,
+    loaded: &Notify,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), EngineError> {
+    // A source that can seek resumes after the last item recorded; others are read again.
+    let source = &shared.pipeline.source;
+    let resumed = match shared.state.last_item().await? {
+        Some(last) => source.items_after(&last.fields),
+        None => None,
+    };
+    let mut items = resumed.unwrap_or_else(|| source.items(&Fields::new()));
+    let mut batch = Vec::with_capacity(LOAD_BATCH);
+    let result = loop {
+        // Hand over what we have whenever the source would make us wait (a slow listing), so
+        // the runner never idles while items sit in this batch.
+        let next = match items.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                flush(shared, loaded, &mut batch).await?;
+                tokio::select! {
+                    next = items.next() => next,
+                    _ = stop.changed() => break Err(EngineError::Stopped),
+                }
+            }
+        };
+        let fields = match next {
+            None => break Ok(()),
+            Some(Err(error)) => break Err(EngineError::Source(error)),
+            Some(Ok(fields)) => fields,
+        };
+        match shared.pipeline.key.render(&fields) {
+            Ok(key) => batch.push(NewItem { key, fields }),
+            Err(error) => break Err(EngineError::Key(error)),
+        }
+        if batch.len() >= LOAD_BATCH {
+            flush(shared, loaded, &mut batch).await?;
+        }
+    };
+    // The items read before an error are recorded (and run): fixing the input resumes.
+    flush(shared, loaded, &mut batch).await?;
+    result?;
+    shared.state.set_source_complete().await?;
+    Ok(())
+}
+
+pub(super) async fn flush(
+    shared: &Shared,
+    loaded: &Notify,
+    batch: &mut Vec<NewItem>,
+) -> Result<(), EngineError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let added = shared.state.insert(std::mem::take(batch)).await?;
+    shared.reporter.loaded(added);
+    loaded.notify_waiters();
+    Ok(())
+}

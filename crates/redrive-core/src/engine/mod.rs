@@ -1,0 +1,437 @@
+//! The engine: loads the source into the state, then runs each runnable item's steps with
+//! bounded concurrency, recording every transition before the item's next step.
+//!
+//! By concern: this module holds the pipeline, the options and the run loop (claim a page of
+//! runnable items, start each under the concurrency limit, stop on request); `load` reads
+//! the source into the state; `item` takes one item through its steps; `expand` lists and
+//! runs a parent's children; `report` is what a run tells; `dry_run` prints what it would do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::error::StepError;
+use crate::item::{Status, StoredItem};
+use crate::retry::Backoff;
+use crate::source::{Source, SourceError};
+use crate::state::{StateError, StateStore};
+use crate::step::{ByteCounter, ObjectProgress, Step, StepTraits};
+use crate::template::{Template, TemplateError};
+use crate::throttle::{AdaptiveLimit, Rate};
+
+mod dry_run;
+mod expand;
+mod item;
+mod load;
+mod report;
+
+pub use dry_run::dry_run;
+use expand::run_parent;
+use item::run_item;
+use load::{load, load_or_wait};
+use report::ItemReport;
+pub use report::{NoReport, Reporter, RunReport, StepEvent, StepStatus, Tally};
+
+/// The loader is still reading the source.
+const LOADING: u8 = 0;
+/// The loader read the whole source and recorded that in the state.
+const ENDED_COMPLETE: u8 = 1;
+/// The loader stopped before the end of the source.
+const ENDED_EARLY: u8 = 2;
+
+/// Items per state insert while loading the source.
+const LOAD_BATCH: usize = 1_000;
+/// Items per state read while running.
+const PAGE: usize = 512;
+
+/// A plan made runnable: the source, the key template and the steps, built.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The work list.
+    pub source: Arc<dyn Source>,
+    /// Renders an item's key from its fields.
+    pub key: Template,
+    /// Turns each item into children; the steps then run for each child.
+    pub expand: Option<Expansion>,
+    /// The steps, in order.
+    pub steps: Vec<PipelineStep>,
+}
+
+/// One built step of a pipeline.
+#[derive(Debug)]
+pub struct PipelineStep {
+    /// Its name (unique in the plan), as recorded in the state.
+    pub name: String,
+    /// The runtime object.
+    pub step: Arc<dyn Step>,
+    /// What it needs from the engine.
+    pub traits: StepTraits,
+}
+
+impl PipelineStep {
+    /// A step with default traits (paced by the engine, no bound fields, no batches).
+    pub fn new(name: impl Into<String>, step: Arc<dyn Step>) -> Self {
+        Self {
+            name: name.into(),
+            step,
+            traits: StepTraits::default(),
+        }
+    }
+}
+
+/// `[expand]`, built: a source run with each parent's fields, and the children's key.
+#[derive(Debug)]
+pub struct Expansion {
+    /// Lists a parent's children.
+    pub source: Arc<dyn Source>,
+    /// Renders a child's key (unique within its parent) from its fields.
+    pub key: Template,
+}
+
+/// Name recorded as the step of a parent while it expands and runs its children.
+pub const EXPAND_STEP: &str = "expand";
+
+/// Knobs of one run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Items in flight (parents, under `[expand]`).
+    pub concurrency: usize,
+    /// Children in flight per parent.
+    pub per_item: usize,
+    /// Retries per step after the first attempt.
+    pub retries: u32,
+    /// Start at most this many items in this run.
+    pub limit: Option<u64>,
+    /// Put failed items back to pending first.
+    pub retry_failed: bool,
+    /// Delay between retries.
+    pub backoff: Backoff,
+    /// How long a step may keep being throttled (429, SlowDown) before its item fails.
+    pub throttle_budget: Duration,
+    /// Step calls per second at most, across the run (`--rate`), for steps that do not pace
+    /// themselves.
+    pub rate: Option<f64>,
+}
+
+/// Default time a step may be throttled before its item fails.
+pub const THROTTLE_BUDGET: Duration = Duration::from_secs(15 * 60);
+
+/// How far a stop request has gone: see [`Shutdown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopLevel {
+    /// Keep going.
+    Run,
+    /// Take no new items; let the in-flight ones finish (first Ctrl-C).
+    Drain,
+    /// Abandon the in-flight items now (second Ctrl-C); they resume on the next run.
+    Abort,
+}
+
+/// Stop requests, sent by the CLI's signal handler.
+pub type Shutdown = watch::Receiver<StopLevel>;
+
+/// Why a run stopped early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Progress can no longer be recorded.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The source failed (a malformed row, an unreadable listing).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// An item's key could not be rendered.
+    #[error("cannot make the key of an item")]
+    Key(#[source] TemplateError),
+    /// The loader was told to stop before the end of the source (the run is ending).
+    #[error("the source was not read to the end")]
+    Stopped,
+    /// A step reported an error that no other item can get past (e.g. bad credentials).
+    #[error("step `{step}` failed for `{key}`, stopping the run")]
+    Fatal {
+        /// The step.
+        step: String,
+        /// The item.
+        key: String,
+        /// The error.
+        #[source]
+        source: StepError,
+    },
+}
+
+struct Shared {
+    /// Set by an item that hit a fatal error, before it releases its permit: start no more.
+    halt: AtomicBool,
+    pipeline: Arc<Pipeline>,
+    state: Arc<dyn StateStore>,
+    reporter: Arc<dyn Reporter>,
+    options: RunOptions,
+    /// One adaptive limit per step (each step talks to one endpoint); `None` for a step that
+    /// paces itself.
+    limits: Vec<Option<Arc<AdaptiveLimit>>>,
+    /// `--rate`.
+    rate: Option<Rate>,
+}
+
+struct Counter<'a>(&'a dyn Reporter);
+
+impl ByteCounter for Counter<'_> {
+    fn add(&self, n: u64) {
+        self.0.bytes(n);
+    }
+
+    fn object(&self, name: &str, size: Option<u64>) -> Option<Box<dyn ObjectProgress>> {
+        self.0.object(name, size)
+    }
+}
+
+/// Runs the pipeline over the state: resumes where the state left off.
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    state: Arc<dyn StateStore>,
+    options: RunOptions,
+    reporter: Arc<dyn Reporter>,
+    mut shutdown: Shutdown,
+) -> Result<RunReport, EngineError> {
+    let started = Instant::now();
+    if options.retry_failed {
+        state.requeue(crate::state::Requeue::Failed).await?;
+    }
+    // Steps run at most `concurrency` at once (times `per_item` under `[expand]`); the
+    // adaptive limit starts there and only comes down when an endpoint throttles.
+    let ceiling = if pipeline.expand.is_some() {
+        options.concurrency.max(1) * options.per_item.max(1)
+    } else {
+        options.concurrency.max(1)
+    };
+    let limits = pipeline
+        .steps
+        .iter()
+        .map(|step| (!step.traits.paces_itself).then(|| Arc::new(AdaptiveLimit::new(ceiling))))
+        .collect();
+    let rate = options.rate.and_then(Rate::per_second);
+    let shared = Arc::new(Shared {
+        halt: AtomicBool::new(false),
+        pipeline,
+        state,
+        reporter,
+        options,
+        limits,
+        rate,
+    });
+
+    // The loader adds the source's items to the state while the runner works through them.
+    // It publishes how it ended only after its last insert is committed, so a runner that
+    // reads `ENDED_*` before its query sees every item.
+    let loaded = Arc::new(Notify::new());
+    let loader_end = Arc::new(AtomicU8::new(LOADING));
+    let (stop_loader, stop_loader_rx) = watch::channel(false);
+    let loader = if shared.state.source_complete().await? {
+        loader_end.store(ENDED_COMPLETE, Ordering::SeqCst);
+        None
+    } else {
+        let shared = Arc::clone(&shared);
+        let loaded = Arc::clone(&loaded);
+        let end = Arc::clone(&loader_end);
+        Some(tokio::spawn(async move {
+            // One process loads a shared job; the others wait for the source to be complete,
+            // and take the role over if its holder dies first.
+            let result = match load_or_wait(&shared, &loaded, stop_loader_rx.clone()).await {
+                Ok(true) => load(&shared, &loaded, stop_loader_rx).await,
+                Ok(false) => Ok(()),
+                Err(error) => Err(error),
+            };
+            let ended = if result.is_ok() {
+                ENDED_COMPLETE
+            } else {
+                ENDED_EARLY
+            };
+            end.store(ended, Ordering::SeqCst);
+            loaded.notify_waiters();
+            result
+        }))
+    };
+
+    let semaphore = Arc::new(Semaphore::new(shared.options.concurrency.max(1)));
+    let mut tasks: JoinSet<Result<ItemReport, EngineError>> = JoinSet::new();
+    let mut report = RunReport::default();
+    let mut failure: Option<EngineError> = None;
+    let mut cursor = 0;
+    let mut taken = 0u64;
+
+    'feed: loop {
+        if *shutdown.borrow() != StopLevel::Run {
+            report.interrupted = true;
+            break;
+        }
+        while let Some(joined) = tasks.try_join_next() {
+            if let Err(error) = absorb(joined, &mut report) {
+                failure = Some(error);
+                break 'feed;
+            }
+        }
+        let loader_was = loader_end.load(Ordering::SeqCst);
+        let page = shared.state.claim(cursor, PAGE).await?;
+        if page.is_empty() {
+            if loader_was != LOADING && !shared.state.others_busy().await? {
+                // Complete: nothing is left. Stopped early (an error, or `--limit` reached
+                // elsewhere): its error is reported below.
+                break;
+            }
+            tokio::select! {
+                _ = loaded.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stop_requested(&mut shutdown, StopLevel::Drain) => {}
+            }
+            continue;
+        }
+        // Large fields left out of the state (an SQL row's XML) are read a few items at a
+        // time, just before the items run: memory stays at (in flight + chunk) rows.
+        let mut page = page.into_iter();
+        let chunk = shared.options.concurrency.clamp(16, PAGE);
+        loop {
+            let mut items: Vec<StoredItem> = page.by_ref().take(chunk).collect();
+            if items.is_empty() {
+                break;
+            }
+            shared.pipeline.source.hydrate(&mut items).await?;
+            for item in items {
+                cursor = item.id;
+                if shared.options.limit.is_some_and(|limit| taken >= limit) {
+                    break 'feed;
+                }
+                let permit = tokio::select! {
+                    permit = Arc::clone(&semaphore).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break 'feed,
+                    },
+                    _ = stop_requested(&mut shutdown, StopLevel::Drain) => {
+                        report.interrupted = true;
+                        break 'feed;
+                    }
+                };
+                if shared.halt.load(Ordering::SeqCst) {
+                    break 'feed;
+                }
+                taken += 1;
+                let shared = Arc::clone(&shared);
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    let result = if shared.pipeline.expand.is_some() {
+                        run_parent(&shared, item, shutdown).await
+                    } else {
+                        run_item(&shared, item).await
+                    };
+                    // Progress can no longer be recorded (a full, read-only or locked state):
+                    // start no more items; those in flight end as they can.
+                    if matches!(result, Err(EngineError::State(_))) {
+                        shared.halt.store(true, Ordering::SeqCst);
+                    }
+                    drop(permit);
+                    result
+                });
+            }
+        }
+    }
+
+    // Drain: let in-flight items finish, unless a second stop request aborts them.
+    let _ = stop_loader.send(true);
+    if *shutdown.borrow() == StopLevel::Abort {
+        tasks.abort_all();
+    }
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(joined) => {
+                    if let Err(error) = absorb(joined, &mut report) {
+                        failure.get_or_insert(error);
+                    }
+                }
+                None => break,
+            },
+            _ = stop_requested(&mut shutdown, StopLevel::Abort), if *shutdown.borrow() != StopLevel::Abort => {
+                report.interrupted = true;
+                tasks.abort_all();
+            }
+        }
+    }
+    if *shutdown.borrow() != StopLevel::Run {
+        report.interrupted = true;
+    }
+    if let Some(loader) = loader {
+        match loader.await {
+            Ok(Ok(())) | Ok(Err(EngineError::Stopped)) => {}
+            Ok(Err(error)) => {
+                failure.get_or_insert(error);
+            }
+            Err(join) if join.is_cancelled() => {}
+            Err(join) => {
+                failure.get_or_insert(EngineError::State(StateError::Backend {
+                    location: "loader".to_owned(),
+                    message: join.to_string(),
+                }));
+            }
+        }
+    }
+    shared.state.flush().await?;
+    // Best effort: leases not given back expire on their own.
+    let _ = shared.state.release_claims().await;
+    report.duration = started.elapsed();
+    report.limits = shared
+        .pipeline
+        .steps
+        .iter()
+        .zip(&shared.limits)
+        .filter_map(|(step, limit)| Some((step.name.clone(), limit.as_ref()?.report())))
+        .collect();
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(report),
+    }
+}
+
+/// Waits until a stop at `level` or beyond is requested. A dropped sender means no request
+/// will ever come: wait forever rather than report a stop.
+async fn stop_requested(shutdown: &mut Shutdown, level: StopLevel) {
+    loop {
+        if *shutdown.borrow_and_update() >= level {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn absorb(
+    joined: Result<Result<ItemReport, EngineError>, tokio::task::JoinError>,
+    report: &mut RunReport,
+) -> Result<(), EngineError> {
+    let item = match joined {
+        Ok(result) => result?,
+        // Aborted by a second Ctrl-C: the item stays `running` and is redone on resume.
+        Err(join) if join.is_cancelled() => return Ok(()),
+        Err(join) => {
+            return Err(EngineError::State(StateError::Backend {
+                location: "engine".to_owned(),
+                message: format!("an item task panicked: {join}"),
+            }));
+        }
+    };
+    match item.status {
+        Some(Status::Done) => report.done += 1,
+        Some(Status::Skipped) => report.skipped += 1,
+        Some(Status::Failed) => report.failed += 1,
+        _ => {}
+    }
+    report.children.done += item.children.done;
+    report.children.skipped += item.children.skipped;
+    report.children.failed += item.children.failed;
+    report.bytes += item.bytes;
+    report.retries += item.retries;
+    report.throttled += item.throttled;
+    Ok(())
+}
