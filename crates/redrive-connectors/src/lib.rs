@@ -9,6 +9,7 @@ pub mod checksum;
 pub mod diff;
 #[doc(hidden)]
 pub mod fuzz;
+mod http_client;
 pub mod plan;
 mod queue;
 mod response;

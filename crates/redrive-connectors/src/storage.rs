@@ -49,6 +49,48 @@ const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Deadline of one read or write of a body (one chunk or part).
 const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// The URL schemes a storage URL may have.
+const SCHEMES: &[&str] = &["s3", "gs", "az", "azure", "https", "http", "file"];
+
+/// Checks the start of a storage location as a plan writes it (pure): a typo in a scheme
+/// (`s3:/bucket`, `gs:bucket`, `s4://bucket`) would otherwise be taken for a local path, or
+/// fail every item later. `key` names the plan key in the message. Only the part before the
+/// first `{` is checked; a location that is all template (`{url}`) is checked when used.
+pub fn check_location(key: &str, location: &str) -> Result<(), String> {
+    let literal = location.split('{').next().unwrap_or_default();
+    match scheme_error(literal) {
+        Some(message) => Err(format!("`{key}` = `{location}`: {message}")),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with the scheme `text` starts with, if anything.
+fn scheme_error(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once(':')?;
+    let looks_like_scheme = scheme.len() >= 2
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !looks_like_scheme {
+        return None;
+    }
+    let known = SCHEMES.contains(&scheme.to_ascii_lowercase().as_str());
+    if rest.starts_with("//") {
+        return (!known).then(|| {
+            format!(
+                "`{scheme}://` is not a store redrive knows; use s3://BUCKET/KEY, az://CONTAINER/PATH, gs://BUCKET/KEY, https://…, file:///PATH or a plain path"
+            )
+        });
+    }
+    known.then(|| {
+        format!(
+            "`{scheme}:` must be followed by `//`; write `{scheme}://{}`",
+            rest.trim_start_matches('/')
+        )
+    })
+}
+
 /// A URL that cannot be turned into an operator.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -309,6 +351,12 @@ impl Stores {
 
     fn parse(&self, url: &str, display: &str) -> Result<Target, StorageError> {
         let Some((scheme, rest)) = url.split_once("://") else {
+            // `s3:/bucket/key` is a typo, not a local folder named `s3:`.
+            if scheme_error(url).is_some() {
+                return Err(StorageError::Unsupported {
+                    url: display.to_owned(),
+                });
+            }
             return Ok(Target::Local(self.base_dir.join(url)));
         };
         let split =

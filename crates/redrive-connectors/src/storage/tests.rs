@@ -155,3 +155,33 @@ fn throttling_is_told_apart_from_other_temporary_errors() {
     assert_eq!(classify(&server_busy), ErrorClass::Throttled);
     assert_eq!(classify(&reset), ErrorClass::Transient);
 }
+
+#[test]
+fn a_mistyped_scheme_is_refused_and_named() {
+    use super::check_location;
+    for (location, says) in [
+        ("s3:/bucket/{name}", "write `s3://bucket/`"),
+        ("gs:/b/k", "write `gs://b/k`"),
+        ("az:container/x", "write `az://container/x`"),
+        ("s4://bucket/k", "`s4://` is not a store redrive knows"),
+        ("ftp://host/k", "`ftp://` is not a store redrive knows"),
+    ] {
+        let error = check_location("copy.to", location)
+            .err()
+            .unwrap_or_default();
+        assert!(error.contains(says), "{location}: {error}");
+        assert!(error.contains(location), "{location}: {error}");
+    }
+    for fine in [
+        "s3://bucket/{name}",
+        "az://c/{name}",
+        "out/{name}",
+        "/abs/dir/{name}",
+        "{url}",
+        "file:///tmp/x",
+        "https://acct.blob.core.windows.net/c/x",
+        "dir/a:b.txt",
+    ] {
+        assert!(check_location("copy.to", fine).is_ok(), "{fine}");
+    }
+}

@@ -775,3 +775,30 @@ copy = { from = "in/{Name}", to = "out/{Name}" }
     assert_eq!(note, "one, two\r\nthree");
     assert_eq!(t.read("out/b"), "B");
 }
+
+/// `s3:/bucket` (one slash) used to pass `validate` and copy into a local folder named `s3:`.
+#[test]
+fn a_mistyped_store_url_is_refused_before_anything_is_written() {
+    let t = TestContext::new();
+    make_inputs(&t, 2);
+    for (to, says) in [
+        ("s3:/bucket/{name}", "`s3:` must be followed by `//`"),
+        ("gs:/bucket/{name}", "`gs:` must be followed by `//`"),
+        ("s4://bucket/{name}", "`s4://` is not a store redrive knows"),
+    ] {
+        t.plan(&COPY_PLAN.replace("out/{name}", to));
+        for command in ["validate", "run"] {
+            let out = t.redrive(&[command, "plan.toml"]).expect_code(2);
+            assert!(
+                out.stderr.contains("`copy.to`"),
+                "{command} {to}: {}",
+                out.stderr
+            );
+            assert!(out.stderr.contains(says), "{command} {to}: {}", out.stderr);
+        }
+        assert!(
+            !t.path("s3:").exists() && !t.path("gs:").exists(),
+            "no local folder"
+        );
+    }
+}

@@ -34,11 +34,7 @@ pub struct KustoSource {
 impl KustoSource {
     /// A source for the query; credentials come from `token` or `env`.
     pub fn new(spec: KustoSpec, env: Env) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let client = crate::http_client::client(Duration::from_secs(300));
         let tokens = Arc::new(TokenSource::new(&spec.cluster, env));
         Self {
             spec,

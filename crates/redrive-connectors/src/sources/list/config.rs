@@ -24,6 +24,7 @@ impl SourceKindConfig for ListSpec {
     const OPTIONS: &'static [&'static str] = &["recursive"];
 
     fn check(url: &String, options: &SourceOptions, _base_dir: &Path) -> Result<Self, String> {
+        crate::storage::check_location("list", url)?;
         Ok(ListSpec {
             url: template("list", url)?,
             recursive: options.bool("recursive")?.unwrap_or(true),

@@ -85,6 +85,8 @@ impl StepKind for CopySpec {
                 .ok_or_else(|| format!("`copy.part_size` = `{text}`: give a size of at least 1MiB, e.g. \"16MiB\" (S3 parts are at least 5MiB)"))?,
             None => DEFAULT_PART_SIZE,
         };
+        crate::storage::check_location("copy.from", &copy.from)?;
+        crate::storage::check_location("copy.to", &copy.to)?;
         let parts = copy.parts.unwrap_or(DEFAULT_PARTS);
         if parts == 0 {
             return Err("`copy.parts` must be at least 1".to_owned());

@@ -35,11 +35,7 @@ pub struct EnqueueStep {
 impl EnqueueStep {
     /// A step as the plan describes it.
     pub fn new(spec: EnqueueSpec, stores: Arc<Stores>) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let client = crate::http_client::client(Duration::from_secs(30));
         let storage_tokens =
             crate::azure_auth::TokenSource::new("https://storage.azure.com", stores.env().clone());
         Self {

@@ -43,6 +43,7 @@ impl StepKind for ExistsSpec {
             RawExists::Url(url) => (url.as_str(), false),
             RawExists::Table(table) => (table.url.as_str(), table.negate),
         };
+        crate::storage::check_location("exists", url)?;
         Ok(ExistsSpec {
             url: template("exists", url)?,
             negate,

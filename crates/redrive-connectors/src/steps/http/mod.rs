@@ -76,11 +76,7 @@ impl HttpStep {
 
     /// A step as the plan describes it.
     pub fn new(spec: HttpSpec) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let client = crate::http_client::client(Duration::from_secs(60));
         let rate = spec.rate.and_then(Rate::per_second);
         let in_flight = spec.concurrency.map(Semaphore::new);
         let (size, max_wait) = (spec.batch, spec.max_wait);
@@ -180,6 +176,13 @@ impl Inner {
         let status = response.status();
         if status.is_success() {
             return Ok(());
+        }
+        if let Some(redirect) = crate::http_client::unfollowed_redirect(&response) {
+            return Err(Failure {
+                class: ErrorClass::Permanent,
+                message: format!("{} {shown} answered {status}: {redirect}", self.spec.method),
+                retry_after: None,
+            });
         }
         let retry_after = crate::response::retry_after(response.headers());
         let text: String = response
@@ -356,5 +359,117 @@ mod tests {
     struct NoBytes;
     impl redrive_core::step::ByteCounter for NoBytes {
         fn add(&self, _: u64) {}
+    }
+
+    /// A one-thread HTTP server on 127.0.0.1: `answer` gives each request's response from its
+    /// head (request line and headers); every head is kept.
+    fn serve(
+        answer: impl Fn(&str) -> String + Send + 'static,
+    ) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heads = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let Ok(clone) = stream.try_clone() else {
+                    continue;
+                };
+                let mut reader = std::io::BufReader::new(clone);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let response = answer(&head);
+                if let Ok(mut heads) = heads.lock() {
+                    heads.push(head);
+                }
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        (port, seen)
+    }
+
+    fn context() -> (NoBytes, &'static str) {
+        (NoBytes, "k")
+    }
+
+    fn with_secret(url: String) -> HttpSpec {
+        HttpSpec {
+            url: template(&url),
+            headers: vec![
+                ("auth-token".to_owned(), template("secret-token-1234")),
+                ("x-api-key".to_owned(), template("secret-key-5678")),
+            ],
+            ..spec(HttpBody::Empty, 1)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_host_is_not_followed_so_no_secret_goes_there() {
+        let (other, other_seen) = serve(|_| {
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+        });
+        // `localhost` is another host than `127.0.0.1`, as far as origins go.
+        let (api, _) = serve(move |_| {
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://localhost:{other}/elsewhere\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        });
+        let step = HttpStep::new(with_secret(format!("http://127.0.0.1:{api}/submit")));
+        let (counter, key) = context();
+        let cx = StepContext {
+            bytes: &counter,
+            key,
+            throttle: redrive_core::throttle::Throttle::none(),
+        };
+        let error = match step.run(&item("a"), &cx).await {
+            Ok(outcome) => panic!("followed the redirect: {outcome:?}"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains("307"), "{error}");
+        assert!(
+            error.contains(&format!("localhost:{other}/elsewhere")),
+            "{error}"
+        );
+        assert!(error.contains("does not follow it"), "{error}");
+        let seen = other_seen.lock().map(|s| s.len()).unwrap_or(usize::MAX);
+        assert_eq!(seen, 0, "the other host got no request");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_within_the_api_is_followed_with_its_headers() {
+        let (api, seen) = serve(|head| {
+            if head.starts_with("POST /submit") {
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: /v2/submit\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+            } else {
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+            }
+        });
+        let step = HttpStep::new(with_secret(format!("http://127.0.0.1:{api}/submit")));
+        let (counter, key) = context();
+        let cx = StepContext {
+            bytes: &counter,
+            key,
+            throttle: redrive_core::throttle::Throttle::none(),
+        };
+        if let Err(error) = step.run(&item("a"), &cx).await {
+            panic!("{error}");
+        }
+        let heads = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(heads.len(), 2, "{heads:?}");
+        assert!(heads[1].starts_with("POST /v2/submit"), "{heads:?}");
+        assert!(
+            heads[1]
+                .to_ascii_lowercase()
+                .contains("x-api-key: secret-key-5678"),
+            "{heads:?}"
+        );
     }
 }
