@@ -2,6 +2,7 @@
 
 mod azure;
 mod big;
+mod children;
 mod cli;
 mod common;
 mod crash;

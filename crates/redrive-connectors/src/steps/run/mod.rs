@@ -100,6 +100,49 @@ impl RunStep {
     }
 }
 
+/// `program args`, made to die with redrive: under `setpriv --pdeathsig KILL` (util-linux)
+/// when the machine has it, so that a redrive killed with SIGKILL leaves no command running
+/// that a resumed run would start a second time. Without `setpriv`, the command is run as it
+/// is (and outlives a SIGKILLed redrive; a first-run warning says so at `-v`).
+fn guarded(program: &str, args: &[String]) -> tokio::process::Command {
+    static SETPRIV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let setpriv = SETPRIV.get_or_init(|| {
+        let found = std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("setpriv"))
+                .find(|candidate| candidate.is_file())
+        });
+        if found.is_none() {
+            tracing::info!("`setpriv` (util-linux) is not on PATH: `run` commands outlive a redrive killed with SIGKILL.");
+        }
+        found
+    });
+    match setpriv {
+        Some(setpriv) => {
+            let mut command = tokio::process::Command::new(setpriv);
+            command
+                .args(["--pdeathsig", "KILL", "--"])
+                .arg(program)
+                .args(args);
+            command
+        }
+        None => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(args);
+            command
+        }
+    }
+}
+
+/// Whether `program` names a file: a path (relative to `cwd`), or a name found on `PATH`.
+fn findable(program: &str, cwd: &Path) -> bool {
+    if program.contains('/') {
+        return cwd.join(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 fn log_name(key: &str, step: &str) -> String {
     let safe: String = key
         .chars()
@@ -150,13 +193,25 @@ impl Step for RunStep {
         }
         let stdout = log.try_clone().map_err(log_error)?;
 
-        let mut child = tokio::process::Command::new(&command.program)
-            .args(&command.args)
+        // Under `setpriv`, a missing program would show as setpriv's exit code: say it plainly.
+        if !command.env.iter().any(|(k, _)| k == "PATH")
+            && !findable(&command.program, &command.cwd)
+        {
+            return Err(StepError::permanent(format!(
+                "cannot start `{}` in `{}`: no such program; check that it exists and is executable",
+                command.program,
+                command.cwd.display()
+            )));
+        }
+        let mut child = guarded(&command.program, &command.args)
             .current_dir(&command.cwd)
             .envs(command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C at the terminal reaches redrive, which lets the
+            // command finish (a first Ctrl-C drains), instead of killing it mid-item.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {

@@ -1,0 +1,117 @@
+//! `run` steps' commands and redrive's own end: a command never outlives a redrive killed with
+//! SIGKILL (a resumed run would start it a second time, beside the first), and a Ctrl-C at the
+//! terminal (SIGINT to the whole process group) lets the commands in flight finish instead of
+//! killing them and recording their items failed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::process::CommandExt as _;
+use std::time::{Duration, Instant};
+
+use crate::common::TestContext;
+
+fn plan(t: &TestContext, shell: &str, items: usize) {
+    let keys: String = (0..items).map(|i| format!("k{i}\n")).collect();
+    t.write("keys.txt", keys);
+    std::fs::create_dir_all(t.path("pids")).unwrap();
+    t.plan(&format!(
+        r#"
+[job]
+name = "children"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+run = {{ shell = "{shell}" }}
+[limits]
+items = {items}
+retries = 0
+"#
+    ));
+}
+
+fn pids(t: &TestContext) -> Vec<u32> {
+    std::fs::read_dir(t.path("pids"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|text| text.trim().parse().ok())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A process that died and was reaped has no /proc entry; a zombie is dead too.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+        .unwrap_or(false)
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn commands_die_with_a_redrive_killed_by_sigkill() {
+    let t = TestContext::new();
+    plan(&t, "echo $$ > pids/{line}.pid; exec sleep 60", 3);
+    let mut child = t.command(&["run", "plan.toml"]).spawn().expect("spawn");
+    wait_until("three commands running", Duration::from_secs(30), || {
+        pids(&t).len() == 3
+    });
+    let running = pids(&t);
+    assert!(running.iter().all(|pid| alive(*pid)), "{running:?}");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    wait_until("the commands are gone", Duration::from_secs(10), || {
+        running.iter().all(|pid| !alive(*pid))
+    });
+}
+
+/// The process group of `pid` (field 5 of /proc/PID/stat).
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split(' ').nth(2)?.parse().ok()
+}
+
+#[test]
+fn ctrl_c_at_the_terminal_lets_the_commands_finish_and_records_them_done() {
+    let t = TestContext::new();
+    plan(&t, "echo $$ > pids/{line}.pid; sleep 2; echo ok", 2);
+    // redrive leads its own process group here, as a terminal's foreground job does.
+    let mut command = t.command(&["run", "plan.toml"]);
+    command.process_group(0);
+    let child = command.spawn().expect("spawn");
+    wait_until("the commands running", Duration::from_secs(30), || {
+        pids(&t).len() == 2
+    });
+    // A terminal's Ctrl-C goes to the foreground process group: the commands are not in it.
+    for pid in pids(&t) {
+        let group = process_group(pid);
+        assert!(
+            group.is_some() && group != Some(child.id()),
+            "command {pid} is in redrive's group"
+        );
+    }
+    let status = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'failed'"),
+        0,
+        "no item failed: {stderr}"
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        2,
+        "the commands in flight finished: {stderr}"
+    );
+}
