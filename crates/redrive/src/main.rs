@@ -1,5 +1,30 @@
 //! The `redrive` command.
 
+/// `println!` for what goes to stdout (data, summaries): when stdout is closed (`redrive
+/// failed plan.toml | head -1`), redrive ends quietly instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(error) = writeln!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
+            $crate::stdout_failed(error);
+        }
+    }};
+}
+
+/// `print!` for stdout, as [`out!`].
+#[macro_export]
+macro_rules! out_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(error) = write!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
+            $crate::stdout_failed(error);
+        }
+    }};
+}
+
 mod cli;
 mod commands;
 mod exit;
@@ -21,6 +46,16 @@ use crate::exit::{ExitStatus, Hinted};
 /// the freed part buffers of a multipart copy, where glibc's malloc let RSS drift by tens of MB.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Stdout cannot be written: a reader that went away (`| head`) ends the program with success,
+/// as it would a Unix filter; any other failure is an error.
+pub(crate) fn stdout_failed(error: std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {error}");
+    std::process::exit(i32::from(ExitStatus::Error.code()));
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

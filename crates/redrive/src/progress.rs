@@ -151,7 +151,7 @@ impl Progress {
                     let mut interval = tokio::time::interval(JSON_EVERY);
                     loop {
                         interval.tick().await;
-                        println!("{}", json_line(&counters));
+                        crate::out!("{}", json_line(&counters));
                     }
                 });
                 (None, Some(ticker))

@@ -24,7 +24,9 @@ pub(crate) async fn reset(args: &ResetArgs) -> anyhow::Result<ExitStatus> {
         .requeue(which)
         .await
         .map_err(|e| super::state_error(e, &args.plan))?;
-    println!("Reset {changed} items to pending; the next run starts them from their first step.");
+    crate::out!(
+        "Reset {changed} items to pending; the next run starts them from their first step."
+    );
     if args.status.is_none() && (changed as usize) < asked {
         eprintln!(
             "warning: {} of the {asked} keys are not in the state",
@@ -41,7 +43,7 @@ pub(crate) async fn skip(args: &SkipArgs) -> anyhow::Result<ExitStatus> {
         .skip(args.keys.clone(), args.reason.clone())
         .await
         .map_err(|e| super::state_error(e, &args.plan))?;
-    println!("Marked {changed} items skipped.");
+    crate::out!("Marked {changed} items skipped.");
     if (changed as usize) < args.keys.len() {
         eprintln!(
             "warning: {} of the {} keys are not in the state",

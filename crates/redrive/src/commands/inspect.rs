@@ -55,20 +55,25 @@ pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
                 })
                 .collect(),
         );
-        println!("{value}");
+        crate::out!("{value}");
     } else {
-        print!(
+        crate::out_part!(
             "{}",
             summary::table(job, opened.location.as_str(), &summary)
         );
         if !parents.is_empty() {
-            println!("Items in progress or failed, with their children (first {PARENTS_SHOWN}):");
-            println!(
+            crate::out!(
+                "Items in progress or failed, with their children (first {PARENTS_SHOWN}):"
+            );
+            crate::out!(
                 "  {:<8} {:>7} {:>7} {:>7}  key",
-                "status", "total", "done", "failed"
+                "status",
+                "total",
+                "done",
+                "failed"
             );
             for (item, counts) in &parents {
-                println!(
+                crate::out!(
                     "  {:<8} {:>7} {:>7} {:>7}  {}",
                     item.status.as_str(),
                     counts.total,
@@ -79,7 +84,7 @@ pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
             }
         }
         if !workers.is_empty() {
-            print!("{}", workers_table(&workers));
+            crate::out_part!("{}", workers_table(&workers));
         }
     }
     Ok(ExitStatus::Success)
@@ -162,16 +167,21 @@ async fn shard_status(args: &StatusArgs) -> anyhow::Result<Option<ExitStatus>> {
                 })
                 .collect(),
         );
-        println!("{value}");
+        crate::out!("{value}");
     } else {
-        print!("{}", summary::table(job, &location, &total));
-        println!("Shards:");
-        println!(
+        crate::out_part!("{}", summary::table(job, &location, &total));
+        crate::out!("Shards:");
+        crate::out!(
             "  {:<6} {:>9} {:>9} {:>9} {:>9} {:>9}  state",
-            "shard", "total", "done", "failed", "skipped", "pending"
+            "shard",
+            "total",
+            "done",
+            "failed",
+            "skipped",
+            "pending"
         );
         for (shard, state, part) in &rows {
-            println!(
+            crate::out!(
                 "  {:<6} {:>9} {:>9} {:>9} {:>9} {:>9}  {state}{}",
                 shard.to_string(),
                 part.total(),
@@ -214,9 +224,9 @@ pub(crate) async fn failed(args: &FailedArgs) -> anyhow::Result<ExitStatus> {
                 Some(path) => write_csv_row(&mut csv_out, path, item)?,
                 None => {
                     if count == 1 {
-                        println!("key\tstep\tattempts\terror");
+                        crate::out!("key\tstep\tattempts\terror");
                     }
-                    println!(
+                    crate::out!(
                         "{}\t{}\t{}\t{}",
                         redact(&match &item.parent_key {
                             Some(parent) => format!("{parent}/{}", item.key),

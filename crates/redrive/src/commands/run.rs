@@ -138,7 +138,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         );
     }
     if args.progress_json {
-        println!("{}", progress.final_json());
+        crate::out!("{}", progress.final_json());
     }
 
     let after = store

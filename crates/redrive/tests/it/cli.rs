@@ -802,3 +802,48 @@ fn a_mistyped_store_url_is_refused_before_anything_is_written() {
         );
     }
 }
+
+/// `redrive failed plan.toml | head -1` used to panic (`failed printing to stdout: Broken
+/// pipe`, exit 101); `status` and `--progress-json` likewise.
+#[test]
+fn a_reader_that_stops_early_ends_redrive_quietly() {
+    use std::io::BufRead as _;
+    let t = TestContext::new();
+    let keys: String = (0..3_000)
+        .map(|i| format!("missing-{i:05}.txt\n"))
+        .collect();
+    t.write("keys.txt", keys);
+    t.plan(
+        r#"
+[job]
+name = "pipe"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+copy = { from = "in/{line}", to = "out/{line}" }
+[limits]
+items = 64
+retries = 0
+"#,
+    );
+    t.redrive(&["run", "plan.toml", "--no-progress"])
+        .expect_code(1);
+    for args in [
+        &["failed", "plan.toml"][..],
+        &["status", "plan.toml", "--json"][..],
+    ] {
+        let mut child = t.command(args).spawn().expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut first = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("a line");
+        // The reader goes away after one line, as `head -1` does.
+        let output = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!first.is_empty(), "{args:?}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
