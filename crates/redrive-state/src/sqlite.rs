@@ -42,7 +42,8 @@ fn now_text() -> String {
 type Write = Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<u64> + Send>;
 
 struct Command {
-    write: Write,
+    /// `None`: after this batch commits, checkpoint the WAL into the database file.
+    write: Option<Write>,
     done: oneshot::Sender<Result<u64, String>>,
 }
 
@@ -128,6 +129,10 @@ impl SqliteStateStore {
     }
 
     async fn write(&self, write: Write) -> Result<u64, StateError> {
+        self.send(Some(write)).await
+    }
+
+    async fn send(&self, write: Option<Write>) -> Result<u64, StateError> {
         let (done, wait) = oneshot::channel();
         let sent = match self.writer.lock() {
             Ok(writer) => writer
@@ -233,11 +238,16 @@ fn write_loop(mut connection: Connection, receiver: mpsc::Receiver<Command>) {
             }
         }
         let mut answers = Vec::with_capacity(batch.len());
+        let checkpoint = batch.iter().any(|command| command.write.is_none());
         BATCH_NOW.with(|now| *now.borrow_mut() = now_text());
         let committed = connection.transaction().and_then(|tx| {
             let mut commands = batch.into_iter();
             for command in commands.by_ref() {
-                match (command.write)(&tx) {
+                let Some(write) = command.write else {
+                    answers.push((command.done, Ok(0)));
+                    continue;
+                };
+                match write(&tx) {
                     Ok(n) => answers.push((command.done, Ok(n))),
                     // The file itself refuses writes (locked past the busy timeout, full,
                     // read-only): every write of the batch would wait and fail the same way.
@@ -255,6 +265,11 @@ fn write_loop(mut connection: Connection, receiver: mpsc::Receiver<Command>) {
         });
         match committed {
             Ok(()) => {
+                if checkpoint {
+                    // Best effort: a checkpoint that cannot finish now (a reader in the
+                    // middle of a read) is done by a later one, or by SQLite when it closes.
+                    let _ = connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+                }
                 for (done, result) in answers {
                     let _ = done.send(result);
                 }
@@ -785,8 +800,11 @@ impl StateStore for SqliteStateStore {
         .await
     }
 
+    /// Also moves what the WAL holds into the database file (the engine flushes when a run
+    /// ends), so that after a run the file alone is the whole state: a state copied without
+    /// its `-wal`, or whose `-wal` was lost, keeps every item.
     async fn flush(&self) -> Result<(), StateError> {
-        self.write(Box::new(|_| Ok(0))).await.map(|_| ())
+        self.send(None).await.map(|_| ())
     }
 }
 
