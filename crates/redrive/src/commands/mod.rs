@@ -64,6 +64,9 @@ pub(crate) fn state_error(error: StateError, plan_path: &Path) -> anyhow::Error 
         StateError::Locked { .. } => Some(
             "wait for the other run to finish (`redrive status` shows its progress), or give this run its own state with --state".to_owned(),
         ),
+        StateError::Backend { location, .. } if location.starts_with("postgres") => Some(
+            "check that the PostgreSQL server is running and reachable at that address, that the database exists, and that the user may create schemas in it".to_owned(),
+        ),
         StateError::Backend { .. } => Some(
             "check that the state file's disk is writable and not full, and that no other redrive run uses it".to_owned(),
         ),

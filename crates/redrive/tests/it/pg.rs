@@ -288,3 +288,25 @@ fn two_workers_racing_to_load_a_job_record_each_item_once() {
     );
     assert_eq!(query(&job, "SELECT count(*)::text FROM workers"), ["2"]);
 }
+
+/// A PostgreSQL state that cannot be reached gets a PostgreSQL hint, not the SQLite one
+/// ("check that the state file's disk is writable").
+#[test]
+fn an_unreachable_postgres_state_is_hinted_as_postgres() {
+    let t = TestContext::new();
+    make_inputs(&t, 1);
+    plan(&t, &unique("pg-missing"));
+    let url = server("REDRIVE_TEST_POSTGRES_URL");
+    let (base, _) = url.rsplit_once('/').expect("a database in the URL");
+    let missing = format!("{base}/redrive_no_such_database");
+    let out = t
+        .redrive(&["run", "plan.toml", "--state", &missing, "--no-progress"])
+        .expect_code(2);
+    assert!(
+        out.stderr.contains("redrive_no_such_database"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("PostgreSQL server"), "{}", out.stderr);
+    assert!(!out.stderr.contains("state file's disk"), "{}", out.stderr);
+}
