@@ -215,6 +215,37 @@ impl StateLocation {
     }
 }
 
+impl StateLocation {
+    /// Opens an existing state to change it by hand (`reset`, `skip`), holding the run lock
+    /// alone: [`StateError::Locked`] while a run (or any worker of a shared job) uses it, so a
+    /// hand edit never races a run's own writes.
+    pub async fn open_alone(&self) -> Result<OpenState, StateError> {
+        match self {
+            StateLocation::File(path) => {
+                if !path.exists() {
+                    return Err(StateError::Missing {
+                        location: path.display().to_string(),
+                    });
+                }
+                let lock = RunLock::acquire(path)?;
+                let mut opened = self.open_existing().await?;
+                opened._lock = Some(Box::new(lock) as Lock);
+                Ok(opened)
+            }
+            StateLocation::Postgres { url, job } => {
+                let store = PostgresStateStore::connect(url, job).await?;
+                let lock = store.lock_run(true).await?;
+                let location = store.location().to_owned();
+                Ok(OpenState {
+                    store: Arc::new(store),
+                    location,
+                    _lock: Some(Box::new(lock) as Lock),
+                })
+            }
+        }
+    }
+}
+
 impl SqliteStateStore {
     /// Deletes a state file and its WAL and shared-memory files (what `--restart` discards).
     pub fn remove(path: &Path) -> Result<(), StateError> {

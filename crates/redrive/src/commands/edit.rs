@@ -7,7 +7,7 @@ use crate::cli::{ResetArgs, SkipArgs};
 use crate::exit::{ExitStatus, Hinted};
 
 pub(crate) async fn reset(args: &ResetArgs) -> anyhow::Result<ExitStatus> {
-    let (_, opened) = super::open_existing(&args.plan, &args.state).await?;
+    let (_, opened) = super::open_alone(&args.plan, &args.state).await?;
     let store = &opened.store;
     let which = match &args.status {
         Some(status) => {
@@ -37,7 +37,7 @@ pub(crate) async fn reset(args: &ResetArgs) -> anyhow::Result<ExitStatus> {
 }
 
 pub(crate) async fn skip(args: &SkipArgs) -> anyhow::Result<ExitStatus> {
-    let (_, opened) = super::open_existing(&args.plan, &args.state).await?;
+    let (_, opened) = super::open_alone(&args.plan, &args.state).await?;
     let store = &opened.store;
     let changed = store
         .skip(args.keys.clone(), args.reason.clone())

@@ -41,6 +41,17 @@ pub(crate) async fn open_existing(
     Ok((plan, opened))
 }
 
+/// The plan and the existing state, opened alone for a hand edit (`reset`, `skip`).
+pub(crate) async fn open_alone(
+    plan_path: &Path,
+    arg: &StateArg,
+) -> anyhow::Result<(Option<Plan>, redrive_state::OpenState)> {
+    let plan = plan_unless_state_only(plan_path, arg)?;
+    let target = state::target(plan.as_ref(), arg)?;
+    let opened = state::open_alone(&target, plan_path).await?;
+    Ok((plan, opened))
+}
+
 /// The plan, unless `--state` is given and the plan file does not exist (reading a state
 /// without its plan).
 pub(crate) fn plan_unless_state_only(

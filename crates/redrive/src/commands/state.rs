@@ -51,7 +51,25 @@ pub(crate) async fn open_for_run(
         })
 }
 
-/// Opens an existing state for reading or hand edits.
+/// Opens an existing state for a hand edit, alone (refused while a run holds it).
+pub(crate) async fn open_alone(
+    target: &StateLocation,
+    plan_path: &Path,
+) -> anyhow::Result<OpenState> {
+    target.open_alone().await.map_err(|error| match error {
+        StateError::Missing { .. } => anyhow::Error::new(Hinted {
+            message: error.to_string(),
+            hint: format!("run `redrive run {}` first", plan_path.display()),
+        }),
+        StateError::Locked { .. } => anyhow::Error::new(Hinted {
+            message: error.to_string(),
+            hint: "a run is using this state: change items by hand once it has stopped (Ctrl-C drains it)".to_owned(),
+        }),
+        other => super::state_error(other, plan_path),
+    })
+}
+
+/// Opens an existing state for reading.
 pub(crate) async fn open_existing(
     target: &StateLocation,
     plan_path: &Path,

@@ -847,3 +847,52 @@ retries = 0
         assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// `reset` (and `skip`) used to change items under a running run's feet.
+#[test]
+fn a_hand_edit_waits_for_the_run_to_stop() {
+    let t = TestContext::new();
+    t.write("keys.txt", "k1\nk2\n");
+    t.plan(
+        r#"
+[job]
+name = "edit"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+run = { shell = "touch started-{line}; sleep 2" }
+[limits]
+items = 2
+"#,
+    );
+    let mut run = t
+        .command(&["run", "plan.toml", "--no-progress"])
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    while !t.path("started-k1").exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the run started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for args in [
+        &["reset", "plan.toml", "k1"][..],
+        &["skip", "plan.toml", "k2"][..],
+    ] {
+        let out = t.redrive(args).expect_code(2);
+        assert!(
+            out.stderr.contains("a run is using this state"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(run.wait().expect("wait").code(), Some(0));
+    t.redrive(&["reset", "plan.toml", "k1"]).expect_code(0);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'pending'"),
+        1
+    );
+}
