@@ -104,8 +104,9 @@ pub(super) async fn run_parent(
                 tally_child(joined, &mut report, &mut failure);
             }
             let shared_child = Arc::clone(shared);
+            let child_shutdown = shutdown.clone();
             children.spawn(async move {
-                let result = run_item(&shared_child, child).await;
+                let result = run_item(&shared_child, child, child_shutdown).await;
                 drop(permit);
                 result
             });

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::report::{ItemReport, StepEvent, StepStatus};
-use super::{Counter, EngineError, PipelineStep, Shared};
+use super::{Counter, EngineError, PipelineStep, Shared, Shutdown, StopLevel, stop_requested};
 use crate::error::{ErrorClass, StepError};
 use crate::item::{Status, StoredItem};
 use crate::state::Transition;
@@ -43,6 +43,7 @@ pub(super) async fn start_step(shared: &Shared, item: &StoredItem) -> Result<usi
 pub(super) async fn run_item(
     shared: &Shared,
     mut item: StoredItem,
+    mut shutdown: Shutdown,
 ) -> Result<ItemReport, EngineError> {
     let steps = &shared.pipeline.steps;
     let state = &shared.state;
@@ -137,7 +138,17 @@ pub(super) async fn run_item(
                         .backoff
                         .delay(retry, error.retry_after(), &mut rng);
                     tracing::info!(key = %crate::secrets::redact(&item.key), step = %name, retry, ?delay, error = %error.chain(), "Retrying.");
-                    tokio::time::sleep(delay).await;
+                    // A stop request does not wait out retries (a throttle storm can last
+                    // minutes, and Kubernetes kills 30 s after SIGTERM): the item is left
+                    // `running` at this step, and the next run carries on with it.
+                    let stopped = tokio::select! {
+                        _ = tokio::time::sleep(delay) => false,
+                        _ = stop_requested(&mut shutdown, StopLevel::Drain) => true,
+                    };
+                    if stopped {
+                        tracing::info!(key = %crate::secrets::redact(&item.key), step = %name, "Stopping: the item waits for the next run.");
+                        return Ok(report);
+                    }
                 }
                 Err(error) => break Err(error),
             }

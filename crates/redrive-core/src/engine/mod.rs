@@ -323,7 +323,7 @@ pub async fn run(
                     let result = if shared.pipeline.expand.is_some() {
                         run_parent(&shared, item, shutdown).await
                     } else {
-                        run_item(&shared, item).await
+                        run_item(&shared, item, shutdown).await
                     };
                     // Progress can no longer be recorded (a full, read-only or locked state):
                     // start no more items; those in flight end as they can.

@@ -343,3 +343,70 @@ timeout = "1s"
         "{error}"
     );
 }
+
+/// SIGTERM while an item waits to retry a throttled call: redrive used to keep retrying for
+/// up to the 15-minute throttle budget (Kubernetes kills 30 s after SIGTERM). It stops within
+/// seconds, and the item is left for the next run, not failed.
+#[test]
+fn sigterm_does_not_wait_out_retries() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("addr"));
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy",
+            );
+        }
+    });
+    let t = TestContext::new();
+    t.write("keys.txt", "k1\n");
+    t.plan(&format!(
+        r#"
+[job]
+name = "busy"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+http = {{ url = "{address}/submit/{{line}}" }}
+"#
+    ));
+    let child = t
+        .command(&["run", "plan.toml", "--no-progress"])
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while hits.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the item was retried"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let asked = Instant::now();
+    signal(&child, "-TERM");
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "stopped at once: {stderr}"
+    );
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'failed'"),
+        0,
+        "the item is not failed: {stderr}"
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status IN ('running', 'pending')"),
+        1,
+        "the item waits for the next run"
+    );
+}
