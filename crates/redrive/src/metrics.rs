@@ -33,6 +33,9 @@ pub(crate) struct RunMetrics {
     pub(crate) concurrency: Vec<StepConcurrency>,
     pub(crate) children: ChildMetrics,
     pub(crate) interrupted: bool,
+    /// Rows of a first load not added: an earlier row had the same key.
+    #[serde(default)]
+    pub(crate) duplicate_keys: u64,
     /// Peak resident memory, MiB.
     pub(crate) peak_rss_mb: Option<f64>,
     pub(crate) finished_at: String,
@@ -93,6 +96,7 @@ impl RunMetrics {
                 failed: report.children.failed,
             },
             interrupted: report.interrupted,
+            duplicate_keys: report.duplicate_keys,
             peak_rss_mb: peak_rss_mb(),
             finished_at: jiff::Timestamp::now().to_string(),
         }

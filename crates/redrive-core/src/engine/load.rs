@@ -42,7 +42,11 @@ pub(super) async fn load(
 ) -> Result<(), EngineError> {
     // A source that can seek resumes after the last item recorded; others are read again.
     let source = &shared.pipeline.source;
-    let resumed = match shared.state.last_item().await? {
+    let last = shared.state.last_item().await?;
+    // A first load sees every row once: a row the state ignores has the key of an earlier row
+    // (the plan's `key` does not tell them apart), and is counted so the run can say so.
+    let fresh = last.is_none();
+    let resumed = match last {
         Some(last) => source.items_after(&last.fields),
         None => None,
     };
@@ -54,7 +58,7 @@ pub(super) async fn load(
         let next = match items.next().now_or_never() {
             Some(next) => next,
             None => {
-                flush(shared, loaded, &mut batch).await?;
+                flush(shared, loaded, &mut batch, fresh).await?;
                 tokio::select! {
                     next = items.next() => next,
                     _ = stop.changed() => break Err(EngineError::Stopped),
@@ -71,11 +75,11 @@ pub(super) async fn load(
             Err(error) => break Err(EngineError::Key(error)),
         }
         if batch.len() >= LOAD_BATCH {
-            flush(shared, loaded, &mut batch).await?;
+            flush(shared, loaded, &mut batch, fresh).await?;
         }
     };
     // The items read before an error are recorded (and run): fixing the input resumes.
-    flush(shared, loaded, &mut batch).await?;
+    flush(shared, loaded, &mut batch, fresh).await?;
     result?;
     shared.state.set_source_complete().await?;
     Ok(())
@@ -85,11 +89,22 @@ pub(super) async fn flush(
     shared: &Shared,
     loaded: &Notify,
     batch: &mut Vec<NewItem>,
+    fresh: bool,
 ) -> Result<(), EngineError> {
     if batch.is_empty() {
         return Ok(());
     }
+    let rows = batch.len() as u64;
+    let first_key = batch.first().map(|item| item.key.clone());
     let added = shared.state.insert(std::mem::take(batch)).await?;
+    if fresh && added < rows {
+        let before = shared
+            .duplicate_keys
+            .fetch_add(rows - added, std::sync::atomic::Ordering::Relaxed);
+        if before == 0 {
+            tracing::warn!(batch_starts_at = %crate::secrets::redact(first_key.as_deref().unwrap_or_default()), "Rows with a key already seen were not added: the plan's `key` does not tell them apart.");
+        }
+    }
     shared.reporter.loaded(added);
     loaded.notify_waiters();
     Ok(())

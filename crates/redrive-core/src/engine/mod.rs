@@ -165,6 +165,8 @@ pub enum EngineError {
 struct Shared {
     /// Set by an item that hit a fatal error, before it releases its permit: start no more.
     halt: AtomicBool,
+    /// Rows of a first load whose key an earlier row already had (see `RunReport`).
+    duplicate_keys: std::sync::atomic::AtomicU64,
     pipeline: Arc<Pipeline>,
     state: Arc<dyn StateStore>,
     reporter: Arc<dyn Reporter>,
@@ -215,6 +217,7 @@ pub async fn run(
     let rate = options.rate.and_then(Rate::per_second);
     let shared = Arc::new(Shared {
         halt: AtomicBool::new(false),
+        duplicate_keys: std::sync::atomic::AtomicU64::new(0),
         pipeline,
         state,
         reporter,
@@ -380,6 +383,7 @@ pub async fn run(
     // Best effort: leases not given back expire on their own.
     let _ = shared.state.release_claims().await;
     report.duration = started.elapsed();
+    report.duplicate_keys = shared.duplicate_keys.load(Ordering::Relaxed);
     report.limits = shared
         .pipeline
         .steps

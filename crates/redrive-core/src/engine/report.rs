@@ -116,6 +116,9 @@ pub struct RunReport {
     pub duration: Duration,
     /// Stopped by a signal before every item was run.
     pub interrupted: bool,
+    /// Rows of the source, on its first load, that were not added because an earlier row had
+    /// the same key: the plan's `key` does not tell them apart, and their work is not done.
+    pub duplicate_keys: u64,
 }
 
 /// Counts of final statuses.

@@ -166,12 +166,22 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         );
         eprintln!("{}", this_run(&report));
     }
+    if report.duplicate_keys > 0 {
+        let key = plan.key().map(|k| k.raw().to_owned()).unwrap_or_default();
+        eprintln!(
+            "error: {} rows of the source were not added: an earlier row had the same key (`key = \"{key}\"`), so their work is not done; make [source] key unique (e.g. `{{JobId}}/{{WorkItemId}}`), then rerun with --restart",
+            report.duplicate_keys
+        );
+    }
     let report = result.map_err(|e| match e {
         engine::EngineError::State(e) => super::state_error(e, &args.plan),
         other => anyhow::Error::new(other),
     })?;
     if hooks && !report.interrupted && super::hooks::all_ended(&after) {
         super::hooks::run("after", &plan.after).await?;
+    }
+    if report.duplicate_keys > 0 && !report.interrupted {
+        return Ok(ExitStatus::Failed);
     }
     Ok(outcome(&report, &after, &args.plan))
 }

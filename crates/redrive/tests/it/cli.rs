@@ -896,3 +896,52 @@ items = 2
         1
     );
 }
+
+/// Rows J1,A and J2,A with `key = "{WorkItemId}"` used to become one item, the other row's work
+/// silently never done (exit 0, nothing said, even with -v).
+#[test]
+fn rows_whose_key_is_not_unique_are_reported_and_fail_the_run() {
+    let t = TestContext::new();
+    t.write(
+        "items.csv",
+        "JobId,WorkItemId\nJ1,A\nJ1,B\nJ2,A\nJ2,C\nJ3,A\n",
+    );
+    t.plan(
+        r#"
+[job]
+name = "dups"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{WorkItemId}"
+[[step]]
+run = { shell = "true" }
+"#,
+    );
+    let out = t
+        .redrive(&["run", "plan.toml", "--no-progress", "--metrics", "m.json"])
+        .expect_code(1);
+    assert!(
+        out.stderr.contains("2 rows of the source were not added"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("`key = \"{WorkItemId}\"`"),
+        "{}",
+        out.stderr
+    );
+    let metrics: serde_json::Value = serde_json::from_str(&t.read("m.json")).unwrap();
+    assert_eq!(metrics["duplicate_keys"], 2);
+    // With a unique key, all five rows run.
+    t.plan(
+        &t.read("plan.toml")
+            .replace("{WorkItemId}\"", "{JobId}/{WorkItemId}\""),
+    );
+    t.redrive(&["run", "plan.toml", "--no-progress", "--restart", "--yes"])
+        .expect_code(0);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        5
+    );
+}
