@@ -49,6 +49,30 @@ const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Deadline of one read or write of a body (one chunk or part).
 const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// `path` with `.` and `..` resolved by their text (no file is looked at), and a trailing `/`
+/// kept when `written` had one (it marks a prefix to list). The file-system service lists
+/// `dir/../in/` forever; `in/` it lists once.
+fn normalized(path: &Path, written: &str) -> PathBuf {
+    let mut clean = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !clean.pop() {
+                    clean.push("/");
+                }
+            }
+            other => clean.push(other.as_os_str()),
+        }
+    }
+    if written.ends_with('/') && !clean.as_os_str().is_empty() && clean != Path::new("/") {
+        let mut text = clean.into_os_string();
+        text.push("/");
+        clean = PathBuf::from(text);
+    }
+    clean
+}
+
 /// The URL schemes a storage URL may have.
 const SCHEMES: &[&str] = &["s3", "gs", "az", "azure", "https", "http", "file"];
 
@@ -357,7 +381,7 @@ impl Stores {
                     url: display.to_owned(),
                 });
             }
-            return Ok(Target::Local(self.base_dir.join(url)));
+            return Ok(Target::Local(normalized(&self.base_dir.join(url), url)));
         };
         let split =
             |what: &'static str, example: &'static str| -> Result<(String, String), StorageError> {
@@ -372,10 +396,10 @@ impl Stores {
                 Ok((head.to_owned(), tail.to_owned()))
             };
         match scheme {
-            "file" => Ok(Target::Local(PathBuf::from(format!(
-                "/{}",
-                rest.trim_start_matches('/')
-            )))),
+            "file" => Ok(Target::Local(normalized(
+                Path::new(&format!("/{}", rest.trim_start_matches('/'))),
+                rest,
+            ))),
             "s3" => {
                 let (bucket, key) = split("bucket", "s3://BUCKET/KEY")?;
                 Ok(Target::S3 { bucket, key })

@@ -185,3 +185,20 @@ fn a_mistyped_scheme_is_refused_and_named() {
         assert!(check_location("copy.to", fine).is_ok(), "{fine}");
     }
 }
+
+#[test]
+fn local_paths_resolve_dot_dot_and_keep_a_prefix_slash() {
+    use super::normalized;
+    for (path, written, expected) in [
+        ("/plans/sub/../in/", "sub/../in/", "/plans/in/"),
+        ("/plans/./a//b.txt", "./a//b.txt", "/plans/a/b.txt"),
+        ("/plans/../../x", "../../x", "/x"),
+        ("/plans/in", "in", "/plans/in"),
+    ] {
+        assert_eq!(
+            normalized(Path::new(path), written),
+            PathBuf::from(expected),
+            "{path}"
+        );
+    }
+}

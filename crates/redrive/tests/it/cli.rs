@@ -945,3 +945,36 @@ run = { shell = "true" }
         5
     );
 }
+
+/// `redrive cp ../in ./copied` (and a `list = "../in/"` source) used to list forever, write
+/// gigabytes of warnings and ignore Ctrl-C; written absolute, the same folder worked.
+#[test]
+fn a_local_path_with_dot_dot_is_listed_once() {
+    let t = TestContext::new();
+    make_inputs(&t, 3);
+    std::fs::create_dir_all(t.path("sub")).unwrap();
+    let mut child = t
+        .command(&["cp", "sub/../in", "copied", "--no-progress"])
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("`cp sub/../in` did not finish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let copied = std::fs::read_dir(t.path("copied"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(copied, 3, "{stderr}");
+}
