@@ -22,7 +22,14 @@ pub(crate) fn client(timeout: Duration) -> reqwest::Client {
         .connect_timeout(CONNECT_TIMEOUT)
         .redirect(Policy::custom(same_origin))
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        // Only a TLS back end that cannot start fails here; the fallback still follows no
+        // redirect elsewhere.
+        .unwrap_or_else(|_| {
+            reqwest::Client::builder()
+                .redirect(Policy::none())
+                .build()
+                .unwrap_or_default()
+        })
 }
 
 fn same_origin(attempt: Attempt<'_>) -> reqwest::redirect::Action {

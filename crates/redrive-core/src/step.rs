@@ -115,6 +115,18 @@ pub struct StepTraits {
     pub batch: Option<(usize, std::time::Duration)>,
 }
 
+impl StepTraits {
+    /// A step that sends `batch` items per request (waiting at most `max_wait` for a batch to
+    /// fill) and paces its own requests.
+    pub fn batching(batch: usize, max_wait: std::time::Duration) -> Self {
+        StepTraits {
+            paces_itself: true,
+            binds_fields: false,
+            batch: (batch > 1).then_some((batch, max_wait)),
+        }
+    }
+}
+
 /// One action of a plan's pipeline.
 #[async_trait]
 pub trait Step: Send + Sync + Debug {

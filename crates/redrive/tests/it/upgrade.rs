@@ -23,8 +23,8 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn a_state_of_release_8793c89_resumes() {
+/// The fixture job in a folder of its own, its state where the plan looks for it.
+fn fixture_job() -> TestContext {
     let context = TestContext::new();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-8793c89");
     copy_dir(&fixture, context.dir.path());
@@ -34,6 +34,12 @@ fn a_state_of_release_8793c89_resumes() {
         context.path(".redrive/upgrade.db"),
     )
     .expect("place the state");
+    context
+}
+
+#[test]
+fn a_state_of_release_8793c89_resumes() {
+    let context = fixture_job();
 
     let out = context
         .redrive(&["run", "plan.toml", "--no-progress"])
@@ -72,15 +78,7 @@ fn a_state_of_release_8793c89_resumes() {
 
 #[test]
 fn a_changed_plan_is_still_refused() {
-    let context = TestContext::new();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-8793c89");
-    copy_dir(&fixture, context.dir.path());
-    std::fs::create_dir_all(context.path(".redrive")).expect("mkdir");
-    std::fs::rename(
-        context.path("state.db"),
-        context.path(".redrive/upgrade.db"),
-    )
-    .expect("place the state");
+    let context = fixture_job();
     let plan = context.read("plan.toml").replace(
         "output/{line}\", if_exists",
         "elsewhere/{line}\", if_exists",

@@ -153,11 +153,7 @@ impl StepConfig for HttpSpec {
 
     /// Its own `rate` (which `--rate` sets), `concurrency` and batches pace the API.
     fn traits(&self) -> StepTraits {
-        StepTraits {
-            paces_itself: true,
-            batch: (self.batch > 1).then_some((self.batch, self.max_wait)),
-            ..StepTraits::default()
-        }
+        StepTraits::batching(self.batch, self.max_wait)
     }
 
     fn override_rate(&mut self, rate: f64) {

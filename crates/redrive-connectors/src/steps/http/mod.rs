@@ -18,7 +18,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::item::Fields;
 use redrive_core::secrets::redact;
-use redrive_core::step::{Outcome, Step, StepContext, StepTraits};
+use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 use redrive_core::throttle::Rate;
 use tokio::sync::Semaphore;
@@ -65,15 +65,6 @@ impl std::fmt::Debug for HttpStep {
 }
 
 impl HttpStep {
-    /// Its own `rate` (which `--rate` sets), `concurrency` and batches pace the API.
-    pub fn traits(spec: &HttpSpec) -> StepTraits {
-        StepTraits {
-            paces_itself: true,
-            batch: (spec.batch > 1).then_some((spec.batch, spec.max_wait)),
-            ..StepTraits::default()
-        }
-    }
-
     /// A step as the plan describes it.
     pub fn new(spec: HttpSpec) -> Self {
         let client = crate::http_client::client(Duration::from_secs(60));
@@ -396,8 +387,14 @@ mod tests {
         (port, seen)
     }
 
-    fn context() -> (NoBytes, &'static str) {
-        (NoBytes, "k")
+    /// Runs the step for one item, as the engine would, with nothing counting bytes.
+    async fn run_alone(step: &HttpStep, fields: &Fields) -> Result<Outcome, StepError> {
+        let cx = StepContext {
+            bytes: &NoBytes,
+            key: "k",
+            throttle: redrive_core::throttle::Throttle::none(),
+        };
+        step.run(fields, &cx).await
     }
 
     fn with_secret(url: String) -> HttpSpec {
@@ -423,13 +420,7 @@ mod tests {
             )
         });
         let step = HttpStep::new(with_secret(format!("http://127.0.0.1:{api}/submit")));
-        let (counter, key) = context();
-        let cx = StepContext {
-            bytes: &counter,
-            key,
-            throttle: redrive_core::throttle::Throttle::none(),
-        };
-        let error = match step.run(&item("a"), &cx).await {
+        let error = match run_alone(&step, &item("a")).await {
             Ok(outcome) => panic!("followed the redirect: {outcome:?}"),
             Err(error) => error.to_string(),
         };
@@ -453,13 +444,7 @@ mod tests {
             }
         });
         let step = HttpStep::new(with_secret(format!("http://127.0.0.1:{api}/submit")));
-        let (counter, key) = context();
-        let cx = StepContext {
-            bytes: &counter,
-            key,
-            throttle: redrive_core::throttle::Throttle::none(),
-        };
-        if let Err(error) = step.run(&item("a"), &cx).await {
+        if let Err(error) = run_alone(&step, &item("a")).await {
             panic!("{error}");
         }
         let heads = seen.lock().map(|s| s.clone()).unwrap_or_default();

@@ -133,11 +133,7 @@ impl StepConfig for SqlInsertSpec {
 
     /// One statement carries a batch of rows: holding items back would only shrink batches.
     fn traits(&self) -> StepTraits {
-        StepTraits {
-            paces_itself: true,
-            batch: (self.batch > 1).then_some((self.batch, self.max_wait)),
-            ..StepTraits::default()
-        }
+        StepTraits::batching(self.batch, self.max_wait)
     }
 
     fn build(&self, _cx: &BuildContext<'_>) -> Result<Arc<dyn Step>, String> {

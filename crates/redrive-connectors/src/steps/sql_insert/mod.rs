@@ -15,7 +15,7 @@ use self::config::SqlInsertSpec;
 use async_trait::async_trait;
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::item::Fields;
-use redrive_core::step::{Outcome, Step, StepContext, StepTraits};
+use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 use tokio::sync::OnceCell;
 
@@ -65,15 +65,6 @@ impl std::fmt::Debug for SqlInsertStep {
 }
 
 impl SqlInsertStep {
-    /// One statement carries a batch of rows: holding items back would only shrink batches.
-    pub fn traits(spec: &SqlInsertSpec) -> StepTraits {
-        StepTraits {
-            paces_itself: true,
-            batch: (spec.batch > 1).then_some((spec.batch, spec.max_wait)),
-            ..StepTraits::default()
-        }
-    }
-
     /// A step as the plan describes it.
     pub fn new(spec: SqlInsertSpec) -> Result<Self, TemplateError> {
         let url = spec.url.render(&Fields::new())?;

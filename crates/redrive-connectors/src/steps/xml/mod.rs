@@ -9,7 +9,7 @@ use self::config::{Missing, XmlSpec};
 use async_trait::async_trait;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
-use redrive_core::step::{Done, Outcome, Step, StepContext, StepTraits};
+use redrive_core::step::{Done, Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 
 /// Documents at least this large are parsed on the blocking pool, off the async workers.
@@ -22,14 +22,6 @@ pub struct XmlStep {
 }
 
 impl XmlStep {
-    /// It only computes a field for later steps.
-    pub fn traits() -> StepTraits {
-        StepTraits {
-            binds_fields: true,
-            ..StepTraits::default()
-        }
-    }
-
     /// A step as the plan describes it.
     pub fn new(spec: XmlSpec) -> Self {
         Self { spec }
