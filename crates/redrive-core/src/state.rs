@@ -53,6 +53,14 @@ pub enum StateError {
         /// The database's message.
         message: String,
     },
+    /// Another worker took over the item: this process's lease on it expired (a pause, a lost
+    /// connection) and someone else claimed it. The item is theirs now; this process must not
+    /// start another step of it.
+    #[error("the lease on item {id} was taken over by another worker")]
+    LeaseLost {
+        /// The item.
+        id: ItemId,
+    },
 }
 
 /// The job a state belongs to.
@@ -283,6 +291,13 @@ pub trait StateStore: Send + Sync {
     /// again, whatever their id. A store used by one process returns `runnable`.
     async fn claim(&self, after: ItemId, limit: usize) -> Result<Vec<StoredItem>, StateError> {
         self.runnable(after, limit).await
+    }
+
+    /// Whether this process still holds the item it claimed: `false` once another worker has
+    /// taken it over. Checked before a retry, so a worker that was paused past its lease does
+    /// not repeat a step someone else now runs. A store used by one process: always `true`.
+    async fn holds(&self, _id: ItemId) -> Result<bool, StateError> {
+        Ok(true)
     }
 
     /// True while other processes hold live leases on unfinished items: a worker that finds

@@ -4,9 +4,16 @@
 //! of the lease and records the worker in `workers`. A worker that dies stops renewing: once
 //! its leases expire, its unfinished items are runnable again for the others. One worker at a
 //! time holds the loader role (a session advisory lock) and reads the source into the state.
+//!
+//! Leases are fenced: every claim gives the item a new `lease_epoch`, and every progress write
+//! of this worker names the owner and epoch it claimed with, in the same statement. A worker
+//! paused past its lease (SIGSTOP, a frozen VM, a lost connection) whose items were taken over
+//! finds its next write refused, and starts no further step of them: what it repeats is at most
+//! the step calls it had in flight when it was paused.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redrive_core::state::WorkerInfo;
@@ -20,6 +27,7 @@ pub(crate) const CLAIM_BATCH: usize = 128;
 pub(crate) const DDL: &str = r#"
 ALTER TABLE items ADD COLUMN IF NOT EXISTS lease_owner TEXT;
 ALTER TABLE items ADD COLUMN IF NOT EXISTS lease_until TIMESTAMPTZ;
+ALTER TABLE items ADD COLUMN IF NOT EXISTS lease_epoch BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS items_leased ON items(lease_owner) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS items_top_running ON items(lease_until, id) WHERE parent IS NULL AND status = 'running';
 CREATE TABLE IF NOT EXISTS workers (
@@ -42,6 +50,8 @@ pub(crate) struct Worker {
     pub(crate) lease: Duration,
     /// Items this worker finished (reported by the heartbeat).
     pub(crate) finished: AtomicU64,
+    /// The epoch of each item this worker claimed and has not finished: its fencing token.
+    held: Mutex<HashMap<i64, i64>>,
 }
 
 impl Worker {
@@ -63,7 +73,34 @@ impl Worker {
             pid,
             lease,
             finished: AtomicU64::new(0),
+            held: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The epoch this worker claimed item `id` with; `None` for items it did not claim
+    /// (children of an expanded item, which their parent's lease covers).
+    pub(crate) fn epoch(&self, id: i64) -> Option<i64> {
+        self.held.lock().ok()?.get(&id).copied()
+    }
+
+    /// The item is finished, failed or given back: its epoch is no longer needed.
+    pub(crate) fn forget(&self, id: i64) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&id);
+        }
+    }
+
+    /// Records the epochs of a claim and returns the items new to this worker: an item it
+    /// already runs (claimed again after its own lease lapsed) keeps running once, under the
+    /// new epoch.
+    fn hold(&self, claimed: Vec<(i64, i64)>) -> Vec<i64> {
+        let Ok(mut held) = self.held.lock() else {
+            return Vec::new();
+        };
+        claimed
+            .into_iter()
+            .filter_map(|(id, epoch)| held.insert(id, epoch).is_none().then_some(id))
+            .collect()
     }
 
     pub(crate) fn lease_seconds(&self) -> f64 {
@@ -73,7 +110,8 @@ impl Worker {
 
 /// Claims up to `limit` runnable top-level items for `worker`: pending ones, running ones
 /// whose lease expired (or that no lease covers: a run before leases, or given back), and
-/// those skipped for `no input` after `after`. Returns their ids, in id order.
+/// those skipped for `no input` after `after`. Each gets a new epoch. Returns the ids new to
+/// this worker, in id order.
 pub(crate) async fn claim(
     pool: &PgPool,
     worker: &Worker,
@@ -99,10 +137,10 @@ pub(crate) async fn claim(
            SELECT id FROM (SELECT id FROM pending UNION ALL SELECT id FROM expired
                            UNION ALL SELECT id FROM no_input) AS runnable
            ORDER BY id LIMIT $2)
-         UPDATE items i SET status = 'running', lease_owner = $3,
+         UPDATE items i SET status = 'running', lease_owner = $3, lease_epoch = i.lease_epoch + 1,
                 lease_until = now() + make_interval(secs => $4), updated_at = now()
          FROM picked WHERE i.id = picked.id
-         RETURNING i.id",
+         RETURNING i.id, i.lease_epoch",
     )
     .bind(after)
     .bind(limit)
@@ -110,12 +148,29 @@ pub(crate) async fn claim(
     .bind(worker.lease_seconds())
     .fetch_all(pool)
     .await?;
-    let mut ids = rows
+    let claimed = rows
         .iter()
-        .map(|r| r.try_get::<i64, _>(0))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let mut ids = worker.hold(claimed);
     ids.sort_unstable();
     Ok(ids)
+}
+
+/// Whether `worker` still holds item `id` under the epoch it claimed it with (items it did not
+/// claim: yes).
+pub(crate) async fn holds(pool: &PgPool, worker: &Worker, id: i64) -> Result<bool, sqlx::Error> {
+    let Some(epoch) = worker.epoch(id) else {
+        return Ok(true);
+    };
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM items WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3)",
+    )
+    .bind(id)
+    .bind(&worker.id)
+    .bind(epoch)
+    .fetch_one(pool)
+    .await
 }
 
 /// Whether other workers hold live leases on unfinished items.

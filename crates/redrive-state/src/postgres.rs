@@ -344,6 +344,17 @@ fn limit_of(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The item a transition changes.
+fn transition_item(transition: &Transition) -> ItemId {
+    match transition {
+        Transition::Started { id, .. }
+        | Transition::Advanced { id, .. }
+        | Transition::Finished { id, .. }
+        | Transition::Released { id, .. }
+        | Transition::Failed { id, .. } => *id,
+    }
+}
+
 async fn record_output(
     tx: &mut sqlx::PgConnection,
     id: ItemId,
@@ -570,34 +581,53 @@ impl StateStore for PostgresStateStore {
     }
 
     async fn record(&self, transition: Transition) -> Result<(), StateError> {
+        let id = transition_item(&transition);
+        let ends = matches!(
+            transition,
+            Transition::Finished { .. } | Transition::Failed { .. } | Transition::Released { .. }
+        );
         let finishes = matches!(
             transition,
             Transition::Finished { .. } | Transition::Failed { .. }
         );
+        // The fence: a claimed item's write names the owner and epoch it was claimed with, so
+        // a worker whose lease was taken over changes nothing ($1 owner, $2 epoch; no epoch:
+        // not claimed by this process, as children are, and not fenced).
+        let fence = "AND ($2::bigint IS NULL OR (lease_owner = $1 AND lease_epoch = $2))";
+        let epoch = self.worker.epoch(id);
+        let lease = self.worker.lease_seconds();
         let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
-        let result = match transition {
-            Transition::Started { id, step, step_name } => sqlx::query(
-                "UPDATE items SET status = 'running', step_index = $2, step = $3, attempts = attempts + 1,
-                 error = NULL, started_at = now(), updated_at = now() WHERE id = $1",
-            )
+        let updated = match transition {
+            Transition::Started { id, step, step_name } => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE items SET status = 'running', step_index = $4, step = $5, attempts = attempts + 1,
+                 error = NULL, started_at = now(), updated_at = now(),
+                 lease_until = CASE WHEN $2::bigint IS NULL THEN lease_until ELSE now() + make_interval(secs => $6) END
+                 WHERE id = $3 {fence}",
+            )))
+            .bind(&self.worker.id)
+            .bind(epoch)
             .bind(id)
             .bind(i32_of(step))
             .bind(step_name)
+            .bind(lease)
             .execute(&mut *tx)
-            .await
-            .map(|_| ()),
+            .await,
             Transition::Advanced { id, step, step_name, bytes, output } => {
                 match record_output(&mut tx, id, step.saturating_sub(1), output.as_ref()).await {
-                    Ok(()) => sqlx::query(
-                        "UPDATE items SET step_index = $2, step = $3, bytes = bytes + $4, updated_at = now() WHERE id = $1",
-                    )
+                    Ok(()) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE items SET step_index = $4, step = $5, bytes = bytes + $6, updated_at = now(),
+                         lease_until = CASE WHEN $2::bigint IS NULL THEN lease_until ELSE now() + make_interval(secs => $7) END
+                         WHERE id = $3 {fence}",
+                    )))
+                    .bind(&self.worker.id)
+                    .bind(epoch)
                     .bind(id)
                     .bind(i32_of(step))
                     .bind(step_name)
                     .bind(i64_of(bytes))
+                    .bind(lease)
                     .execute(&mut *tx)
-                    .await
-                    .map(|_| ()),
+                    .await,
                     Err(e) => Err(e),
                 }
             }
@@ -616,39 +646,51 @@ impl StateStore for PostgresStateStore {
                     None => Ok(()),
                 };
                 match recorded {
-                    Ok(()) => sqlx::query(
-                        "UPDATE items SET status = $2, bytes = bytes + $3, error = $4, updated_at = now(), finished_at = now()
-                         WHERE id = $1",
-                    )
+                    Ok(()) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE items SET status = $4, bytes = bytes + $5, error = $6, updated_at = now(), finished_at = now()
+                         WHERE id = $3 {fence}",
+                    )))
+                    .bind(&self.worker.id)
+                    .bind(epoch)
                     .bind(id)
                     .bind(status.as_str())
                     .bind(i64_of(bytes))
                     .bind(reason)
                     .execute(&mut *tx)
-                    .await
-                    .map(|_| ()),
+                    .await,
                     Err(e) => Err(e),
                 }
             }
-            Transition::Released { id, error } => {
-                sqlx::query("UPDATE items SET status = 'pending', error = $2, updated_at = now() WHERE id = $1")
-                    .bind(id)
-                    .bind(error)
-                    .execute(&mut *tx)
-                    .await
-                    .map(|_| ())
-            }
-            Transition::Failed { id, error } => sqlx::query(
-                "UPDATE items SET status = 'failed', error = $2, updated_at = now(), finished_at = now() WHERE id = $1",
-            )
+            Transition::Released { id, error } => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE items SET status = 'pending', error = $4, updated_at = now() WHERE id = $3 {fence}",
+            )))
+            .bind(&self.worker.id)
+            .bind(epoch)
             .bind(id)
             .bind(error)
             .execute(&mut *tx)
-            .await
-            .map(|_| ()),
+            .await,
+            Transition::Failed { id, error } => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE items SET status = 'failed', error = $4, updated_at = now(), finished_at = now() WHERE id = $3 {fence}",
+            )))
+            .bind(&self.worker.id)
+            .bind(epoch)
+            .bind(id)
+            .bind(error)
+            .execute(&mut *tx)
+            .await,
         };
-        result.map_err(|e| self.failed(e))?;
+        let updated = updated.map_err(|e| self.failed(e))?.rows_affected();
+        if updated == 0 && epoch.is_some() {
+            // Taken over: nothing of this write lands (the output row neither).
+            drop(tx);
+            self.worker.forget(id);
+            return Err(StateError::LeaseLost { id });
+        }
         tx.commit().await.map_err(|e| self.failed(e))?;
+        if ends {
+            self.worker.forget(id);
+        }
         if finishes {
             self.worker.finished.fetch_add(1, Ordering::Relaxed);
         }
@@ -832,6 +874,12 @@ impl StateStore for PostgresStateStore {
         }
         self.items("WHERE i.id = ANY($1) ORDER BY i.id", |q| q.bind(ids))
             .await
+    }
+
+    async fn holds(&self, id: ItemId) -> Result<bool, StateError> {
+        lease::holds(&self.pool, &self.worker, id)
+            .await
+            .map_err(|e| self.failed(e))
     }
 
     async fn others_busy(&self) -> Result<bool, StateError> {

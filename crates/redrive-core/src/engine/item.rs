@@ -10,7 +10,7 @@ use super::report::{ItemReport, StepEvent, StepStatus};
 use super::{Counter, EngineError, PipelineStep, Shared, Shutdown, StopLevel, stop_requested};
 use crate::error::{ErrorClass, StepError};
 use crate::item::{Status, StoredItem};
-use crate::state::Transition;
+use crate::state::{StateError, Transition};
 use crate::step::{NO_INPUT, Outcome, StepContext};
 use crate::throttle::Throttle;
 
@@ -148,6 +148,11 @@ pub(super) async fn run_item(
                     if stopped {
                         tracing::info!(key = %crate::secrets::redact(&item.key), step = %name, "Stopping: the item waits for the next run.");
                         return Ok(report);
+                    }
+                    // A retry is a new side effect: not if another worker took the item over
+                    // while this one slept (or was paused).
+                    if !state.holds(item.id).await? {
+                        return Err(StateError::LeaseLost { id: item.id }.into());
                     }
                 }
                 Err(error) => break Err(error),

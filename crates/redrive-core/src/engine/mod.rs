@@ -323,10 +323,20 @@ pub async fn run(
                 let shared = Arc::clone(&shared);
                 let shutdown = shutdown.clone();
                 tasks.spawn(async move {
+                    let id = item.id;
                     let result = if shared.pipeline.expand.is_some() {
                         run_parent(&shared, item, shutdown).await
                     } else {
                         run_item(&shared, item, shutdown).await
+                    };
+                    // Another worker took the item over while this one was paused past its
+                    // lease: it is theirs, and this process starts no further step of it.
+                    let result = match result {
+                        Err(EngineError::State(StateError::LeaseLost { .. })) => {
+                            tracing::warn!(item = id, "Another worker took this item over (this worker's lease had expired): leaving it to them.");
+                            Ok(ItemReport { taken_over: true, ..ItemReport::default() })
+                        }
+                        result => result,
                     };
                     // Progress can no longer be recorded (a full, read-only or locked state):
                     // start no more items; those in flight end as they can.
@@ -437,5 +447,6 @@ fn absorb(
     report.bytes += item.bytes;
     report.retries += item.retries;
     report.throttled += item.throttled;
+    report.taken_over += u64::from(item.taken_over);
     Ok(())
 }

@@ -119,6 +119,9 @@ pub struct RunReport {
     /// Rows of the source, on its first load, that were not added because an earlier row had
     /// the same key: the plan's `key` does not tell them apart, and their work is not done.
     pub duplicate_keys: u64,
+    /// Items this process claimed but another worker took over (this one's lease had expired):
+    /// left to that worker, neither finished nor failed here.
+    pub taken_over: u64,
 }
 
 /// Counts of final statuses.
@@ -150,4 +153,5 @@ pub(super) struct ItemReport {
     pub(super) bytes: u64,
     pub(super) retries: u64,
     pub(super) throttled: u64,
+    pub(super) taken_over: bool,
 }

@@ -228,6 +228,17 @@ fn this_run(report: &RunReport) -> String {
         report.retries,
         report.throttled,
     ) + &lowered_limits(report)
+        + &taken_over(report)
+}
+
+/// Items other workers took over from this one (its leases had lapsed: it was paused).
+fn taken_over(report: &RunReport) -> String {
+    match report.taken_over {
+        0 => String::new(),
+        n => format!(
+            "; {n} items taken over by other workers after this one's lease expired (it was paused or lost its connection)"
+        ),
+    }
 }
 
 /// The steps whose endpoints throttled enough to lower how many calls redrive keeps in flight.

@@ -310,3 +310,115 @@ fn an_unreachable_postgres_state_is_hinted_as_postgres() {
     assert!(out.stderr.contains("PostgreSQL server"), "{}", out.stderr);
     assert!(!out.stderr.contains("state file's disk"), "{}", out.stderr);
 }
+
+/// A worker frozen (SIGSTOP) past its lease while holding a claimed batch: the others take
+/// its items over, and when it thaws it starts none of them again. What runs twice is at
+/// most what it had in flight when it was frozen (`items = 8`), not the batch it claimed.
+#[test]
+fn a_worker_paused_past_its_lease_does_not_repeat_the_items_taken_over() {
+    let t = TestContext::new();
+    let job = unique("pg-pause");
+    let n = 400;
+    let keys: String = (0..n).map(|i| format!("k{i:05}\n")).collect();
+    t.write("keys.txt", keys);
+    t.plan(&format!(
+        r#"
+[job]
+name = "{job}"
+state = "${{REDRIVE_TEST_POSTGRES_URL}}"
+[source]
+lines = "keys.txt"
+[[step]]
+run = {{ shell = "echo {{line}} >> effects.log; sleep 0.2" }}
+[limits]
+items = 8
+lease = "3s"
+"#
+    ));
+    server("REDRIVE_TEST_POSTGRES_URL");
+    let workers: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            t.command(&["run", "plan.toml"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+
+    // Freeze worker 0 once it is under way, and keep it frozen well past its lease.
+    let victim = workers[0].id();
+    let started = Instant::now();
+    while query_u64(
+        &job,
+        &format!("SELECT finished::text FROM workers WHERE pid = {victim}"),
+    ) < 8
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "worker 0 made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(victim, "STOP");
+    let frozen_with = query_u64(
+        &job,
+        &format!(
+            "SELECT count(*)::text FROM items i JOIN workers w ON i.lease_owner = w.id
+             WHERE w.pid = {victim} AND i.status = 'running'"
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(9));
+    signal(victim, "CONT");
+
+    let mut victim_stderr = String::new();
+    for (i, worker) in workers.into_iter().enumerate() {
+        let out = worker.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "worker {i} failed: {stderr}");
+        if i == 0 {
+            victim_stderr = stderr;
+        }
+    }
+    let counts = query(
+        &job,
+        "SELECT status || ' ' || count(*) FROM items GROUP BY status ORDER BY status",
+    );
+    assert_eq!(counts, [format!("done {n}")], "items by status");
+
+    let effects = t.read("effects.log");
+    let mut runs: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for line in effects.lines() {
+        *runs.entry(line).or_default() += 1;
+    }
+    assert_eq!(runs.len(), n, "every item ran");
+    let repeated: usize = runs.values().map(|c| c - 1).sum();
+    assert!(
+        frozen_with > 8,
+        "the frozen worker held only {frozen_with} items: the test proves nothing"
+    );
+    assert!(
+        repeated <= 8,
+        "{repeated} side effects repeated; at most the 8 in flight may be (the frozen worker held {frozen_with})"
+    );
+    assert!(
+        victim_stderr.contains("taken over by other workers"),
+        "{victim_stderr}"
+    );
+}
+
+/// The first column of the first row as a number; 0 when there is none yet.
+fn query_u64(job: &str, sql: &str) -> u64 {
+    try_query(job, sql)
+        .ok()
+        .and_then(|rows| rows.first()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to one process.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
