@@ -4,6 +4,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 /// A running checksum.
+#[derive(Clone)]
 pub(crate) enum Hasher {
     Md5(md5::Md5),
     Crc32c(u32),

@@ -185,6 +185,83 @@ pub struct Location {
     pub display: String,
     /// True for local files.
     pub local: bool,
+    /// The slowest a body read from or written to it may move.
+    pub floor: RateFloor,
+}
+
+/// The slowest a body may move: fewer than `bytes_per_s × window` bytes over a whole `window`
+/// fails the attempt. A per-call timeout never trips on a body that trickles a byte a second
+/// (100 KB would take a day); this does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateFloor {
+    /// Bytes per second, at the least.
+    pub bytes_per_s: u64,
+    /// Over how long the rate is measured (the store's `timeout`).
+    pub window: std::time::Duration,
+}
+
+/// `min_rate` unless a `[store]` table says otherwise: a link far slower than this is broken.
+const DEFAULT_MIN_RATE: u64 = 1024;
+
+impl RateFloor {
+    fn of(spec: Option<&StoreSpec>) -> Self {
+        Self {
+            bytes_per_s: spec
+                .and_then(StoreSpec::min_rate)
+                .unwrap_or(DEFAULT_MIN_RATE),
+            window: spec.and_then(StoreSpec::timeout).unwrap_or(IO_TIMEOUT),
+        }
+    }
+
+    /// Watches one body against the floor.
+    pub fn watch(self) -> RateWatch {
+        RateWatch {
+            floor: self,
+            since: tokio::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+}
+
+/// One body's progress against its [`RateFloor`], window by window.
+#[derive(Debug)]
+pub struct RateWatch {
+    floor: RateFloor,
+    since: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl RateWatch {
+    /// When the current window ends.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.since + self.floor.window
+    }
+
+    /// `n` bytes moved.
+    pub fn add(&mut self, n: u64) {
+        self.bytes += n;
+    }
+
+    /// At the end of a window: an error when too little moved in it, else a new window.
+    pub fn check(&mut self) -> Result<(), String> {
+        let now = tokio::time::Instant::now();
+        if now < self.deadline() {
+            return Ok(());
+        }
+        let seconds = now.duration_since(self.since).as_secs_f64();
+        let rate = self.bytes as f64 / seconds.max(0.001);
+        if rate < self.floor.bytes_per_s as f64 {
+            return Err(format!(
+                "{} bytes in {seconds:.0} s ({rate:.0} B/s), below the floor of {} B/s: the \
+                 transfer is stalled or trickling (`min_rate` and `timeout` in [store.\"…\"] \
+                 set the floor)",
+                self.bytes, self.floor.bytes_per_s
+            ));
+        }
+        self.since = now;
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 /// Resolves URLs to operators, with the plan's `[store]` tables and the environment.
@@ -324,6 +401,7 @@ impl Stores {
                 path,
                 display,
                 local,
+                floor: RateFloor::of(spec),
             });
         }
         // Every call has a deadline: a stalled server fails the call (a temporary error)
@@ -357,6 +435,7 @@ impl Stores {
             path,
             display,
             local,
+            floor: RateFloor::of(spec),
         })
     }
 

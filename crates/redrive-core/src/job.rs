@@ -178,6 +178,9 @@ pub struct StoreSpec {
     pub virtual_host_style: bool,
     /// Deadline of each call to the store (`30s`, `5m`); default 60 s, 120 s for a body.
     pub timeout: Option<String>,
+    /// The slowest a body may arrive (`64KiB/s`): a transfer that receives less over a whole
+    /// `timeout` (default 120 s) fails the attempt. Default 1 KiB/s.
+    pub min_rate: Option<String>,
 }
 
 impl StoreSpec {
@@ -185,6 +188,18 @@ impl StoreSpec {
     pub fn timeout(&self) -> Option<std::time::Duration> {
         self.timeout.as_deref().and_then(parse_duration)
     }
+
+    /// `min_rate` in bytes per second, parsed (checked when the plan is read).
+    pub fn min_rate(&self) -> Option<u64> {
+        parse_rate(self.min_rate.as_deref()?)
+    }
+}
+
+/// `64KiB/s`, `1MB/s`, `512`: bytes per second.
+fn parse_rate(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let size = text.strip_suffix("/s").unwrap_or(text);
+    parse_size(size).and_then(|n| u64::try_from(n).ok())
 }
 
 impl fmt::Debug for StoreSpec {
@@ -298,7 +313,15 @@ impl StoreSpec {
             credential_path: resolve("credential_path", &raw.credential_path)?,
             virtual_host_style: raw.virtual_host_style,
             timeout: raw.timeout.clone(),
+            min_rate: raw.min_rate.clone(),
         };
+        if let Some(rate) = &spec.min_rate
+            && parse_rate(rate).is_none()
+        {
+            return Err(format!(
+                "`min_rate` = `{rate}` is not a rate; write e.g. `64KiB/s` or `1MB/s`"
+            ));
+        }
         if let Some(timeout) = &spec.timeout
             && parse_duration(timeout).is_none()
         {

@@ -506,6 +506,26 @@ fn store_timeout_is_a_duration() {
 }
 
 #[test]
+fn store_min_rate_is_a_rate() {
+    for (text, bytes) in [("64KiB/s", 65_536), ("1MB/s", 1_048_576), ("512", 512)] {
+        let plan = parse(&format!(
+            "{MINIMAL}[store.\"s3://b\"]\nmin_rate = \"{text}\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plan.stores[0].1.min_rate(), Some(bytes), "{text}");
+    }
+    let e = error(&format!(
+        "{MINIMAL}[store.\"s3://b\"]\nmin_rate = \"fast\"\n"
+    ));
+    assert!(
+        e.contains(
+            "in [store.\"s3://b\"]: `min_rate` = `fast` is not a rate; write e.g. `64KiB/s`"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
 fn http_step_and_its_errors() {
     let plan = parse(&format!(
         "{MINIMAL}[[step]]\nhttp = {{ url = \"https://api/x\", form = {{ crash_ids = \"{{line}}\" }}, batch = 10, rate = 2.5 }}\n"

@@ -383,3 +383,220 @@ fn bench_s1_calm_vs_faults() {
         }
     }
 }
+
+/// Runs `redrive run plan.toml`, killed (and the test failed) if it has not ended in `limit`.
+fn run_within(t: &TestContext, limit: std::time::Duration) -> (Option<i32>, String) {
+    let mut child = t
+        .command(&["run", "plan.toml", "-v"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut pipe = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut stderr = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        stderr
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the run did not end in {limit:?}: {}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (status.code(), reader.join().unwrap_or_default())
+}
+
+/// Objects `in/f0000.txt…` in `bucket`, copied from S3 (through `proxy`) to the local `out/`,
+/// with a 3 s store timeout and one retry.
+fn s3_source_plan(t: &TestContext, bucket: &str, n: usize, settings: &str) {
+    let keys: String = (0..n).map(|i| format!("f{i:04}.txt\n")).collect();
+    t.write("keys.txt", keys);
+    t.plan(&format!(
+        r#"
+[job]
+name = "cut"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+copy = {{ from = "s3://{bucket}/in/{{line}}", to = "out/{{line}}" }}
+[limits]
+retries = 1
+[store."s3://{bucket}"]
+timeout = "3s"
+{settings}
+"#
+    ));
+}
+
+fn put_objects(bucket: &str, n: usize) {
+    let operator = s3_operator(bucket);
+    crate::common::runtime().block_on(async {
+        for i in 0..n {
+            crate::common::write_retrying(
+                &operator,
+                &format!("in/f{i:04}.txt"),
+                format!("object {i} ").repeat(100).into_bytes(),
+            )
+            .await;
+        }
+    });
+}
+
+/// A GET that answers 200 with the whole Content-Length, sends half the body and closes, every
+/// time: the item fails within its retries, in seconds, and nothing is written.
+#[test]
+fn a_body_cut_short_fails_the_item_instead_of_hanging() {
+    let bucket = unique("rd-cut");
+    create_bucket(&bucket);
+    put_objects(&bucket, 2);
+    let gets = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&gets);
+    let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
+        if request.method == "GET" && request.path.contains("/in/f0000.txt") {
+            count.fetch_add(1, Ordering::SeqCst);
+            return Action::Truncate;
+        }
+        Action::Forward
+    });
+    let t = s3_env_at(TestContext::new(), &proxy.address);
+    s3_source_plan(&t, &bucket, 2, "");
+    let (code, stderr) = run_within(&t, std::time::Duration::from_secs(90));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        1
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'failed'"),
+        1
+    );
+    assert!(!t.path("out/f0000.txt").exists(), "a cut body was written");
+    // Each attempt reads on from where the cut left off a few times (the store layer's
+    // retries), then gives up: a bounded number of GETs, not thousands.
+    assert!(
+        gets.load(Ordering::SeqCst) <= 50,
+        "{} GETs for one object",
+        gets.load(Ordering::SeqCst)
+    );
+}
+
+/// A body cut short whose Content-Length says so (the transport sees nothing wrong): the size
+/// the listing gave catches it, and nothing is written.
+#[test]
+fn a_short_body_is_not_done_when_the_listing_said_more() {
+    let bucket = unique("rd-short");
+    create_bucket(&bucket);
+    put_objects(&bucket, 2);
+    let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
+        if request.method == "GET" && request.path.contains("/in/f0000.txt") {
+            return Action::Short;
+        }
+        Action::Forward
+    });
+    let t = s3_env_at(TestContext::new(), &proxy.address);
+    t.plan(&format!(
+        r#"
+[job]
+name = "short"
+state = "state.db"
+[source]
+list = "s3://{bucket}/in/"
+[[step]]
+copy = {{ from = "{{url}}", to = "out/{{name}}" }}
+[limits]
+retries = 1
+"#
+    ));
+    let (code, stderr) = run_within(&t, std::time::Duration::from_secs(90));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        1
+    );
+    let error = t.count(
+        "SELECT count(*) FROM items WHERE status = 'failed' AND error LIKE '%cut short or ran long%'",
+    );
+    assert_eq!(error, 1, "{stderr}");
+    assert!(
+        !t.path("out/f0000.txt").exists(),
+        "a short body was written"
+    );
+    assert_eq!(t.read("out/f0001.txt"), "object 1 ".repeat(100));
+}
+
+/// The same short body from a source without sizes (a list of keys), with `checksum = "md5"`:
+/// the MD5 of what was read disagrees with the source's ETag, and nothing is written.
+#[test]
+fn a_short_body_fails_its_md5_against_the_source_etag() {
+    let bucket = unique("rd-shortmd5");
+    create_bucket(&bucket);
+    put_objects(&bucket, 2);
+    let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
+        if request.method == "GET" && request.path.contains("/in/f0000.txt") {
+            return Action::Short;
+        }
+        Action::Forward
+    });
+    let t = s3_env_at(TestContext::new(), &proxy.address);
+    s3_source_plan(&t, &bucket, 2, "");
+    let plan = t.read("plan.toml").replace(
+        "to = \"out/{line}\" }",
+        "to = \"out/{line}\", checksum = \"md5\" }",
+    );
+    assert!(plan.contains("checksum"), "{plan}");
+    t.plan(&plan);
+    let (code, stderr) = run_within(&t, std::time::Duration::from_secs(90));
+    assert_eq!(code, Some(1), "{stderr}");
+    let error = t.count(
+        "SELECT count(*) FROM items WHERE status = 'failed' AND error LIKE '%is not the object%'",
+    );
+    assert_eq!(error, 1, "{stderr}");
+    assert!(
+        !t.path("out/f0000.txt").exists(),
+        "a short body was written"
+    );
+    assert_eq!(t.read("out/f0001.txt"), "object 1 ".repeat(100));
+}
+
+/// A body that trickles a byte every 200 ms never trips a per-read timeout; the rate floor
+/// (`timeout = "3s"`, the default 1 KiB/s) fails each attempt after one window.
+#[test]
+fn a_trickling_body_fails_the_attempt_at_the_rate_floor() {
+    let bucket = unique("rd-trickle");
+    create_bucket(&bucket);
+    put_objects(&bucket, 2);
+    let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
+        if request.method == "GET" && request.path.contains("/in/f0000.txt") {
+            return Action::Trickle(std::time::Duration::from_millis(200));
+        }
+        Action::Forward
+    });
+    let t = s3_env_at(TestContext::new(), &proxy.address);
+    s3_source_plan(&t, &bucket, 2, "");
+    let started = std::time::Instant::now();
+    let (code, stderr) = run_within(&t, std::time::Duration::from_secs(90));
+    assert_eq!(code, Some(1), "{stderr}");
+    let error = t.count(
+        "SELECT count(*) FROM items WHERE status = 'failed' AND error LIKE '%below the floor%'",
+    );
+    assert_eq!(error, 1, "{stderr}");
+    assert!(
+        !t.path("out/f0000.txt").exists(),
+        "a trickled body was written"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(45),
+        "{:?}",
+        started.elapsed()
+    );
+}

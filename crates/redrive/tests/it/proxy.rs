@@ -22,6 +22,12 @@ pub enum Action {
     Reset,
     /// Forwards it, then sends the server's answer with half its body and closes.
     Truncate,
+    /// Forwards it, then sends half the body with a Content-Length that says so: a short body
+    /// only a size or checksum can tell.
+    Short,
+    /// Forwards it, then sends the body one byte per interval (a trickle no per-read timeout
+    /// trips).
+    Trickle(std::time::Duration),
     /// Waits this long before doing anything (longer than the client's timeout: a stall).
     Stall(std::time::Duration),
 }
@@ -65,7 +71,7 @@ impl Proxy {
                             std::thread::sleep(time);
                             break;
                         }
-                        let mut truncate = false;
+                        let (mut truncate, mut short, mut trickle) = (false, false, None);
                         let (status, headers, body) = match action {
                             Action::Answer(status, body) => {
                                 action = Action::AnswerWith(status, Vec::new(), body);
@@ -75,6 +81,14 @@ impl Proxy {
                             Action::Reset => break,
                             Action::Truncate => {
                                 truncate = true;
+                                forward(&client, &upstream, request)
+                            }
+                            Action::Short => {
+                                short = true;
+                                forward(&client, &upstream, request)
+                            }
+                            Action::Trickle(every) => {
+                                trickle = Some(every);
                                 forward(&client, &upstream, request)
                             }
                             Action::Forward | Action::Stall(_) => {
@@ -102,10 +116,27 @@ impl Proxy {
                             Some(length) if head_request => {
                                 length.to_str().unwrap_or("0").to_owned()
                             }
+                            _ if short => (body.len() / 2).to_string(),
                             _ => body.len().to_string(),
                         };
                         head.push_str(&format!("Content-Length: {length}\r\n\r\n"));
-                        let sent = if truncate { body.len() / 2 } else { body.len() };
+                        let sent = if truncate || short {
+                            body.len() / 2
+                        } else {
+                            body.len()
+                        };
+                        if let Some(every) = trickle {
+                            if stream.write_all(head.as_bytes()).is_err() {
+                                break;
+                            }
+                            for byte in &body {
+                                std::thread::sleep(every);
+                                if stream.write_all(std::slice::from_ref(byte)).is_err() {
+                                    break;
+                                }
+                            }
+                            continue;
+                        }
                         if stream.write_all(head.as_bytes()).is_err()
                             || stream.write_all(&body[..sent]).is_err()
                             || truncate

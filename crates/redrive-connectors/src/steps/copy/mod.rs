@@ -173,6 +173,7 @@ async fn transfer(
     let mut parts = (how.checksum == Some(crate::checksum::Checksum::Md5))
         .then(|| PartMd5s::new(effective_part_size(&target.operator, how.part_size)));
     let mut bytes = 0u64;
+    let mut watch = source.floor.watch();
     loop {
         if cancelled.load(Ordering::SeqCst) {
             upload.abort().await;
@@ -181,7 +182,20 @@ async fn transfer(
                 "cancelled",
             )));
         }
-        let chunk = match stream.try_next().await {
+        // Each wait for the body ends with the floor's window: a stalled or trickling body
+        // fails the attempt however often a byte arrives.
+        let next = loop {
+            match tokio::time::timeout_at(watch.deadline(), stream.try_next()).await {
+                Ok(next) => break next,
+                Err(_) => {
+                    if let Err(slow) = watch.check() {
+                        upload.abort().await;
+                        return Err(Failure::Step(too_slow(&source, &slow)));
+                    }
+                }
+            }
+        };
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(e) => {
@@ -202,6 +216,11 @@ async fn transfer(
             parts.update(&chunk);
         }
         let n = chunk.len() as u64;
+        watch.add(n);
+        if let Err(slow) = watch.check() {
+            upload.abort().await;
+            return Err(Failure::Step(too_slow(&source, &slow)));
+        }
         let Some(writer) = upload.writer() else {
             break;
         };
@@ -225,6 +244,24 @@ async fn transfer(
             "cancelled",
         )));
     }
+    // Nothing is committed that is not the whole object: a body cut short (or run long) that
+    // the transport did not notice is caught by the size the source listed.
+    if let Some(listed) = how.size
+        && listed != bytes
+        && let Err(error) = check_length(&source, bytes, listed).await
+    {
+        upload.abort().await;
+        return Err(Failure::Step(error));
+    }
+    // With `checksum = "md5"`, the bytes read are checked against the source's own MD5 (a
+    // single-part ETag, Azure's Content-MD5) before anything is committed: a body that lost
+    // bytes on the way is never the target.
+    if let (Some(hasher @ Hasher::Md5(_)), false) = (&hasher, source.local)
+        && let Err(error) = check_source_md5(&source, hasher.clone().finish()).await
+    {
+        upload.abort().await;
+        return Err(Failure::Step(error));
+    }
     match upload.close().await {
         Ok(metadata) => Ok(Transferred {
             bytes,
@@ -238,6 +275,66 @@ async fn transfer(
             e,
         ))),
     }
+}
+
+/// The body read is not as long as the source listed: the object may have changed since it
+/// was listed (its size now says so: fine), or the body was cut short or ran long (an error,
+/// tried again).
+async fn check_length(source: &Location, read: u64, listed: u64) -> Result<(), StepError> {
+    match source.operator.stat(&source.path).await {
+        Ok(meta) if meta.content_length() == read => {
+            tracing::debug!(source = %source.display, read, listed, "The object changed since it was listed.");
+            Ok(())
+        }
+        Ok(meta) => Err(StepError::new(
+            redrive_core::error::ErrorClass::Transient,
+            format!(
+                "read {read} bytes of `{}`, which is {} bytes long (listed as {listed}): the body \
+                 was cut short or ran long; nothing was written and the copy will be tried again",
+                source.display,
+                meta.content_length()
+            ),
+        )),
+        Err(e) => Err(step_error(
+            format!(
+                "read {read} bytes of `{}`, listed as {listed} bytes, and cannot check its size",
+                source.display
+            ),
+            e,
+        )),
+    }
+}
+
+/// The MD5 of the bytes read against what the source says of itself. Only a whole-object MD5
+/// is compared: the parts of a multipart source ETag were cut where its uploader cut them,
+/// which this copy does not know (and an encrypted bucket's ETag is no MD5 at all).
+async fn check_source_md5(source: &Location, ours: Vec<u8>) -> Result<(), StepError> {
+    let meta = source
+        .operator
+        .stat(&source.path)
+        .await
+        .map_err(|e| step_error(format!("cannot check the MD5 of `{}`", source.display), e))?;
+    match store_md5(meta.content_md5(), meta.etag()) {
+        Some(StoreMd5::Whole(theirs)) if theirs != ours => Err(StepError::new(
+            redrive_core::error::ErrorClass::Transient,
+            format!(
+                "the body read from `{}` is not the object ({}); nothing was written and the \
+                 copy will be tried again (a bucket with SSE-KMS or SSE-C encryption has ETags \
+                 that are not MD5s: use checksum = \"crc32c\" or \"sha256\" there)",
+                source.display,
+                format_args!("read md5 {}, the source says {}", hex(&ours), hex(&theirs))
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The source's body moves too slowly to ever finish: the attempt fails (and is retried).
+fn too_slow(source: &Location, why: &str) -> StepError {
+    StepError::new(
+        redrive_core::error::ErrorClass::Transient,
+        format!("reading `{}`: {why}", source.display),
+    )
 }
 
 /// Bytes read at a time from local files: the writer gathers them into parts (without
