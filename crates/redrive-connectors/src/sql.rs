@@ -376,6 +376,90 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Inserts one row. With `on_conflict = "fail"`, a row whose key exists with these very
+    /// values is not a conflict: an earlier attempt committed it (the process died between
+    /// the commit and the state's record), and the item is done, once. A key that exists with
+    /// other values is the conflict it always was.
+    pub async fn insert_one(
+        &self,
+        insert: &Insert,
+        types: &HashMap<String, String>,
+        row: &[String],
+    ) -> Result<Inserted, SqlError> {
+        let what = format!("inserting 1 row into `{}`", insert.table);
+        macro_rules! insert_or_same {
+            ($pool:expr, $dialect:expr) => {{
+                let mut query = sqlx::query(AssertSqlSafe(insert_sql($dialect, insert, types, 1)));
+                for value in row {
+                    query = query.bind(value.as_str());
+                }
+                match query.execute($pool).await {
+                    Ok(_) => Ok(Inserted::New),
+                    Err(sqlx::Error::Database(e))
+                        if e.is_unique_violation() && insert.on_conflict == OnConflict::Fail =>
+                    {
+                        let mut same =
+                            sqlx::query(AssertSqlSafe(same_row_sql($dialect, insert, types)));
+                        for value in row {
+                            same = same.bind(value.as_str());
+                        }
+                        match same.fetch_optional($pool).await {
+                            Ok(Some(_)) => Ok(Inserted::AlreadyThere),
+                            Ok(None) => Err(self.error(&what, sqlx::Error::Database(e))),
+                            Err(check) => Err(self.error(&what, check)),
+                        }
+                    }
+                    Err(e) => Err(self.error(&what, e)),
+                }
+            }};
+        }
+        match &self.pool {
+            Pool::Postgres(pool) => insert_or_same!(pool, Dialect::Postgres),
+            Pool::MySql(pool) => insert_or_same!(pool, Dialect::MySql),
+            #[cfg(feature = "mssql")]
+            Pool::MsSql(_) => self
+                .insert(insert, types, std::slice::from_ref(&row.to_vec()))
+                .await
+                .map(|()| Inserted::New),
+        }
+    }
+}
+
+/// What [`Database::insert_one`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// The row was inserted.
+    New,
+    /// The same row was there already (committed by an earlier attempt).
+    AlreadyThere,
+}
+
+/// A query that finds a row holding exactly these values (compared as the column's type
+/// prints them on PostgreSQL, so `xml` and `json` columns compare too).
+fn same_row_sql(dialect: Dialect, insert: &Insert, types: &HashMap<String, String>) -> String {
+    let conditions: Vec<String> = insert
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| match dialect {
+            Dialect::Postgres => match types.get(&column.to_lowercase()) {
+                Some(kind) if kind != "text" => format!(
+                    "CAST({column} AS text) = CAST(CAST(${n} AS {kind}) AS text)",
+                    n = i + 1
+                ),
+                _ => format!("{column} = ${n}", n = i + 1),
+            },
+            Dialect::MySql | Dialect::MsSql => format!("{column} = {}", dialect.placeholder(i + 1)),
+        })
+        .collect();
+    format!(
+        "SELECT 1 FROM {} WHERE {} LIMIT 1",
+        insert.table,
+        conditions.join(" AND ")
+    )
+}
+
 /// `?` → `@P1`, `@P2`, … outside quotes.
 #[cfg(feature = "mssql")]
 fn mssql_numbered(sql: &str) -> String {
@@ -647,6 +731,22 @@ mod tests {
             key: vec!["app_id".into()],
             on_conflict,
         }
+    }
+
+    #[test]
+    fn the_same_row_is_found_by_every_value_compared_as_text() {
+        let types = HashMap::from([
+            ("app_id".to_owned(), "integer".to_owned()),
+            ("app_xml".to_owned(), "xml".to_owned()),
+        ]);
+        assert_eq!(
+            same_row_sql(Dialect::Postgres, &insert(OnConflict::Fail), &types),
+            "SELECT 1 FROM staging WHERE CAST(app_id AS text) = CAST(CAST($1 AS integer) AS text) AND CAST(app_xml AS text) = CAST(CAST($2 AS xml) AS text) LIMIT 1"
+        );
+        assert_eq!(
+            same_row_sql(Dialect::MySql, &insert(OnConflict::Fail), &types),
+            "SELECT 1 FROM staging WHERE app_id = ? AND app_xml = ? LIMIT 1"
+        );
     }
 
     #[test]

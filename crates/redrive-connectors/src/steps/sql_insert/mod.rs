@@ -20,7 +20,7 @@ use redrive_core::template::TemplateError;
 use tokio::sync::OnceCell;
 
 use crate::batch::Batcher;
-use crate::sql::{Database, Insert, SqlError};
+use crate::sql::{Database, Insert, Inserted, SqlError};
 
 /// Connections per target database: batches in flight.
 const CONNECTIONS: u32 = 4;
@@ -130,13 +130,20 @@ impl Inner {
         };
         match db.insert(&self.insert, types, &rows).await {
             Ok(()) => vec![Ok(()); rows.len()],
-            Err(error) if error.class == ErrorClass::Permanent && rows.len() > 1 => {
+            Err(error) if error.class == ErrorClass::Permanent => {
+                // One by one: a row already there with the same values was committed by an
+                // attempt that died before the state recorded it, and is done.
                 let mut results = Vec::with_capacity(rows.len());
                 for row in &rows {
                     results.push(
-                        db.insert(&self.insert, types, std::slice::from_ref(row))
-                            .await
-                            .map_err(Failure::from),
+                        match db.insert_one(&self.insert, types, row).await {
+                            Ok(Inserted::New) => Ok(()),
+                            Ok(Inserted::AlreadyThere) => {
+                                tracing::debug!(table = %self.spec.table, "The row was committed by an earlier attempt.");
+                                Ok(())
+                            }
+                            Err(error) => Err(error.into()),
+                        },
                     );
                 }
                 results
