@@ -53,6 +53,15 @@ pub enum StateError {
         /// The database's message.
         message: String,
     },
+    /// The state's files were changed by hand in a way that loses what it recorded (its log
+    /// deleted after a crash, the file emptied): refused rather than taken for a new job.
+    #[error("the state `{location}` is damaged: {message}")]
+    Damaged {
+        /// The state's path.
+        location: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Another worker took over the item: this process's lease on it expired (a pause, a lost
     /// connection) and someone else claimed it. The item is theirs now; this process must not
     /// start another step of it.

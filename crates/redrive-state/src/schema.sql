@@ -69,3 +69,13 @@ CREATE VIEW IF NOT EXISTS files AS
     SELECT c.id, p.key AS workitem, c.key, c.fields, c.step, c.status, c.error, c.attempts,
            c.bytes, c.started_at, c.finished_at
     FROM items c JOIN items p ON p.id = c.parent;
+
+-- Whether a run has the state open: set (and checkpointed into this file) when a run begins,
+-- cleared when it closes the state; `commits` counts the run's transactions since. Set, with
+-- no commit in this file and no write-ahead log beside it: a run died and its log, which held
+-- what it recorded, was removed (a log that SQLite checkpointed brings its commits here).
+CREATE TABLE IF NOT EXISTS run_open (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    running INTEGER NOT NULL,
+    commits INTEGER NOT NULL DEFAULT 0
+);

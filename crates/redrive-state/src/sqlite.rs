@@ -51,8 +51,13 @@ struct Command {
 pub struct SqliteStateStore {
     location: String,
     writer: Mutex<Option<mpsc::Sender<Command>>>,
-    reader: Arc<Mutex<Connection>>,
+    /// Closed first when the store is dropped, so that the writer is the last connection and
+    /// SQLite removes the (checkpointed) log as it closes.
+    reader: Arc<Mutex<Option<Connection>>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// A run began on this store: each transaction counts itself in `run_open`, and closing
+    /// the store records that the run closed the state.
+    running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for SqliteStateStore {
@@ -90,6 +95,10 @@ impl SqliteStateStore {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let err = |e: rusqlite::Error| backend(&location, e);
+        // Looked at before SQLite opens the file (which creates a log when there is none).
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let had_wal = wal.exists();
+        refuse_truncated(&path, &location)?;
         let writer = Connection::open_with_flags(&path, flags).map_err(err)?;
         writer
             .execute_batch(
@@ -101,6 +110,27 @@ impl SqliteStateStore {
             )
             .map_err(err)?;
         writer.execute_batch(SCHEMA).map_err(err)?;
+        let open: Option<(i64, i64)> = writer
+            .query_row(
+                "SELECT running, commits FROM run_open WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        if open == Some((1, 0)) && !had_wal {
+            return Err(StateError::Damaged {
+                location: location.clone(),
+                message: format!(
+                    "it was not closed cleanly (its last run was killed or crashed) and its \
+                     write-ahead log `{}` is gone: what that run recorded may be lost with it, \
+                     and resuming would redo work whose side effects already happened. Put the \
+                     log back if it was moved, or start over with `redrive run PLAN --restart` \
+                     (create-only copies skip the targets that exist)",
+                    wal.display()
+                ),
+            });
+        }
         let reader = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -111,15 +141,20 @@ impl SqliteStateStore {
             .map_err(err)?;
 
         let (sender, receiver) = mpsc::channel::<Command>();
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = thread::Builder::new()
             .name("redrive-state-writer".to_owned())
-            .spawn(move || write_loop(writer, receiver))
+            .spawn({
+                let running = Arc::clone(&running);
+                move || write_loop(writer, receiver, &running)
+            })
             .map_err(|e| backend(&location, e))?;
         Ok(Self {
             location,
             writer: Mutex::new(Some(sender)),
-            reader: Arc::new(Mutex::new(reader)),
+            reader: Arc::new(Mutex::new(Some(reader))),
             thread: Mutex::new(Some(thread)),
+            running,
         })
     }
 
@@ -161,7 +196,10 @@ impl SqliteStateStore {
             let connection = reader
                 .lock()
                 .map_err(|_| backend(&location, "the reader lock is poisoned"))?;
-            read(&connection).map_err(|e| backend(&location, e))
+            let connection = connection
+                .as_ref()
+                .ok_or_else(|| backend(&location, "the state is closed"))?;
+            read(connection).map_err(|e| backend(&location, e))
         })
         .await
         .map_err(|e| backend(&self.location, e))?
@@ -207,9 +245,46 @@ impl RunLock {
     }
 }
 
+/// A state file of 0 bytes beside its lock file was used and then emptied (SQLite would take
+/// it for a new state and start the job over).
+fn refuse_truncated(path: &Path, location: &str) -> Result<(), StateError> {
+    let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+    let used = Path::new(&format!("{location}.lock")).exists();
+    if empty && used {
+        return Err(StateError::Damaged {
+            location: location.to_owned(),
+            message: "it is empty (0 bytes) though a run has used it (its lock file is there): \
+                      it was truncated, and opening it would start the job over as if nothing \
+                      had been done. Restore it from a copy, or delete it to start over"
+                .to_owned(),
+        });
+    }
+    Ok(())
+}
+
 impl Drop for SqliteStateStore {
     fn drop(&mut self) {
+        if let Ok(mut reader) = self.reader.lock() {
+            reader.take();
+        }
         if let Ok(mut writer) = self.writer.lock() {
+            // The run closes the state: recorded, and checkpointed into the file, before the
+            // writer stops (a run killed before this leaves `running` set, and its log).
+            if self.running.load(std::sync::atomic::Ordering::SeqCst)
+                && let Some(sender) = writer.as_ref()
+            {
+                let (done, _) = oneshot::channel();
+                let close: Write = Box::new(|tx| {
+                    tx.execute("UPDATE run_open SET running = 0 WHERE id = 1", [])
+                        .map(|n| n as u64)
+                });
+                let _ = sender.send(Command {
+                    write: Some(close),
+                    done,
+                });
+                let (done, _) = oneshot::channel();
+                let _ = sender.send(Command { write: None, done });
+            }
             writer.take();
         }
         if let Ok(mut thread) = self.thread.lock()
@@ -228,7 +303,11 @@ fn backend(location: &str, error: impl std::fmt::Display) -> StateError {
 }
 
 /// Takes every write waiting, applies them in one transaction, commits, then answers each.
-fn write_loop(mut connection: Connection, receiver: mpsc::Receiver<Command>) {
+fn write_loop(
+    mut connection: Connection,
+    receiver: mpsc::Receiver<Command>,
+    running: &std::sync::atomic::AtomicBool,
+) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -260,6 +339,10 @@ fn write_loop(mut connection: Connection, receiver: mpsc::Receiver<Command>) {
                     }
                     Err(error) => answers.push((command.done, Err(error.to_string()))),
                 }
+            }
+            if running.load(std::sync::atomic::Ordering::Relaxed) {
+                tx.prepare_cached("UPDATE run_open SET commits = commits + 1 WHERE id = 1")?
+                    .execute([])?;
             }
             tx.commit()
         });
@@ -351,9 +434,10 @@ fn bytes_i64(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
-#[async_trait]
-impl StateStore for SqliteStateStore {
-    async fn begin(&self, job: &JobInfo) -> Result<(), StateError> {
+impl SqliteStateStore {
+    /// The state belongs to this job and plan (a state fingerprinted by an earlier release is
+    /// given the canonical fingerprint); a new state records them.
+    async fn check_job(&self, job: &JobInfo) -> Result<(), StateError> {
         let stored: Option<(String, String)> = self
             .read(|c| {
                 c.query_row(
@@ -407,6 +491,28 @@ impl StateStore for SqliteStateStore {
                 .map(|_| ())
             }
         }
+    }
+}
+
+#[async_trait]
+impl StateStore for SqliteStateStore {
+    async fn begin(&self, job: &JobInfo) -> Result<(), StateError> {
+        self.check_job(job).await?;
+        // A run has the state open, as of now, in the file itself (not only in its log).
+        self.write(Box::new(|tx| {
+            tx.execute(
+                "INSERT INTO run_open (id, running, commits) VALUES (1, 1, 0)
+                 ON CONFLICT (id) DO UPDATE SET running = 1, commits = 0",
+                [],
+            )
+            .map(|n| n as u64)
+        }))
+        .await?;
+        self.flush().await?;
+        // From now on each transaction counts itself (after the checkpoint: the file says 0).
+        self.running
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     async fn insert(&self, items: Vec<NewItem>) -> Result<u64, StateError> {

@@ -157,3 +157,106 @@ fn a_state_locked_by_another_process_is_named_and_left_whole() {
     t.redrive(&["run", "plan.toml"]).expect_code(0);
     assert_all_done(&t, n);
 }
+
+/// A job of `n` lines, each a `run` step that records its key and takes a moment.
+fn slow_job(t: &TestContext, n: usize) {
+    let lines: String = (0..n).map(|i| format!("k{i:03}\n")).collect();
+    t.write("keys.txt", lines);
+    t.plan(
+        r#"
+[job]
+name = "wal"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+run = { shell = "echo {line} >> effects.log; sleep 0.05" }
+[limits]
+items = 4
+"#,
+    );
+}
+
+/// A clean exit leaves the whole state in its file: no write-ahead log beside it.
+#[test]
+fn a_clean_exit_leaves_no_write_ahead_log() {
+    let t = TestContext::new();
+    slow_job(&t, 20);
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(t.path("state.db").exists());
+    assert!(!t.path("state.db-wal").exists(), "the log outlived the run");
+    // And the state still resumes: nothing left to do.
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(out.stderr.contains("done 0"), "{}", out.stderr);
+}
+
+/// A run killed with -9 leaves its progress in the log; a person who then deletes the log
+/// (it looks like litter) used to get a silent restart that redid every side effect. The
+/// state is refused with an explanation instead, and `--restart` still starts over.
+#[test]
+fn a_killed_runs_state_without_its_log_is_refused() {
+    let t = TestContext::new();
+    slow_job(&t, 200);
+    let mut child = t
+        .command(&["run", "plan.toml", "-q"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    while t
+        .try_count("SELECT count(*) FROM items WHERE status = 'done'")
+        .unwrap_or(0)
+        < 20
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        t.path("state.db-wal").exists(),
+        "a killed run keeps its log"
+    );
+    std::fs::remove_file(t.path("state.db-wal")).unwrap();
+    let _ = std::fs::remove_file(t.path("state.db-shm"));
+
+    let before = t.read("effects.log").lines().count();
+    let out = t.redrive(&["run", "plan.toml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("was not closed cleanly") && out.stderr.contains("state.db-wal"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        t.read("effects.log").lines().count(),
+        before,
+        "a refused state ran nothing"
+    );
+    t.redrive(&["run", "plan.toml", "--restart", "--yes"])
+        .expect_code(0);
+}
+
+/// A state file emptied by hand (`: > state.db`) is not taken for a new job.
+#[test]
+fn a_truncated_state_is_refused() {
+    let t = TestContext::new();
+    slow_job(&t, 5);
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    std::fs::write(t.path("state.db"), b"").unwrap();
+    let out = t.redrive(&["run", "plan.toml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("it is empty (0 bytes)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        t.read("effects.log").lines().count(),
+        5,
+        "nothing ran again"
+    );
+}
