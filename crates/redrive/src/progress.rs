@@ -35,6 +35,20 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// What the run did, as counted here (for a run the engine could not report on).
+    pub(crate) fn report(&self, duration: std::time::Duration) -> redrive_core::engine::RunReport {
+        redrive_core::engine::RunReport {
+            done: self.done.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
+            duration,
+            ..Default::default()
+        }
+    }
+
     fn finished(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
             + self.skipped.load(Ordering::Relaxed)

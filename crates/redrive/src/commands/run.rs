@@ -119,6 +119,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     };
     warn_unfillable_batches(&pipeline, options.concurrency);
     let state: Arc<dyn StateStore> = Arc::clone(&store);
+    let started = std::time::Instant::now();
     let result = engine::run(
         Arc::clone(&pipeline),
         state,
@@ -145,9 +146,11 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         .summary()
         .await
         .map_err(|e| super::state_error(e, &args.plan))?;
+    // A run stopped by an error (a ragged source row, a full state disk) still did work: its
+    // summary counts what was recorded, as the progress counted it.
     let report = match &result {
         Ok(report) => report.clone(),
-        Err(_) => RunReport::default(),
+        Err(_) => progress.counters().report(started.elapsed()),
     };
     if let Some(path) = &args.metrics {
         write_metrics(path, &report, &progress, args.shard)

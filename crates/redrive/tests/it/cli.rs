@@ -502,8 +502,10 @@ copy = { from = "src/{Name}", to = "out/{Name}" }
         "{}",
         out.stderr
     );
-    // The good row before it was recorded and run; a fixed file resumes.
+    // The good row before it was recorded and run, and the summary counts it; a fixed file
+    // resumes.
     assert_eq!(t.read("out/a"), "A");
+    assert!(out.stderr.contains("This run: done 1,"), "{}", out.stderr);
     assert_eq!(
         t.count("SELECT count(*) FROM items WHERE status = 'done'"),
         1
