@@ -190,3 +190,39 @@ retries = 0
         }
     }
 }
+
+/// A converter that prints what it was given (a token from the plan's `${ENV}`, a SAS URL) on
+/// stdout and stderr: its per-item log is masked like everything else, and so is the error
+/// that quotes its stderr.
+#[test]
+fn run_step_logs_are_masked() {
+    let t = TestContext::new().env("CONVERTER_TOKEN", BEARER);
+    t.write("keys.txt", "a\nb\n");
+    t.plan(&format!(
+        r#"
+[job]
+name = "logs"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+run = {{ shell = "echo using $TOKEN; echo fetching https://acct.blob.core.windows.net/c/{{line}}?sv=2024&sig={SAS_SIG} >&2; printf 'binary \\377\\n'; test {{line}} = a", env = {{ TOKEN = "${{CONVERTER_TOKEN}}" }} }}
+"#
+    ));
+    let out = t.redrive(&["run", "plan.toml"]);
+    assert_eq!(out.code, 1, "item b fails: {}", out.stderr);
+    let logs = all_files(&t.path("logs-logs"));
+    assert!(logs.len() >= 2, "{logs:?}");
+    let written = all_files(&t.path("."));
+    let written = written
+        .iter()
+        .filter(|(path, _)| !path.ends_with("plan.toml"));
+    for (path, bytes) in logs.iter().chain(written) {
+        assert!(!contains(bytes, BEARER), "the token is in {path}");
+        assert!(!contains(bytes, SAS_SIG), "the SAS signature is in {path}");
+    }
+    let log = String::from_utf8_lossy(&logs[0].1).into_owned();
+    assert!(log.contains("using ***"), "{log}");
+    assert!(log.contains("binary"), "{log}");
+    assert!(!out.stderr.contains(SAS_SIG) && !out.stderr.contains(BEARER));
+}

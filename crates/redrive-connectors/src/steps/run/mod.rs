@@ -157,6 +157,46 @@ fn log_name(key: &str, step: &str) -> String {
     format!("{safe}.{step}.log")
 }
 
+/// Longest piece of output masked at once: a program that writes megabytes without a newline
+/// is logged in pieces, not held whole.
+const LOG_PIECE: u64 = 64 * 1024;
+
+/// Copies a child's output into its log a line at a time, secrets masked (a program may print
+/// the token or SAS it was given), and returns the last `TAIL` lines. Output that is not UTF-8
+/// is logged lossily rather than stopping the copy (which would block the child on a full pipe).
+async fn log_masked(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    mut log: std::fs::File,
+) -> VecDeque<String> {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    let mut tail = VecDeque::with_capacity(TAIL);
+    let Some(pipe) = pipe else {
+        return tail;
+    };
+    let mut reader = tokio::io::BufReader::new(pipe);
+    let mut piece = Vec::new();
+    loop {
+        piece.clear();
+        match (&mut reader)
+            .take(LOG_PIECE)
+            .read_until(b'\n', &mut piece)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&piece);
+        let masked = redrive_core::secrets::redact(&text);
+        let _ = log.write_all(masked.as_bytes());
+        if tail.len() == TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(masked.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    tail
+}
+
 #[async_trait]
 impl Step for RunStep {
     async fn run(&self, fields: &Fields, cx: &StepContext<'_>) -> Result<Outcome, StepError> {
@@ -207,7 +247,7 @@ impl Step for RunStep {
             .current_dir(&command.cwd)
             .envs(command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout))
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group: a Ctrl-C at the terminal reaches redrive, which lets the
             // command finish (a first Ctrl-C drains), instead of killing it mid-item.
@@ -222,25 +262,12 @@ impl Step for RunStep {
                 ))
             })?;
 
-        // stderr goes to the log too, and its last lines into the error.
-        let stderr = child.stderr.take();
-        let tail_task = async move {
-            let mut tail = VecDeque::with_capacity(TAIL);
-            if let Some(stderr) = stderr {
-                let mut lines = tokio::io::BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    use std::io::Write;
-                    let _ = writeln!(log, "{line}");
-                    if tail.len() == TAIL {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
-                }
-            }
-            tail
-        };
+        // stdout and stderr go to the log, secrets masked like everywhere else; the last
+        // lines of stderr go into the error too.
+        let stdout_task = log_masked(child.stdout.take(), stdout);
+        let tail_task = log_masked(child.stderr.take(), log);
         let wait = async {
-            let (status, tail) = tokio::join!(child.wait(), tail_task);
+            let (status, _, tail) = tokio::join!(child.wait(), stdout_task, tail_task);
             (status, tail)
         };
         let (status, tail) = match self.spec.timeout {
