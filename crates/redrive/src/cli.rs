@@ -159,6 +159,10 @@ pub(crate) struct RunArgs {
     /// Items in flight (overrides [limits] items)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency: Option<u32>,
+    /// After Ctrl-C or SIGTERM, how long the items in flight may take to finish (`30s`, `2m`,
+    /// `0` to abort them at once); then they are abandoned and redone on the next run
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_grace)]
+    pub(crate) grace: std::time::Duration,
     /// Write the run's metrics as JSON to FILE (processed, done, failed, skipped, duration_s,
     /// rows_per_sec, retries, peak_rss_mb, finished_at, …)
     #[arg(long, value_name = "FILE")]
@@ -239,4 +243,10 @@ pub(crate) struct SkipArgs {
     pub(crate) reason: String,
     #[command(flatten)]
     pub(crate) state: StateArg,
+}
+
+/// `--grace`: a duration (`10s`, `2m`, `0`).
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    redrive_core::job::parse_duration(text)
+        .ok_or_else(|| format!("`{text}` is not a duration; write e.g. `10s`, `2m` or `0`"))
 }

@@ -121,6 +121,7 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         yes: false,
         rate: None,
         concurrency: Some(args.concurrency),
+        grace: std::time::Duration::from_secs(10),
         metrics: None,
         telemetry: None,
         shard: None,

@@ -106,7 +106,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     });
 
     let (stop, stop_requests) = watch::channel(StopLevel::Run);
-    let signals = tokio::spawn(super::signals::watch_signals(stop));
+    let signals = tokio::spawn(super::signals::watch_signals(stop, args.grace));
     let options = RunOptions {
         concurrency: args.concurrency.map_or(plan.limits.items, |n| n as usize),
         per_item: plan.limits.per_item,

@@ -26,24 +26,31 @@ pub(crate) async fn next_stop_signal(terminate: &mut Option<tokio::signal::unix:
     }
 }
 
-/// First Ctrl-C (or SIGTERM): drain. Second: abort.
-pub(crate) async fn watch_signals(stop: watch::Sender<StopLevel>) {
+/// First Ctrl-C (or SIGTERM): drain, for at most `grace`. Second, or the grace over: abort.
+/// (Kubernetes sends SIGKILL 30 s after SIGTERM: a drain must not outlast that.)
+pub(crate) async fn watch_signals(stop: watch::Sender<StopLevel>, grace: std::time::Duration) {
     let mut terminate = terminate_signal();
-    let mut level = StopLevel::Run;
-    loop {
-        next_stop_signal(&mut terminate).await;
-        level = match level {
-            StopLevel::Run => {
-                eprintln!(
-                    "\nStopping: no new items; finishing those in flight (Ctrl-C again to abort them)."
-                );
-                StopLevel::Drain
-            }
-            _ => {
-                eprintln!("\nAborting the items in flight; they will be redone on the next run.");
-                StopLevel::Abort
-            }
-        };
-        let _ = stop.send(level);
+    next_stop_signal(&mut terminate).await;
+    eprintln!(
+        "\nStopping: no new items; finishing those in flight for up to {} (Ctrl-C again to abort them).",
+        shown(grace)
+    );
+    let _ = stop.send(StopLevel::Drain);
+    tokio::select! {
+        _ = next_stop_signal(&mut terminate) => {
+            eprintln!("\nAborting the items in flight; they will be redone on the next run.");
+        }
+        _ = tokio::time::sleep(grace) => {
+            eprintln!(
+                "\nThe grace period ({}) is over: abandoning the items still in flight; they will be redone on the next run.",
+                shown(grace)
+            );
+        }
     }
+    let _ = stop.send(StopLevel::Abort);
+}
+
+/// `10s`, `2.5s`.
+fn shown(duration: std::time::Duration) -> String {
+    format!("{}s", duration.as_secs_f64())
 }

@@ -261,6 +261,9 @@ fn forward(
     if let Some(concurrency) = args.concurrency {
         command.arg("--concurrency").arg(concurrency.to_string());
     }
+    command
+        .arg("--grace")
+        .arg(format!("{}ms", args.grace.as_millis()));
     if let Some(telemetry) = &args.telemetry {
         let name = format!(
             "{}-worker-{index}.csv",

@@ -410,3 +410,71 @@ http = {{ url = "{address}/submit/{{line}}" }}
         "the item waits for the next run"
     );
 }
+
+/// SIGTERM while the items in flight take minutes (a long converter): the drain lasts the
+/// grace period (`--grace 2s`), then they are abandoned, their children killed, and the
+/// items left for the next run, which finishes them.
+#[test]
+fn sigterm_abandons_long_items_after_the_grace_period() {
+    let t = TestContext::new();
+    t.write("keys.txt", "k1\nk2\n");
+    t.plan(
+        r#"
+[job]
+name = "long"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+run = { shell = "echo {line} >> started.log; test -e quick || sleep 120" }
+[limits]
+items = 2
+"#,
+    );
+    let child = t
+        .command(&["run", "plan.toml", "--no-progress", "--grace", "2s"])
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while t
+        .path("started.log")
+        .exists()
+        .then(|| t.read("started.log").lines().count())
+        != Some(2)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the items started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let asked = Instant::now();
+    signal(&child, "-TERM");
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "{took:?}: {stderr}"
+    );
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("grace period (2s) is over"), "{stderr}");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status IN ('done', 'failed')"),
+        0,
+        "{stderr}"
+    );
+    // No `sleep 120` of the abandoned items is left.
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(!ps.lines().any(|l| l.contains("sleep 120")), "{ps}");
+    t.write("quick", "");
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        2
+    );
+}

@@ -157,6 +157,32 @@ fn log_name(key: &str, step: &str) -> String {
     format!("{safe}.{step}.log")
 }
 
+/// Kills a child's process group (it is its group's leader) when dropped before
+/// [`GroupGuard::disarm`].
+struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(pid) = self
+            .0
+            .take()
+            .and_then(|pid| rustix::process::Pid::from_raw(i32::try_from(pid).ok()?))
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Longest piece of output masked at once: a program that writes megabytes without a newline
 /// is logged in pieces, not held whole.
 const LOG_PIECE: u64 = 64 * 1024;
@@ -262,6 +288,9 @@ impl Step for RunStep {
                 ))
             })?;
 
+        // Abandoned (the run's grace period over, a second Ctrl-C) or timed out: the whole
+        // group goes, not only the shell (whose `sleep`, converter, … would live on).
+        let mut group = GroupGuard(child.id());
         // stdout and stderr go to the log, secrets masked like everywhere else; the last
         // lines of stderr go into the error too.
         let stdout_task = log_masked(child.stdout.take(), stdout);
@@ -274,6 +303,7 @@ impl Step for RunStep {
             Some(limit) => match tokio::time::timeout(limit, wait).await {
                 Ok(done) => done,
                 Err(_) => {
+                    group.kill();
                     let _ = child.kill().await;
                     return Err(StepError::permanent(format!(
                         "`{}` did not finish within {}s and was killed; its output is in `{}`",
@@ -285,6 +315,8 @@ impl Step for RunStep {
             },
             None => wait.await,
         };
+        // It ended on its own: what it left running in its group is its business.
+        group.disarm();
         let status = status.map_err(|e| {
             StepError::new(
                 ErrorClass::Transient,
