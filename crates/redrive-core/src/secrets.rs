@@ -65,15 +65,50 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     };
     let mut out: Cow<'_, str> = Cow::Borrowed(text);
     for secret in secrets.iter() {
-        if out.contains(secret.as_str()) {
-            out = Cow::Owned(out.replace(secret.as_str(), MASK));
+        if !out.contains(secret.as_str()) {
+            continue;
         }
+        out = Cow::Owned(if secret.len() >= WHOLE_VALUES_BELOW {
+            out.replace(secret.as_str(), MASK)
+        } else {
+            mask_whole(&out, secret)
+        });
     }
     for marker in ["sig=", "AccountKey=", "SharedAccessSignature="] {
         if out.contains(marker) {
             out = Cow::Owned(mask_after(&out, marker));
         }
     }
+    out
+}
+
+/// Secrets shorter than this are masked only where they stand as a whole value (a header's,
+/// a query parameter's, a `KEY=value`), not inside other words: `test` as a password must not
+/// turn `/tmp/ux-test/cpdir` into `/tmp/ux-***/cpdir`.
+const WHOLE_VALUES_BELOW: usize = 8;
+
+/// Characters that continue a word or a path: a short secret touching one of them is part of
+/// ordinary text, not a value of its own.
+fn continues_word(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '+' | '%' | '~')
+}
+
+/// Masks each occurrence of `secret` that stands alone: at the text's edges or between
+/// characters that do not continue a word.
+fn mask_whole(text: &str, secret: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in text.match_indices(secret) {
+        let before = text[..at].chars().last();
+        let after = text[at + secret.len()..].chars().next();
+        if before.is_some_and(continues_word) || after.is_some_and(continues_word) {
+            continue;
+        }
+        out.push_str(&text[copied..at]);
+        out.push_str(MASK);
+        copied = at + secret.len();
+    }
+    out.push_str(&text[copied..]);
     out
 }
 
@@ -107,6 +142,19 @@ mod tests {
         assert_eq!(
             redact("Authorization: Bearer s3cr3t-token-value, again s3cr3t-token-value"),
             "Authorization: Bearer ***, again ***"
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_masked_as_whole_values_only() {
+        register("tst7");
+        assert_eq!(
+            redact("/tmp/ux-tst7/cpdir and tst7s and tst7"),
+            "/tmp/ux-tst7/cpdir and tst7s and ***"
+        );
+        assert_eq!(
+            redact("Authorization: Bearer tst7\nAWS_SECRET_ACCESS_KEY=tst7&x=\"tst7\""),
+            "Authorization: Bearer ***\nAWS_SECRET_ACCESS_KEY=***&x=\"***\""
         );
     }
 
