@@ -221,13 +221,15 @@ pub struct RunLock {
 }
 
 impl RunLock {
-    /// Takes the lock `STATE.lock` beside the state file, or says who holds it.
+    /// Takes the lock `STATE.lock` beside the state file, or says who holds it. The lock is
+    /// beside the file's canonical path: two plans that reach one state by different paths
+    /// (a symlink, `./` and an absolute path) take the same lock.
     pub fn acquire(state: &Path) -> Result<Self, StateError> {
         let location = state.display().to_string();
-        let lock = PathBuf::from(format!("{location}.lock"));
         if let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| backend(&location, e))?;
         }
+        let lock = lock_path(state);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -245,11 +247,25 @@ impl RunLock {
     }
 }
 
+/// Where the run lock of the state file `state` is: `STATE.lock` beside its canonical path
+/// (symlinks resolved; a file not created yet: its folder's canonical path).
+pub(crate) fn lock_path(state: &Path) -> PathBuf {
+    let canonical = std::fs::canonicalize(state).ok().or_else(|| {
+        let dir = match state.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        Some(std::fs::canonicalize(dir).ok()?.join(state.file_name()?))
+    });
+    let state = canonical.unwrap_or_else(|| state.to_path_buf());
+    PathBuf::from(format!("{}.lock", state.display()))
+}
+
 /// A state file of 0 bytes beside its lock file was used and then emptied (SQLite would take
 /// it for a new state and start the job over).
 fn refuse_truncated(path: &Path, location: &str) -> Result<(), StateError> {
     let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
-    let used = Path::new(&format!("{location}.lock")).exists();
+    let used = lock_path(path).exists();
     if empty && used {
         return Err(StateError::Damaged {
             location: location.to_owned(),
