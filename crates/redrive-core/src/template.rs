@@ -14,7 +14,7 @@ use crate::secrets;
 
 /// The filters a placeholder may apply, in the order they are written.
 pub const FILTERS: &[&str] = &[
-    "basename", "dirname", "lower", "upper", "url", "trim", "kql",
+    "basename", "dirname", "lower", "upper", "url", "trim", "kql", "raw",
 ];
 
 /// A parsed template.
@@ -44,6 +44,8 @@ enum Filter {
     Url,
     Trim,
     Kql,
+    /// The value as it is, where values are quoted by default (`run.shell`).
+    Raw,
 }
 
 /// A template that could not be parsed or rendered.
@@ -194,6 +196,16 @@ impl Template {
 
     /// Renders the template with an item's fields.
     pub fn render(&self, fields: &Fields) -> Result<String, TemplateError> {
+        self.render_quoted(fields, |value| value)
+    }
+
+    /// Renders the template with each field value passed through `quote` (after its filters),
+    /// except those marked `|raw`: a shell command's values are quoted this way.
+    pub fn render_quoted(
+        &self,
+        fields: &Fields,
+        quote: impl Fn(String) -> String,
+    ) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(self.raw.len() + 32);
         for part in &self.parts {
             match part {
@@ -209,6 +221,9 @@ impl Template {
                     let mut value = value.clone();
                     for filter in filters {
                         value = apply(*filter, &value);
+                    }
+                    if !filters.contains(&Filter::Raw) {
+                        value = quote(value);
                     }
                     out.push_str(&value);
                 }
@@ -299,6 +314,7 @@ fn parse_filter(name: &str) -> Option<Filter> {
         "url" => Filter::Url,
         "trim" => Filter::Trim,
         "kql" => Filter::Kql,
+        "raw" => Filter::Raw,
         _ => return None,
     })
 }
@@ -349,6 +365,7 @@ fn apply(filter: Filter, value: &str) -> String {
         Filter::Url => utf8_percent_encode(value, URL_ENCODE).to_string(),
         Filter::Trim => value.trim().to_owned(),
         Filter::Kql => kql_string(value),
+        Filter::Raw => value.to_owned(),
     }
 }
 
@@ -398,7 +415,7 @@ mod tests {
         kql_escapes_quotes_and_backslashes: "{a|kql}", &[("a", r#"a"b\c"#)] => r#""a\"b\\c""#;
         kql_escapes_newlines: "{a|kql}", &[("a", "a\nb")] => r#""a\nb""#;
         unknown_filter: "{a|nope}", &[("a", "1")] =>
-            "error: unknown filter `nope` in `{a|nope}`; filters are: basename, dirname, lower, upper, url, trim, kql";
+            "error: unknown filter `nope` in `{a|nope}`; filters are: basename, dirname, lower, upper, url, trim, kql, raw";
         missing_env: "${NOPE}", &[] =>
             "error: environment variable `NOPE` used in `${NOPE}` is not set; export it before running";
         unclosed_env: "${NOPE", &[] => "error: unclosed `${` in `${NOPE`; write `${NAME}`";

@@ -980,3 +980,50 @@ fn a_local_path_with_dot_dot_is_listed_once() {
         .unwrap_or(0);
     assert_eq!(copied, 3, "{stderr}");
 }
+
+/// Field values inserted into a `shell` command are data: quoted, so a value with shell syntax
+/// is printed, not run. `{field|raw}` opts out.
+#[test]
+fn shell_commands_quote_field_values() {
+    let t = TestContext::new();
+    t.write("names.txt", "a; touch pwned\n$(touch pwned2)\nit's plain\n");
+    t.plan(
+        r#"
+[job]
+name = "quoted"
+state = "state.db"
+[source]
+lines = "names.txt"
+[[step]]
+run = { shell = "printf '%s\\n' {line} >> seen.txt" }
+[limits]
+items = 1
+"#,
+    );
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let mut seen: Vec<String> = t.read("seen.txt").lines().map(str::to_owned).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["$(touch pwned2)", "a; touch pwned", "it's plain"],
+        "{}",
+        out.stderr
+    );
+    assert!(!t.path("pwned").exists() && !t.path("pwned2").exists());
+
+    let t = TestContext::new();
+    t.write("commands.txt", "touch made-by-raw\n");
+    t.plan(
+        r#"
+[job]
+name = "raw"
+state = "state.db"
+[source]
+lines = "commands.txt"
+[[step]]
+run = { shell = "{line|raw}" }
+"#,
+    );
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(t.path("made-by-raw").exists());
+}

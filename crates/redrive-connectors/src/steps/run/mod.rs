@@ -52,9 +52,10 @@ impl RunStep {
             None => self.base_dir.clone(),
         };
         let (program, args) = match &self.spec.shell {
+            // Field values are data, not shell syntax: quoted, unless `{field|raw}`.
             Some(shell) => (
                 "sh".to_owned(),
-                vec!["-c".to_owned(), shell.render(fields)?],
+                vec!["-c".to_owned(), shell.render_quoted(fields, sh_quote)?],
             ),
             None => {
                 let mut parts = self
@@ -155,6 +156,20 @@ fn log_name(key: &str, step: &str) -> String {
         })
         .collect();
     format!("{safe}.{step}.log")
+}
+
+/// A value as one `sh` word: as it is when it holds nothing the shell would read (letters,
+/// digits, `-_./:=@%+,`), else in single quotes (a `'` inside written `'\''`).
+fn sh_quote(value: String) -> String {
+    let plain = !value.is_empty()
+        && value.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '@' | '%' | '+' | ',')
+        });
+    if plain {
+        return value;
+    }
+    format!("'{}'", value.replace('\'', "'\\''"))
 }
 
 /// Kills a child's process group (it is its group's leader) when dropped before
@@ -376,5 +391,25 @@ impl Step for RunStep {
             command.program,
             command.args.join(" ")
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sh_quote;
+
+    #[test]
+    fn shell_values_are_one_word_each() {
+        for (value, quoted) in [
+            ("day-2024-01-05.csv", "day-2024-01-05.csv"),
+            ("s3://b/k=1,2@x+y%20", "s3://b/k=1,2@x+y%20"),
+            ("a b", "'a b'"),
+            ("x; rm -rf ~", "'x; rm -rf ~'"),
+            ("$(touch pwned)", "'$(touch pwned)'"),
+            ("it's", "'it'\\''s'"),
+            ("", "''"),
+        ] {
+            assert_eq!(sh_quote(value.to_owned()), quoted, "{value}");
+        }
     }
 }
