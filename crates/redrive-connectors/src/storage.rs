@@ -137,6 +137,15 @@ pub enum StorageError {
         /// The expected form.
         example: &'static str,
     },
+    /// The key cannot be reached as written: the storage layer would read or write another
+    /// object (OpenDAL merges `a//k` and `a/./k` into `a/k`), or it names a folder.
+    #[error("`{url}` {why}")]
+    Unaddressable {
+        /// The URL, secrets masked.
+        url: String,
+        /// What is wrong with it and what to do.
+        why: &'static str,
+    },
     /// Settings are missing (e.g. which Azure account `az://` means).
     #[error("cannot reach `{url}`: {hint}")]
     Settings {
@@ -156,12 +165,44 @@ pub enum StorageError {
     },
 }
 
+/// Why `target` cannot be used as written, if it cannot. An object key is taken as it is:
+/// one with an empty segment (`a//k`), or a `.` or `..` segment, is one OpenDAL would turn into
+/// another key (`a/k`), reading or overwriting a different object, so the item fails instead.
+/// A target to write must name an object or a file, not a folder (`pfx/`, `out/.`, empty).
+fn unaddressable(target: &Target, url: &str, write: bool) -> Option<&'static str> {
+    let key = match target {
+        Target::S3 { key, .. } | Target::Gcs { key, .. } => key.as_str(),
+        Target::Azure { path, .. } => path.as_str(),
+        Target::Local(_) => {
+            let text = url.split_once('?').map_or(url, |(path, _)| path);
+            let last = text.rsplit('/').next().unwrap_or(text);
+            return (write && matches!(last, "" | "." | "..")).then_some(
+                "names a folder, not a file to write: the value that ends it is empty, `.` or `..`",
+            );
+        }
+    };
+    let inner = key.strip_suffix('/').unwrap_or(key);
+    if !inner.is_empty()
+        && inner
+            .split('/')
+            .any(|segment| matches!(segment, "" | "." | ".."))
+    {
+        return Some(
+            "has an empty, `.` or `..` segment in its key (`//`, `/./`): the storage layer would \
+             take it for another key and read or write a different object; rename the object or \
+             fix the value that builds the key",
+        );
+    }
+    (write && (key.is_empty() || key.ends_with('/')))
+        .then_some("names a folder (its key is empty or ends with `/`), not an object to write")
+}
+
 impl From<StorageError> for StepError {
     fn from(error: StorageError) -> Self {
         let class = match &error {
-            StorageError::Unsupported { .. } | StorageError::Incomplete { .. } => {
-                ErrorClass::Permanent
-            }
+            StorageError::Unsupported { .. }
+            | StorageError::Incomplete { .. }
+            | StorageError::Unaddressable { .. } => ErrorClass::Permanent,
             StorageError::Settings { .. } | StorageError::Config { .. } => ErrorClass::Fatal,
         };
         let message = error.to_string();
@@ -361,6 +402,9 @@ impl Stores {
     fn locate(&self, url: &str, write: bool) -> Result<Location, StorageError> {
         let display = secrets::redact(url).into_owned();
         let target = self.parse(url, &display)?;
+        if let Some(why) = unaddressable(&target, url, write) {
+            return Err(StorageError::Unaddressable { url: display, why });
+        }
         let spec = self.spec_for(url);
         let (cache_key, path, local) = match &target {
             Target::Local(file) if write => {

@@ -202,3 +202,48 @@ fn local_paths_resolve_dot_dot_and_keep_a_prefix_slash() {
         );
     }
 }
+
+#[test]
+fn keys_that_storage_would_merge_with_another_are_refused() {
+    let check = |url: &str, write: bool| {
+        let target = parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        unaddressable(&target, url, write)
+    };
+    for url in [
+        "s3://b/a//k.txt",
+        "s3://b//k.txt",
+        "s3://b/a/./k.txt",
+        "s3://b/a/../k.txt",
+        "gs://b/x/./y",
+        "az://c/x//y",
+    ] {
+        assert!(check(url, false).is_some(), "{url} read");
+        assert!(check(url, true).is_some(), "{url} write");
+    }
+    for url in [
+        "s3://b/pfx/",
+        "s3://b/",
+        "az://c/",
+        "out/",
+        "out/.",
+        "out/..",
+    ] {
+        assert!(check(url, true).is_some(), "{url} written");
+    }
+    for url in [
+        "s3://b/a/k.txt",
+        "s3://b/in/",
+        "s3://b/",
+        "out/a.txt",
+        "out/",
+    ] {
+        assert!(check(url, false).is_none(), "{url} read");
+    }
+    assert!(check("s3://b/a/k.txt", true).is_none());
+    assert!(check("out/a.txt", true).is_none());
+    let message = check("s3://b/a//k.txt", false).unwrap_or_default();
+    assert!(
+        message.contains("would take it for another key"),
+        "{message}"
+    );
+}

@@ -180,3 +180,53 @@ retries = 0
         Some(&b"B"[..])
     );
 }
+
+/// Field values `x//a.txt` and `x/a.txt` (and `x/./b.txt`, `.`) in a target key: the storage
+/// layer would write them all to `x/a.txt`, `x/b.txt` or `up/`, so two items used to be done
+/// with one object and 0 bytes. Each such item fails, naming the key; the others copy.
+#[test]
+fn keys_that_storage_would_merge_fail_instead_of_landing_on_another_object() {
+    let bucket = unique("rd-keys");
+    create_bucket(&bucket);
+    let t = s3_env(TestContext::new());
+    t.write("in/x/a.txt", "A");
+    t.write("in/x/b.txt", "B");
+    t.write("in/c.txt", "C");
+    t.write(
+        "names.txt",
+        "x/a.txt\nx//a.txt\nx/./b.txt\nx/b.txt\nc.txt\n.\n",
+    );
+    t.plan(&format!(
+        r#"
+[job]
+name = "keys"
+state = "state.db"
+[source]
+lines = "names.txt"
+[[step]]
+copy = {{ from = "in/{{line}}", to = "s3://{bucket}/up/{{line}}" }}
+"#
+    ));
+    let out = t.redrive(&["run", "plan.toml"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let failed: Vec<String> = {
+        let state = t.state();
+        let mut statement = state
+            .prepare("SELECT key FROM items WHERE status = 'failed' AND (error LIKE '%segment in its key%' OR error LIKE '%names a folder%') ORDER BY key")
+            .unwrap();
+        statement
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(failed, [".", "x/./b.txt", "x//a.txt"], "{}", out.stderr);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        3
+    );
+    let operator = s3_operator(&bucket);
+    assert_eq!(get(&operator, "up/x/a.txt").as_deref(), Some(&b"A"[..]));
+    assert_eq!(get(&operator, "up/x/b.txt").as_deref(), Some(&b"B"[..]));
+    assert_eq!(get(&operator, "up/c.txt").as_deref(), Some(&b"C"[..]));
+}
