@@ -812,10 +812,21 @@ pub fn classify(error: &opendal::Error) -> ErrorClass {
     }
 }
 
-/// A step error for an OpenDAL failure: `message` names the object, the class follows the kind.
+/// A step error for an OpenDAL failure: `message` names the object, then the failure as a
+/// person reads it (the service's code and message, or what failed on the wire, and a hint);
+/// the class follows the kind. OpenDAL's own dump is logged at `-v`, not recorded.
 pub fn step_error(message: String, error: opendal::Error) -> StepError {
-    StepError::new(classify(&error), message).with_source(error)
+    let described = readable::describe(&error);
+    tracing::info!(error = %secrets::redact(&error.to_string()), "{}", secrets::redact(&message));
+    let step = StepError::new(classify(&error), format!("{message}: {}", described.text));
+    if described.systemic {
+        step.systemic()
+    } else {
+        step
+    }
 }
+
+mod readable;
 
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,7 @@ pub struct StepError {
     class: ErrorClass,
     retry_after: Option<Duration>,
     source: Option<BoxError>,
+    systemic: bool,
 }
 
 impl StepError {
@@ -45,7 +46,28 @@ impl StepError {
             class,
             retry_after: None,
             source: None,
+            systemic: false,
         }
+    }
+
+    /// Marks an error of the endpoint or its configuration rather than of this item
+    /// (connection refused, host unknown, TLS, credentials missing or refused, bucket
+    /// missing). When a step's first calls all fail this way, the run stops (exit 2) with its
+    /// items pending, instead of retrying and failing every item in turn.
+    pub fn systemic(mut self) -> Self {
+        self.systemic = true;
+        self
+    }
+
+    /// The same error, acted on as `class`.
+    pub fn with_class(mut self, class: ErrorClass) -> Self {
+        self.class = class;
+        self
+    }
+
+    /// See [`StepError::systemic`].
+    pub fn is_systemic(&self) -> bool {
+        self.systemic
     }
 
     /// A permanent error.

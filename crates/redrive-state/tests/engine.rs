@@ -715,3 +715,89 @@ async fn a_parent_with_100k_children_runs_them_all_in_pages() {
     assert_eq!((report.done, report.children.done), (1, 100_000));
     assert!(step.max_in_flight.load(Ordering::SeqCst) <= 64);
 }
+
+/// Fails every item with a systemic error (a closed port), except item `0` when `first_works`.
+#[derive(Debug)]
+struct Unreachable {
+    first_works: bool,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Step for Unreachable {
+    async fn run(&self, fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.first_works && fields["n"] == "0" {
+            return Ok(Outcome::done(1));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Err(StepError::new(ErrorClass::Transient, "connection refused").systemic())
+    }
+
+    fn describe(&self, _: &Fields) -> Result<String, TemplateError> {
+        Ok("unreachable".to_owned())
+    }
+}
+
+fn unreachable_pipeline(step: &Arc<Unreachable>, n: usize) -> Arc<Pipeline> {
+    Arc::new(Pipeline {
+        source: Arc::new(Numbers {
+            n,
+            delay: Duration::ZERO,
+        }),
+        key: Template::parse("{n}").unwrap(),
+        expand: None,
+        steps: vec![PipelineStep::new("s0", Arc::clone(step) as Arc<dyn Step>)],
+    })
+}
+
+#[tokio::test]
+async fn a_step_that_fails_systemically_from_the_start_stops_the_run_with_items_pending() {
+    let s = setup().await;
+    let step = Arc::new(Unreachable {
+        first_works: false,
+        calls: AtomicUsize::new(0),
+    });
+    let (_stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
+    let state: Arc<dyn StateStore> = Arc::clone(&s.store) as _;
+    let result = engine::run(
+        unreachable_pipeline(&step, 50),
+        state,
+        options(4, 5),
+        Arc::new(NoReport),
+        shutdown,
+    )
+    .await;
+    let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("stopping the run"), "{message}");
+    assert!(
+        step.calls.load(Ordering::SeqCst) <= 8,
+        "{} calls: a few, not every item with its retries",
+        step.calls.load(Ordering::SeqCst)
+    );
+    let summary = s.store.summary().await.unwrap();
+    assert_eq!(summary.count(Status::Failed), 0);
+    assert_eq!(summary.count(Status::Pending), 50);
+}
+
+#[tokio::test]
+async fn systemic_errors_after_a_success_are_retried_and_fail_items_as_usual() {
+    let s = setup().await;
+    let step = Arc::new(Unreachable {
+        first_works: true,
+        calls: AtomicUsize::new(0),
+    });
+    let (_stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
+    let state: Arc<dyn StateStore> = Arc::clone(&s.store) as _;
+    let report = engine::run(
+        unreachable_pipeline(&step, 5),
+        state,
+        options(1, 2),
+        Arc::new(NoReport),
+        shutdown,
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.done, report.failed), (1, 4));
+    assert_eq!(step.calls.load(Ordering::SeqCst), 1 + 4 * 3);
+}

@@ -118,6 +118,29 @@ pub(super) async fn run_item(
                 Ok(None) => Ok(Outcome::Skipped(NO_INPUT.into())),
                 Err(error) => Err(error),
             };
+            // A step that cannot work at all (a closed port, refused credentials: its first
+            // calls all fail that way) stops the run instead of failing every item in turn.
+            let health = &shared.health[index];
+            let attempt = match attempt {
+                Ok(outcome) => {
+                    health.succeeded();
+                    Ok(outcome)
+                }
+                Err(error) if error.is_systemic() && shared.halt.load(Ordering::SeqCst) => {
+                    // The run is stopping for this very reason: not this item's fault.
+                    state
+                        .record(Transition::Released {
+                            id: item.id,
+                            error: error.chain(),
+                        })
+                        .await?;
+                    return Ok(report);
+                }
+                Err(error) if error.is_systemic() && health.failed_systemically() => {
+                    Err(error.with_class(ErrorClass::Fatal))
+                }
+                Err(error) => Err(error),
+            };
             match attempt {
                 Ok(outcome) => break Ok(outcome),
                 Err(error)
@@ -147,6 +170,16 @@ pub(super) async fn run_item(
                     };
                     if stopped {
                         tracing::info!(key = %crate::secrets::redact(&item.key), step = %name, "Stopping: the item waits for the next run.");
+                        return Ok(report);
+                    }
+                    // Another item stopped the run (a fatal error): no more attempts.
+                    if shared.halt.load(Ordering::SeqCst) {
+                        state
+                            .record(Transition::Released {
+                                id: item.id,
+                                error: error.chain(),
+                            })
+                            .await?;
                         return Ok(report);
                     }
                     // A retry is a new side effect: not if another worker took the item over

@@ -176,6 +176,35 @@ struct Shared {
     limits: Vec<Option<Arc<AdaptiveLimit>>>,
     /// `--rate`.
     rate: Option<Rate>,
+    /// How each step's calls have gone so far, to stop a run whose step cannot work at all.
+    health: Vec<StepHealth>,
+}
+
+/// Systemic failures (see [`StepError::systemic`]) of a step that has not yet succeeded once
+/// that stop the run: a closed port or refused credentials fail every item the same way, and
+/// retrying each of them took minutes to say so.
+const FAIL_FAST_AFTER: u32 = 3;
+
+/// Whether a step has worked at all in this run.
+#[derive(Default)]
+struct StepHealth {
+    succeeded: AtomicBool,
+    systemic: std::sync::atomic::AtomicU32,
+}
+
+impl StepHealth {
+    fn succeeded(&self) {
+        if !self.succeeded.load(Ordering::Relaxed) {
+            self.succeeded.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a systemic failure; true when the step has now failed that way often enough,
+    /// without one success, that the run should stop.
+    fn failed_systemically(&self) -> bool {
+        !self.succeeded.load(Ordering::Relaxed)
+            && self.systemic.fetch_add(1, Ordering::Relaxed) + 1 >= FAIL_FAST_AFTER
+    }
 }
 
 struct Counter<'a>(&'a dyn Reporter);
@@ -215,6 +244,9 @@ pub async fn run(
         .map(|step| (!step.traits.paces_itself).then(|| Arc::new(AdaptiveLimit::new(ceiling))))
         .collect();
     let rate = options.rate.and_then(Rate::per_second);
+    let health = (0..pipeline.steps.len())
+        .map(|_| StepHealth::default())
+        .collect();
     let shared = Arc::new(Shared {
         halt: AtomicBool::new(false),
         duplicate_keys: std::sync::atomic::AtomicU64::new(0),
@@ -224,6 +256,7 @@ pub async fn run(
         options,
         limits,
         rate,
+        health,
     });
 
     // The loader adds the source's items to the state while the runner works through them.

@@ -318,7 +318,8 @@ fn an_unreachable_postgres_state_is_hinted_as_postgres() {
 fn a_worker_paused_past_its_lease_does_not_repeat_the_items_taken_over() {
     let t = TestContext::new();
     let job = unique("pg-pause");
-    let n = 400;
+    // Enough that every worker keeps claiming full batches of 128 while the victim freezes.
+    let n = 1200;
     let keys: String = (0..n).map(|i| format!("k{i:05}\n")).collect();
     t.write("keys.txt", keys);
     t.plan(&format!(

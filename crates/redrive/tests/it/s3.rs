@@ -230,3 +230,59 @@ copy = {{ from = "in/{{line}}", to = "s3://{bucket}/up/{{line}}" }}
     assert_eq!(get(&operator, "up/x/b.txt").as_deref(), Some(&b"B"[..]));
     assert_eq!(get(&operator, "up/c.txt").as_deref(), Some(&b"C"[..]));
 }
+
+/// An S3 endpoint on a closed port, 100 items, the default retries: every item used to be
+/// retried and failed, exit 1 after minutes. The copy step's first calls all fail the same
+/// systemic way, so the run stops within seconds, exit 2, one clear message, items pending.
+#[test]
+fn a_closed_endpoint_stops_the_run_at_once_with_the_items_pending() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let t = TestContext::new();
+    let names: String = (0..100).map(|i| format!("k{i:03}\n")).collect();
+    t.write("keys.txt", names);
+    for i in 0..100 {
+        t.write(&format!("src/k{i:03}"), "x");
+    }
+    t.plan(&format!(
+        r#"
+[job]
+name = "closed"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+copy = {{ from = "src/{{line}}", to = "s3://closed/x/{{line}}" }}
+[store."s3://closed"]
+endpoint = "http://127.0.0.1:{port}"
+allow_http = true
+region = "us-east-1"
+access_key_id = "test-key"
+secret_access_key = "test-secret"
+"#
+    ));
+    let started = std::time::Instant::now();
+    let out = t.redrive(&["run", "plan.toml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "connection refused at http://127.0.0.1:{port}: is the endpoint right"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("persistent"), "{}", out.stderr);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'failed'"),
+        0,
+        "{}",
+        out.stderr
+    );
+}
