@@ -56,7 +56,16 @@ pub fn build_with(plan: &Plan, env: Env) -> Result<Pipeline, BuildError> {
 /// Builds the plan for one shard of its items (`--shard I/N`), or all of them.
 pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeline, BuildError> {
     let file = plan.path.display().to_string();
-    let stores = Arc::new(Stores::new(&plan.base_dir, plan.stores.clone(), env));
+    // Local copies are written in the logs folder's `.partial` (one per shard, each with its
+    // own run lock) and renamed into place.
+    let partial = match shard {
+        None => ".partial".to_owned(),
+        Some(shard) => format!(".partial-{}-of-{}", shard.index, shard.count),
+    };
+    let stores = Arc::new(
+        Stores::new(&plan.base_dir, plan.stores.clone(), env)
+            .with_partial_dir(plan.log_dir.join(partial)),
+    );
     let source_error = |table: &str, source: SourceError| BuildError::Source {
         file: file.clone(),
         table: table.to_owned(),

@@ -312,6 +312,58 @@ pub struct Stores {
     specs: Vec<(String, StoreSpec)>,
     env: Env,
     cache: Mutex<HashMap<String, Operator>>,
+    /// Where local copies are written before they are renamed into place (see
+    /// [`Stores::with_partial_dir`]).
+    partial: Option<Partial>,
+}
+
+/// redrive's own folder for local files being written: a copy cut off by a crash leaves its
+/// temporary file here, not beside the targets in a folder another program reads.
+#[derive(Debug)]
+struct Partial {
+    dir: PathBuf,
+    /// Its file system, once it has been created (at the first local write, when its stale
+    /// files of a run that died are removed too); `None` if it cannot be. A target on another
+    /// file system is written beside itself (a rename cannot cross file systems).
+    device: std::sync::OnceLock<Option<u64>>,
+}
+
+/// A temporary file not written to for this long belongs to no live copy (the rate floor
+/// fails a transfer long before): it is removed.
+const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+impl Partial {
+    /// The folder for a write into `dir`: this one when it is on the same file system.
+    fn for_target(&self, dir: &Path) -> Option<&Path> {
+        use std::os::unix::fs::MetadataExt as _;
+        let ours = *self.device.get_or_init(|| {
+            std::fs::create_dir_all(&self.dir).ok()?;
+            remove_stale(&self.dir);
+            Some(std::fs::metadata(&self.dir).ok()?.dev())
+        });
+        let theirs = std::fs::metadata(dir).ok()?.dev();
+        (ours == Some(theirs)).then_some(self.dir.as_path())
+    }
+}
+
+/// Removes the files in `dir` that nothing has written to for `STALE_PARTIAL`.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > STALE_PARTIAL);
+        if stale {
+            tracing::info!(file = %entry.path().display(), "Removing the temporary file of a copy a crash cut off.");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The environment variables storage reads, captured once.
@@ -384,7 +436,19 @@ impl Stores {
             specs,
             env,
             cache: Mutex::new(HashMap::new()),
+            partial: None,
         }
+    }
+
+    /// Writes local files in `dir` (created at the first local write) before renaming them into place, rather than
+    /// beside their targets: after a kill -9 no temporary file is left in a target folder.
+    /// A target on another file system is still written beside itself.
+    pub fn with_partial_dir(mut self, dir: PathBuf) -> Self {
+        self.partial = Some(Partial {
+            dir,
+            device: std::sync::OnceLock::new(),
+        });
+        self
     }
 
     /// The operator and path for reading or stat-ing `url`.
@@ -393,8 +457,8 @@ impl Stores {
     }
 
     /// The operator and path for writing `url`. Local files are written to a temporary name
-    /// in the target's own directory and renamed into place on close, so an interrupted copy
-    /// never leaves a partial file under the target's name.
+    /// (in the partial folder, or beside the target) and renamed into place on close, so an
+    /// interrupted copy never leaves a partial file under the target's name.
     pub fn resolve_for_write(&self, url: &str) -> Result<Location, StorageError> {
         self.locate(url, true)
     }
@@ -635,8 +699,14 @@ impl Stores {
                             .set_source(e),
                         )
                     })?;
-                    let dir = dir.display().to_string();
-                    builder = builder.root(&dir).atomic_write_dir(&dir);
+                    let partial = self
+                        .partial
+                        .as_ref()
+                        .and_then(|partial| partial.for_target(dir))
+                        .unwrap_or(dir);
+                    builder = builder
+                        .root(&dir.display().to_string())
+                        .atomic_write_dir(&partial.display().to_string());
                 } else {
                     builder = builder.root("/");
                 }

@@ -247,3 +247,22 @@ fn keys_that_storage_would_merge_with_another_are_refused() {
         "{message}"
     );
 }
+
+#[test]
+fn stale_partial_files_are_removed_and_live_ones_kept() {
+    let dir = std::env::temp_dir().join(format!("redrive-partial-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let (old, live) = (dir.join("a.bin.XXXXXXXX"), dir.join("b.bin.YYYYYYYY"));
+    std::fs::write(&old, b"cut off").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&live, b"being written").unwrap_or_else(|e| panic!("{e}"));
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "20 minutes ago"])
+        .arg(&old)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(touched, "touch -d");
+    remove_stale(&dir);
+    assert!(!old.exists(), "the stale file is removed");
+    assert!(live.exists(), "a file written to lately is kept");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -84,3 +84,74 @@ fn the_s1_job_killed_twenty_times_at_random_instants_loses_and_overwrites_nothin
         "{duplicates} duplicates: more than the kills could cause"
     );
 }
+
+/// Local copies killed with -9 while in flight: the target folder holds only finished targets
+/// (a copy's temporary file is in the logs folder's `.partial`, not beside the targets, where
+/// it used to stay forever), and the resumed run completes every target whole.
+#[test]
+fn a_killed_local_copy_leaves_nothing_in_the_target_folder() {
+    let t = crate::common::TestContext::new();
+    let n = 24;
+    let body = |i: usize| format!("{i:08} ").repeat(800_000);
+    for i in 0..n {
+        t.write(&format!("in/f{i:02}.bin"), body(i));
+    }
+    t.plan(
+        r#"
+[job]
+name = "local"
+state = "state.db"
+[source]
+glob = "in/*.bin"
+key = "{name}"
+[[step]]
+copy = { from = "{path}", to = "out/{name}", part_size = "1MiB" }
+[limits]
+items = 8
+"#,
+    );
+    for round in 0..3 {
+        let mut child = t
+            .command(&["run", "plan.toml", "-q"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        // Killed once a few more targets are finished: copies are in flight then.
+        let finished = |t: &crate::common::TestContext| {
+            std::fs::read_dir(t.path("out"))
+                .map(|d| {
+                    d.filter(|e| {
+                        let name = e.as_ref().unwrap().file_name();
+                        let name = name.to_string_lossy();
+                        name.starts_with('f') && name.ends_with(".bin")
+                    })
+                    .count()
+                })
+                .unwrap_or(0)
+        };
+        let target = finished(&t) + 2 + round;
+        let start = std::time::Instant::now();
+        while finished(&t) < target && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let stray: Vec<String> = std::fs::read_dir(t.path("out"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|name| !(name.starts_with('f') && name.ends_with(".bin")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(stray.is_empty(), "left in the target folder: {stray:?}");
+    }
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    for i in 0..n {
+        assert!(
+            t.read(&format!("out/f{i:02}.bin")) == body(i),
+            "f{i:02}.bin is not whole"
+        );
+    }
+    let names = std::fs::read_dir(t.path("out")).unwrap().count();
+    assert_eq!(names, n, "only the targets");
+}
