@@ -51,6 +51,15 @@ pub trait Source: Send + Sync + Debug {
         None
     }
 
+    /// A token that changes when the source's content changes (a local file's length and
+    /// modification time), recorded when a load completes. A rerun that finds another token
+    /// reads the source again and adds the items that are new (rows appended to a list), rather
+    /// than report success while rows it has not seen exist. `None` (the default): the source
+    /// cannot tell cheaply (a listing); `run --reload` reads it again.
+    fn revision(&self) -> Option<String> {
+        None
+    }
+
     /// Adds the fields left out of the state because they are large (an SQL row's XML) to a
     /// page of items, just before they run. An item whose row is gone is left as it is (its
     /// steps then find the field missing). The default adds nothing.

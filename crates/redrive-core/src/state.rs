@@ -294,6 +294,17 @@ pub trait StateStore: Send + Sync {
     /// Waits until every transition handed over so far is committed.
     async fn flush(&self) -> Result<(), StateError>;
 
+    /// The source's revision recorded when its load last completed (see
+    /// `Source::revision`).
+    async fn source_revision(&self) -> Result<Option<String>, StateError> {
+        Ok(None)
+    }
+
+    /// Records the source's revision (after its load completed).
+    async fn set_source_revision(&self, _revision: String) -> Result<(), StateError> {
+        Ok(())
+    }
+
     /// Takes up to `limit` runnable items (as [`StateStore::runnable`]) for this process to
     /// run. A store shared by several processes leases them: no other process takes them while
     /// the lease is renewed, and an expired lease (a worker that died) makes them runnable

@@ -90,6 +90,10 @@ CREATE TABLE IF NOT EXISTS job (
     schema_version  INTEGER NOT NULL,
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS source_revision (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    revision TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS items (
     id          BIGSERIAL PRIMARY KEY,
     parent      BIGINT REFERENCES items(id),
@@ -542,6 +546,25 @@ impl StateStore for PostgresStateStore {
             let _ = connection.close().await;
         }
         Ok(())
+    }
+
+    async fn source_revision(&self) -> Result<Option<String>, StateError> {
+        sqlx::query_scalar("SELECT revision FROM source_revision WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn set_source_revision(&self, revision: String) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO source_revision (id, revision) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET revision = $1",
+        )
+        .bind(revision)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| self.failed(e))
     }
 
     async fn source_complete(&self) -> Result<bool, StateError> {

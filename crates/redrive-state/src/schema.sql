@@ -79,3 +79,10 @@ CREATE TABLE IF NOT EXISTS run_open (
     running INTEGER NOT NULL,
     commits INTEGER NOT NULL DEFAULT 0
 );
+
+-- The source's revision when its load last completed (a local file's length and modification
+-- time): a rerun that finds another one reads the source again for new rows.
+CREATE TABLE IF NOT EXISTS source_revision (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    revision TEXT NOT NULL
+);

@@ -666,6 +666,31 @@ impl StateStore for SqliteStateStore {
         .map(|_| ())
     }
 
+    async fn source_revision(&self) -> Result<Option<String>, StateError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT revision FROM source_revision WHERE id = 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn set_source_revision(&self, revision: String) -> Result<(), StateError> {
+        self.write(Box::new(move |tx| {
+            tx.execute(
+                "INSERT INTO source_revision (id, revision) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET revision = ?1",
+                params![revision],
+            )
+            .map(|n| n as u64)
+        }))
+        .await
+        .map(|_| ())
+    }
+
     async fn source_complete(&self) -> Result<bool, StateError> {
         self.read(|c| {
             c.query_row("SELECT source_complete FROM job WHERE id = 1", [], |row| {

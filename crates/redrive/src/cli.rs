@@ -146,6 +146,10 @@ pub(crate) struct RunArgs {
     /// Run failed items again, from the step that failed
     #[arg(long)]
     pub(crate) retry_failed: bool,
+    /// Read the source again for items added since it was loaded (a CSV or list file that
+    /// changed is read again by itself; a listing, a glob or a query only with this)
+    #[arg(long)]
+    pub(crate) reload: bool,
     /// Discard the state and start over (asks first unless --yes)
     #[arg(long)]
     pub(crate) restart: bool,

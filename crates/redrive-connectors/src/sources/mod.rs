@@ -279,3 +279,14 @@ fn input(location: impl Into<String>, message: impl Into<String>) -> SourceError
         message: message.into(),
     }
 }
+
+/// A local file's revision: its length and modification time (what `rsync` and `make` look at).
+pub(crate) fn file_revision(path: &std::path::Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(format!("{}:{}", meta.len(), modified.as_nanos()))
+}

@@ -56,6 +56,10 @@ impl Source for Sharded {
         self.inner.items_after(last).map(|items| self.filter(items))
     }
 
+    fn revision(&self) -> Option<String> {
+        self.inner.revision()
+    }
+
     fn hydrate<'a>(
         &'a self,
         items: &'a mut [StoredItem],

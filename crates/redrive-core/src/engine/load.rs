@@ -42,6 +42,8 @@ pub(super) async fn load(
 ) -> Result<(), EngineError> {
     // A source that can seek resumes after the last item recorded; others are read again.
     let source = &shared.pipeline.source;
+    // Taken before reading: a source that changes while it is read is read again next time.
+    let revision = source.revision();
     let last = shared.state.last_item().await?;
     // A first load sees every row once: a row the state ignores has the key of an earlier row
     // (the plan's `key` does not tell them apart), and is counted so the run can say so.
@@ -82,6 +84,9 @@ pub(super) async fn load(
     flush(shared, loaded, &mut batch, fresh).await?;
     result?;
     shared.state.set_source_complete().await?;
+    if let Some(revision) = revision {
+        shared.state.set_source_revision(revision).await?;
+    }
     Ok(())
 }
 

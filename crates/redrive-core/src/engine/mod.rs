@@ -114,6 +114,9 @@ pub struct RunOptions {
     /// Step calls per second at most, across the run (`--rate`), for steps that do not pace
     /// themselves.
     pub rate: Option<f64>,
+    /// Read a completely loaded source again for new items (`--reload`), even when it cannot
+    /// tell that it changed.
+    pub reload: bool,
 }
 
 /// Default time a step may be throttled before its item fails.
@@ -265,7 +268,19 @@ pub async fn run(
     let loaded = Arc::new(Notify::new());
     let loader_end = Arc::new(AtomicU8::new(LOADING));
     let (stop_loader, stop_loader_rx) = watch::channel(false);
-    let loader = if shared.state.source_complete().await? {
+    // A complete source is read again when it changed since (rows appended to a CSV) or when
+    // asked: its new items are added, the known ones ignored.
+    let complete = shared.state.source_complete().await? && {
+        let now = shared.pipeline.source.revision();
+        let changed = now.is_some() && shared.state.source_revision().await? != now;
+        if changed {
+            tracing::warn!(
+                "The source changed since it was loaded: reading it again for new items."
+            );
+        }
+        !(changed || shared.options.reload)
+    };
+    let loader = if complete {
         loader_end.store(ENDED_COMPLETE, Ordering::SeqCst);
         None
     } else {

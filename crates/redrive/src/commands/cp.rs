@@ -117,6 +117,7 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         dry_run: false,
         limit: None,
         retry_failed: true,
+        reload: true,
         restart: false,
         yes: false,
         rate: None,

@@ -116,6 +116,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         backoff: Backoff::default(),
         throttle_budget: engine::THROTTLE_BUDGET,
         rate: args.rate,
+        reload: args.reload,
     };
     warn_unfillable_batches(&pipeline, options.concurrency);
     let state: Arc<dyn StateStore> = Arc::clone(&store);

@@ -249,6 +249,9 @@ fn forward(
     if args.retry_failed {
         command.arg("--retry-failed");
     }
+    if args.reload {
+        command.arg("--reload");
+    }
     if args.restart {
         command.arg("--restart").arg("--yes");
     }

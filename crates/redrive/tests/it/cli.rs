@@ -1027,3 +1027,70 @@ run = { shell = "{line|raw}" }
     t.redrive(&["run", "plan.toml"]).expect_code(0);
     assert!(t.path("made-by-raw").exists());
 }
+
+/// Rows appended to a list after it was loaded used to be ignored by every rerun, which said
+/// all was done. A CSV that changed is read again and its new rows run; a glob (a listing,
+/// which cannot tell cheaply) is read again with `--reload`.
+#[test]
+fn rows_added_to_a_loaded_source_are_run_by_the_next_run() {
+    let t = TestContext::new();
+    t.write("items.csv", "Name\na\nb\n");
+    for name in ["a", "b", "c", "d"] {
+        t.write(&format!("src/{name}"), name.to_uppercase());
+    }
+    t.plan(
+        r#"
+[job]
+name = "grow"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{Name}"
+[[step]]
+copy = { from = "src/{Name}", to = "out/{Name}" }
+"#,
+    );
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(!out.stderr.contains("source changed"), "{}", out.stderr);
+    // A file's modification time can be the same within a second on some file systems: the
+    // length changes too.
+    t.write("items.csv", "Name\na\nb\nc\nd\n");
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(
+        out.stderr
+            .contains("The source changed since it was loaded"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("This run: done 2,"), "{}", out.stderr);
+    assert_eq!(t.read("out/d"), "D");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        4
+    );
+    assert_eq!(
+        t.count("SELECT max(attempts) FROM items"),
+        1,
+        "none ran twice"
+    );
+
+    let t = TestContext::new();
+    t.write("in/a.txt", "A");
+    t.plan(
+        r#"
+[job]
+name = "grow-glob"
+state = "state.db"
+[source]
+glob = "in/*.txt"
+key = "{name}"
+[[step]]
+copy = { from = "{path}", to = "out/{name}" }
+"#,
+    );
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    t.write("in/b.txt", "B");
+    t.redrive(&["run", "plan.toml", "--reload"]).expect_code(0);
+    assert_eq!(t.read("out/b.txt"), "B");
+}

@@ -83,6 +83,10 @@ fn row_error(file: &str, error: &csv::Error) -> SourceError {
 }
 
 impl Source for CsvSource {
+    fn revision(&self) -> Option<String> {
+        super::file_revision(&self.path)
+    }
+
     fn fields(&self) -> BTreeSet<String> {
         self.headers.iter().cloned().collect()
     }

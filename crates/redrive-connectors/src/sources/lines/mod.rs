@@ -32,6 +32,10 @@ impl LinesSource {
 }
 
 impl Source for LinesSource {
+    fn revision(&self) -> Option<String> {
+        super::file_revision(&self.path)
+    }
+
     fn fields(&self) -> BTreeSet<String> {
         ["line".to_owned()].into()
     }
