@@ -13,6 +13,7 @@ mod http_client;
 pub mod plan;
 mod queue;
 mod response;
+mod s3_uploads;
 pub mod sources;
 pub mod sql;
 mod sqs;

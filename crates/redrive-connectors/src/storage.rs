@@ -451,6 +451,50 @@ impl Stores {
         self
     }
 
+    /// A client for the unfinished multipart uploads of the S3 bucket `url` is in, when its
+    /// credentials are given as keys (a `[store]` table or `AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY`); `None` for other stores, or credentials from a profile or an
+    /// instance role (their orphans are left to the bucket's lifecycle rule).
+    pub(crate) fn s3_uploads(&self, url: &str) -> Option<crate::s3_uploads::S3Uploads> {
+        let Ok(Target::S3 { bucket, .. }) = self.parse(url, url) else {
+            return None;
+        };
+        let spec = self.spec_for(url).cloned().unwrap_or_default();
+        let env = &self.env;
+        let region = spec
+            .region
+            .clone()
+            .or_else(|| env.first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
+            .unwrap_or_else(|| "us-east-1".to_owned());
+        let endpoint = spec
+            .endpoint
+            .clone()
+            .or_else(|| env.first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]));
+        let access_key_id = spec
+            .access_key_id
+            .clone()
+            .or_else(|| env.first(&["AWS_ACCESS_KEY_ID"]))?;
+        let secret_access_key = spec
+            .secret_access_key
+            .clone()
+            .or_else(|| env.first(&["AWS_SECRET_ACCESS_KEY"]))?;
+        let session_token = spec
+            .session_token
+            .clone()
+            .or_else(|| env.first(&["AWS_SESSION_TOKEN"]));
+        Some(crate::s3_uploads::S3Uploads::new(
+            &crate::s3_uploads::S3Access {
+                bucket: &bucket,
+                region: &region,
+                endpoint: endpoint.as_deref(),
+                virtual_host: spec.virtual_host_style,
+                access_key_id: &access_key_id,
+                secret_access_key: &secret_access_key,
+                session_token: session_token.as_deref(),
+            },
+        ))
+    }
+
     /// The operator and path for reading or stat-ing `url`.
     pub fn resolve(&self, url: &str) -> Result<Location, StorageError> {
         self.locate(url, false)

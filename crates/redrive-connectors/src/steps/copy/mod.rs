@@ -515,6 +515,21 @@ impl Step for CopyStep {
                 )));
             }
         };
+        // A multipart copy is done: an earlier attempt's upload of the same key, cut off by a
+        // kill -9, would stay in the bucket (invisible, billed) forever. Abort it.
+        if bytes > effective_part_size(&target.operator, self.spec.part_size) as u64
+            && let Some(uploads) = self.stores.s3_uploads(&to)
+        {
+            match uploads.abort_unfinished(&target.path).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(target = %target.display, n, "Aborted the unfinished uploads an earlier attempt left.")
+                }
+                Err(error) => {
+                    tracing::warn!(target = %target.display, error = %redrive_core::secrets::redact(&error), "Cannot clean up the unfinished uploads of an earlier attempt; the bucket's lifecycle rule will.")
+                }
+            }
+        }
         let digest = hasher.map(Hasher::finish);
         if let (Some(ours), Some(parts)) = (&digest, parts)
             && let Some(theirs) = store_md5(metadata.content_md5(), metadata.etag())
