@@ -3,10 +3,9 @@
 //! until a lifecycle rule removes them. After a multipart copy completes, the unfinished
 //! uploads of the same key (an earlier attempt's) are listed (`ListMultipartUploads`) and
 //! aborted (`AbortMultipartUpload`). OpenDAL has no call for either, so these two requests are
-//! made here, signed by `reqsign-aws-v4` (the signer OpenDAL itself uses).
+//! made here, signed by [`AwsSigner`] (`reqsign-aws-v4`, the signer OpenDAL itself uses).
 
-use reqsign_aws_v4::{Credential, RequestSigner, StaticCredentialProvider};
-use reqsign_core::{Context, Signer};
+use crate::aws_sign::AwsSigner;
 
 /// Lists and aborts the unfinished multipart uploads of one bucket.
 pub(crate) struct S3Uploads {
@@ -15,7 +14,7 @@ pub(crate) struct S3Uploads {
     endpoint: String,
     bucket: String,
     virtual_host: bool,
-    signer: Signer<Credential>,
+    signer: AwsSigner,
 }
 
 impl std::fmt::Debug for S3Uploads {
@@ -40,11 +39,6 @@ pub(crate) struct S3Access<'a> {
 
 impl S3Uploads {
     pub(crate) fn new(access: &S3Access<'_>) -> Self {
-        let mut credentials =
-            StaticCredentialProvider::new(access.access_key_id, access.secret_access_key);
-        if let Some(token) = access.session_token {
-            credentials = credentials.with_session_token(token);
-        }
         let endpoint = access.endpoint.map_or_else(
             || format!("https://s3.{}.amazonaws.com", access.region),
             |e| e.trim_end_matches('/').to_owned(),
@@ -54,10 +48,12 @@ impl S3Uploads {
             virtual_host: access.virtual_host || access.endpoint.is_none(),
             endpoint,
             bucket: access.bucket.to_owned(),
-            signer: Signer::new(
-                Context::new(),
-                credentials,
-                RequestSigner::new("s3", access.region),
+            signer: AwsSigner::new(
+                "s3",
+                access.region,
+                access.access_key_id,
+                access.secret_access_key,
+                access.session_token,
             ),
         }
     }
@@ -76,21 +72,8 @@ impl S3Uploads {
     }
 
     async fn send(&self, method: http::Method, url: &str) -> Result<String, String> {
-        let request = http::Request::builder()
-            .method(method)
-            .uri(url)
-            .header("x-amz-content-sha256", reqsign_aws_v4::EMPTY_STRING_SHA256)
-            .body(())
-            .map_err(|e| e.to_string())?;
-        let (mut parts, ()) = request.into_parts();
-        self.signer
-            .sign(&mut parts, None)
-            .await
-            .map_err(|e| format!("cannot sign the request: {e}"))?;
-        let mut builder = self.client.request(parts.method, url);
-        for (name, value) in &parts.headers {
-            builder = builder.header(name, value);
-        }
+        let headers = self.signer.sign(method.clone(), url, &[], b"").await?;
+        let builder = self.client.request(method, url).headers(headers);
         let response = builder.send().await.map_err(|e| e.to_string())?;
         let status = response.status();
         let body = response.text().await.map_err(|e| e.to_string())?;

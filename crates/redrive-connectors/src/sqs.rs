@@ -1,6 +1,6 @@
 //! AWS SQS: `sqs://NAME` or a queue URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`), and
 //! the calls redrive makes (GetQueueUrl, SendMessage) in SQS's JSON protocol, signed with
-//! Signature Version 4.
+//! Signature Version 4 by `reqsign-aws-v4` (see `aws_sign`).
 //!
 //! Settings: a matching `[store."sqs://NAME"]` table (endpoint, region, access_key_id,
 //! secret_access_key, session_token), then `AWS_ENDPOINT_URL_SQS`/`AWS_ENDPOINT_URL`,
@@ -8,11 +8,11 @@
 
 use std::collections::HashMap;
 
-use hmac::{Hmac, Mac};
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::secrets;
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
+
+use crate::aws_sign::AwsSigner;
 
 use crate::storage::Stores;
 
@@ -20,9 +20,7 @@ use crate::storage::Stores;
 pub(crate) struct Sqs {
     endpoint: String,
     region: String,
-    access_key: String,
-    secret_key: String,
-    session_token: Option<String>,
+    signer: AwsSigner,
     urls: Mutex<HashMap<String, String>>,
 }
 
@@ -41,61 +39,6 @@ pub(crate) fn is_sqs(url: &str) -> bool {
         || url
             .strip_prefix("https://")
             .is_some_and(|rest| rest.starts_with("sqs."))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hmac(key: &[u8], data: &str) -> Vec<u8> {
-    // HMAC accepts keys of any length; this cannot fail.
-    match Hmac::<Sha256>::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(data.as_bytes());
-            mac.finalize().into_bytes().to_vec()
-        }
-        Err(_) => Vec::new(),
-    }
-}
-
-/// The `Authorization` header of a SigV4-signed POST to `/` with the given headers.
-pub(crate) fn sign(
-    secret_key: &str,
-    access_key: &str,
-    region: &str,
-    amz_date: &str,
-    headers: &[(&str, &str)],
-    payload: &str,
-) -> String {
-    let date = &amz_date[..8];
-    let mut sorted: Vec<(String, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim()))
-        .collect();
-    sorted.sort();
-    let canonical_headers: String = sorted.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let signed_headers = sorted
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .collect::<Vec<_>>()
-        .join(";");
-    let canonical_request = format!(
-        "POST\n/\n\n{canonical_headers}\n{signed_headers}\n{}",
-        hex(&Sha256::digest(payload.as_bytes()))
-    );
-    let scope = format!("{date}/{region}/sqs/aws4_request");
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex(&Sha256::digest(canonical_request.as_bytes()))
-    );
-    let key = hmac(format!("AWS4{secret_key}").as_bytes(), date);
-    let key = hmac(&key, region);
-    let key = hmac(&key, "sqs");
-    let key = hmac(&key, "aws4_request");
-    let signature = hex(&hmac(&key, &string_to_sign));
-    format!(
-        "AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
-    )
 }
 
 impl Sqs {
@@ -143,10 +86,14 @@ impl Sqs {
         }
         Ok(Self {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
+            signer: AwsSigner::new(
+                "sqs",
+                &region,
+                &access_key,
+                &secret_key,
+                session_token.as_deref(),
+            ),
             region,
-            access_key,
-            secret_key,
-            session_token,
             urls: Mutex::new(HashMap::new()),
         })
     }
@@ -159,55 +106,34 @@ impl Sqs {
         display: &str,
     ) -> Result<serde_json::Value, StepError> {
         let body = payload.to_string();
-        let amz_date = jiff::Timestamp::now()
-            .strftime("%Y%m%dT%H%M%SZ")
-            .to_string();
-        let host = self
-            .endpoint
-            .split("://")
-            .nth(1)
-            .unwrap_or_default()
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
         let target = format!("AmazonSQS.{action}");
-        let content_type = "application/x-amz-json-1.0";
-        let mut headers = vec![
-            ("content-type", content_type),
-            ("host", host.as_str()),
-            ("x-amz-date", amz_date.as_str()),
-            ("x-amz-target", target.as_str()),
-        ];
-        if let Some(token) = &self.session_token {
-            headers.push(("x-amz-security-token", token.as_str()));
-        }
-        let authorization = sign(
-            &self.secret_key,
-            &self.access_key,
-            &self.region,
-            &amz_date,
-            &headers,
-            &body,
-        );
-        let mut request = client.post(format!("{}/", self.endpoint));
-        for (name, value) in &headers {
-            if *name != "host" {
-                request = request.header(*name, *value);
-            }
-        }
-        let response = request
-            .header("authorization", authorization)
-            .body(body)
-            .send()
+        let url = format!("{}/", self.endpoint);
+        let headers = self
+            .signer
+            .sign(
+                http::Method::POST,
+                &url,
+                &[
+                    ("content-type", "application/x-amz-json-1.0"),
+                    ("x-amz-target", target.as_str()),
+                ],
+                body.as_bytes(),
+            )
             .await
             .map_err(|e| {
                 StepError::new(
-                    ErrorClass::Transient,
-                    format!("cannot reach SQS for `{display}`"),
+                    ErrorClass::Fatal,
+                    format!("SQS {action} for `{display}`: {e}"),
                 )
-                .with_source(e)
             })?;
+        let request = client.post(url).headers(headers);
+        let response = request.body(body).send().await.map_err(|e| {
+            StepError::new(
+                ErrorClass::Transient,
+                format!("cannot reach SQS for `{display}`"),
+            )
+            .with_source(e)
+        })?;
         let status = response.status();
         let retry_after = crate::response::retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
@@ -322,28 +248,5 @@ mod tests {
         ));
         assert!(!is_sqs("azq://jobs"));
         assert!(!is_sqs("https://acct.queue.core.windows.net/jobs"));
-    }
-
-    #[test]
-    fn signature_v4_matches_the_documented_derivation() {
-        // The example key of AWS's SigV4 documentation; the derived signing key for
-        // 20120215/us-east-1/iam is documented as f4780e2d…388c1d8e.
-        let key = hmac(b"AWS4wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "20120215");
-        let key = hmac(&key, "us-east-1");
-        let key = hmac(&key, "iam");
-        let key = hmac(&key, "aws4_request");
-        assert_eq!(
-            hex(&key),
-            "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
-        );
-        let header = sign(
-            "secret",
-            "AKID",
-            "us-east-1",
-            "20260101T000000Z",
-            &[("host", "h"), ("x-amz-date", "20260101T000000Z")],
-            "{}",
-        );
-        assert!(header.starts_with("AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host;x-amz-date, Signature="), "{header}");
     }
 }
