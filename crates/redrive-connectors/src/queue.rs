@@ -8,7 +8,6 @@
 //! principal from the environment, the `az` CLI, or a managed identity).
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::secrets;
 
@@ -26,7 +25,8 @@ pub(crate) struct Queue {
     endpoint: String,
     account: String,
     name: String,
-    key: Option<Vec<u8>>,
+    /// The account key (base64), for Shared Key signing.
+    key: Option<String>,
     sas: Option<String>,
     /// The URL for messages, secrets masked.
     pub(crate) display: String,
@@ -133,15 +133,16 @@ pub(crate) fn resolve(stores: &Stores, url: &str) -> Result<Queue, StepError> {
     let key = match key {
         Some(key) => {
             secrets::register(&key);
-            Some(
-                base64::engine::general_purpose::STANDARD
-                    .decode(key.trim())
-                    .map_err(|_| {
-                        settings(format!(
-                            "cannot reach `{display}`: the account key is not valid base64"
-                        ))
-                    })?,
-            )
+            let key = key.trim().to_owned();
+            if base64::engine::general_purpose::STANDARD
+                .decode(&key)
+                .is_err()
+            {
+                return Err(settings(format!(
+                    "cannot reach `{display}`: the account key is not valid base64"
+                )));
+            }
+            Some(key)
         }
         None => None,
     };
@@ -174,39 +175,45 @@ pub(crate) fn message_xml(text: &str) -> String {
     format!("<QueueMessage><MessageText>{escaped}</MessageText></QueueMessage>")
 }
 
-/// The Shared Key signature of a request (Blob, Queue and Table share the scheme).
-pub(crate) fn shared_key_signature(
-    key: &[u8],
-    account: &str,
-    method: &str,
-    url_path: &str,
-    content_length: usize,
-    content_type: &str,
-    ms_headers: &[(&str, &str)],
-) -> String {
-    let length = if content_length == 0 {
-        String::new()
-    } else {
-        content_length.to_string()
-    };
-    let mut headers: Vec<(String, &str)> = ms_headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), *v))
-        .collect();
-    headers.sort();
-    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let string_to_sign = format!(
-        "{method}\n\n\n{length}\n\n{content_type}\n\n\n\n\n\n\n{canonical_headers}/{account}{url_path}"
-    );
-    // HMAC accepts keys of any length; this cannot fail.
-    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
-        return String::new();
-    };
-    mac.update(string_to_sign.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-}
-
 impl Queue {
+    /// The headers of a message post: version, type, length, date, and with an account key the
+    /// Shared Key `Authorization`, signed by `reqsign-azure-storage`.
+    async fn signed_headers(&self, url: &str, length: usize) -> Result<http::HeaderMap, StepError> {
+        let cannot =
+            |e: String| settings(format!("cannot sign a message to `{}`: {e}", self.display));
+        let (mut parts, ()) = http::Request::post(url)
+            .header("x-ms-version", VERSION)
+            .header("content-type", "application/xml")
+            .header("content-length", length)
+            .body(())
+            .map_err(|e| cannot(e.to_string()))?
+            .into_parts();
+        match &self.key {
+            Some(key) => {
+                let signer = reqsign_core::Signer::new(
+                    reqsign_core::Context::new(),
+                    reqsign_azure_storage::StaticCredentialProvider::new_shared_key(
+                        &self.account,
+                        key,
+                    ),
+                    reqsign_azure_storage::RequestSigner::new(),
+                );
+                signer
+                    .sign(&mut parts, None)
+                    .await
+                    .map_err(|e| cannot(e.to_string()))?;
+            }
+            None => {
+                let date = jiff::Timestamp::now()
+                    .strftime("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string();
+                let date = http::HeaderValue::from_str(&date).map_err(|e| cannot(e.to_string()))?;
+                parts.headers.insert("x-ms-date", date);
+            }
+        }
+        Ok(parts.headers)
+    }
+
     /// Posts one message. 201 is success; 4xx fail the item with the service's message;
     /// 429 and 5xx are retried (with Retry-After) by the engine. Without a key or SAS, `aad`
     /// gives the bearer token.
@@ -217,39 +224,12 @@ impl Queue {
         aad: &crate::azure_auth::TokenSource,
     ) -> Result<(), StepError> {
         let body = message_xml(text);
-        let path_start = self.endpoint.find("://").map_or(0, |i| i + 3);
-        let base_path = self.endpoint[path_start..]
-            .find('/')
-            .map_or("", |i| &self.endpoint[path_start + i..]);
-        let url_path = format!("{base_path}/{}/messages", self.name);
         let url = match (&self.key, &self.sas) {
             (None, Some(sas)) => format!("{}/{}/messages?{sas}", self.endpoint, self.name),
             _ => format!("{}/{}/messages", self.endpoint, self.name),
         };
-        let date = jiff::Timestamp::now()
-            .strftime("%a, %d %b %Y %H:%M:%S GMT")
-            .to_string();
-        let content_type = "application/xml";
-        let mut request = client
-            .post(&url)
-            .header("x-ms-date", &date)
-            .header("x-ms-version", VERSION)
-            .header("content-type", content_type);
-        if let Some(key) = &self.key {
-            let signature = shared_key_signature(
-                key,
-                &self.account,
-                "POST",
-                &url_path,
-                body.len(),
-                content_type,
-                &[("x-ms-date", &date), ("x-ms-version", VERSION)],
-            );
-            request = request.header(
-                "authorization",
-                format!("SharedKey {}:{signature}", self.account),
-            );
-        }
+        let signed = self.signed_headers(&url, body.len()).await?;
+        let mut request = client.post(&url).headers(signed);
         if self.key.is_none() && self.sas.is_none() {
             let token = aad.token(client).await.map_err(|e| {
                 settings(format!(
@@ -344,7 +324,7 @@ mod tests {
             (queue.account.as_str(), queue.name.as_str()),
             ("devstoreaccount1", "results")
         );
-        assert_eq!(queue.key.as_deref(), Some(&b"key"[..]));
+        assert_eq!(queue.key.as_deref(), Some("a2V5"));
     }
 
     #[test]
@@ -395,25 +375,32 @@ mod tests {
         assert!(error.contains("no account key or SAS token for account `acct`, and no Azure AD token: no Azure credential found"), "{error}");
     }
 
-    #[test]
-    fn shared_key_signature_matches_the_documented_scheme() {
-        // Computed independently from the string to sign below with the same key.
-        let key = b"secret";
-        let signature = shared_key_signature(
-            key,
-            "acct",
-            "POST",
-            "/q/messages",
-            10,
-            "application/xml",
-            &[("x-ms-version", "v"), ("x-ms-date", "d")],
+    #[tokio::test]
+    async fn a_message_post_is_signed_with_the_account_key() {
+        let stores = stores(
+            vec![],
+            &[(
+                "AZURE_STORAGE_CONNECTION_STRING",
+                "DefaultEndpointsProtocol=http;AccountName=acct;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:10001/acct;",
+            )],
         );
-        let expected_string = "POST\n\n\n10\n\napplication/xml\n\n\n\n\n\n\nx-ms-date:d\nx-ms-version:v\n/acct/q/messages";
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap_or_else(|e| panic!("{e}"));
-        mac.update(expected_string.as_bytes());
-        assert_eq!(
-            signature,
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        let queue = resolve(&stores, "azq://jobs").unwrap_or_else(|e| panic!("{e}"));
+        let headers = queue
+            .signed_headers("http://127.0.0.1:10001/acct/jobs/messages", 10)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let value = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(
+            value("authorization").starts_with("SharedKey acct:"),
+            "{headers:?}"
         );
+        assert!(!value("x-ms-date").is_empty());
+        assert_eq!(value("x-ms-version"), VERSION);
     }
 }
