@@ -24,6 +24,7 @@ use crate::steps::{Action, CheckContext, RawAction, STEP_KEYS, STEP_KINDS};
 
 mod legacy;
 mod source;
+mod suggest;
 #[cfg(test)]
 mod tests;
 
@@ -497,7 +498,11 @@ fn parse_toml(text: &str, file: &str) -> Result<RawPlan, PlanError> {
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner().to_string();
-        let message = inner.trim_end().to_owned();
+        let mut message = inner.trim_end().to_owned();
+        if let Some(hint) = suggest::did_you_mean(&message) {
+            message.push('\n');
+            message.push_str(&hint);
+        }
         if path.is_empty() || path == "." {
             syntax(message)
         } else {

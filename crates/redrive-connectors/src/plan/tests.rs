@@ -790,3 +790,14 @@ fn a_source_option_of_the_wrong_type_or_kind_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn a_misspelt_key_or_value_gets_a_suggestion() {
+    let e = error(&format!("{MINIMAL}[limits]\nitmes = 8\n"));
+    assert!(
+        e.contains("unknown field `itmes`") && e.contains("did you mean `items`?"),
+        "{e}"
+    );
+    let e = error(&MINIMAL.replace("copy = {", "copy = { if_exist = \"skip\", "));
+    assert!(e.contains("did you mean `if_exists`?"), "{e}");
+}
