@@ -71,12 +71,13 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         .map_err(|e| super::state_error(e, &args.plan))?;
 
     // Hooks belong to the whole job: a shard (started by --workers or by hand) runs none.
-    let hooks = !args.no_hooks
-        && args.shard.is_none()
-        && super::hooks::has_work(&before, args.retry_failed);
-    if hooks {
-        super::hooks::run("before", &plan.before).await?;
-    }
+    let hooks = super::hooks::Around::start(
+        &plan,
+        !args.no_hooks && args.shard.is_none(),
+        Some(&before),
+        args.retry_failed,
+    )
+    .await?;
 
     let display = if args.progress_json {
         Display::Json
@@ -181,9 +182,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         engine::EngineError::State(e) => super::state_error(e, &args.plan),
         other => anyhow::Error::new(other),
     })?;
-    if hooks && !report.interrupted && super::hooks::all_ended(&after) {
-        super::hooks::run("after", &plan.after).await?;
-    }
+    hooks.finish(Some(&after), report.interrupted).await?;
     if report.duplicate_keys > 0 && !report.interrupted {
         return Ok(ExitStatus::Failed);
     }

@@ -75,13 +75,9 @@ pub(crate) async fn run(
     } else {
         shard_summaries(&target, &shards, &args.plan).await
     };
-    let has_work = before
-        .as_ref()
-        .is_none_or(|s| super::hooks::has_work(s, args.retry_failed));
-    let hooks = !args.no_hooks && has_work;
-    if hooks {
-        super::hooks::run("before", &plan.before).await?;
-    }
+    let hooks =
+        super::hooks::Around::start(plan, !args.no_hooks, before.as_ref(), args.retry_failed)
+            .await?;
 
     let exe = std::env::current_exe().context("cannot find this program to start workers")?;
     let reports = Arc::new(Mutex::new(vec![Reported::default(); shards.len()]));
@@ -217,9 +213,7 @@ pub(crate) async fn run(
         );
         return Ok(ExitStatus::Interrupted);
     }
-    if hooks && after.as_ref().is_some_and(super::hooks::all_ended) {
-        super::hooks::run("after", &plan.after).await?;
-    }
+    hooks.finish(after.as_ref(), interrupted).await?;
     let failed = after.as_ref().map_or(0, |s| s.count(Status::Failed));
     if failed > 0 {
         eprintln!(
