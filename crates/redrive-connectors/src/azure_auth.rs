@@ -2,6 +2,7 @@
 //! them: a service principal from the environment, then the `az` CLI, then a managed identity.
 //! Tokens are cached until shortly before they expire and masked wherever they could appear.
 
+use redrive_core::env_vars;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
@@ -100,12 +101,12 @@ impl TokenSource {
         &self,
         client: &reqwest::Client,
     ) -> Option<Result<(String, Duration), String>> {
-        let tenant = self.env.first(&["AZURE_TENANT_ID"])?;
-        let client_id = self.env.first(&["AZURE_CLIENT_ID"])?;
-        let secret = self.env.first(&["AZURE_CLIENT_SECRET"])?;
+        let tenant = self.env.first(env_vars::AZURE_TENANT_ID)?;
+        let client_id = self.env.first(env_vars::AZURE_CLIENT_ID)?;
+        let secret = self.env.first(env_vars::AZURE_CLIENT_SECRET)?;
         let authority = self
             .env
-            .first(&["AZURE_AUTHORITY_HOST"])
+            .first(env_vars::AZURE_AUTHORITY_HOST)
             .unwrap_or_else(|| "https://login.microsoftonline.com".to_owned());
         let url = format!(
             "{}/{tenant}/oauth2/v2.0/token",

@@ -8,6 +8,7 @@
 //! principal from the environment, the `az` CLI, or a managed identity).
 
 use base64::Engine as _;
+use redrive_core::env_vars;
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::secrets;
 
@@ -52,7 +53,7 @@ pub(crate) fn resolve(stores: &Stores, url: &str) -> Result<Queue, StepError> {
     let connection = spec
         .connection_string
         .clone()
-        .or_else(|| env.first(&["AZURE_STORAGE_CONNECTION_STRING"]));
+        .or_else(|| env.first(env_vars::AZURE_CONNECTION_STRING));
     let part = |name: &str| -> Option<String> {
         connection.as_deref().and_then(|c| {
             c.split(';')
@@ -90,7 +91,7 @@ pub(crate) fn resolve(stores: &Stores, url: &str) -> Result<Queue, StepError> {
     let account = url_account
         .or(spec.account_name.clone())
         .or_else(|| part("AccountName"))
-        .or_else(|| env.first(&["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT"]))
+        .or_else(|| env.first(env_vars::AZURE_ACCOUNT))
         .or_else(|| {
             (part("UseDevelopmentStorage").as_deref() == Some("true"))
                 .then(|| "devstoreaccount1".to_owned())
@@ -121,14 +122,14 @@ pub(crate) fn resolve(stores: &Stores, url: &str) -> Result<Queue, StepError> {
         .or_else(|| same_account.then(|| part("AccountKey")).flatten())
         .or_else(|| {
             same_account
-                .then(|| env.first(&["AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY"]))
+                .then(|| env.first(env_vars::AZURE_ACCOUNT_KEY))
                 .flatten()
         });
     let sas = spec
         .sas_token
         .clone()
         .or_else(|| part("SharedAccessSignature"))
-        .or_else(|| env.first(&["AZURE_STORAGE_SAS_TOKEN"]))
+        .or_else(|| env.first(env_vars::AZURE_SAS_TOKEN))
         .map(|s| s.trim_start_matches('?').to_owned());
     let key = match key {
         Some(key) => {

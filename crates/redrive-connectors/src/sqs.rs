@@ -6,6 +6,7 @@
 //! secret_access_key, session_token), then `AWS_ENDPOINT_URL_SQS`/`AWS_ENDPOINT_URL`,
 //! `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`.
 
+use redrive_core::env_vars;
 use std::collections::HashMap;
 
 use redrive_core::error::{ErrorClass, StepError};
@@ -50,24 +51,24 @@ impl Sqs {
         let region = spec
             .region
             .clone()
-            .or_else(|| env.first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
+            .or_else(|| env.first(env_vars::AWS_REGION))
             .unwrap_or_else(|| "us-east-1".to_owned());
         let endpoint = match url.strip_prefix("https://") {
             Some(rest) => format!("https://{}", rest.split('/').next().unwrap_or_default()),
             None => spec
                 .endpoint
                 .clone()
-                .or_else(|| env.first(&["AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"]))
+                .or_else(|| env.first(env_vars::AWS_SQS_ENDPOINT))
                 .unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com")),
         };
         let access_key = spec
             .access_key_id
             .clone()
-            .or_else(|| env.first(&["AWS_ACCESS_KEY_ID"]));
+            .or_else(|| env.first(env_vars::AWS_ACCESS_KEY_ID));
         let secret_key = spec
             .secret_access_key
             .clone()
-            .or_else(|| env.first(&["AWS_SECRET_ACCESS_KEY"]));
+            .or_else(|| env.first(env_vars::AWS_SECRET_ACCESS_KEY));
         let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
             return Err(StepError::new(
                 ErrorClass::Fatal,
@@ -80,7 +81,7 @@ impl Sqs {
         let session_token = spec
             .session_token
             .clone()
-            .or_else(|| env.first(&["AWS_SESSION_TOKEN"]));
+            .or_else(|| env.first(env_vars::AWS_SESSION_TOKEN));
         if let Some(token) = &session_token {
             secrets::register(token);
         }

@@ -9,6 +9,7 @@
 //! honours Retry-After (see `redrive_core::retry`). A call retried for throttling tells the
 //! step's adaptive limit (`redrive_core::throttle`).
 
+use redrive_core::env_vars;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -464,24 +465,24 @@ impl Stores {
         let region = spec
             .region
             .clone()
-            .or_else(|| env.first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
+            .or_else(|| env.first(env_vars::AWS_REGION))
             .unwrap_or_else(|| "us-east-1".to_owned());
         let endpoint = spec
             .endpoint
             .clone()
-            .or_else(|| env.first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]));
+            .or_else(|| env.first(env_vars::AWS_S3_ENDPOINT));
         let access_key_id = spec
             .access_key_id
             .clone()
-            .or_else(|| env.first(&["AWS_ACCESS_KEY_ID"]))?;
+            .or_else(|| env.first(env_vars::AWS_ACCESS_KEY_ID))?;
         let secret_access_key = spec
             .secret_access_key
             .clone()
-            .or_else(|| env.first(&["AWS_SECRET_ACCESS_KEY"]))?;
+            .or_else(|| env.first(env_vars::AWS_SECRET_ACCESS_KEY))?;
         let session_token = spec
             .session_token
             .clone()
-            .or_else(|| env.first(&["AWS_SESSION_TOKEN"]));
+            .or_else(|| env.first(env_vars::AWS_SESSION_TOKEN));
         Some(crate::s3_uploads::S3Uploads::new(
             &crate::s3_uploads::S3Access {
                 bucket: &bucket,
@@ -760,12 +761,12 @@ impl Stores {
                 let spec = spec.cloned().unwrap_or_default();
                 let region = spec
                     .region
-                    .or_else(|| env.first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
+                    .or_else(|| env.first(env_vars::AWS_REGION))
                     .unwrap_or_else(|| "us-east-1".to_owned());
                 let mut builder = services::S3::default().bucket(bucket).region(&region);
                 if let Some(endpoint) = spec
                     .endpoint
-                    .or_else(|| env.first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]))
+                    .or_else(|| env.first(env_vars::AWS_S3_ENDPOINT))
                 {
                     builder = builder.endpoint(&endpoint);
                 }
@@ -791,7 +792,7 @@ impl Stores {
                 }
                 if let Some(path) = spec
                     .credential_path
-                    .or_else(|| env.first(&["GOOGLE_APPLICATION_CREDENTIALS"]))
+                    .or_else(|| env.first(env_vars::GOOGLE_CREDENTIALS))
                 {
                     builder = builder.credential_path(&path);
                 }
@@ -833,7 +834,7 @@ impl Stores {
         let connection = spec
             .connection_string
             .clone()
-            .or_else(|| env.first(&["AZURE_STORAGE_CONNECTION_STRING"]));
+            .or_else(|| env.first(env_vars::AZURE_CONNECTION_STRING));
         let mut builder = match &connection {
             Some(connection) => {
                 services::Azblob::from_connection_string(connection).map_err(config)?
@@ -849,7 +850,7 @@ impl Stores {
             .map(str::to_owned)
             .or(spec.account_name.clone())
             .or(connection_account.clone())
-            .or_else(|| env.first(&["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT"]));
+            .or_else(|| env.first(env_vars::AZURE_ACCOUNT));
         let Some(account) = account else {
             return Err(StorageError::Settings {
                 url: display.to_owned(),
@@ -870,7 +871,7 @@ impl Stores {
         let same_account = connection_account.as_deref().is_none_or(|a| a == account);
         let key = spec.account_key.clone().or_else(|| {
             same_account
-                .then(|| env.first(&["AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY"]))
+                .then(|| env.first(env_vars::AZURE_ACCOUNT_KEY))
                 .flatten()
         });
         if let Some(key) = key {
@@ -880,7 +881,7 @@ impl Stores {
         let sas = url_sas
             .map(str::to_owned)
             .or(spec.sas_token.clone())
-            .or_else(|| env.first(&["AZURE_STORAGE_SAS_TOKEN"]));
+            .or_else(|| env.first(env_vars::AZURE_SAS_TOKEN));
         if let Some(sas) = sas {
             secrets::register(&sas);
             builder = builder.sas_token(sas.trim_start_matches('?'));

@@ -5,6 +5,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod engine;
+pub mod env_vars;
 pub mod error;
 pub mod fingerprint;
 pub mod item;

@@ -12,17 +12,6 @@ pub const MASK: &str = "***";
 
 static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
-/// Environment variables whose values are credentials, masked whenever they are set.
-pub const SECRET_ENV_VARS: &[&str] = &[
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AZURE_STORAGE_KEY",
-    "AZURE_STORAGE_ACCOUNT_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-    "AZURE_STORAGE_CONNECTION_STRING",
-    "AZURE_CLIENT_SECRET",
-];
-
 /// Registers a value to be masked from now on. Values shorter than 4 characters are not
 /// registered: masking them would garble ordinary text without protecting anything.
 pub fn register(value: &str) {
@@ -42,7 +31,10 @@ pub fn register(value: &str) {
 
 /// Registers the values of the well-known credential variables that are set.
 pub fn register_env_credentials() {
-    for name in SECRET_ENV_VARS {
+    for name in crate::env_vars::SECRETS
+        .iter()
+        .flat_map(|names| names.iter())
+    {
         if let Ok(value) = std::env::var(name) {
             register(&value);
             // A connection string carries its key as one of its parts.
