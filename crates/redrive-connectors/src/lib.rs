@@ -3,6 +3,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod aws_sign;
+mod azure_account;
 mod azure_auth;
 mod batch;
 mod build;

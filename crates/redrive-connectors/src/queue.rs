@@ -8,7 +8,6 @@
 //! principal from the environment, the `az` CLI, or a managed identity).
 
 use base64::Engine as _;
-use redrive_core::env_vars;
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::secrets;
 
@@ -50,18 +49,8 @@ pub(crate) fn resolve(stores: &Stores, url: &str) -> Result<Queue, StepError> {
     let display = secrets::redact(url).into_owned();
     let spec = stores.spec_for(url).cloned().unwrap_or_default();
     let env = stores.env();
-    let connection = spec
-        .connection_string
-        .clone()
-        .or_else(|| env.first(env_vars::AZURE_CONNECTION_STRING));
-    let part = |name: &str| -> Option<String> {
-        connection.as_deref().and_then(|c| {
-            c.split(';')
-                .filter_map(|p| p.split_once('='))
-                .find(|(k, _)| k.trim() == name)
-                .map(|(_, v)| v.trim().to_owned())
-        })
-    };
+    let connection = crate::azure_account::ConnectionString::of(&spec, env);
+    let part = |name: &str| connection.part(name);
 
     let (url_account, url_endpoint, name) = if let Some(name) = url.strip_prefix("azq://") {
         (None, None, name.trim_matches('/').to_owned())
@@ -88,12 +77,10 @@ pub(crate) fn resolve(stores: &Stores, url: &str) -> Result<Queue, StepError> {
         )));
     }
 
-    let account = url_account
-        .or(spec.account_name.clone())
-        .or_else(|| part("AccountName"))
-        .or_else(|| env.first(env_vars::AZURE_ACCOUNT))
+    let account = crate::azure_account::account(url_account.as_deref(), &spec, &connection, env)
         .or_else(|| {
-            (part("UseDevelopmentStorage").as_deref() == Some("true"))
+            connection
+                .development()
                 .then(|| "devstoreaccount1".to_owned())
         });
     let Some(account) = account else {
@@ -105,7 +92,8 @@ pub(crate) fn resolve(stores: &Stores, url: &str) -> Result<Queue, StepError> {
         .or(spec.endpoint.clone())
         .or_else(|| part("QueueEndpoint"))
         .or_else(|| {
-            (part("UseDevelopmentStorage").as_deref() == Some("true"))
+            connection
+                .development()
                 .then(|| "http://127.0.0.1:10001/devstoreaccount1".to_owned())
         })
         .unwrap_or_else(|| {
@@ -115,25 +103,10 @@ pub(crate) fn resolve(stores: &Stores, url: &str) -> Result<Queue, StepError> {
         })
         .trim_end_matches('/')
         .to_owned();
-    let same_account = part("AccountName").is_none_or(|a| a == account);
-    let key = spec
-        .account_key
-        .clone()
-        .or_else(|| same_account.then(|| part("AccountKey")).flatten())
-        .or_else(|| {
-            same_account
-                .then(|| env.first(env_vars::AZURE_ACCOUNT_KEY))
-                .flatten()
-        });
-    let sas = spec
-        .sas_token
-        .clone()
-        .or_else(|| part("SharedAccessSignature"))
-        .or_else(|| env.first(env_vars::AZURE_SAS_TOKEN))
-        .map(|s| s.trim_start_matches('?').to_owned());
+    let key = crate::azure_account::key(&account, &spec, &connection, env);
+    let sas = crate::azure_account::sas(None, &spec, &connection, env);
     let key = match key {
         Some(key) => {
-            secrets::register(&key);
             let key = key.trim().to_owned();
             if base64::engine::general_purpose::STANDARD
                 .decode(&key)
@@ -147,9 +120,6 @@ pub(crate) fn resolve(stores: &Stores, url: &str) -> Result<Queue, StepError> {
         }
         None => None,
     };
-    if let Some(sas) = &sas {
-        secrets::register(sas);
-    }
     Ok(Queue {
         endpoint,
         account,

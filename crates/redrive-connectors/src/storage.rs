@@ -9,6 +9,7 @@
 //! honours Retry-After (see `redrive_core::retry`). A call retried for throttling tells the
 //! step's adaptive limit (`redrive_core::throttle`).
 
+use crate::azure_account;
 use redrive_core::env_vars;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -831,27 +832,12 @@ impl Stores {
         };
         let env = &self.env;
         let spec = spec.cloned().unwrap_or_default();
-        let connection = spec
-            .connection_string
-            .clone()
-            .or_else(|| env.first(env_vars::AZURE_CONNECTION_STRING));
-        let mut builder = match &connection {
-            Some(connection) => {
-                services::Azblob::from_connection_string(connection).map_err(config)?
-            }
+        let connection = azure_account::ConnectionString::of(&spec, env);
+        let mut builder = match connection.text() {
+            Some(text) => services::Azblob::from_connection_string(text).map_err(config)?,
             None => services::Azblob::default(),
         };
-        let connection_account = connection.as_deref().and_then(|c| {
-            c.split(';')
-                .find_map(|part| part.strip_prefix("AccountName="))
-                .map(str::to_owned)
-        });
-        let account = url_account
-            .map(str::to_owned)
-            .or(spec.account_name.clone())
-            .or(connection_account.clone())
-            .or_else(|| env.first(env_vars::AZURE_ACCOUNT));
-        let Some(account) = account else {
+        let Some(account) = azure_account::account(url_account, &spec, &connection, env) else {
             return Err(StorageError::Settings {
                 url: display.to_owned(),
                 hint: "no Azure storage account is set; export AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_NAME (with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN), or add a [store.\"az://CONTAINER\"] table with account_name".to_owned(),
@@ -862,29 +848,16 @@ impl Stores {
         // string's (already set), then the public cloud's.
         match url_endpoint.map(str::to_owned).or(spec.endpoint.clone()) {
             Some(endpoint) => builder = builder.endpoint(&endpoint),
-            None if connection.is_none() => {
+            None if connection.text().is_none() => {
                 builder = builder.endpoint(&format!("https://{account}.blob.core.windows.net"));
             }
             None => {}
         }
-        // Only use a key from the connection string or environment for the account it belongs to.
-        let same_account = connection_account.as_deref().is_none_or(|a| a == account);
-        let key = spec.account_key.clone().or_else(|| {
-            same_account
-                .then(|| env.first(env_vars::AZURE_ACCOUNT_KEY))
-                .flatten()
-        });
-        if let Some(key) = key {
-            secrets::register(&key);
+        if let Some(key) = azure_account::key(&account, &spec, &connection, env) {
             builder = builder.account_key(&key);
         }
-        let sas = url_sas
-            .map(str::to_owned)
-            .or(spec.sas_token.clone())
-            .or_else(|| env.first(env_vars::AZURE_SAS_TOKEN));
-        if let Some(sas) = sas {
-            secrets::register(&sas);
-            builder = builder.sas_token(sas.trim_start_matches('?'));
+        if let Some(sas) = azure_account::sas(url_sas, &spec, &connection, env) {
+            builder = builder.sas_token(&sas);
         }
         Operator::new(builder).map_err(config)
     }

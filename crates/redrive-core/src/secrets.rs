@@ -37,14 +37,6 @@ pub fn register_env_credentials() {
     {
         if let Ok(value) = std::env::var(name) {
             register(&value);
-            // A connection string carries its key as one of its parts.
-            for part in value.split(';') {
-                if let Some((field, secret)) = part.split_once('=')
-                    && matches!(field, "AccountKey" | "SharedAccessSignature")
-                {
-                    register(secret);
-                }
-            }
         }
     }
 }
