@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 "#;
 
+/// An item this worker claimed: the epoch of its claim, and whether another worker has taken
+/// it over since.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    epoch: i64,
+    lost: bool,
+}
+
 /// This process as a worker of the job.
 #[derive(Debug)]
 pub(crate) struct Worker {
@@ -51,7 +59,7 @@ pub(crate) struct Worker {
     /// Items this worker finished (reported by the heartbeat).
     pub(crate) finished: AtomicU64,
     /// The epoch of each item this worker claimed and has not finished: its fencing token.
-    held: Mutex<HashMap<i64, i64>>,
+    held: Mutex<HashMap<i64, Held>>,
 }
 
 impl Worker {
@@ -78,9 +86,10 @@ impl Worker {
     }
 
     /// The epoch this worker claimed item `id` with; `None` for items it did not claim
-    /// (children of an expanded item, which their parent's lease covers).
+    /// (children of an expanded item, which their parent's lease covers). An item taken over
+    /// keeps its old epoch here, so that every later write for it stays fenced (and refused).
     pub(crate) fn epoch(&self, id: i64) -> Option<i64> {
-        self.held.lock().ok()?.get(&id).copied()
+        self.held.lock().ok()?.get(&id).map(|held| held.epoch)
     }
 
     /// The item is finished, failed or given back: its epoch is no longer needed.
@@ -90,16 +99,29 @@ impl Worker {
         }
     }
 
+    /// Another worker took the item over: this one's writes for it stay refused until it
+    /// claims it again.
+    pub(crate) fn lost(&self, id: i64) {
+        if let Ok(mut held) = self.held.lock()
+            && let Some(held) = held.get_mut(&id)
+        {
+            held.lost = true;
+        }
+    }
+
     /// Records the epochs of a claim and returns the items new to this worker: an item it
     /// already runs (claimed again after its own lease lapsed) keeps running once, under the
-    /// new epoch.
+    /// new epoch; one it lost to another worker is new again.
     fn hold(&self, claimed: Vec<(i64, i64)>) -> Vec<i64> {
         let Ok(mut held) = self.held.lock() else {
             return Vec::new();
         };
         claimed
             .into_iter()
-            .filter_map(|(id, epoch)| held.insert(id, epoch).is_none().then_some(id))
+            .filter_map(|(id, epoch)| {
+                let before = held.insert(id, Held { epoch, lost: false });
+                before.is_none_or(|held| held.lost).then_some(id)
+            })
             .collect()
     }
 

@@ -707,7 +707,7 @@ impl StateStore for PostgresStateStore {
         if updated == 0 && epoch.is_some() {
             // Taken over: nothing of this write lands (the output row neither).
             drop(tx);
-            self.worker.forget(id);
+            self.worker.lost(id);
             return Err(StateError::LeaseLost { id });
         }
         tx.commit().await.map_err(|e| self.failed(e))?;

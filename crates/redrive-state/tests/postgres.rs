@@ -240,3 +240,76 @@ async fn one_worker_at_a_time_holds_the_loader_role() {
         "freed when the source is complete"
     );
 }
+
+/// Fencing: a worker whose lease on an item lapsed and was taken over can record nothing more
+/// for it (`LeaseLost`), and `holds` says so before it retries; the new holder records as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_over_item_refuses_the_old_holders_writes() {
+    use redrive_core::item::Status;
+    use redrive_core::state::{StateError, Transition};
+    let schema = format!("redrive_test_{}_fence", std::process::id());
+    let _ = fresh("fence").await;
+    let a = worker(&schema, 60_000).await;
+    let b = worker(&schema, 60_000).await;
+    a.insert(keys(1)).await.unwrap_or_else(|e| panic!("{e}"));
+    let claimed = a.claim(0, 1).await.unwrap_or_else(|e| panic!("{e}"));
+    let id = claimed
+        .first()
+        .map(|i| i.id)
+        .unwrap_or_else(|| panic!("nothing claimed"));
+    assert!(a.holds(id).await.unwrap_or(false));
+
+    // `a` freezes past its lease (made to lapse here), and `b` takes the item over.
+    let admin = sqlx::PgPool::connect(&url())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{schema}\".items SET lease_until = now() - interval '1 second'"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let taken = b.claim(0, 1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(taken.iter().map(|i| i.id).collect::<Vec<_>>(), [id]);
+
+    assert!(
+        !a.holds(id).await.unwrap_or(true),
+        "a still thinks it holds it"
+    );
+    let started = a
+        .record(Transition::Started {
+            id,
+            step: 0,
+            step_name: "copy".into(),
+        })
+        .await;
+    assert!(
+        matches!(started, Err(StateError::LeaseLost { .. })),
+        "{started:?}"
+    );
+    let finished = a
+        .record(Transition::Finished {
+            id,
+            status: Status::Done,
+            bytes: 0,
+            reason: None,
+            output: None,
+        })
+        .await;
+    assert!(
+        matches!(finished, Err(StateError::LeaseLost { .. })),
+        "{finished:?}"
+    );
+
+    b.record(Transition::Finished {
+        id,
+        status: Status::Done,
+        bytes: 0,
+        reason: None,
+        output: None,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let summary = b.summary().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(summary.count(Status::Done), 1);
+}
