@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::item::{ItemId, NewItem, Status, StoredItem};
+use crate::item::{Fields, ItemId, NewItem, Status, StoredItem};
 use crate::step::Produced;
 
 /// The state store failed; the run stops, since progress can no longer be recorded.
@@ -137,6 +137,16 @@ pub enum Transition {
         /// The error chain, secrets masked.
         error: String,
     },
+}
+
+/// What [`StateStore::insert_reporting`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inserted {
+    /// Items added.
+    pub added: u64,
+    /// Rows that may not have been added because their key was known (at least every one
+    /// that was not, and perhaps one row of a key repeated within the batch that was).
+    pub candidates: Vec<NewItem>,
 }
 
 /// Which items to put back to `pending`.
@@ -293,6 +303,21 @@ pub trait StateStore: Send + Sync {
 
     /// Waits until every transition handed over so far is committed.
     async fn flush(&self) -> Result<(), StateError>;
+
+    /// [`StateStore::insert`], saying which rows it may have ignored for a known key, so a
+    /// load can tell a row repeated exactly from one whose key another row already has. The
+    /// default says only how many were added.
+    async fn insert_reporting(&self, items: Vec<NewItem>) -> Result<Inserted, StateError> {
+        Ok(Inserted {
+            added: self.insert(items).await?,
+            candidates: Vec::new(),
+        })
+    }
+
+    /// The fields of the top-level items with these keys (those that exist).
+    async fn fields_of(&self, _keys: Vec<String>) -> Result<Vec<(String, Fields)>, StateError> {
+        Ok(Vec::new())
+    }
 
     /// The source's revision recorded when its load last completed (see
     /// `Source::revision`).

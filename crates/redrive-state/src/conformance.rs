@@ -46,6 +46,7 @@ pub async fn run_all(factory: Factory<'_>) {
     begin_accepts_same_plan_and_refuses_another(factory().await.as_ref()).await;
     begin_upgrades_an_earlier_fingerprint(factory().await.as_ref()).await;
     insert_ignores_known_keys(factory().await.as_ref()).await;
+    insert_reporting_hands_back_the_rows_of_known_keys(factory().await.as_ref()).await;
     transitions_are_visible_after_record(factory().await.as_ref()).await;
     runnable_pages_in_id_order(factory().await.as_ref()).await;
     requeue_and_skip(factory().await.as_ref()).await;
@@ -53,6 +54,36 @@ pub async fn run_all(factory: Factory<'_>) {
     concurrent_records_all_land(factory().await.as_ref()).await;
     children_belong_to_their_parent(factory().await.as_ref()).await;
     last_item_is_the_last_top_level_item(factory().await.as_ref()).await;
+}
+
+/// `insert_reporting` adds as `insert` does and hands back (at least) every row it ignored
+/// for a known key, with its own fields; `fields_of` reads the fields recorded for keys.
+pub async fn insert_reporting_hands_back_the_rows_of_known_keys(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    ok(store.insert(items(&["k1"])).await, "insert");
+    let mut again = items(&["k1", "k2"]);
+    again[0]
+        .fields
+        .insert("name".to_owned(), "other".to_owned());
+    let inserted = ok(store.insert_reporting(again).await, "insert_reporting");
+    assert_eq!(inserted.added, 1, "k2 is new");
+    let handed: Vec<(&str, &str)> = inserted
+        .candidates
+        .iter()
+        .map(|row| (row.key.as_str(), row.fields["name"].as_str()))
+        .collect();
+    assert!(handed.contains(&("k1", "other")), "{handed:?}");
+    assert!(!handed.iter().any(|(key, _)| *key == "k2"), "{handed:?}");
+    ok(store.flush().await, "flush");
+    let stored = ok(
+        store
+            .fields_of(vec!["k1".to_owned(), "nope".to_owned()])
+            .await,
+        "fields_of",
+    );
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].0, "k1");
+    assert_eq!(stored[0].1["name"], "k1", "the first row's fields stay");
 }
 
 /// `last_item` is the top-level item recorded last (children do not count), or none.

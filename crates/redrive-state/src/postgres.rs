@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use redrive_core::item::{Fields, ItemId, NewItem, Status, StoredItem};
 use redrive_core::state::{
-    ChildCounts, JobInfo, Requeue, StateError, StateStore, Summary, Transition,
+    ChildCounts, Inserted, JobInfo, Requeue, StateError, StateStore, Summary, Transition,
 };
 use redrive_core::step::Produced;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -440,6 +440,59 @@ impl StateStore for PostgresStateStore {
         .await
         .map_err(|e| self.failed(e))?;
         Ok(done.rows_affected())
+    }
+
+    async fn insert_reporting(&self, items: Vec<NewItem>) -> Result<Inserted, StateError> {
+        let (keys, fields) = columns(items).map_err(|e| self.failed(e))?;
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO items (key, fields)
+             SELECT k, f::jsonb FROM UNNEST($1::text[], $2::text[]) AS t(k, f)
+             ON CONFLICT (key) WHERE parent IS NULL DO NOTHING
+             RETURNING key",
+        )
+        .bind(&keys)
+        .bind(&fields)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let added = inserted.len() as u64;
+        if added == keys.len() as u64 {
+            return Ok(Inserted {
+                added,
+                candidates: Vec::new(),
+            });
+        }
+        // Which row of a key repeated within the batch was the one added is not said: every
+        // row of such a key is a candidate, as is each row whose key was known before.
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        let mut times: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for key in &keys {
+            *times.entry(key.as_str()).or_default() += 1;
+        }
+        let candidates = keys
+            .iter()
+            .zip(&fields)
+            .filter(|(key, _)| !inserted.contains(*key) || times[key.as_str()] > 1)
+            .map(|(key, fields)| NewItem {
+                key: key.clone(),
+                fields: serde_json::from_str(fields).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Inserted { added, candidates })
+    }
+
+    async fn fields_of(&self, keys: Vec<String>) -> Result<Vec<(String, Fields)>, StateError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT key, fields::text FROM items WHERE parent IS NULL AND key = ANY($1)",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, fields)| (key, serde_json::from_str(&fields).unwrap_or_default()))
+            .collect())
     }
 
     async fn insert_children(

@@ -8,7 +8,7 @@ use std::thread;
 use async_trait::async_trait;
 use redrive_core::item::{Fields, ItemId, NewItem, Status, StoredItem};
 use redrive_core::state::{
-    ChildCounts, JobInfo, Requeue, StateError, StateStore, Summary, Transition,
+    ChildCounts, Inserted, JobInfo, Requeue, StateError, StateStore, Summary, Transition,
 };
 use redrive_core::step::Produced;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -549,6 +549,68 @@ impl StateStore for SqliteStateStore {
             }
             Ok(added)
         }))
+        .await
+    }
+
+    async fn insert_reporting(&self, items: Vec<NewItem>) -> Result<Inserted, StateError> {
+        let mut rows = Vec::with_capacity(items.len());
+        for item in items {
+            let fields =
+                serde_json::to_string(&item.fields).map_err(|e| self.failed(e.to_string()))?;
+            rows.push((item.key, fields));
+        }
+        // Rows ignored for a known key (rare): handed back, to be told apart.
+        let ignored = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&ignored);
+        let added = self
+            .write(Box::new(move |tx| {
+                let mut statement = tx.prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO items (key, fields, created_at, updated_at)
+                     VALUES (?1, ?2, {NOW}, {NOW})"
+                ))?;
+                let mut added = 0;
+                for (key, fields) in rows {
+                    match statement.execute(params![key, fields])? {
+                        0 => {
+                            if let Ok(mut seen) = seen.lock() {
+                                seen.push((key, fields));
+                            }
+                        }
+                        n => added += n as u64,
+                    }
+                }
+                Ok(added)
+            }))
+            .await?;
+        let ignored = ignored
+            .lock()
+            .map(|mut i| std::mem::take(&mut *i))
+            .unwrap_or_default();
+        let candidates = ignored
+            .into_iter()
+            .map(|(key, fields)| NewItem {
+                key,
+                fields: serde_json::from_str(&fields).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Inserted { added, candidates })
+    }
+
+    async fn fields_of(&self, keys: Vec<String>) -> Result<Vec<(String, Fields)>, StateError> {
+        self.read(move |c| {
+            let mut statement =
+                c.prepare_cached("SELECT fields FROM items WHERE parent IS NULL AND key = ?1")?;
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                let fields: Option<String> = statement
+                    .query_row(params![key], |row| row.get(0))
+                    .optional()?;
+                if let Some(fields) = fields {
+                    found.push((key, serde_json::from_str(&fields).unwrap_or_default()));
+                }
+            }
+            Ok(found)
+        })
         .await
     }
 

@@ -36,6 +36,9 @@ pub(crate) struct RunMetrics {
     /// Rows of a first load not added: an earlier row had the same key.
     #[serde(default)]
     pub(crate) duplicate_keys: u64,
+    /// Rows of a first load that repeated an earlier row exactly.
+    #[serde(default)]
+    pub(crate) repeated_rows: u64,
     /// Items another worker took over from this one after its lease expired.
     #[serde(default)]
     pub(crate) taken_over: u64,
@@ -100,6 +103,7 @@ impl RunMetrics {
             },
             interrupted: report.interrupted,
             duplicate_keys: report.duplicate_keys,
+            repeated_rows: report.repeated_rows,
             taken_over: report.taken_over,
             peak_rss_mb: peak_rss_mb(),
             finished_at: jiff::Timestamp::now().to_string(),

@@ -100,17 +100,77 @@ pub(super) async fn flush(
         return Ok(());
     }
     let rows = batch.len() as u64;
-    let first_key = batch.first().map(|item| item.key.clone());
-    let added = shared.state.insert(std::mem::take(batch)).await?;
+    let inserted = shared.state.insert_reporting(std::mem::take(batch)).await?;
+    let added = inserted.added;
     if fresh && added < rows {
-        let before = shared
-            .duplicate_keys
-            .fetch_add(rows - added, std::sync::atomic::Ordering::Relaxed);
-        if before == 0 {
-            tracing::warn!(batch_starts_at = %crate::secrets::redact(first_key.as_deref().unwrap_or_default()), "Rows with a key already seen were not added: the plan's `key` does not tell them apart.");
-        }
+        repeated(shared, rows - added, inserted.candidates).await?;
     }
     shared.reporter.loaded(added);
     loaded.notify_waiters();
     Ok(())
+}
+
+/// A first load whose batch had `ignored` rows with a key already recorded: a row that repeats
+/// the recorded one exactly is counted (its work runs once); one with other fields is work the
+/// plan's `key` cannot tell apart, and stops the load and the run before it goes further.
+async fn repeated(
+    shared: &Shared,
+    ignored: u64,
+    candidates: Vec<NewItem>,
+) -> Result<(), EngineError> {
+    use std::sync::atomic::Ordering;
+    if candidates.is_empty() {
+        // The store cannot say which rows: every one counts as a key conflict.
+        shared.duplicate_keys.fetch_add(ignored, Ordering::Relaxed);
+        return Ok(());
+    }
+    let keys: Vec<String> = candidates.iter().map(|item| item.key.clone()).collect();
+    let stored: std::collections::HashMap<String, Fields> =
+        shared.state.fields_of(keys).await?.into_iter().collect();
+    let conflict = candidates
+        .iter()
+        .filter(|row| {
+            stored
+                .get(&row.key)
+                .is_some_and(|first| *first != row.fields)
+        })
+        .collect::<Vec<_>>();
+    let conflicts = conflict.len() as u64;
+    shared
+        .repeated_rows
+        .fetch_add(ignored.saturating_sub(conflicts), Ordering::Relaxed);
+    shared
+        .duplicate_keys
+        .fetch_add(conflicts, Ordering::Relaxed);
+    match conflict.first() {
+        Some(row) => {
+            // No item the plan cannot tell apart is started from here on.
+            shared.halt.store(true, Ordering::SeqCst);
+            Err(EngineError::DuplicateKey {
+                key: crate::secrets::redact(&row.key).into_owned(),
+                first: shown(stored.get(&row.key)),
+                again: shown(Some(&row.fields)),
+            })
+        }
+        None => Ok(()),
+    }
+}
+
+/// `{JobId=J1, WorkItemId=A}`, secrets masked, long values cut.
+fn shown(fields: Option<&Fields>) -> String {
+    let Some(fields) = fields else {
+        return "{}".to_owned();
+    };
+    let parts: Vec<String> = fields
+        .iter()
+        .map(|(name, value)| {
+            let value: String = if value.chars().count() > 60 {
+                value.chars().take(60).chain("…".chars()).collect()
+            } else {
+                value.clone()
+            };
+            format!("{name}={value}")
+        })
+        .collect();
+    crate::secrets::redact(&format!("{{{}}}", parts.join(", "))).into_owned()
 }

@@ -149,6 +149,19 @@ pub enum EngineError {
     /// An item's key could not be rendered.
     #[error("cannot make the key of an item")]
     Key(#[source] TemplateError),
+    /// Two rows of the source have the same key and other fields: the plan's `key` does not
+    /// tell their work apart.
+    #[error(
+        "the source has two rows with the key `{key}` and other fields: first {first}, then {again}; the plan's `key` does not tell them apart"
+    )]
+    DuplicateKey {
+        /// The key, secrets masked.
+        key: String,
+        /// The fields of the row recorded first.
+        first: String,
+        /// The fields of the row that came again.
+        again: String,
+    },
     /// The loader was told to stop before the end of the source (the run is ending).
     #[error("the source was not read to the end")]
     Stopped,
@@ -168,8 +181,11 @@ pub enum EngineError {
 struct Shared {
     /// Set by an item that hit a fatal error, before it releases its permit: start no more.
     halt: AtomicBool,
-    /// Rows of a first load whose key an earlier row already had (see `RunReport`).
+    /// Rows of a first load whose key an earlier row already had with other fields (see
+    /// `RunReport`).
     duplicate_keys: std::sync::atomic::AtomicU64,
+    /// Rows of a first load that repeated an earlier row exactly.
+    repeated_rows: std::sync::atomic::AtomicU64,
     pipeline: Arc<Pipeline>,
     state: Arc<dyn StateStore>,
     reporter: Arc<dyn Reporter>,
@@ -253,6 +269,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         halt: AtomicBool::new(false),
         duplicate_keys: std::sync::atomic::AtomicU64::new(0),
+        repeated_rows: std::sync::atomic::AtomicU64::new(0),
         pipeline,
         state,
         reporter,
@@ -442,6 +459,7 @@ pub async fn run(
     let _ = shared.state.release_claims().await;
     report.duration = started.elapsed();
     report.duplicate_keys = shared.duplicate_keys.load(Ordering::Relaxed);
+    report.repeated_rows = shared.repeated_rows.load(Ordering::Relaxed);
     report.limits = shared
         .pipeline
         .steps

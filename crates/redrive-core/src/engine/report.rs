@@ -117,8 +117,12 @@ pub struct RunReport {
     /// Stopped by a signal before every item was run.
     pub interrupted: bool,
     /// Rows of the source, on its first load, that were not added because an earlier row had
-    /// the same key: the plan's `key` does not tell them apart, and their work is not done.
+    /// the same key and other fields: the plan's `key` does not tell them apart, and their
+    /// work is not done.
     pub duplicate_keys: u64,
+    /// Rows of the source, on its first load, that repeated an earlier row exactly (same key,
+    /// same fields): their work is the same item's, done once.
+    pub repeated_rows: u64,
     /// Items this process claimed but another worker took over (this one's lease had expired):
     /// left to that worker, neither finished nor failed here.
     pub taken_over: u64,

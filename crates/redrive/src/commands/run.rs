@@ -178,10 +178,29 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
             report.duplicate_keys
         );
     }
+    let key = plan.key().map(|k| k.raw().to_owned()).unwrap_or_default();
     let report = result.map_err(|e| match e {
         engine::EngineError::State(e) => super::state_error(e, &args.plan),
+        duplicate @ engine::EngineError::DuplicateKey { .. } => Hinted {
+            message: duplicate.to_string(),
+            hint: format!(
+                "make [source] key unique (it is `key = \"{key}\"`; e.g. `{{JobId}}/{{WorkItemId}}`), then rerun with --restart; the rows loaded so far were kept"
+            ),
+        }
+        .into(),
         other => anyhow::Error::new(other),
     })?;
+    if report.repeated_rows > 0 && !global.quiet {
+        let n = report.repeated_rows;
+        let (rows, verb) = if n == 1 {
+            ("row", "repeats")
+        } else {
+            ("rows", "repeat")
+        };
+        eprintln!(
+            "{n} {rows} of the source {verb} an earlier row exactly (same key, same fields): counted once, run once."
+        );
+    }
     hooks.finish(Some(&after), report.interrupted).await?;
     if report.duplicate_keys > 0 && !report.interrupted {
         return Ok(ExitStatus::Failed);

@@ -900,7 +900,8 @@ items = 2
 }
 
 /// Rows J1,A and J2,A with `key = "{WorkItemId}"` used to become one item, the other row's work
-/// silently never done (exit 0, nothing said, even with -v).
+/// silently never done (exit 0, nothing said, even with -v). A key that comes again with other
+/// fields stops the run (exit 2) naming both rows; a row repeated exactly is counted, once.
 #[test]
 fn rows_whose_key_is_not_unique_are_reported_and_fail_the_run() {
     let t = TestContext::new();
@@ -922,9 +923,11 @@ run = { shell = "true" }
     );
     let out = t
         .redrive(&["run", "plan.toml", "--no-progress", "--metrics", "m.json"])
-        .expect_code(1);
+        .expect_code(2);
     assert!(
-        out.stderr.contains("2 rows of the source were not added"),
+        out.stderr.contains(
+            "two rows with the key `A` and other fields: first {JobId=J1, WorkItemId=A}, then {JobId=J2, WorkItemId=A}"
+        ),
         "{}",
         out.stderr
     );
@@ -933,8 +936,6 @@ run = { shell = "true" }
         "{}",
         out.stderr
     );
-    let metrics: serde_json::Value = serde_json::from_str(&t.read("m.json")).unwrap();
-    assert_eq!(metrics["duplicate_keys"], 2);
     // With a unique key, all five rows run.
     t.plan(
         &t.read("plan.toml")
@@ -1093,4 +1094,37 @@ copy = { from = "{path}", to = "out/{name}" }
     t.write("in/b.txt", "B");
     t.redrive(&["run", "plan.toml", "--reload"]).expect_code(0);
     assert_eq!(t.read("out/b.txt"), "B");
+}
+
+/// A row repeated exactly (same key, same fields) is the same work: counted, run once, and the
+/// run succeeds.
+#[test]
+fn a_row_repeated_exactly_is_counted_and_run_once() {
+    let t = TestContext::new();
+    t.write("items.csv", "JobId,WorkItemId\nJ1,A\nJ1,A\nJ2,B\n");
+    t.plan(
+        r#"
+[job]
+name = "repeats"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{WorkItemId}"
+[[step]]
+run = { shell = "echo {WorkItemId} >> ran.txt" }
+"#,
+    );
+    let out = t
+        .redrive(&["run", "plan.toml", "--no-progress", "--metrics", "m.json"])
+        .expect_code(0);
+    assert!(
+        out.stderr
+            .contains("1 row of the source repeats an earlier row exactly"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(t.read("ran.txt"), "A\nB\n");
+    let metrics: serde_json::Value = serde_json::from_str(&t.read("m.json")).unwrap();
+    assert_eq!(metrics["repeated_rows"], 1);
+    assert_eq!(metrics["duplicate_keys"], 0);
 }
