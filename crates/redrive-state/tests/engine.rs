@@ -163,6 +163,7 @@ fn options(concurrency: usize, retries: u32) -> RunOptions {
         throttle_budget: Duration::from_secs(60),
         rate: None,
         reload: false,
+        max_errors: None,
     }
 }
 

@@ -146,6 +146,10 @@ pub(crate) struct RunArgs {
     /// Run failed items again, from the step that failed
     #[arg(long)]
     pub(crate) retry_failed: bool,
+    /// Stop starting items once N have failed in this run (the rest stay pending): a run
+    /// whose items fail for one cause stops early instead of trying every item
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_errors: Option<u64>,
     /// Read the source again for items added since it was loaded (a CSV or list file that
     /// changed is read again by itself; a listing, a glob or a query only with this)
     #[arg(long)]

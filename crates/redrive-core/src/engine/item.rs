@@ -317,5 +317,13 @@ pub(super) fn finished(shared: &Shared, item: &StoredItem, status: Status) {
         shared.reporter.child_finished(status);
     } else {
         shared.reporter.finished(status);
+        if status == Status::Failed {
+            let failed = shared.failed.fetch_add(1, Ordering::SeqCst) + 1;
+            if shared.options.max_errors.is_some_and(|max| failed >= max) {
+                // Enough: start no more items (those in flight end as they can).
+                shared.too_many_errors.store(true, Ordering::SeqCst);
+                shared.halt.store(true, Ordering::SeqCst);
+            }
+        }
     }
 }

@@ -117,6 +117,8 @@ pub struct RunOptions {
     /// Read a completely loaded source again for new items (`--reload`), even when it cannot
     /// tell that it changed.
     pub reload: bool,
+    /// Stop starting items once this many have failed in this run (`--max-errors`).
+    pub max_errors: Option<u64>,
 }
 
 /// Default time a step may be throttled before its item fails.
@@ -186,6 +188,10 @@ struct Shared {
     duplicate_keys: std::sync::atomic::AtomicU64,
     /// Rows of a first load that repeated an earlier row exactly.
     repeated_rows: std::sync::atomic::AtomicU64,
+    /// Items failed in this run, against `--max-errors`.
+    failed: std::sync::atomic::AtomicU64,
+    /// `--max-errors` was reached: no item was started after.
+    too_many_errors: AtomicBool,
     pipeline: Arc<Pipeline>,
     state: Arc<dyn StateStore>,
     reporter: Arc<dyn Reporter>,
@@ -270,6 +276,8 @@ pub async fn run(
         halt: AtomicBool::new(false),
         duplicate_keys: std::sync::atomic::AtomicU64::new(0),
         repeated_rows: std::sync::atomic::AtomicU64::new(0),
+        failed: std::sync::atomic::AtomicU64::new(0),
+        too_many_errors: AtomicBool::new(false),
         pipeline,
         state,
         reporter,
@@ -460,6 +468,7 @@ pub async fn run(
     report.duration = started.elapsed();
     report.duplicate_keys = shared.duplicate_keys.load(Ordering::Relaxed);
     report.repeated_rows = shared.repeated_rows.load(Ordering::Relaxed);
+    report.max_errors_reached = shared.too_many_errors.load(Ordering::SeqCst);
     report.limits = shared
         .pipeline
         .steps

@@ -118,6 +118,7 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         limit: None,
         retry_failed: true,
         reload: true,
+        max_errors: None,
         restart: false,
         yes: false,
         rate: None,

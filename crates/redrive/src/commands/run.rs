@@ -118,6 +118,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         throttle_budget: engine::THROTTLE_BUDGET,
         rate: args.rate,
         reload: args.reload,
+        max_errors: args.max_errors,
     };
     warn_unfillable_batches(&pipeline, options.concurrency);
     let state: Arc<dyn StateStore> = Arc::clone(&store);
@@ -217,6 +218,13 @@ fn outcome(report: &RunReport, after: &Summary, plan: &std::path::Path) -> ExitS
         return ExitStatus::Interrupted;
     }
     let failed = after.count(Status::Failed);
+    if report.max_errors_reached {
+        eprintln!(
+            "Stopped starting items after {} failed in this run (--max-errors); {} are not started yet. Fix the cause, then rerun (with --retry-failed for the failed ones).",
+            report.failed,
+            after.count(Status::Pending)
+        );
+    }
     if failed > 0 {
         eprintln!(
             "{failed} items failed: `redrive failed {plan}` lists them; `redrive run {plan} --retry-failed` tries them again.",

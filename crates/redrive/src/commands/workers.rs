@@ -246,6 +246,10 @@ fn forward(
     if args.reload {
         command.arg("--reload");
     }
+    // Each worker counts its own failures.
+    if let Some(max) = args.max_errors {
+        command.arg("--max-errors").arg(max.to_string());
+    }
     if args.restart {
         command.arg("--restart").arg("--yes");
     }

@@ -1128,3 +1128,39 @@ run = { shell = "echo {WorkItemId} >> ran.txt" }
     assert_eq!(metrics["repeated_rows"], 1);
     assert_eq!(metrics["duplicate_keys"], 0);
 }
+
+/// `--max-errors 3`: a run whose items all fail for one cause stops starting items after the
+/// third failure; the rest stay pending for a rerun.
+#[test]
+fn max_errors_stops_a_run_whose_items_keep_failing() {
+    let t = TestContext::new();
+    let keys: String = (0..50).map(|i| format!("k{i:02}\n")).collect();
+    t.write("keys.txt", keys);
+    t.plan(
+        r#"
+[job]
+name = "maxerr"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+copy = { from = "missing/{line}", to = "out/{line}" }
+[limits]
+items = 1
+"#,
+    );
+    let out = t
+        .redrive(&["run", "plan.toml", "--max-errors", "3", "--no-progress"])
+        .expect_code(1);
+    assert!(out.stderr.contains("--max-errors"), "{}", out.stderr);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'failed'"),
+        3
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'pending'"),
+        47
+    );
+    let out = t.redrive(&["run", "plan.toml", "--max-errors", "0"]);
+    assert_eq!(out.code, 2, "0 is refused: {}", out.stderr);
+}
