@@ -80,6 +80,7 @@ impl Source for ListSource {
         let path = location.path.clone();
         let prefix = location.path.clone();
         let display = location.display.clone();
+        let stalled = display.clone();
         let local = location.local;
         let recursive = self.recursive;
         let lister = async move {
@@ -142,13 +143,78 @@ impl Source for ListSource {
             });
             Ok::<_, SourceError>(entries)
         };
-        Box::pin(
+        Box::pin(progressing(
             futures::stream::once(lister)
                 .map(|result| match result {
                     Ok(entries) => entries.boxed(),
                     Err(error) => futures::stream::once(async { Err(error) }).boxed(),
                 })
-                .flatten(),
-        )
+                .flatten()
+                .boxed(),
+            NO_PROGRESS,
+            stalled,
+        ))
+    }
+}
+
+/// Longest a listing may go without yielding an entry: every page has its own deadline, so a
+/// listing this quiet is one that goes round in circles (a storage layer skipping the same
+/// entry again and again), not a slow one.
+const NO_PROGRESS: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// `entries`, ended with an error when none comes for `limit`.
+fn progressing(
+    entries: BoxStream<'static, Result<Fields, SourceError>>,
+    limit: std::time::Duration,
+    what: String,
+) -> impl futures::Stream<Item = Result<Fields, SourceError>> + Send + 'static {
+    futures::stream::unfold(Some(entries), move |entries| {
+        let what = what.clone();
+        async move {
+            let mut entries = entries?;
+            match tokio::time::timeout(limit, entries.next()).await {
+                Ok(Some(item)) => Some((item, Some(entries))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(SourceError::Io {
+                        location: what.clone(),
+                        source: format!(
+                            "the listing yielded nothing for {} minutes: it makes no progress (a path the storage layer cannot list, such as one with `..`?); stopped",
+                            limit.as_secs() / 60
+                        )
+                        .into(),
+                    }),
+                    None,
+                )),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod no_progress_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_listing_that_yields_nothing_for_too_long_ends_with_an_error() {
+        let silent: BoxStream<'static, Result<Fields, SourceError>> =
+            futures::stream::pending().boxed();
+        let mut entries = Box::pin(progressing(
+            silent,
+            std::time::Duration::from_millis(50),
+            "s3://b/in/".to_owned(),
+        ));
+        let first = entries.next().await;
+        let message = match first {
+            Some(Err(error)) => format!(
+                "{error}: {}",
+                std::error::Error::source(&error)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+            other => panic!("{other:?}"),
+        };
+        assert!(message.contains("makes no progress"), "{message}");
+        assert!(entries.next().await.is_none(), "the listing ends there");
     }
 }
