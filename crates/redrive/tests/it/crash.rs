@@ -155,3 +155,62 @@ items = 8
     let names = std::fs::read_dir(t.path("out")).unwrap().count();
     assert_eq!(names, n, "only the targets");
 }
+
+/// A `run` step killed ten times at random instants: every item's command ran, and a command
+/// ran twice only for an item in flight at a kill (at most `items` = 4 per kill). The figures
+/// are printed for `docs/guarantees.md`.
+#[test]
+fn a_run_step_killed_ten_times_loses_nothing_and_repeats_only_what_was_in_flight() {
+    const RUN_KILLS: usize = 10;
+    let t = crate::common::TestContext::new();
+    let n = 1500;
+    let keys: String = (0..n).map(|i| format!("k{i:04}\n")).collect();
+    t.write("keys.txt", keys);
+    t.plan(
+        r#"
+[job]
+name = "killrun"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+run = { shell = "echo {line} >> effects.log; sleep 0.02" }
+[limits]
+items = 4
+"#,
+    );
+    let first = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 | 1);
+    let mut seed = first;
+    for kill in 0..RUN_KILLS {
+        let mut child = t
+            .command(&["run", "plan.toml", "-q"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(150 + next(&mut seed) % 350));
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("run {kill} ended ({status}) before its kill (seed {first})");
+        }
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let effects = t.read("effects.log");
+    let mut runs: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for line in effects.lines() {
+        *runs.entry(line).or_default() += 1;
+    }
+    assert_eq!(runs.len(), n, "every item's command ran (seed {first})");
+    let repeated: usize = runs.values().map(|c| c - 1).sum();
+    eprintln!("{RUN_KILLS} kills (seed {first}): 0 lost, {repeated} commands ran twice of {n}");
+    assert!(
+        repeated <= RUN_KILLS * 4,
+        "{repeated} repeats: more than the items in flight at {RUN_KILLS} kills"
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        n as i64
+    );
+}
