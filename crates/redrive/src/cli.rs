@@ -223,6 +223,9 @@ pub(crate) struct FailedArgs {
     /// Write the failed items' fields to FILE as CSV (usable as a `csv` source)
     #[arg(long, value_name = "FILE")]
     pub(crate) csv: Option<PathBuf>,
+    /// One JSON object per line on stdout (key, step, attempts, error, fields), for scripts
+    #[arg(long, conflicts_with = "csv")]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -222,6 +222,20 @@ pub(crate) async fn failed(args: &FailedArgs) -> anyhow::Result<ExitStatus> {
             count += 1;
             match &args.csv {
                 Some(path) => write_csv_row(&mut csv_out, path, item)?,
+                None if args.json => {
+                    let key = match &item.parent_key {
+                        Some(parent) => format!("{parent}/{}", item.key),
+                        None => item.key.clone(),
+                    };
+                    let line = serde_json::json!({
+                        "key": key,
+                        "step": step_name(plan.as_ref(), item),
+                        "attempts": item.attempts,
+                        "error": item.error.as_deref().unwrap_or(""),
+                        "fields": item.fields,
+                    });
+                    crate::out!("{}", redact(&line.to_string()));
+                }
                 None => {
                     if count == 1 {
                         crate::out!("key\tstep\tattempts\terror");

@@ -1161,6 +1161,22 @@ items = 1
         t.count("SELECT count(*) FROM items WHERE status = 'pending'"),
         47
     );
+    // The failures as JSON lines, for scripts.
+    let failed = t.redrive(&["failed", "plan.toml", "--json"]).expect_code(0);
+    let lines: Vec<serde_json::Value> = failed
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", failed.stdout);
+    assert_eq!(lines[0]["key"], "k00");
+    assert_eq!(lines[0]["step"], "copy");
+    assert_eq!(lines[0]["fields"]["line"], "k00");
+    assert!(
+        lines[0]["error"].as_str().unwrap().contains("not found"),
+        "{}",
+        lines[0]
+    );
     let out = t.redrive(&["run", "plan.toml", "--max-errors", "0"]);
     assert_eq!(out.code, 2, "0 is refused: {}", out.stderr);
 }
