@@ -2,9 +2,55 @@
 //! clean-up), by `reqsign-aws-v4`: the maintained signer OpenDAL uses for S3, not a
 //! hand-written one.
 
+use redrive_core::job::StoreSpec;
+use redrive_core::{env_vars, secrets};
 use reqsign_aws_v4::{Credential, RequestSigner, StaticCredentialProvider};
 use reqsign_core::{Context, Signer};
 use sha2::{Digest, Sha256};
+
+use crate::storage::Env;
+
+/// AWS keys as a `[store]` table or the environment gives them (secrets registered).
+pub(crate) struct AwsKeys {
+    pub(crate) access_key_id: String,
+    pub(crate) secret_access_key: String,
+    pub(crate) session_token: Option<String>,
+}
+
+impl AwsKeys {
+    /// The table's keys, else the environment's; `None` without both an id and a secret.
+    pub(crate) fn of(spec: &StoreSpec, env: &Env) -> Option<Self> {
+        let access_key_id = spec
+            .access_key_id
+            .clone()
+            .or_else(|| env.first(env_vars::AWS_ACCESS_KEY_ID))?;
+        let secret_access_key = spec
+            .secret_access_key
+            .clone()
+            .or_else(|| env.first(env_vars::AWS_SECRET_ACCESS_KEY))?;
+        let session_token = spec
+            .session_token
+            .clone()
+            .or_else(|| env.first(env_vars::AWS_SESSION_TOKEN));
+        secrets::register(&secret_access_key);
+        if let Some(token) = &session_token {
+            secrets::register(token);
+        }
+        Some(Self {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        })
+    }
+}
+
+/// The region: the table's, else the environment's, else `us-east-1`.
+pub(crate) fn region(spec: &StoreSpec, env: &Env) -> String {
+    spec.region
+        .clone()
+        .or_else(|| env.first(env_vars::AWS_REGION))
+        .unwrap_or_else(|| "us-east-1".to_owned())
+}
 
 /// Signs requests to one AWS service in one region with keys.
 pub(crate) struct AwsSigner {
@@ -19,15 +65,10 @@ impl std::fmt::Debug for AwsSigner {
 
 impl AwsSigner {
     /// A signer for `service` (`sqs`, `s3`) in `region`.
-    pub(crate) fn new(
-        service: &str,
-        region: &str,
-        access_key_id: &str,
-        secret_access_key: &str,
-        session_token: Option<&str>,
-    ) -> Self {
-        let mut credentials = StaticCredentialProvider::new(access_key_id, secret_access_key);
-        if let Some(token) = session_token {
+    pub(crate) fn new(service: &str, region: &str, keys: &AwsKeys) -> Self {
+        let mut credentials =
+            StaticCredentialProvider::new(&keys.access_key_id, &keys.secret_access_key);
+        if let Some(token) = &keys.session_token {
             credentials = credentials.with_session_token(token);
         }
         Self {
@@ -75,7 +116,12 @@ mod tests {
 
     #[tokio::test]
     async fn requests_are_signed_with_the_key_scope_and_payload_hash() {
-        let signer = AwsSigner::new("sqs", "eu-west-1", "AKIDEXAMPLE", "secret", Some("tok"));
+        let keys = AwsKeys {
+            access_key_id: "AKIDEXAMPLE".to_owned(),
+            secret_access_key: "secret".to_owned(),
+            session_token: Some("tok".to_owned()),
+        };
+        let signer = AwsSigner::new("sqs", "eu-west-1", &keys);
         let headers = signer
             .sign(
                 http::Method::POST,

@@ -32,9 +32,7 @@ pub(crate) struct S3Access<'a> {
     pub(crate) region: &'a str,
     pub(crate) endpoint: Option<&'a str>,
     pub(crate) virtual_host: bool,
-    pub(crate) access_key_id: &'a str,
-    pub(crate) secret_access_key: &'a str,
-    pub(crate) session_token: Option<&'a str>,
+    pub(crate) keys: &'a crate::aws_sign::AwsKeys,
 }
 
 impl S3Uploads {
@@ -48,13 +46,7 @@ impl S3Uploads {
             virtual_host: access.virtual_host || access.endpoint.is_none(),
             endpoint,
             bucket: access.bucket.to_owned(),
-            signer: AwsSigner::new(
-                "s3",
-                access.region,
-                access.access_key_id,
-                access.secret_access_key,
-                access.session_token,
-            ),
+            signer: AwsSigner::new("s3", access.region, access.keys),
         }
     }
 

@@ -48,11 +48,7 @@ impl Sqs {
         let display = secrets::redact(url).into_owned();
         let spec = stores.spec_for(url).cloned().unwrap_or_default();
         let env = stores.env();
-        let region = spec
-            .region
-            .clone()
-            .or_else(|| env.first(env_vars::AWS_REGION))
-            .unwrap_or_else(|| "us-east-1".to_owned());
+        let region = crate::aws_sign::region(&spec, env);
         let endpoint = match url.strip_prefix("https://") {
             Some(rest) => format!("https://{}", rest.split('/').next().unwrap_or_default()),
             None => spec
@@ -61,15 +57,7 @@ impl Sqs {
                 .or_else(|| env.first(env_vars::AWS_SQS_ENDPOINT))
                 .unwrap_or_else(|| format!("https://sqs.{region}.amazonaws.com")),
         };
-        let access_key = spec
-            .access_key_id
-            .clone()
-            .or_else(|| env.first(env_vars::AWS_ACCESS_KEY_ID));
-        let secret_key = spec
-            .secret_access_key
-            .clone()
-            .or_else(|| env.first(env_vars::AWS_SECRET_ACCESS_KEY));
-        let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
+        let Some(keys) = crate::aws_sign::AwsKeys::of(&spec, env) else {
             return Err(StepError::new(
                 ErrorClass::Fatal,
                 format!(
@@ -77,23 +65,9 @@ impl Sqs {
                 ),
             ));
         };
-        secrets::register(&secret_key);
-        let session_token = spec
-            .session_token
-            .clone()
-            .or_else(|| env.first(env_vars::AWS_SESSION_TOKEN));
-        if let Some(token) = &session_token {
-            secrets::register(token);
-        }
         Ok(Self {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
-            signer: AwsSigner::new(
-                "sqs",
-                &region,
-                &access_key,
-                &secret_key,
-                session_token.as_deref(),
-            ),
+            signer: AwsSigner::new("sqs", &region, &keys),
             region,
             urls: Mutex::new(HashMap::new()),
         })

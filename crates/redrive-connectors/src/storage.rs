@@ -462,37 +462,18 @@ impl Stores {
             return None;
         };
         let spec = self.spec_for(url).cloned().unwrap_or_default();
-        let env = &self.env;
-        let region = spec
-            .region
-            .clone()
-            .or_else(|| env.first(env_vars::AWS_REGION))
-            .unwrap_or_else(|| "us-east-1".to_owned());
+        let keys = crate::aws_sign::AwsKeys::of(&spec, &self.env)?;
         let endpoint = spec
             .endpoint
             .clone()
-            .or_else(|| env.first(env_vars::AWS_S3_ENDPOINT));
-        let access_key_id = spec
-            .access_key_id
-            .clone()
-            .or_else(|| env.first(env_vars::AWS_ACCESS_KEY_ID))?;
-        let secret_access_key = spec
-            .secret_access_key
-            .clone()
-            .or_else(|| env.first(env_vars::AWS_SECRET_ACCESS_KEY))?;
-        let session_token = spec
-            .session_token
-            .clone()
-            .or_else(|| env.first(env_vars::AWS_SESSION_TOKEN));
+            .or_else(|| self.env.first(env_vars::AWS_S3_ENDPOINT));
         Some(crate::s3_uploads::S3Uploads::new(
             &crate::s3_uploads::S3Access {
                 bucket: &bucket,
-                region: &region,
+                region: &crate::aws_sign::region(&spec, &self.env),
                 endpoint: endpoint.as_deref(),
                 virtual_host: spec.virtual_host_style,
-                access_key_id: &access_key_id,
-                secret_access_key: &secret_access_key,
-                session_token: session_token.as_deref(),
+                keys: &keys,
             },
         ))
     }
@@ -760,10 +741,7 @@ impl Stores {
             }
             Target::S3 { bucket, .. } => {
                 let spec = spec.cloned().unwrap_or_default();
-                let region = spec
-                    .region
-                    .or_else(|| env.first(env_vars::AWS_REGION))
-                    .unwrap_or_else(|| "us-east-1".to_owned());
+                let region = crate::aws_sign::region(&spec, env);
                 let mut builder = services::S3::default().bucket(bucket).region(&region);
                 if let Some(endpoint) = spec
                     .endpoint

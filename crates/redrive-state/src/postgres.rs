@@ -348,6 +348,11 @@ fn limit_of(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Adds top-level items (`$1` keys, `$2` fields as JSON); a known key is ignored.
+const INSERT_TOP: &str = "INSERT INTO items (key, fields)
+     SELECT k, f::jsonb FROM UNNEST($1::text[], $2::text[]) AS t(k, f)
+     ON CONFLICT (key) WHERE parent IS NULL DO NOTHING";
+
 /// The item a transition changes.
 fn transition_item(transition: &Transition) -> ItemId {
     match transition {
@@ -429,32 +434,24 @@ impl StateStore for PostgresStateStore {
 
     async fn insert(&self, items: Vec<NewItem>) -> Result<u64, StateError> {
         let (keys, fields) = columns(items).map_err(|e| self.failed(e))?;
-        let done = sqlx::query(
-            "INSERT INTO items (key, fields)
-             SELECT k, f::jsonb FROM UNNEST($1::text[], $2::text[]) AS t(k, f)
-             ON CONFLICT (key) WHERE parent IS NULL DO NOTHING",
-        )
-        .bind(keys)
-        .bind(fields)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.failed(e))?;
+        let done = sqlx::query(INSERT_TOP)
+            .bind(keys)
+            .bind(fields)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(done.rows_affected())
     }
 
     async fn insert_reporting(&self, items: Vec<NewItem>) -> Result<Inserted, StateError> {
         let (keys, fields) = columns(items).map_err(|e| self.failed(e))?;
-        let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO items (key, fields)
-             SELECT k, f::jsonb FROM UNNEST($1::text[], $2::text[]) AS t(k, f)
-             ON CONFLICT (key) WHERE parent IS NULL DO NOTHING
-             RETURNING key",
-        )
-        .bind(&keys)
-        .bind(&fields)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.failed(e))?;
+        let inserted: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{INSERT_TOP} RETURNING key")))
+                .bind(&keys)
+                .bind(&fields)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.failed(e))?;
         let added = inserted.len() as u64;
         if added == keys.len() as u64 {
             return Ok(Inserted {

@@ -532,24 +532,7 @@ impl StateStore for SqliteStateStore {
     }
 
     async fn insert(&self, items: Vec<NewItem>) -> Result<u64, StateError> {
-        let mut rows = Vec::with_capacity(items.len());
-        for item in items {
-            let fields =
-                serde_json::to_string(&item.fields).map_err(|e| self.failed(e.to_string()))?;
-            rows.push((item.key, fields));
-        }
-        self.write(Box::new(move |tx| {
-            let mut statement = tx.prepare_cached(&format!(
-                "INSERT OR IGNORE INTO items (key, fields, created_at, updated_at)
-                 VALUES (?1, ?2, {NOW}, {NOW})"
-            ))?;
-            let mut added = 0;
-            for (key, fields) in &rows {
-                added += statement.execute(params![key, fields])? as u64;
-            }
-            Ok(added)
-        }))
-        .await
+        Ok(self.insert_reporting(items).await?.added)
     }
 
     async fn insert_reporting(&self, items: Vec<NewItem>) -> Result<Inserted, StateError> {
