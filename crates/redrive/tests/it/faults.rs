@@ -452,11 +452,13 @@ fn put_objects(bucket: &str, n: usize) {
     });
 }
 
-/// A GET that answers 200 with the whole Content-Length, sends half the body and closes, every
-/// time: the item fails within its retries, in seconds, and nothing is written.
-#[test]
-fn a_body_cut_short_fails_the_item_instead_of_hanging() {
-    let bucket = unique("rd-cut");
+/// A bucket holding `in/f0000.txt` and `in/f0001.txt` behind a proxy that answers every GET of
+/// the first with `answer()` (the count of those GETs is returned) and forwards the rest.
+fn first_object_broken(
+    prefix: &str,
+    answer: impl Fn() -> Action + Send + Sync + 'static,
+) -> (String, Proxy, Arc<AtomicUsize>) {
+    let bucket = unique(prefix);
     create_bucket(&bucket);
     put_objects(&bucket, 2);
     let gets = Arc::new(AtomicUsize::new(0));
@@ -464,10 +466,29 @@ fn a_body_cut_short_fails_the_item_instead_of_hanging() {
     let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
         if request.method == "GET" && request.path.contains("/in/f0000.txt") {
             count.fetch_add(1, Ordering::SeqCst);
-            return Action::Truncate;
+            return answer();
         }
         Action::Forward
     });
+    (bucket, proxy, gets)
+}
+
+/// The broken object's item failed with an error `LIKE` `like`, nothing was written for it,
+/// and the other object was copied whole.
+fn assert_first_failed(t: &TestContext, stderr: &str, like: &str, what: &str) {
+    let error = t.count(&format!(
+        "SELECT count(*) FROM items WHERE status = 'failed' AND error LIKE '{like}'"
+    ));
+    assert_eq!(error, 1, "{stderr}");
+    assert!(!t.path("out/f0000.txt").exists(), "{what} was written");
+    assert_eq!(t.read("out/f0001.txt"), "object 1 ".repeat(100));
+}
+
+/// A GET that answers 200 with the whole Content-Length, sends half the body and closes, every
+/// time: the item fails within its retries, in seconds, and nothing is written.
+#[test]
+fn a_body_cut_short_fails_the_item_instead_of_hanging() {
+    let (bucket, proxy, gets) = first_object_broken("rd-cut", || Action::Truncate);
     let t = s3_env_at(TestContext::new(), &proxy.address);
     s3_source_plan(&t, &bucket, 2, "");
     let (code, stderr) = run_within(&t, std::time::Duration::from_secs(90));
@@ -494,15 +515,7 @@ fn a_body_cut_short_fails_the_item_instead_of_hanging() {
 /// the listing gave catches it, and nothing is written.
 #[test]
 fn a_short_body_is_not_done_when_the_listing_said_more() {
-    let bucket = unique("rd-short");
-    create_bucket(&bucket);
-    put_objects(&bucket, 2);
-    let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
-        if request.method == "GET" && request.path.contains("/in/f0000.txt") {
-            return Action::Short;
-        }
-        Action::Forward
-    });
+    let (bucket, proxy, _) = first_object_broken("rd-short", || Action::Short);
     let t = s3_env_at(TestContext::new(), &proxy.address);
     t.plan(&format!(
         r#"
@@ -523,30 +536,14 @@ retries = 1
         t.count("SELECT count(*) FROM items WHERE status = 'done'"),
         1
     );
-    let error = t.count(
-        "SELECT count(*) FROM items WHERE status = 'failed' AND error LIKE '%cut short or ran long%'",
-    );
-    assert_eq!(error, 1, "{stderr}");
-    assert!(
-        !t.path("out/f0000.txt").exists(),
-        "a short body was written"
-    );
-    assert_eq!(t.read("out/f0001.txt"), "object 1 ".repeat(100));
+    assert_first_failed(&t, &stderr, "%cut short or ran long%", "a short body");
 }
 
 /// The same short body from a source without sizes (a list of keys), with `checksum = "md5"`:
 /// the MD5 of what was read disagrees with the source's ETag, and nothing is written.
 #[test]
 fn a_short_body_fails_its_md5_against_the_source_etag() {
-    let bucket = unique("rd-shortmd5");
-    create_bucket(&bucket);
-    put_objects(&bucket, 2);
-    let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
-        if request.method == "GET" && request.path.contains("/in/f0000.txt") {
-            return Action::Short;
-        }
-        Action::Forward
-    });
+    let (bucket, proxy, _) = first_object_broken("rd-shortmd5", || Action::Short);
     let t = s3_env_at(TestContext::new(), &proxy.address);
     s3_source_plan(&t, &bucket, 2, "");
     let plan = t.read("plan.toml").replace(
@@ -557,43 +554,22 @@ fn a_short_body_fails_its_md5_against_the_source_etag() {
     t.plan(&plan);
     let (code, stderr) = run_within(&t, std::time::Duration::from_secs(90));
     assert_eq!(code, Some(1), "{stderr}");
-    let error = t.count(
-        "SELECT count(*) FROM items WHERE status = 'failed' AND error LIKE '%is not the object%'",
-    );
-    assert_eq!(error, 1, "{stderr}");
-    assert!(
-        !t.path("out/f0000.txt").exists(),
-        "a short body was written"
-    );
-    assert_eq!(t.read("out/f0001.txt"), "object 1 ".repeat(100));
+    assert_first_failed(&t, &stderr, "%is not the object%", "a short body");
 }
 
 /// A body that trickles a byte every 200 ms never trips a per-read timeout; the rate floor
 /// (`timeout = "3s"`, the default 1 KiB/s) fails each attempt after one window.
 #[test]
 fn a_trickling_body_fails_the_attempt_at_the_rate_floor() {
-    let bucket = unique("rd-trickle");
-    create_bucket(&bucket);
-    put_objects(&bucket, 2);
-    let proxy = Proxy::start(crate::common::s3_endpoint(), move |request| {
-        if request.method == "GET" && request.path.contains("/in/f0000.txt") {
-            return Action::Trickle(std::time::Duration::from_millis(200));
-        }
-        Action::Forward
+    let (bucket, proxy, _) = first_object_broken("rd-trickle", || {
+        Action::Trickle(std::time::Duration::from_millis(200))
     });
     let t = s3_env_at(TestContext::new(), &proxy.address);
     s3_source_plan(&t, &bucket, 2, "");
     let started = std::time::Instant::now();
     let (code, stderr) = run_within(&t, std::time::Duration::from_secs(90));
     assert_eq!(code, Some(1), "{stderr}");
-    let error = t.count(
-        "SELECT count(*) FROM items WHERE status = 'failed' AND error LIKE '%below the floor%'",
-    );
-    assert_eq!(error, 1, "{stderr}");
-    assert!(
-        !t.path("out/f0000.txt").exists(),
-        "a trickled body was written"
-    );
+    assert_first_failed(&t, &stderr, "%below the floor%", "a trickled body");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(45),
         "{:?}",
