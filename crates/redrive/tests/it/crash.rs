@@ -154,6 +154,20 @@ items = 8
     }
     let names = std::fs::read_dir(t.path("out")).unwrap().count();
     assert_eq!(names, n, "only the targets");
+    // Beside the state: the state, its lock and the logs folder, no log left (a clean exit);
+    // the killed copies' temporary files wait in `.partial` (at most the 8 in flight at each
+    // of the 3 kills) until a later run finds them stale.
+    let mut beside: Vec<String> = std::fs::read_dir(t.path("."))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !matches!(name.as_str(), "in" | "out" | "plan.toml"))
+        .collect();
+    beside.sort();
+    assert_eq!(beside, ["local-logs", "state.db", "state.db.lock"]);
+    let partial = std::fs::read_dir(t.path("local-logs/.partial"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(partial <= 3 * 8, "{partial} temporary files");
 }
 
 /// A `run` step killed ten times at random instants: every item's command ran, and a command
