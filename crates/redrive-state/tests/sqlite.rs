@@ -103,3 +103,87 @@ async fn a_flush_leaves_the_state_in_the_database_file() {
     assert_eq!(n, 5_000);
     drop(store);
 }
+
+/// The views a person queries (`workitems`, `files`, `failed`) show a parent with its children
+/// counted, each child with its parent's key and fields, and a failed child, not its parent.
+#[tokio::test]
+async fn the_views_show_parents_with_their_children() {
+    use redrive_core::item::{Fields, NewItem, Status};
+    use redrive_core::state::Transition;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStateStore::open(&path).unwrap();
+    store
+        .begin(&JobInfo {
+            name: "views".into(),
+            fingerprint: "f".into(),
+            earlier_fingerprints: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let item = |key: &str, n: &str| NewItem {
+        key: key.to_owned(),
+        fields: Fields::from([("n".to_owned(), n.to_owned())]),
+    };
+    store.insert(vec![item("2", "2")]).await.unwrap();
+    let parent = store.last_item().await.unwrap().unwrap().id;
+    let children = vec![item("c0", "2"), item("c1", "2"), item("c2", "2")];
+    assert_eq!(store.insert_children(parent, children).await.unwrap(), 3);
+    store.set_expanded(parent).await.unwrap();
+    let kids = store.runnable_children(parent, 0, 10).await.unwrap();
+    for (child, failed) in kids.iter().zip([false, true, false]) {
+        let id = child.id;
+        let started = Transition::Started {
+            id,
+            step: 0,
+            step_name: "copy".into(),
+        };
+        store.record(started).await.unwrap();
+        let end = if failed {
+            Transition::Failed {
+                id,
+                error: "boom".into(),
+            }
+        } else {
+            Transition::Finished {
+                id,
+                status: Status::Done,
+                bytes: 5,
+                reason: None,
+                output: None,
+            }
+        };
+        store.record(end).await.unwrap();
+    }
+    let error = "1 of 3 children failed".to_owned();
+    store
+        .record(Transition::Failed { id: parent, error })
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let row: (i64, i64, i64, String) = connection
+        .query_row(
+            "SELECT files_total, files_failed, bytes, error FROM workitems WHERE key = '2'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(row, (3, 1, 10, "1 of 3 children failed".to_owned()));
+    let inherited: String = connection
+        .query_row(
+            "SELECT json_extract(fields, '$.n') FROM files WHERE workitem = '2' AND key = 'c2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(inherited, "2");
+    let failed: (i64, String) = connection
+        .query_row("SELECT count(*), max(key) FROM failed", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(failed, (1, "c1".to_owned()), "the child, not its parent");
+}

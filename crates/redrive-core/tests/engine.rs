@@ -1,10 +1,9 @@
-//! The engine over a real SQLite state, with fake sources and steps (pure engine behaviour:
+//! The engine over the in-memory state store, with fake sources and steps (pure engine behaviour:
 //! retries, classes, concurrency, ordering of transitions and side effects).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,10 +18,10 @@ use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::item::{Fields, Status};
 use redrive_core::retry::Backoff;
 use redrive_core::source::{Source, SourceError};
+use redrive_core::state::memory::MemoryStateStore;
 use redrive_core::state::{JobInfo, StateStore};
 use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::{Template, TemplateError};
-use redrive_state::SqliteStateStore;
 
 #[derive(Debug)]
 struct Numbers {
@@ -95,25 +94,23 @@ impl Step for Flaky {
     }
 }
 
-/// Checks, from its own connection, that the previous step's completion is committed.
+/// Checks, in the state, that the previous step's completion is recorded.
 #[derive(Debug)]
 struct SeesCommittedStep {
-    db: PathBuf,
+    store: Arc<MemoryStateStore>,
     violations: AtomicUsize,
 }
 
 #[async_trait]
 impl Step for SeesCommittedStep {
     async fn run(&self, fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
-        let connection = rusqlite::Connection::open(&self.db).unwrap();
-        let (step, status): (i64, String) = connection
-            .query_row(
-                "SELECT step_index, status FROM items WHERE key = ?1",
-                [&fields["n"]],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+        let running = self
+            .store
+            .items_with_status(Status::Running, 0, usize::MAX)
+            .await
             .unwrap();
-        if (step, status.as_str()) != (1, "running") {
+        let item = running.iter().find(|i| i.key == fields["n"]);
+        if item.map(|i| i.step) != Some(1) {
             self.violations.fetch_add(1, Ordering::SeqCst);
         }
         Ok(Outcome::done(0))
@@ -125,15 +122,11 @@ impl Step for SeesCommittedStep {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
-    db: PathBuf,
-    store: Arc<SqliteStateStore>,
+    store: Arc<MemoryStateStore>,
 }
 
 async fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("state.db");
-    let store = Arc::new(SqliteStateStore::open(&db).unwrap());
+    let store = Arc::new(MemoryStateStore::new());
     store
         .begin(&JobInfo {
             name: "e".into(),
@@ -142,11 +135,7 @@ async fn setup() -> Setup {
         })
         .await
         .unwrap();
-    Setup {
-        _dir: dir,
-        db,
-        store,
-    }
+    Setup { store }
 }
 
 fn options(concurrency: usize, retries: u32) -> RunOptions {
@@ -168,7 +157,7 @@ fn options(concurrency: usize, retries: u32) -> RunOptions {
 }
 
 async fn run(
-    store: &Arc<SqliteStateStore>,
+    store: &Arc<MemoryStateStore>,
     source: Numbers,
     steps: Vec<Arc<dyn Step>>,
     options: RunOptions,
@@ -323,7 +312,7 @@ async fn concurrency_is_bounded() {
 async fn each_step_completion_is_committed_before_the_next_step_runs() {
     let s = setup().await;
     let check = Arc::new(SeesCommittedStep {
-        db: s.db.clone(),
+        store: Arc::clone(&s.store),
         violations: AtomicUsize::new(0),
     });
     let first = Flaky::new(0, ErrorClass::Transient);
@@ -503,7 +492,7 @@ fn expand_pipeline(
 }
 
 async fn run_pipeline(
-    store: &Arc<SqliteStateStore>,
+    store: &Arc<MemoryStateStore>,
     pipeline: Arc<Pipeline>,
     options: RunOptions,
 ) -> RunReport {
@@ -544,35 +533,38 @@ async fn parents_expand_into_children_that_inherit_their_fields() {
         step.max_in_flight.load(Ordering::SeqCst) <= 3 * 2,
         "items × per_item"
     );
-    let connection = rusqlite::Connection::open(&s.db).unwrap();
-    let (files_total, files_failed, error): (i64, i64, String) = connection
-        .query_row(
-            "SELECT files_total, files_failed, error FROM workitems WHERE key = '2'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
+    let failed_parents = s.store.parents(&[Status::Failed], 10).await.unwrap();
+    let (parent, counts) = failed_parents
+        .iter()
+        .find(|(p, _)| p.key == "2")
+        .expect("parent 2 failed");
     assert_eq!(
-        (files_total, files_failed, error.as_str()),
-        (10, 1, "1 of 10 children failed")
+        (counts.total, counts.failed, parent.error.as_deref()),
+        (10, 1, Some("1 of 10 children failed"))
     );
-    let inherited: String = connection
-        .query_row(
-            "SELECT json_extract(fields, '$.n') FROM files WHERE workitem = '3' AND key = 'c4'",
-            [],
-            |r| r.get(0),
-        )
+    let done = s
+        .store
+        .items_with_status(Status::Done, 0, usize::MAX)
+        .await
         .unwrap();
-    assert_eq!(inherited, "3");
-    let (failed_rows, failed_key): (i64, String) = connection
-        .query_row("SELECT count(*), max(key) FROM failed", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
+    let c4 = done
+        .iter()
+        .find(|i| i.parent_key.as_deref() == Some("3") && i.key == "c4")
+        .expect("child c4 of parent 3 done");
     assert_eq!(
-        (failed_rows, failed_key.as_str()),
-        (1, "c1"),
-        "the failed view lists the child, not its parent"
+        c4.fields["n"], "3",
+        "the child inherits its parent's fields"
+    );
+    let failed = s
+        .store
+        .items_with_status(Status::Failed, 0, usize::MAX)
+        .await
+        .unwrap();
+    let failed: Vec<&str> = failed.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        failed,
+        ["c1"],
+        "the failed list names the child, not its parent"
     );
     assert_eq!(
         children.calls.load(Ordering::SeqCst),
