@@ -24,6 +24,11 @@ if small:
             if s:
                 rows.append((f"small objects, {label}: redrive vs {contender}",
                              f"{s['redrive_speedup']:.2f}×", f"≥ {target}×", s["redrive_speedup"] >= target))
+local = load("local-copy")
+if local:
+    for s in local["summary"]:
+        rows.append((f"local → local small files, {s['in_flight']} in flight: redrive vs rclone",
+                     f"{s['redrive_vs_rclone']:.2f}×", "≥ 1.5×", s["redrive_vs_rclone"] >= 1.5))
 engine = load("engine-overhead")
 if engine:
     r = engine["summary"]["redrive"]

@@ -12,6 +12,7 @@ pub mod diff;
 #[doc(hidden)]
 pub mod fuzz;
 mod http_client;
+mod local_file;
 pub mod plan;
 mod queue;
 mod response;

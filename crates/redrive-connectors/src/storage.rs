@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::local_file::{LocalDirs, LocalFile};
+
 use opendal::{ErrorKind, Operator, services};
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::job::StoreSpec;
@@ -230,6 +232,9 @@ pub struct Location {
     pub local: bool,
     /// The slowest a body read from or written to it may move.
     pub floor: RateFloor,
+    /// For a local file: its path, and (for a write) where its temporary file goes and its
+    /// file system's group sync (see `local_file`).
+    pub(crate) file: Option<LocalFile>,
 }
 
 /// The slowest a body may move: fewer than `bytes_per_s × window` bytes over a whole `window`
@@ -317,6 +322,8 @@ pub struct Stores {
     /// Where local copies are written before they are renamed into place (see
     /// [`Stores::with_partial_dir`]).
     partial: Option<Partial>,
+    /// Local target folders seen (for local → local copies).
+    local_dirs: LocalDirs,
 }
 
 /// redrive's own folder for local files being written: a copy cut off by a crash leaves its
@@ -439,6 +446,7 @@ impl Stores {
             env,
             cache: Mutex::new(HashMap::new()),
             partial: None,
+            local_dirs: LocalDirs::default(),
         }
     }
 
@@ -497,6 +505,10 @@ impl Stores {
             return Err(StorageError::Unaddressable { url: display, why });
         }
         let spec = self.spec_for(url);
+        let file = match &target {
+            Target::Local(file) => Some(self.local_file(file, write, &display)?),
+            _ => None,
+        };
         let (cache_key, path, local) = match &target {
             Target::Local(file) if write => {
                 let dir = file.parent().unwrap_or(Path::new("/"));
@@ -537,6 +549,7 @@ impl Stores {
                 display,
                 local,
                 floor: RateFloor::of(spec),
+                file,
             });
         }
         // Every call has a deadline: a stalled server fails the call (a temporary error)
@@ -571,7 +584,39 @@ impl Stores {
             display,
             local,
             floor: RateFloor::of(spec),
+            file,
         })
+    }
+
+    /// A local file as the copy step reaches it: for a write, its folder is created and its
+    /// temporary files' folder found (once per folder).
+    fn local_file(
+        &self,
+        file: &Path,
+        write: bool,
+        display: &str,
+    ) -> Result<LocalFile, StorageError> {
+        if !write {
+            return Ok(LocalFile::read(file));
+        }
+        self.local_dirs
+            .target(file, |dir| {
+                std::fs::create_dir_all(dir)?;
+                Ok(self
+                    .partial
+                    .as_ref()
+                    .and_then(|partial| partial.for_target(dir))
+                    .unwrap_or(dir)
+                    .to_path_buf())
+            })
+            .map_err(|e| StorageError::Config {
+                url: display.to_owned(),
+                source: opendal::Error::new(
+                    ErrorKind::Unexpected,
+                    "cannot create the target directory",
+                )
+                .set_source(e),
+            })
     }
 
     /// The environment captured when the plan was built.

@@ -86,10 +86,22 @@ fn the_s1_job_killed_twenty_times_at_random_instants_loses_and_overwrites_nothin
 }
 
 /// Local copies killed with -9 while in flight: the target folder holds only finished targets
-/// (a copy's temporary file is in the logs folder's `.partial`, not beside the targets, where
-/// it used to stay forever), and the resumed run completes every target whole.
+/// (a create-only copy writes a file without a name, which dies with the process; it used to
+/// leave a temporary file beside the targets forever), and the resumed run completes every
+/// target whole.
 #[test]
 fn a_killed_local_copy_leaves_nothing_in_the_target_folder() {
+    killed_local_copies("skip", 0);
+}
+
+/// The same with `if_exists = "overwrite"`: a copy's temporary file is in the logs folder's
+/// `.partial` (at most the 8 in flight at each of the 3 kills), never beside the targets.
+#[test]
+fn a_killed_overwriting_local_copy_leaves_nothing_in_the_target_folder() {
+    killed_local_copies("overwrite", 3 * 8);
+}
+
+fn killed_local_copies(if_exists: &str, most_partial: usize) {
     let t = crate::common::TestContext::new();
     let n = 24;
     let body = |i: usize| format!("{i:08} ").repeat(800_000);
@@ -105,10 +117,11 @@ state = "state.db"
 glob = "in/*.bin"
 key = "{name}"
 [[step]]
-copy = { from = "{path}", to = "out/{name}", part_size = "1MiB" }
+copy = { from = "{path}", to = "out/{name}", part_size = "1MiB", if_exists = "IF_EXISTS" }
 [limits]
 items = 8
-"#,
+"#
+        .replace("IF_EXISTS", if_exists),
     );
     for round in 0..3 {
         let mut child = t
@@ -155,8 +168,8 @@ items = 8
     let names = std::fs::read_dir(t.path("out")).unwrap().count();
     assert_eq!(names, n, "only the targets");
     // Beside the state: the state, its lock and the logs folder, no log left (a clean exit);
-    // the killed copies' temporary files wait in `.partial` (at most the 8 in flight at each
-    // of the 3 kills) until a later run finds them stale.
+    // the killed copies' temporary files, if any, wait in `.partial` until a later run finds
+    // them stale.
     let mut beside: Vec<String> = std::fs::read_dir(t.path("."))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -167,7 +180,7 @@ items = 8
     let partial = std::fs::read_dir(t.path("local-logs/.partial"))
         .map(|d| d.count())
         .unwrap_or(0);
-    assert!(partial <= 3 * 8, "{partial} temporary files");
+    assert!(partial <= most_partial, "{partial} temporary files");
 }
 
 /// A `run` step killed ten times at random instants: every item's command ran, and a command

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use self::config::{CopySpec, IfExists};
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{FutureExt as _, TryStreamExt};
 use opendal::ErrorKind;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
@@ -26,6 +26,7 @@ use redrive_core::template::TemplateError;
 use crate::checksum::{Hasher, PartMd5s, StoreMd5, hex, store_md5};
 use tokio::sync::mpsc;
 
+use crate::local_file::{self, Copied, LocalCopy, LocalFile};
 use crate::storage::{Location, Stores, step_error};
 use crate::upload::Upload;
 
@@ -277,6 +278,26 @@ async fn transfer(
     }
 }
 
+/// [`local_file::copy`] as a transfer.
+async fn local_transfer(
+    source: LocalFile,
+    target: LocalFile,
+    how: LocalCopy,
+    cancelled: Arc<AtomicBool>,
+    progress: mpsc::UnboundedSender<u64>,
+) -> Result<Transferred, Failure> {
+    match local_file::copy(source, target, how, cancelled, progress).await {
+        Ok(Copied::Exists) => Err(Failure::Exists),
+        Ok(Copied::Written(bytes, hasher)) => Ok(Transferred {
+            bytes,
+            metadata: opendal::MetadataBuilder::file(bytes).build(),
+            hasher,
+            parts: None,
+        }),
+        Err(error) => Err(Failure::Step(error)),
+    }
+}
+
 /// The body read is not as long as the source listed: the object may have changed since it
 /// was listed (its size now says so: fine), or the body was cut short or ran long (an error,
 /// tried again).
@@ -460,20 +481,39 @@ impl Step for CopyStep {
         let cancelled = Arc::new(AtomicBool::new(false));
         let (progress, mut moved) = mpsc::unbounded_channel();
         // The task reports throttled storage calls to this step's limit, as the step would.
-        let task = tokio::spawn(cx.throttle.clone().scope_owned(transfer(
-            source.clone(),
-            target.clone(),
-            Transfer {
-                part_size: self.spec.part_size,
-                parts: self.spec.parts,
-                create_only,
-                content_type,
-                checksum: self.spec.checksum,
-                size,
-            },
-            Arc::clone(&cancelled),
-            progress,
-        )));
+        let work = match (&source.file, &target.file) {
+            // Local to local: plain file system calls, made durable in groups.
+            (Some(from), Some(to)) => local_transfer(
+                from.clone(),
+                to.clone(),
+                LocalCopy {
+                    create_only,
+                    checksum: self.spec.checksum,
+                    size,
+                    source_display: source.display.clone(),
+                    target_display: target.display.clone(),
+                },
+                Arc::clone(&cancelled),
+                progress,
+            )
+            .boxed(),
+            _ => transfer(
+                source.clone(),
+                target.clone(),
+                Transfer {
+                    part_size: self.spec.part_size,
+                    parts: self.spec.parts,
+                    create_only,
+                    content_type,
+                    checksum: self.spec.checksum,
+                    size,
+                },
+                Arc::clone(&cancelled),
+                progress,
+            )
+            .boxed(),
+        };
+        let task = tokio::spawn(cx.throttle.clone().scope_owned(work));
         let mut guard = CancelOnDrop {
             cancelled,
             task: Some(task),

@@ -1,0 +1,568 @@
+//! Local → local copies, each a few plain file system calls in one blocking task, made
+//! durable in groups.
+//!
+//! OpenDAL's fs service sends each of its file system calls through tokio's blocking pool
+//! (create the folder, check the target, open, write, flush, fsync, rename, stat: about ten
+//! hand-offs, and an `fsync`, per file). For small files those hand-offs are the copy's whole
+//! cost, and they grow worse with concurrency. Here a copy is:
+//!
+//! 1. in one blocking task: stop if a create-only target exists; write the bytes to a new
+//!    file without a name (`O_TMPFILE`) in the target's folder — or, to overwrite a target
+//!    or where the file system cannot, to a temporary file in redrive's partial folder;
+//! 2. a group sync: one `syncfs` makes every temporary file written before it durable, for all
+//!    the copies waiting at once;
+//! 3. in one blocking task: give the file the target's name (`linkat`, which refuses an
+//!    existing name), or rename the temporary file (refusing to replace one,
+//!    `RENAME_NOREPLACE`, unless the plan overwrites);
+//! 4. a group sync again, so the name is durable too before the item is recorded done.
+//!
+//! So an item recorded done has its bytes and its name on disk, at the cost of two shared
+//! `syncfs` calls per group of copies in flight instead of an `fsync` per file; and a copy
+//! cut off by a crash leaves nothing (a file without a name is gone with the process) or a
+//! `.partial` file in redrive's own folder, never a stray file beside the targets.
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redrive_core::error::{ErrorClass, StepError};
+use tokio::sync::mpsc;
+
+use crate::checksum::Hasher;
+
+/// A local file a copy reads or writes.
+#[derive(Clone, Debug)]
+pub(crate) struct LocalFile {
+    /// Its absolute path.
+    pub path: PathBuf,
+    /// Where a write puts its temporary file (a folder on the same file system).
+    pub temp_dir: PathBuf,
+    /// The group sync of the file system it is on (for writes).
+    pub sync: Option<Arc<GroupSync>>,
+}
+
+/// Makes files durable in groups: [`GroupSync::barrier`] returns once a `syncfs` that
+/// started after it was called has finished, and one `syncfs` serves every caller waiting.
+#[derive(Debug)]
+pub(crate) struct GroupSync {
+    /// Any descriptor on the file system (its folder).
+    fd: std::fs::File,
+    /// One sync at a time; callers queue here (first come, first served).
+    turn: tokio::sync::Mutex<()>,
+    /// Barriers asked for so far (a ticket each).
+    asked: AtomicU64,
+    /// Every ticket up to this one is covered by a finished sync.
+    covered: AtomicU64,
+    /// Syncs run (for tests).
+    runs: AtomicU64,
+}
+
+impl GroupSync {
+    fn open(dir: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            fd: std::fs::File::open(dir)?,
+            turn: tokio::sync::Mutex::new(()),
+            asked: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
+        })
+    }
+
+    /// Waits until everything written before this call is durable.
+    pub(crate) async fn barrier(self: &Arc<Self>) -> std::io::Result<()> {
+        let ticket = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.turn.lock().await;
+        if self.covered.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every ticket handed out until now is written before this sync starts.
+        let upto = self.asked.load(Ordering::SeqCst);
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || rustix::fs::syncfs(&this.fd))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.covered.fetch_max(upto, Ordering::SeqCst);
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The local target folders seen: where their temporary files go, and the group sync of
+/// each file system (one per device).
+#[derive(Debug, Default)]
+pub(crate) struct LocalDirs {
+    folders: Mutex<HashMap<PathBuf, Folder>>,
+    syncs: Mutex<HashMap<u64, Arc<GroupSync>>>,
+}
+
+#[derive(Clone, Debug)]
+struct Folder {
+    temp_dir: PathBuf,
+    sync: Option<Arc<GroupSync>>,
+}
+
+/// Bound on the folders remembered; past it the memory starts over.
+const FOLDERS: usize = 4096;
+
+impl LocalDirs {
+    /// `file` as a copy's target. The first time its folder is seen, `prepare` creates it and
+    /// says where its temporary files go.
+    pub(crate) fn target(
+        &self,
+        file: &Path,
+        prepare: impl FnOnce(&Path) -> std::io::Result<PathBuf>,
+    ) -> std::io::Result<LocalFile> {
+        let dir = file.parent().unwrap_or(Path::new("/"));
+        let known = self.folders.lock().ok().and_then(|f| f.get(dir).cloned());
+        let folder = match known {
+            Some(folder) => folder,
+            None => {
+                let folder = Folder {
+                    temp_dir: prepare(dir)?,
+                    sync: self.sync_of(dir),
+                };
+                if let Ok(mut folders) = self.folders.lock() {
+                    if folders.len() >= FOLDERS {
+                        folders.clear();
+                    }
+                    folders.insert(dir.to_path_buf(), folder.clone());
+                }
+                folder
+            }
+        };
+        Ok(LocalFile {
+            path: file.to_path_buf(),
+            temp_dir: folder.temp_dir,
+            sync: folder.sync,
+        })
+    }
+
+    /// The group sync of the file system `dir` is on.
+    fn sync_of(&self, dir: &Path) -> Option<Arc<GroupSync>> {
+        use std::os::unix::fs::MetadataExt as _;
+        let device = std::fs::metadata(dir).ok()?.dev();
+        let mut syncs = self.syncs.lock().ok()?;
+        if let Some(sync) = syncs.get(&device) {
+            return Some(Arc::clone(sync));
+        }
+        let sync = Arc::new(GroupSync::open(dir).ok()?);
+        syncs.insert(device, Arc::clone(&sync));
+        Some(sync)
+    }
+}
+
+impl LocalFile {
+    /// A file to read.
+    pub(crate) fn read(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            temp_dir: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            sync: None,
+        }
+    }
+}
+
+/// How one local copy goes.
+pub(crate) struct LocalCopy {
+    pub create_only: bool,
+    pub checksum: Option<crate::checksum::Checksum>,
+    /// The size the source listed.
+    pub size: Option<u64>,
+    /// Shown in messages.
+    pub source_display: String,
+    pub target_display: String,
+}
+
+/// What a local copy did.
+pub(crate) enum Copied {
+    /// The target exists and the copy is create-only: nothing was written.
+    Exists,
+    /// Written: bytes, and the checksum when one was asked.
+    Written(u64, Option<Hasher>),
+}
+
+/// Bytes read and written at a time.
+const CHUNK: usize = 1024 * 1024;
+
+/// Copies `source` to `target` (see the module's documentation).
+pub(crate) async fn copy(
+    source: LocalFile,
+    target: LocalFile,
+    how: LocalCopy,
+    cancelled: Arc<AtomicBool>,
+    progress: mpsc::UnboundedSender<u64>,
+) -> Result<Copied, StepError> {
+    let how = Arc::new(how);
+    let (src, dst, job) = (source.path.clone(), target.clone(), Arc::clone(&how));
+    let written = blocking(move || write_temp(&src, &dst, &job, &cancelled, &progress)).await?;
+    let Some((pending, bytes, hasher)) = written else {
+        return Ok(Copied::Exists);
+    };
+    let durable = |what: &'static str| {
+        let sync = target.sync.clone();
+        let how = Arc::clone(&how);
+        async move {
+            let Some(sync) = sync else { return Ok(()) };
+            sync.barrier().await.map_err(|error| {
+                io_error(
+                    format!("cannot make `{}` durable ({what})", how.target_display),
+                    error,
+                )
+            })
+        }
+    };
+    if let Err(error) = durable("its bytes").await {
+        pending.discard();
+        return Err(error);
+    }
+    let (job, to) = (Arc::clone(&how), target.path.clone());
+    if !blocking(move || commit(pending, &to, &job)).await? {
+        return Ok(Copied::Exists);
+    }
+    durable("its name").await?;
+    Ok(Copied::Written(bytes, hasher))
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StepError> + Send + 'static,
+) -> Result<T, StepError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StepError::permanent(format!("a local copy stopped: {e}")))?
+}
+
+fn io_error(what: String, error: std::io::Error) -> StepError {
+    use std::io::ErrorKind::{NotFound, PermissionDenied, ReadOnlyFilesystem, StorageFull};
+    let class = match error.kind() {
+        NotFound | PermissionDenied | ReadOnlyFilesystem => ErrorClass::Permanent,
+        StorageFull => ErrorClass::Fatal,
+        _ => ErrorClass::Transient,
+    };
+    StepError::new(class, format!("{what}: {error}")).with_source(error)
+}
+
+/// Writes the source to a new temporary file; `None` when a create-only target exists.
+fn write_temp(
+    source: &Path,
+    target: &LocalFile,
+    how: &LocalCopy,
+    cancelled: &AtomicBool,
+    progress: &mpsc::UnboundedSender<u64>,
+) -> Result<Option<(Pending, u64, Option<Hasher>)>, StepError> {
+    if how.create_only && std::fs::symlink_metadata(&target.path).is_ok() {
+        return Ok(None);
+    }
+    let read_error = |e| io_error(format!("cannot read `{}`", how.source_display), e);
+    let mut input = std::fs::File::open(source).map_err(read_error)?;
+    let pending = create(target, how.create_only)
+        .or_else(|e| {
+            // The folder went away (removed by hand): make it again, once.
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            if let Some(dir) = target.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::create_dir_all(&target.temp_dir)?;
+            create(target, how.create_only)
+        })
+        .map_err(|e| io_error(format!("cannot write `{}`", how.target_display), e))?;
+    let mut output = match &pending {
+        Pending::Unnamed(file) => file,
+        Pending::Named(file, _) => file,
+    };
+    let fail = |error: StepError| {
+        pending.discard();
+        error
+    };
+    let mut hasher = how.checksum.map(Hasher::new);
+    // A buffer the size of the file (as listed) for small files: one read, one write.
+    let wanted = how.size.map_or(CHUNK, |s| {
+        usize::try_from(s).unwrap_or(CHUNK).saturating_add(1)
+    });
+    let mut buffer = vec![0u8; wanted.clamp(4096, CHUNK)];
+    let mut bytes = 0u64;
+    loop {
+        if cancelled.load(Ordering::SeqCst) {
+            return Err(fail(StepError::new(ErrorClass::Transient, "cancelled")));
+        }
+        let n = match input.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(fail(read_error(e))),
+        };
+        let chunk = &buffer[..n];
+        if let Some(hasher) = &mut hasher {
+            hasher.update(chunk);
+        }
+        output.write_all(chunk).map_err(|e| {
+            fail(io_error(
+                format!("cannot write `{}`", how.target_display),
+                e,
+            ))
+        })?;
+        bytes += n as u64;
+        let _ = progress.send(n as u64);
+    }
+    // A file system without a group sync (its folder cannot be opened): this file alone.
+    if target.sync.is_none() {
+        output.sync_data().map_err(|e| {
+            fail(io_error(
+                format!("cannot write `{}`", how.target_display),
+                e,
+            ))
+        })?;
+    }
+    // A file that changed size since it was listed is copied as it is now, said at -v.
+    if let Some(listed) = how.size
+        && listed != bytes
+    {
+        tracing::debug!(source = %how.source_display, read = bytes, listed, "The file changed since it was listed.");
+    }
+    Ok(Some((pending, bytes, hasher)))
+}
+
+/// A file written, not yet under the target's name.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// Without a name (`O_TMPFILE`): nothing is left of it if the process dies.
+    Unnamed(std::fs::File),
+    /// A temporary file (in redrive's partial folder, or beside the target).
+    Named(std::fs::File, PathBuf),
+}
+
+impl Pending {
+    fn discard(&self) {
+        if let Pending::Named(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Files without a name are linked into place through `/proc/self/fd` (linking the
+/// descriptor itself needs a capability a user does not have).
+fn unnamed_files() -> bool {
+    static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+}
+
+/// A new file to write the copy to.
+fn create(target: &LocalFile, create_only: bool) -> std::io::Result<Pending> {
+    use rustix::fs::{Mode, OFlags};
+    if create_only && unnamed_files() {
+        let dir = target.path.parent().unwrap_or(Path::new("/"));
+        let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+        match rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::from_raw_mode(0o666)) {
+            Ok(fd) => return Ok(Pending::Unnamed(std::fs::File::from(fd))),
+            // A file system without O_TMPFILE: a named temporary file instead.
+            Err(
+                rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::ISDIR
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::NOSYS,
+            ) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    let temp = temp_name(&target.temp_dir, &target.path);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)?;
+    Ok(Pending::Named(file, temp))
+}
+
+/// Puts the file in place; `false` when a create-only target appeared meanwhile.
+fn commit(pending: Pending, target: &Path, how: &LocalCopy) -> Result<bool, StepError> {
+    let place = || -> std::io::Result<()> {
+        let temp = match &pending {
+            Pending::Unnamed(file) => {
+                use std::os::fd::AsRawFd as _;
+                let fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+                let cwd = rustix::fs::CWD;
+                let follow = rustix::fs::AtFlags::SYMLINK_FOLLOW;
+                return rustix::fs::linkat(cwd, fd.as_str(), cwd, target, follow)
+                    .map_err(Into::into);
+            }
+            Pending::Named(_, temp) => temp.as_path(),
+        };
+        if !how.create_only {
+            return std::fs::rename(temp, target);
+        }
+        let cwd = rustix::fs::CWD;
+        match rustix::fs::renameat_with(cwd, temp, cwd, target, rustix::fs::RenameFlags::NOREPLACE)
+        {
+            Ok(()) => Ok(()),
+            // A file system without RENAME_NOREPLACE: a hard link refuses an existing name too.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                std::fs::hard_link(temp, target)?;
+                std::fs::remove_file(temp)
+            }
+            Err(errno) => Err(errno.into()),
+        }
+    };
+    let placed = place().or_else(|e| {
+        // The target's folder went away (removed by hand): make it again, once.
+        match (e.kind(), target.parent()) {
+            (std::io::ErrorKind::NotFound, Some(dir)) if !dir.exists() => {
+                std::fs::create_dir_all(dir)?;
+                place()
+            }
+            _ => Err(e),
+        }
+    });
+    match placed {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            pending.discard();
+            if how.create_only && e.kind() == std::io::ErrorKind::AlreadyExists {
+                return Ok(false);
+            }
+            Err(io_error(
+                format!("cannot write `{}`", how.target_display),
+                e,
+            ))
+        }
+    }
+}
+
+/// A new name in `dir` for a temporary copy of `target`: its name, a random part, and
+/// `.partial` (what a resumed run recognises and removes).
+fn temp_name(dir: &Path, target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Names are limited to 255 bytes: a long one is cut (at a character boundary).
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    dir.join(format!(
+        "{}.{:016x}.partial",
+        &name[..cut],
+        fastrand::u64(..)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn how(create_only: bool) -> LocalCopy {
+        LocalCopy {
+            create_only,
+            checksum: None,
+            size: None,
+            source_display: "src".into(),
+            target_display: "dst".into(),
+        }
+    }
+
+    async fn copy_to(dirs: &LocalDirs, from: &Path, to: &Path, create_only: bool) -> Copied {
+        let partial = to.parent().unwrap().parent().unwrap().join(".partial");
+        let target = dirs
+            .target(to, |dir| {
+                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(&partial)?;
+                Ok(partial.clone())
+            })
+            .unwrap();
+        let (progress, _moved) = mpsc::unbounded_channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        copy(
+            LocalFile::read(from),
+            target,
+            how(create_only),
+            cancelled,
+            progress,
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn barriers_waiting_together_share_one_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = Arc::new(GroupSync::open(dir.path()).unwrap());
+        let waits = (0..64).map(|_| sync.barrier());
+        for done in futures::future::join_all(waits).await {
+            done.unwrap();
+        }
+        // The first caller's sync covers itself; every caller queued behind it shares the next.
+        assert_eq!(sync.runs.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_create_only_copy_keeps_an_existing_target_and_leaves_no_file_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("a.txt"), dir.path().join("out/a.txt"));
+        std::fs::write(&from, "new").unwrap();
+        let dirs = LocalDirs::default();
+        assert!(matches!(
+            copy_to(&dirs, &from, &to, true).await,
+            Copied::Written(3, _)
+        ));
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "new");
+        std::fs::write(&from, "newer").unwrap();
+        assert!(matches!(
+            copy_to(&dirs, &from, &to, true).await,
+            Copied::Exists
+        ));
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "new", "kept");
+        // Overwriting replaces it, through a temporary file that is gone afterwards.
+        assert!(matches!(
+            copy_to(&dirs, &from, &to, false).await,
+            Copied::Written(5, _)
+        ));
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "newer");
+        let names = |d: &str| std::fs::read_dir(dir.path().join(d)).unwrap().count();
+        assert_eq!((names("out"), names(".partial")), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_target_folder_removed_during_a_run_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("a.txt");
+        std::fs::write(&from, "x").unwrap();
+        let dirs = LocalDirs::default();
+        let (first, second) = (dir.path().join("out/1.txt"), dir.path().join("out/2.txt"));
+        copy_to(&dirs, &from, &first, true).await;
+        std::fs::remove_dir_all(dir.path().join("out")).unwrap();
+        assert!(matches!(
+            copy_to(&dirs, &from, &second, true).await,
+            Copied::Written(1, _)
+        ));
+        assert_eq!(std::fs::read_to_string(&second).unwrap(), "x");
+    }
+
+    #[tokio::test]
+    async fn a_missing_source_is_a_permanent_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = LocalDirs::default();
+        let target = dirs
+            .target(&dir.path().join("out/a"), |d| {
+                std::fs::create_dir_all(d)?;
+                Ok(d.to_path_buf())
+            })
+            .unwrap();
+        let (progress, _moved) = mpsc::unbounded_channel();
+        let error = copy(
+            LocalFile::read(&dir.path().join("missing")),
+            target,
+            how(true),
+            Arc::new(AtomicBool::new(false)),
+            progress,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(error.class(), ErrorClass::Permanent);
+        assert!(error.to_string().contains("cannot read `src`"), "{error}");
+    }
+}
