@@ -109,7 +109,7 @@ fn killed_local_copies(if_exists: &str, most_partial: usize) {
         t.write(&format!("in/f{i:02}.bin"), body(i));
     }
     t.plan(
-        r#"
+        &r#"
 [job]
 name = "local"
 state = "state.db"
