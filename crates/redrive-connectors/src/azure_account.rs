@@ -111,6 +111,70 @@ pub(crate) fn sas(
     sas
 }
 
+/// One blob, as a request outside OpenDAL reaches it (a server-side copy).
+#[derive(Clone, Debug)]
+pub(crate) struct AzureBlob {
+    /// The account's blob endpoint, without a trailing `/`
+    /// (`https://ACCOUNT.blob.core.windows.net`, `http://127.0.0.1:10000/devstoreaccount1`).
+    pub endpoint: String,
+    pub account: String,
+    pub key: Option<String>,
+    /// Without its leading `?`.
+    pub sas: Option<String>,
+    pub container: String,
+    pub path: String,
+    /// The URL as given, secrets masked.
+    pub display: String,
+}
+
+impl AzureBlob {
+    /// The blob's URL, its name percent-encoded (its `/` kept).
+    pub(crate) fn url(&self) -> String {
+        const NAME: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'/')
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'~');
+        format!(
+            "{}/{}/{}",
+            self.endpoint,
+            self.container,
+            percent_encoding::utf8_percent_encode(&self.path, NAME)
+        )
+    }
+}
+
+/// The blob endpoint of `account`: the URL's, the `[store]` table's, the connection string's
+/// `BlobEndpoint` (or Azurite's for `UseDevelopmentStorage=true`, or its protocol and
+/// suffix), else the public cloud's.
+pub(crate) fn blob_endpoint(
+    url_endpoint: Option<&str>,
+    spec: &StoreSpec,
+    connection: &ConnectionString,
+    account: &str,
+) -> String {
+    let endpoint = url_endpoint
+        .map(str::to_owned)
+        .or_else(|| spec.endpoint.clone())
+        .or_else(|| connection.part("BlobEndpoint"))
+        .or_else(|| {
+            connection
+                .development()
+                .then(|| format!("http://127.0.0.1:10000/{account}"))
+        })
+        .unwrap_or_else(|| {
+            let protocol = connection
+                .part("DefaultEndpointsProtocol")
+                .unwrap_or_else(|| "https".to_owned());
+            let suffix = connection
+                .part("EndpointSuffix")
+                .unwrap_or_else(|| "core.windows.net".to_owned());
+            format!("{protocol}://{account}.blob.{suffix}")
+        });
+    endpoint.trim_end_matches('/').to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

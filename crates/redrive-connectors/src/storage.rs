@@ -619,6 +619,40 @@ impl Stores {
             })
     }
 
+    /// `url` as an Azure blob a request outside OpenDAL can reach (a server-side copy), with
+    /// the credentials the plan and the environment give its account; `None` for other
+    /// stores.
+    pub(crate) fn azure_blob(&self, url: &str) -> Option<azure_account::AzureBlob> {
+        let display = secrets::redact(url).into_owned();
+        let Ok(Target::Azure {
+            account,
+            endpoint,
+            container,
+            path,
+            sas,
+        }) = self.parse(url, &display)
+        else {
+            return None;
+        };
+        let spec = self.spec_for(url).cloned().unwrap_or_default();
+        let connection = azure_account::ConnectionString::of(&spec, &self.env);
+        let account = azure_account::account(account.as_deref(), &spec, &connection, &self.env)?;
+        Some(azure_account::AzureBlob {
+            endpoint: azure_account::blob_endpoint(
+                endpoint.as_deref(),
+                &spec,
+                &connection,
+                &account,
+            ),
+            key: azure_account::key(&account, &spec, &connection, &self.env),
+            sas: azure_account::sas(sas.as_deref(), &spec, &connection, &self.env),
+            account,
+            container,
+            path,
+            display,
+        })
+    }
+
     /// The environment captured when the plan was built.
     pub(crate) fn env(&self) -> &Env {
         &self.env

@@ -148,3 +148,138 @@ copy = { from = "{path}", to = "az://c/{name}" }
         "{stderr}"
     );
 }
+
+/// Azure → Azure is copied by the service (Copy Blob From URL, synchronous): through a
+/// recording proxy, no source blob is read by redrive, one PUT per object; an existing target
+/// is kept by `If-None-Match: *` (no HEAD first); the manifest says `server_side`, `bytes`
+/// counts the object sizes. A copy that sets `content_type` streams instead.
+#[test]
+fn azure_to_azure_is_copied_server_side_without_reading_the_bytes() {
+    use crate::common::AZURITE_ACCOUNT;
+    let (src, dst) = (unique("rd-sss"), unique("rd-ssd"));
+    create_container(&src);
+    create_container(&dst);
+    let (source, target) = (azure_operator(&src), azure_operator(&dst));
+    for i in 0..5 {
+        put(
+            &source,
+            &format!("in/f{i}.json"),
+            format!("body {i}").as_bytes(),
+        );
+    }
+    put(&target, "out/f1.json", b"ORIGINAL");
+    let origin = crate::common::azure_endpoint()
+        .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
+        .to_owned();
+    let proxy = crate::proxy::Proxy::start(origin, |_| crate::proxy::Action::Forward);
+    let t = TestContext::new().env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        &crate::common::azure_connection_string_at(&format!("{}/{AZURITE_ACCOUNT}", proxy.address)),
+    );
+    t.plan(&format!(
+        r#"
+[job]
+name = "server-side"
+state = "state.db"
+[source]
+list = "az://{src}/in/"
+[[step]]
+copy = {{ from = "{{url}}", to = "az://{dst}/out/{{name}}", manifest = "manifest.jsonl" }}
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    for i in [0, 2, 3, 4] {
+        assert_eq!(
+            get(&target, &format!("out/f{i}.json")).as_deref(),
+            Some(format!("body {i}").as_bytes())
+        );
+    }
+    assert_eq!(
+        get(&target, "out/f1.json").as_deref(),
+        Some(&b"ORIGINAL"[..]),
+        "the existing target is kept"
+    );
+    let requests = proxy.requests();
+    let reads: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/in/f"))
+        .collect();
+    assert!(reads.is_empty(), "redrive read source blobs: {reads:?}");
+    let puts = requests.iter().filter(|r| r.starts_with("PUT ")).count();
+    assert_eq!(puts, 5, "one request per object: {requests:?}");
+    assert!(
+        !requests.iter().any(|r| r.starts_with("HEAD ")),
+        "no HEAD before a create-only copy: {requests:?}"
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        5
+    );
+    assert_eq!(t.count("SELECT sum(bytes) FROM items"), 4 * 6);
+    let manifest = t.read("manifest.jsonl");
+    assert_eq!(manifest.lines().count(), 4, "{manifest}");
+    assert!(
+        manifest.lines().all(|l| l.contains("\"server_side\":true")),
+        "{manifest}"
+    );
+    assert!(
+        !manifest.contains("sig="),
+        "no SAS in the manifest: {manifest}"
+    );
+
+    // With a content type to set, the object is streamed (GET and PUT through redrive).
+    t.plan(&format!(
+        r#"
+[job]
+name = "streamed"
+state = "state2.db"
+[source]
+list = "az://{src}/in/"
+[[step]]
+copy = {{ from = "{{url}}", to = "az://{dst}/typed/{{name}}", content_type = "application/json" }}
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(
+        content_type(&target, "typed/f0.json").as_deref(),
+        Some("application/json")
+    );
+    let reads = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/in/f"))
+        .count();
+    assert_eq!(reads, 5, "streamed: each source read once");
+}
+
+/// `mode = "server"` fails an object that cannot be copied by the service (a local source)
+/// with a message that says how to stream it; `mode = "stream"` streams Azure → Azure.
+#[test]
+fn copy_mode_server_refuses_what_it_cannot_copy_and_stream_always_streams() {
+    let dst = unique("rd-ssm");
+    create_container(&dst);
+    let t = azure_env(TestContext::new());
+    make_inputs(&t, 1);
+    t.plan(&format!(
+        r#"
+[job]
+name = "mode"
+state = "state.db"
+[source]
+glob = "in/*.txt"
+key = "{{name}}"
+[[step]]
+copy = {{ from = "{{path}}", to = "az://{dst}/x/{{name}}", mode = "server" }}
+"#
+    ));
+    let out = t.redrive(&["run", "plan.toml"]);
+    out.expect_code(1);
+    let error: String = t
+        .state()
+        .query_row("SELECT error FROM items", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        error.contains("mode = \"server\"") && error.contains("mode = \"auto\""),
+        "{error}"
+    );
+}

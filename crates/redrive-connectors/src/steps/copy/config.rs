@@ -1,4 +1,4 @@
-//! `copy = { from, to, if_exists, content_type, part_size, parts, checksum, manifest }`.
+//! `copy = { from, to, if_exists, content_type, part_size, parts, checksum, manifest, mode }`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +31,21 @@ pub struct CopySpec {
     pub checksum: Option<Checksum>,
     /// A file that gets one JSON line per object copied.
     pub manifest: Option<PathBuf>,
+    /// Server-side or streamed.
+    pub mode: CopyMode,
+}
+
+/// How the bytes move.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyMode {
+    /// Server-side where the stores allow it (Azure Blob → Azure Blob), else streamed.
+    #[default]
+    Auto,
+    /// Server-side only: an object that cannot be copied so fails.
+    Server,
+    /// Always streamed through redrive.
+    Stream,
 }
 
 /// Default bytes per part.
@@ -69,6 +84,12 @@ pub(crate) struct RawCopy {
     checksum: Option<Checksum>,
     #[serde(skip_serializing_if = "Option::is_none")]
     manifest: Option<String>,
+    #[serde(default, skip_serializing_if = "is_auto")]
+    mode: CopyMode,
+}
+
+fn is_auto(mode: &CopyMode) -> bool {
+    *mode == CopyMode::Auto
 }
 
 fn is_skip(if_exists: &IfExists) -> bool {
@@ -104,6 +125,7 @@ impl StepKind for CopySpec {
             parts,
             checksum: copy.checksum,
             manifest: copy.manifest.as_deref().map(|m| cx.base_dir.join(m)),
+            mode: copy.mode,
         })
     }
 

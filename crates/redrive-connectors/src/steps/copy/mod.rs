@@ -5,16 +5,20 @@
 //! (S3 multipart, Azure blocks), `parts` at once, so peak memory is about `parts × part_size`
 //! whatever the object's size. `if_exists = "skip"` is a conditional create (If-None-Match: *),
 //! sent with the completing request of a multipart upload too. A failed or interrupted upload
-//! is aborted: nothing half-written becomes visible.
+//! is aborted: nothing half-written becomes visible. Between Azure blobs the service copies
+//! the object itself (`server_side`), and local → local copies are plain file system calls
+//! (`local_file`).
 
 pub(crate) mod config;
+mod server_side;
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use self::config::{CopySpec, IfExists};
+use self::config::{CopyMode, CopySpec, IfExists};
+use self::server_side::{MAX_SYNC_COPY, Server, ServerCopier};
 use async_trait::async_trait;
 use futures::{FutureExt as _, TryStreamExt};
 use opendal::ErrorKind;
@@ -36,6 +40,7 @@ pub struct CopyStep {
     spec: CopySpec,
     stores: Arc<Stores>,
     manifest: Option<Mutex<std::fs::File>>,
+    server: ServerCopier,
 }
 
 impl CopyStep {
@@ -59,7 +64,71 @@ impl CopyStep {
             spec,
             stores,
             manifest,
+            server: ServerCopier::default(),
         })
+    }
+
+    /// A server-side copy where the stores allow one: `Some(bytes)` once the target is
+    /// complete, `None` to stream the object instead (`mode = "auto"`).
+    async fn server_side(
+        &self,
+        from: &str,
+        to: &str,
+        target: &Location,
+        how: &Transfer,
+    ) -> Result<Option<u64>, Failure> {
+        let mode = self.spec.mode;
+        if mode == CopyMode::Stream {
+            return Ok(None);
+        }
+        let not_here = |why: String| -> Result<Option<u64>, Failure> {
+            match mode {
+                CopyMode::Server => Err(Failure::Step(StepError::permanent(format!(
+                    "no server-side copy of `{}` to `{}` (mode = \"server\"): {why}; use mode = \"auto\" to stream it instead",
+                    redrive_core::secrets::redact(from),
+                    target.display
+                )))),
+                _ => Ok(None),
+            }
+        };
+        let (Some(source), Some(dest)) = (self.stores.azure_blob(from), self.stores.azure_blob(to))
+        else {
+            return not_here("only Azure Blob to Azure Blob is copied server-side".to_owned());
+        };
+        let why_not = if how.content_type.is_some() {
+            Some("the copy sets content_type".to_owned())
+        } else if how.checksum.is_some() {
+            Some("the copy asks for a checksum".to_owned())
+        } else if how.size.is_some_and(|size| size > MAX_SYNC_COPY) {
+            Some("the object is larger than 256 MiB".to_owned())
+        } else if self.server.refused(&source, &dest) {
+            Some("the service refused it between these accounts".to_owned())
+        } else {
+            None
+        };
+        if let Some(why) = why_not {
+            return not_here(why);
+        }
+        match self.server.copy(&source, &dest, how.create_only).await {
+            Ok(Server::Copied) => {}
+            Ok(Server::Exists) => return Err(Failure::Exists),
+            Ok(Server::Unsupported(why)) => {
+                if mode == CopyMode::Auto && self.server.refuse(&source, &dest) {
+                    tracing::info!(from = %source.endpoint, to = %dest.endpoint, %why, "Server-side copies between these accounts are refused: streaming them instead.");
+                }
+                return not_here(why);
+            }
+            Err(error) => return Err(Failure::Step(error)),
+        }
+        let bytes = match how.size {
+            Some(size) => size,
+            None => target
+                .operator
+                .stat(&target.path)
+                .await
+                .map_or(0, |meta| meta.content_length()),
+        };
+        Ok(Some(bytes))
     }
 
     fn record(&self, line: &serde_json::Value) -> Result<(), StepError> {
@@ -474,6 +543,31 @@ impl Step for CopyStep {
             }
         };
 
+        let how = Transfer {
+            part_size: self.spec.part_size,
+            parts: self.spec.parts,
+            create_only,
+            content_type,
+            checksum: self.spec.checksum,
+            size,
+        };
+        match self.server_side(&from, &to, &target, &how).await {
+            Ok(Some(bytes)) => {
+                cx.bytes.add(bytes);
+                self.record(&serde_json::json!({
+                    "source": source.display,
+                    "target": target.display,
+                    "size": bytes,
+                    "server_side": true,
+                    "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+                }))?;
+                return Ok(Outcome::done_to(bytes, target.display.clone()));
+            }
+            Ok(None) => {}
+            Err(Failure::Exists) => return exists(),
+            Err(Failure::Step(error)) => return Err(error),
+        }
+
         // The transfer runs as its own task: when this step is cancelled (a second Ctrl-C
         // drops the item), the task is told to stop and stops between two writes, then aborts
         // its upload. Dropping the writer in the middle of a request instead could lose the
@@ -500,14 +594,7 @@ impl Step for CopyStep {
             _ => transfer(
                 source.clone(),
                 target.clone(),
-                Transfer {
-                    part_size: self.spec.part_size,
-                    parts: self.spec.parts,
-                    create_only,
-                    content_type,
-                    checksum: self.spec.checksum,
-                    size,
-                },
+                how,
                 Arc::clone(&cancelled),
                 progress,
             )
