@@ -240,7 +240,15 @@ fn io_error(what: String, error: std::io::Error) -> StepError {
         StorageFull => ErrorClass::Fatal,
         _ => ErrorClass::Transient,
     };
-    StepError::new(class, format!("{what}: {error}")).with_source(error)
+    // Said as the storage errors are (`not found`), the OS's words after.
+    let said = match error.kind() {
+        NotFound => format!("not found ({error})"),
+        PermissionDenied => format!("permission denied ({error})"),
+        ReadOnlyFilesystem => format!("read-only file system ({error})"),
+        StorageFull => format!("no space left on the device ({error})"),
+        _ => error.to_string(),
+    };
+    StepError::new(class, format!("{what}: {said}"))
 }
 
 /// Writes the source to a new temporary file; `None` when a create-only target exists.
@@ -563,6 +571,9 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(error.class(), ErrorClass::Permanent);
-        assert!(error.to_string().contains("cannot read `src`"), "{error}");
+        assert!(
+            error.to_string().contains("cannot read `src`: not found"),
+            "{error}"
+        );
     }
 }
