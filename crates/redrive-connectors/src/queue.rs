@@ -228,8 +228,8 @@ impl Queue {
         }
         let retry_after = crate::response::retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
-        let code = between(&text, "<Code>", "</Code>").unwrap_or_default();
-        let message = between(&text, "<Message>", "</Message>")
+        let code = crate::response::between(&text, "<Code>", "</Code>").unwrap_or_default();
+        let message = crate::response::between(&text, "<Message>", "</Message>")
             .map(|m| m.lines().next().unwrap_or_default().to_owned())
             .unwrap_or_else(|| text.chars().take(200).collect());
         let class = match status.as_u16() {
@@ -250,12 +250,6 @@ impl Queue {
         }
         Err(error)
     }
-}
-
-fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
-    let from = text.find(start)? + start.len();
-    let to = text[from..].find(end)? + from;
-    Some(&text[from..to])
 }
 
 #[cfg(test)]

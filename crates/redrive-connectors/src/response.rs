@@ -17,6 +17,13 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
     Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
 }
 
+/// The text between `start` and the next `end` (an XML error's `<Code>` or `<Message>`).
+pub(crate) fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = text.find(start)? + start.len();
+    let to = text[from..].find(end)? + from;
+    Some(&text[from..to])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

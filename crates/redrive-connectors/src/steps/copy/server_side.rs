@@ -159,7 +159,7 @@ impl ServerCopier {
         let (code, copy_status) = (header("x-ms-error-code"), header("x-ms-copy-status"));
         let retry_after = crate::response::retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
-        let message = between(&text, "<Message>", "</Message>")
+        let message = crate::response::between(&text, "<Message>", "</Message>")
             .and_then(|m| m.lines().next())
             .unwrap_or_default()
             .to_owned();
@@ -248,12 +248,6 @@ fn source_url(source: &AzureBlob) -> Result<Option<String>, StepError> {
 
 fn encode_query(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
-    let from = text.find(start)? + start.len();
-    let to = text[from..].find(end)? + from;
-    Some(&text[from..to])
 }
 
 #[cfg(test)]
