@@ -36,6 +36,15 @@ pub(crate) struct Batcher<T, E> {
     inner: Arc<Inner<T, E>>,
 }
 
+impl<T, E> std::fmt::Debug for Batcher<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("size", &self.inner.size)
+            .field("max_wait", &self.inner.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T, E> Batcher<T, E>
 where
     T: std::marker::Send + 'static,

@@ -1,5 +1,5 @@
 //! AWS SQS: `sqs://NAME` or a queue URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`), and
-//! the calls redrive makes (GetQueueUrl, SendMessage) in SQS's JSON protocol, signed with
+//! the calls redrive makes (GetQueueUrl, SendMessageBatch) in SQS's JSON protocol, signed with
 //! Signature Version 4 by `reqsign-aws-v4` (see `aws_sign`).
 //!
 //! Settings: a matching `[store."sqs://NAME"]` table (endpoint, region, access_key_id,
@@ -191,29 +191,168 @@ impl Sqs {
         Ok(found)
     }
 
-    /// Sends one message to `url` (`sqs://NAME` or a queue URL).
-    pub(crate) async fn send(
+    /// Sends messages to `url` (`sqs://NAME` or a queue URL) with `SendMessageBatch`, up to
+    /// 10 a call and 256 KiB of bodies a call (SQS's limits); one result per message, in
+    /// order. Each message's own entry decides its result: a batch where one entry failed
+    /// leaves the others sent.
+    pub(crate) async fn send_batch(
         &self,
         client: &reqwest::Client,
         url: &str,
-        body: &str,
-    ) -> Result<(), StepError> {
+        bodies: Vec<String>,
+    ) -> Vec<Result<(), StepError>> {
         let display = secrets::redact(url).into_owned();
-        let queue_url = self.queue_url(client, url, &display).await?;
-        self.call(
-            client,
-            "SendMessage",
-            &serde_json::json!({ "QueueUrl": queue_url, "MessageBody": body }),
-            &display,
-        )
-        .await
-        .map(|_| ())
+        let queue_url = match self.queue_url(client, url, &display).await {
+            Ok(queue_url) => queue_url,
+            Err(error) => return bodies.iter().map(|_| Err(copy_of(&error))).collect(),
+        };
+        let mut results = Vec::with_capacity(bodies.len());
+        for chunk in chunks(&bodies) {
+            results.extend(self.send_chunk(client, &queue_url, chunk, &display).await);
+        }
+        results
     }
+
+    async fn send_chunk(
+        &self,
+        client: &reqwest::Client,
+        queue_url: &str,
+        bodies: &[String],
+        display: &str,
+    ) -> Vec<Result<(), StepError>> {
+        let entries: Vec<serde_json::Value> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| serde_json::json!({ "Id": format!("m{i}"), "MessageBody": body }))
+            .collect();
+        let payload = serde_json::json!({ "QueueUrl": queue_url, "Entries": entries });
+        let answer = match self
+            .call(client, "SendMessageBatch", &payload, display)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error) => return bodies.iter().map(|_| Err(copy_of(&error))).collect(),
+        };
+        let listed = |key: &str| {
+            answer
+                .get(key)
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let id_of = |entry: &serde_json::Value| {
+            entry
+                .get("Id")
+                .and_then(|id| id.as_str())
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
+        let sent: std::collections::HashSet<String> =
+            listed("Successful").iter().map(id_of).collect();
+        let failed: HashMap<String, serde_json::Value> = listed("Failed")
+            .into_iter()
+            .map(|entry| (id_of(&entry), entry))
+            .collect();
+        (0..bodies.len())
+            .map(|i| {
+                let id = format!("m{i}");
+                if sent.contains(&id) {
+                    return Ok(());
+                }
+                let Some(entry) = failed.get(&id) else {
+                    return Err(StepError::new(
+                        ErrorClass::Transient,
+                        format!(
+                            "SQS SendMessageBatch for `{display}` did not acknowledge the message"
+                        ),
+                    ));
+                };
+                let text = |key: &str| {
+                    entry
+                        .get(key)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                // The sender's fault (a body SQS refuses) will not pass on a retry; SQS's own
+                // (an internal error) may.
+                let class = if entry
+                    .get("SenderFault")
+                    .and_then(serde_json::Value::as_bool)
+                    == Some(false)
+                {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                };
+                Err(StepError::new(
+                    class,
+                    format!(
+                        "SQS refused the message for `{display}`: {} {}",
+                        text("Code"),
+                        text("Message")
+                    ),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Messages in one `SendMessageBatch` at most.
+pub(crate) const BATCH: usize = 10;
+
+/// SQS's limit on the bodies of one `SendMessageBatch`.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// `bodies` cut into runs of at most 10 messages and `BATCH_BYTES` (a message alone may be as
+/// large as SQS allows).
+fn chunks(bodies: &[String]) -> Vec<&[String]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, body) in bodies.iter().enumerate() {
+        let full = i - start == BATCH || (i > start && bytes + body.len() > BATCH_BYTES);
+        if full {
+            chunks.push(&bodies[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += body.len();
+    }
+    if start < bodies.len() {
+        chunks.push(&bodies[start..]);
+    }
+    chunks
+}
+
+/// The same error again, for each message of a batch that failed as a whole.
+fn copy_of(error: &StepError) -> StepError {
+    let mut copy = StepError::new(error.class(), error.to_string());
+    if let Some(delay) = error.retry_after() {
+        copy = copy.with_retry_after(delay);
+    }
+    if error.is_systemic() {
+        copy = copy.systemic();
+    }
+    copy
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_hold_ten_messages_and_256_kib_at_most() {
+        let small: Vec<String> = (0..23).map(|i| i.to_string()).collect();
+        let sizes: Vec<usize> = chunks(&small).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [10, 10, 3]);
+        let big = vec!["x".repeat(100 * 1024); 5];
+        let sizes: Vec<usize> = chunks(&big).iter().map(|c| c.len()).collect();
+        assert_eq!(
+            sizes,
+            [2, 2, 1],
+            "two 100 KiB bodies fit in 256 KiB, three do not"
+        );
+        assert!(chunks(&[]).is_empty());
+    }
 
     #[test]
     fn sqs_urls() {

@@ -138,3 +138,91 @@ retries = 0
         failed.stdout
     );
 }
+
+/// Messages go to SQS ten at a time (`SendMessageBatch`), and each item is done when its own
+/// entry was accepted: through a proxy that makes SQS refuse one entry of one batch (a delay
+/// SQS does not allow), the other 94 are sent once, the refused item fails alone naming SQS's
+/// reason, and `--retry-failed` sends it alone.
+#[test]
+fn messages_go_in_batches_of_ten_and_a_refused_entry_fails_alone() {
+    use std::sync::{Arc, Mutex};
+    let name = unique("rd-sqsb");
+    let queue_url = sqs("CreateQueue", serde_json::json!({"QueueName": name}))["QueueUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let calls = Arc::new(Mutex::new(Vec::<String>::new()));
+    let poisoned = Arc::new(Mutex::new(false));
+    let (seen, once) = (Arc::clone(&calls), Arc::clone(&poisoned));
+    let proxy = crate::proxy::Proxy::start(s3_endpoint(), move |request| {
+        let target = request
+            .headers
+            .get("x-amz-target")
+            .cloned()
+            .unwrap_or_default();
+        seen.lock().unwrap().push(target.clone());
+        if target == "AmazonSQS.SendMessageBatch" && !*once.lock().unwrap() {
+            let mut payload: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            let entries = payload["Entries"].as_array_mut().unwrap();
+            if let Some(entry) = entries.iter_mut().find(|e| e["MessageBody"] == "m-42") {
+                entry["DelaySeconds"] = serde_json::json!(1000);
+                *once.lock().unwrap() = true;
+                request.body = payload.to_string().into_bytes();
+            }
+        }
+        crate::proxy::Action::Forward
+    });
+    let t = crate::common::s3_env_at(TestContext::new(), &proxy.address);
+    let keys: String = (0..95).map(|i| format!("{i}\n")).collect();
+    t.write("keys.txt", keys);
+    t.plan(&format!(
+        r#"
+[job]
+name = "sqsbatch"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+enqueue = {{ queue = "sqs://{name}", body = "m-{{line}}" }}
+[limits]
+items = 40
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(1);
+    assert!(*poisoned.lock().unwrap(), "the proxy refused an entry");
+    let batches = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.as_str() == "AmazonSQS.SendMessageBatch")
+        .count();
+    assert!(
+        (10..=20).contains(&batches),
+        "95 messages in {batches} SendMessageBatch calls"
+    );
+    assert!(
+        !calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c == "AmazonSQS.SendMessage"),
+        "no single sends"
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        94
+    );
+    let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
+    assert!(
+        failed.stdout.contains("42") && failed.stdout.contains("SQS refused the message"),
+        "{}",
+        failed.stdout
+    );
+    let first = receive_all(&queue_url);
+    assert_eq!(first.len(), 94, "each accepted message once");
+    assert!(!first.contains(&"m-42".to_owned()));
+
+    t.redrive(&["run", "plan.toml", "--retry-failed"])
+        .expect_code(0);
+    assert_eq!(receive_all(&queue_url), ["m-42"]);
+}

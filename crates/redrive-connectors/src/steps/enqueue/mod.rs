@@ -1,4 +1,6 @@
-//! `enqueue = { queue, body, base64 }`: one message per item to an Azure Storage Queue or SQS.
+//! `enqueue = { queue, body, base64, max_wait }`: one message per item to an Azure Storage
+//! Queue or SQS. SQS messages are gathered into `SendMessageBatch` calls of up to 10 (waiting
+//! at most `max_wait` for a batch to fill); each item is done when its own entry was accepted.
 //!
 //! At-least-once: a message sent just before a crash, whose completion was not yet recorded,
 //! is sent again on resume.
@@ -16,6 +18,7 @@ use redrive_core::item::Fields;
 use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 
+use crate::batch::Batcher;
 use crate::queue::{self, MAX_MESSAGE};
 use crate::sqs::{Sqs, is_sqs};
 use crate::storage::Stores;
@@ -28,9 +31,12 @@ pub struct EnqueueStep {
     client: reqwest::Client,
     /// Azure AD tokens for Azure queues reached without a key or SAS.
     storage_tokens: crate::azure_auth::TokenSource,
-    /// SQS endpoints by queue URL, with the queue URLs they looked up.
-    sqs: tokio::sync::Mutex<std::collections::HashMap<String, Arc<Sqs>>>,
+    /// SQS batchers by queue URL.
+    sqs: tokio::sync::Mutex<std::collections::HashMap<String, Arc<SqsBatcher>>>,
 }
+
+/// Gathers the messages for one SQS queue into batches.
+type SqsBatcher = Batcher<String, StepError>;
 
 impl EnqueueStep {
     /// A step as the plan describes it.
@@ -45,6 +51,23 @@ impl EnqueueStep {
             client,
             sqs: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The batcher for an SQS queue, made at its first message.
+    async fn sqs_batcher(&self, url: &str) -> Result<Arc<SqsBatcher>, StepError> {
+        let mut known = self.sqs.lock().await;
+        if let Some(batcher) = known.get(url) {
+            return Ok(Arc::clone(batcher));
+        }
+        let sqs = Arc::new(Sqs::resolve(&self.stores, url)?);
+        let (client, queue) = (self.client.clone(), url.to_owned());
+        let send: crate::batch::Send<String, StepError> = Arc::new(move |bodies: Vec<String>| {
+            let (sqs, client, queue) = (Arc::clone(&sqs), client.clone(), queue.clone());
+            Box::pin(async move { sqs.send_batch(&client, &queue, bodies).await })
+        });
+        let batcher = Arc::new(Batcher::new(crate::sqs::BATCH, self.spec.max_wait, send));
+        known.insert(url.to_owned(), Arc::clone(&batcher));
+        Ok(batcher)
     }
 
     fn text(&self, fields: &Fields) -> Result<String, TemplateError> {
@@ -76,18 +99,12 @@ impl Step for EnqueueStep {
             )));
         }
         if is_sqs(&url) {
-            let sqs = {
-                let mut known = self.sqs.lock().await;
-                match known.get(&url) {
-                    Some(sqs) => Arc::clone(sqs),
-                    None => {
-                        let sqs = Arc::new(Sqs::resolve(&self.stores, &url)?);
-                        known.insert(url.clone(), Arc::clone(&sqs));
-                        sqs
-                    }
-                }
-            };
-            sqs.send(&self.client, &url, &text).await?;
+            let batcher = self.sqs_batcher(&url).await?;
+            batcher
+                .submit(text, || {
+                    StepError::permanent("the message's batch was dropped")
+                })
+                .await?;
         } else {
             queue::resolve(&self.stores, &url)?
                 .put(&self.client, &text, &self.storage_tokens)
