@@ -186,6 +186,9 @@ pub(crate) enum Copied {
 /// Bytes read and written at a time.
 const CHUNK: usize = 1024 * 1024;
 
+/// A file this small is copied without looking for its target first.
+const SMALL: u64 = 64 * 1024;
+
 /// Copies `source` to `target` (see the module's documentation).
 pub(crate) async fn copy(
     source: LocalFile,
@@ -228,6 +231,15 @@ pub(crate) async fn copy(
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StepError> + Send + 'static,
 ) -> Result<T, StepError> {
+    // A few file system calls at a time, however many copies are in flight: hundreds of
+    // threads creating files in one folder spin on its lock (`perf`: rwsem_spin_on_owner),
+    // and a small queue here keeps the disk as busy for less CPU.
+    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let turns = TURNS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        tokio::sync::Semaphore::new((4 * cores).max(8))
+    });
+    let _turn = turns.acquire().await;
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| StepError::permanent(format!("a local copy stopped: {e}")))?
@@ -259,7 +271,10 @@ fn write_temp(
     cancelled: &AtomicBool,
     progress: &mpsc::UnboundedSender<u64>,
 ) -> Result<Option<(Pending, u64, Option<Hasher>)>, StepError> {
-    if how.create_only && std::fs::symlink_metadata(&target.path).is_ok() {
+    // An existing target is not read over for nothing, unless the file is small: then the
+    // check would cost more than the copy that `linkat` refuses anyway.
+    let small = how.size.is_some_and(|size| size <= SMALL);
+    if how.create_only && !small && std::fs::symlink_metadata(&target.path).is_ok() {
         return Ok(None);
     }
     let read_error = |e| io_error(format!("cannot read `{}`", how.source_display), e);
