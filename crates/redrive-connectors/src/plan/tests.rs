@@ -63,9 +63,9 @@ fn unknown_key_names_key_table_and_allowed_keys() {
 
 #[test]
 fn unknown_key_in_a_step_names_the_step() {
-    let e = error(&MINIMAL.replace("to = \"out/{line}\"", "to = \"out/{line}\", mode = 1"));
-    assert!(e.contains("in `step[0].copy.mode`"), "{e}");
-    assert!(e.contains("unknown field `mode`"), "{e}");
+    let e = error(&MINIMAL.replace("to = \"out/{line}\"", "to = \"out/{line}\", speed = 1"));
+    assert!(e.contains("in `step[0].copy.speed`"), "{e}");
+    assert!(e.contains("unknown field `speed`"), "{e}");
     assert!(
         e.contains("`from`, `to`, `if_exists`, `content_type`"),
         "{e}"
