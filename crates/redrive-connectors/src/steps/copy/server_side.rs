@@ -5,18 +5,19 @@
 //! synchronous: when it answers `202` with `x-ms-copy-status: success` the target is complete.
 //! A create-only copy sends `If-None-Match: *`, and an existing target is refused by the
 //! service (`409 BlobAlreadyExists`), with no HEAD before. The source is authorised by a SAS:
-//! the plan's, or a read-only one for that blob alone, valid for an hour, made from the
-//! source account's key (`reqsign-azure-storage`); the target request is signed with its
-//! account's key (Shared Key) or carries its SAS.
+//! the plan's, or a read-only one for the source container, valid for an hour, made from the
+//! source account's key (`reqsign-azure-storage`) once per container and renewed before it
+//! expires (so a 16M-object job makes a few dozen, not one per object); the target request is
+//! signed with its account's key (Shared Key) or carries its SAS.
 //!
 //! Azure copies up to 256 MiB this way. A larger object, a copy that sets `content_type` or
 //! asks for a `checksum`, or a store pair the service refuses to copy between (another
 //! account without access, an emulator that does not implement it) is streamed instead
 //! (`mode = "auto"`, said once per store pair), or fails (`mode = "server"`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::secrets;
@@ -47,7 +48,14 @@ pub(crate) enum Server {
 pub(crate) struct ServerCopier {
     client: std::sync::OnceLock<reqwest::Client>,
     refused: Mutex<HashSet<(String, String)>>,
+    /// Read SASes made for source containers, by (endpoint, container), with when.
+    made: Mutex<HashMap<(String, String), (String, Instant)>>,
 }
+
+/// How long a SAS made for a source container is valid.
+const SAS_LIFE: Duration = Duration::from_secs(3600);
+/// A SAS older than this is made again (a copy may take minutes after it is sent).
+const SAS_RENEW: Duration = Duration::from_secs(40 * 60);
 
 impl ServerCopier {
     /// Whether a server-side copy from `source`'s store to `target`'s was refused before.
@@ -73,7 +81,7 @@ impl ServerCopier {
         target: &AzureBlob,
         create_only: bool,
     ) -> Result<Server, StepError> {
-        let Some(source_url) = source_url(source)? else {
+        let Some(source_url) = self.source_url(source)? else {
             return Ok(Server::Unsupported(format!(
                 "no key or SAS for account `{}` to let the service read the source",
                 source.account
@@ -200,23 +208,48 @@ fn pair(source: &AzureBlob, target: &AzureBlob) -> (String, String) {
     (source.endpoint.clone(), target.endpoint.clone())
 }
 
-/// The source's URL with a SAS that lets the service read it: the plan's SAS, or one made
-/// from the account key for this blob alone (read, an hour). `None` without either.
-fn source_url(source: &AzureBlob) -> Result<Option<String>, StepError> {
-    if let Some(sas) = &source.sas {
-        return Ok(Some(format!("{}?{sas}", source.url())));
+impl ServerCopier {
+    /// The source's URL with a SAS that lets the service read it: the plan's SAS, or a read
+    /// SAS for its container made from the account key (one per container, renewed after
+    /// `SAS_RENEW`). `None` without either.
+    fn source_url(&self, source: &AzureBlob) -> Result<Option<String>, StepError> {
+        if let Some(sas) = &source.sas {
+            return Ok(Some(format!("{}?{sas}", source.url())));
+        }
+        let Some(key) = &source.key else {
+            return Ok(None);
+        };
+        let slot = (source.endpoint.clone(), source.container.clone());
+        let known = self
+            .made
+            .lock()
+            .ok()
+            .and_then(|made| made.get(&slot).cloned())
+            .filter(|(_, at)| at.elapsed() < SAS_RENEW);
+        let query = match known {
+            Some((query, _)) => query,
+            None => {
+                let query = container_sas(source, key)?;
+                if let Ok(mut made) = self.made.lock() {
+                    made.insert(slot, (query.clone(), Instant::now()));
+                }
+                query
+            }
+        };
+        Ok(Some(format!("{}?{query}", source.url())))
     }
-    let Some(key) = &source.key else {
-        return Ok(None);
-    };
-    let expiry = reqsign_core::time::Timestamp::now() + Duration::from_secs(3600);
-    let resource = reqsign_azure_storage::ServiceSasResource::Blob {
+}
+
+/// A read SAS for `source`'s container, valid `SAS_LIFE`, its signature registered as a
+/// secret.
+fn container_sas(source: &AzureBlob, key: &str) -> Result<String, StepError> {
+    let expiry = reqsign_core::time::Timestamp::now() + SAS_LIFE;
+    let resource = reqsign_azure_storage::ServiceSasResource::Container {
         container: source.container.clone(),
-        blob: source.path.clone(),
     };
     let sas = reqsign_azure_storage::ServiceSharedAccessSignature::new(
         source.account.clone(),
-        key.clone(),
+        key.to_owned(),
         resource,
         "r".to_owned(),
         expiry,
@@ -243,7 +276,7 @@ fn source_url(source: &AzureBlob) -> Result<Option<String>, StepError> {
             secrets::register(&encode_query(value));
         }
     }
-    Ok(Some(format!("{}?{query}", source.url())))
+    Ok(query)
 }
 
 fn encode_query(value: &str) -> String {
@@ -269,23 +302,29 @@ mod tests {
     }
 
     #[test]
-    fn the_source_is_read_with_the_plans_sas_or_one_made_for_the_blob() {
-        let with_sas = source_url(&blob(None, Some("sv=x&sig=abc")))
-            .unwrap()
-            .unwrap();
+    fn the_source_is_read_with_the_plans_sas_or_one_made_for_its_container() {
+        let copier = ServerCopier::default();
+        let with_sas = copier.source_url(&blob(None, Some("sv=x&sig=abc")));
         assert_eq!(
-            with_sas,
+            with_sas.unwrap().unwrap(),
             "http://127.0.0.1:10000/devstoreaccount1/src/a%20b/%C3%BC.json?sv=x&sig=abc"
         );
-        let made = source_url(&blob(Some("a2V5a2V5a2V5"), None))
-            .unwrap()
-            .unwrap();
+        let made = copier.source_url(&blob(Some("a2V5a2V5a2V5"), None));
+        let made = made.unwrap().unwrap();
         assert!(
-            made.contains("?sv=") && made.contains("&sp=r&sr=b&sig="),
+            made.contains("?sv=") && made.contains("&sp=r&sr=c&sig="),
             "{made}"
         );
         let sig = made.split("sig=").nth(1).unwrap();
         assert_eq!(secrets::redact(&made).matches(sig).count(), 0, "masked");
-        assert!(source_url(&blob(None, None)).unwrap().is_none());
+        // One SAS a container, not one an object: the secrets to mask stay few.
+        let mut other = blob(Some("a2V5a2V5a2V5"), None);
+        other.path = "another.json".into();
+        let again = copier.source_url(&other).unwrap().unwrap();
+        assert_eq!(
+            again.split_once('?').map(|p| p.1),
+            made.split_once('?').map(|p| p.1)
+        );
+        assert!(copier.source_url(&blob(None, None)).unwrap().is_none());
     }
 }
