@@ -211,14 +211,17 @@ items = 4
         .map_or(1, |d| d.as_nanos() as u64 | 1);
     let mut seed = first;
     for kill in 0..RUN_KILLS {
+        // Its stderr in a file, so that a run that ends early says why.
+        let err = std::fs::File::create(t.path(&format!("run{kill}.err"))).expect("err file");
         let mut child = t
             .command(&["run", "plan.toml", "-q"])
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(err))
             .spawn()
             .expect("spawn");
         std::thread::sleep(Duration::from_millis(150 + next(&mut seed) % 350));
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("run {kill} ended ({status}) before its kill (seed {first})");
+            let said = t.read(&format!("run{kill}.err"));
+            panic!("run {kill} ended ({status}) before its kill (seed {first}): {said}");
         }
         child.kill().expect("kill");
         child.wait().expect("wait");
