@@ -158,6 +158,8 @@ impl StateLocation {
                     SqliteStateStore::remove(path)?;
                 }
                 let store = SqliteStateStore::open(path)?;
+                // The file holds its schema now: from here on, a 0-byte file is a truncated one.
+                lock.mark_used();
                 let location = store.location().to_owned();
                 Ok(OpenState {
                     store: Arc::new(store),

@@ -217,7 +217,7 @@ impl SqliteStateStore {
 /// the process dies, so a crash never leaves a stale lock).
 #[derive(Debug)]
 pub struct RunLock {
-    _file: std::fs::File,
+    file: std::fs::File,
 }
 
 impl RunLock {
@@ -237,12 +237,24 @@ impl RunLock {
             .open(&lock)
             .map_err(|e| backend(&location, e))?;
         match file.try_lock() {
-            Ok(()) => Ok(Self { _file: file }),
+            Ok(()) => Ok(Self { file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
                 location,
                 lock: lock.display().to_string(),
             }),
             Err(std::fs::TryLockError::Error(e)) => Err(backend(&location, e)),
+        }
+    }
+}
+
+impl RunLock {
+    /// Records, in the lock file, that its state file has been written: a state file of 0
+    /// bytes beside a marked lock was truncated, while one beside an unmarked lock belongs to
+    /// a first run killed before SQLite wrote anything (not refused).
+    pub fn mark_used(&self) {
+        use std::io::Write as _;
+        if self.file.metadata().is_ok_and(|m| m.len() == 0) {
+            let _ = (&self.file).write_all(b"used\n");
         }
     }
 }
@@ -261,15 +273,16 @@ pub(crate) fn lock_path(state: &Path) -> PathBuf {
     PathBuf::from(format!("{}.lock", state.display()))
 }
 
-/// A state file of 0 bytes beside its lock file was used and then emptied (SQLite would take
-/// it for a new state and start the job over).
+/// A state file of 0 bytes beside a lock file marked used ([`RunLock::mark_used`]) was used
+/// and then emptied (SQLite would take it for a new state and start the job over). Beside an
+/// unmarked lock it is a first run's, killed between creating the file and writing to it.
 fn refuse_truncated(path: &Path, location: &str) -> Result<(), StateError> {
     let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
-    let used = lock_path(path).exists();
+    let used = std::fs::metadata(lock_path(path)).is_ok_and(|m| m.len() > 0);
     if empty && used {
         return Err(StateError::Damaged {
             location: location.to_owned(),
-            message: "it is empty (0 bytes) though a run has used it (its lock file is there): \
+            message: "it is empty (0 bytes) though a run has used it (its lock file says so): \
                       it was truncated, and opening it would start the job over as if nothing \
                       had been done. Restore it from a copy, or delete it to start over"
                 .to_owned(),

@@ -187,3 +187,29 @@ async fn the_views_show_parents_with_their_children() {
         .unwrap();
     assert_eq!(failed, (1, "c1".to_owned()), "the child, not its parent");
 }
+
+/// A first run killed between creating its state file and writing to it leaves a 0-byte file
+/// beside an unmarked lock: the next run opens it as new. Once a run has written a state
+/// (the lock is marked), a 0-byte file is a truncated one and is refused.
+#[test]
+fn an_empty_state_is_refused_only_once_a_run_has_written_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let _lock = redrive_state::RunLock::acquire(&path).unwrap();
+        std::fs::write(&path, "").unwrap();
+    }
+    drop(SqliteStateStore::open(&path).unwrap_or_else(|e| panic!("refused: {e}")));
+    {
+        let lock = redrive_state::RunLock::acquire(&path).unwrap();
+        lock.mark_used();
+    }
+    std::fs::write(&path, "").unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    assert!(matches!(
+        SqliteStateStore::open(&path),
+        Err(StateError::Damaged { .. })
+    ));
+}
