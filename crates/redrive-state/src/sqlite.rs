@@ -220,6 +220,9 @@ pub struct RunLock {
     file: std::fs::File,
 }
 
+/// How long a held run lock is tried again before it is another run's.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl RunLock {
     /// Takes the lock `STATE.lock` beside the state file, or says who holds it. The lock is
     /// beside the file's canonical path: two plans that reach one state by different paths
@@ -236,13 +239,24 @@ impl RunLock {
             .write(true)
             .open(&lock)
             .map_err(|e| backend(&location, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Self { file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
-                location,
-                lock: lock.display().to_string(),
-            }),
-            Err(std::fs::TryLockError::Error(e)) => Err(backend(&location, e)),
+        // A run killed a moment ago may still hold the lock for a few milliseconds: a child it
+        // was starting holds a copy of the descriptor until that child's exec closes it. So a
+        // held lock is tried again for a short while before it is called another run's.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { file }),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StateError::Locked {
+                        location,
+                        lock: lock.display().to_string(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(backend(&location, e)),
+            }
         }
     }
 }
