@@ -111,6 +111,31 @@ pub(crate) fn sas(
     sas
 }
 
+/// Signs a request to Azure Storage: with the account key, Shared Key (`reqsign-azure-storage`);
+/// without one (a SAS in the URL, or a bearer token), only its `x-ms-date`.
+pub(crate) async fn sign(
+    parts: &mut http::request::Parts,
+    account: &str,
+    key: Option<&str>,
+) -> Result<(), String> {
+    match key {
+        Some(key) => {
+            let signer = reqsign_core::Signer::new(
+                reqsign_core::Context::new(),
+                reqsign_azure_storage::StaticCredentialProvider::new_shared_key(account, key),
+                reqsign_azure_storage::RequestSigner::new(),
+            );
+            signer.sign(parts, None).await.map_err(|e| e.to_string())
+        }
+        None => {
+            let date = reqsign_core::time::Timestamp::now().format_http_date();
+            let date = http::HeaderValue::from_str(&date).map_err(|e| e.to_string())?;
+            parts.headers.insert("x-ms-date", date);
+            Ok(())
+        }
+    }
+}
+
 /// One blob, as a request outside OpenDAL reaches it (a server-side copy).
 #[derive(Clone, Debug)]
 pub(crate) struct AzureBlob {

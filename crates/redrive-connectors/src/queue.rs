@@ -159,29 +159,9 @@ impl Queue {
             .body(())
             .map_err(|e| cannot(e.to_string()))?
             .into_parts();
-        match &self.key {
-            Some(key) => {
-                let signer = reqsign_core::Signer::new(
-                    reqsign_core::Context::new(),
-                    reqsign_azure_storage::StaticCredentialProvider::new_shared_key(
-                        &self.account,
-                        key,
-                    ),
-                    reqsign_azure_storage::RequestSigner::new(),
-                );
-                signer
-                    .sign(&mut parts, None)
-                    .await
-                    .map_err(|e| cannot(e.to_string()))?;
-            }
-            None => {
-                let date = jiff::Timestamp::now()
-                    .strftime("%a, %d %b %Y %H:%M:%S GMT")
-                    .to_string();
-                let date = http::HeaderValue::from_str(&date).map_err(|e| cannot(e.to_string()))?;
-                parts.headers.insert("x-ms-date", date);
-            }
-        }
+        crate::azure_account::sign(&mut parts, &self.account, self.key.as_deref())
+            .await
+            .map_err(cannot)?;
         Ok(parts.headers)
     }
 

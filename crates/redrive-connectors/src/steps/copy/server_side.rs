@@ -115,27 +115,9 @@ impl ServerCopier {
             .body(())
             .map_err(|e| cannot(e.to_string()))?
             .into_parts();
-        match &target.key {
-            Some(key) => {
-                let signer = reqsign_core::Signer::new(
-                    reqsign_core::Context::new(),
-                    reqsign_azure_storage::StaticCredentialProvider::new_shared_key(
-                        &target.account,
-                        key,
-                    ),
-                    reqsign_azure_storage::RequestSigner::new(),
-                );
-                signer
-                    .sign(&mut parts, None)
-                    .await
-                    .map_err(|e| cannot(e.to_string()))?;
-            }
-            None => {
-                let date = reqsign_core::time::Timestamp::now().format_http_date();
-                let date = http::HeaderValue::from_str(&date).map_err(|e| cannot(e.to_string()))?;
-                parts.headers.insert("x-ms-date", date);
-            }
-        }
+        crate::azure_account::sign(&mut parts, &target.account, target.key.as_deref())
+            .await
+            .map_err(cannot)?;
         let client = self
             .client
             .get_or_init(|| crate::http_client::client(COPY_TIMEOUT));
