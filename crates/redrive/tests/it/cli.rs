@@ -851,6 +851,7 @@ retries = 0
 }
 
 /// `reset` (and `skip`) used to change items under a running run's feet.
+/// The steps outlast the lock's patience (2 s) so the edits meet a held lock.
 #[test]
 fn a_hand_edit_waits_for_the_run_to_stop() {
     let t = TestContext::new();
@@ -863,7 +864,7 @@ state = "state.db"
 [source]
 lines = "keys.txt"
 [[step]]
-run = { shell = "touch started-{line}; sleep 2" }
+run = { shell = "touch started-{line}; sleep 6" }
 [limits]
 items = 2
 "#,
