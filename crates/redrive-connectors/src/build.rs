@@ -127,6 +127,7 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
         key: plan.key()?,
         expand,
         steps,
+        duplicates: plan.source.duplicates,
     })
 }
 

@@ -266,6 +266,12 @@ impl Plan {
         let expand = match &raw.expand {
             Some(expand) => {
                 let spec = source_spec(expand, &base_dir).map_err(|m| invalid("expand", m))?;
+                if expand.says_duplicates() {
+                    return Err(invalid(
+                        "expand",
+                        "`duplicates` applies to `[source]` only: children's keys are unique within their parent".to_owned(),
+                    ));
+                }
                 if !spec.kind.config().expands() {
                     return Err(invalid(
                         "expand",

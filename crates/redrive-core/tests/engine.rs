@@ -163,6 +163,7 @@ async fn run(
     options: RunOptions,
 ) -> RunReport {
     let pipeline = Arc::new(Pipeline {
+        duplicates: Default::default(),
         source: Arc::new(source),
         key: Template::parse("{n}").unwrap(),
         expand: None,
@@ -335,6 +336,7 @@ async fn a_fatal_error_stops_the_run_and_puts_the_item_back() {
     let s = setup().await;
     let step = Flaky::new(1, ErrorClass::Fatal);
     let pipeline = Arc::new(Pipeline {
+        duplicates: Default::default(),
         source: Arc::new(Numbers {
             n: 50,
             delay: Duration::ZERO,
@@ -363,6 +365,7 @@ async fn a_drain_request_lets_in_flight_items_finish_and_starts_no_more() {
     let s = setup().await;
     let step = Flaky::new(0, ErrorClass::Transient);
     let pipeline = Arc::new(Pipeline {
+        duplicates: Default::default(),
         source: Arc::new(Numbers {
             n: 10_000,
             delay: Duration::ZERO,
@@ -481,6 +484,7 @@ fn expand_pipeline(
     step: Arc<ChildStep>,
 ) -> Arc<Pipeline> {
     Arc::new(Pipeline {
+        duplicates: Default::default(),
         source: Arc::new(parents),
         key: Template::parse("{n}").unwrap(),
         expand: Some(engine::Expansion {
@@ -735,6 +739,7 @@ impl Step for Unreachable {
 
 fn unreachable_pipeline(step: &Arc<Unreachable>, n: usize) -> Arc<Pipeline> {
     Arc::new(Pipeline {
+        duplicates: Default::default(),
         source: Arc::new(Numbers {
             n,
             delay: Duration::ZERO,

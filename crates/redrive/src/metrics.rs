@@ -39,6 +39,9 @@ pub(crate) struct RunMetrics {
     /// Rows of a first load that repeated an earlier row exactly.
     #[serde(default)]
     pub(crate) repeated_rows: u64,
+    /// Rows with a known key and other fields left out by `duplicates = "first"`.
+    #[serde(default)]
+    pub(crate) dropped_duplicates: u64,
     /// Items another worker took over from this one after its lease expired.
     #[serde(default)]
     pub(crate) taken_over: u64,
@@ -104,6 +107,7 @@ impl RunMetrics {
             interrupted: report.interrupted,
             duplicate_keys: report.duplicate_keys,
             repeated_rows: report.repeated_rows,
+            dropped_duplicates: report.dropped_duplicates,
             taken_over: report.taken_over,
             peak_rss_mb: peak_rss_mb(),
             finished_at: jiff::Timestamp::now().to_string(),

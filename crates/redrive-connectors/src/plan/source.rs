@@ -6,6 +6,7 @@
 use std::fmt;
 use std::path::Path;
 
+use redrive_core::engine::Duplicates;
 use redrive_core::job::template;
 use redrive_core::template::Template;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -23,12 +24,17 @@ pub struct SourceSpec {
     pub kind: SourceKind,
     /// The key template; `None` means the kind's default.
     pub key: Option<Template>,
+    /// What a load does with a row whose key an earlier row had, with other fields.
+    pub duplicates: Duplicates,
 }
 
 /// A `[source]` (or `[expand]`) table as written.
 pub(super) struct RawSource {
     kinds: Vec<RawSourceKind>,
     key: Option<String>,
+    /// Not in the canonical form: it decides only what happens to rows the state never takes,
+    /// so a user told of a key conflict may add it and rerun without `--restart`.
+    duplicates: Option<String>,
     options: SourceOptions,
 }
 
@@ -51,11 +57,14 @@ impl<'de> Visitor<'de> for SourceVisitor {
         let mut source = RawSource {
             kinds: Vec::new(),
             key: None,
+            duplicates: None,
             options: SourceOptions::default(),
         };
         while let Some(key) = map.next_key_seed(SourceKey)? {
             if key == "key" {
                 source.key = Some(map.next_value()?);
+            } else if key == "duplicates" {
+                source.duplicates = Some(map.next_value()?);
             } else if let Some(kind) = RawSourceKind::next_value(&key, &mut map)? {
                 source.kinds.push(kind);
             } else {
@@ -102,6 +111,12 @@ impl Serialize for RawSource {
 }
 
 impl RawSource {
+    /// Whether the table says `duplicates` (which `[expand]` refuses: a parent's children
+    /// are listed, never told apart by a plan's choice).
+    pub(super) fn says_duplicates(&self) -> bool {
+        self.duplicates.is_some()
+    }
+
     /// Defaults become absent.
     pub(super) fn canonicalize(&mut self) {
         for kind in &mut self.kinds {
@@ -148,7 +163,20 @@ pub(super) fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec
         Some(key) => Some(template("key", key)?),
         None => None,
     };
-    let spec = SourceSpec { kind, key };
+    let duplicates = match raw.duplicates.as_deref() {
+        None | Some("error") => Duplicates::Error,
+        Some("first") => Duplicates::First,
+        Some(other) => {
+            return Err(format!(
+                "`duplicates` is \"error\" (the default: a key that comes again with other fields stops the run) or \"first\" (the first row with a key is the item, later ones are left out and counted), not \"{other}\""
+            ));
+        }
+    };
+    let spec = SourceSpec {
+        kind,
+        key,
+        duplicates,
+    };
     source_key(&spec)?;
     Ok(spec)
 }

@@ -157,6 +157,7 @@ macro_rules! source_kinds {
             KEYS.get_or_init(|| {
                 let mut keys: Vec<&'static str> = SOURCE_KINDS.to_vec();
                 keys.push("key");
+                keys.push("duplicates");
                 $(
                     for option in <$spec as SourceKindConfig>::OPTIONS {
                         if !keys.contains(option) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
 
-use super::{EngineError, LOAD_BATCH, Shared};
+use super::{Duplicates, EngineError, LOAD_BATCH, Shared};
 use crate::item::{Fields, NewItem};
 
 /// How often a process without the loader role looks whether the source is complete.
@@ -45,12 +45,21 @@ pub(super) async fn load(
     // Taken before reading: a source that changes while it is read is read again next time.
     let revision = source.revision();
     let last = shared.state.last_item().await?;
-    // A first load sees every row once: a row the state ignores has the key of an earlier row
-    // (the plan's `key` does not tell them apart), and is counted so the run can say so.
-    let fresh = last.is_none();
+    // A load that stopped on a key conflict reads the source from its start again, so the
+    // conflicting row, recorded before the rows after it, is met again (never lost in silence).
+    let again = shared.state.source_revision().await?.as_deref() == Some(READ_AGAIN);
+    let first = last.is_none();
     let resumed = match last {
-        Some(last) => source.items_after(&last.fields),
-        None => None,
+        Some(last) if !again => source.items_after(&last.fields),
+        _ => None,
+    };
+    // A first load, or one that continues after the last recorded row, sees each row once: a
+    // row the state ignores has the key of an earlier row. Repeated exactly it is counted; with
+    // other fields the plan's `key` does not tell the two apart.
+    let fresh = first || resumed.is_some();
+    let check = Check {
+        repeats: fresh && !again,
+        conflicts: fresh || again,
     };
     let mut items = resumed.unwrap_or_else(|| source.items(&Fields::new()));
     let mut batch = Vec::with_capacity(LOAD_BATCH);
@@ -60,7 +69,7 @@ pub(super) async fn load(
         let next = match items.next().now_or_never() {
             Some(next) => next,
             None => {
-                flush(shared, loaded, &mut batch, fresh).await?;
+                flush(shared, loaded, &mut batch, check).await?;
                 tokio::select! {
                     next = items.next() => next,
                     _ = stop.changed() => break Err(EngineError::Stopped),
@@ -77,11 +86,11 @@ pub(super) async fn load(
             Err(error) => break Err(EngineError::Key(error)),
         }
         if batch.len() >= LOAD_BATCH {
-            flush(shared, loaded, &mut batch, fresh).await?;
+            flush(shared, loaded, &mut batch, check).await?;
         }
     };
     // The items read before an error are recorded (and run): fixing the input resumes.
-    flush(shared, loaded, &mut batch, fresh).await?;
+    flush(shared, loaded, &mut batch, check).await?;
     result?;
     shared.state.set_source_complete().await?;
     if let Some(revision) = revision {
@@ -90,11 +99,24 @@ pub(super) async fn load(
     Ok(())
 }
 
+/// The source revision recorded when a load stopped on a key conflict: the next load reads
+/// the source from its start (a completed load records the source's own revision over it).
+const READ_AGAIN: &str = "!read-again: a load stopped on a key conflict";
+
+/// What a load checks of the rows the state ignores (their key was known).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Check {
+    /// Count rows repeated exactly (a load that sees each row once).
+    pub(super) repeats: bool,
+    /// Look for rows with a known key and other fields.
+    pub(super) conflicts: bool,
+}
+
 pub(super) async fn flush(
     shared: &Shared,
     loaded: &Notify,
     batch: &mut Vec<NewItem>,
-    fresh: bool,
+    check: Check,
 ) -> Result<(), EngineError> {
     if batch.is_empty() {
         return Ok(());
@@ -102,8 +124,8 @@ pub(super) async fn flush(
     let rows = batch.len() as u64;
     let inserted = shared.state.insert_reporting(std::mem::take(batch)).await?;
     let added = inserted.added;
-    if fresh && added < rows {
-        repeated(shared, rows - added, inserted.candidates).await?;
+    if check.conflicts && added < rows {
+        repeated(shared, rows - added, inserted.candidates, check).await?;
     }
     shared.reporter.loaded(added);
     loaded.notify_waiters();
@@ -117,9 +139,10 @@ async fn repeated(
     shared: &Shared,
     ignored: u64,
     candidates: Vec<NewItem>,
+    check: Check,
 ) -> Result<(), EngineError> {
     use std::sync::atomic::Ordering;
-    if candidates.is_empty() {
+    if candidates.is_empty() && check.repeats {
         // The store cannot say which rows: every one counts as a key conflict.
         shared.duplicate_keys.fetch_add(ignored, Ordering::Relaxed);
         return Ok(());
@@ -136,16 +159,29 @@ async fn repeated(
         })
         .collect::<Vec<_>>();
     let conflicts = conflict.len() as u64;
-    shared
-        .repeated_rows
-        .fetch_add(ignored.saturating_sub(conflicts), Ordering::Relaxed);
+    if check.repeats {
+        shared
+            .repeated_rows
+            .fetch_add(ignored.saturating_sub(conflicts), Ordering::Relaxed);
+    }
+    if shared.pipeline.duplicates == Duplicates::First {
+        shared
+            .dropped_duplicates
+            .fetch_add(conflicts, Ordering::Relaxed);
+        return Ok(());
+    }
     shared
         .duplicate_keys
         .fetch_add(conflicts, Ordering::Relaxed);
     match conflict.first() {
         Some(row) => {
-            // No item the plan cannot tell apart is started from here on.
+            // No item the plan cannot tell apart is started from here on, and the next load
+            // reads the source from its start, so it meets this row again.
             shared.halt.store(true, Ordering::SeqCst);
+            shared
+                .state
+                .set_source_revision(READ_AGAIN.to_owned())
+                .await?;
             Err(EngineError::DuplicateKey {
                 key: crate::secrets::redact(&row.key).into_owned(),
                 first: shown(stored.get(&row.key)),

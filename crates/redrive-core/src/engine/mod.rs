@@ -58,6 +58,20 @@ pub struct Pipeline {
     pub expand: Option<Expansion>,
     /// The steps, in order.
     pub steps: Vec<PipelineStep>,
+    /// What a load does with a row whose key an earlier row had, with other fields.
+    pub duplicates: Duplicates,
+}
+
+/// `[source] duplicates`: what a load does with a row whose key an earlier row had, with other
+/// fields (a row repeated exactly is the same work either way, and runs once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Duplicates {
+    /// Stop the load and the run before it goes further, naming both rows: the plan's `key`
+    /// does not tell them apart, and one row's work would be lost in silence.
+    #[default]
+    Error,
+    /// The first row is the item; the later ones are left out, counted and said.
+    First,
 }
 
 /// One built step of a pipeline.
@@ -188,6 +202,8 @@ struct Shared {
     duplicate_keys: std::sync::atomic::AtomicU64,
     /// Rows of a first load that repeated an earlier row exactly.
     repeated_rows: std::sync::atomic::AtomicU64,
+    /// Rows with a known key and other fields, left out by `duplicates = "first"`.
+    dropped_duplicates: std::sync::atomic::AtomicU64,
     /// Items failed in this run, against `--max-errors`.
     failed: std::sync::atomic::AtomicU64,
     /// `--max-errors` was reached: no item was started after.
@@ -276,6 +292,7 @@ pub async fn run(
         halt: AtomicBool::new(false),
         duplicate_keys: std::sync::atomic::AtomicU64::new(0),
         repeated_rows: std::sync::atomic::AtomicU64::new(0),
+        dropped_duplicates: std::sync::atomic::AtomicU64::new(0),
         failed: std::sync::atomic::AtomicU64::new(0),
         too_many_errors: AtomicBool::new(false),
         pipeline,
@@ -468,6 +485,7 @@ pub async fn run(
     report.duration = started.elapsed();
     report.duplicate_keys = shared.duplicate_keys.load(Ordering::Relaxed);
     report.repeated_rows = shared.repeated_rows.load(Ordering::Relaxed);
+    report.dropped_duplicates = shared.dropped_duplicates.load(Ordering::Relaxed);
     report.max_errors_reached = shared.too_many_errors.load(Ordering::SeqCst);
     report.limits = shared
         .pipeline

@@ -123,6 +123,9 @@ pub struct RunReport {
     /// Rows of the source, on its first load, that repeated an earlier row exactly (same key,
     /// same fields): their work is the same item's, done once.
     pub repeated_rows: u64,
+    /// Rows of the source with the key of an earlier row and other fields, left out because
+    /// the plan says `duplicates = "first"`.
+    pub dropped_duplicates: u64,
     /// `--max-errors` failed items were reached: the run started no more.
     pub max_errors_reached: bool,
     /// Items this process claimed but another worker took over (this one's lease had expired):

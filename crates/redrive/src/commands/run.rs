@@ -202,6 +202,17 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
             "{n} {rows} of the source {verb} an earlier row exactly (same key, same fields): counted once, run once."
         );
     }
+    if report.dropped_duplicates > 0 && !global.quiet {
+        let n = report.dropped_duplicates;
+        let (rows, verb) = if n == 1 {
+            ("row", "has")
+        } else {
+            ("rows", "have")
+        };
+        eprintln!(
+            "{n} {rows} of the source {verb} the key of an earlier row and other fields: left out, the first row with each key is the item (`duplicates = \"first\"`)."
+        );
+    }
     hooks.finish(Some(&after), report.interrupted).await?;
     if report.duplicate_keys > 0 && !report.interrupted {
         return Ok(ExitStatus::Failed);

@@ -950,6 +950,73 @@ run = { shell = "true" }
     );
 }
 
+/// After the key-conflict error, a plain rerun used to continue after the last recorded row
+/// and end with exit 0: the conflicting row (recorded before the rows after it) was never read
+/// again, its work lost in silence. It now meets the conflict again; `duplicates = "first"`
+/// (added without `--restart`) keeps the first row of each key and says what it left out.
+#[test]
+fn a_rerun_after_a_key_conflict_meets_it_again_until_duplicates_first() {
+    let t = TestContext::new();
+    t.write(
+        "items.csv",
+        "JobId,WorkItemId\nJ1,A\nJ1,B\nJ2,A\nJ2,C\nJ3,A\n",
+    );
+    t.plan(
+        r#"
+[job]
+name = "dups"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{WorkItemId}"
+[[step]]
+run = { shell = "echo {JobId} >> ran-{WorkItemId}" }
+"#,
+    );
+    for _ in 0..2 {
+        let out = t
+            .redrive(&["run", "plan.toml", "--no-progress"])
+            .expect_code(2);
+        assert!(
+            out.stderr
+                .contains("two rows with the key `A` and other fields"),
+            "{}",
+            out.stderr
+        );
+    }
+    t.plan(&t.read("plan.toml").replace(
+        "key = \"{WorkItemId}\"",
+        "key = \"{WorkItemId}\"\nduplicates = \"first\"",
+    ));
+    let out = t
+        .redrive(&["run", "plan.toml", "--no-progress", "--metrics", "m.json"])
+        .expect_code(0);
+    assert!(
+        out.stderr.contains(
+            "2 rows of the source have the key of an earlier row and other fields: left out"
+        ),
+        "{}",
+        out.stderr
+    );
+    let metrics: serde_json::Value = serde_json::from_str(&t.read("m.json")).expect("metrics");
+    assert_eq!(metrics["dropped_duplicates"], 2);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        3
+    );
+    // The first row of each key ran, once.
+    assert_eq!(t.read("ran-A"), "J1\n");
+    assert_eq!(t.read("ran-C"), "J2\n");
+    // A value other than "first" or "error" is a plan error naming both.
+    t.plan(&t.read("plan.toml").replace("\"first\"", "\"last\""));
+    let out = t.redrive(&["validate", "plan.toml"]).expect_code(2);
+    assert!(
+        out.stderr.contains("`duplicates` is \"error\"") && out.stderr.contains("not \"last\""),
+        "{}",
+        out.stderr
+    );
+}
+
 /// `redrive cp ../in ./copied` (and a `list = "../in/"` source) used to list forever, write
 /// gigabytes of warnings and ignore Ctrl-C; written absolute, the same folder worked.
 #[test]
