@@ -10,8 +10,10 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::azure_reupload::{
+    Size, assert_all_copied, assert_every_message_at_least_once, setup_with,
+};
 use crate::common::{azure_connection_string, azure_operator, put};
-use crate::s1::{Size, assert_all_copied, assert_every_message_at_least_once, setup_with};
 
 const KILLS: usize = 20;
 
@@ -206,11 +208,36 @@ run = { shell = "echo {line} >> effects.log; sleep 0.02" }
 items = 4
 "#,
     );
+    let (kills, first) = kill_loop(&t, RUN_KILLS);
+    assert_eq!(kills, RUN_KILLS, "every run was killed (seed {first})");
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let effects = t.read("effects.log");
+    let mut runs: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for line in effects.lines() {
+        *runs.entry(line).or_default() += 1;
+    }
+    assert_eq!(runs.len(), n, "every item's command ran (seed {first})");
+    let repeated: usize = runs.values().map(|c| c - 1).sum();
+    eprintln!("{kills} kills (seed {first}): 0 lost, {repeated} commands ran twice of {n}");
+    assert!(
+        repeated <= RUN_KILLS * 4,
+        "{repeated} repeats: more than the items in flight at {RUN_KILLS} kills"
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        n as i64
+    );
+}
+
+/// Runs `redrive run plan.toml -q` up to `kills` times, each killed with SIGKILL 150–500 ms
+/// after its start; a run that ends first (the work is done) must end well, and ends the loop.
+/// Returns the kills made and the seed of their instants (printed by the callers to replay).
+fn kill_loop(t: &crate::common::TestContext, kills: usize) -> (usize, u64) {
     let first = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64 | 1);
     let mut seed = first;
-    for kill in 0..RUN_KILLS {
+    for kill in 0..kills {
         // Its stderr in a file, so that a run that ends early says why.
         let err = std::fs::File::create(t.path(&format!("run{kill}.err"))).expect("err file");
         let mut child = t
@@ -221,26 +248,110 @@ items = 4
         std::thread::sleep(Duration::from_millis(150 + next(&mut seed) % 350));
         if let Ok(Some(status)) = child.try_wait() {
             let said = t.read(&format!("run{kill}.err"));
-            panic!("run {kill} ended ({status}) before its kill (seed {first}): {said}");
+            assert!(
+                status.success(),
+                "run {kill} ended ({status}) before its kill (seed {first}): {said}"
+            );
+            return (kill, first);
         }
         child.kill().expect("kill");
         child.wait().expect("wait");
     }
+    (kills, first)
+}
+
+/// An `http` step (batches of 10, 40 items in flight) killed at random instants: every item
+/// was submitted, and an item was submitted twice only if its batch was in flight at a kill.
+#[test]
+fn an_http_step_killed_at_random_instants_loses_nothing_and_repeats_only_what_was_in_flight() {
+    const HTTP_KILLS: usize = 6;
+    const IN_FLIGHT: usize = 40;
+    let t = crate::common::TestContext::new();
+    let receiver = crate::crash_reprocessing::receiver(false);
+    let n = 30_000;
+    let keys: String = (0..n).map(|i| format!("k{i:05}\n")).collect();
+    t.write("keys.txt", keys);
+    t.plan(&format!(
+        r#"
+[job]
+name = "killhttp"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+http = {{ url = "{url}", form = {{ crash_ids = "{{line}}" }}, batch = 10, max_wait = "50ms" }}
+[limits]
+items = {IN_FLIGHT}
+"#,
+        url = receiver.url
+    ));
+    let (kills, first) = kill_loop(&t, HTTP_KILLS);
     t.redrive(&["run", "plan.toml"]).expect_code(0);
-    let effects = t.read("effects.log");
-    let mut runs: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for line in effects.lines() {
-        *runs.entry(line).or_default() += 1;
+    let mut sent: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for id in receiver.accepted.lock().expect("accepted").iter().flatten() {
+        *sent.entry(id.clone()).or_default() += 1;
     }
-    assert_eq!(runs.len(), n, "every item's command ran (seed {first})");
-    let repeated: usize = runs.values().map(|c| c - 1).sum();
-    eprintln!("{RUN_KILLS} kills (seed {first}): 0 lost, {repeated} commands ran twice of {n}");
+    assert_eq!(sent.len(), n, "every item was submitted (seed {first})");
+    let repeated: usize = sent.values().map(|c| c - 1).sum();
+    eprintln!("{kills} kills (seed {first}): 0 lost, {repeated} items submitted twice of {n}");
     assert!(
-        repeated <= RUN_KILLS * 4,
-        "{repeated} repeats: more than the items in flight at {RUN_KILLS} kills"
+        repeated <= kills * IN_FLIGHT,
+        "{repeated} repeats: more than the items in flight at {kills} kills"
     );
     assert_eq!(
         t.count("SELECT count(*) FROM items WHERE status = 'done'"),
         n as i64
     );
+}
+
+/// `sql_insert` into a PostgreSQL table with a primary key, killed at random instants: every
+/// row is there once, and no item fails as a "duplicate" of the row its own crashed batch had
+/// committed before the state recorded it.
+#[test]
+fn a_sql_insert_killed_at_random_instants_leaves_each_row_once_and_no_item_failed() {
+    const SQL_KILLS: usize = 8;
+    let db = crate::sql_extract::Db::postgres();
+    let table = crate::common::unique("kill_rows").replace('-', "_");
+    db.execute(&format!(
+        "CREATE TABLE {table} (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"
+    ));
+    let t = crate::common::TestContext::new();
+    let n = 20_000;
+    let keys: String = (1..=n).map(|i| format!("{i}\n")).collect();
+    t.write("ids.txt", keys);
+    t.plan(&format!(
+        r#"
+[job]
+name = "killsql"
+state = "state.db"
+[source]
+lines = "ids.txt"
+[[step]]
+sql_insert = {{ url = "{url}", table = "{table}", columns = {{ id = "{{line}}", body = "row {{line}}" }}, key = ["id"], batch = 50, max_wait = "100ms" }}
+[limits]
+items = 200
+"#,
+        url = db.url
+    ));
+    let (kills, first) = kill_loop(&t, SQL_KILLS);
+    let out = t.redrive(&["run", "plan.toml"]);
+    assert_eq!(out.code, 0, "seed {first}: {}", out.stderr);
+    assert_eq!(
+        db.count(&format!("SELECT count(*) FROM {table}")),
+        n,
+        "every row, once (seed {first})"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM {table} WHERE body <> 'row ' || id"
+        )),
+        0
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        n,
+        "no item failed (seed {first})"
+    );
+    eprintln!("{kills} kills (seed {first}): {n} rows, each once, 0 items failed");
+    db.execute(&format!("DROP TABLE {table}"));
 }

@@ -243,14 +243,14 @@ fn a_stalled_answer_times_out_and_the_copy_is_sent_again() {
 /// One S1 run on Azurite, its blob and queue endpoints behind fault proxies (or straight to
 /// Azurite when `faults` is false): the run's wall time, metrics and the proxies' counts.
 struct S1Run {
-    s1: crate::s1::S1,
+    s1: crate::azure_reupload::S1,
     seconds: f64,
     stderr: String,
     metrics: serde_json::Value,
     injected: Option<(Arc<Injected>, Arc<Injected>)>,
 }
 
-fn run_s1(size: crate::s1::Size, faults: bool) -> S1Run {
+fn run_s1(size: crate::azure_reupload::Size, faults: bool) -> S1Run {
     let origin = |endpoint: String| {
         endpoint
             .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
@@ -270,7 +270,7 @@ fn run_s1(size: crate::s1::Size, faults: bool) -> S1Run {
     } else {
         (crate::common::azure_connection_string(), None)
     };
-    let s1 = crate::s1::setup_with(size, &connection_string);
+    let s1 = crate::azure_reupload::setup_with(size, &connection_string);
     let started = std::time::Instant::now();
     let out =
         s1.t.redrive(&["run", "plan.toml", "--metrics", "metrics.json"])
@@ -295,7 +295,7 @@ fn injected(i: &Injected) -> (usize, usize) {
 
 #[test]
 fn the_s1_job_finishes_every_file_through_throttling_and_resets() {
-    let size = crate::s1::Size {
+    let size = crate::azure_reupload::Size {
         work_items: 40,
         files: 25,
     };
@@ -311,8 +311,8 @@ fn the_s1_job_finishes_every_file_through_throttling_and_resets() {
         stderr.contains("done 40, skipped 0, failed 0; children done 1000, skipped 0, failed 0"),
         "{stderr}"
     );
-    crate::s1::assert_all_copied(&s1, &[]);
-    let duplicates = crate::s1::assert_every_message_at_least_once(&s1);
+    crate::azure_reupload::assert_all_copied(&s1, &[]);
+    let duplicates = crate::azure_reupload::assert_every_message_at_least_once(&s1);
     let (blob_throttled, _) = injected(&blob_faults);
     let (queue_throttled, _) = injected(&queue_faults);
     assert!(blob_throttled > 0 && queue_throttled > 0, "faults injected");
@@ -351,13 +351,13 @@ fn bench_s1_calm_vs_faults() {
     let out = std::env::var("REDRIVE_BENCH_OUT").unwrap_or_else(|_| "s1-faults.jsonl".into());
     for round in 1..=rounds {
         for faults in [false, true] {
-            let size = crate::s1::Size {
+            let size = crate::azure_reupload::Size {
                 work_items,
                 files: 25,
             };
             let run = run_s1(size, faults);
-            crate::s1::assert_all_copied(&run.s1, &[]);
-            let duplicates = crate::s1::assert_every_message_at_least_once(&run.s1);
+            crate::azure_reupload::assert_all_copied(&run.s1, &[]);
+            let duplicates = crate::azure_reupload::assert_every_message_at_least_once(&run.s1);
             let (throttled, resets) = run.injected.as_ref().map_or((0, 0), |(blob, queue)| {
                 let (b, q) = (injected(blob), injected(queue));
                 (b.0 + q.0, b.1 + q.1)

@@ -1,23 +1,23 @@
 //! redrive's integration tests: the real binary, real SQLite, real servers (see `scripts/test`).
 
 mod azure;
+mod azure_reupload;
 mod big;
 mod children;
 mod cli;
 mod common;
 mod crash;
+mod crash_reprocessing;
+mod daily_backfill;
 mod faults;
 mod kusto;
 mod kusto_fake;
 mod pg;
 mod proxy;
 mod resume;
-mod s1;
-mod s2;
-mod s3;
-mod s4;
-mod s5;
+mod s3_upload;
 mod secrets;
+mod sql_extract;
 mod sqs;
 mod state_disk;
 mod upgrade;

@@ -25,13 +25,13 @@ enum Kind {
     MariaDb,
 }
 
-struct Db {
+pub(crate) struct Db {
     kind: Kind,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Db {
-    fn postgres() -> Self {
+    pub(crate) fn postgres() -> Self {
         Self {
             kind: Kind::Postgres,
             url: server("REDRIVE_TEST_POSTGRES_URL"),
@@ -45,7 +45,7 @@ impl Db {
         }
     }
 
-    fn execute(&self, sql: &str) {
+    pub(crate) fn execute(&self, sql: &str) {
         runtime().block_on(async {
             let script = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()));
             let result = match self.kind {
@@ -110,7 +110,7 @@ impl Db {
         })
     }
 
-    fn count(&self, sql: &str) -> i64 {
+    pub(crate) fn count(&self, sql: &str) -> i64 {
         self.pairs(&format!("SELECT CAST(({sql}) AS {}), ''", self.bigint()))[0].0
     }
 

@@ -16,14 +16,14 @@ const TOKEN: &str = "socorro-api-token-98765";
 
 /// An HTTP receiver: records the crash ids of every accepted request; `flaky` answers 429 to
 /// every fifth request and 500 to every twentieth.
-struct Receiver {
-    url: String,
-    accepted: Arc<Mutex<Vec<Vec<String>>>>,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
+    pub(crate) accepted: Arc<Mutex<Vec<Vec<String>>>>,
     tokens: Arc<Mutex<Vec<String>>>,
     requests: Arc<AtomicUsize>,
 }
 
-fn receiver(flaky: bool) -> Receiver {
+pub(crate) fn receiver(flaky: bool) -> Receiver {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
         "http://{}/api/Reprocessing/",
