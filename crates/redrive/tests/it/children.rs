@@ -115,3 +115,54 @@ fn ctrl_c_at_the_terminal_lets_the_commands_finish_and_records_them_done() {
         "the commands in flight finished: {stderr}"
     );
 }
+
+/// What a command started in the background outlives the command (and `--pdeathsig`, which
+/// reaches only the command): after a kill -9, the resumed run kills what the dead run's
+/// commands left before it starts the same work again, so the two never overlap.
+#[test]
+fn a_resumed_run_kills_what_the_dead_runs_commands_left_in_the_background() {
+    let t = TestContext::new();
+    plan(
+        &t,
+        "sleep 120 > /dev/null 2>&1 & echo $! > pids/{line}.pid; exec sleep 60",
+        2,
+    );
+    let mut first = t.command(&["run", "plan.toml"]).spawn().expect("spawn");
+    wait_until("two commands started", Duration::from_secs(30), || {
+        pids(&t).len() == 2
+    });
+    let left = pids(&t);
+    first.kill().expect("SIGKILL");
+    first.wait().expect("wait");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        left.iter().all(|pid| alive(*pid)),
+        "the background commands outlive the dead run: {left:?}"
+    );
+    for entry in std::fs::read_dir(t.path("pids")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let mut resumed = t.command(&["run", "plan.toml"]).spawn().expect("spawn");
+    wait_until(
+        "the dead run's background commands are killed",
+        Duration::from_secs(30),
+        || left.iter().all(|pid| !alive(*pid)),
+    );
+    wait_until(
+        "the resumed run's commands",
+        Duration::from_secs(30),
+        || pids(&t).len() == 2,
+    );
+    let mine = pids(&t);
+    assert!(
+        mine.iter().all(|pid| alive(*pid) && !left.contains(pid)),
+        "the resumed run's own commands run: {mine:?}"
+    );
+    resumed.kill().expect("SIGKILL");
+    resumed.wait().expect("wait");
+    for pid in mine {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}

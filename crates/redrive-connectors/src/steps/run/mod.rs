@@ -3,6 +3,7 @@
 //! exit fails the item with the code and the last lines of stderr; `output` must exist after.
 
 pub(crate) mod config;
+mod orphans;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,9 @@ pub struct RunStep {
     name: String,
     base_dir: PathBuf,
     log_dir: PathBuf,
+    /// This process as the owner of its commands; set by the first command, after the
+    /// commands of a dead run of this job were swept away.
+    owner: std::sync::OnceLock<String>,
 }
 
 struct Command {
@@ -43,7 +47,16 @@ impl RunStep {
             name: name.to_owned(),
             base_dir: base_dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
+            owner: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The owner every command carries; the first call kills what a dead run of this job left.
+    fn owner(&self) -> &str {
+        self.owner.get_or_init(|| {
+            orphans::sweep(&self.log_dir);
+            orphans::owner(&self.log_dir)
+        })
     }
 
     fn command(&self, fields: &Fields) -> Result<Command, TemplateError> {
@@ -286,6 +299,7 @@ impl Step for RunStep {
         }
         let mut child = guarded(&command.program, &command.args)
             .current_dir(&command.cwd)
+            .env(orphans::OWNER_VAR, self.owner())
             .envs(command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
