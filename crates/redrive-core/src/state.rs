@@ -277,6 +277,13 @@ pub trait StateStore: Send + Sync {
     /// Commits one transition (durably, before returning).
     async fn record(&self, transition: Transition) -> Result<(), StateError>;
 
+    /// Commits transitions of several items together (durably, before returning) and answers
+    /// for each, in order: the engine starts the items it admits at once this way, one commit
+    /// for all. The default records them one by one, concurrently.
+    async fn record_all(&self, transitions: Vec<Transition>) -> Vec<Result<(), StateError>> {
+        futures::future::join_all(transitions.into_iter().map(|t| self.record(t))).await
+    }
+
     /// Puts items back to `pending`; returns how many.
     async fn requeue(&self, which: Requeue) -> Result<u64, StateError>;
 

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use redrive_core::item::{Fields, NewItem, Status};
+use redrive_core::item::{Fields, NewItem, Status, StoredItem};
 use redrive_core::state::{JobInfo, Requeue, StateError, StateStore, Transition};
 
 /// Makes a fresh, empty store.
@@ -54,6 +54,66 @@ pub async fn run_all(factory: Factory<'_>) {
     concurrent_records_all_land(factory().await.as_ref()).await;
     children_belong_to_their_parent(factory().await.as_ref()).await;
     last_item_is_the_last_top_level_item(factory().await.as_ref()).await;
+    a_lone_process_claims_holds_and_gives_back(factory().await.as_ref()).await;
+    record_all_answers_each_transition_in_order(factory().await.as_ref()).await;
+}
+
+/// `record_all` lands every transition and answers each, in order, as `record` would.
+pub async fn record_all_answers_each_transition_in_order(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    ok(store.insert(items(&["a", "b", "c"])).await, "insert");
+    let claimed = ok(store.claim(0, 10).await, "claim");
+    let starts = claimed
+        .iter()
+        .map(|item| Transition::Started {
+            id: item.id,
+            step: 1,
+            step_name: "second".to_owned(),
+        })
+        .collect();
+    let answers = store.record_all(starts).await;
+    assert_eq!(answers.len(), 3, "one answer per transition");
+    for answer in answers {
+        ok(answer, "start");
+    }
+    let summary = ok(store.summary().await, "summary");
+    assert_eq!(summary.count(Status::Running), 3, "every start landed");
+    let page = ok(store.runnable(0, 10).await, "runnable");
+    assert!(
+        page.iter().all(|item| item.step == 1 && item.attempts == 1),
+        "each at its step, one attempt: {page:?}"
+    );
+    let ends = vec![
+        Transition::Finished {
+            id: claimed[0].id,
+            status: Status::Done,
+            bytes: 7,
+            reason: None,
+            output: None,
+        },
+        Transition::Failed {
+            id: claimed[1].id,
+            error: "boom".to_owned(),
+        },
+    ];
+    for answer in store.record_all(ends).await {
+        ok(answer, "end");
+    }
+    assert_eq!(
+        store.record_all(Vec::new()).await.len(),
+        0,
+        "nothing to record"
+    );
+    let summary = ok(store.summary().await, "summary");
+    assert_eq!(
+        (
+            summary.count(Status::Done),
+            summary.count(Status::Failed),
+            summary.count(Status::Running),
+            summary.bytes
+        ),
+        (1, 1, 1, 7)
+    );
 }
 
 /// `insert_reporting` adds as `insert` does and hands back (at least) every row it ignored
@@ -561,4 +621,163 @@ pub async fn concurrent_records_all_land(store: &dyn StateStore) {
     let summary = ok(store.summary().await, "summary");
     assert_eq!(summary.count(Status::Done), 2_000);
     assert_eq!(summary.bytes, 2_000);
+}
+
+/// Claims, as one process sees them whatever the store: a claim hands out runnable items in id
+/// order, at most `limit`, each held by this process; a finished item is never handed out
+/// again; a lone process holds the loader role and sees no one else busy. (Items given back
+/// go to other processes: [`run_shared`].)
+pub async fn a_lone_process_claims_holds_and_gives_back(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    ok(store.insert(items(&["a", "b", "c", "d"])).await, "insert");
+    assert!(
+        ok(store.take_loader_role().await, "loader role"),
+        "a lone process loads"
+    );
+    assert!(
+        ok(store.take_loader_role().await, "loader role"),
+        "and keeps the role"
+    );
+    let claimed = ok(store.claim(0, 3).await, "claim");
+    let keys: Vec<&str> = claimed.iter().map(|item| item.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["a", "b", "c"],
+        "claimed in id order, at most the limit"
+    );
+    for item in &claimed {
+        assert!(
+            ok(store.holds(item.id).await, "holds"),
+            "{} is held",
+            item.key
+        );
+    }
+    assert!(!ok(store.others_busy().await, "others busy"), "no one else");
+    ok(
+        store
+            .record(Transition::Started {
+                id: claimed[0].id,
+                step: 0,
+                step_name: "s".to_owned(),
+            })
+            .await,
+        "start",
+    );
+    ok(
+        store
+            .record(Transition::Finished {
+                id: claimed[0].id,
+                status: Status::Done,
+                bytes: 0,
+                reason: None,
+                output: None,
+            })
+            .await,
+        "finish",
+    );
+    let again = ok(store.claim(0, 10).await, "claim again");
+    let keys: Vec<&str> = again.iter().map(|item| item.key.as_str()).collect();
+    assert!(
+        keys.contains(&"d") && !keys.contains(&"a"),
+        "the unclaimed item comes, the finished one never: {keys:?}"
+    );
+    ok(store.release_claims().await, "release");
+}
+
+/// Opens a handle on the shared store `name` (the same name: the same store, each handle
+/// another process with its own leases of about a second). The first call for a name starts
+/// from an empty store.
+pub type SharedOpener<'a> =
+    &'a (dyn Fn(&str) -> Pin<Box<dyn Future<Output = Box<dyn StateStore>> + Send>> + Sync);
+
+/// The checks of a store that several processes share (PostgreSQL's leases): claims are
+/// disjoint, a process that dies leaves its items to the others once its leases expire (and
+/// live leases are never taken), and one process at a time holds the loader role.
+pub async fn run_shared(open: SharedOpener<'_>) {
+    processes_claim_disjoint_items_and_take_over_a_dead_ones(open).await;
+    one_process_at_a_time_holds_the_loader_role(open).await;
+}
+
+fn ids(items: &[StoredItem]) -> Vec<i64> {
+    items.iter().map(|item| item.id).collect()
+}
+
+/// Two processes claiming at once get different items; the one that dies (its handle
+/// dropped, its heartbeat stopped) leaves its items to the other once its leases expire; a
+/// live process's leases are never taken; given back, they are claimed at once.
+pub async fn processes_claim_disjoint_items_and_take_over_a_dead_ones(open: SharedOpener<'_>) {
+    let name = "claims";
+    let a = open(name).await;
+    let b = open(name).await;
+    ok(a.begin(&job("a")).await, "begin");
+    ok(b.begin(&job("a")).await, "begin");
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i:05}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    ok(a.insert(items(&refs)).await, "insert");
+    let (x, y) = futures::join!(a.claim(0, 200), b.claim(0, 200));
+    let (x, y) = (ids(&ok(x, "claim a")), ids(&ok(y, "claim b")));
+    assert!(!x.is_empty() && !y.is_empty(), "both claim: {x:?} {y:?}");
+    assert!(x.iter().all(|id| !y.contains(id)), "an item claimed twice");
+    assert!(
+        ok(b.others_busy().await, "others busy"),
+        "a holds live leases"
+    );
+
+    drop(a);
+    let mut taken = Vec::new();
+    let started = std::time::Instant::now();
+    while taken.len() < x.len() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "a dead process's items were not taken over: {taken:?} of {x:?}"
+        );
+        let claimed = ids(&ok(b.claim(0, 128).await, "claim"));
+        taken.extend(claimed.into_iter().filter(|id| x.contains(id)));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // `b`'s leases are renewed while it lives: a newcomer takes none of them.
+    let c = open(name).await;
+    ok(c.begin(&job("a")).await, "begin");
+    let stolen = ids(&ok(c.claim(0, 128).await, "claim"));
+    assert!(
+        stolen
+            .iter()
+            .all(|id| !y.contains(id) && !taken.contains(id)),
+        "a live process's leases were taken: {stolen:?}"
+    );
+    ok(b.release_claims().await, "release");
+    let freed = ids(&ok(c.claim(0, 128).await, "claim"));
+    assert!(
+        !freed.is_empty() && freed.iter().all(|id| y.contains(id) || taken.contains(id)),
+        "leases given back are claimed at once: {freed:?}"
+    );
+}
+
+/// The loader role: held by one process at a time, kept by its holder, freed by its death,
+/// and open to anyone once the source is complete.
+pub async fn one_process_at_a_time_holds_the_loader_role(open: SharedOpener<'_>) {
+    let name = "loader";
+    let a = open(name).await;
+    let b = open(name).await;
+    ok(a.begin(&job("a")).await, "begin");
+    ok(b.begin(&job("a")).await, "begin");
+    assert!(ok(a.take_loader_role().await, "role"), "a takes it");
+    assert!(ok(a.take_loader_role().await, "role"), "and keeps it");
+    assert!(!ok(b.take_loader_role().await, "role"), "held by a");
+    drop(a);
+    let started = std::time::Instant::now();
+    while !ok(b.take_loader_role().await, "role") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "a dead process kept the loader role"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    ok(b.set_source_complete().await, "complete");
+    let c = open(name).await;
+    ok(c.begin(&job("a")).await, "begin");
+    assert!(
+        ok(c.take_loader_role().await, "role"),
+        "open to anyone once the source is complete"
+    );
 }

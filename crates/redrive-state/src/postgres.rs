@@ -770,6 +770,74 @@ impl StateStore for PostgresStateStore {
         Ok(())
     }
 
+    /// Starts are one statement for all (one round trip), each row fenced by its own epoch; a
+    /// start another worker's claim overtook is `LeaseLost`. Other transitions one by one.
+    async fn record_all(&self, transitions: Vec<Transition>) -> Vec<Result<(), StateError>> {
+        let all_starts = transitions
+            .iter()
+            .all(|t| matches!(t, Transition::Started { .. }));
+        if !all_starts || transitions.len() < 2 {
+            return futures::future::join_all(transitions.into_iter().map(|t| self.record(t)))
+                .await;
+        }
+        let mut ids = Vec::with_capacity(transitions.len());
+        let mut epochs = Vec::with_capacity(transitions.len());
+        let mut steps = Vec::with_capacity(transitions.len());
+        let mut names = Vec::with_capacity(transitions.len());
+        for transition in &transitions {
+            if let Transition::Started {
+                id,
+                step,
+                step_name,
+            } = transition
+            {
+                ids.push(*id);
+                epochs.push(self.worker.epoch(*id));
+                steps.push(i32_of(*step));
+                names.push(step_name.clone());
+            }
+        }
+        let updated: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(
+            "UPDATE items i SET status = 'running', step_index = u.step, step = u.name,
+               attempts = i.attempts + 1, error = NULL, started_at = now(), updated_at = now(),
+               lease_until = CASE WHEN u.epoch IS NULL THEN i.lease_until
+                                  ELSE now() + make_interval(secs => $2) END
+             FROM UNNEST($3::bigint[], $4::bigint[], $5::int[], $6::text[]) AS u(id, epoch, step, name)
+             WHERE i.id = u.id AND (u.epoch IS NULL OR (i.lease_owner = $1 AND i.lease_epoch = u.epoch))
+             RETURNING i.id",
+        )
+        .bind(&self.worker.id)
+        .bind(self.worker.lease_seconds())
+        .bind(&ids)
+        .bind(&epochs)
+        .bind(&steps)
+        .bind(&names)
+        .fetch_all(&self.pool)
+        .await;
+        match updated {
+            Ok(started) => {
+                let started: std::collections::HashSet<i64> = started.into_iter().collect();
+                ids.iter()
+                    .zip(&epochs)
+                    .map(|(id, epoch)| {
+                        if epoch.is_some() && !started.contains(id) {
+                            self.worker.lost(*id);
+                            Err(StateError::LeaseLost { id: *id })
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .collect()
+            }
+            Err(error) => {
+                let message = error.to_string();
+                ids.iter()
+                    .map(|_| Err(self.failed(message.clone())))
+                    .collect()
+            }
+        }
+    }
+
     async fn requeue(&self, which: Requeue) -> Result<u64, StateError> {
         let restart = "status = 'pending', error = NULL, finished_at = NULL, step_index = 0, step = NULL, attempts = 0, bytes = 0, updated_at = now()";
         let done = match which {

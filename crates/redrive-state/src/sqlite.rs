@@ -473,6 +473,55 @@ fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusql
     tx.prepare_cached(sql)?.execute(params)
 }
 
+/// One transition's update, in the writer's transaction; the rows it changed.
+fn apply(tx: &Transaction<'_>, transition: Transition) -> rusqlite::Result<usize> {
+    let changed = match transition {
+            Transition::Started { id, step, step_name } => exec(
+                tx,
+                "UPDATE items SET status = 'running', step_index = ?2, step = ?3,
+                 attempts = attempts + 1, error = NULL, started_at = ?4, updated_at = ?4
+                 WHERE id = ?1",
+                params![id, step as i64, step_name, batch_now()],
+            )?,
+            Transition::Advanced { id, step, step_name, bytes, output } => {
+                record_output(tx, id, step.saturating_sub(1), output.as_ref())?;
+                exec(
+                tx,
+                    "UPDATE items SET step_index = ?2, step = ?3, bytes = bytes + ?4, updated_at = ?5
+                     WHERE id = ?1",
+                    params![id, step as i64, step_name, bytes_i64(bytes), batch_now()],
+                )?
+            }
+            Transition::Finished { id, status, bytes, reason, output } => {
+                if let Some(output) = &output {
+                    let step: i64 = tx.query_row("SELECT step_index FROM items WHERE id = ?1", params![id], |r| r.get(0))?;
+                    record_output(tx, id, usize::try_from(step).unwrap_or(0), Some(output))?;
+                }
+                exec(
+                tx,
+                    "UPDATE items SET status = ?2, bytes = bytes + ?3, error = ?4,
+                     updated_at = ?5, finished_at = ?5
+                     WHERE id = ?1",
+                    params![id, status.as_str(), bytes_i64(bytes), reason, batch_now()],
+                )?
+            }
+            Transition::Released { id, error } => exec(
+                tx,
+                &format!("UPDATE items SET status = 'pending', error = ?2, updated_at = {NOW} WHERE id = ?1"),
+                params![id, error],
+            )?,
+            Transition::Failed { id, error } => exec(
+                tx,
+                &format!(
+                    "UPDATE items SET status = 'failed', error = ?2, updated_at = {NOW}, finished_at = {NOW}
+                     WHERE id = ?1"
+                ),
+                params![id, error],
+            )?,
+        };
+    Ok(changed)
+}
+
 fn bytes_i64(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
@@ -807,54 +856,39 @@ impl StateStore for SqliteStateStore {
 
     async fn record(&self, transition: Transition) -> Result<(), StateError> {
         self.write(Box::new(move |tx| {
-            let changed = match transition {
-                Transition::Started { id, step, step_name } => exec(
-                    tx,
-                    "UPDATE items SET status = 'running', step_index = ?2, step = ?3,
-                     attempts = attempts + 1, error = NULL, started_at = ?4, updated_at = ?4
-                     WHERE id = ?1",
-                    params![id, step as i64, step_name, batch_now()],
-                )?,
-                Transition::Advanced { id, step, step_name, bytes, output } => {
-                    record_output(tx, id, step.saturating_sub(1), output.as_ref())?;
-                    exec(
-                    tx,
-                        "UPDATE items SET step_index = ?2, step = ?3, bytes = bytes + ?4, updated_at = ?5
-                         WHERE id = ?1",
-                        params![id, step as i64, step_name, bytes_i64(bytes), batch_now()],
-                    )?
-                }
-                Transition::Finished { id, status, bytes, reason, output } => {
-                    if let Some(output) = &output {
-                        let step: i64 = tx.query_row("SELECT step_index FROM items WHERE id = ?1", params![id], |r| r.get(0))?;
-                        record_output(tx, id, usize::try_from(step).unwrap_or(0), Some(output))?;
-                    }
-                    exec(
-                    tx,
-                        "UPDATE items SET status = ?2, bytes = bytes + ?3, error = ?4,
-                         updated_at = ?5, finished_at = ?5
-                         WHERE id = ?1",
-                        params![id, status.as_str(), bytes_i64(bytes), reason, batch_now()],
-                    )?
-                }
-                Transition::Released { id, error } => exec(
-                    tx,
-                    &format!("UPDATE items SET status = 'pending', error = ?2, updated_at = {NOW} WHERE id = ?1"),
-                    params![id, error],
-                )?,
-                Transition::Failed { id, error } => exec(
-                    tx,
-                    &format!(
-                        "UPDATE items SET status = 'failed', error = ?2, updated_at = {NOW}, finished_at = {NOW}
-                         WHERE id = ?1"
-                    ),
-                    params![id, error],
-                )?,
-            };
-            Ok(changed as u64)
+            apply(tx, transition).map(|changed| changed as u64)
         }))
         .await
         .map(|_| ())
+    }
+
+    /// One write for all: the writer commits them in one transaction (and a failure, always
+    /// the file's, is every one's).
+    async fn record_all(&self, transitions: Vec<Transition>) -> Vec<Result<(), StateError>> {
+        let n = transitions.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let written = self
+            .write(Box::new(move |tx| {
+                for transition in transitions {
+                    apply(tx, transition)?;
+                }
+                Ok(0)
+            }))
+            .await;
+        match written {
+            Ok(_) => (0..n).map(|_| Ok(())).collect(),
+            Err(error) => {
+                let message = match &error {
+                    StateError::Backend { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                std::iter::once(Err(error))
+                    .chain((1..n).map(|_| Err(self.failed(message.clone()))))
+                    .collect()
+            }
+        }
     }
 
     async fn requeue(&self, which: Requeue) -> Result<u64, StateError> {

@@ -153,92 +153,30 @@ async fn worker(schema: &str, lease_ms: u64) -> PostgresStateStore {
     store
 }
 
+/// Leases, as the shared-store conformance suite checks them: handles on one schema are
+/// processes with 1 s leases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_claim_disjoint_items_and_take_over_expired_leases() {
-    let schema = format!("redrive_test_{}_lease", std::process::id());
-    let _ = fresh("lease").await;
-    let a = worker(&schema, 3_000).await;
-    let b = worker(&schema, 3_000).await;
-    a.insert(keys(300)).await.unwrap_or_else(|e| panic!("{e}"));
-    let ids = |items: Vec<redrive_core::item::StoredItem>| -> Vec<i64> {
-        items.iter().map(|i| i.id).collect()
+async fn postgres_passes_the_shared_store_suite() {
+    let opened = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let open = move |name: &str| {
+        let name = name.to_owned();
+        let first = opened
+            .lock()
+            .map(|mut o| o.insert(name.clone()))
+            .unwrap_or(false);
+        Box::pin(async move {
+            if first {
+                let _ = fresh(&format!("shared_{name}")).await;
+            }
+            let schema = format!("redrive_test_{}_shared_{name}", std::process::id());
+            let store = PostgresStateStore::connect_schema(&url(), &schema)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .with_lease(std::time::Duration::from_millis(1_000));
+            Box::new(store) as Box<dyn StateStore>
+        }) as _
     };
-    let (x, y) = tokio::join!(a.claim(0, 200), b.claim(0, 200));
-    let (x, y) = (
-        ids(x.unwrap_or_else(|e| panic!("{e}"))),
-        ids(y.unwrap_or_else(|e| panic!("{e}"))),
-    );
-    assert!(!x.is_empty() && !y.is_empty(), "both claim: {x:?} {y:?}");
-    assert!(x.iter().all(|id| !y.contains(id)), "claimed twice");
-    assert!(
-        b.others_busy().await.unwrap_or(false),
-        "a holds live leases"
-    );
-
-    // `a` dies (its heartbeat stops): once its leases expire, `b` takes its items over.
-    let held = x.clone();
-    drop(a);
-    let mut taken = Vec::new();
-    let started = std::time::Instant::now();
-    while taken.len() < held.len() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "not taken over: {taken:?}"
-        );
-        let claimed = ids(b.claim(0, 128).await.unwrap_or_else(|e| panic!("{e}")));
-        taken.extend(claimed.into_iter().filter(|id| held.contains(id)));
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    // `b`'s own leases are renewed by its heartbeat: they never expired meanwhile.
-    let c = worker(&schema, 3_000).await;
-    let stolen = ids(c.claim(0, 128).await.unwrap_or_else(|e| panic!("{e}")));
-    assert!(
-        stolen.iter().all(|id| !y.contains(id)),
-        "b's live leases were taken: {stolen:?}"
-    );
-    let workers = b.workers().await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        workers
-            .iter()
-            .any(|w| w.id == b.worker_id() && w.in_flight > 0),
-        "{workers:?}"
-    );
-
-    // Leases given back are free at once.
-    b.release_claims().await.unwrap_or_else(|e| panic!("{e}"));
-    let freed = ids(c.claim(0, 128).await.unwrap_or_else(|e| panic!("{e}")));
-    assert!(
-        !freed.is_empty() && freed.iter().all(|id| y.contains(id) || taken.contains(id)),
-        "b's leases, given back, are claimed at once: {freed:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_worker_at_a_time_holds_the_loader_role() {
-    let schema = format!("redrive_test_{}_loader", std::process::id());
-    let _ = fresh("loader").await;
-    let a = worker(&schema, 5_000).await;
-    let b = worker(&schema, 5_000).await;
-    assert!(a.take_loader_role().await.unwrap_or(false));
-    assert!(a.take_loader_role().await.unwrap_or(false), "kept");
-    assert!(!b.take_loader_role().await.unwrap_or(true), "held by a");
-    drop(a);
-    let started = std::time::Instant::now();
-    while !b.take_loader_role().await.unwrap_or(false) {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "never freed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    b.set_source_complete()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let c = worker(&schema, 5_000).await;
-    assert!(
-        c.take_loader_role().await.unwrap_or(false),
-        "freed when the source is complete"
-    );
+    conformance::run_shared(&open).await;
 }
 
 /// Fencing: a worker whose lease on an item lapsed and was taken over can record nothing more
@@ -312,4 +250,62 @@ async fn a_taken_over_item_refuses_the_old_holders_writes() {
     .unwrap_or_else(|e| panic!("{e}"));
     let summary = b.summary().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(summary.count(Status::Done), 1);
+}
+
+/// The starts a worker records together (one statement) are fenced row by row: those another
+/// worker took over are `LeaseLost`, the others land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_recorded_together_are_fenced_each() {
+    use redrive_core::item::Status;
+    use redrive_core::state::{StateError, Transition};
+    let schema = format!("redrive_test_{}_fence_all", std::process::id());
+    let _ = fresh("fence_all").await;
+    let a = worker(&schema, 60_000).await;
+    let b = worker(&schema, 60_000).await;
+    a.insert(keys(3)).await.unwrap_or_else(|e| panic!("{e}"));
+    let claimed: Vec<i64> = a
+        .claim(0, 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(claimed.len(), 3);
+    // The first item's lease lapses and `b` takes it over.
+    let admin = sqlx::PgPool::connect(&url())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{schema}\".items SET lease_until = now() - interval '1 second' WHERE id = {}",
+        claimed[0]
+    )))
+    .execute(&admin)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let taken = b.claim(0, 3).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(taken.iter().map(|i| i.id).collect::<Vec<_>>(), [claimed[0]]);
+
+    let starts = claimed
+        .iter()
+        .map(|&id| Transition::Started {
+            id,
+            step: 0,
+            step_name: "copy".into(),
+        })
+        .collect();
+    let answers = a.record_all(starts).await;
+    assert!(
+        matches!(answers[0], Err(StateError::LeaseLost { .. })),
+        "{answers:?}"
+    );
+    assert!(answers[1].is_ok() && answers[2].is_ok(), "{answers:?}");
+    let summary = a.summary().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(summary.count(Status::Running), 3);
+    let attempts: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT attempts FROM \"{schema}\".items ORDER BY id"
+    )))
+    .fetch_all(&admin)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(attempts, [0, 1, 1], "the taken-over item's start did not land");
 }

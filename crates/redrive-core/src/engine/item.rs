@@ -40,39 +40,68 @@ pub(super) async fn start_step(shared: &Shared, item: &StoredItem) -> Result<usi
     Ok(first)
 }
 
+/// How an item begins: the step it starts at and the transition that records its start, or
+/// `None` when every step already ran.
+pub(super) async fn begin(
+    shared: &Shared,
+    item: &StoredItem,
+) -> Result<Option<(usize, Transition)>, EngineError> {
+    let first = start_step(shared, item).await?;
+    Ok(shared.pipeline.steps.get(first).map(|step| {
+        (
+            first,
+            Transition::Started {
+                id: item.id,
+                step: first,
+                step_name: step.name.clone(),
+            },
+        )
+    }))
+}
+
 pub(super) async fn run_item(
     shared: &Shared,
+    item: StoredItem,
+    shutdown: Shutdown,
+) -> Result<ItemReport, EngineError> {
+    match begin(shared, &item).await? {
+        Some((first, start)) => {
+            shared.state.record(start).await?;
+            run_started(shared, item, first, shutdown).await
+        }
+        None => all_ran(shared, &item).await,
+    }
+}
+
+/// An item whose every step already ran (the plan's fingerprint prevents this unless the state
+/// was edited by hand): it is done.
+pub(super) async fn all_ran(shared: &Shared, item: &StoredItem) -> Result<ItemReport, EngineError> {
+    shared
+        .state
+        .record(Transition::Finished {
+            id: item.id,
+            status: Status::Done,
+            bytes: 0,
+            reason: None,
+            output: None,
+        })
+        .await?;
+    Ok(ItemReport {
+        status: Some(Status::Done),
+        ..ItemReport::default()
+    })
+}
+
+/// Runs an item whose start at step `first` is recorded.
+pub(super) async fn run_started(
+    shared: &Shared,
     mut item: StoredItem,
+    first: usize,
     mut shutdown: Shutdown,
 ) -> Result<ItemReport, EngineError> {
     let steps = &shared.pipeline.steps;
     let state = &shared.state;
     let mut report = ItemReport::default();
-    let first = start_step(shared, &item).await?;
-    let Some(PipelineStep {
-        name: first_name, ..
-    }) = steps.get(first)
-    else {
-        // Every step already ran (the plan's fingerprint prevents this unless edited by hand).
-        state
-            .record(Transition::Finished {
-                id: item.id,
-                status: Status::Done,
-                bytes: 0,
-                reason: None,
-                output: None,
-            })
-            .await?;
-        report.status = Some(Status::Done);
-        return Ok(report);
-    };
-    state
-        .record(Transition::Started {
-            id: item.id,
-            step: first,
-            step_name: first_name.clone(),
-        })
-        .await?;
 
     // Fields that earlier steps' `require` bound (e.g. `input`) are bound again on resume.
     let mut fields = std::mem::take(&mut item.fields);

@@ -6,6 +6,7 @@
 //! the source into the state; `item` takes one item through its steps; `expand` lists and
 //! runs a parent's children; `report` is what a run tells; `dry_run` prints what it would do.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::error::StepError;
-use crate::item::{Status, StoredItem};
+use crate::item::{ItemId, Status, StoredItem};
 use crate::retry::Backoff;
 use crate::source::{Source, SourceError};
 use crate::state::{StateError, StateStore};
@@ -30,7 +31,7 @@ mod report;
 
 pub use dry_run::dry_run;
 use expand::run_parent;
-use item::run_item;
+use item::{all_ran, begin, run_started};
 use load::{load, load_or_wait};
 use report::ItemReport;
 pub use report::{NoReport, Reporter, RunReport, StepEvent, StepStatus, Tally};
@@ -391,7 +392,8 @@ pub async fn run(
                 break;
             }
             shared.pipeline.source.hydrate(&mut items).await?;
-            for item in items {
+            let mut items = items.into_iter();
+            while let Some(item) = items.next() {
                 cursor = item.id;
                 if shared.options.limit.is_some_and(|limit| taken >= limit) {
                     break 'feed;
@@ -409,33 +411,27 @@ pub async fn run(
                 if shared.halt.load(Ordering::SeqCst) {
                     break 'feed;
                 }
-                taken += 1;
-                let shared = Arc::clone(&shared);
-                let shutdown = shutdown.clone();
-                tasks.spawn(async move {
-                    let id = item.id;
-                    let result = if shared.pipeline.expand.is_some() {
-                        run_parent(&shared, item, shutdown).await
-                    } else {
-                        run_item(&shared, item, shutdown).await
+                // The items that find a free slot now are admitted together: their starts
+                // are one commit, not one each.
+                let mut group = vec![(item, permit)];
+                while shared
+                    .options
+                    .limit
+                    .is_none_or(|limit| taken + (group.len() as u64) < limit)
+                {
+                    let Some(item) = items.as_slice().first() else {
+                        break;
                     };
-                    // Another worker took the item over while this one was paused past its
-                    // lease: it is theirs, and this process starts no further step of it.
-                    let result = match result {
-                        Err(EngineError::State(StateError::LeaseLost { .. })) => {
-                            tracing::warn!(item = id, "Another worker took this item over (this worker's lease had expired): leaving it to them.");
-                            Ok(ItemReport { taken_over: true, ..ItemReport::default() })
-                        }
-                        result => result,
+                    let Ok(permit) = Arc::clone(&semaphore).try_acquire_owned() else {
+                        break;
                     };
-                    // Progress can no longer be recorded (a full, read-only or locked state):
-                    // start no more items; those in flight end as they can.
-                    if matches!(result, Err(EngineError::State(_))) {
-                        shared.halt.store(true, Ordering::SeqCst);
+                    cursor = item.id;
+                    if let Some(item) = items.next() {
+                        group.push((item, permit));
                     }
-                    drop(permit);
-                    result
-                });
+                }
+                taken += group.len() as u64;
+                admit(&shared, group, &shutdown, &mut tasks).await;
             }
         }
     }
@@ -511,6 +507,89 @@ async fn stop_requested(shutdown: &mut Shutdown, level: StopLevel) {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Starts a group of items that each hold a slot: their starts are recorded together (one
+/// commit), then each runs in its own task. Parents of `[expand]` record their own start.
+async fn admit(
+    shared: &Arc<Shared>,
+    group: Vec<(StoredItem, tokio::sync::OwnedSemaphorePermit)>,
+    shutdown: &Shutdown,
+    tasks: &mut JoinSet<Result<ItemReport, EngineError>>,
+) {
+    if shared.pipeline.expand.is_some() {
+        for (item, permit) in group {
+            let (own, shutdown) = (Arc::clone(shared), shutdown.clone());
+            spawn_item(tasks, shared, item.id, permit, async move {
+                run_parent(&own, item, shutdown).await
+            });
+        }
+        return;
+    }
+    let mut begun = Vec::with_capacity(group.len());
+    let mut starts = Vec::with_capacity(group.len());
+    for (item, permit) in group {
+        let first = match begin(shared, &item).await {
+            Ok(Some((first, start))) => {
+                starts.push(start);
+                Ok(Some(first))
+            }
+            Ok(None) => Ok(None),
+            Err(error) => Err(error),
+        };
+        begun.push((item, permit, first));
+    }
+    let mut recorded = shared.state.record_all(starts).await.into_iter();
+    for (item, permit, first) in begun {
+        let (own, shutdown) = (Arc::clone(shared), shutdown.clone());
+        let started = match first {
+            Ok(Some(first)) => match recorded.next() {
+                Some(Ok(())) => Ok(Some(first)),
+                Some(Err(error)) => Err(EngineError::State(error)),
+                None => Err(EngineError::State(StateError::Backend {
+                    location: String::new(),
+                    message: "a start was not answered".to_owned(),
+                })),
+            },
+            other => other,
+        };
+        spawn_item(tasks, shared, item.id, permit, async move {
+            match started? {
+                Some(first) => run_started(&own, item, first, shutdown).await,
+                None => all_ran(&own, &item).await,
+            }
+        });
+    }
+}
+
+/// Runs one item's task: an item another worker took over (this one's lease had expired while
+/// it was paused) is theirs, and this process starts no further step of it; a state that can
+/// no longer record progress (full, read-only, locked) starts no more items.
+fn spawn_item(
+    tasks: &mut JoinSet<Result<ItemReport, EngineError>>,
+    shared: &Arc<Shared>,
+    id: ItemId,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    run: impl Future<Output = Result<ItemReport, EngineError>> + Send + 'static,
+) {
+    let shared = Arc::clone(shared);
+    tasks.spawn(async move {
+        let result = match run.await {
+            Err(EngineError::State(StateError::LeaseLost { .. })) => {
+                tracing::warn!(item = id, "Another worker took this item over (this worker's lease had expired): leaving it to them.");
+                Ok(ItemReport {
+                    taken_over: true,
+                    ..ItemReport::default()
+                })
+            }
+            result => result,
+        };
+        if matches!(result, Err(EngineError::State(_))) {
+            shared.halt.store(true, Ordering::SeqCst);
+        }
+        drop(permit);
+        result
+    });
 }
 
 fn absorb(
