@@ -8,6 +8,7 @@
 pub mod conformance;
 mod lease;
 mod location;
+mod pg_writer;
 mod postgres;
 mod sqlite;
 

@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 
 use crate::lease::{self, Worker};
+use crate::pg_writer;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const SCHEMA_VERSION: i32 = 1;
@@ -30,6 +30,8 @@ pub struct PostgresStateStore {
     heartbeat: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The connection holding the loader role's advisory lock, while this process loads.
     loader: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+    /// Applies transitions in groups, one transaction each; started by the first.
+    writer: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<pg_writer::Pending>>,
 }
 
 impl Drop for PostgresStateStore {
@@ -193,6 +195,7 @@ impl PostgresStateStore {
             worker: Arc::new(Worker::new(redrive_core::job::DEFAULT_LEASE)),
             heartbeat: std::sync::Mutex::new(None),
             loader: tokio::sync::Mutex::new(None),
+            writer: std::sync::OnceLock::new(),
         })
     }
 
@@ -336,10 +339,6 @@ fn row_to_item(row: &PgRow) -> Result<StoredItem, sqlx::Error> {
     })
 }
 
-fn i64_of(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 fn i32_of(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -352,38 +351,6 @@ fn limit_of(n: usize) -> i64 {
 const INSERT_TOP: &str = "INSERT INTO items (key, fields)
      SELECT k, f::jsonb FROM UNNEST($1::text[], $2::text[]) AS t(k, f)
      ON CONFLICT (key) WHERE parent IS NULL DO NOTHING";
-
-/// The item a transition changes.
-fn transition_item(transition: &Transition) -> ItemId {
-    match transition {
-        Transition::Started { id, .. }
-        | Transition::Advanced { id, .. }
-        | Transition::Finished { id, .. }
-        | Transition::Released { id, .. }
-        | Transition::Failed { id, .. } => *id,
-    }
-}
-
-async fn record_output(
-    tx: &mut sqlx::PgConnection,
-    id: ItemId,
-    step: usize,
-    output: Option<&Produced>,
-) -> Result<(), sqlx::Error> {
-    if let Some(output) = output {
-        sqlx::query(
-            "INSERT INTO outputs (item, step_index, path, bytes) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (item, step_index) DO UPDATE SET path = EXCLUDED.path, bytes = EXCLUDED.bytes, recorded_at = now()",
-        )
-        .bind(id)
-        .bind(i32_of(step))
-        .bind(&output.path)
-        .bind(i64_of(output.bytes))
-        .execute(tx)
-        .await?;
-    }
-    Ok(())
-}
 
 #[async_trait]
 impl StateStore for PostgresStateStore {
@@ -653,121 +620,25 @@ impl StateStore for PostgresStateStore {
         Ok(items.pop())
     }
 
+    /// Through the writer: committed with the transitions recorded meanwhile, fenced each.
     async fn record(&self, transition: Transition) -> Result<(), StateError> {
-        let id = transition_item(&transition);
-        let ends = matches!(
-            transition,
-            Transition::Finished { .. } | Transition::Failed { .. } | Transition::Released { .. }
-        );
-        let finishes = matches!(
-            transition,
-            Transition::Finished { .. } | Transition::Failed { .. }
-        );
-        // The fence: a claimed item's write names the owner and epoch it was claimed with, so
-        // a worker whose lease was taken over changes nothing ($1 owner, $2 epoch; no epoch:
-        // not claimed by this process, as children are, and not fenced).
-        let fence = "AND ($2::bigint IS NULL OR (lease_owner = $1 AND lease_epoch = $2))";
-        let epoch = self.worker.epoch(id);
-        let lease = self.worker.lease_seconds();
-        let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
-        let updated = match transition {
-            Transition::Started { id, step, step_name } => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE items SET status = 'running', step_index = $4, step = $5, attempts = attempts + 1,
-                 error = NULL, started_at = now(), updated_at = now(),
-                 lease_until = CASE WHEN $2::bigint IS NULL THEN lease_until ELSE now() + make_interval(secs => $6) END
-                 WHERE id = $3 {fence}",
-            )))
-            .bind(&self.worker.id)
-            .bind(epoch)
-            .bind(id)
-            .bind(i32_of(step))
-            .bind(step_name)
-            .bind(lease)
-            .execute(&mut *tx)
-            .await,
-            Transition::Advanced { id, step, step_name, bytes, output } => {
-                match record_output(&mut tx, id, step.saturating_sub(1), output.as_ref()).await {
-                    Ok(()) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "UPDATE items SET step_index = $4, step = $5, bytes = bytes + $6, updated_at = now(),
-                         lease_until = CASE WHEN $2::bigint IS NULL THEN lease_until ELSE now() + make_interval(secs => $7) END
-                         WHERE id = $3 {fence}",
-                    )))
-                    .bind(&self.worker.id)
-                    .bind(epoch)
-                    .bind(id)
-                    .bind(i32_of(step))
-                    .bind(step_name)
-                    .bind(i64_of(bytes))
-                    .bind(lease)
-                    .execute(&mut *tx)
-                    .await,
-                    Err(e) => Err(e),
-                }
-            }
-            Transition::Finished { id, status, bytes, reason, output } => {
-                let recorded = match &output {
-                    Some(output) => {
-                        let step: Result<i32, _> = sqlx::query_scalar("SELECT step_index FROM items WHERE id = $1")
-                            .bind(id)
-                            .fetch_one(&mut *tx)
-                            .await;
-                        match step {
-                            Ok(step) => record_output(&mut tx, id, usize::try_from(step).unwrap_or(0), Some(output)).await,
-                            Err(e) => Err(e),
-                        }
-                    }
-                    None => Ok(()),
-                };
-                match recorded {
-                    Ok(()) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "UPDATE items SET status = $4, bytes = bytes + $5, error = $6, updated_at = now(), finished_at = now()
-                         WHERE id = $3 {fence}",
-                    )))
-                    .bind(&self.worker.id)
-                    .bind(epoch)
-                    .bind(id)
-                    .bind(status.as_str())
-                    .bind(i64_of(bytes))
-                    .bind(reason)
-                    .execute(&mut *tx)
-                    .await,
-                    Err(e) => Err(e),
-                }
-            }
-            Transition::Released { id, error } => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE items SET status = 'pending', error = $4, updated_at = now() WHERE id = $3 {fence}",
-            )))
-            .bind(&self.worker.id)
-            .bind(epoch)
-            .bind(id)
-            .bind(error)
-            .execute(&mut *tx)
-            .await,
-            Transition::Failed { id, error } => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE items SET status = 'failed', error = $4, updated_at = now(), finished_at = now() WHERE id = $3 {fence}",
-            )))
-            .bind(&self.worker.id)
-            .bind(epoch)
-            .bind(id)
-            .bind(error)
-            .execute(&mut *tx)
-            .await,
-        };
-        let updated = updated.map_err(|e| self.failed(e))?.rows_affected();
-        if updated == 0 && epoch.is_some() {
-            // Taken over: nothing of this write lands (the output row neither).
-            drop(tx);
-            self.worker.lost(id);
-            return Err(StateError::LeaseLost { id });
+        let writer = self.writer.get_or_init(|| {
+            pg_writer::start(
+                self.pool.clone(),
+                Arc::clone(&self.worker),
+                self.location.clone(),
+            )
+        });
+        let (done, answer) = tokio::sync::oneshot::channel();
+        if writer
+            .send(pg_writer::Pending { transition, done })
+            .is_err()
+        {
+            return Err(self.failed("the state writer has stopped"));
         }
-        tx.commit().await.map_err(|e| self.failed(e))?;
-        if ends {
-            self.worker.forget(id);
-        }
-        if finishes {
-            self.worker.finished.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+        answer
+            .await
+            .unwrap_or_else(|_| Err(self.failed("the state writer has stopped")))
     }
 
     /// Starts are one statement for all (one round trip), each row fenced by its own epoch; a

@@ -307,5 +307,46 @@ async fn starts_recorded_together_are_fenced_each() {
     .fetch_all(&admin)
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(attempts, [0, 1, 1], "the taken-over item's start did not land");
+    assert_eq!(
+        attempts,
+        [0, 1, 1],
+        "the taken-over item's start did not land"
+    );
+}
+
+/// Transitions recorded at once share a transaction; one that PostgreSQL refuses (text with
+/// a NUL byte) fails alone, and the others of its group still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_fails_alone_in_its_group() {
+    use redrive_core::item::Status;
+    use redrive_core::state::Transition;
+    let schema = format!("redrive_test_{}_group", std::process::id());
+    let _ = fresh("group").await;
+    let a = worker(&schema, 60_000).await;
+    a.insert(keys(20)).await.unwrap_or_else(|e| panic!("{e}"));
+    let claimed = a.claim(0, 20).await.unwrap_or_else(|e| panic!("{e}"));
+    let bad = claimed[7].id;
+    let records = claimed.iter().map(|item| {
+        let transition = if item.id == bad {
+            Transition::Failed {
+                id: item.id,
+                error: "nul \0 byte".into(),
+            }
+        } else {
+            Transition::Finished {
+                id: item.id,
+                status: Status::Done,
+                bytes: 1,
+                reason: None,
+                output: None,
+            }
+        };
+        a.record(transition)
+    });
+    let answers = futures::future::join_all(records).await;
+    for (item, answer) in claimed.iter().zip(&answers) {
+        assert_eq!(answer.is_err(), item.id == bad, "{}: {answer:?}", item.key);
+    }
+    let summary = a.summary().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(summary.count(Status::Done), 19);
 }

@@ -1,0 +1,274 @@
+//! The PostgreSQL store's one writer: the transitions recorded while a transaction commits are
+//! applied together in the next one, so a commit (a WAL flush on the server) serves a group of
+//! items instead of one, as the SQLite writer does. Every write stays fenced row by row: a
+//! transition for an item another worker took over changes nothing (its output row neither)
+//! and is answered `LeaseLost`, without holding back the rest of its group. A group that fails
+//! as a whole (a statement error aborts a PostgreSQL transaction) is applied again one
+//! transition per transaction, so each is answered for itself.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use redrive_core::state::{StateError, Transition};
+use redrive_core::step::Produced;
+use sqlx::postgres::PgPool;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::lease::Worker;
+
+/// Transitions applied in one transaction at most.
+const GROUP: usize = 512;
+
+/// A transition waiting for its commit.
+pub(crate) struct Pending {
+    pub(crate) transition: Transition,
+    pub(crate) done: oneshot::Sender<Result<(), StateError>>,
+}
+
+/// Starts the writer of `pool` for `worker`; it ends when the sender is dropped.
+pub(crate) fn start(
+    pool: PgPool,
+    worker: Arc<Worker>,
+    location: String,
+) -> mpsc::UnboundedSender<Pending> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(write_loop(pool, worker, location, receiver));
+    sender
+}
+
+async fn write_loop(
+    pool: PgPool,
+    worker: Arc<Worker>,
+    location: String,
+    mut receiver: mpsc::UnboundedReceiver<Pending>,
+) {
+    let failed = |e: &dyn std::fmt::Display| StateError::Backend {
+        location: location.clone(),
+        message: e.to_string(),
+    };
+    while let Some(first) = receiver.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match receiver.try_recv() {
+                Ok(pending) => group.push(pending),
+                Err(_) => break,
+            }
+        }
+        let landed = match apply_group(&pool, &worker, &group).await {
+            Ok(landed) => landed.into_iter().map(Ok).collect(),
+            // Each on its own, so that one bad write fails only itself.
+            Err(_) => {
+                let mut each = Vec::with_capacity(group.len());
+                for pending in &group {
+                    each.push(apply_one(&pool, &worker, &pending.transition).await);
+                }
+                each
+            }
+        };
+        for (pending, landed) in group.into_iter().zip(landed) {
+            let id = item_of(&pending.transition);
+            let answer = match landed {
+                Ok(true) => {
+                    settled(&worker, &pending.transition);
+                    Ok(())
+                }
+                Ok(false) => {
+                    worker.lost(id);
+                    Err(StateError::LeaseLost { id })
+                }
+                Err(error) => Err(failed(&error)),
+            };
+            let _ = pending.done.send(answer);
+        }
+    }
+}
+
+/// The group in one transaction: whether each transition landed (`false`: fenced out).
+async fn apply_group(
+    pool: &PgPool,
+    worker: &Worker,
+    group: &[Pending],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    let mut tx = connection.begin().await?;
+    let mut landed = Vec::with_capacity(group.len());
+    for pending in group {
+        landed.push(apply(&mut tx, worker, &pending.transition).await?);
+    }
+    tx.commit().await?;
+    Ok(landed)
+}
+
+async fn apply_one(
+    pool: &PgPool,
+    worker: &Worker,
+    transition: &Transition,
+) -> Result<bool, sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    let mut tx = connection.begin().await?;
+    let landed = apply(&mut tx, worker, transition).await?;
+    tx.commit().await?;
+    Ok(landed)
+}
+
+/// What this worker keeps of an item once its transition is committed.
+fn settled(worker: &Worker, transition: &Transition) {
+    let id = item_of(transition);
+    if matches!(
+        transition,
+        Transition::Finished { .. } | Transition::Failed { .. } | Transition::Released { .. }
+    ) {
+        worker.forget(id);
+    }
+    if matches!(
+        transition,
+        Transition::Finished { .. } | Transition::Failed { .. }
+    ) {
+        worker.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The item a transition changes.
+pub(crate) fn item_of(transition: &Transition) -> i64 {
+    match transition {
+        Transition::Started { id, .. }
+        | Transition::Advanced { id, .. }
+        | Transition::Finished { id, .. }
+        | Transition::Released { id, .. }
+        | Transition::Failed { id, .. } => *id,
+    }
+}
+
+fn i32_of(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn i64_of(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// One transition, fenced: the item's row first (a claimed item's write names the owner and
+/// epoch it was claimed with, `$1` and `$2`; no epoch: not claimed by this process, as
+/// children are, and not fenced), then its output row only if the row changed. `false` when
+/// the fence refused it.
+async fn apply(
+    tx: &mut PgConnection,
+    worker: &Worker,
+    transition: &Transition,
+) -> Result<bool, sqlx::Error> {
+    const FENCE: &str = "AND ($2::bigint IS NULL OR (lease_owner = $1 AND lease_epoch = $2))";
+    const RENEW: &str = "lease_until = CASE WHEN $2::bigint IS NULL THEN lease_until ELSE now() + make_interval(secs => $3) END";
+    let id = item_of(transition);
+    let epoch = worker.epoch(id);
+    let lease = worker.lease_seconds();
+    let query = |sql: String| {
+        sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(sql))
+            .bind(worker.id.clone())
+            .bind(epoch)
+            .bind(lease)
+            .bind(id)
+    };
+    // Each statement returns the item's step index, when it changed the row.
+    let (step, output) = match transition {
+        Transition::Started {
+            step, step_name, ..
+        } => {
+            let changed = query(format!(
+                "UPDATE items SET status = 'running', step_index = $5, step = $6, attempts = attempts + 1,
+                 error = NULL, started_at = now(), updated_at = now(), {RENEW}
+                 WHERE id = $4 {FENCE} RETURNING step_index"
+            ))
+            .bind(i32_of(*step))
+            .bind(step_name.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+            (changed, None)
+        }
+        Transition::Advanced {
+            step,
+            step_name,
+            bytes,
+            output,
+            ..
+        } => {
+            let changed = query(format!(
+                "UPDATE items SET step_index = $5, step = $6, bytes = bytes + $7, updated_at = now(), {RENEW}
+                 WHERE id = $4 {FENCE} RETURNING step_index"
+            ))
+            .bind(i32_of(*step))
+            .bind(step_name.clone())
+            .bind(i64_of(*bytes))
+            .fetch_optional(&mut *tx)
+            .await?;
+            // The output belongs to the step that finished, the one before.
+            (changed.map(|s| s.saturating_sub(1)), output.as_ref())
+        }
+        Transition::Finished {
+            status,
+            bytes,
+            reason,
+            output,
+            ..
+        } => {
+            let changed = query(format!(
+                "UPDATE items SET status = $5, bytes = bytes + $6, error = $7, updated_at = now(), finished_at = now()
+                 WHERE id = $4 {FENCE} RETURNING step_index"
+            ))
+            .bind(status.as_str())
+            .bind(i64_of(*bytes))
+            .bind(reason.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+            (changed, output.as_ref())
+        }
+        Transition::Released { error, .. } => {
+            let changed = query(format!(
+                "UPDATE items SET status = 'pending', error = $5, updated_at = now()
+                 WHERE id = $4 {FENCE} RETURNING step_index"
+            ))
+            .bind(error.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+            (changed, None)
+        }
+        Transition::Failed { error, .. } => {
+            let changed = query(format!(
+                "UPDATE items SET status = 'failed', error = $5, updated_at = now(), finished_at = now()
+                 WHERE id = $4 {FENCE} RETURNING step_index"
+            ))
+            .bind(error.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+            (changed, None)
+        }
+    };
+    let Some(step) = step else {
+        // No row changed: fenced out when the item is claimed; else the id is unknown, which
+        // changes nothing either way.
+        return Ok(epoch.is_none());
+    };
+    if let Some(output) = output {
+        record_output(tx, id, step, output).await?;
+    }
+    Ok(true)
+}
+
+async fn record_output(
+    tx: &mut PgConnection,
+    id: i64,
+    step: i32,
+    output: &Produced,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outputs (item, step_index, path, bytes) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (item, step_index) DO UPDATE SET path = EXCLUDED.path, bytes = EXCLUDED.bytes, recorded_at = now()",
+    )
+    .bind(id)
+    .bind(step)
+    .bind(&output.path)
+    .bind(i64_of(output.bytes))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
