@@ -328,6 +328,12 @@ pub trait StateStore: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The status of the top-level items with these keys (those that exist): what a dry run
+    /// reads to tell the work left from the work done.
+    async fn statuses_of(&self, _keys: Vec<String>) -> Result<Vec<(String, Status)>, StateError> {
+        Ok(Vec::new())
+    }
+
     /// The source's revision recorded when its load last completed (see
     /// `Source::revision`).
     async fn source_revision(&self) -> Result<Option<String>, StateError> {

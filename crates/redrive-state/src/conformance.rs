@@ -56,6 +56,40 @@ pub async fn run_all(factory: Factory<'_>) {
     last_item_is_the_last_top_level_item(factory().await.as_ref()).await;
     a_lone_process_claims_holds_and_gives_back(factory().await.as_ref()).await;
     record_all_answers_each_transition_in_order(factory().await.as_ref()).await;
+    statuses_of_reads_each_known_keys_status(factory().await.as_ref()).await;
+}
+
+/// `statuses_of` answers for the known keys only, each with its status.
+pub async fn statuses_of_reads_each_known_keys_status(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    ok(store.insert(items(&["a", "b"])).await, "insert");
+    let a = ok(store.runnable(0, 1).await, "runnable").remove(0);
+    ok(
+        store
+            .record(Transition::Finished {
+                id: a.id,
+                status: Status::Done,
+                bytes: 0,
+                reason: None,
+                output: None,
+            })
+            .await,
+        "finish",
+    );
+    let mut found = ok(
+        store
+            .statuses_of(vec!["a".to_owned(), "b".to_owned(), "zz".to_owned()])
+            .await,
+        "statuses",
+    );
+    found.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        found,
+        [
+            ("a".to_owned(), Status::Done),
+            ("b".to_owned(), Status::Pending)
+        ]
+    );
 }
 
 /// `record_all` lands every transition and answers each, in order, as `record` would.

@@ -459,6 +459,21 @@ impl StateStore for PostgresStateStore {
             .collect())
     }
 
+    async fn statuses_of(&self, keys: Vec<String>) -> Result<Vec<(String, Status)>, StateError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT key, status FROM items WHERE parent IS NULL AND key = ANY($1)")
+                .bind(keys)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.failed(e))?;
+        rows.into_iter()
+            .map(|(key, status)| {
+                let status = status.parse().map_err(|e| self.failed(e))?;
+                Ok((key, status))
+            })
+            .collect()
+    }
+
     async fn insert_children(
         &self,
         parent: ItemId,

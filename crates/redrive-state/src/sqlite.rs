@@ -655,6 +655,31 @@ impl StateStore for SqliteStateStore {
         Ok(Inserted { added, candidates })
     }
 
+    async fn statuses_of(&self, keys: Vec<String>) -> Result<Vec<(String, Status)>, StateError> {
+        self.read(move |c| {
+            let mut statement =
+                c.prepare_cached("SELECT status FROM items WHERE parent IS NULL AND key = ?1")?;
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                let status: Option<String> = statement
+                    .query_row(params![key], |row| row.get(0))
+                    .optional()?;
+                if let Some(status) = status {
+                    let status = status.parse().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            0,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?;
+                    found.push((key, status));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn fields_of(&self, keys: Vec<String>) -> Result<Vec<(String, Fields)>, StateError> {
         self.read(move |c| {
             let mut statement =

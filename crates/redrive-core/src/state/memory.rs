@@ -204,6 +204,18 @@ impl StateStore for MemoryStateStore {
             .collect())
     }
 
+    async fn statuses_of(&self, keys: Vec<String>) -> Result<Vec<(String, Status)>, StateError> {
+        let tables = self.tables()?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| {
+                let id = tables.top(&key)?;
+                let status = tables.items.get(&id)?.item.status;
+                Some((key, status))
+            })
+            .collect())
+    }
+
     async fn insert_children(
         &self,
         parent: ItemId,

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use redrive_core::engine::{self, RunOptions, RunReport, StopLevel};
 use redrive_core::item::Status;
 use redrive_core::retry::Backoff;
-use redrive_core::state::{JobInfo, StateStore, Summary};
+use redrive_core::state::{JobInfo, StateError, StateStore, Summary};
 use tokio::sync::watch;
 
 use crate::cli::{GlobalArgs, RunArgs};
@@ -36,18 +36,14 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     let env = redrive_connectors::storage::Env::from_process();
     let pipeline = Arc::new(redrive_connectors::build_shard(&plan, env, args.shard)?);
 
-    if args.dry_run {
-        let mut stdout = std::io::BufWriter::new(std::io::stdout());
-        let count = engine::dry_run(&pipeline, args.limit, &mut stdout).await?;
-        std::io::Write::flush(&mut stdout).context("cannot write to stdout")?;
-        eprintln!("Dry run: {count} items listed; nothing was written or recorded.");
-        return Ok(ExitStatus::Success);
-    }
-
     let mut target = super::state::target(Some(&plan), &args.state)?;
     if let Some(shard) = args.shard {
         target = target.for_shard(shard);
     }
+    if args.dry_run {
+        return dry_run(&pipeline, &target, args).await;
+    }
+
     let opened = super::state::open_for_run(
         &target,
         plan.limits.lease,
@@ -333,4 +329,50 @@ fn warn_unfillable_batches(pipeline: &engine::Pipeline, in_flight: usize) {
             );
         }
     }
+}
+
+/// `--dry-run`: the items a run would start, listed; those the state records finished, counted.
+async fn dry_run(
+    pipeline: &engine::Pipeline,
+    target: &redrive_state::StateLocation,
+    args: &RunArgs,
+) -> anyhow::Result<ExitStatus> {
+    let opened = match target.open_existing().await {
+        Ok(opened) => Some(opened),
+        Err(StateError::Missing { .. }) => None,
+        Err(error) => return Err(super::state_error(error, &args.plan)),
+    };
+    let state = opened.as_ref().map(|opened| opened.store.as_ref());
+    let mut stdout = std::io::BufWriter::new(std::io::stdout());
+    let report =
+        engine::dry_run(pipeline, state, args.limit, args.retry_failed, &mut stdout).await?;
+    std::io::Write::flush(&mut stdout).context("cannot write to stdout")?;
+    let mut finished = Vec::new();
+    for (n, what) in [(report.done, "done"), (report.skipped, "skipped")] {
+        if n > 0 {
+            finished.push(format!("{n} {what}"));
+        }
+    }
+    if report.failed > 0 {
+        finished.push(format!(
+            "{} failed (`--retry-failed` runs {})",
+            report.failed,
+            if report.failed == 1 { "it" } else { "them" }
+        ));
+    }
+    let already = if finished.is_empty() {
+        String::new()
+    } else {
+        format!("; already {}", finished.join(", "))
+    };
+    let items = if report.would_run == 1 {
+        "item"
+    } else {
+        "items"
+    };
+    eprintln!(
+        "Dry run: would run {} {items}{already}; nothing was written or recorded.",
+        report.would_run
+    );
+    Ok(ExitStatus::Success)
 }

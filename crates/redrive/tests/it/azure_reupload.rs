@@ -218,10 +218,29 @@ fn work_items_expand_into_files_copied_create_only() {
         "{}",
         json.stdout
     );
-    // The dry run lists each work item's files, reading only.
+    // The job is done: a dry run has nothing to list.
     let dry =
-        s1.t.redrive(&["run", "plan.toml", "--dry-run", "--limit", "1"])
+        s1.t.redrive(&["run", "plan.toml", "--dry-run"])
             .expect_code(0);
+    assert_eq!(dry.stdout, "", "{}", dry.stdout);
+    assert!(
+        dry.stderr.contains("would run 0 items; already"),
+        "{}",
+        dry.stderr
+    );
+    // Against a state that does not exist yet, it lists each work item's files, reading only.
+    let dry =
+        s1.t.redrive(&[
+            "run",
+            "plan.toml",
+            "--dry-run",
+            "--limit",
+            "1",
+            "--state",
+            "none-yet.db",
+        ])
+        .expect_code(0);
+    assert!(!s1.t.path("none-yet.db").exists(), "no state made");
     assert_eq!(dry.stdout.lines().count(), SMALL.files, "{}", dry.stdout);
     assert!(
         dry.stdout.starts_with("wi00/file00.json\tcopy: copy az://"),

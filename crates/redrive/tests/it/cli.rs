@@ -253,6 +253,32 @@ fn dry_run_prints_and_touches_nothing() {
     assert!(!t.path("out").exists(), "nothing written");
 }
 
+/// `--dry-run` on a job part done used to list every item as if nothing had run: it reads
+/// the state, lists the work left and counts what is finished.
+#[test]
+fn a_dry_run_reads_the_state_and_lists_only_the_work_left() {
+    let t = TestContext::new();
+    make_inputs(&t, 3);
+    t.plan(COPY_PLAN);
+    t.redrive(&["run", "plan.toml", "--limit", "2", "--no-progress"])
+        .expect_code(0);
+    let out = t.redrive(&["run", "plan.toml", "--dry-run"]).expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    assert!(lines[0].starts_with("f00002.txt\t"), "{}", lines[0]);
+    assert!(
+        out.stderr.contains("would run 1 item; already 2 done"),
+        "{}",
+        out.stderr
+    );
+    assert!(!t.path("out/f00002.txt").exists(), "nothing written");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        2,
+        "the state is as it was"
+    );
+}
+
 #[test]
 fn limit_starts_at_most_n_items() {
     let t = TestContext::new();
