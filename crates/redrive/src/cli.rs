@@ -47,7 +47,7 @@ pub(crate) enum Command {
     /// Run a plan: load its source into the state and run every unfinished item
     Run(RunArgs),
     /// Check a plan (syntax, keys, templates against the source's fields) without running it
-    Validate(PlanArg),
+    Validate(ValidateArgs),
     /// Show the job's items by status and step, bytes, rate and ETA
     Status(StatusArgs),
     /// List failed items with their errors, or write them as a CSV to run again
@@ -60,6 +60,14 @@ pub(crate) enum Command {
     Diff(DiffArgs),
     /// Copy a file, folder or prefix (recursively) to another store, resumably
     Cp(CpArgs),
+    /// Print a shell completion script (e.g. `redrive completions bash > /etc/bash_completion.d/redrive`)
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, powershell or elvish
+    pub(crate) shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -119,9 +127,13 @@ pub(crate) struct DiffArgs {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct PlanArg {
+pub(crate) struct ValidateArgs {
     /// The plan file
     pub(crate) plan: PathBuf,
+    /// One JSON object on stdout: the checked plan (`"ok": true`, job, source and its fields,
+    /// key, steps, state, limits) or its error (`"ok": false`, file, table, message; exit 2)
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -192,8 +204,9 @@ pub(crate) struct RunArgs {
     /// Do not run the plan's [[job.before]] and [[job.after]] SQL
     #[arg(long)]
     pub(crate) no_hooks: bool,
-    /// Report progress as JSON lines on stdout (what --workers reads from its workers)
-    #[arg(long, hide = true)]
+    /// Report progress as JSON lines on stdout instead of a bar (what --workers reads from
+    /// its workers)
+    #[arg(long)]
     pub(crate) progress_json: bool,
 }
 

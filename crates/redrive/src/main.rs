@@ -93,7 +93,17 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<ExitStatus> {
         Command::Skip(args) => commands::edit::skip(args).await,
         Command::Diff(args) => commands::diff::diff(args).await,
         Command::Cp(args) => commands::cp::cp(args, &cli.global).await,
+        Command::Completions(args) => Ok(completions(args)),
     }
+}
+
+/// The completion script, written whole (a reader that stops early ends it quietly).
+fn completions(args: &cli::CompletionsArgs) -> ExitStatus {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "redrive", &mut script);
+    out_part!("{}", String::from_utf8_lossy(&script));
+    ExitStatus::Success
 }
 
 /// `error: …`, each cause on its own line, then any hint; secrets masked.

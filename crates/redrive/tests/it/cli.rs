@@ -860,6 +860,7 @@ retries = 0
     for args in [
         &["failed", "plan.toml"][..],
         &["status", "plan.toml", "--json"][..],
+        &["completions", "bash"][..],
     ] {
         let mut child = t.command(args).spawn().expect("spawn");
         let stdout = child.stdout.take().expect("stdout");
@@ -1273,4 +1274,79 @@ items = 1
     );
     let out = t.redrive(&["run", "plan.toml", "--max-errors", "0"]);
     assert_eq!(out.code, 2, "0 is refused: {}", out.stderr);
+}
+
+/// `validate --json`: the checked plan for scripts, or where and why it is wrong (exit 2),
+/// one JSON object on stdout either way.
+#[test]
+fn validate_json_describes_the_plan_or_its_error() {
+    let t = TestContext::new();
+    t.write("keys.txt", "a\nb\n");
+    t.plan(
+        r#"
+[job]
+name = "described"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+name = "touch"
+run = { shell = "touch {line}" }
+"#,
+    );
+    let out = t
+        .redrive(&["validate", "plan.toml", "--json"])
+        .expect_code(0);
+    let value: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(value["ok"], true, "{value}");
+    assert_eq!(value["job"], "described");
+    assert_eq!(value["source"]["kind"], "lines");
+    assert_eq!(value["source"]["fields"], serde_json::json!(["line"]));
+    assert_eq!(value["steps"], serde_json::json!(["touch"]));
+
+    t.plan(
+        &t.read("plan.toml")
+            .replace("[source]", "[source]\nduplicates = \"last\""),
+    );
+    let out = t
+        .redrive(&["validate", "plan.toml", "--json"])
+        .expect_code(2);
+    let value: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(value["ok"], false, "{value}");
+    assert_eq!(value["table"], "source", "{value}");
+    assert!(
+        value["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`duplicates`")),
+        "{value}"
+    );
+
+    t.plan("[job\nname = ");
+    let out = t
+        .redrive(&["validate", "plan.toml", "--json"])
+        .expect_code(2);
+    let value: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(value["ok"], false, "{value}");
+    assert!(
+        value["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("line 1")),
+        "{value}"
+    );
+}
+
+/// `redrive completions SHELL` prints a completion script that knows the commands and flags.
+#[test]
+fn completions_know_the_commands_and_their_flags() {
+    let t = TestContext::new();
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = t.redrive(&["completions", shell]).expect_code(0);
+        assert!(
+            out.stdout.contains("retry-failed") && out.stdout.contains("validate"),
+            "{shell}: {}",
+            out.stdout.chars().take(300).collect::<String>()
+        );
+    }
+    let out = t.redrive(&["completions", "tcsh"]).expect_code(2);
+    assert!(out.stderr.contains("bash"), "{}", out.stderr);
 }
