@@ -23,7 +23,7 @@ wait_port() {
 build_redrive() {
   if [ -n "${REDRIVE_BIN:-}" ]; then redrive=$REDRIVE_BIN; return 0; fi
   (cd "$root" && cargo build -q --release -p redrive)
-  redrive="$root/target/release/redrive"
+  redrive="${CARGO_TARGET_DIR:-$root/target}/release/redrive"
 }
 
 need_azurite() {
