@@ -522,6 +522,29 @@ fn apply(tx: &Transaction<'_>, transition: Transition) -> rusqlite::Result<usize
     Ok(changed)
 }
 
+/// One text column of the top-level items with these keys (those that exist), each read by
+/// `parse`.
+fn of_keys<T>(
+    c: &Connection,
+    column: &'static str,
+    keys: Vec<String>,
+    parse: impl Fn(String) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<(String, T)>> {
+    let mut statement = c.prepare_cached(&format!(
+        "SELECT {column} FROM items WHERE parent IS NULL AND key = ?1"
+    ))?;
+    let mut found = Vec::with_capacity(keys.len());
+    for key in keys {
+        let value: Option<String> = statement
+            .query_row(params![key], |row| row.get(0))
+            .optional()?;
+        if let Some(value) = value {
+            found.push((key, parse(value)?));
+        }
+    }
+    Ok(found)
+}
+
 fn bytes_i64(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
@@ -657,43 +680,24 @@ impl StateStore for SqliteStateStore {
 
     async fn statuses_of(&self, keys: Vec<String>) -> Result<Vec<(String, Status)>, StateError> {
         self.read(move |c| {
-            let mut statement =
-                c.prepare_cached("SELECT status FROM items WHERE parent IS NULL AND key = ?1")?;
-            let mut found = Vec::with_capacity(keys.len());
-            for key in keys {
-                let status: Option<String> = statement
-                    .query_row(params![key], |row| row.get(0))
-                    .optional()?;
-                if let Some(status) = status {
-                    let status = status.parse().map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            0,
-                            rusqlite::types::Type::Text,
-                            Box::new(e),
-                        )
-                    })?;
-                    found.push((key, status));
-                }
-            }
-            Ok(found)
+            of_keys(c, "status", keys, |status| {
+                status.parse().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+            })
         })
         .await
     }
 
     async fn fields_of(&self, keys: Vec<String>) -> Result<Vec<(String, Fields)>, StateError> {
         self.read(move |c| {
-            let mut statement =
-                c.prepare_cached("SELECT fields FROM items WHERE parent IS NULL AND key = ?1")?;
-            let mut found = Vec::with_capacity(keys.len());
-            for key in keys {
-                let fields: Option<String> = statement
-                    .query_row(params![key], |row| row.get(0))
-                    .optional()?;
-                if let Some(fields) = fields {
-                    found.push((key, serde_json::from_str(&fields).unwrap_or_default()));
-                }
-            }
-            Ok(found)
+            of_keys(c, "fields", keys, |fields| {
+                Ok(serde_json::from_str(&fields).unwrap_or_default())
+            })
         })
         .await
     }

@@ -927,28 +927,34 @@ items = 2
     );
 }
 
-/// Rows J1,A and J2,A with `key = "{WorkItemId}"` used to become one item, the other row's work
-/// silently never done (exit 0, nothing said, even with -v). A key that comes again with other
-/// fields stops the run (exit 2) naming both rows; a row repeated exactly is counted, once.
-#[test]
-fn rows_whose_key_is_not_unique_are_reported_and_fail_the_run() {
-    let t = TestContext::new();
+/// Five rows whose `{WorkItemId}` key comes three times (`A`) with other fields, and a plan
+/// keyed on it that runs `shell` per item.
+fn rows_with_a_repeated_key(t: &TestContext, shell: &str) {
     t.write(
         "items.csv",
         "JobId,WorkItemId\nJ1,A\nJ1,B\nJ2,A\nJ2,C\nJ3,A\n",
     );
-    t.plan(
+    t.plan(&format!(
         r#"
 [job]
 name = "dups"
 state = "state.db"
 [source]
 csv = "items.csv"
-key = "{WorkItemId}"
+key = "{{WorkItemId}}"
 [[step]]
-run = { shell = "true" }
-"#,
-    );
+run = {{ shell = "{shell}" }}
+"#
+    ));
+}
+
+/// Rows J1,A and J2,A with `key = "{WorkItemId}"` used to become one item, the other row's work
+/// silently never done (exit 0, nothing said, even with -v). A key that comes again with other
+/// fields stops the run (exit 2) naming both rows; a row repeated exactly is counted, once.
+#[test]
+fn rows_whose_key_is_not_unique_are_reported_and_fail_the_run() {
+    let t = TestContext::new();
+    rows_with_a_repeated_key(&t, "true");
     let out = t
         .redrive(&["run", "plan.toml", "--no-progress", "--metrics", "m.json"])
         .expect_code(2);
@@ -984,22 +990,7 @@ run = { shell = "true" }
 #[test]
 fn a_rerun_after_a_key_conflict_meets_it_again_until_duplicates_first() {
     let t = TestContext::new();
-    t.write(
-        "items.csv",
-        "JobId,WorkItemId\nJ1,A\nJ1,B\nJ2,A\nJ2,C\nJ3,A\n",
-    );
-    t.plan(
-        r#"
-[job]
-name = "dups"
-state = "state.db"
-[source]
-csv = "items.csv"
-key = "{WorkItemId}"
-[[step]]
-run = { shell = "echo {JobId} >> ran-{WorkItemId}" }
-"#,
-    );
+    rows_with_a_repeated_key(&t, "echo {JobId} >> ran-{WorkItemId}");
     for _ in 0..2 {
         let out = t
             .redrive(&["run", "plan.toml", "--no-progress"])
