@@ -241,12 +241,16 @@ impl RunLock {
             .map_err(|e| backend(&location, e))?;
         // A run killed a moment ago may still hold the lock for a few milliseconds: a child it
         // was starting holds a copy of the descriptor until that child's exec closes it. So a
-        // held lock is tried again for a short while before it is called another run's.
+        // lock whose taker is gone is tried again for a short while before it is called
+        // another run's; one whose taker lives is another run's at once.
         let deadline = std::time::Instant::now() + LOCK_PATIENCE;
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(Self { file }),
-                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                Err(std::fs::TryLockError::WouldBlock)
+                    if std::time::Instant::now() < deadline
+                        && !lock_holder(&file).is_some_and(alive) =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
@@ -259,6 +263,34 @@ impl RunLock {
             }
         }
     }
+}
+
+/// The process that took the `flock` on `file`, as Linux's `/proc/locks` names it (`None`
+/// elsewhere, or when it does not say).
+fn lock_holder(file: &std::fs::File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = file.metadata().ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    // `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF` (waiters have `->` after the number).
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, kind, _, _, pid, place, ..] = fields.as_slice() else {
+            return None;
+        };
+        let on_this = place.rsplit(':').next()?.parse::<u64>().ok()? == inode;
+        (*kind == "FLOCK" && on_this)
+            .then(|| pid.parse().ok())
+            .flatten()
+    })
+}
+
+/// Whether process `pid` is running (a zombie is not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
 }
 
 impl RunLock {

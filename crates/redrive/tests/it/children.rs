@@ -124,7 +124,7 @@ fn a_resumed_run_kills_what_the_dead_runs_commands_left_in_the_background() {
     let t = TestContext::new();
     plan(
         &t,
-        "sleep 120 > /dev/null 2>&1 & echo $! > pids/{line}.pid; exec sleep 60",
+        "sleep 97 > /dev/null 2>&1 & echo $! > pids/{line}.pid; exec sleep 60",
         2,
     );
     let mut first = t.command(&["run", "plan.toml"]).spawn().expect("spawn");
