@@ -136,9 +136,19 @@ fn source(
     stores: &Arc<Stores>,
     shard: Option<Shard>,
 ) -> Result<Arc<dyn Source>, SourceError> {
-    spec.kind
+    let built = spec
+        .kind
         .config()
-        .build(&SourceBuildContext { stores, shard })
+        .build(&SourceBuildContext { stores, shard })?;
+    match &spec.filter {
+        None => Ok(built),
+        Some(filter) => crate::sources::Filtered::new(built, filter.clone())
+            .map(|filtered| Arc::new(filtered) as Arc<dyn Source>)
+            .map_err(|message| SourceError::Input {
+                location: spec.kind.name().to_owned(),
+                message,
+            }),
+    }
 }
 
 #[cfg(test)]

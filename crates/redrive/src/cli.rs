@@ -86,6 +86,13 @@ pub(crate) struct CpArgs {
     /// Copy only these paths below SRC, one per line
     #[arg(long, value_name = "LIST")]
     pub(crate) files_from: Option<PathBuf>,
+    /// Copy only paths that match this glob (repeatable): without a `/` it matches the file
+    /// name (`*.json`), with one the path below SRC (`logs/**/*.gz`)
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) include: Vec<String>,
+    /// Leave out paths that match this glob (repeatable), as --include matches them
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) exclude: Vec<String>,
     /// Compute a checksum while copying (md5, crc32c, sha256); md5 is checked against the store's
     #[arg(long, value_name = "ALG")]
     pub(crate) checksum: Option<String>,

@@ -14,7 +14,8 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::sources::{
-    RawSourceKind, SOURCE_KINDS, SourceKind, SourceOptions, kinds_with_option, source_keys,
+    FILTER_KEYS, Filter, RawSourceKind, SOURCE_KINDS, SourceKind, SourceOptions, kinds_with_option,
+    source_keys,
 };
 
 /// A source of items.
@@ -26,6 +27,8 @@ pub struct SourceSpec {
     pub key: Option<Template>,
     /// What a load does with a row whose key an earlier row had, with other fields.
     pub duplicates: Duplicates,
+    /// `include`, `exclude`, `min_size`, `max_size`: the items kept.
+    pub filter: Option<Filter>,
 }
 
 /// A `[source]` (or `[expand]`) table as written.
@@ -35,6 +38,9 @@ pub(super) struct RawSource {
     /// Not in the canonical form: it decides only what happens to rows the state never takes,
     /// so a user told of a key conflict may add it and rerun without `--restart`.
     duplicates: Option<String>,
+    /// `include`, `exclude`, `min_size`, `max_size` as written (in the canonical form: they
+    /// decide which items exist).
+    filter: std::collections::BTreeMap<String, toml::Value>,
     options: SourceOptions,
 }
 
@@ -58,6 +64,7 @@ impl<'de> Visitor<'de> for SourceVisitor {
             kinds: Vec::new(),
             key: None,
             duplicates: None,
+            filter: std::collections::BTreeMap::new(),
             options: SourceOptions::default(),
         };
         while let Some(key) = map.next_key_seed(SourceKey)? {
@@ -65,6 +72,9 @@ impl<'de> Visitor<'de> for SourceVisitor {
                 source.key = Some(map.next_value()?);
             } else if key == "duplicates" {
                 source.duplicates = Some(map.next_value()?);
+            } else if FILTER_KEYS.contains(&key.as_str()) {
+                let value: toml::Value = map.next_value()?;
+                source.filter.insert(key, value);
             } else if let Some(kind) = RawSourceKind::next_value(&key, &mut map)? {
                 source.kinds.push(kind);
             } else {
@@ -102,6 +112,9 @@ impl Serialize for RawSource {
         }
         if let Some(key) = &self.key {
             map.serialize_entry("key", key)?;
+        }
+        for (key, value) in &self.filter {
+            map.serialize_entry(key, value)?;
         }
         for (option, value) in &self.options.0 {
             map.serialize_entry(option, value)?;
@@ -172,10 +185,35 @@ pub(super) fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec
             ));
         }
     };
+    let patterns = |key: &str| -> Result<Vec<String>, String> {
+        match raw.filter.get(key) {
+            None => Ok(Vec::new()),
+            Some(toml::Value::String(one)) => Ok(vec![one.clone()]),
+            Some(toml::Value::Array(values)) => values
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(text) => Ok(text.clone()),
+                    other => Err(format!(
+                        "`{key}` holds glob patterns (strings), not `{other}`"
+                    )),
+                })
+                .collect(),
+            Some(other) => Err(format!(
+                "`{key}` is a list of glob patterns, e.g. `{key} = [\"*.json\"]`, not `{other}`"
+            )),
+        }
+    };
+    let filter = Filter::check(
+        &patterns("include")?,
+        &patterns("exclude")?,
+        raw.filter.get("min_size"),
+        raw.filter.get("max_size"),
+    )?;
     let spec = SourceSpec {
         kind,
         key,
         duplicates,
+        filter,
     };
     source_key(&spec)?;
     Ok(spec)

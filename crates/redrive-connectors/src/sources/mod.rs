@@ -16,6 +16,7 @@ use crate::storage::Stores;
 
 mod csv;
 mod dates;
+mod filter;
 mod glob;
 mod kusto;
 mod lines;
@@ -33,6 +34,7 @@ pub use self::sql::config::{DEFAULT_SQL_BATCH, SqlSourceSpec};
 
 pub use self::csv::CsvSource;
 pub use self::dates::DatesSource;
+pub use self::filter::{Filter, Filtered};
 pub use self::glob::GlobSource;
 pub use self::kusto::KustoSource;
 pub use self::lines::LinesSource;
@@ -62,6 +64,9 @@ pub(crate) trait SourceKindConfig: Sized {
     /// Makes what is at its default absent, in the value and in the options.
     fn canonicalize(_raw: &mut Self::Raw, _options: &mut SourceOptions) {}
 }
+
+/// The keys of any `[source]` that narrow its items ([`Filter`]).
+pub(crate) const FILTER_KEYS: [&str; 4] = ["include", "exclude", "min_size", "max_size"];
 
 /// The keys of a `[source]` table that belong to its kind, as written (scalars).
 #[derive(Debug, Default, Serialize)]
@@ -158,6 +163,7 @@ macro_rules! source_kinds {
                 let mut keys: Vec<&'static str> = SOURCE_KINDS.to_vec();
                 keys.push("key");
                 keys.push("duplicates");
+                keys.extend(FILTER_KEYS);
                 $(
                     for option in <$spec as SourceKindConfig>::OPTIONS {
                         if !keys.contains(option) {

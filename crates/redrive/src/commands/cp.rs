@@ -71,6 +71,13 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
             ),
         }
     };
+    let mut source = source;
+    for (key, patterns) in [("include", &args.include), ("exclude", &args.exclude)] {
+        if !patterns.is_empty() {
+            let list: Vec<String> = patterns.iter().map(|p| toml_string(p)).collect();
+            source.push_str(&format!("\n{key} = [{}]", list.join(", ")));
+        }
+    }
     let mut options = String::new();
     if let Some(checksum) = &args.checksum {
         options.push_str(&format!(
@@ -90,7 +97,11 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         args.parts
     ));
 
-    let identity = format!("{src}\n{dst}\n{:?}\n{:?}", args.files_from, args.checksum);
+    let mut identity = format!("{src}\n{dst}\n{:?}\n{:?}", args.files_from, args.checksum);
+    // Filters are part of the job (and absent ones leave an earlier release's name as it was).
+    if !args.include.is_empty() || !args.exclude.is_empty() {
+        identity.push_str(&format!("\n{:?}\n{:?}", args.include, args.exclude));
+    }
     let hash: String = Sha256::digest(identity.as_bytes())[..6]
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -1341,3 +1341,103 @@ fn completions_know_the_commands_and_their_flags() {
     let out = t.redrive(&["completions", "tcsh"]).expect_code(2);
     assert!(out.stderr.contains("bash"), "{}", out.stderr);
 }
+
+/// `include`, `exclude` and `min_size` on a source, and `cp --include/--exclude`: only the
+/// matching files are items, on a first run and when it resumes.
+#[test]
+fn filters_narrow_a_source_and_cp_to_the_matching_files() {
+    let t = TestContext::new();
+    for (path, body) in [
+        ("in/a.json", "{\"a\":1}"),
+        ("in/b.txt", "text"),
+        ("in/deep/c.json", "{\"c\":2}"),
+        ("in/skip/d.json", "{\"d\":3}"),
+        ("in/e.json", ""),
+    ] {
+        std::fs::create_dir_all(t.path(path).parent().unwrap()).unwrap();
+        std::fs::write(t.path(path), body).unwrap();
+    }
+    t.plan(&format!(
+        r#"
+[job]
+name = "filters"
+state = "state.db"
+[source]
+list = "{src}/"
+include = ["*.json"]
+exclude = ["skip/**"]
+min_size = 1
+[[step]]
+copy = {{ from = "{{url}}", to = "out/{{rel}}" }}
+"#,
+        src = t.path("in").display()
+    ));
+    t.redrive(&["run", "plan.toml", "--no-progress"])
+        .expect_code(0);
+    let mut copied: Vec<String> = walk(&t.path("out"));
+    copied.sort();
+    assert_eq!(
+        copied,
+        ["a.json", "deep/c.json"],
+        "the empty e.json and skip/ are left out"
+    );
+
+    let out = t
+        .redrive(&[
+            "cp",
+            &t.path("in").display().to_string(),
+            &t.path("cp-out").display().to_string(),
+            "--include",
+            "*.json",
+            "--exclude",
+            "deep/*",
+        ])
+        .expect_code(0);
+    let mut copied: Vec<String> = walk(&t.path("cp-out"));
+    copied.sort();
+    assert_eq!(
+        copied,
+        ["a.json", "e.json", "skip/d.json"],
+        "{}",
+        out.stderr
+    );
+
+    // A filter the source cannot apply is a plan error.
+    t.write("keys.txt", "x\n");
+    t.plan(
+        r#"
+[job]
+name = "bad-filter"
+state = "bad.db"
+[source]
+lines = "keys.txt"
+max_size = "1MiB"
+[[step]]
+run = { shell = "true" }
+"#,
+    );
+    let out = t.redrive(&["validate", "plan.toml"]).expect_code(2);
+    assert!(
+        out.stderr
+            .contains("`min_size` and `max_size` bound the `size` field"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The files below `dir`, as paths relative to it.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(next) = todo.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                found.push(rel.display().to_string());
+            }
+        }
+    }
+    found
+}
