@@ -281,6 +281,40 @@ fn object_bar(multi: &MultiProgress, name: &str, size: Option<u64>) -> ProgressB
     multi.add(bar)
 }
 
+/// `-v`: one line per step an item finished, as rclone's `Copied (new)`:
+/// `copy a/b.json → s3://bucket/a/b.json: 2.0 KiB in 31 ms` (keys and targets masked).
+fn finished_line(event: &redrive_core::engine::StepEvent<'_>) {
+    use redrive_core::engine::StepStatus;
+    if tracing::level_filters::LevelFilter::current() < tracing::Level::INFO {
+        return;
+    }
+    let key = match event.parent {
+        Some(parent) => format!("{parent}/{}", event.key),
+        None => event.key.to_owned(),
+    };
+    let key = redrive_core::secrets::redact(&key);
+    let ms = (event.seconds * 1000.0).round();
+    match event.status {
+        StepStatus::Done => {
+            let target = event
+                .target
+                .map(|t| format!(" → {}", redrive_core::secrets::redact(t)))
+                .unwrap_or_default();
+            tracing::info!(
+                "{} {key}{target}: {} in {ms} ms",
+                event.step,
+                human_bytes(event.bytes)
+            );
+        }
+        StepStatus::Skipped => tracing::info!(
+            "{} {key}: skipped ({})",
+            event.step,
+            event.error.unwrap_or_default()
+        ),
+        _ => {}
+    }
+}
+
 /// What a worker tells `--workers`: its totals so far.
 fn json_line(c: &Counters) -> String {
     let finished = c.finished();
@@ -360,6 +394,7 @@ impl Reporter for Progress {
         if let Some(telemetry) = &self.telemetry {
             telemetry.write(event);
         }
+        finished_line(event);
     }
 
     fn children_loaded(&self, n: u64) {

@@ -1441,3 +1441,27 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     found
 }
+
+/// `-v` says what each item's steps did, one line each, as rclone's `Copied (new)` does.
+#[test]
+fn verbose_prints_one_line_per_finished_step() {
+    let t = TestContext::new();
+    make_inputs(&t, 2);
+    t.plan(COPY_PLAN);
+    let out = t
+        .redrive(&["run", "plan.toml", "-v", "--no-progress"])
+        .expect_code(0);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("copy f0000") && l.contains(" ms"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", out.stderr);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("f00001.txt → ") && l.contains("out/f00001.txt")),
+        "{}",
+        out.stderr
+    );
+}
