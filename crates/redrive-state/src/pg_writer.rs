@@ -16,6 +16,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lease::Worker;
+use crate::postgres::i32_of;
 
 /// Transitions applied in one transaction at most.
 const GROUP: usize = 512;
@@ -138,10 +139,6 @@ pub(crate) fn item_of(transition: &Transition) -> i64 {
         | Transition::Released { id, .. }
         | Transition::Failed { id, .. } => *id,
     }
-}
-
-fn i32_of(n: usize) -> i32 {
-    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 fn i64_of(n: u64) -> i64 {

@@ -339,7 +339,7 @@ fn row_to_item(row: &PgRow) -> Result<StoredItem, sqlx::Error> {
     })
 }
 
-fn i32_of(n: usize) -> i32 {
+pub(crate) fn i32_of(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 

@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use redrive_core::item::{Fields, StoredItem};
+use redrive_core::item::Fields;
 use redrive_core::source::{Source, SourceError};
+
+use super::narrowed::{Narrowed, Narrowing};
 
 /// The fields a path is taken from, in order of preference.
 const PATH_FIELDS: [&str; 5] = ["rel", "key", "path", "name", "line"];
@@ -133,9 +135,11 @@ fn size(key: &str, value: Option<&toml::Value>) -> Result<Option<u64>, String> {
 }
 
 /// A source narrowed by a [`Filter`].
+pub type Filtered = Narrowed<FilterOn>;
+
+/// A [`Filter`] and the field it takes an item's path from.
 #[derive(Debug)]
-pub struct Filtered {
-    inner: Arc<dyn Source>,
+pub struct FilterOn {
     filter: Filter,
     path: Option<&'static str>,
 }
@@ -144,13 +148,14 @@ impl Filtered {
     /// `inner`'s items that `filter` keeps; an error when `inner` lacks the fields it needs.
     pub(crate) fn new(inner: Arc<dyn Source>, filter: Filter) -> Result<Self, String> {
         let path = filter.needs(&inner.fields())?;
-        Ok(Self {
+        Ok(Narrowed {
             inner,
-            filter,
-            path,
+            rule: FilterOn { filter, path },
         })
     }
+}
 
+impl Narrowing for FilterOn {
     fn narrow(
         &self,
         items: BoxStream<'static, Result<Fields, SourceError>>,
@@ -173,34 +178,6 @@ impl Filtered {
             };
             std::future::ready(kept)
         }))
-    }
-}
-
-impl Source for Filtered {
-    fn fields(&self) -> BTreeSet<String> {
-        self.inner.fields()
-    }
-
-    fn items(&self, context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
-        self.narrow(self.inner.items(context))
-    }
-
-    fn items_after(
-        &self,
-        last: &Fields,
-    ) -> Option<BoxStream<'static, Result<Fields, SourceError>>> {
-        self.inner.items_after(last).map(|items| self.narrow(items))
-    }
-
-    fn revision(&self) -> Option<String> {
-        self.inner.revision()
-    }
-
-    fn hydrate<'a>(
-        &'a self,
-        items: &'a mut [StoredItem],
-    ) -> futures::future::BoxFuture<'a, Result<(), SourceError>> {
-        self.inner.hydrate(items)
     }
 }
 

@@ -21,6 +21,7 @@ mod glob;
 mod kusto;
 mod lines;
 mod list;
+mod narrowed;
 mod shard;
 mod sql;
 
@@ -34,12 +35,13 @@ pub use self::sql::config::{DEFAULT_SQL_BATCH, SqlSourceSpec};
 
 pub use self::csv::CsvSource;
 pub use self::dates::DatesSource;
-pub use self::filter::{Filter, Filtered};
+pub use self::filter::{Filter, FilterOn, Filtered};
 pub use self::glob::GlobSource;
 pub use self::kusto::KustoSource;
 pub use self::lines::LinesSource;
 pub use self::list::ListSource;
-pub use self::shard::Sharded;
+pub use self::narrowed::{Narrowed, Narrowing};
+pub use self::shard::{ShardOf, Sharded};
 pub use self::sql::SqlSource;
 
 use futures::stream::BoxStream;
