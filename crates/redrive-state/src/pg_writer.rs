@@ -15,8 +15,8 @@ use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::change::{Change, Dialect, Value};
 use crate::lease::Worker;
-use crate::postgres::i32_of;
 
 /// Transitions applied in one transaction at most.
 const GROUP: usize = 512;
@@ -145,108 +145,54 @@ fn i64_of(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// One transition, fenced: the item's row first (a claimed item's write names the owner and
-/// epoch it was claimed with, `$1` and `$2`; no epoch: not claimed by this process, as
-/// children are, and not fenced), then its output row only if the row changed. `false` when
-/// the fence refused it.
+/// How this store writes a [`Change`]: a claimed item's write names the owner and epoch it
+/// was claimed with (`$1`, `$2`; no epoch: not claimed by this process, as children are, and
+/// not fenced), `$3` the lease in seconds, `$4` the item.
+const DIALECT: Dialect = Dialect {
+    marker: '$',
+    first: 5,
+    now: "now()",
+    filter: "id = $4 AND ($2::bigint IS NULL OR (lease_owner = $1 AND lease_epoch = $2))",
+    renew: "lease_until = CASE WHEN $2::bigint IS NULL THEN lease_until ELSE now() + make_interval(secs => $3) END",
+};
+
+/// One transition, fenced: the item's row first, then its output row only if the row
+/// changed. `false` when the fence refused it.
 async fn apply(
     tx: &mut PgConnection,
     worker: &Worker,
     transition: &Transition,
 ) -> Result<bool, sqlx::Error> {
-    const FENCE: &str = "AND ($2::bigint IS NULL OR (lease_owner = $1 AND lease_epoch = $2))";
-    const RENEW: &str = "lease_until = CASE WHEN $2::bigint IS NULL THEN lease_until ELSE now() + make_interval(secs => $3) END";
-    let id = item_of(transition);
-    let epoch = worker.epoch(id);
-    let lease = worker.lease_seconds();
-    let query = |sql: String| {
-        sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(sql))
-            .bind(worker.id.clone())
-            .bind(epoch)
-            .bind(lease)
-            .bind(id)
-    };
-    // Each statement returns the item's step index, when it changed the row.
-    let (step, output) = match transition {
-        Transition::Started {
-            step, step_name, ..
-        } => {
-            let changed = query(format!(
-                "UPDATE items SET status = 'running', step_index = $5, step = $6, attempts = attempts + 1,
-                 error = NULL, started_at = now(), updated_at = now(), {RENEW}
-                 WHERE id = $4 {FENCE} RETURNING step_index"
-            ))
-            .bind(i32_of(*step))
-            .bind(step_name.clone())
-            .fetch_optional(&mut *tx)
-            .await?;
-            (changed, None)
-        }
-        Transition::Advanced {
-            step,
-            step_name,
-            bytes,
-            output,
-            ..
-        } => {
-            let changed = query(format!(
-                "UPDATE items SET step_index = $5, step = $6, bytes = bytes + $7, updated_at = now(), {RENEW}
-                 WHERE id = $4 {FENCE} RETURNING step_index"
-            ))
-            .bind(i32_of(*step))
-            .bind(step_name.clone())
-            .bind(i64_of(*bytes))
-            .fetch_optional(&mut *tx)
-            .await?;
-            // The output belongs to the step that finished, the one before.
-            (changed.map(|s| s.saturating_sub(1)), output.as_ref())
-        }
-        Transition::Finished {
-            status,
-            bytes,
-            reason,
-            output,
-            ..
-        } => {
-            let changed = query(format!(
-                "UPDATE items SET status = $5, bytes = bytes + $6, error = $7, updated_at = now(), finished_at = now()
-                 WHERE id = $4 {FENCE} RETURNING step_index"
-            ))
-            .bind(status.as_str())
-            .bind(i64_of(*bytes))
-            .bind(reason.clone())
-            .fetch_optional(&mut *tx)
-            .await?;
-            (changed, output.as_ref())
-        }
-        Transition::Released { error, .. } => {
-            let changed = query(format!(
-                "UPDATE items SET status = 'pending', error = $5, updated_at = now()
-                 WHERE id = $4 {FENCE} RETURNING step_index"
-            ))
-            .bind(error.clone())
-            .fetch_optional(&mut *tx)
-            .await?;
-            (changed, None)
-        }
-        Transition::Failed { error, .. } => {
-            let changed = query(format!(
-                "UPDATE items SET status = 'failed', error = $5, updated_at = now(), finished_at = now()
-                 WHERE id = $4 {FENCE} RETURNING step_index"
-            ))
-            .bind(error.clone())
-            .fetch_optional(&mut *tx)
-            .await?;
-            (changed, None)
-        }
-    };
-    let Some(step) = step else {
+    let change = Change::of(transition);
+    let epoch = worker.epoch(change.id);
+    let (sql, values) = change.update(&DIALECT, true);
+    let mut query = sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(sql))
+        .bind(worker.id.clone())
+        .bind(epoch)
+        .bind(worker.lease_seconds())
+        .bind(change.id);
+    for value in values {
+        query = match value {
+            // The integer columns (step_index, attempts) are `int`, bytes `bigint`: bound as
+            // bigint, PostgreSQL casts the assignment.
+            Value::Int(n) => query.bind(*n),
+            Value::Text(text) => query.bind(text.map(str::to_owned)),
+        };
+    }
+    let Some(step) = query.fetch_optional(&mut *tx).await? else {
         // No row changed: fenced out when the item is claimed; else the id is unknown, which
         // changes nothing either way.
         return Ok(epoch.is_none());
     };
-    if let Some(output) = output {
-        record_output(tx, id, step, output).await?;
+    if let Some((output, of)) = change.output {
+        let step = Change::output_step(of, i64::from(step));
+        record_output(
+            tx,
+            change.id,
+            i32::try_from(step).unwrap_or(i32::MAX),
+            output,
+        )
+        .await?;
     }
     Ok(true)
 }

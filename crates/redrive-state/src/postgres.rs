@@ -13,6 +13,7 @@ use redrive_core::step::Produced;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 
+use crate::change::ItemRow;
 use crate::lease::{self, Worker};
 use crate::pg_writer;
 use std::sync::Arc;
@@ -317,26 +318,21 @@ fn display_url(url: &str) -> String {
 }
 
 fn row_to_item(row: &PgRow) -> Result<StoredItem, sqlx::Error> {
-    let fields: String = row.try_get("fields")?;
-    let fields: Fields =
-        serde_json::from_str(&fields).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let status: String = row.try_get("status")?;
-    let status: Status = status
-        .parse()
-        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    Ok(StoredItem {
+    ItemRow {
         id: row.try_get("id")?,
         parent: row.try_get("parent")?,
         parent_key: row.try_get("parent_key")?,
         expanded: row.try_get("expanded")?,
         key: row.try_get("key")?,
-        fields,
-        step: usize::try_from(row.try_get::<i32, _>("step_index")?).unwrap_or(0),
-        status,
-        attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+        fields: row.try_get("fields")?,
+        step_index: row.try_get::<i32, _>("step_index")?.into(),
+        status: row.try_get("status")?,
+        attempts: row.try_get::<i32, _>("attempts")?.into(),
         error: row.try_get("error")?,
-        bytes: u64::try_from(row.try_get::<i64, _>("bytes")?).unwrap_or(0),
-    })
+        bytes: row.try_get("bytes")?,
+    }
+    .decode()
+    .map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 pub(crate) fn i32_of(n: usize) -> i32 {
@@ -658,6 +654,8 @@ impl StateStore for PostgresStateStore {
 
     /// Starts are one statement for all (one round trip), each row fenced by its own epoch; a
     /// start another worker's claim overtook is `LeaseLost`. Other transitions one by one.
+    /// The columns set are those of `Change::of(Started)` (`change.rs`), in bulk form; the
+    /// shared suite's `record_all_answers_each_transition_in_order` holds the two together.
     async fn record_all(&self, transitions: Vec<Transition>) -> Vec<Result<(), StateError>> {
         let all_starts = transitions
             .iter()

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
+use crate::change::{Change, Dialect, ItemRow, Value};
 use async_trait::async_trait;
 use redrive_core::item::{Fields, ItemId, NewItem, Status, StoredItem};
 use redrive_core::state::{
@@ -454,26 +455,22 @@ fn refuses_writes(error: &rusqlite::Error) -> bool {
 }
 
 fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredItem> {
-    let fields: String = row.get("fields")?;
-    let fields: Fields = serde_json::from_str(&fields).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    let status: String = row.get("status")?;
-    let status: Status = status.parse().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    Ok(StoredItem {
+    ItemRow {
         id: row.get("id")?,
         parent: row.get("parent")?,
         parent_key: row.get("parent_key")?,
         expanded: row.get::<_, i64>("expanded")? != 0,
         key: row.get("key")?,
-        fields,
-        step: row.get::<_, i64>("step_index")?.try_into().unwrap_or(0),
-        status,
-        attempts: row.get::<_, i64>("attempts")?.try_into().unwrap_or(0),
+        fields: row.get("fields")?,
+        step_index: row.get("step_index")?,
+        status: row.get("status")?,
+        attempts: row.get("attempts")?,
         error: row.get("error")?,
-        bytes: row.get::<_, i64>("bytes")?.try_into().unwrap_or(0),
+        bytes: row.get("bytes")?,
+    }
+    .decode()
+    .map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 
@@ -483,19 +480,15 @@ const ITEM_COLUMNS: &str = "i.id, i.parent, (SELECT p.key FROM items p WHERE p.i
 fn record_output(
     tx: &Transaction<'_>,
     id: ItemId,
-    step: usize,
-    output: Option<&Produced>,
+    step: i64,
+    output: &Produced,
 ) -> rusqlite::Result<()> {
-    if let Some(output) = output {
-        exec(
-            tx,
-            &format!(
-                "INSERT OR REPLACE INTO outputs (item, step_index, path, bytes, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, {NOW})"
-            ),
-            params![id, step as i64, output.path, bytes_i64(output.bytes)],
-        )?;
-    }
+    exec(
+        tx,
+        "INSERT OR REPLACE INTO outputs (item, step_index, path, bytes, recorded_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, step, output.path, bytes_i64(output.bytes), batch_now()],
+    )?;
     Ok(())
 }
 
@@ -505,53 +498,38 @@ fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusql
     tx.prepare_cached(sql)?.execute(params)
 }
 
+/// How this store writes a [`Change`]: `?1` the item, `?2` the batch's clock.
+const DIALECT: Dialect = Dialect {
+    marker: '?',
+    first: 3,
+    now: "?2",
+    filter: "id = ?1",
+    renew: "",
+};
+
 /// One transition's update, in the writer's transaction; the rows it changed.
 fn apply(tx: &Transaction<'_>, transition: Transition) -> rusqlite::Result<usize> {
-    let changed = match transition {
-            Transition::Started { id, step, step_name } => exec(
-                tx,
-                "UPDATE items SET status = 'running', step_index = ?2, step = ?3,
-                 attempts = attempts + 1, error = NULL, started_at = ?4, updated_at = ?4
-                 WHERE id = ?1",
-                params![id, step as i64, step_name, batch_now()],
-            )?,
-            Transition::Advanced { id, step, step_name, bytes, output } => {
-                record_output(tx, id, step.saturating_sub(1), output.as_ref())?;
-                exec(
-                tx,
-                    "UPDATE items SET step_index = ?2, step = ?3, bytes = bytes + ?4, updated_at = ?5
-                     WHERE id = ?1",
-                    params![id, step as i64, step_name, bytes_i64(bytes), batch_now()],
-                )?
-            }
-            Transition::Finished { id, status, bytes, reason, output } => {
-                if let Some(output) = &output {
-                    let step: i64 = tx.query_row("SELECT step_index FROM items WHERE id = ?1", params![id], |r| r.get(0))?;
-                    record_output(tx, id, usize::try_from(step).unwrap_or(0), Some(output))?;
-                }
-                exec(
-                tx,
-                    "UPDATE items SET status = ?2, bytes = bytes + ?3, error = ?4,
-                     updated_at = ?5, finished_at = ?5
-                     WHERE id = ?1",
-                    params![id, status.as_str(), bytes_i64(bytes), reason, batch_now()],
-                )?
-            }
-            Transition::Released { id, error } => exec(
-                tx,
-                &format!("UPDATE items SET status = 'pending', error = ?2, updated_at = {NOW} WHERE id = ?1"),
-                params![id, error],
-            )?,
-            Transition::Failed { id, error } => exec(
-                tx,
-                &format!(
-                    "UPDATE items SET status = 'failed', error = ?2, updated_at = {NOW}, finished_at = {NOW}
-                     WHERE id = ?1"
-                ),
-                params![id, error],
-            )?,
-        };
-    Ok(changed)
+    let change = Change::of(&transition);
+    // Only an output needs the step index back; a plain update is cheaper.
+    let (sql, values) = change.update(&DIALECT, change.output.is_some());
+    let now = batch_now();
+    let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&change.id, &now];
+    bound.extend(values.iter().map(|value| match value {
+        Value::Int(n) => n as &dyn rusqlite::ToSql,
+        Value::Text(text) => text as &dyn rusqlite::ToSql,
+    }));
+    let mut statement = tx.prepare_cached(&sql)?;
+    let Some((output, of)) = change.output else {
+        return statement.execute(bound.as_slice());
+    };
+    let step: Option<i64> = statement
+        .query_row(bound.as_slice(), |row| row.get(0))
+        .optional()?;
+    let Some(step) = step else {
+        return Ok(0);
+    };
+    record_output(tx, change.id, Change::output_step(of, step), output)?;
+    Ok(1)
 }
 
 /// One text column of the top-level items with these keys (those that exist), each read by

@@ -1,0 +1,375 @@
+//! What each transition does to an item's row, and how a row reads back as an item, said once
+//! for both stores. A store renders a [`Change`] in its SQL dialect ([`Dialect`]), binds its
+//! values in order, and records the output row against the step index the update returned.
+
+use redrive_core::item::{Fields, ItemId, Status, StoredItem, UnknownStatus};
+use redrive_core::state::Transition;
+use redrive_core::step::Produced;
+
+/// A value a change binds.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Value<'a> {
+    Int(i64),
+    Text(Option<&'a str>),
+}
+
+/// One assignment of the update.
+#[derive(Debug, PartialEq)]
+enum Set<'a> {
+    /// `column = value`.
+    To(&'static str, Value<'a>),
+    /// `column = column + value`.
+    Add(&'static str, Value<'a>),
+    /// `column = column + 1`.
+    Increment(&'static str),
+    /// `column = <now>`.
+    Now(&'static str),
+}
+
+/// Which step an output row belongs to, relative to the step index after the update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OutputOf {
+    /// The step that just finished, the one before the item's new step (`Advanced`).
+    Previous,
+    /// The item's step (`Finished`).
+    Current,
+}
+
+/// What a transition changes in its item's row.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Change<'a> {
+    pub(crate) id: ItemId,
+    sets: Vec<Set<'a>>,
+    /// The output to record, if the row changed.
+    pub(crate) output: Option<(&'a Produced, OutputOf)>,
+    /// The item may go on running: a lease renews with it.
+    pub(crate) renews: bool,
+}
+
+/// How a store writes SQL: placeholders, the clock, and what it adds to every update.
+pub(crate) struct Dialect {
+    /// `?` (SQLite) or `$` (PostgreSQL).
+    pub(crate) marker: char,
+    /// The first placeholder number free for the change's values.
+    pub(crate) first: usize,
+    /// The expression of the current time.
+    pub(crate) now: &'static str,
+    /// The condition that picks the row (and fences it).
+    pub(crate) filter: &'static str,
+    /// An assignment added to changes that renew the lease (empty: none).
+    pub(crate) renew: &'static str,
+}
+
+fn bytes(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn index(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl<'a> Change<'a> {
+    /// The change `transition` makes.
+    pub(crate) fn of(transition: &'a Transition) -> Self {
+        use Set::{Add, Increment, Now, To};
+        let text = |s: &'a str| Value::Text(Some(s));
+        let (id, sets, output, renews) = match transition {
+            Transition::Started {
+                id,
+                step,
+                step_name,
+            } => (
+                *id,
+                vec![
+                    To("status", text(Status::Running.as_str())),
+                    To("step_index", Value::Int(index(*step))),
+                    To("step", text(step_name)),
+                    Increment("attempts"),
+                    To("error", Value::Text(None)),
+                    Now("started_at"),
+                    Now("updated_at"),
+                ],
+                None,
+                true,
+            ),
+            Transition::Advanced {
+                id,
+                step,
+                step_name,
+                bytes: n,
+                output,
+            } => (
+                *id,
+                vec![
+                    To("step_index", Value::Int(index(*step))),
+                    To("step", text(step_name)),
+                    Add("bytes", Value::Int(bytes(*n))),
+                    Now("updated_at"),
+                ],
+                output.as_ref().map(|o| (o, OutputOf::Previous)),
+                true,
+            ),
+            Transition::Finished {
+                id,
+                status,
+                bytes: n,
+                reason,
+                output,
+            } => (
+                *id,
+                vec![
+                    To("status", text(status.as_str())),
+                    Add("bytes", Value::Int(bytes(*n))),
+                    To("error", Value::Text(reason.as_deref())),
+                    Now("updated_at"),
+                    Now("finished_at"),
+                ],
+                output.as_ref().map(|o| (o, OutputOf::Current)),
+                false,
+            ),
+            Transition::Released { id, error } => (
+                *id,
+                vec![
+                    To("status", text(Status::Pending.as_str())),
+                    To("error", text(error)),
+                    Now("updated_at"),
+                ],
+                None,
+                false,
+            ),
+            Transition::Failed { id, error } => (
+                *id,
+                vec![
+                    To("status", text(Status::Failed.as_str())),
+                    To("error", text(error)),
+                    Now("updated_at"),
+                    Now("finished_at"),
+                ],
+                None,
+                false,
+            ),
+        };
+        Change {
+            id,
+            sets,
+            output,
+            renews,
+        }
+    }
+
+    /// The update in `dialect` (`returning`: it returns the row's step index when it changed
+    /// the row), and the values to bind after the dialect's own.
+    pub(crate) fn update(&self, dialect: &Dialect, returning: bool) -> (String, Vec<&Value<'a>>) {
+        let mut next = dialect.first;
+        let mut values = Vec::new();
+        let mut assignments: Vec<String> = Vec::with_capacity(self.sets.len() + 1);
+        for set in &self.sets {
+            let mut placeholder = |value| {
+                values.push(value);
+                next += 1;
+                format!("{}{}", dialect.marker, next - 1)
+            };
+            assignments.push(match set {
+                Set::To(column, value) => format!("{column} = {}", placeholder(value)),
+                Set::Add(column, value) => {
+                    format!("{column} = {column} + {}", placeholder(value))
+                }
+                Set::Increment(column) => format!("{column} = {column} + 1"),
+                Set::Now(column) => format!("{column} = {}", dialect.now),
+            });
+        }
+        if self.renews && !dialect.renew.is_empty() {
+            assignments.push(dialect.renew.to_owned());
+        }
+        let mut sql = format!(
+            "UPDATE items SET {} WHERE {}",
+            assignments.join(", "),
+            dialect.filter
+        );
+        if returning {
+            sql.push_str(" RETURNING step_index");
+        }
+        (sql, values)
+    }
+
+    /// The step the output row is recorded against, from the step index the update returned.
+    pub(crate) fn output_step(of: OutputOf, step_index: i64) -> i64 {
+        match of {
+            OutputOf::Previous => step_index.saturating_sub(1).max(0),
+            OutputOf::Current => step_index,
+        }
+    }
+}
+
+/// An item row as both stores read it, before decoding.
+pub(crate) struct ItemRow {
+    pub(crate) id: ItemId,
+    pub(crate) parent: Option<ItemId>,
+    pub(crate) parent_key: Option<String>,
+    pub(crate) expanded: bool,
+    pub(crate) key: String,
+    pub(crate) fields: String,
+    pub(crate) step_index: i64,
+    pub(crate) status: String,
+    pub(crate) attempts: i64,
+    pub(crate) error: Option<String>,
+    pub(crate) bytes: i64,
+}
+
+/// A row whose fields or status do not decode.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BadRow {
+    #[error("item {id}: its fields are not a JSON object of text: {source}")]
+    Fields {
+        id: ItemId,
+        source: serde_json::Error,
+    },
+    #[error("item {id}: {message}")]
+    Status { id: ItemId, message: String },
+}
+
+impl ItemRow {
+    /// The item this row holds.
+    pub(crate) fn decode(self) -> Result<StoredItem, BadRow> {
+        let id = self.id;
+        let fields: Fields =
+            serde_json::from_str(&self.fields).map_err(|source| BadRow::Fields { id, source })?;
+        let status: Status = self
+            .status
+            .parse()
+            .map_err(|e: UnknownStatus| BadRow::Status {
+                id,
+                message: e.to_string(),
+            })?;
+        Ok(StoredItem {
+            id,
+            parent: self.parent,
+            parent_key: self.parent_key,
+            expanded: self.expanded,
+            key: self.key,
+            fields,
+            step: usize::try_from(self.step_index).unwrap_or(0),
+            status,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            error: self.error,
+            bytes: u64::try_from(self.bytes).unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const SQLITE_LIKE: Dialect = Dialect {
+        marker: '?',
+        first: 3,
+        now: "?2",
+        filter: "id = ?1",
+        renew: "",
+    };
+
+    #[test]
+    fn a_start_sets_status_step_attempt_and_clears_the_error() {
+        let t = Transition::Started {
+            id: 7,
+            step: 1,
+            step_name: "copy".into(),
+        };
+        let change = Change::of(&t);
+        let (sql, values) = change.update(&SQLITE_LIKE, true);
+        assert_eq!(
+            sql,
+            "UPDATE items SET status = ?3, step_index = ?4, step = ?5, attempts = attempts + 1, \
+             error = ?6, started_at = ?2, updated_at = ?2 WHERE id = ?1 RETURNING step_index"
+        );
+        assert_eq!(
+            values,
+            [
+                &Value::Text(Some("running")),
+                &Value::Int(1),
+                &Value::Text(Some("copy")),
+                &Value::Text(None)
+            ]
+        );
+        assert!(change.renews);
+    }
+
+    #[test]
+    fn an_advance_records_its_output_against_the_step_before() {
+        let t = Transition::Advanced {
+            id: 7,
+            step: 2,
+            step_name: "post".into(),
+            bytes: 10,
+            output: Some(Produced {
+                path: "out/a".into(),
+                bytes: 10,
+            }),
+        };
+        let change = Change::of(&t);
+        let (sql, _) = change.update(&SQLITE_LIKE, true);
+        assert!(sql.contains("bytes = bytes + ?5"), "{sql}");
+        assert!(
+            !sql.contains("status"),
+            "an advance keeps the status: {sql}"
+        );
+        let (_, of) = change.output.expect("an output");
+        assert_eq!(Change::output_step(of, 2), 1);
+    }
+
+    #[test]
+    fn a_renewing_change_takes_the_dialects_lease_clause() {
+        let pg = Dialect {
+            marker: '$',
+            first: 5,
+            now: "now()",
+            filter: "id = $4",
+            renew: "lease_until = now()",
+        };
+        let start = Transition::Started {
+            id: 1,
+            step: 0,
+            step_name: "a".into(),
+        };
+        let fail = Transition::Failed {
+            id: 1,
+            error: "x".into(),
+        };
+        assert!(
+            Change::of(&start)
+                .update(&pg, true)
+                .0
+                .contains("lease_until = now()")
+        );
+        assert!(
+            !Change::of(&fail)
+                .update(&pg, true)
+                .0
+                .contains("lease_until")
+        );
+    }
+
+    #[test]
+    fn a_row_with_bad_fields_names_its_item() {
+        let row = ItemRow {
+            id: 3,
+            parent: None,
+            parent_key: None,
+            expanded: false,
+            key: "k".into(),
+            fields: "[1]".into(),
+            step_index: 0,
+            status: "pending".into(),
+            attempts: 0,
+            error: None,
+            bytes: 0,
+        };
+        let error = row.decode().expect_err("not an object");
+        assert!(
+            error.to_string().starts_with("item 3: its fields"),
+            "{error}"
+        );
+    }
+}
