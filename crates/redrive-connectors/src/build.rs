@@ -87,7 +87,8 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
         _ => None,
     };
     let child_fields = expand.as_ref().map(|e| e.source.fields());
-    plan.check_fields(&source.fields(), child_fields.as_ref())?;
+    let source_fields = source.fields();
+    plan.check_fields(&source_fields, child_fields.as_ref())?;
     let steps = plan
         .steps
         .iter()
@@ -115,10 +116,16 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
                 )),
                 None => step,
             };
+            // A target that renders from the source's fields alone is claimed as items load.
+            let target = config
+                .target()
+                .filter(|t| expand.is_none() && t.fields().all(|f| source_fields.contains(f)))
+                .cloned();
             Ok(PipelineStep {
                 name: spec.name.clone(),
                 step,
                 traits: config.traits(),
+                target,
             })
         })
         .collect::<Result<Vec<_>, BuildError>>()?;

@@ -141,6 +141,17 @@ pub enum Transition {
     },
 }
 
+/// An item's claim on the one object a step writes for it (see [`StateStore::claim_targets`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetClaim {
+    /// The step's index.
+    pub step: usize,
+    /// The target, rendered.
+    pub target: String,
+    /// The item's key.
+    pub key: String,
+}
+
 /// What [`StateStore::insert_reporting`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inserted {
@@ -325,6 +336,17 @@ pub trait StateStore: Send + Sync {
 
     /// The fields of the top-level items with these keys (those that exist).
     async fn fields_of(&self, _keys: Vec<String>) -> Result<Vec<(String, Fields)>, StateError> {
+        Ok(Vec::new())
+    }
+
+    /// Records that the top-level item `key` writes `target` at step `step` (its rendered
+    /// `copy.to`), for each claim; a target already claimed by another key keeps its first
+    /// claim. Answers the claims whose target belongs to another key, with that key: two
+    /// items that would write one object. The default records nothing and finds nothing.
+    async fn claim_targets(
+        &self,
+        _claims: Vec<TargetClaim>,
+    ) -> Result<Vec<(TargetClaim, String)>, StateError> {
         Ok(Vec::new())
     }
 

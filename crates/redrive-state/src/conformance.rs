@@ -57,6 +57,38 @@ pub async fn run_all(factory: Factory<'_>) {
     a_lone_process_claims_holds_and_gives_back(factory().await.as_ref()).await;
     record_all_answers_each_transition_in_order(factory().await.as_ref()).await;
     statuses_of_reads_each_known_keys_status(factory().await.as_ref()).await;
+    claim_targets_keeps_each_targets_first_key(factory().await.as_ref()).await;
+}
+
+/// `claim_targets`: a target belongs to the first key that claims it, in this call or an
+/// earlier one; the same key claiming again is no conflict; steps claim apart.
+pub async fn claim_targets_keeps_each_targets_first_key(store: &dyn StateStore) {
+    use redrive_core::state::TargetClaim;
+    let claim = |step: usize, target: &str, key: &str| TargetClaim {
+        step,
+        target: target.to_owned(),
+        key: key.to_owned(),
+    };
+    ok(store.begin(&job("a")).await, "begin");
+    let taken = ok(
+        store
+            .claim_targets(vec![
+                claim(0, "out/a", "J1/A"),
+                claim(0, "out/a", "J2/A"),
+                claim(1, "out/a", "J3/A"),
+                claim(0, "out/b", "B"),
+            ])
+            .await,
+        "first claims",
+    );
+    assert_eq!(taken, [(claim(0, "out/a", "J2/A"), "J1/A".to_owned())]);
+    let again = ok(
+        store
+            .claim_targets(vec![claim(0, "out/a", "J1/A"), claim(0, "out/b", "C")])
+            .await,
+        "claims again",
+    );
+    assert_eq!(again, [(claim(0, "out/b", "C"), "B".to_owned())]);
 }
 
 /// `statuses_of` answers for the known keys only, each with its status.

@@ -7,7 +7,8 @@
 use async_trait::async_trait;
 use redrive_core::item::{Fields, ItemId, NewItem, Status, StoredItem};
 use redrive_core::state::{
-    ChildCounts, Inserted, JobInfo, Requeue, StateError, StateStore, Summary, Transition,
+    ChildCounts, Inserted, JobInfo, Requeue, StateError, StateStore, Summary, TargetClaim,
+    Transition,
 };
 use redrive_core::step::Produced;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -114,6 +115,12 @@ CREATE TABLE IF NOT EXISTS items (
     started_at  TIMESTAMPTZ,
     updated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
     finished_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS targets (
+    step_index  INTEGER NOT NULL,
+    target      TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    PRIMARY KEY (step_index, target)
 );
 CREATE TABLE IF NOT EXISTS outputs (
     item        BIGINT  NOT NULL REFERENCES items(id),
@@ -452,6 +459,54 @@ impl StateStore for PostgresStateStore {
         Ok(rows
             .into_iter()
             .map(|(key, fields)| (key, serde_json::from_str(&fields).unwrap_or_default()))
+            .collect())
+    }
+
+    /// One statement: the claims added where free, then each claimed target's owner.
+    async fn claim_targets(
+        &self,
+        claims: Vec<TargetClaim>,
+    ) -> Result<Vec<(TargetClaim, String)>, StateError> {
+        let steps: Vec<i32> = claims.iter().map(|c| i32_of(c.step)).collect();
+        let targets: Vec<&str> = claims.iter().map(|c| c.target.as_str()).collect();
+        let keys: Vec<&str> = claims.iter().map(|c| c.key.as_str()).collect();
+        // Rows of one statement do not see each other's inserts: a target claimed twice in
+        // this batch keeps its first claim (ordinality), and the owners are read after.
+        sqlx::query(
+            "INSERT INTO targets (step_index, target, key)
+             SELECT DISTINCT ON (s, t) s, t, k
+             FROM UNNEST($1::int[], $2::text[], $3::text[]) WITH ORDINALITY AS c(s, t, k, n)
+             ORDER BY s, t, n
+             ON CONFLICT (step_index, target) DO NOTHING",
+        )
+        .bind(&steps)
+        .bind(&targets)
+        .bind(&keys)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let owners: Vec<(i32, String, String)> = sqlx::query_as(
+            "SELECT t.step_index, t.target, t.key FROM targets t
+             JOIN UNNEST($1::int[], $2::text[]) AS c(s, tg) ON t.step_index = c.s AND t.target = c.tg",
+        )
+        .bind(&steps)
+        .bind(&targets)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let owners: std::collections::HashMap<(i32, String), String> = owners
+            .into_iter()
+            .map(|(step, target, key)| ((step, target), key))
+            .collect();
+        Ok(claims
+            .into_iter()
+            .filter_map(|claim| {
+                let owner = owners.get(&(i32_of(claim.step), claim.target.clone()))?;
+                (*owner != claim.key).then(|| {
+                    let owner = owner.clone();
+                    (claim, owner)
+                })
+            })
             .collect())
     }
 

@@ -37,6 +37,15 @@ CREATE TABLE IF NOT EXISTS outputs (
     PRIMARY KEY (item, step_index)
 );
 
+-- The one object a step writes for each top-level item (its rendered `copy.to`), claimed as
+-- the item loads: a second key that renders the same target is refused.
+CREATE TABLE IF NOT EXISTS targets (
+    step_index  INTEGER NOT NULL,
+    target      TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    PRIMARY KEY (step_index, target)
+) WITHOUT ROWID;
+
 CREATE UNIQUE INDEX IF NOT EXISTS items_top_key   ON items(key)         WHERE parent IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS items_child_key ON items(parent, key) WHERE parent IS NOT NULL;
 CREATE INDEX        IF NOT EXISTS items_status    ON items(status, id);

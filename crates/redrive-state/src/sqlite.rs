@@ -9,7 +9,8 @@ use crate::change::{Change, Dialect, ItemRow, Value};
 use async_trait::async_trait;
 use redrive_core::item::{Fields, ItemId, NewItem, Status, StoredItem};
 use redrive_core::state::{
-    ChildCounts, Inserted, JobInfo, Requeue, StateError, StateStore, Summary, Transition,
+    ChildCounts, Inserted, JobInfo, Requeue, StateError, StateStore, Summary, TargetClaim,
+    Transition,
 };
 use redrive_core::step::Produced;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -735,6 +736,42 @@ impl StateStore for SqliteStateStore {
             Ok(added)
         }))
         .await
+    }
+
+    /// In the writer's transaction: each claim added where free, then its target's owner read.
+    async fn claim_targets(
+        &self,
+        claims: Vec<TargetClaim>,
+    ) -> Result<Vec<(TargetClaim, String)>, StateError> {
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let found = Arc::clone(&taken);
+        self.write(Box::new(move |tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO targets (step_index, target, key) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut owner =
+                tx.prepare_cached("SELECT key FROM targets WHERE step_index = ?1 AND target = ?2")?;
+            let mut conflicts = Vec::new();
+            for claim in claims {
+                let step = i64::try_from(claim.step).unwrap_or(i64::MAX);
+                if insert.execute(params![step, claim.target, claim.key])? == 1 {
+                    continue;
+                }
+                let first: String = owner.query_row(params![step, claim.target], |r| r.get(0))?;
+                if first != claim.key {
+                    conflicts.push((claim, first));
+                }
+            }
+            if let Ok(mut found) = found.lock() {
+                *found = conflicts;
+            }
+            Ok(0)
+        }))
+        .await?;
+        let mut taken = taken
+            .lock()
+            .map_err(|_| self.failed("the state writer panicked".to_owned()))?;
+        Ok(std::mem::take(&mut *taken))
     }
 
     async fn set_expanded(&self, parent: ItemId) -> Result<(), StateError> {

@@ -137,7 +137,10 @@ async fn describe(
     }
     let mut fields = std::borrow::Cow::Borrowed(fields);
     let mut line = crate::secrets::redact(key).into_owned();
-    for PipelineStep { name, step, traits } in &pipeline.steps {
+    for PipelineStep {
+        name, step, traits, ..
+    } in &pipeline.steps
+    {
         let what = step.describe(&fields).map_err(EngineError::Key)?;
         line.push_str(&format!("\t{name}: {}", crate::secrets::redact(&what)));
         if traits.binds_fields {

@@ -8,6 +8,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{Duplicates, EngineError, LOAD_BATCH, Shared};
 use crate::item::{Fields, NewItem};
+use crate::state::TargetClaim;
 
 /// How often a process without the loader role looks whether the source is complete.
 const LOADER_POLL: Duration = Duration::from_millis(250);
@@ -122,6 +123,7 @@ pub(super) async fn flush(
         return Ok(());
     }
     let rows = batch.len() as u64;
+    claim_targets(shared, batch).await?;
     let inserted = shared.state.insert_reporting(std::mem::take(batch)).await?;
     let added = inserted.added;
     if check.conflicts && added < rows {
@@ -130,6 +132,51 @@ pub(super) async fn flush(
     shared.reporter.loaded(added);
     loaded.notify_waiters();
     Ok(())
+}
+
+/// Claims the target each row's steps write, before the rows are recorded (so no item whose
+/// target another item holds is ever started): two keys that render one object stop the load
+/// and the run, as a key conflict does, and the next load meets them again.
+async fn claim_targets(shared: &Shared, batch: &[NewItem]) -> Result<(), EngineError> {
+    use std::sync::atomic::Ordering;
+    let mut claims = Vec::new();
+    for (index, step) in shared.pipeline.steps.iter().enumerate() {
+        let Some(target) = &step.target else {
+            continue;
+        };
+        // A row whose target does not render fails at its step, saying why.
+        claims.extend(batch.iter().filter_map(|row| {
+            Some(TargetClaim {
+                step: index,
+                target: target.render(&row.fields).ok()?,
+                key: row.key.clone(),
+            })
+        }));
+    }
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let taken = shared.state.claim_targets(claims).await?;
+    let Some((claim, first)) = taken.into_iter().next() else {
+        return Ok(());
+    };
+    shared.halt.store(true, Ordering::SeqCst);
+    shared
+        .state
+        .set_source_revision(READ_AGAIN.to_owned())
+        .await?;
+    let masked = |text: &str| crate::secrets::redact(text).into_owned();
+    Err(EngineError::SameTarget {
+        step: shared
+            .pipeline
+            .steps
+            .get(claim.step)
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+        target: masked(&claim.target),
+        first: masked(&first),
+        again: masked(&claim.key),
+    })
 }
 
 /// A first load whose batch had `ignored` rows with a key already recorded: a row that repeats

@@ -84,6 +84,10 @@ pub struct PipelineStep {
     pub step: Arc<dyn Step>,
     /// What it needs from the engine.
     pub traits: StepTraits,
+    /// The one object it writes for an item (`copy.to`), when that renders from the item's
+    /// source fields alone: each item claims its target as it loads, and two items that would
+    /// write one object stop the load (see [`EngineError::SameTarget`]).
+    pub target: Option<Template>,
 }
 
 impl PipelineStep {
@@ -93,6 +97,7 @@ impl PipelineStep {
             name: name.into(),
             step,
             traits: StepTraits::default(),
+            target: None,
         }
     }
 }
@@ -177,6 +182,21 @@ pub enum EngineError {
         /// The fields of the row recorded first.
         first: String,
         /// The fields of the row that came again.
+        again: String,
+    },
+    /// Two items of the source render one step's target to the same object: the second
+    /// would overwrite the first or be skipped, and one item's work would be lost.
+    #[error(
+        "items `{first}` and `{again}` both write `{target}` (step `{step}`); the target template does not tell them apart"
+    )]
+    SameTarget {
+        /// The step's name.
+        step: String,
+        /// The target, secrets masked.
+        target: String,
+        /// The key that claimed it first, secrets masked.
+        first: String,
+        /// The key that came again, secrets masked.
         again: String,
     },
     /// The loader was told to stop before the end of the source (the run is ending).

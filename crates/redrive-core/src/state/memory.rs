@@ -10,7 +10,8 @@ use async_trait::async_trait;
 
 use crate::item::{Fields, ItemId, NewItem, Status, StoredItem};
 use crate::state::{
-    ChildCounts, Inserted, JobInfo, Requeue, StateError, StateStore, Summary, Transition,
+    ChildCounts, Inserted, JobInfo, Requeue, StateError, StateStore, Summary, TargetClaim,
+    Transition,
 };
 use crate::step::Produced;
 
@@ -34,6 +35,8 @@ struct Tables {
     items: BTreeMap<ItemId, Row>,
     /// (parent, key) → id: keys are unique among a parent's children, or among top-level items.
     keys: HashMap<(Option<ItemId>, String), ItemId>,
+    /// (step, target) → the key that claimed it first.
+    targets: HashMap<(usize, String), String>,
     next_id: ItemId,
 }
 
@@ -150,6 +153,25 @@ impl MemoryStateStore {
 
 #[async_trait]
 impl StateStore for MemoryStateStore {
+    async fn claim_targets(
+        &self,
+        claims: Vec<TargetClaim>,
+    ) -> Result<Vec<(TargetClaim, String)>, StateError> {
+        let mut tables = self.tables()?;
+        let mut taken = Vec::new();
+        for claim in claims {
+            let owner = tables
+                .targets
+                .entry((claim.step, claim.target.clone()))
+                .or_insert_with(|| claim.key.clone());
+            if *owner != claim.key {
+                let owner = owner.clone();
+                taken.push((claim, owner));
+            }
+        }
+        Ok(taken)
+    }
+
     async fn begin(&self, job: &JobInfo) -> Result<(), StateError> {
         let mut tables = self.tables()?;
         match &tables.job {

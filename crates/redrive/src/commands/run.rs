@@ -185,6 +185,11 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
             ),
         }
         .into(),
+        same @ engine::EngineError::SameTarget { .. } => Hinted {
+            message: same.to_string(),
+            hint: "put a field that tells the items apart in the target (e.g. `to = \"out/{JobId}/{name}\"`), then rerun with --restart; nothing was written for the items of the batch that held them".to_owned(),
+        }
+        .into(),
         other => anyhow::Error::new(other),
     })?;
     if report.repeated_rows > 0 && !global.quiet {

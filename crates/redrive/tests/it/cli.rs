@@ -983,6 +983,52 @@ fn rows_whose_key_is_not_unique_are_reported_and_fail_the_run() {
     );
 }
 
+/// Two rows with distinct keys whose `copy.to` renders to one file used to be two items: the
+/// first copied, the second skipped as "exists" (or, overwriting, the first's bytes lost). The
+/// load now claims each target and stops (exit 2) naming both keys before either is started;
+/// a rerun meets it again; a target that tells them apart runs all of them.
+#[test]
+fn two_items_that_would_write_one_target_stop_the_run_naming_both_keys() {
+    let t = TestContext::new();
+    t.write("in/J1-A.txt", "first");
+    t.write("in/J2-A.txt", "second");
+    t.write("in/J1-B.txt", "b");
+    t.write("items.csv", "JobId,WorkItemId\nJ1,A\nJ1,B\nJ2,A\n");
+    t.plan(
+        r#"
+[job]
+name = "same-target"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{JobId}/{WorkItemId}"
+[[step]]
+copy = { from = "in/{JobId}-{WorkItemId}.txt", to = "out/{WorkItemId}.txt" }
+"#,
+    );
+    for _ in 0..2 {
+        let out = t
+            .redrive(&["run", "plan.toml", "--no-progress"])
+            .expect_code(2);
+        assert!(
+            out.stderr
+                .contains("items `J1/A` and `J2/A` both write `out/A.txt`"),
+            "{}",
+            out.stderr
+        );
+        assert!(!t.path("out").exists(), "nothing written: {}", out.stderr);
+    }
+    t.plan(
+        &t.read("plan.toml")
+            .replace("out/{WorkItemId}", "out/{JobId}/{WorkItemId}"),
+    );
+    t.redrive(&["run", "plan.toml", "--no-progress", "--restart", "--yes"])
+        .expect_code(0);
+    assert_eq!(t.read("out/J1/A.txt"), "first");
+    assert_eq!(t.read("out/J2/A.txt"), "second");
+    assert_eq!(t.read("out/J1/B.txt"), "b");
+}
+
 /// After the key-conflict error, a plain rerun used to continue after the last recorded row
 /// and end with exit 0: the conflicting row (recorded before the rows after it) was never read
 /// again, its work lost in silence. It now meets the conflict again; `duplicates = "first"`
