@@ -224,9 +224,15 @@ pub(crate) async fn heartbeat(
     worker: &Worker,
     in_flight: Option<i64>,
 ) -> Result<(), sqlx::Error> {
+    // Rows locked right now are skipped: the writer is recording their next transition
+    // (which renews a running item's lease itself, or ends it), or another worker is taking
+    // them over. Waiting for them instead, in whatever order the table yields them, while a
+    // writer's group holds some and waits for others, is a deadlock.
     let renewed = sqlx::query(
         "UPDATE items SET lease_until = now() + make_interval(secs => $2)
-         WHERE lease_owner = $1 AND status = 'running' AND lease_until IS NOT NULL",
+         WHERE id IN (SELECT id FROM items
+                      WHERE lease_owner = $1 AND status = 'running' AND lease_until IS NOT NULL
+                      FOR UPDATE SKIP LOCKED)",
     )
     .bind(&worker.id)
     .bind(worker.lease_seconds())
