@@ -187,7 +187,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         .into(),
         same @ engine::EngineError::SameTarget { .. } => Hinted {
             message: same.to_string(),
-            hint: "put a field that tells the items apart in the target (e.g. `to = \"out/{JobId}/{name}\"`), then rerun with --restart; nothing was written for the items of the batch that held them".to_owned(),
+            hint: "put a field that tells the items apart in the target (e.g. `to = \"out/{JobId}/{name}\"`), then rerun with --restart; the second item was not started".to_owned(),
         }
         .into(),
         other => anyhow::Error::new(other),
