@@ -236,6 +236,43 @@ impl RawStep {
     }
 }
 
+/// The problems found while checking a plan's tables, each with its table.
+#[derive(Default)]
+struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    fn add(&mut self, table: &str, message: String) {
+        self.0.push((table.to_owned(), message));
+    }
+
+    /// The value, or `None` with the problem noted.
+    fn check<T>(&mut self, table: &str, checked: Result<T, String>) -> Option<T> {
+        checked.map_err(|message| self.add(table, message)).ok()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// One problem as [`PlanError::Invalid`], more as [`PlanError::Several`].
+    fn into_error(mut self, file: &str) -> PlanError {
+        match self.0.len() {
+            1 => {
+                let (table, message) = self.0.remove(0);
+                PlanError::Invalid {
+                    file: file.to_owned(),
+                    table,
+                    message,
+                }
+            }
+            _ => PlanError::Several {
+                file: file.to_owned(),
+                problems: self.0,
+            },
+        }
+    }
+}
+
 impl Plan {
     /// Reads and checks a plan file.
     pub fn load(path: &Path) -> Result<Self, PlanError> {
@@ -260,37 +297,39 @@ impl Plan {
             table: table.to_owned(),
             message,
         };
+        // Each table is checked on its own and every problem is said at once: a user fixes
+        // them in one pass instead of one per run.
+        let mut problems = Problems::default();
 
-        let job = raw.job.check(&base_dir).map_err(|m| invalid("job", m))?;
-        let source = source_spec(&raw.source, &base_dir).map_err(|m| invalid("source", m))?;
+        let job = problems.check("job", raw.job.check(&base_dir));
+        let source = problems.check("source", source_spec(&raw.source, &base_dir));
         let expand = match &raw.expand {
-            Some(expand) => {
-                let spec = source_spec(expand, &base_dir).map_err(|m| invalid("expand", m))?;
-                if expand.says_duplicates() {
-                    return Err(invalid(
-                        "expand",
-                        "`duplicates` applies to `[source]` only: children's keys are unique within their parent".to_owned(),
-                    ));
-                }
-                if !spec.kind.config().expands() {
-                    return Err(invalid(
-                        "expand",
-                        format!(
+            Some(expand) => problems
+                .check("expand", source_spec(expand, &base_dir))
+                .and_then(|spec| {
+                    let refused = if expand.says_duplicates() {
+                        Some("`duplicates` applies to `[source]` only: children's keys are unique within their parent".to_owned())
+                    } else if !spec.kind.config().expands() {
+                        Some(format!(
                             "a `{}` source cannot expand an item; use `list` (e.g. `list = \"az://src/{{JobId}}/{{WorkItemId}}/\"`), `glob` or `kusto`",
                             spec.kind.name()
-                        ),
-                    ));
-                }
-                Some(spec)
-            }
+                        ))
+                    } else {
+                        None
+                    };
+                    match refused {
+                        Some(message) => problems.check::<SourceSpec>("expand", Err(message)),
+                        None => Some(spec),
+                    }
+                }),
             None => None,
         };
 
         if raw.step.is_empty() {
-            return Err(invalid(
+            problems.add(
                 "step",
                 "the plan has no steps; add at least one `[[step]]` table, e.g. `copy = { from = \"{path}\", to = \"out/{name}\" }`".to_owned(),
-            ));
+            );
         }
         let cx = CheckContext {
             base_dir: &base_dir,
@@ -299,7 +338,9 @@ impl Plan {
         let mut names = BTreeSet::new();
         for (index, step) in raw.step.iter().enumerate() {
             let table = format!("step.{}", index + 1);
-            let action = action(step, &cx).map_err(|m| invalid(&table, m))?;
+            let Some(action) = problems.check(&table, action(step, &cx)) else {
+                continue;
+            };
             let name = match &step.name {
                 Some(name) => name.clone(),
                 None => {
@@ -314,17 +355,20 @@ impl Plan {
                 }
             };
             if !names.insert(name.clone()) {
-                return Err(invalid(
+                problems.add(
                     &table,
                     format!("step name `{name}` is used twice; give each step its own `name`"),
-                ));
+                );
+                continue;
             }
             let require = step
                 .require
                 .as_ref()
                 .map(|require| require_spec(require, &base_dir))
-                .transpose()
-                .map_err(|m| invalid(&table, m))?;
+                .transpose();
+            let Some(require) = problems.check(&table, require) else {
+                continue;
+            };
             steps.push(StepSpec {
                 name,
                 action,
@@ -362,20 +406,22 @@ impl Plan {
         } else {
             DEFAULT_ITEMS.max(largest_batch.saturating_mul(2).min(MAX_DEFAULT_ITEMS))
         };
-        let limits = raw
-            .limits
-            .check(default_items)
-            .map_err(|m| invalid("limits", m))?;
+        let limits = problems.check("limits", raw.limits.check(default_items));
 
         let mut stores = Vec::new();
         for (prefix, spec) in &raw.store {
             let table = format!("store.\"{prefix}\"");
-            stores.push((
-                prefix.clone(),
-                StoreSpec::check(spec).map_err(|m| invalid(&table, m))?,
-            ));
+            if let Some(spec) = problems.check(&table, StoreSpec::check(spec)) {
+                stores.push((prefix.clone(), spec));
+            }
         }
         stores.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        let (Some(job), Some(source), Some(limits)) = (job, source, limits) else {
+            return Err(problems.into_error(&file));
+        };
+        if !problems.is_empty() {
+            return Err(problems.into_error(&file));
+        }
 
         raw.source.canonicalize();
         if let Some(expand) = &mut raw.expand {

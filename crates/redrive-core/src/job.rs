@@ -52,6 +52,23 @@ pub enum PlanError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// Several tables do not make sense: each with its table (job, source, expand, steps, limits,
+    /// stores, in that order).
+    #[error("{file}: {} problems:{}", problems.len(), listed(problems))]
+    Several {
+        /// The plan file.
+        file: String,
+        /// `(table, message)`, as [`PlanError::Invalid`] has them.
+        problems: Vec<(String, String)>,
+    },
+}
+
+/// `\n  in [table]: message` for each problem.
+fn listed(problems: &[(String, String)]) -> String {
+    problems
+        .iter()
+        .map(|(table, message)| format!("\n  in [{table}]: {message}"))
+        .collect()
 }
 
 /// `[job]`, checked.

@@ -83,18 +83,30 @@ fn described(path: &std::path::Path, plan: &Plan, pipeline: &Pipeline) -> serde_
 }
 
 fn refused(path: &std::path::Path, error: &BuildError) -> serde_json::Value {
-    let (table, message) = match error {
+    let problems: Vec<(Option<String>, String)> = match error {
         BuildError::Plan(PlanError::Invalid { table, message, .. }) => {
-            (Some(table.clone()), message.clone())
+            vec![(Some(table.clone()), message.clone())]
         }
-        BuildError::Plan(PlanError::Syntax { message, .. }) => (None, message.clone()),
-        other => (None, error_chain(other)),
+        BuildError::Plan(PlanError::Several { problems, .. }) => problems
+            .iter()
+            .map(|(table, message)| (Some(table.clone()), message.clone()))
+            .collect(),
+        BuildError::Plan(PlanError::Syntax { message, .. }) => vec![(None, message.clone())],
+        other => vec![(None, error_chain(other))],
     };
+    let masked = |message: &str| redrive_core::secrets::redact(message).into_owned();
+    let errors: Vec<serde_json::Value> = problems
+        .iter()
+        .map(|(table, message)| serde_json::json!({ "table": table, "message": masked(message) }))
+        .collect();
+    // `table` and `message` are the first problem's; `errors` has them all.
+    let (table, message) = problems.first().cloned().unwrap_or_default();
     serde_json::json!({
         "ok": false,
         "file": path.display().to_string(),
         "table": table,
-        "message": redrive_core::secrets::redact(&message),
+        "message": masked(&message),
+        "errors": errors,
     })
 }
 
