@@ -232,7 +232,7 @@ items = 4
 /// Runs `redrive run plan.toml -q` up to `kills` times, each killed with SIGKILL 150–500 ms
 /// after its start; a run that ends first (the work is done) must end well, and ends the loop.
 /// Returns the kills made and the seed of their instants (printed by the callers to replay).
-fn kill_loop(t: &crate::common::TestContext, kills: usize) -> (usize, u64) {
+pub(crate) fn kill_loop(t: &crate::common::TestContext, kills: usize) -> (usize, u64) {
     let first = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64 | 1);
