@@ -229,14 +229,42 @@ async fn repeated(
                 .state
                 .set_source_revision(READ_AGAIN.to_owned())
                 .await?;
+            let first = stored.get(&row.key);
+            let rows = match first {
+                Some(first) => rows_of(shared, &row.key, first, &row.fields).await,
+                None => None,
+            };
+            let at = |n: Option<u64>| n.map(|n| format!(" (row {n})")).unwrap_or_default();
             Err(EngineError::DuplicateKey {
                 key: crate::secrets::redact(&row.key).into_owned(),
-                first: shown(stored.get(&row.key)),
-                again: shown(Some(&row.fields)),
+                first: shown(first) + &at(rows.map(|r| r.0)),
+                again: shown(Some(&row.fields)) + &at(rows.map(|r| r.1)),
             })
         }
         None => Ok(()),
     }
+}
+
+/// Where the two rows of a key conflict are in the source, counted from 1 (a CSV's header is
+/// not a row): read again from its start up to the second, on this error path only, and only
+/// for a source that is cheap to read again (one that has a revision: a local file).
+async fn rows_of(shared: &Shared, key: &str, first: &Fields, again: &Fields) -> Option<(u64, u64)> {
+    let source = &shared.pipeline.source;
+    source.revision()?;
+    let mut items = source.items(&Fields::new());
+    let (mut row, mut first_row) = (0u64, None);
+    while let Some(Ok(fields)) = items.next().await {
+        row += 1;
+        if shared.pipeline.key.render(&fields).ok().as_deref() != Some(key) {
+            continue;
+        }
+        if first_row.is_none() && fields == *first {
+            first_row = Some(row);
+        } else if fields == *again {
+            return first_row.map(|first| (first, row));
+        }
+    }
+    None
 }
 
 /// `{JobId=J1, WorkItemId=A}`, secrets masked, long values cut.

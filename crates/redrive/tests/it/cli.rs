@@ -960,7 +960,7 @@ fn rows_whose_key_is_not_unique_are_reported_and_fail_the_run() {
         .expect_code(2);
     assert!(
         out.stderr.contains(
-            "two rows with the key `A` and other fields: first {JobId=J1, WorkItemId=A}, then {JobId=J2, WorkItemId=A}"
+            "two rows with the key `A` and other fields: first {JobId=J1, WorkItemId=A} (row 1), then {JobId=J2, WorkItemId=A} (row 3)"
         ),
         "{}",
         out.stderr
