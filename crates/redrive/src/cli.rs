@@ -215,6 +215,9 @@ pub(crate) struct RunArgs {
     /// its workers)
     #[arg(long)]
     pub(crate) progress_json: bool,
+    /// Print the end summary as one JSON object on stdout (the --metrics fields), for scripts
+    #[arg(long, conflicts_with_all = ["progress_json", "workers", "dry_run"])]
+    pub(crate) json: bool,
 }
 
 fn parse_shard(text: &str) -> Result<redrive_core::source::Shard, String> {

@@ -141,6 +141,7 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         workers: None,
         no_hooks: true,
         progress_json: false,
+        json: false,
     };
     super::run::run(&run, global).await
 }

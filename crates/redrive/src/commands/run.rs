@@ -155,6 +155,9 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         write_metrics(path, &report, &progress, args.shard)
             .with_context(|| format!("cannot write metrics to `{}`", path.display()))?;
     }
+    if args.json {
+        crate::out!("{}", metrics_json(&report, &progress, args.shard)?);
+    }
     if after.total() == 0 && result.is_ok() {
         eprintln!(
             "warning: the source yielded no items; check [source] in {}",
@@ -303,20 +306,35 @@ fn lowered_limits(report: &RunReport) -> String {
     }
 }
 
+fn run_metrics(
+    report: &RunReport,
+    progress: &Progress,
+    shard: Option<redrive_core::source::Shard>,
+) -> RunMetrics {
+    let retries = progress
+        .counters()
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    RunMetrics::of(report, retries, shard.map(|s| s.to_string()))
+}
+
 fn write_metrics(
     path: &std::path::Path,
     report: &RunReport,
     progress: &Progress,
     shard: Option<redrive_core::source::Shard>,
 ) -> anyhow::Result<()> {
-    let retries = progress
-        .counters()
-        .retries
-        .load(std::sync::atomic::Ordering::Relaxed);
-    crate::metrics::write(
-        path,
-        &RunMetrics::of(report, retries, shard.map(|s| s.to_string())),
-    )
+    crate::metrics::write(path, &run_metrics(report, progress, shard))
+}
+
+/// `run --json`: the metrics on one line, secrets masked.
+fn metrics_json(
+    report: &RunReport,
+    progress: &Progress,
+    shard: Option<redrive_core::source::Shard>,
+) -> anyhow::Result<String> {
+    let text = serde_json::to_string(&run_metrics(report, progress, shard))?;
+    Ok(redrive_core::secrets::redact(&text).into_owned())
 }
 
 /// A batch fills only from the items in flight: with fewer in flight than the batch holds,

@@ -1321,6 +1321,37 @@ items = 1
     assert_eq!(out.code, 2, "0 is refused: {}", out.stderr);
 }
 
+/// `run --json`: the end summary as one JSON object on stdout (the `--metrics` fields), with
+/// the human summary still on stderr.
+#[test]
+fn run_json_prints_the_end_summary_on_stdout() {
+    let t = TestContext::new();
+    t.write("keys.txt", "a\nb\nc\n");
+    t.plan(
+        r#"
+[job]
+name = "summary"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+run = { shell = "test {line} != b" }
+[limits]
+retries = 0
+"#,
+    );
+    let out = t
+        .redrive(&["run", "plan.toml", "--no-progress", "--json"])
+        .expect_code(1);
+    let value: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    assert_eq!(value["done"], 2, "{value}");
+    assert_eq!(value["failed"], 1, "{value}");
+    assert!(out.stderr.contains("This run: done 2"), "{}", out.stderr);
+    let refused = t.redrive(&["run", "plan.toml", "--json", "--progress-json"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+}
+
 /// `validate --json`: the checked plan for scripts, or where and why it is wrong (exit 2),
 /// one JSON object on stdout either way.
 #[test]
