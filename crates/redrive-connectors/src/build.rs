@@ -116,11 +116,13 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
                 )),
                 None => step,
             };
-            // A target that renders from the source's fields alone is claimed as items load.
-            let target = config
-                .target()
-                .filter(|t| expand.is_none() && t.fields().all(|f| source_fields.contains(f)))
-                .cloned();
+            // A target that renders from the items' own fields (a child's: its parent's and
+            // its own) is claimed as they load.
+            let known = |field: &str| {
+                source_fields.contains(field)
+                    || child_fields.as_ref().is_some_and(|c| c.contains(field))
+            };
+            let target = config.target().filter(|t| t.fields().all(known)).cloned();
             Ok(PipelineStep {
                 name: spec.name.clone(),
                 step,

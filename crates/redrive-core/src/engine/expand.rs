@@ -41,6 +41,7 @@ pub(super) async fn run_parent(
             match expand(shared, &parent).await {
                 Ok(()) => break,
                 Err(ExpandError::State(error)) => return Err(error.into()),
+                Err(ExpandError::Fatal(error)) => return Err(error),
                 Err(ExpandError::Source(error)) => {
                     let retryable = matches!(error, SourceError::Io { .. });
                     if retryable && retry < shared.options.retries {
@@ -160,6 +161,8 @@ pub(super) async fn run_parent(
 enum ExpandError {
     Source(SourceError),
     State(StateError),
+    /// Fatal for the run: two children would write one target.
+    Fatal(EngineError),
 }
 
 /// Streams the parent's children into the state in batches. Idempotent: a retry after a
@@ -183,6 +186,7 @@ async fn expand(shared: &Shared, parent: &StoredItem) -> Result<(), ExpandError>
         })?;
         batch.push(NewItem { key, fields });
         if batch.len() >= LOAD_BATCH {
+            claim(shared, &batch, parent).await?;
             let added = shared
                 .state
                 .insert_children(parent.id, std::mem::take(&mut batch))
@@ -192,6 +196,7 @@ async fn expand(shared: &Shared, parent: &StoredItem) -> Result<(), ExpandError>
         }
     }
     if !batch.is_empty() {
+        claim(shared, &batch, parent).await?;
         let added = shared
             .state
             .insert_children(parent.id, batch)
@@ -200,6 +205,16 @@ async fn expand(shared: &Shared, parent: &StoredItem) -> Result<(), ExpandError>
         shared.reporter.children_loaded(added);
     }
     Ok(())
+}
+
+/// The children's targets, claimed before they are recorded (see `load::claim_targets`).
+async fn claim(shared: &Shared, batch: &[NewItem], parent: &StoredItem) -> Result<(), ExpandError> {
+    super::load::claim_targets(shared, batch, Some(&parent.key))
+        .await
+        .map_err(|error| match error {
+            EngineError::State(error) => ExpandError::State(error),
+            other => ExpandError::Fatal(other),
+        })
 }
 
 fn chain(error: &dyn std::error::Error) -> String {

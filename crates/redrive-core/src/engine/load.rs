@@ -123,7 +123,7 @@ pub(super) async fn flush(
         return Ok(());
     }
     let rows = batch.len() as u64;
-    claim_targets(shared, batch).await?;
+    claim_targets(shared, batch, None).await?;
     let inserted = shared.state.insert_reporting(std::mem::take(batch)).await?;
     let added = inserted.added;
     if check.conflicts && added < rows {
@@ -137,8 +137,21 @@ pub(super) async fn flush(
 /// Claims the target each row's steps write, before the rows are recorded (so no item whose
 /// target another item holds is ever started): two keys that render one object stop the load
 /// and the run, as a key conflict does, and the next load meets them again.
-async fn claim_targets(shared: &Shared, batch: &[NewItem]) -> Result<(), EngineError> {
+pub(super) async fn claim_targets(
+    shared: &Shared,
+    batch: &[NewItem],
+    parent: Option<&str>,
+) -> Result<(), EngineError> {
     use std::sync::atomic::Ordering;
+    // Under `[expand]` the steps run for the children, whose targets are claimed as they are
+    // listed (named `parent/child`), not for the top-level items.
+    if shared.pipeline.expand.is_some() != parent.is_some() {
+        return Ok(());
+    }
+    let owner = |key: &str| match parent {
+        Some(parent) => format!("{parent}/{key}"),
+        None => key.to_owned(),
+    };
     let mut claims = Vec::new();
     for (index, step) in shared.pipeline.steps.iter().enumerate() {
         let Some(target) = &step.target else {
@@ -149,7 +162,7 @@ async fn claim_targets(shared: &Shared, batch: &[NewItem]) -> Result<(), EngineE
             Some(TargetClaim {
                 step: index,
                 target: target.render(&row.fields).ok()?,
-                key: row.key.clone(),
+                key: owner(&row.key),
             })
         }));
     }
@@ -161,10 +174,12 @@ async fn claim_targets(shared: &Shared, batch: &[NewItem]) -> Result<(), EngineE
         return Ok(());
     };
     shared.halt.store(true, Ordering::SeqCst);
-    shared
-        .state
-        .set_source_revision(READ_AGAIN.to_owned())
-        .await?;
+    if parent.is_none() {
+        shared
+            .state
+            .set_source_revision(READ_AGAIN.to_owned())
+            .await?;
+    }
     let masked = |text: &str| crate::secrets::redact(text).into_owned();
     Err(EngineError::SameTarget {
         step: shared

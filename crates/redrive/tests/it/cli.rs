@@ -1037,6 +1037,47 @@ copy = { from = "in/{JobId}-{WorkItemId}.txt", to = "out/{WorkItemId}.txt" }
     assert_eq!(t.read("out/J1/B.txt"), "b");
 }
 
+/// Under `[expand]` (the Azure re-upload's shape), children of two parents whose target
+/// renders to one object: the second child is refused as it is listed (exit 2), named
+/// `parent/child`, and the first child's bytes are all the target ever holds.
+#[test]
+fn two_children_that_would_write_one_target_stop_the_run_naming_both() {
+    let t = TestContext::new();
+    t.write("src/J1/A/x.txt", "first");
+    t.write("src/J2/A/x.txt", "second");
+    t.write("items.csv", "JobId,WorkItemId\nJ1,A\nJ2,A\n");
+    t.plan(
+        r#"
+[job]
+name = "same-child-target"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{JobId}/{WorkItemId}"
+[expand]
+list = "src/{JobId}/{WorkItemId}/"
+key = "{name}"
+[[step]]
+copy = { from = "{url}", to = "out/{WorkItemId}-{name}" }
+[limits]
+items = 1
+"#,
+    );
+    let out = t
+        .redrive(&["run", "plan.toml", "--no-progress"])
+        .expect_code(2);
+    assert!(
+        out.stderr
+            .contains("items `J1/A/x.txt` and `J2/A/x.txt` both write `out/A-x.txt`"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(t.read("out/A-x.txt"), "first");
+    t.redrive(&["run", "plan.toml", "--no-progress"])
+        .expect_code(2);
+    assert_eq!(t.read("out/A-x.txt"), "first");
+}
+
 /// After the key-conflict error, a plain rerun used to continue after the last recorded row
 /// and end with exit 0: the conflicting row (recorded before the rows after it) was never read
 /// again, its work lost in silence. It now meets the conflict again; `duplicates = "first"`
