@@ -49,17 +49,20 @@ fn the_s1_job_killed_twenty_times_at_random_instants_loses_and_overwrites_nothin
     };
     let mut progress = Vec::new();
     for kill in 0..KILLS {
+        // Its stderr in a file, so that a run that ends early says why.
+        let err = std::fs::File::create(s1.t.path(&format!("run{kill}.err"))).expect("err file");
         let mut child =
             s1.t.command(&["run", "plan.toml"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::from(err))
                 .spawn()
                 .expect("spawn");
         // Anywhere from the state's opening to well into the copies.
         std::thread::sleep(Duration::from_millis(100 + next(&mut seed) % 900));
         if let Ok(Some(status)) = child.try_wait() {
+            let said = s1.t.read(&format!("run{kill}.err"));
             panic!(
-                "run {kill} ended ({status}) before its kill (seed {first}): the job is too short for {KILLS} kills"
+                "run {kill} ended ({status}) before its kill (seed {first}): the job is too short for {KILLS} kills, or it failed: {said}"
             );
         }
         std::process::Command::new("kill")
