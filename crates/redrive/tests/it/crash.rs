@@ -263,6 +263,22 @@ pub(crate) fn kill_loop(t: &crate::common::TestContext, kills: usize) -> (usize,
     (kills, first)
 }
 
+/// Says what a kill loop repeated (`what`: `items submitted twice`) and checks that it is no
+/// more than what was in flight at the kills (`loop`: kills made and their seed).
+pub(crate) fn assert_repeats_bounded(
+    what: &str,
+    repeated: usize,
+    of: usize,
+    (kills, seed): (usize, u64),
+    in_flight: usize,
+) {
+    eprintln!("{kills} kills (seed {seed}): 0 lost, {repeated} {what} of {of}");
+    assert!(
+        repeated <= kills * in_flight,
+        "{repeated} {what}: more than the items in flight at {kills} kills (seed {seed})"
+    );
+}
+
 /// An `http` step (batches of 10, 40 items in flight) killed at random instants: every item
 /// was submitted, and an item was submitted twice only if its batch was in flight at a kill.
 #[test]
@@ -296,10 +312,12 @@ items = {IN_FLIGHT}
     }
     assert_eq!(sent.len(), n, "every item was submitted (seed {first})");
     let repeated: usize = sent.values().map(|c| c - 1).sum();
-    eprintln!("{kills} kills (seed {first}): 0 lost, {repeated} items submitted twice of {n}");
-    assert!(
-        repeated <= kills * IN_FLIGHT,
-        "{repeated} repeats: more than the items in flight at {kills} kills"
+    assert_repeats_bounded(
+        "items submitted twice",
+        repeated,
+        n,
+        (kills, first),
+        IN_FLIGHT,
     );
     assert_eq!(
         t.count("SELECT count(*) FROM items WHERE status = 'done'"),
