@@ -92,7 +92,8 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
     let steps = plan
         .steps
         .iter()
-        .map(|spec| {
+        .enumerate()
+        .map(|(index, spec)| {
             let config = spec.action.config();
             let cx = BuildContext {
                 name: &spec.name,
@@ -104,7 +105,7 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
                 .build(&cx)
                 .map_err(|message| BuildError::Unsupported {
                     file: file.clone(),
-                    table: format!("step `{}`", spec.name),
+                    table: crate::plan::step_table(index, Some(&spec.name)),
                     message,
                 })?;
             let step: Arc<dyn Step> = match &spec.require {

@@ -236,6 +236,15 @@ impl RawStep {
     }
 }
 
+/// How errors name the step at `index` (from 0): `step 2 (copy)`, the same in every message
+/// (`name`: the step's name, which is its kind unless the plan names it).
+pub fn step_table(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("step {} ({name})", index + 1),
+        None => format!("step {}", index + 1),
+    }
+}
+
 /// The problems found while checking a plan's tables, each with its table.
 #[derive(Default)]
 struct Problems(Vec<(String, String)>);
@@ -337,7 +346,12 @@ impl Plan {
         let mut steps = Vec::with_capacity(raw.step.len());
         let mut names = BTreeSet::new();
         for (index, step) in raw.step.iter().enumerate() {
-            let table = format!("step.{}", index + 1);
+            // Named as it is written: its `name`, else its one action's kind.
+            let called = step.name.as_deref().or(match step.actions.as_slice() {
+                [one] => Some(one.name()),
+                _ => None,
+            });
+            let table = step_table(index, called);
             let Some(action) = problems.check(&table, action(step, &cx)) else {
                 continue;
             };
@@ -514,20 +528,20 @@ impl Plan {
                 require
                     .path
                     .check_fields(&item_fields)
-                    .map_err(|e| invalid(format!("step.{}", index + 1), "require", e))?;
+                    .map_err(|e| invalid(step_table(index, Some(&step.name)), "require", e))?;
                 item_fields.insert(require.field.clone());
             }
             let config = step.action.config();
             for template in config.templates() {
-                template
-                    .check_fields(&item_fields)
-                    .map_err(|e| invalid(format!("step.{}", index + 1), step.action.name(), e))?;
+                template.check_fields(&item_fields).map_err(|e| {
+                    invalid(step_table(index, Some(&step.name)), step.action.name(), e)
+                })?;
             }
             for (key, field) in config.fields_read() {
                 if !item_fields.contains(field) {
                     return Err(PlanError::Invalid {
                         file: file.clone(),
-                        table: format!("step.{}", index + 1),
+                        table: step_table(index, Some(&step.name)),
                         message: format!(
                             "`{key}` names `{field}`, which items do not have; they have: {}",
                             item_fields.iter().cloned().collect::<Vec<_>>().join(", ")

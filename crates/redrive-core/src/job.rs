@@ -47,7 +47,7 @@ pub enum PlanError {
     Invalid {
         /// The plan file.
         file: String,
-        /// The table, e.g. `step.2` or `source`.
+        /// The table, e.g. `step 2 (copy)` or `source`.
         table: String,
         /// What is wrong and how to fix it.
         message: String,

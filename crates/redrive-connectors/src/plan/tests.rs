@@ -156,7 +156,7 @@ fn csv_source_needs_a_key() {
 fn step_with_two_actions() {
     let e = error(&MINIMAL.replace("copy = {", "exists = \"x\"\ncopy = {"));
     assert!(
-        e.contains("in [step.1]: a step holds one action; put `exists` and `copy` in separate"),
+        e.contains("in [step 1]: a step holds one action; put `exists` and `copy` in separate"),
         "{e}"
     );
 }
@@ -169,7 +169,7 @@ fn step_without_action() {
     ));
     assert!(
         e.contains(
-            "in [step.1]: the step has no action; give one of `exists`, `copy`, `enqueue`, `run`"
+            "in [step 1 (x)]: the step has no action; give one of `exists`, `copy`, `enqueue`, `run`"
         ),
         "{e}"
     );
@@ -195,7 +195,7 @@ fn bad_if_exists_value() {
 fn bad_filter_in_a_step() {
     let e = error(&MINIMAL.replace("out/{line}", "out/{line|shout}"));
     assert!(
-        e.contains("in [step.1]: `copy.to`: unknown filter `shout`"),
+        e.contains("in [step 1 (copy)]: `copy.to`: unknown filter `shout`"),
         "{e}"
     );
 }
@@ -208,7 +208,7 @@ fn unknown_field_is_a_plan_error_before_the_run() {
     let e = plan.check_fields(&fields, None).map_err(|e| e.to_string());
     assert_eq!(
         e,
-        Err("/jobs/plan.toml: in [step.1]: `copy`: field `nope` used in `out/{nope}` does not exist; available fields: line".to_owned())
+        Err("/jobs/plan.toml: in [step 1 (copy)]: `copy`: field `nope` used in `out/{nope}` does not exist; available fields: line".to_owned())
     );
 }
 

@@ -1475,7 +1475,11 @@ run = { shell = "true" }
 "#,
     );
     let out = t.redrive(&["validate", "plan.toml"]).expect_code(2);
-    for table in ["in [source]: `duplicates`", "in [limits]", "in [step.1]"] {
+    for table in [
+        "in [source]: `duplicates`",
+        "in [limits]",
+        "in [step 1 (copy)]",
+    ] {
         assert!(out.stderr.contains(table), "{table}: {}", out.stderr);
     }
     assert!(out.stderr.contains("3 problems"), "{}", out.stderr);
@@ -1487,7 +1491,7 @@ run = { shell = "true" }
         .as_array()
         .map(|errors| errors.iter().filter_map(|e| e["table"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(tables, ["source", "step.1", "limits"], "{value}");
+    assert_eq!(tables, ["source", "step 1 (copy)", "limits"], "{value}");
     assert_eq!(value["table"], "source", "{value}");
 }
 
