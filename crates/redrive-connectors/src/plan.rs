@@ -564,7 +564,7 @@ fn parse_toml(text: &str, file: &str) -> Result<RawPlan, PlanError> {
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner().to_string();
-        let mut message = inner.trim_end().to_owned();
+        let mut message = in_plan_terms(inner.trim_end());
         if let Some(hint) = suggest::did_you_mean(&message) {
             message.push('\n');
             message.push_str(&hint);
@@ -575,6 +575,43 @@ fn parse_toml(text: &str, file: &str) -> Result<RawPlan, PlanError> {
             syntax(format!("in `{path}`: {message}"))
         }
     })
+}
+
+/// serde's words for the types a plan's values have, in the plan's (TOML's) terms: `expected
+/// usize` becomes `expected a whole number`, `a sequence` a list, `a map` a table.
+fn in_plan_terms(message: &str) -> String {
+    const TERMS: [(&str, &str); 14] = [
+        ("expected usize", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected isize", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list (`[ … ]`)"),
+        ("expected a map", "expected a table (`{ … }`)"),
+        ("invalid type: sequence", "invalid type: a list"),
+        ("invalid type: map", "invalid type: a table"),
+    ];
+    let mut text = message.to_owned();
+    for (serde, plan) in TERMS {
+        // Whole words only: `expected u8` is not the start of `expected u80…`.
+        let mut from = 0;
+        while let Some(at) = text[from..].find(serde).map(|i| i + from) {
+            let end = at + serde.len();
+            let whole = !text[end..].starts_with(|c: char| c.is_ascii_alphanumeric());
+            if whole {
+                text.replace_range(at..end, plan);
+                from = at + plan.len();
+            } else {
+                from = end;
+            }
+        }
+    }
+    text
 }
 
 /// The step's one action, checked.

@@ -107,7 +107,7 @@ fn wrong_type_names_key_and_expected_type() {
     let e = error(&format!("{MINIMAL}[limits]\nitems = \"many\"\n"));
     assert!(e.contains("in `limits.items`"), "{e}");
     assert!(
-        e.contains("invalid type: string \"many\", expected usize"),
+        e.contains("invalid type: string \"many\", expected a whole number"),
         "{e}"
     );
 }
