@@ -462,7 +462,7 @@ impl StateStore for PostgresStateStore {
             .collect())
     }
 
-    /// One statement: the claims added where free, then each claimed target's owner.
+    /// Two statements: the claims added where free, then each claimed target's owner read.
     async fn claim_targets(
         &self,
         claims: Vec<TargetClaim>,

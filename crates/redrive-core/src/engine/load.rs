@@ -134,6 +134,19 @@ pub(super) async fn flush(
     Ok(())
 }
 
+/// Stops a load on rows the plan cannot tell apart: no item is started from here on, and
+/// (`read_again`) the next load reads the source from its start, so it meets them again.
+async fn halt(shared: &Shared, read_again: bool) -> Result<(), EngineError> {
+    shared.halt.store(true, std::sync::atomic::Ordering::SeqCst);
+    if read_again {
+        shared
+            .state
+            .set_source_revision(READ_AGAIN.to_owned())
+            .await?;
+    }
+    Ok(())
+}
+
 /// Claims the target each row's steps write, before the rows are recorded (so no item whose
 /// target another item holds is ever started): two keys that render one object stop the load
 /// and the run, as a key conflict does, and the next load meets them again.
@@ -142,7 +155,6 @@ pub(super) async fn claim_targets(
     batch: &[NewItem],
     parent: Option<&str>,
 ) -> Result<(), EngineError> {
-    use std::sync::atomic::Ordering;
     // Under `[expand]` the steps run for the children, whose targets are claimed as they are
     // listed (named `parent/child`), not for the top-level items.
     if shared.pipeline.expand.is_some() != parent.is_some() {
@@ -173,13 +185,8 @@ pub(super) async fn claim_targets(
     let Some((claim, first)) = taken.into_iter().next() else {
         return Ok(());
     };
-    shared.halt.store(true, Ordering::SeqCst);
-    if parent.is_none() {
-        shared
-            .state
-            .set_source_revision(READ_AGAIN.to_owned())
-            .await?;
-    }
+    // A child's parent is listed again by the next run anyway (it is not marked expanded).
+    halt(shared, parent.is_none()).await?;
     let masked = |text: &str| crate::secrets::redact(text).into_owned();
     Err(EngineError::SameTarget {
         step: shared
@@ -237,13 +244,7 @@ async fn repeated(
         .fetch_add(conflicts, Ordering::Relaxed);
     match conflict.first() {
         Some(row) => {
-            // No item the plan cannot tell apart is started from here on, and the next load
-            // reads the source from its start, so it meets this row again.
-            shared.halt.store(true, Ordering::SeqCst);
-            shared
-                .state
-                .set_source_revision(READ_AGAIN.to_owned())
-                .await?;
+            halt(shared, true).await?;
             let first = stored.get(&row.key);
             let rows = match first {
                 Some(first) => rows_of(shared, &row.key, first, &row.fields).await,
