@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use redrive_core::engine::{Expansion, Pipeline, PipelineStep};
+use redrive_core::engine::{Expansion, Pipeline, PipelineStep, StepTarget};
 use redrive_core::job::PlanError;
 use redrive_core::source::{Shard, Source, SourceError};
 use redrive_core::step::Step;
@@ -118,12 +118,18 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
                 None => step,
             };
             // A target that renders from the items' own fields (a child's: its parent's and
-            // its own) is claimed as they load.
+            // its own) is claimed as they load; one that needs fields a step binds, when the
+            // item reaches its step.
             let known = |field: &str| {
                 source_fields.contains(field)
                     || child_fields.as_ref().is_some_and(|c| c.contains(field))
             };
-            let target = config.target().filter(|t| t.fields().all(known)).cloned();
+            let names = Arc::clone(&stores);
+            let target = config.target().map(|template| StepTarget {
+                template: template.clone(),
+                name: Arc::new(move |url: &str| names.target_name(url)),
+                bound: !template.fields().all(known),
+            });
             Ok(PipelineStep {
                 name: spec.name.clone(),
                 step,

@@ -498,6 +498,16 @@ impl Stores {
         self.locate(url, true)
     }
 
+    /// The one name of the object `url` names, for telling two targets apart: a local path
+    /// made absolute with `//`, `.` and `..` resolved (`out//a` and `./out/a` are one file); any
+    /// other URL as it is (object keys are taken as they are: `a//k` and `a/k` are two).
+    pub fn target_name(&self, url: &str) -> String {
+        match self.parse(url, url) {
+            Ok(Target::Local(path)) => path.display().to_string(),
+            _ => url.to_owned(),
+        }
+    }
+
     fn locate(&self, url: &str, write: bool) -> Result<Location, StorageError> {
         let display = secrets::redact(url).into_owned();
         let target = self.parse(url, &display)?;

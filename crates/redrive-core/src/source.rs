@@ -60,6 +60,14 @@ pub trait Source: Send + Sync + Debug {
         None
     }
 
+    /// Where the first row with these field values is in the source's input (`items.csv:3`),
+    /// for a source that can say by reading its input again (a local file). For error
+    /// messages only. A row matches when each field given has that value. `None` (the
+    /// default): the source cannot say cheaply.
+    fn place_of(&self, _fields: &Fields) -> BoxFuture<'static, Option<String>> {
+        Box::pin(async { None })
+    }
+
     /// Adds the fields left out of the state because they are large (an SQL row's XML) to a
     /// page of items, just before they run. An item whose row is gone is left as it is (its
     /// steps then find the field missing). The default adds nothing.

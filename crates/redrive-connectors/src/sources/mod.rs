@@ -282,6 +282,30 @@ fn blocking_stream(
     ))
 }
 
+/// A place found by reading a local file again off the async runtime (error paths only):
+/// `find` returns the line number of the first matching row.
+fn place_in_file(
+    path: &Path,
+    find: impl FnOnce(&Path) -> Option<u64> + Send + 'static,
+) -> futures::future::BoxFuture<'static, Option<String>> {
+    let path = path.to_path_buf();
+    Box::pin(async move {
+        let file = path.display().to_string();
+        let line = tokio::task::spawn_blocking(move || find(&path))
+            .await
+            .ok()
+            .flatten()?;
+        Some(format!("{file}:{line}"))
+    })
+}
+
+/// Does a row hold each of `wanted`'s values?
+fn holds(row: impl Fn(&str) -> Option<String>, wanted: &Fields) -> bool {
+    wanted
+        .iter()
+        .all(|(name, value)| row(name).as_deref() == Some(value.as_str()))
+}
+
 fn input(location: impl Into<String>, message: impl Into<String>) -> SourceError {
     SourceError::Input {
         location: location.into(),

@@ -46,6 +46,10 @@ impl<N: Narrowing> Source for Narrowed<N> {
         self.inner.revision()
     }
 
+    fn place_of(&self, fields: &Fields) -> futures::future::BoxFuture<'static, Option<String>> {
+        self.inner.place_of(fields)
+    }
+
     fn hydrate<'a>(
         &'a self,
         items: &'a mut [StoredItem],

@@ -9,8 +9,8 @@ use std::time::Instant;
 use super::report::{ItemReport, StepEvent, StepStatus};
 use super::{Counter, EngineError, PipelineStep, Shared, Shutdown, StopLevel, stop_requested};
 use crate::error::{ErrorClass, StepError};
-use crate::item::{Status, StoredItem};
-use crate::state::{StateError, Transition};
+use crate::item::{Fields, Status, StoredItem};
+use crate::state::{StateError, TargetClaim, Transition};
 use crate::step::{NO_INPUT, Outcome, StepContext};
 use crate::throttle::Throttle;
 
@@ -92,6 +92,49 @@ pub(super) async fn all_ran(shared: &Shared, item: &StoredItem) -> Result<ItemRe
     })
 }
 
+/// Claims the target of step `index` for this item when it renders from fields a step bound
+/// (those of the items' own fields were claimed as they loaded), once per run of the step:
+/// the error that fails the item when another key holds it.
+async fn claim_bound_target(
+    shared: &Shared,
+    index: usize,
+    item: &StoredItem,
+    fields: &Fields,
+    claimed: &mut bool,
+) -> Result<Option<StepError>, EngineError> {
+    let Some(target) = shared.pipeline.steps[index]
+        .target
+        .as_ref()
+        .filter(|t| t.bound && !*claimed)
+    else {
+        return Ok(None);
+    };
+    // A target that does not render fails at the step, saying why.
+    let Some(name) = target.of(fields) else {
+        return Ok(None);
+    };
+    let key = match &item.parent_key {
+        Some(parent) => format!("{parent}/{}", item.key),
+        None => item.key.clone(),
+    };
+    let claim = TargetClaim {
+        step: index,
+        target: name,
+        key,
+    };
+    let taken = shared.state.claim_targets(vec![claim]).await?;
+    *claimed = true;
+    Ok(taken.into_iter().next().map(|(claim, first)| {
+        let masked = |text: &str| crate::secrets::redact(text).into_owned();
+        StepError::permanent(format!(
+            "items `{}` and `{}` both write `{}`; the target template does not tell them apart, and the first item keeps it",
+            masked(&first),
+            masked(&claim.key),
+            masked(&claim.target),
+        ))
+    }))
+}
+
 /// Runs an item whose start at step `first` is recorded.
 pub(super) async fn run_started(
     shared: &Shared,
@@ -138,11 +181,15 @@ pub(super) async fn run_started(
         // slows the run down rather than failing its items.
         let mut retry = 0;
         let mut counted = 0;
+        let mut claimed = false;
         let outcome = loop {
             let attempt = match step.require(&fields).await {
                 Ok(Some(bound)) => {
                     fields.extend(bound);
-                    paced(shared, index, step.run(&fields, &cx)).await
+                    match claim_bound_target(shared, index, &item, &fields, &mut claimed).await? {
+                        Some(taken) => Err(taken),
+                        None => paced(shared, index, step.run(&fields, &cx)).await,
+                    }
                 }
                 Ok(None) => Ok(Outcome::Skipped(NO_INPUT.into())),
                 Err(error) => Err(error),

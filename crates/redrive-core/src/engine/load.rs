@@ -166,14 +166,14 @@ pub(super) async fn claim_targets(
     };
     let mut claims = Vec::new();
     for (index, step) in shared.pipeline.steps.iter().enumerate() {
-        let Some(target) = &step.target else {
+        let Some(target) = step.target.as_ref().filter(|t| !t.bound) else {
             continue;
         };
         // A row whose target does not render fails at its step, saying why.
         claims.extend(batch.iter().filter_map(|row| {
             Some(TargetClaim {
                 step: index,
-                target: target.render(&row.fields).ok()?,
+                target: target.of(&row.fields)?,
                 key: owner(&row.key),
             })
         }));
@@ -246,41 +246,21 @@ async fn repeated(
         Some(row) => {
             halt(shared, true).await?;
             let first = stored.get(&row.key);
-            let rows = match first {
-                Some(first) => rows_of(shared, &row.key, first, &row.fields).await,
-                None => None,
+            let source = &shared.pipeline.source;
+            let at = |place: Option<String>| place.map(|p| format!(" ({p})")).unwrap_or_default();
+            let first_at = match first {
+                Some(first) => at(source.place_of(first).await),
+                None => String::new(),
             };
-            let at = |n: Option<u64>| n.map(|n| format!(" (row {n})")).unwrap_or_default();
+            let again_at = at(source.place_of(&row.fields).await);
             Err(EngineError::DuplicateKey {
                 key: crate::secrets::redact(&row.key).into_owned(),
-                first: shown(first) + &at(rows.map(|r| r.0)),
-                again: shown(Some(&row.fields)) + &at(rows.map(|r| r.1)),
+                first: shown(first) + &crate::secrets::redact(&first_at),
+                again: shown(Some(&row.fields)) + &crate::secrets::redact(&again_at),
             })
         }
         None => Ok(()),
     }
-}
-
-/// Where the two rows of a key conflict are in the source, counted from 1 (a CSV's header is
-/// not a row): read again from its start up to the second, on this error path only, and only
-/// for a source that is cheap to read again (one that has a revision: a local file).
-async fn rows_of(shared: &Shared, key: &str, first: &Fields, again: &Fields) -> Option<(u64, u64)> {
-    let source = &shared.pipeline.source;
-    source.revision()?;
-    let mut items = source.items(&Fields::new());
-    let (mut row, mut first_row) = (0u64, None);
-    while let Some(Ok(fields)) = items.next().await {
-        row += 1;
-        if shared.pipeline.key.render(&fields).ok().as_deref() != Some(key) {
-            continue;
-        }
-        if first_row.is_none() && fields == *first {
-            first_row = Some(row);
-        } else if fields == *again {
-            return first_row.map(|first| (first, row));
-        }
-    }
-    None
 }
 
 /// `{JobId=J1, WorkItemId=A}`, secrets masked, long values cut.

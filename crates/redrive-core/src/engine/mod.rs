@@ -15,7 +15,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::error::StepError;
-use crate::item::{ItemId, Status, StoredItem};
+use crate::item::{Fields, ItemId, Status, StoredItem};
 use crate::retry::Backoff;
 use crate::source::{Source, SourceError};
 use crate::state::{StateError, StateStore};
@@ -87,7 +87,42 @@ pub struct PipelineStep {
     /// The one object it writes for an item (`copy.to`), when that renders from the item's
     /// source fields alone: each item claims its target as it loads, and two items that would
     /// write one object stop the load (see [`EngineError::SameTarget`]).
-    pub target: Option<Template>,
+    pub target: Option<StepTarget>,
+}
+
+/// The one object a step writes for an item: the template that names it, and the store's own
+/// name for what the template renders, so two spellings of one object are one target (a
+/// local path's `out//a` and `out/./a` are `…/out/a`; an object key is taken as it is).
+#[derive(Clone)]
+pub struct StepTarget {
+    /// `copy.to`.
+    pub template: Template,
+    /// The store's name of a rendered target.
+    pub name: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    /// It renders from fields an earlier step binds (`require`'s `input`, an `xml` step's
+    /// fields): claimed when the item reaches the step, and a target another key holds fails
+    /// the item; otherwise claimed as the item loads, and the run stops.
+    pub bound: bool,
+}
+
+impl StepTarget {
+    /// The name of the object this step writes for an item with `fields`; `None` when the
+    /// template does not render (the item fails at its step, saying why).
+    pub fn of(&self, fields: &Fields) -> Option<String> {
+        self.template
+            .render(fields)
+            .ok()
+            .map(|rendered| (self.name)(&rendered))
+    }
+}
+
+impl std::fmt::Debug for StepTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepTarget")
+            .field("template", &self.template)
+            .field("bound", &self.bound)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PipelineStep {

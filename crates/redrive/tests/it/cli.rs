@@ -958,10 +958,12 @@ fn rows_whose_key_is_not_unique_are_reported_and_fail_the_run() {
     let out = t
         .redrive(&["run", "plan.toml", "--no-progress", "--metrics", "m.json"])
         .expect_code(2);
+    // Each row named by its file and line (the header is line 1).
+    let csv = t.path("items.csv").display().to_string();
     assert!(
-        out.stderr.contains(
-            "two rows with the key `A` and other fields: first {JobId=J1, WorkItemId=A} (row 1), then {JobId=J2, WorkItemId=A} (row 3)"
-        ),
+        out.stderr.contains(&format!(
+            "two rows with the key `A` and other fields: first {{JobId=J1, WorkItemId=A}} ({csv}:2), then {{JobId=J2, WorkItemId=A}} ({csv}:4)"
+        )),
         "{}",
         out.stderr
     );
@@ -1010,9 +1012,10 @@ copy = { from = "in/{JobId}-{WorkItemId}.txt", to = "out/{WorkItemId}.txt" }
         let out = t
             .redrive(&["run", "plan.toml", "--no-progress"])
             .expect_code(2);
+        let file = t.path("out/A.txt").display().to_string();
         assert!(
             out.stderr
-                .contains("items `J1/A` and `J2/A` both write `out/A.txt`"),
+                .contains(&format!("items `J1/A` and `J2/A` both write `{file}`")),
             "{}",
             out.stderr
         );
@@ -1035,6 +1038,94 @@ copy = { from = "in/{JobId}-{WorkItemId}.txt", to = "out/{WorkItemId}.txt" }
     assert_eq!(t.read("out/J1/A.txt"), "first");
     assert_eq!(t.read("out/J2/A.txt"), "second");
     assert_eq!(t.read("out/J1/B.txt"), "b");
+}
+
+/// On a local disk `out/a//x.txt`, `out/./a/x.txt` and `out/a/x.txt` are one file: items whose
+/// targets are spelled so are one target (they used to pass as three, and two items' bytes
+/// were lost), named by the file's absolute path.
+#[test]
+fn local_targets_spelled_two_ways_are_one_target() {
+    let t = TestContext::new();
+    t.write("in/1.txt", "one");
+    t.write("in/2.txt", "two");
+    t.write("in/3.txt", "three");
+    t.write("items.csv", "Id,Path\n1,a//x.txt\n2,b.txt\n3,./a/x.txt\n");
+    t.plan(
+        r#"
+[job]
+name = "aliases"
+state = "state.db"
+[source]
+csv = "items.csv"
+key = "{Id}"
+[[step]]
+copy = { from = "in/{Id}.txt", to = "out/{Path}" }
+"#,
+    );
+    let out = t
+        .redrive(&["run", "plan.toml", "--no-progress"])
+        .expect_code(2);
+    let file = t.path("out/a/x.txt").display().to_string();
+    assert!(
+        out.stderr
+            .contains(&format!("items `1` and `3` both write `{file}`")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE key = '3' AND status != 'pending'"),
+        0
+    );
+}
+
+/// A target that renders from a field a step binds (`require`'s `input`) is known only when
+/// the item reaches its step: it is claimed then, and a second key that would write it fails
+/// (the first item's bytes stay) instead of overwriting it or being skipped as "exists".
+#[test]
+fn a_target_from_a_bound_field_is_claimed_when_the_item_reaches_its_step() {
+    let t = TestContext::new();
+    t.write("in/shared-1.txt", "shared");
+    t.write("keys.txt", "k1\nk2\n");
+    t.plan(
+        r#"
+[job]
+name = "bound"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+require = "in/shared-*.txt"
+copy = { from = "{input}", to = "out/{input}" }
+[limits]
+items = 1
+retries = 0
+"#,
+    );
+    let out = t
+        .redrive(&["run", "plan.toml", "--no-progress"])
+        .expect_code(1);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE key = 'k1' AND status = 'done'"),
+        1,
+        "{}",
+        out.stderr
+    );
+    let error: String = t
+        .state()
+        .query_row(
+            "SELECT error FROM items WHERE key = 'k2' AND status = 'failed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or_default();
+    assert!(
+        error.contains("items `k1` and `k2` both write `"),
+        "{error}\n{}",
+        out.stderr
+    );
+    // The rerun of the failed item meets the same claim.
+    t.redrive(&["run", "plan.toml", "--no-progress", "--retry-failed"])
+        .expect_code(1);
 }
 
 /// Under `[expand]` (the Azure re-upload's shape), children of two parents whose target
@@ -1066,9 +1157,11 @@ items = 1
     let out = t
         .redrive(&["run", "plan.toml", "--no-progress"])
         .expect_code(2);
+    let file = t.path("out/A-x.txt").display().to_string();
     assert!(
-        out.stderr
-            .contains("items `J1/A/x.txt` and `J2/A/x.txt` both write `out/A-x.txt`"),
+        out.stderr.contains(&format!(
+            "items `J1/A/x.txt` and `J2/A/x.txt` both write `{file}`"
+        )),
         "{}",
         out.stderr
     );

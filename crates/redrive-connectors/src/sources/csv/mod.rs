@@ -91,6 +91,24 @@ impl Source for CsvSource {
         self.headers.iter().cloned().collect()
     }
 
+    fn place_of(&self, fields: &Fields) -> futures::future::BoxFuture<'static, Option<String>> {
+        let (delimiter, headers, wanted) = (self.delimiter, self.headers.clone(), fields.clone());
+        super::place_in_file(&self.path, move |path| {
+            let mut reader = reader(path, delimiter).ok()?;
+            let mut record = csv::StringRecord::new();
+            while reader.read_record(&mut record).ok()? {
+                let value = |name: &str| {
+                    let column = headers.iter().position(|h| h == name)?;
+                    record.get(column).map(str::to_owned)
+                };
+                if super::holds(value, &wanted) {
+                    return record.position().map(csv::Position::line);
+                }
+            }
+            None
+        })
+    }
+
     fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
         let path = self.path.clone();
         let delimiter = self.delimiter;
@@ -193,6 +211,32 @@ mod tests {
             read("a,a\n1,2\n").await,
             Err("F:1: column `a` appears twice in the header".to_owned())
         );
+    }
+
+    #[tokio::test]
+    async fn a_rows_place_is_its_first_line_in_the_file() {
+        // The second row spans two lines (a quoted newline): the rows after it are one further.
+        let (_dir, path) = write("JobId,WorkItemId\nJ1,A\nJ1,\"B\nb\"\nJ2,A\n");
+        let source = CsvSource::open(&path, b',').unwrap_or_else(|e| panic!("{e}"));
+        let row = |job: &str, item: &str| {
+            Fields::from([
+                ("JobId".to_owned(), job.to_owned()),
+                ("WorkItemId".to_owned(), item.to_owned()),
+            ])
+        };
+        let file = path.display();
+        assert_eq!(
+            source.place_of(&row("J1", "A")).await,
+            Some(format!("{file}:2"))
+        );
+        assert_eq!(
+            source.place_of(&row("J2", "A")).await,
+            Some(format!("{file}:5"))
+        );
+        // Fewer fields match any row that has their values; an unknown one matches none.
+        let some = Fields::from([("WorkItemId".to_owned(), "B\nb".to_owned())]);
+        assert_eq!(source.place_of(&some).await, Some(format!("{file}:3")));
+        assert_eq!(source.place_of(&row("J9", "A")).await, None);
     }
 
     #[tokio::test]

@@ -40,6 +40,22 @@ impl Source for LinesSource {
         ["line".to_owned()].into()
     }
 
+    fn place_of(&self, fields: &Fields) -> futures::future::BoxFuture<'static, Option<String>> {
+        let wanted = fields.clone();
+        super::place_in_file(&self.path, move |path| {
+            let reader = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+            for (number, line) in (1u64..).zip(reader.split(b'\n')) {
+                let line = line.ok()?;
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches('\r');
+                if super::holds(|name| (name == "line").then(|| text.to_owned()), &wanted) {
+                    return Some(number);
+                }
+            }
+            None
+        })
+    }
+
     fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
         let path = self.path.clone();
         blocking_stream(move |sender| {
@@ -111,6 +127,19 @@ mod tests {
             .collect()
             .await;
         assert_eq!(lines, ["a", "b c", "last"]);
+    }
+
+    #[tokio::test]
+    async fn a_lines_place_counts_blank_lines() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("keys.txt");
+        std::fs::write(&path, "a\r\n\nb\n").unwrap_or_else(|e| panic!("{e}"));
+        let source = LinesSource::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let line = |text: &str| Fields::from([("line".to_owned(), text.to_owned())]);
+        let file = path.display();
+        assert_eq!(source.place_of(&line("a")).await, Some(format!("{file}:1")));
+        assert_eq!(source.place_of(&line("b")).await, Some(format!("{file}:3")));
+        assert_eq!(source.place_of(&line("c")).await, None);
     }
 
     #[tokio::test]
