@@ -234,6 +234,10 @@ pub(crate) struct StatusArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub(crate) json: bool,
+    /// Refresh every SECONDS (default 2) until Ctrl-C: redrawn in place on a terminal, one
+    /// table (or, with --json, one JSON line) after another otherwise
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true, default_missing_value = "2", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) watch: Option<u64>,
 }
 
 #[derive(Debug, Args)]

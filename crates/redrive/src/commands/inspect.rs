@@ -16,6 +16,35 @@ const PAGE: usize = 1_000;
 const PARENTS_SHOWN: usize = 20;
 
 pub(crate) async fn status(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
+    let Some(seconds) = args.watch else {
+        return status_once(args).await;
+    };
+    // Like `watch redrive status`: on a terminal the screen is redrawn in place; into a pipe
+    // or file each refresh follows the last (JSON lines with --json). Ctrl-C ends it.
+    let redraw = !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        if redraw {
+            let now = jiff::Zoned::now().strftime("%H:%M:%S");
+            crate::out_part!("\x1b[H\x1b[2J");
+            crate::out!(
+                "Every {seconds}s: redrive status {} — {now} (Ctrl-C to stop)\n",
+                args.plan.display()
+            );
+        }
+        let status = status_once(args).await?;
+        if status != ExitStatus::Success {
+            return Ok(status);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(seconds)) => {}
+            _ = &mut interrupted => return Ok(ExitStatus::Success),
+        }
+    }
+}
+
+async fn status_once(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
     if let Some(status) = shard_status(args).await? {
         return Ok(status);
     }

@@ -1727,3 +1727,51 @@ fn verbose_prints_one_line_per_finished_step() {
         out.stderr
     );
 }
+
+/// `status --watch=1 --json` into a pipe prints the job again every second, one JSON line
+/// each, until Ctrl-C, then exits 0 (`status | head` and friends need no table redraws).
+#[test]
+fn status_watch_prints_again_until_ctrl_c() {
+    use std::io::BufRead as _;
+    let t = TestContext::new();
+    t.write("keys.txt", "a\nb\n");
+    t.plan(
+        r#"
+[job]
+name = "watched"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+run = { shell = "true" }
+"#,
+    );
+    t.redrive(&["run", "plan.toml", "-q"]).expect_code(0);
+    let mut child = t
+        .command(&["status", "plan.toml", "--watch=1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        let line = lines.next().expect("a refresh").expect("read");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
+        assert_eq!(value["items"]["done"], 2, "{line}");
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "the second refresh came a second after the first"
+    );
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(
+        status.success(),
+        "Ctrl-C ends the watch with exit 0: {status}"
+    );
+}
