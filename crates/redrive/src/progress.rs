@@ -75,6 +75,7 @@ pub(crate) struct Progress {
     bar: Option<(MultiProgress, ProgressBar)>,
     ticker: Option<tokio::task::JoinHandle<()>>,
     objects: Objects,
+    started: Instant,
 }
 
 /// One large object's progress: its bar on a terminal, its line in the plain output.
@@ -178,6 +179,7 @@ impl Progress {
             bar,
             ticker,
             objects,
+            started: Instant::now(),
         })
     }
 
@@ -218,13 +220,23 @@ impl Progress {
                 c.failed.load(Ordering::Relaxed),
                 c.skipped.load(Ordering::Relaxed),
                 children_text(c),
-                human_bytes(c.bytes.load(Ordering::Relaxed)),
+                bytes_text(c, self.started.elapsed()),
             ));
         }
     }
 }
 
-/// `Progress: 10/21000 (done 8, failed 2, skipped 0) 350 items/s, 1.2 MiB`
+/// `3.0 MiB (1.5 MiB/s)`: the bytes moved by this run, and their rate since it began.
+fn bytes_text(c: &Counters, elapsed: Duration) -> String {
+    let bytes = c.bytes.load(Ordering::Relaxed);
+    if bytes == 0 {
+        return human_bytes(0);
+    }
+    let rate = bytes as f64 / elapsed.as_secs_f64().max(0.001);
+    format!("{} ({}/s)", human_bytes(bytes), human_bytes(rate as u64))
+}
+
+/// `Progress: 10/21000 (done 8, failed 2, skipped 0) 350 items/s, 1.2 MiB (400.0 KiB/s)`
 fn line(c: &Counters, elapsed: Duration) -> String {
     let finished = c.finished();
     let rate = finished as f64 / elapsed.as_secs_f64().max(0.001);
@@ -237,7 +249,7 @@ fn line(c: &Counters, elapsed: Duration) -> String {
         c.skipped.load(Ordering::Relaxed),
         children_text(c),
         rate,
-        human_bytes(c.bytes.load(Ordering::Relaxed)),
+        bytes_text(c, elapsed),
     )
 }
 
@@ -436,7 +448,7 @@ mod tests {
         counters.bytes.store(3 * 1024 * 1024, Ordering::Relaxed);
         assert_eq!(
             line(&counters, Duration::from_secs(2)),
-            "Progress: 10/21000 (done 6, failed 2, skipped 0) 4 items/s, 3.0 MiB"
+            "Progress: 10/21000 (done 6, failed 2, skipped 0) 4 items/s, 3.0 MiB (1.5 MiB/s)"
         );
     }
 
