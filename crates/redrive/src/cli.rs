@@ -62,6 +62,14 @@ pub(crate) enum Command {
     Cp(CpArgs),
     /// Print a shell completion script (e.g. `redrive completions bash > /etc/bash_completion.d/redrive`)
     Completions(CompletionsArgs),
+    /// Print a man page: redrive's, or a command's (e.g. `redrive man run > redrive-run.1`)
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// The command whose page to print (`run`, `status`, …); none: redrive's own page
+    pub(crate) command: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -94,7 +94,39 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<ExitStatus> {
         Command::Diff(args) => commands::diff::diff(args).await,
         Command::Cp(args) => commands::cp::cp(args, &cli.global).await,
         Command::Completions(args) => Ok(completions(args)),
+        Command::Man(args) => man(args),
     }
+}
+
+/// A man page in roff (`man -l -` reads it), written whole, as the completion scripts are.
+fn man(args: &cli::ManArgs) -> anyhow::Result<ExitStatus> {
+    use clap::CommandFactory as _;
+    let redrive = Cli::command();
+    let command = match &args.command {
+        None => redrive,
+        Some(name) => {
+            let names: Vec<String> = redrive
+                .get_subcommands()
+                .map(|c| c.get_name().to_owned())
+                .collect();
+            let found = redrive.find_subcommand(name).cloned().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "`{name}` is not a redrive command; one of: {}",
+                    names.join(", ")
+                )
+            })?;
+            // Titled as `man` lists it, redrive-run(1); its synopsis says `redrive run`.
+            let name = found.get_name().to_owned();
+            found
+                .display_name(format!("redrive-{name}"))
+                .bin_name(format!("redrive {name}"))
+                .version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command).render(&mut page)?;
+    out_part!("{}", String::from_utf8_lossy(&page));
+    Ok(ExitStatus::Success)
 }
 
 /// The completion script, written whole (a reader that stops early ends it quietly).

@@ -1775,3 +1775,27 @@ run = { shell = "true" }
         "Ctrl-C ends the watch with exit 0: {status}"
     );
 }
+
+/// `redrive man` prints redrive's man page (roff), `redrive man run` the page of `run`, and an
+/// unknown command is an error naming the ones there are.
+#[test]
+fn man_prints_the_page_of_redrive_and_of_each_command() {
+    let t = TestContext::new();
+    let page = t.redrive(&["man"]).expect_code(0).stdout;
+    assert!(page.contains(".TH redrive 1"), "{page}");
+    assert!(
+        page.contains("redrive\\-run(1)"),
+        "it lists the commands' pages: {page}"
+    );
+    let run = t.redrive(&["man", "run"]).expect_code(0).stdout;
+    assert!(run.contains(".TH redrive-run 1"), "{run}");
+    assert!(run.contains("\\fBredrive run\\fR"), "{run}");
+    assert!(run.contains("\\-\\-retry\\-failed"), "{run}");
+    let out = t.redrive(&["man", "nope"]).expect_code(2);
+    assert!(
+        out.stderr
+            .contains("`nope` is not a redrive command; one of: run, validate"),
+        "{}",
+        out.stderr
+    );
+}
