@@ -28,6 +28,7 @@ macro_rules! out_part {
 mod cli;
 mod commands;
 mod exit;
+mod exporter;
 mod logging;
 mod metrics;
 mod progress;

@@ -76,6 +76,7 @@ pub(crate) struct Progress {
     ticker: Option<tokio::task::JoinHandle<()>>,
     objects: Objects,
     started: Instant,
+    exporter: Option<Arc<crate::exporter::Exporter>>,
 }
 
 /// One large object's progress: its bar on a terminal, its line in the plain output.
@@ -121,6 +122,7 @@ impl Progress {
         total: u64,
         finished_before: u64,
         telemetry: Option<crate::telemetry::Telemetry>,
+        exporter: Option<Arc<crate::exporter::Exporter>>,
     ) -> Arc<Self> {
         let counters = Arc::new(Counters::default());
         let objects = Objects::default();
@@ -180,6 +182,7 @@ impl Progress {
             ticker,
             objects,
             started: Instant::now(),
+            exporter,
         })
     }
 
@@ -193,6 +196,11 @@ impl Progress {
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The counters, for a reader that outlives this borrow (the metrics endpoint).
+    pub(crate) fn shared_counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
     }
 
     pub(crate) fn finish(&self) {
@@ -373,6 +381,9 @@ impl Reporter for Progress {
     }
 
     fn bytes(&self, n: u64) {
+        if let Some(exporter) = &self.exporter {
+            exporter.bytes(n);
+        }
         self.counters.bytes.fetch_add(n, Ordering::Relaxed);
     }
 
@@ -406,6 +417,9 @@ impl Reporter for Progress {
         if let Some(telemetry) = &self.telemetry {
             telemetry.write(event);
         }
+        if let Some(exporter) = &self.exporter {
+            exporter.step(event);
+        }
         finished_line(event);
     }
 
@@ -426,6 +440,9 @@ impl Reporter for Progress {
     }
 
     fn retried(&self, throttled: bool) {
+        if let Some(exporter) = &self.exporter {
+            exporter.retried(throttled);
+        }
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
         if throttled {
             self.counters.throttled.fetch_add(1, Ordering::Relaxed);
@@ -477,7 +494,7 @@ mod tests {
 
     #[tokio::test]
     async fn large_objects_are_listed_while_they_move() {
-        let progress = Progress::start(Display::Lines, 1, 0, None);
+        let progress = Progress::start(Display::Lines, 1, 0, None, None);
         let first = progress.object("a.bin", Some(10)).expect("shown");
         let second = progress.object("b.bin", None).expect("shown");
         first.add(4);
@@ -499,7 +516,7 @@ mod tests {
         assert!(names(&progress).is_empty());
         progress.finish();
         assert!(
-            Progress::start(Display::Off, 1, 0, None)
+            Progress::start(Display::Off, 1, 0, None, None)
                 .object("c", None)
                 .is_none()
         );

@@ -142,6 +142,7 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         no_hooks: true,
         progress_json: false,
         json: false,
+        metrics_addr: None,
     };
     super::run::run(&run, global).await
 }

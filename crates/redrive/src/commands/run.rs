@@ -93,7 +93,21 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         .as_deref()
         .map(crate::telemetry::Telemetry::open)
         .transpose()?;
-    let progress = Progress::start(display, before.total(), finished_before, telemetry);
+    let exporter = args
+        .metrics_addr
+        .as_ref()
+        .map(|_| Arc::new(crate::exporter::Exporter::new(&before, args.retry_failed)));
+    let progress = Progress::start(
+        display,
+        before.total(),
+        finished_before,
+        telemetry,
+        exporter.clone(),
+    );
+    if let (Some(exporter), Some(addr)) = (&exporter, &args.metrics_addr) {
+        let bound = exporter.serve(addr, progress.shared_counters()).await?;
+        tracing::info!("Metrics at http://{bound}/metrics");
+    }
     progress.set_children(before.children_total(), {
         let mut finished = before.children(Status::Done) + before.children(Status::Skipped);
         if !args.retry_failed {

@@ -1799,3 +1799,103 @@ fn man_prints_the_page_of_redrive_and_of_each_command() {
         out.stderr
     );
 }
+
+/// One `GET` of `http://addr/metrics`: the response's status line and body, or `None` while
+/// nothing listens.
+fn scrape(addr: &str) -> Option<(String, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// `run --metrics-addr` serves OpenMetrics text while the run goes: the job's items by status
+/// (adding up to the job), each step's outcomes, durations and items in flight; a port that
+/// is taken stops the run before it starts (exit 2), naming the address.
+#[test]
+fn run_serves_live_metrics_for_prometheus_while_it_runs() {
+    let t = TestContext::new();
+    t.write(
+        "keys.txt",
+        (1..=12).map(|i| format!("k{i}\n")).collect::<String>(),
+    );
+    t.plan(
+        r#"
+[job]
+name = "metered"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+name = "slow"
+run = { shell = "sleep 0.3" }
+[limits]
+items = 2
+"#,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = t
+        .command(&["run", "plan.toml", "-q", "--metrics-addr", &addr])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let started = std::time::Instant::now();
+    let mut seen = None;
+    while started.elapsed() < std::time::Duration::from_secs(20) {
+        if let Some((status, body)) = scrape(&addr)
+            && body.contains("redrive_step_items_total{step=\"slow\",outcome=\"done\"}")
+        {
+            seen = Some((status, body));
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, body) = seen.expect("a scrape while the run goes");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let value = |name: &str| -> i64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {body}"))
+    };
+    let statuses = ["pending", "running", "done", "skipped", "failed"];
+    let sum: i64 = statuses
+        .iter()
+        .map(|s| value(&format!("redrive_items{{status=\"{s}\"}}")))
+        .sum();
+    assert_eq!(sum, 12, "every item once: {body}");
+    assert!(value("redrive_items{status=\"done\"}") >= 1, "{body}");
+    assert!(
+        value("redrive_step_in_flight{step=\"slow\"}") <= 2,
+        "{body}"
+    );
+    assert!(body.contains("redrive_step_seconds_bucket{"), "{body}");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    // A second run (of its own state) meanwhile cannot have the port, and starts nothing.
+    let taken = t.redrive(&[
+        "run",
+        "plan.toml",
+        "-q",
+        "--state",
+        "other.db",
+        "--metrics-addr",
+        &addr,
+    ]);
+    assert_eq!(taken.code, 2, "{}", taken.stderr);
+    assert!(
+        taken
+            .stderr
+            .contains(&format!("cannot serve metrics on `{addr}`")),
+        "{}",
+        taken.stderr
+    );
+    assert!(child.wait().expect("wait").success());
+}
