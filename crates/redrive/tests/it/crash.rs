@@ -214,18 +214,8 @@ items = 4
     let (kills, first) = kill_loop(&t, RUN_KILLS);
     assert_eq!(kills, RUN_KILLS, "every run was killed (seed {first})");
     t.redrive(&["run", "plan.toml"]).expect_code(0);
-    let effects = t.read("effects.log");
-    let mut runs: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for line in effects.lines() {
-        *runs.entry(line).or_default() += 1;
-    }
-    assert_eq!(runs.len(), n, "every item's command ran (seed {first})");
-    let repeated: usize = runs.values().map(|c| c - 1).sum();
-    eprintln!("{kills} kills (seed {first}): 0 lost, {repeated} commands ran twice of {n}");
-    assert!(
-        repeated <= RUN_KILLS * 4,
-        "{repeated} repeats: more than the items in flight at {RUN_KILLS} kills"
-    );
+    let runs = tally(t.read("effects.log").lines());
+    assert_each_once_repeats_bounded("commands ran twice", &runs, n, (kills, first), 4);
     assert_eq!(
         t.count("SELECT count(*) FROM items WHERE status = 'done'"),
         n as i64
@@ -263,16 +253,34 @@ pub(crate) fn kill_loop(t: &crate::common::TestContext, kills: usize) -> (usize,
     (kills, first)
 }
 
-/// Says what a kill loop repeated (`what`: `items submitted twice`) and checks that it is no
-/// more than what was in flight at the kills (`loop`: kills made and their seed).
-pub(crate) fn assert_repeats_bounded(
+/// The side effects a kill loop left (a message's text, a command's line), each counted.
+pub(crate) fn tally<S: Into<String>>(
+    effects: impl IntoIterator<Item = S>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for effect in effects {
+        *counts.entry(effect.into()).or_default() += 1;
+    }
+    counts
+}
+
+/// Checks a kill loop's side effects (`counts`, see [`tally`]): each of the `n` items' effect
+/// is there (none lost), and what is there twice (`what`: `items submitted twice`) is no more
+/// than what was in flight at the kills (`loop`: kills made and their seed); says the figures.
+pub(crate) fn assert_each_once_repeats_bounded(
     what: &str,
-    repeated: usize,
-    of: usize,
+    counts: &std::collections::BTreeMap<String, usize>,
+    n: usize,
     (kills, seed): (usize, u64),
     in_flight: usize,
 ) {
-    eprintln!("{kills} kills (seed {seed}): 0 lost, {repeated} {what} of {of}");
+    assert_eq!(
+        counts.len(),
+        n,
+        "every item's effect is there (seed {seed})"
+    );
+    let repeated: usize = counts.values().map(|c| c - 1).sum();
+    eprintln!("{kills} kills (seed {seed}): 0 lost, {repeated} {what} of {n}");
     assert!(
         repeated <= kills * in_flight,
         "{repeated} {what}: more than the items in flight at {kills} kills (seed {seed})"
@@ -306,19 +314,16 @@ items = {IN_FLIGHT}
     ));
     let (kills, first) = kill_loop(&t, HTTP_KILLS);
     t.redrive(&["run", "plan.toml"]).expect_code(0);
-    let mut sent: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for id in receiver.accepted.lock().expect("accepted").iter().flatten() {
-        *sent.entry(id.clone()).or_default() += 1;
-    }
-    assert_eq!(sent.len(), n, "every item was submitted (seed {first})");
-    let repeated: usize = sent.values().map(|c| c - 1).sum();
-    assert_repeats_bounded(
-        "items submitted twice",
-        repeated,
-        n,
-        (kills, first),
-        IN_FLIGHT,
+    let sent = tally(
+        receiver
+            .accepted
+            .lock()
+            .expect("accepted")
+            .iter()
+            .flatten()
+            .cloned(),
     );
+    assert_each_once_repeats_bounded("items submitted twice", &sent, n, (kills, first), IN_FLIGHT);
     assert_eq!(
         t.count("SELECT count(*) FROM items WHERE status = 'done'"),
         n as i64
@@ -465,27 +470,12 @@ items = {IN_FLIGHT}
     let (kills, first) = kill_loop(&t, AZQ_KILLS);
     let out = t.redrive(&["run", "plan.toml"]);
     assert_eq!(out.code, 0, "seed {first}: {}", out.stderr);
-    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for text in take_messages(&queue) {
-        *counts.entry(text).or_default() += 1;
-    }
-    assert_eq!(
-        counts.len(),
-        n,
-        "every item's message is there (seed {first})"
-    );
+    let counts = tally(take_messages(&queue));
     assert!(
         counts.keys().all(|text| text.starts_with("m-k")),
         "only the items' messages"
     );
-    let repeated: usize = counts.values().map(|c| c - 1).sum();
-    assert_repeats_bounded(
-        "messages sent twice",
-        repeated,
-        n,
-        (kills, first),
-        IN_FLIGHT,
-    );
+    assert_each_once_repeats_bounded("messages sent twice", &counts, n, (kills, first), IN_FLIGHT);
     assert_eq!(
         t.count("SELECT count(*) FROM items WHERE status = 'done'"),
         n as i64
