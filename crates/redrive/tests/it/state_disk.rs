@@ -223,7 +223,17 @@ fn a_killed_runs_state_without_its_log_is_refused() {
     std::fs::remove_file(t.path("state.db-wal")).unwrap();
     let _ = std::fs::remove_file(t.path("state.db-shm"));
 
-    let before = t.read("effects.log").lines().count();
+    // A command of the killed run may still be writing its line for a moment (its death
+    // signal comes with redrive's, asynchronously): counted once the log stops growing.
+    let mut before = t.read("effects.log").lines().count();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = t.read("effects.log").lines().count();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     let out = t.redrive(&["run", "plan.toml"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
