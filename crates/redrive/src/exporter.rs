@@ -22,6 +22,16 @@ type Labels = Vec<(String, String)>;
 /// A request head larger than this is not a scrape.
 const MAX_REQUEST: usize = 8 * 1024;
 
+/// Takes `addr` (`HOST:PORT`) for the metrics endpoint.
+pub(crate) async fn listen(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context as _;
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot serve metrics on `{addr}`; give a free HOST:PORT, e.g. `--metrics-addr 127.0.0.1:9187`"
+        )
+    })
+}
+
 /// The figures a scrape reads: those kept here as steps finish, and the run's counters.
 pub(crate) struct Exporter {
     registry: Registry,
@@ -97,18 +107,15 @@ impl Exporter {
         }
     }
 
-    /// Listens on `addr` now (a taken port fails the run before it starts), then answers
-    /// scrapes until the process ends.
-    pub(crate) async fn serve(
+    /// Answers scrapes on `listener` (see [`listen`]) until the process ends.
+    pub(crate) fn serve(
         self: &Arc<Self>,
-        addr: &str,
+        listener: tokio::net::TcpListener,
         counters: Arc<Counters>,
-    ) -> anyhow::Result<std::net::SocketAddr> {
-        use anyhow::Context as _;
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot serve metrics on `{addr}`; give a free HOST:PORT, e.g. `--metrics-addr 127.0.0.1:9187`")
-        })?;
-        let bound = listener.local_addr()?;
+    ) {
+        if let Ok(bound) = listener.local_addr() {
+            tracing::info!("Metrics at http://{bound}/metrics");
+        }
         let exporter = Arc::clone(self);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -116,7 +123,6 @@ impl Exporter {
                 tokio::spawn(async move { exporter.answer(stream, &counters).await });
             }
         });
-        Ok(bound)
     }
 
     async fn answer(&self, mut stream: tokio::net::TcpStream, counters: &Counters) {

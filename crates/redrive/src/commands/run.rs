@@ -35,6 +35,12 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     }
     let env = redrive_connectors::storage::Env::from_process();
     let pipeline = Arc::new(redrive_connectors::build_shard(&plan, env, args.shard)?);
+    // The metrics port is taken before the state is opened or a hook runs: a port in use
+    // stops the run before anything starts.
+    let metrics_listener = match &args.metrics_addr {
+        Some(addr) => Some(crate::exporter::listen(addr).await?),
+        None => None,
+    };
 
     let mut target = super::state::target(Some(&plan), &args.state)?;
     if let Some(shard) = args.shard {
@@ -93,8 +99,7 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         .as_deref()
         .map(crate::telemetry::Telemetry::open)
         .transpose()?;
-    let exporter = args
-        .metrics_addr
+    let exporter = metrics_listener
         .as_ref()
         .map(|_| Arc::new(crate::exporter::Exporter::new(&before, args.retry_failed)));
     let progress = Progress::start(
@@ -104,9 +109,8 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
         telemetry,
         exporter.clone(),
     );
-    if let (Some(exporter), Some(addr)) = (&exporter, &args.metrics_addr) {
-        let bound = exporter.serve(addr, progress.shared_counters()).await?;
-        tracing::info!("Metrics at http://{bound}/metrics");
+    if let (Some(exporter), Some(listener)) = (&exporter, metrics_listener) {
+        exporter.serve(listener, progress.shared_counters());
     }
     progress.set_children(before.children_total(), {
         let mut finished = before.children(Status::Done) + before.children(Status::Skipped);

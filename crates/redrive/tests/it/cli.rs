@@ -1897,5 +1897,9 @@ items = 2
         "{}",
         taken.stderr
     );
+    assert!(
+        !t.path("other.db").exists(),
+        "the port is taken before the state is opened"
+    );
     assert!(child.wait().expect("wait").success());
 }
