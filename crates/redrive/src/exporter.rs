@@ -32,7 +32,8 @@ pub(crate) async fn listen(addr: &str) -> anyhow::Result<tokio::net::TcpListener
     })
 }
 
-/// The figures a scrape reads: those kept here as steps finish, and the run's counters.
+/// The figures a scrape reads: the steps' kept here as they finish, the rest taken from the
+/// run's counters at each scrape.
 pub(crate) struct Exporter {
     registry: Registry,
     items: Family<Labels, Gauge>,
@@ -42,6 +43,8 @@ pub(crate) struct Exporter {
     bytes: Counter,
     retries: Counter,
     throttled: Counter,
+    /// One scrape at a time brings the counters up to date (two at once would add twice).
+    scrape: std::sync::Mutex<()>,
     /// Items running a step now, over all steps.
     running: std::sync::atomic::AtomicI64,
     /// The state's items by status when the run began.
@@ -101,6 +104,7 @@ impl Exporter {
             bytes,
             retries,
             throttled,
+            scrape: std::sync::Mutex::new(()),
             running: std::sync::atomic::AtomicI64::new(0),
             before: before.by_status.clone(),
             retry_failed,
@@ -163,6 +167,7 @@ impl Exporter {
 
     /// The figures now, as OpenMetrics text.
     fn text(&self, counters: &Counters) -> String {
+        let _one = self.scrape.lock();
         let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
         let before = |status: Status| {
             self.before
@@ -180,6 +185,14 @@ impl Exporter {
         };
         let failed = failed_before + load(&counters.failed);
         let total = load(&counters.total);
+        // The run's own counters, brought up to date (a counter only goes up).
+        for (counter, now) in [
+            (&self.bytes, load(&counters.bytes)),
+            (&self.retries, load(&counters.retries)),
+            (&self.throttled, load(&counters.throttled)),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
         let pending = total.saturating_sub(done + skipped + failed + running);
         for (status, n) in [
             (Status::Pending, pending),
@@ -220,16 +233,5 @@ impl Exporter {
         self.step_seconds
             .get_or_create(&step)
             .observe(event.seconds);
-    }
-
-    pub(crate) fn bytes(&self, n: u64) {
-        self.bytes.inc_by(n);
-    }
-
-    pub(crate) fn retried(&self, throttled: bool) {
-        self.retries.inc();
-        if throttled {
-            self.throttled.inc();
-        }
     }
 }

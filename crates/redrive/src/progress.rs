@@ -381,9 +381,6 @@ impl Reporter for Progress {
     }
 
     fn bytes(&self, n: u64) {
-        if let Some(exporter) = &self.exporter {
-            exporter.bytes(n);
-        }
         self.counters.bytes.fetch_add(n, Ordering::Relaxed);
     }
 
@@ -440,9 +437,6 @@ impl Reporter for Progress {
     }
 
     fn retried(&self, throttled: bool) {
-        if let Some(exporter) = &self.exporter {
-            exporter.retried(throttled);
-        }
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
         if throttled {
             self.counters.throttled.fetch_add(1, Ordering::Relaxed);

@@ -113,25 +113,16 @@ async fn claim_bound_target(
     let Some(name) = target.of(fields) else {
         return Ok(None);
     };
-    let key = match &item.parent_key {
-        Some(parent) => format!("{parent}/{}", item.key),
-        None => item.key.clone(),
-    };
     let claim = TargetClaim {
         step: index,
         target: name,
-        key,
+        key: super::load::claimant(item.parent_key.as_deref(), &item.key),
     };
     let taken = shared.state.claim_targets(vec![claim]).await?;
     *claimed = true;
     Ok(taken.into_iter().next().map(|(claim, first)| {
-        let masked = |text: &str| crate::secrets::redact(text).into_owned();
-        StepError::permanent(format!(
-            "items `{}` and `{}` both write `{}`; the target template does not tell them apart, and the first item keeps it",
-            masked(&first),
-            masked(&claim.key),
-            masked(&claim.target),
-        ))
+        let error = super::load::same_target(shared, &claim, &first);
+        StepError::permanent(format!("{error}; the first item keeps it"))
     }))
 }
 

@@ -160,10 +160,6 @@ pub(super) async fn claim_targets(
     if shared.pipeline.expand.is_some() != parent.is_some() {
         return Ok(());
     }
-    let owner = |key: &str| match parent {
-        Some(parent) => format!("{parent}/{key}"),
-        None => key.to_owned(),
-    };
     let mut claims = Vec::new();
     for (index, step) in shared.pipeline.steps.iter().enumerate() {
         let Some(target) = step.target.as_ref().filter(|t| !t.bound) else {
@@ -174,7 +170,7 @@ pub(super) async fn claim_targets(
             Some(TargetClaim {
                 step: index,
                 target: target.of(&row.fields)?,
-                key: owner(&row.key),
+                key: claimant(parent, &row.key),
             })
         }));
     }
@@ -187,8 +183,21 @@ pub(super) async fn claim_targets(
     };
     // A child's parent is listed again by the next run anyway (it is not marked expanded).
     halt(shared, parent.is_none()).await?;
+    Err(same_target(shared, &claim, &first))
+}
+
+/// The key an item claims its targets under: a child's is `parent/child`.
+pub(super) fn claimant(parent: Option<&str>, key: &str) -> String {
+    match parent {
+        Some(parent) => format!("{parent}/{key}"),
+        None => key.to_owned(),
+    }
+}
+
+/// `claim`'s target is held by `first`: the error that names both, secrets masked.
+pub(super) fn same_target(shared: &Shared, claim: &TargetClaim, first: &str) -> EngineError {
     let masked = |text: &str| crate::secrets::redact(text).into_owned();
-    Err(EngineError::SameTarget {
+    EngineError::SameTarget {
         step: shared
             .pipeline
             .steps
@@ -196,9 +205,9 @@ pub(super) async fn claim_targets(
             .map(|s| s.name.clone())
             .unwrap_or_default(),
         target: masked(&claim.target),
-        first: masked(&first),
+        first: masked(first),
         again: masked(&claim.key),
-    })
+    }
 }
 
 /// A first load whose batch had `ignored` rows with a key already recorded: a row that repeats

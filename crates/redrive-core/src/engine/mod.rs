@@ -84,9 +84,9 @@ pub struct PipelineStep {
     pub step: Arc<dyn Step>,
     /// What it needs from the engine.
     pub traits: StepTraits,
-    /// The one object it writes for an item (`copy.to`), when that renders from the item's
-    /// source fields alone: each item claims its target as it loads, and two items that would
-    /// write one object stop the load (see [`EngineError::SameTarget`]).
+    /// The one object it writes for an item (`copy.to`): each item claims it, as it loads
+    /// or (for a target from bound fields) when it reaches the step, and two items that
+    /// would write one object are refused (see [`EngineError::SameTarget`]).
     pub target: Option<StepTarget>,
 }
 
