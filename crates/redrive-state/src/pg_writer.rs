@@ -165,7 +165,11 @@ async fn apply(
 ) -> Result<bool, sqlx::Error> {
     let change = Change::of(transition);
     let epoch = worker.epoch(change.id);
-    let (sql, values) = change.update(&DIALECT, true);
+    // The text is the thread's shared copy: owned here, since this future crosses awaits.
+    let (sql, values) = {
+        let (sql, values) = change.update(&DIALECT, true);
+        (sql.to_string(), values)
+    };
     let mut query = sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(sql))
         .bind(worker.id.clone())
         .bind(epoch)

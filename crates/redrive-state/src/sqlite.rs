@@ -456,18 +456,19 @@ fn refuses_writes(error: &rusqlite::Error) -> bool {
 }
 
 fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredItem> {
+    // By position, in `ITEM_COLUMNS` order (a name is looked up in every row).
     ItemRow {
-        id: row.get("id")?,
-        parent: row.get("parent")?,
-        parent_key: row.get("parent_key")?,
-        expanded: row.get::<_, i64>("expanded")? != 0,
-        key: row.get("key")?,
-        fields: row.get("fields")?,
-        step_index: row.get("step_index")?,
-        status: row.get("status")?,
-        attempts: row.get("attempts")?,
-        error: row.get("error")?,
-        bytes: row.get("bytes")?,
+        id: row.get(0)?,
+        parent: row.get(1)?,
+        parent_key: row.get(2)?,
+        expanded: row.get::<_, i64>(3)? != 0,
+        key: row.get(4)?,
+        fields: row.get(5)?,
+        step_index: row.get(6)?,
+        status: row.get(7)?,
+        attempts: row.get(8)?,
+        error: row.get(9)?,
+        bytes: row.get(10)?,
     }
     .decode()
     .map_err(|e| {
@@ -475,6 +476,7 @@ fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredItem> {
     })
 }
 
+/// The columns `row_to_item` reads, in its order.
 const ITEM_COLUMNS: &str = "i.id, i.parent, (SELECT p.key FROM items p WHERE p.id = i.parent) AS parent_key, \
      i.expanded, i.key, i.fields, i.step_index, i.status, i.attempts, i.error, i.bytes";
 
@@ -511,9 +513,13 @@ const DIALECT: Dialect = Dialect {
 /// One transition's update, in the writer's transaction; the rows it changed.
 fn apply(tx: &Transaction<'_>, transition: Transition) -> rusqlite::Result<usize> {
     let change = Change::of(&transition);
+    BATCH_NOW.with(|now| apply_at(tx, &change, &now.borrow()))
+}
+
+/// [`apply`], at the batch's clock `now`.
+fn apply_at(tx: &Transaction<'_>, change: &Change<'_>, now: &str) -> rusqlite::Result<usize> {
     // Only an output needs the step index back; a plain update is cheaper.
     let (sql, values) = change.update(&DIALECT, change.output.is_some());
-    let now = batch_now();
     let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&change.id, &now];
     bound.extend(values.iter().map(|value| match value {
         Value::Int(n) => n as &dyn rusqlite::ToSql,
@@ -657,13 +663,14 @@ impl StateStore for SqliteStateStore {
         let seen = Arc::clone(&ignored);
         let added = self
             .write(Box::new(move |tx| {
-                let mut statement = tx.prepare_cached(&format!(
+                let mut statement = tx.prepare_cached(
                     "INSERT OR IGNORE INTO items (key, fields, created_at, updated_at)
-                     VALUES (?1, ?2, {NOW}, {NOW})"
-                ))?;
+                     VALUES (?1, ?2, ?3, ?3)",
+                )?;
+                let now = batch_now();
                 let mut added = 0;
                 for (key, fields) in rows {
-                    match statement.execute(params![key, fields])? {
+                    match statement.execute(params![key, fields, now])? {
                         0 => {
                             if let Ok(mut seen) = seen.lock() {
                                 seen.push((key, fields));
@@ -725,13 +732,14 @@ impl StateStore for SqliteStateStore {
             rows.push((item.key, fields));
         }
         self.write(Box::new(move |tx| {
-            let mut statement = tx.prepare_cached(&format!(
+            let mut statement = tx.prepare_cached(
                 "INSERT OR IGNORE INTO items (parent, key, fields, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, {NOW}, {NOW})"
-            ))?;
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
+            )?;
+            let now = batch_now();
             let mut added = 0;
             for (key, fields) in &rows {
-                added += statement.execute(params![parent, key, fields])? as u64;
+                added += statement.execute(params![parent, key, fields, now])? as u64;
             }
             Ok(added)
         }))
