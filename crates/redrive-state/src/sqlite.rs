@@ -102,12 +102,16 @@ impl SqliteStateStore {
         let had_wal = wal.exists();
         refuse_truncated(&path, &location)?;
         let writer = Connection::open_with_flags(&path, flags).map_err(err)?;
+        // A 4 MiB page cache: each COMMIT makes SQLite scan the cache's whole hash table (a page
+        // moved through the lock-byte page number by a B-tree balance leaves the cache's largest
+        // key there), so a bigger cache costs every commit more than the reads it saves
+        // (bench/README.md, "Per-transition costs").
         writer
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
                  PRAGMA busy_timeout = 5000;
-                 PRAGMA cache_size = -32768;
+                 PRAGMA cache_size = -4096;
                  PRAGMA wal_autocheckpoint = 10000;",
             )
             .map_err(err)?;
