@@ -233,6 +233,52 @@ impl Summary {
     }
 }
 
+/// Upper bounds (seconds) of [`Activity::durations`]' buckets; the last bucket has none.
+pub const DURATION_BOUNDS: [f64; 6] = [0.01, 0.1, 1.0, 10.0, 60.0, 600.0];
+
+/// When a job's items ran, aggregated by the store (for `redrive report`): nothing here grows
+/// with the number of items.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Activity {
+    /// Seconds since the Unix epoch of the first start and the last finish; `None` before any
+    /// item finished.
+    pub span: Option<(f64, f64)>,
+    /// Width of one timeline bucket in seconds.
+    pub bucket_seconds: f64,
+    /// Items finished `done` and their bytes, per bucket from the span's start (empty buckets
+    /// left out), in order.
+    pub timeline: Vec<Bucket>,
+    /// Items finished `done`, counted by how long their last attempt took: one count per
+    /// bucket of [`DURATION_BOUNDS`], and one for longer.
+    pub durations: Vec<u64>,
+    /// The items whose last attempt took longest, longest first.
+    pub slowest: Vec<SlowItem>,
+}
+
+/// One slice of [`Activity::timeline`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Bucket {
+    /// Its index: it starts `index × bucket_seconds` after the span's start.
+    pub index: u64,
+    /// Items finished `done` in it.
+    pub items: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// One of [`Activity::slowest`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlowItem {
+    /// The item's key (a child's own key).
+    pub key: String,
+    /// Its status.
+    pub status: Status,
+    /// Seconds its last attempt took.
+    pub seconds: f64,
+    /// Bytes it moved.
+    pub bytes: u64,
+}
+
 /// Where item progress lives. Implementations: SQLite (one file, one host) and PostgreSQL
 /// (one job shared by many hosts, items claimed under leases). Every implementation passes
 /// `redrive_state::conformance`.
@@ -404,6 +450,12 @@ pub trait StateStore: Send + Sync {
     /// The processes working on this job, for `status` (a store used by one process: none).
     async fn workers(&self) -> Result<Vec<WorkerInfo>, StateError> {
         Ok(Vec::new())
+    }
+
+    /// When the items ran, in `buckets` slices of the job's span, and its `slowest` items (for
+    /// `redrive report`). A store that keeps no clocks answers nothing.
+    async fn activity(&self, _buckets: u32, _slowest: usize) -> Result<Activity, StateError> {
+        Ok(Activity::default())
     }
 }
 

@@ -60,6 +60,79 @@ pub async fn run_all(factory: Factory<'_>) {
     claim_targets_keeps_each_targets_first_key(factory().await.as_ref()).await;
 }
 
+/// `activity` (for a store that keeps clocks): the span, items done per time bucket with their
+/// bytes, durations counted by bucket, the slowest items first.
+pub async fn activity_aggregates_when_items_ran(store: &dyn StateStore) {
+    ok(store.begin(&job("a")).await, "begin");
+    ok(store.insert(items(&["a", "b", "c"])).await, "insert");
+    let ids: Vec<_> = ok(store.runnable(0, 10).await, "runnable")
+        .iter()
+        .map(|item| item.id)
+        .collect();
+    for id in &ids {
+        let start = Transition::Started {
+            id: *id,
+            step: 0,
+            step_name: "copy".into(),
+        };
+        ok(store.record(start).await, "start");
+    }
+    let finish = |id, bytes| Transition::Finished {
+        id,
+        status: Status::Done,
+        bytes,
+        reason: None,
+        output: None,
+    };
+    ok(store.record(finish(ids[1], 5)).await, "finish b");
+    let fail = Transition::Failed {
+        id: ids[2],
+        error: "boom".into(),
+    };
+    ok(store.record(fail).await, "fail c");
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    ok(store.record(finish(ids[0], 100)).await, "finish a");
+
+    let activity = ok(store.activity(10, 5).await, "activity");
+    let (start, end) = activity.span.expect("a span once items finished");
+    assert!(
+        end - start >= 0.05,
+        "span {start}..{end} covers the 60 ms wait"
+    );
+    assert!(activity.bucket_seconds > 0.0);
+    let done: u64 = activity.timeline.iter().map(|b| b.items).sum();
+    let bytes: u64 = activity.timeline.iter().map(|b| b.bytes).sum();
+    assert_eq!((done, bytes), (2, 105), "timeline: {:?}", activity.timeline);
+    assert!(
+        activity.timeline.iter().all(|b| b.index <= 10),
+        "{:?}",
+        activity.timeline
+    );
+    assert_eq!(
+        activity.durations.len(),
+        redrive_core::state::DURATION_BOUNDS.len() + 1
+    );
+    assert_eq!(
+        activity.durations.iter().sum::<u64>(),
+        2,
+        "{:?}",
+        activity.durations
+    );
+    assert_eq!(
+        activity.durations[1], 1,
+        "a took 10–100 ms: {:?}",
+        activity.durations
+    );
+    let slowest: Vec<_> = activity.slowest.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(slowest.len(), 3, "{:?}", activity.slowest);
+    assert_eq!(slowest[0], "a", "{:?}", activity.slowest);
+    assert!(activity.slowest[0].seconds >= 0.05);
+    assert_eq!(
+        (activity.slowest[0].status, activity.slowest[0].bytes),
+        (Status::Done, 100)
+    );
+}
+
 /// `claim_targets`: a target belongs to the first key that claims it, in this call or an
 /// earlier one; the same key claiming again is no conflict; steps claim apart.
 pub async fn claim_targets_keeps_each_targets_first_key(store: &dyn StateStore) {

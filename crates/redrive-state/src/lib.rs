@@ -4,6 +4,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+mod activity;
 mod change;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

@@ -879,6 +879,41 @@ impl StateStore for PostgresStateStore {
             .map_err(|e| self.failed(e))
     }
 
+    async fn activity(
+        &self,
+        buckets: u32,
+        slowest: usize,
+    ) -> Result<redrive_core::state::Activity, StateError> {
+        use crate::activity::{POSTGRES, assemble, bucket_seconds};
+        let err = |e: sqlx::Error| self.failed(e);
+        let (start, end): (Option<f64>, Option<f64>) =
+            sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.span()))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(err)?;
+        let Some(span) = start.zip(end) else {
+            return Ok(redrive_core::state::Activity::default());
+        };
+        let width = bucket_seconds(span, buckets);
+        let timeline = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.timeline(span.0, width)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        let durations: Vec<(i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.durations()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        let slowest = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.slowest(slowest)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        let durations = durations
+            .into_iter()
+            .map(|(b, n)| (i64::from(b), n))
+            .collect();
+        Ok(assemble(Some(span), width, timeline, durations, slowest))
+    }
+
     async fn summary(&self) -> Result<Summary, StateError> {
         let err = |e: sqlx::Error| self.failed(e);
         let source_complete = self.source_complete().await?;

@@ -1083,6 +1083,38 @@ impl StateStore for SqliteStateStore {
         .await
     }
 
+    async fn activity(
+        &self,
+        buckets: u32,
+        slowest: usize,
+    ) -> Result<redrive_core::state::Activity, StateError> {
+        use crate::activity::{SQLITE, assemble, bucket_seconds};
+        self.read(move |c| {
+            let (start, end): (Option<f64>, Option<f64>) =
+                c.query_row(&SQLITE.span(), [], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            let Some(span) = start.zip(end) else {
+                return Ok(redrive_core::state::Activity::default());
+            };
+            let width = bucket_seconds(span, buckets);
+            let timeline = c
+                .prepare(&SQLITE.timeline(span.0, width))?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let durations = c
+                .prepare(&SQLITE.durations())?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let slowest = c
+                .prepare(&SQLITE.slowest(slowest))?
+                .query_map([], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(assemble(Some(span), width, timeline, durations, slowest))
+        })
+        .await
+    }
+
     async fn summary(&self) -> Result<Summary, StateError> {
         self.read(|c| {
             let source_complete = c

@@ -38,6 +38,7 @@ async fn postgres_passes_the_conformance_suite() {
         Box::pin(async move { Box::new(fresh(&format!("c{n}")).await) as Box<dyn StateStore> }) as _
     };
     conformance::run_all(&factory).await;
+    conformance::activity_aggregates_when_items_ran(factory().await.as_ref()).await;
 }
 
 #[tokio::test]

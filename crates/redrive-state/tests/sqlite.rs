@@ -20,6 +20,7 @@ async fn sqlite_passes_the_conformance_suite() {
         }) as _
     };
     conformance::run_all(&factory).await;
+    conformance::activity_aggregates_when_items_ran(factory().await.as_ref()).await;
 }
 
 #[tokio::test]
