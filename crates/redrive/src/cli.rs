@@ -52,6 +52,9 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// List failed items with their errors, or write them as a CSV to run again
     Failed(FailedArgs),
+    /// Write a report of the job as one HTML file that opens offline: totals, throughput over
+    /// time, how long items took, failures and skips by reason, the slowest items
+    Report(ReportArgs),
     /// Put items back to pending, to run from their first step on the next run
     Reset(ResetArgs),
     /// Mark items skipped by hand, so no run picks them up
@@ -265,6 +268,18 @@ pub(crate) struct FailedArgs {
     /// One JSON object per line on stdout (key, step, attempts, error, fields), for scripts
     #[arg(long, conflicts_with = "csv")]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// The plan file
+    #[arg(default_value = "plan.toml")]
+    pub(crate) plan: PathBuf,
+    #[command(flatten)]
+    pub(crate) state: StateArg,
+    /// The HTML file to write (`-` for stdout)
+    #[arg(short, long, value_name = "FILE", default_value = "report.html")]
+    pub(crate) output: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -32,6 +32,7 @@ mod exporter;
 mod logging;
 mod metrics;
 mod progress;
+mod report;
 mod summary;
 mod telemetry;
 
@@ -90,6 +91,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<ExitStatus> {
         Command::Validate(args) => commands::validate::validate(args),
         Command::Status(args) => commands::inspect::status(args).await,
         Command::Failed(args) => commands::inspect::failed(args).await,
+        Command::Report(args) => commands::report::report(args).await,
         Command::Reset(args) => commands::edit::reset(args).await,
         Command::Skip(args) => commands::edit::skip(args).await,
         Command::Diff(args) => commands::diff::diff(args).await,

@@ -229,7 +229,7 @@ async fn shard_status(args: &StatusArgs) -> anyhow::Result<Option<ExitStatus>> {
     Ok(Some(ExitStatus::Success))
 }
 
-fn step_name(plan: Option<&Plan>, item: &StoredItem) -> String {
+pub(crate) fn step_name(plan: Option<&Plan>, item: &StoredItem) -> String {
     plan.and_then(|p| p.steps.get(item.step))
         .map_or_else(|| format!("#{}", item.step + 1), |s| s.name.clone())
 }

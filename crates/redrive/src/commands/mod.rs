@@ -5,6 +5,7 @@ pub(crate) mod diff;
 pub(crate) mod edit;
 pub(crate) mod hooks;
 pub(crate) mod inspect;
+pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod signals;
 pub(crate) mod state;

@@ -14,6 +14,7 @@ mod kusto;
 mod kusto_fake;
 mod pg;
 mod proxy;
+mod report;
 mod resume;
 mod s3_upload;
 mod secrets;
