@@ -40,6 +40,13 @@ pub(crate) struct GlobalArgs {
     /// No progress bar or progress lines
     #[arg(long, global = true)]
     pub(crate) no_progress: bool,
+    /// Append log lines (warnings, and each item's at -v) to FILE, with their time, instead of
+    /// stderr; progress and the summary stay on stderr
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) log_file: Option<PathBuf>,
+    /// How log lines are written: text, or json (one object a line: timestamp, level, fields)
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub(crate) log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

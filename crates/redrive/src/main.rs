@@ -61,7 +61,23 @@ pub(crate) fn stdout_failed(error: std::io::Error) -> ! {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.global.verbose, cli.global.quiet);
+    if let Err(error) = logging::init(
+        cli.global.verbose,
+        cli.global.quiet,
+        cli.global.log_file.as_deref(),
+        cli.global.log_format,
+    ) {
+        let file = cli
+            .global
+            .log_file
+            .as_deref()
+            .unwrap_or(std::path::Path::new("-"));
+        eprintln!(
+            "error: cannot open the log file {}: {error}\nhint: give --log-file a path in a folder that exists and can be written",
+            file.display()
+        );
+        return ExitStatus::Error.into();
+    }
     redrive_core::secrets::register_env_credentials();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,6 +6,15 @@ use redrive_core::item::Status;
 use redrive_core::state::Summary;
 use serde_json::json;
 
+/// `1 item`, `3 items`: a count with its noun, singular or plural as people write it.
+pub(crate) fn items(n: u64) -> String {
+    if n == 1 {
+        "1 item".to_owned()
+    } else {
+        format!("{n} items")
+    }
+}
+
 /// `1.5 MiB`.
 pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -289,11 +289,12 @@ pub(crate) async fn failed(args: &FailedArgs) -> anyhow::Result<ExitStatus> {
     match (&args.csv, count) {
         (_, 0) => eprintln!("No failed items."),
         (Some(path), n) => eprintln!(
-            "Wrote {n} failed items to {}; use it as a source: [source] csv = \"{}\"",
+            "Wrote {} to {}; use it as a source: [source] csv = \"{}\"",
+            crate::summary::items(n).replacen(" item", " failed item", 1),
             path.display(),
             path.display()
         ),
-        (None, n) => eprintln!("{n} failed items."),
+        (None, n) => eprintln!("{} failed.", crate::summary::items(n)),
     }
     Ok(ExitStatus::Success)
 }

@@ -260,8 +260,10 @@ fn outcome(report: &RunReport, after: &Summary, plan: &std::path::Path) -> ExitS
     }
     if failed > 0 {
         eprintln!(
-            "{failed} items failed: `redrive failed {plan}` lists them; `redrive run {plan} --retry-failed` tries them again.",
-            plan = plan.display()
+            "{} failed: `redrive failed {plan}` lists {them}; `redrive run {plan} --retry-failed` tries {them} again.",
+            crate::summary::items(failed),
+            plan = plan.display(),
+            them = if failed == 1 { "it" } else { "them" }
         );
         return ExitStatus::Failed;
     }

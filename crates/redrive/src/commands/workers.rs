@@ -217,9 +217,11 @@ pub(crate) async fn run(
     let failed = after.as_ref().map_or(0, |s| s.count(Status::Failed));
     if failed > 0 {
         eprintln!(
-            "{failed} items failed: `redrive failed {} --state <shard state>` lists a shard's; `redrive run {} --workers {workers} --retry-failed` tries them again.",
+            "{} failed: `redrive failed {} --state <shard state>` lists a shard's; `redrive run {} --workers {workers} --retry-failed` tries {} again.",
+            crate::summary::items(failed),
             args.plan.display(),
-            args.plan.display()
+            args.plan.display(),
+            if failed == 1 { "it" } else { "them" }
         );
         return Ok(ExitStatus::Failed);
     }

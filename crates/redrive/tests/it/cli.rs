@@ -91,7 +91,7 @@ fn if_exists_fail_and_overwrite() {
         "to = \"out/{name}\", if_exists = \"fail\"",
     ));
     let out = t.redrive(&["run", "plan.toml"]).expect_code(1);
-    assert!(out.stderr.contains("1 items failed"), "{}", out.stderr);
+    assert!(out.stderr.contains("1 item failed"), "{}", out.stderr);
     assert_eq!(t.read("out/f00000.txt"), "ORIGINAL");
     let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
     assert!(
@@ -164,7 +164,7 @@ retries = 0
     let out = t.redrive(&["run", "plan.toml"]).expect_code(1);
     assert!(
         out.stderr
-            .contains("1 items failed: `redrive failed plan.toml` lists them"),
+            .contains("1 item failed: `redrive failed plan.toml` lists it"),
         "{}",
         out.stderr
     );
@@ -1902,4 +1902,101 @@ items = 2
         "the port is taken before the state is opened"
     );
     assert!(child.wait().expect("wait").success());
+}
+
+/// `--log-file FILE --log-format json`: the log lines go to FILE as JSON objects (time, level,
+/// the item's key and error), not to stderr; text lines in a file carry their time; a log
+/// file that cannot be opened stops redrive before anything runs.
+#[test]
+fn log_lines_go_to_a_log_file_as_json_or_text() {
+    let t = TestContext::new();
+    t.write("keys.txt", "a\nbad\nc\n");
+    t.plan(
+        r#"
+[job]
+name = "logged"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+run = { shell = "test {line} != bad" }
+[limits]
+retries = 0
+"#,
+    );
+    let run = t
+        .redrive(&[
+            "run",
+            "plan.toml",
+            "-v",
+            "--no-progress",
+            "--log-file",
+            "log.jsonl",
+            "--log-format",
+            "json",
+        ])
+        .expect_code(1);
+    assert!(
+        !run.stderr.contains("Item failed"),
+        "the log is not on stderr: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("1 item failed"),
+        "the summary stays on stderr: {}",
+        run.stderr
+    );
+    let log = t.read("log.jsonl");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["timestamp"].is_string() && l["level"].is_string()),
+        "{log}"
+    );
+    let failed = lines
+        .iter()
+        .find(|l| l["level"] == "WARN" && l["fields"]["key"] == "bad")
+        .unwrap_or_else(|| panic!("no failure line for `bad`: {log}"));
+    assert_eq!(failed["fields"]["step"], "run", "{failed}");
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["fields"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("run a:")),
+        "-v: one line per finished item: {log}"
+    );
+
+    t.redrive(&[
+        "run",
+        "plan.toml",
+        "--retry-failed",
+        "--no-progress",
+        "--log-file",
+        "log.txt",
+    ])
+    .expect_code(1);
+    let text = t.read("log.txt");
+    let line = text
+        .lines()
+        .find(|l| l.contains("Item failed"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.starts_with("20") && line.as_bytes()[10] == b'T',
+        "a time first: {line}"
+    );
+
+    let bad = t
+        .redrive(&["status", "plan.toml", "--log-file", "no/such/folder/x.log"])
+        .expect_code(2);
+    assert!(
+        bad.stderr
+            .contains("cannot open the log file no/such/folder/x.log"),
+        "{}",
+        bad.stderr
+    );
 }
