@@ -126,6 +126,10 @@ pub(crate) struct CpArgs {
     /// Parts of one object in flight
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub(crate) parts: usize,
+    /// Print what would be copied (what an earlier run of this command copied is left out);
+    /// copy nothing, write no state
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Args)]

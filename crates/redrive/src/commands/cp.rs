@@ -107,17 +107,29 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         .map(|b| format!("{b:02x}"))
         .collect();
     let name = format!("cp-{hash}");
+    let dir = here.join(".redrive");
+    // A dry run writes its plan elsewhere, and reads the state of this command's earlier runs.
+    let state = if args.dry_run {
+        dir.join(format!("{name}.db")).display().to_string()
+    } else {
+        format!("{name}.db")
+    };
     let plan = format!(
         "# Written by `redrive cp {} {}`; rerun that command to resume.\n\
          [job]\nname = {}\nstate = {}\n\n[source]\n{source}\n\n[[step]]\ncopy = {{ from = {}, to = {}{options} }}\n",
         args.src,
         args.dst,
         toml_string(&name),
-        toml_string(&format!("{name}.db")),
+        toml_string(&state),
         toml_string(&from),
         toml_string(&to),
     );
-    let dir = here.join(".redrive");
+    // The dry run's plan: in the temporary folder, removed when it ends.
+    let dir = if args.dry_run {
+        std::env::temp_dir().join(format!("redrive-{name}-dry-run-{}", std::process::id()))
+    } else {
+        dir
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
     let plan_path: PathBuf = dir.join(format!("{name}.toml"));
     std::fs::write(&plan_path, plan)
@@ -125,7 +137,7 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
     let run = RunArgs {
         plan: plan_path,
         state: StateArg { state: None },
-        dry_run: false,
+        dry_run: args.dry_run,
         limit: None,
         retry_failed: true,
         reload: true,
@@ -144,5 +156,9 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         json: false,
         metrics_addr: None,
     };
-    super::run::run(&run, global).await
+    let status = super::run::run(&run, global).await;
+    if args.dry_run {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    status
 }

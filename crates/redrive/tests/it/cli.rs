@@ -2000,3 +2000,34 @@ retries = 0
         bad.stderr
     );
 }
+
+/// `cp --dry-run` lists what would be copied and copies nothing, writes no plan or state in
+/// `.redrive/`; after a real copy, a dry run lists only what is new.
+#[test]
+fn cp_dry_run_lists_what_would_be_copied_and_writes_nothing() {
+    let t = TestContext::new();
+    t.write("src/a.txt", "a");
+    t.write("src/sub/b.txt", "b");
+    let dry = t.redrive(&["cp", "src", "dst", "--dry-run"]).expect_code(0);
+    assert_eq!(dry.stdout.lines().count(), 2, "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("dst/sub/b.txt (if absent)"),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stderr.contains("would run 2 items"), "{}", dry.stderr);
+    assert!(!t.path("dst").exists(), "nothing copied");
+    assert!(!t.path(".redrive").exists(), "no plan or state written");
+
+    t.redrive(&["cp", "src", "dst", "-q"]).expect_code(0);
+    t.write("src/c.txt", "c");
+    let again = t.redrive(&["cp", "src", "dst", "--dry-run"]).expect_code(0);
+    assert_eq!(again.stdout.lines().count(), 1, "{}", again.stdout);
+    assert!(again.stdout.contains("dst/c.txt"), "{}", again.stdout);
+    assert!(
+        again.stderr.contains("would run 1 item; already 2 done"),
+        "{}",
+        again.stderr
+    );
+    assert!(!t.path("dst/c.txt").exists());
+}
