@@ -144,4 +144,29 @@ pub trait Step: Send + Sync + Debug {
     async fn require(&self, _fields: &Fields) -> Result<Option<Fields>, StepError> {
         Ok(Some(Fields::new()))
     }
+
+    /// The requests this step would make for the item, for `--dry-run`'s estimate: what
+    /// (`GET`, `PUT`, `HEAD`, `COPY`, `message`, `HTTP request`, `SQL row`, `process`) and
+    /// how many. A batching step counts per item; the dry run divides by its batch. Touches
+    /// nothing. Default: none.
+    fn calls(&self, _fields: &Fields) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// For `--dry-run --check-targets`: what the store says now, asked without changing
+    /// anything (a stat). Default: nothing asked.
+    async fn check(&self, _fields: &Fields) -> Result<Check, StepError> {
+        Ok(Check::Unknown)
+    }
+}
+
+/// What [`Step::check`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing to say: the step would run.
+    Unknown,
+    /// The step would skip the item, for this reason (no later step runs).
+    Skips(Cow<'static, str>),
+    /// The step's target is already there (a create-only copy keeps it).
+    TargetPresent,
 }

@@ -178,9 +178,14 @@ pub(crate) struct RunArgs {
     pub(crate) plan: PathBuf,
     #[command(flatten)]
     pub(crate) state: StateArg,
-    /// Print what each item would do; touch nothing, write no state
+    /// Print what each item would do and the requests the run would make (per step: GET,
+    /// PUT, HEAD, COPY, queue sends, HTTP requests, …); touch nothing, write no state
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// With --dry-run: ask the stores what is there now (a stat per item and step, no
+    /// write): items an `exists` step would skip, and copies whose target is present
+    #[arg(long, requires = "dry_run")]
+    pub(crate) check_targets: bool,
     /// Start at most N items in this run
     #[arg(long, value_name = "N")]
     pub(crate) limit: Option<u64>,

@@ -8,11 +8,11 @@ use futures::StreamExt;
 use super::{EngineError, Pipeline, PipelineStep};
 use crate::item::{Fields, Status, StoredItem};
 use crate::state::StateStore;
-use crate::step::{ByteCounter, Outcome, StepContext};
+use crate::step::{ByteCounter, Check, Outcome, StepContext};
 use crate::throttle::Throttle;
 
 /// What a dry run found: the items it would run, and those the state says are finished.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DryRunReport {
     /// Items a run would start (listed).
     pub would_run: u64,
@@ -22,6 +22,43 @@ pub struct DryRunReport {
     pub skipped: u64,
     /// Items that failed, which a run starts again only with `--retry-failed`.
     pub failed: u64,
+    /// With `check_targets`: items a step would skip as things are now (an `exists` check).
+    pub would_skip: u64,
+    /// With `check_targets`: targets already there.
+    pub targets_present: u64,
+    /// The requests the run would make: per step (in order, by name), what and how many.
+    pub calls: Vec<(String, Vec<(&'static str, u64)>)>,
+}
+
+impl DryRunReport {
+    fn count_calls(&mut self, step: usize, name: &str, calls: Vec<(&'static str, u64)>) {
+        while self.calls.len() <= step {
+            self.calls.push((String::new(), Vec::new()));
+        }
+        let (named, totals) = &mut self.calls[step];
+        if named.is_empty() {
+            name.clone_into(named);
+        }
+        for (what, n) in calls {
+            match totals.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, total)) => *total += n,
+                None => totals.push((what, n)),
+            }
+        }
+    }
+
+    /// A batching step's requests carry a batch of items each.
+    fn per_batch(mut self, pipeline: &Pipeline) -> Self {
+        for (step, (_, totals)) in pipeline.steps.iter().zip(&mut self.calls) {
+            if let Some((batch, _)) = step.traits.batch {
+                for (_, n) in totals.iter_mut() {
+                    *n = n.div_ceil(batch as u64);
+                }
+            }
+        }
+        self.calls.retain(|(_, totals)| !totals.is_empty());
+        self
+    }
 }
 
 /// Source rows looked up in the state at once.
@@ -31,15 +68,42 @@ const LOOKUP: usize = 256;
 /// state (when there is one) records done, skipped or failed are counted, not listed (failed
 /// ones are listed with `retry_failed`, as a run would start them). Under `[expand]` each
 /// listed parent's children are listed (a read) and printed as `PARENT/CHILD`.
+///
+/// With `check_targets` each listed item's steps also ask their stores what is there now (a
+/// stat, no write): a step that would skip the item says so, a copy whose target exists says
+/// `target present`. The report counts the requests the run would make, per step.
 pub async fn dry_run(
     pipeline: &Pipeline,
     state: Option<&dyn StateStore>,
     limit: Option<u64>,
     retry_failed: bool,
+    check_targets: bool,
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<DryRunReport, EngineError> {
-    let mut items = pipeline.source.items(&Fields::new());
     let mut report = DryRunReport::default();
+    let found = items_of(
+        pipeline,
+        state,
+        limit,
+        retry_failed,
+        check_targets,
+        out,
+        &mut report,
+    )
+    .await;
+    found.map(|()| report.per_batch(pipeline))
+}
+
+async fn items_of(
+    pipeline: &Pipeline,
+    state: Option<&dyn StateStore>,
+    limit: Option<u64>,
+    retry_failed: bool,
+    check_targets: bool,
+    out: &mut (dyn std::io::Write + Send),
+    report: &mut DryRunReport,
+) -> Result<(), EngineError> {
+    let mut items = pipeline.source.items(&Fields::new());
     let mut chunk: Vec<(String, Fields)> = Vec::with_capacity(LOOKUP);
     let mut ended = false;
     while !ended {
@@ -68,17 +132,17 @@ pub async fn dry_run(
                 Some(Status::Failed) if !retry_failed => report.failed += 1,
                 _ => {
                     if limit.is_some_and(|limit| report.would_run >= limit) {
-                        return Ok(report);
+                        return Ok(());
                     }
                     report.would_run += 1;
-                    if !listed(pipeline, key, fields, out).await? {
-                        return Ok(report);
+                    if !listed(pipeline, key, fields, check_targets, out, report).await? {
+                        return Ok(());
                     }
                 }
             }
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Prints an item that would run (its children under `[expand]`). False when the output is
@@ -87,7 +151,9 @@ async fn listed(
     pipeline: &Pipeline,
     key: String,
     fields: Fields,
+    check_targets: bool,
     out: &mut (dyn std::io::Write + Send),
+    report: &mut DryRunReport,
 ) -> Result<bool, EngineError> {
     // Large fields left out of the state are read (a read, like the listing).
     let mut item = [StoredItem {
@@ -106,7 +172,7 @@ async fn listed(
     pipeline.source.hydrate(&mut item).await?;
     let [StoredItem { key, fields, .. }] = item;
     let Some(expansion) = &pipeline.expand else {
-        return describe(pipeline, &key, &fields, out).await;
+        return describe(pipeline, &key, &fields, check_targets, out, report).await;
     };
     let mut children = expansion.source.items(&fields);
     while let Some(child) = children.next().await {
@@ -116,7 +182,8 @@ async fn listed(
             .key
             .render(&child_fields)
             .map_err(EngineError::Key)?;
-        if !describe(pipeline, &format!("{key}/{child_key}"), &child_fields, out).await? {
+        let child = format!("{key}/{child_key}");
+        if !describe(pipeline, &child, &child_fields, check_targets, out, report).await? {
             return Ok(false);
         }
     }
@@ -129,7 +196,9 @@ async fn describe(
     pipeline: &Pipeline,
     key: &str,
     fields: &Fields,
+    check_targets: bool,
     out: &mut (dyn std::io::Write + Send),
+    report: &mut DryRunReport,
 ) -> Result<bool, EngineError> {
     struct Nothing;
     impl ByteCounter for Nothing {
@@ -137,12 +206,34 @@ async fn describe(
     }
     let mut fields = std::borrow::Cow::Borrowed(fields);
     let mut line = crate::secrets::redact(key).into_owned();
-    for PipelineStep {
-        name, step, traits, ..
-    } in &pipeline.steps
+    for (
+        index,
+        PipelineStep {
+            name, step, traits, ..
+        },
+    ) in pipeline.steps.iter().enumerate()
     {
         let what = step.describe(&fields).map_err(EngineError::Key)?;
         line.push_str(&format!("\t{name}: {}", crate::secrets::redact(&what)));
+        report.count_calls(index, name, step.calls(&fields));
+        if check_targets {
+            match step.check(&fields).await {
+                Ok(Check::Unknown) => {}
+                Ok(Check::TargetPresent) => {
+                    report.targets_present += 1;
+                    line.push_str(" → target present");
+                }
+                Ok(Check::Skips(reason)) => {
+                    report.would_skip += 1;
+                    line.push_str(&format!(" → skipped: {reason}"));
+                    break;
+                }
+                Err(error) => line.push_str(&format!(
+                    " → cannot check: {}",
+                    crate::secrets::redact(&error.chain())
+                )),
+            }
+        }
         if traits.binds_fields {
             let cx = StepContext {
                 bytes: &Nothing,

@@ -138,6 +138,7 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         plan: plan_path,
         state: StateArg { state: None },
         dry_run: args.dry_run,
+        check_targets: false,
         limit: None,
         retry_failed: true,
         reload: true,

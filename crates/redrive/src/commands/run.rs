@@ -387,9 +387,19 @@ async fn dry_run(
     };
     let state = opened.as_ref().map(|opened| opened.store.as_ref());
     let mut stdout = std::io::BufWriter::new(std::io::stdout());
-    let report =
-        engine::dry_run(pipeline, state, args.limit, args.retry_failed, &mut stdout).await?;
-    std::io::Write::flush(&mut stdout).context("cannot write to stdout")?;
+    let report = engine::dry_run(
+        pipeline,
+        state,
+        args.limit,
+        args.retry_failed,
+        args.check_targets,
+        &mut stdout,
+    )
+    .await?;
+    if let Err(error) = std::io::Write::flush(&mut stdout) {
+        // A reader that stopped reading (`| head`) ends the dry run quietly.
+        crate::stdout_failed(error);
+    }
     let mut finished = Vec::new();
     for (n, what) in [(report.done, "done"), (report.skipped, "skipped")] {
         if n > 0 {
@@ -413,9 +423,51 @@ async fn dry_run(
     } else {
         "items"
     };
+    let mut checked = Vec::new();
+    if report.would_skip > 0 {
+        checked.push(format!("{} skipped by a step", report.would_skip));
+    }
+    if report.targets_present > 0 {
+        let them = if report.targets_present == 1 {
+            "target"
+        } else {
+            "targets"
+        };
+        checked.push(format!("{} {them} present", report.targets_present));
+    }
+    let checked = if checked.is_empty() {
+        String::new()
+    } else {
+        format!(" (of those, as the stores say now: {})", checked.join(", "))
+    };
     eprintln!(
-        "Dry run: would run {} {items}{already}; nothing was written or recorded.",
+        "Dry run: would run {} {items}{checked}{already}; nothing was written or recorded.",
         report.would_run
     );
+    if !report.calls.is_empty() {
+        let steps: Vec<String> = report
+            .calls
+            .iter()
+            .map(|(step, calls)| {
+                let calls: Vec<String> = calls
+                    .iter()
+                    .map(|(what, n)| format!("{n} {}", plural(what, *n)))
+                    .collect();
+                format!("{step}: {}", calls.join(", "))
+            })
+            .collect();
+        eprintln!("Requests it would make: {}.", steps.join("; "));
+    }
     Ok(ExitStatus::Success)
+}
+
+/// A request's name for `n` of them: `1 process`, `2 processes`, `3 GET`.
+fn plural(what: &str, n: u64) -> String {
+    if n == 1 || what.chars().all(|c| !c.is_lowercase()) {
+        what.to_owned()
+    } else if what.ends_with('s') {
+        format!("{what}es")
+    } else {
+        format!("{what}s")
+    }
 }

@@ -2031,3 +2031,100 @@ fn cp_dry_run_lists_what_would_be_copied_and_writes_nothing() {
     );
     assert!(!t.path("dst/c.txt").exists());
 }
+
+/// `run --dry-run --check-targets` asks the stores what is there now: an item an `exists`
+/// step would skip says so (and its later steps are not counted), a copy whose target is
+/// present says so; the end says how many, and the requests the run would make per step.
+/// A closed stdout ends the dry run quietly.
+#[test]
+fn dry_run_checks_targets_and_counts_the_requests_a_run_would_make() {
+    let t = TestContext::new();
+    t.write("keys.txt", "a\nb\nc\n");
+    for key in ["a", "b", "c"] {
+        t.write(&format!("in/{key}"), key);
+    }
+    t.write("done/b", "b was done");
+    t.write("out/c", "c is there");
+    t.plan(
+        r#"
+[job]
+name = "checked"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+name = "done-before"
+exists = "done/{line}"
+[[step]]
+copy = { from = "in/{line}", to = "out/{line}" }
+"#,
+    );
+    let plain = t.redrive(&["run", "plan.toml", "--dry-run"]).expect_code(0);
+    assert!(
+        plain
+            .stderr
+            .contains("Requests it would make: done-before: 3 stats; copy: 3 file writes."),
+        "{}",
+        plain.stderr
+    );
+    assert!(
+        !plain.stdout.contains('→'),
+        "no check without --check-targets: {}",
+        plain.stdout
+    );
+
+    let checked = t
+        .redrive(&["run", "plan.toml", "--dry-run", "--check-targets"])
+        .expect_code(0);
+    let line = |key: &str| {
+        checked
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{key}\t")))
+            .unwrap_or_else(|| panic!("no line for {key}: {}", checked.stdout))
+            .to_owned()
+    };
+    assert!(line("b").ends_with("→ skipped: exists"), "{}", line("b"));
+    assert!(!line("b").contains("copy:"), "{}", line("b"));
+    assert!(line("c").ends_with("→ target present"), "{}", line("c"));
+    assert!(!line("a").contains('→'), "{}", line("a"));
+    assert!(
+        checked.stderr.contains(
+            "would run 3 items (of those, as the stores say now: 1 skipped by a step, 1 target present)"
+        ),
+        "{}",
+        checked.stderr
+    );
+    assert!(
+        checked
+            .stderr
+            .contains("done-before: 3 stats; copy: 2 file writes."),
+        "{}",
+        checked.stderr
+    );
+    assert!(!t.path("state.db").exists(), "a dry run records nothing");
+    assert_eq!(t.read("out/c"), "c is there");
+    assert!(!t.path("out/a").exists());
+
+    // --check-targets needs --dry-run.
+    t.redrive(&["run", "plan.toml", "--check-targets"])
+        .expect_code(2);
+
+    // A reader that stops reading: exit 0, no error.
+    let many: String = (0..20_000).map(|i| format!("k{i}\n")).collect();
+    t.write("keys.txt", many);
+    let piped = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "set -o pipefail; '{}' run plan.toml --dry-run | head -1",
+                env!("CARGO_BIN_EXE_redrive")
+            ),
+        ])
+        .current_dir(t.path(""))
+        .output()
+        .expect("bash");
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+}

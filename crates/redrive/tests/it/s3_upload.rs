@@ -286,3 +286,51 @@ secret_access_key = "test-secret"
         out.stderr
     );
 }
+
+/// `--dry-run` prices a local → S3 job: one PUT for a small file, a multipart upload (a PUT
+/// per part, its start and completion) for one larger than `part_size`; `--check-targets`
+/// asks moto (HEAD) which targets are there. Nothing is uploaded.
+#[test]
+fn dry_run_counts_puts_and_parts_and_checks_s3_targets() {
+    let bucket = unique("rd-dry");
+    create_bucket(&bucket);
+    let operator = s3_operator(&bucket);
+    put(&operator, "dst/small.bin", b"there before");
+    let t = s3_env(TestContext::new());
+    t.write("in/small.bin", b"s".repeat(1000));
+    t.write("in/big.bin", vec![b'b'; 11 * 1024 * 1024]);
+    t.plan(&format!(
+        r#"
+[job]
+name = "priced"
+state = "state.db"
+[source]
+glob = "in/*.bin"
+key = "{{name}}"
+[[step]]
+copy = {{ from = "{{path}}", to = "s3://{bucket}/dst/{{name}}", part_size = "5MiB" }}
+"#
+    ));
+    let dry = t
+        .redrive(&["run", "plan.toml", "--dry-run", "--check-targets"])
+        .expect_code(0);
+    // big.bin: 11 MiB in 5 MiB parts = 3 PUTs, started and committed; small.bin: 1 PUT.
+    assert!(
+        dry.stderr
+            .contains("Requests it would make: copy: 4 PUT, 1 multipart start, 1 multipart commit."),
+        "{}",
+        dry.stderr
+    );
+    assert!(dry.stderr.contains("1 target present"), "{}", dry.stderr);
+    let small = dry
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("small.bin"))
+        .unwrap_or("");
+    assert!(small.ends_with("→ target present"), "{}", dry.stdout);
+    assert!(get(&operator, "dst/big.bin").is_none(), "nothing uploaded");
+    assert_eq!(
+        get(&operator, "dst/small.bin").as_deref(),
+        Some(&b"there before"[..])
+    );
+}

@@ -24,7 +24,7 @@ use futures::{FutureExt as _, TryStreamExt};
 use opendal::ErrorKind;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
-use redrive_core::step::{ObjectProgress, Outcome, Step, StepContext};
+use redrive_core::step::{Check, ObjectProgress, Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 
 use crate::checksum::{Hasher, PartMd5s, StoreMd5, hex, store_md5};
@@ -686,5 +686,59 @@ impl Step for CopyStep {
             IfExists::Fail => "fail if present",
         };
         Ok(format!("copy {from} -> {to} ({mode})"))
+    }
+
+    fn calls(&self, fields: &Fields) -> Vec<(&'static str, u64)> {
+        let (Ok(from), Ok(to)) = (self.spec.from.render(fields), self.spec.to.render(fields))
+        else {
+            return Vec::new();
+        };
+        let size = fields.get("size").and_then(|s| s.parse::<u64>().ok());
+        let server_side = self.spec.mode != CopyMode::Stream
+            && self.spec.content_type.is_none()
+            && self.spec.checksum.is_none()
+            && size.is_none_or(|size| size <= MAX_SYNC_COPY)
+            && self.stores.azure_blob(&from).is_some()
+            && self.stores.azure_blob(&to).is_some();
+        if server_side {
+            return vec![("COPY", 1)];
+        }
+        let local = |url: &str| self.stores.resolve(url).is_ok_and(|l| l.local);
+        let parts = size.map_or(1, |size| size.div_ceil(self.spec.part_size as u64).max(1));
+        let mut calls = Vec::new();
+        if !local(&from) {
+            // As `read_plan` reads: one GET, or a HEAD and a ranged GET per part.
+            if parts > 1 {
+                calls.push(("HEAD", 1));
+            }
+            calls.push(("GET", parts));
+        }
+        if local(&to) {
+            calls.push(("file write", 1));
+        } else if parts > 1 {
+            calls.push(("PUT", parts));
+            calls.push(("multipart start", 1));
+            calls.push(("multipart commit", 1));
+        } else {
+            calls.push(("PUT", 1));
+        }
+        calls
+    }
+
+    async fn check(&self, fields: &Fields) -> Result<Check, StepError> {
+        let to = self
+            .spec
+            .to
+            .render(fields)
+            .map_err(|e| StepError::permanent(e.to_string()))?;
+        let target = self.stores.resolve(&to)?;
+        match target.operator.stat(&target.path).await {
+            Ok(_) => Ok(Check::TargetPresent),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Check::Unknown),
+            Err(e) => Err(step_error(
+                format!("cannot check whether `{}` exists", target.display),
+                e,
+            )),
+        }
     }
 }

@@ -116,6 +116,11 @@ impl Step for EnqueueStep {
         ))
     }
 
+    fn calls(&self, _fields: &Fields) -> Vec<(&'static str, u64)> {
+        // One send per item (SQS: one per batch of messages, as the dry run counts batches).
+        vec![("queue send", 1)]
+    }
+
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {
         let url = self.spec.queue.render(fields)?;
         let body = self.spec.body.render(fields)?;

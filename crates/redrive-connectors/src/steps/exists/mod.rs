@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
-use redrive_core::step::{Outcome, Step, StepContext};
+use redrive_core::step::{Check, Outcome, Step, StepContext};
 use redrive_core::template::{Template, TemplateError};
 
 use crate::storage::{Stores, step_error};
@@ -32,47 +32,76 @@ impl ExistsStep {
     }
 }
 
-#[async_trait]
-impl Step for ExistsStep {
-    async fn run(&self, fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
+impl ExistsStep {
+    /// Whether the object is there now.
+    async fn present(&self, fields: &Fields) -> Result<bool, StepError> {
         let url = self
             .url
             .render(fields)
             .map_err(|e| StepError::permanent(e.to_string()))?;
         let location = self.stores.resolve(&url)?;
-        let present = if location.local {
+        if location.local {
             // A local file is one stat. OpenDAL would answer a missing one with an error that
             // captures a backtrace whenever RUST_BACKTRACE is set (a quarter of a run's time
             // when most checked files are missing).
             let path =
                 std::path::PathBuf::from(location.operator.info().root()).join(&location.path);
             match tokio::fs::metadata(&path).await {
-                Ok(_) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                Err(e) => {
-                    return Err(StepError::permanent(format!(
-                        "cannot check whether `{}` exists",
-                        location.display
-                    ))
-                    .with_source(e));
-                }
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(StepError::permanent(format!(
+                    "cannot check whether `{}` exists",
+                    location.display
+                ))
+                .with_source(e)),
             }
         } else {
             match location.operator.stat(&location.path).await {
-                Ok(_) => true,
-                Err(e) if e.kind() == opendal::ErrorKind::NotFound => false,
-                Err(e) => {
-                    return Err(step_error(
-                        format!("cannot check whether `{}` exists", location.display),
-                        e,
-                    ));
-                }
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(step_error(
+                    format!("cannot check whether `{}` exists", location.display),
+                    e,
+                )),
             }
-        };
-        Ok(match (present, self.negate) {
-            (true, false) => Outcome::Skipped("exists".into()),
-            (false, true) => Outcome::Skipped("missing".into()),
-            _ => Outcome::done(0),
+        }
+    }
+
+    /// Why the item is skipped, when it is.
+    fn skips(&self, present: bool) -> Option<&'static str> {
+        match (present, self.negate) {
+            (true, false) => Some("exists"),
+            (false, true) => Some("missing"),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl Step for ExistsStep {
+    async fn run(&self, fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
+        let present = self.present(fields).await?;
+        Ok(match self.skips(present) {
+            Some(reason) => Outcome::Skipped(reason.into()),
+            None => Outcome::done(0),
+        })
+    }
+
+    fn calls(&self, fields: &Fields) -> Vec<(&'static str, u64)> {
+        let local = self
+            .url
+            .render(fields)
+            .ok()
+            .and_then(|url| self.stores.resolve(&url).ok())
+            .is_none_or(|location| location.local);
+        vec![(if local { "stat" } else { "HEAD" }, 1)]
+    }
+
+    async fn check(&self, fields: &Fields) -> Result<Check, StepError> {
+        let present = self.present(fields).await?;
+        Ok(match self.skips(present) {
+            Some(reason) => Check::Skips(reason.into()),
+            None => Check::Unknown,
         })
     }
 

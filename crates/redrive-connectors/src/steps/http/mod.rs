@@ -249,6 +249,11 @@ impl Step for HttpStep {
         }
     }
 
+    fn calls(&self, _fields: &Fields) -> Vec<(&'static str, u64)> {
+        // One request per item, or per batch.
+        vec![("HTTP request", 1)]
+    }
+
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {
         let url = self.inner.spec.url.render(fields)?;
         let (body, _) = self.inner.body(std::slice::from_ref(fields))?;

@@ -394,6 +394,11 @@ impl Step for RunStep {
         }))
     }
 
+    fn calls(&self, _fields: &Fields) -> Vec<(&'static str, u64)> {
+        // One process per item.
+        vec![("process", 1)]
+    }
+
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {
         let command = self.command(fields)?;
         let output = self

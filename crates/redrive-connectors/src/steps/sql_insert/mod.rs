@@ -186,6 +186,11 @@ impl Step for SqlInsertStep {
         }
     }
 
+    fn calls(&self, _fields: &Fields) -> Vec<(&'static str, u64)> {
+        // One statement per item, or per batch of rows.
+        vec![("INSERT", 1)]
+    }
+
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {
         let values = self.inner.row(fields)?;
         let shown: Vec<String> = self
