@@ -281,9 +281,24 @@ pub(crate) struct FailedArgs {
     /// Write the failed items' fields to FILE as CSV (usable as a `csv` source)
     #[arg(long, value_name = "FILE")]
     pub(crate) csv: Option<PathBuf>,
+    /// The CSV's columns: the items' fields, or s3-batch (the S3 Batch Operations completion
+    /// report's: Bucket, Key, VersionId, TaskStatus, ErrorCode, HTTPStatusCode, ResultMessage)
+    #[arg(long, value_enum, default_value_t, requires = "csv")]
+    pub(crate) csv_format: CsvFormat,
     /// One JSON object per line on stdout (key, step, attempts, error, fields), for scripts
     #[arg(long, conflicts_with = "csv")]
     pub(crate) json: bool,
+}
+
+/// `failed --csv-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum CsvFormat {
+    /// The items' fields, with a header: usable as a `csv` source
+    #[default]
+    Fields,
+    /// S3 Batch Operations' completion report (no header), for objects (`url` = s3://…, or
+    /// `bucket` and `key` fields)
+    S3Batch,
 }
 
 #[derive(Debug, Args)]

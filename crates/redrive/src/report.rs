@@ -469,16 +469,7 @@ fn per_second(rate: f64) -> String {
     if rate < 1000.0 {
         format!("{rate:.1}/s")
     } else {
-        let whole = rate.round() as u64;
-        let digits = whole.to_string();
-        let mut grouped = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                grouped.push(',');
-            }
-            grouped.push(c);
-        }
-        format!("{grouped}/s")
+        format!("{}/s", crate::summary::grouped(rate.round() as u64))
     }
 }
 

@@ -6,6 +6,19 @@ use redrive_core::item::Status;
 use redrive_core::state::Summary;
 use serde_json::json;
 
+/// `12,400`: a whole number with its thousands set apart.
+pub(crate) fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// `1 item`, `3 items`: a count with its noun, singular or plural as people write it.
 pub(crate) fn items(n: u64) -> String {
     if n == 1 {

@@ -7,7 +7,7 @@ use redrive_connectors::Plan;
 use redrive_core::item::{Status, StoredItem};
 use redrive_core::secrets::redact;
 
-use crate::cli::{FailedArgs, StatusArgs};
+use crate::cli::{CsvFormat, FailedArgs, StatusArgs};
 use crate::exit::ExitStatus;
 use crate::summary;
 
@@ -238,6 +238,7 @@ pub(crate) async fn failed(args: &FailedArgs) -> anyhow::Result<ExitStatus> {
     let (plan, opened) = super::open_existing(&args.plan, &args.state).await?;
     let store = &opened.store;
     let mut csv_out: Option<(csv::Writer<std::fs::File>, Vec<String>)> = None;
+    let mut batch_out: Option<csv::Writer<std::fs::File>> = None;
     let mut cursor = 0;
     let mut count = 0u64;
     loop {
@@ -250,6 +251,9 @@ pub(crate) async fn failed(args: &FailedArgs) -> anyhow::Result<ExitStatus> {
         for item in &page {
             count += 1;
             match &args.csv {
+                Some(path) if args.csv_format == CsvFormat::S3Batch => {
+                    write_s3_batch_row(&mut batch_out, path, item)?;
+                }
                 Some(path) => write_csv_row(&mut csv_out, path, item)?,
                 None if args.json => {
                     let key = match &item.parent_key {
@@ -286,8 +290,16 @@ pub(crate) async fn failed(args: &FailedArgs) -> anyhow::Result<ExitStatus> {
     if let Some((mut writer, _)) = csv_out {
         writer.flush().context("cannot write the CSV file")?;
     }
+    if let Some(mut writer) = batch_out {
+        writer.flush().context("cannot write the CSV file")?;
+    }
     match (&args.csv, count) {
         (_, 0) => eprintln!("No failed items."),
+        (Some(path), n) if args.csv_format == CsvFormat::S3Batch => eprintln!(
+            "Wrote {} to {} as an S3 Batch Operations completion report (no header: Bucket, Key, VersionId, TaskStatus, ErrorCode, HTTPStatusCode, ResultMessage)",
+            crate::summary::items(n).replacen(" item", " failed item", 1),
+            path.display()
+        ),
         (Some(path), n) => eprintln!(
             "Wrote {} to {}; use it as a source: [source] csv = \"{}\"",
             crate::summary::items(n).replacen(" item", " failed item", 1),
@@ -324,4 +336,118 @@ fn write_csv_row(
             .with_context(|| format!("cannot write `{}`", path.display()))?;
     }
     Ok(())
+}
+
+/// One row of an S3 Batch Operations completion report for a failed object (the report has no
+/// header): `Bucket, Key, VersionId, TaskStatus, ErrorCode, HTTPStatusCode, ResultMessage`.
+fn write_s3_batch_row(
+    out: &mut Option<csv::Writer<std::fs::File>>,
+    path: &Path,
+    item: &StoredItem,
+) -> anyhow::Result<()> {
+    let Some((bucket, key)) = s3_object(&item.fields) else {
+        return Err(crate::exit::Hinted {
+            message: format!(
+                "item `{}` is not an S3 object: it has no `url` field (s3://BUCKET/KEY) and no `bucket` and `key` fields",
+                redact(&item.key)
+            ),
+            hint: "--csv-format s3-batch reports S3 objects (a `list` of s3://…, an S3 inventory); use --csv FILE for other items".to_owned(),
+        }
+        .into());
+    };
+    if out.is_none() {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create `{}`", path.display()))?;
+        *out = Some(
+            csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(file),
+        );
+    }
+    let error = redact(item.error.as_deref().unwrap_or("")).replace(['\n', '\r'], " ");
+    let row = [
+        bucket.as_str(),
+        key.as_str(),
+        item.fields.get("version_id").map_or("", String::as_str),
+        "failed",
+        "PermanentFailure",
+        http_status(&error).unwrap_or(""),
+        error.as_str(),
+    ];
+    if let Some(writer) = out {
+        writer
+            .write_record(row)
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The bucket and key of an item that is an S3 object.
+fn s3_object(fields: &redrive_core::item::Fields) -> Option<(String, String)> {
+    if let Some(rest) = fields.get("url").and_then(|url| url.strip_prefix("s3://"))
+        && let Some((bucket, key)) = rest.split_once('/')
+    {
+        return Some((bucket.to_owned(), key.to_owned()));
+    }
+    Some((fields.get("bucket")?.clone(), fields.get("key")?.clone()))
+}
+
+/// The HTTP status an error text names (`HTTP 503`, `status 403`, `status code: 404`).
+fn http_status(error: &str) -> Option<&str> {
+    for marker in [
+        "HTTP ",
+        "status code: ",
+        "status code ",
+        "status: ",
+        "status ",
+    ] {
+        let mut rest = error;
+        while let Some(at) = rest.find(marker) {
+            let after = &rest[at + marker.len()..];
+            let digits = after
+                .get(..3)
+                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()));
+            if let Some(code) = digits
+                && after[3..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !c.is_ascii_digit())
+                && (100..600).contains(&code.parse::<u16>().unwrap_or(0))
+            {
+                return Some(code);
+            }
+            rest = after;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_status_is_found_in_an_error_text() {
+        assert_eq!(http_status("GET failed: HTTP 503 Slow Down"), Some("503"));
+        assert_eq!(
+            http_status("Unexpected (permanent) at read, context: { status: 403 }"),
+            Some("403")
+        );
+        assert_eq!(http_status("status code: 404, body"), Some("404"));
+        assert_eq!(http_status("HTTP 1.1 oddity, then HTTP 500"), Some("500"));
+        assert_eq!(http_status("exited with code 3"), None);
+        assert_eq!(http_status("status 12345"), None);
+    }
+
+    #[test]
+    fn an_s3_object_is_its_url_or_its_bucket_and_key() {
+        let mut fields = redrive_core::item::Fields::new();
+        fields.insert("url".into(), "s3://b/a/k.txt".into());
+        assert_eq!(s3_object(&fields), Some(("b".into(), "a/k.txt".into())));
+        let mut fields = redrive_core::item::Fields::new();
+        fields.insert("bucket".into(), "b".into());
+        fields.insert("key".into(), "k".into());
+        assert_eq!(s3_object(&fields), Some(("b".into(), "k".into())));
+        assert_eq!(s3_object(&redrive_core::item::Fields::new()), None);
+    }
 }

@@ -451,7 +451,9 @@ async fn dry_run(
             .map(|(step, calls)| {
                 let calls: Vec<String> = calls
                     .iter()
-                    .map(|(what, n)| format!("{n} {}", plural(what, *n)))
+                    .map(|(what, n)| {
+                        format!("{} {}", crate::summary::grouped(*n), plural(what, *n))
+                    })
                     .collect();
                 format!("{step}: {}", calls.join(", "))
             })

@@ -316,8 +316,9 @@ copy = {{ from = "{{path}}", to = "s3://{bucket}/dst/{{name}}", part_size = "5Mi
         .expect_code(0);
     // big.bin: 11 MiB in 5 MiB parts = 3 PUTs, started and committed; small.bin: 1 PUT.
     assert!(
-        dry.stderr
-            .contains("Requests it would make: copy: 4 PUT, 1 multipart start, 1 multipart commit."),
+        dry.stderr.contains(
+            "Requests it would make: copy: 4 PUT, 1 multipart start, 1 multipart commit."
+        ),
         "{}",
         dry.stderr
     );
@@ -332,5 +333,92 @@ copy = {{ from = "{{path}}", to = "s3://{bucket}/dst/{{name}}", part_size = "5Mi
     assert_eq!(
         get(&operator, "dst/small.bin").as_deref(),
         Some(&b"there before"[..])
+    );
+}
+
+/// `failed --csv F --csv-format s3-batch` writes S3 Batch Operations' completion-report rows
+/// for failed objects of an S3 listing (no header: Bucket, Key, VersionId, TaskStatus,
+/// ErrorCode, HTTPStatusCode, ResultMessage); items that are not S3 objects are refused.
+#[test]
+fn failed_objects_are_written_as_an_s3_batch_completion_report() {
+    let bucket = unique("rd-batch");
+    create_bucket(&bucket);
+    let operator = s3_operator(&bucket);
+    for name in ["ok.txt", "bad one.txt", "fine.txt"] {
+        put(&operator, &format!("in/{name}"), b"x");
+    }
+    let t = s3_env(TestContext::new());
+    t.plan(&format!(
+        r#"
+[job]
+name = "batch-report"
+state = "state.db"
+[source]
+list = "s3://{bucket}/in/"
+[[step]]
+name = "check"
+run = {{ cmd = ["sh", "-c", "case \"$0\" in bad*) echo 'HTTP 403 from the converter' >&2; exit 1;; esac", "{{name}}"] }}
+[limits]
+retries = 0
+"#
+    ));
+    t.redrive(&["run", "plan.toml", "-q"]).expect_code(1);
+    let out = t
+        .redrive(&[
+            "failed",
+            "plan.toml",
+            "--csv",
+            "report.csv",
+            "--csv-format",
+            "s3-batch",
+        ])
+        .expect_code(0);
+    assert!(
+        out.stderr.contains("S3 Batch Operations completion report"),
+        "{}",
+        out.stderr
+    );
+    let text = t.read("report.csv");
+    let rows: Vec<csv::StringRecord> = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.as_bytes())
+        .records()
+        .map(|r| r.expect("a CSV row"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{text}");
+    let row: Vec<&str> = rows[0].iter().collect();
+    assert_eq!(
+        &row[..6],
+        [
+            bucket.as_str(),
+            "in/bad one.txt",
+            "",
+            "failed",
+            "PermanentFailure",
+            "403"
+        ],
+        "{text}"
+    );
+    assert!(row[6].contains("HTTP 403 from the converter"), "{text}");
+
+    // Items that are not S3 objects: refused, naming one.
+    let u = TestContext::new();
+    u.write("keys.txt", "a\n");
+    u.plan("[job]\nname = \"lines\"\nstate = \"state.db\"\n[source]\nlines = \"keys.txt\"\n[[step]]\nrun = { shell = \"exit 1\" }\n[limits]\nretries = 0\n");
+    u.redrive(&["run", "plan.toml", "-q"]).expect_code(1);
+    let refused = u
+        .redrive(&[
+            "failed",
+            "plan.toml",
+            "--csv",
+            "r.csv",
+            "--csv-format",
+            "s3-batch",
+        ])
+        .expect_code(2);
+    assert!(
+        refused.stderr.contains("item `a` is not an S3 object"),
+        "{}",
+        refused.stderr
     );
 }
