@@ -75,34 +75,37 @@ const LOOKUP: usize = 256;
 pub async fn dry_run(
     pipeline: &Pipeline,
     state: Option<&dyn StateStore>,
-    limit: Option<u64>,
-    retry_failed: bool,
-    check_targets: bool,
+    options: &DryRunOptions,
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<DryRunReport, EngineError> {
     let mut report = DryRunReport::default();
-    let found = items_of(
-        pipeline,
-        state,
-        limit,
-        retry_failed,
-        check_targets,
-        out,
-        &mut report,
-    )
-    .await;
+    let found = items_of(pipeline, state, options, out, &mut report).await;
     found.map(|()| report.per_batch(pipeline))
+}
+
+/// What `--dry-run` is asked to look at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DryRunOptions {
+    /// List at most this many items (`--limit`).
+    pub limit: Option<u64>,
+    /// List failed items too, as `--retry-failed` would run them.
+    pub retry_failed: bool,
+    /// Ask the stores what is there now (`--check-targets`).
+    pub check_targets: bool,
 }
 
 async fn items_of(
     pipeline: &Pipeline,
     state: Option<&dyn StateStore>,
-    limit: Option<u64>,
-    retry_failed: bool,
-    check_targets: bool,
+    options: &DryRunOptions,
     out: &mut (dyn std::io::Write + Send),
     report: &mut DryRunReport,
 ) -> Result<(), EngineError> {
+    let DryRunOptions {
+        limit,
+        retry_failed,
+        check_targets,
+    } = *options;
     let mut items = pipeline.source.items(&Fields::new());
     let mut chunk: Vec<(String, Fields)> = Vec::with_capacity(LOOKUP);
     let mut ended = false;

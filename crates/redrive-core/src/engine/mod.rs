@@ -29,7 +29,7 @@ mod item;
 mod load;
 mod report;
 
-pub use dry_run::{DryRunReport, dry_run};
+pub use dry_run::{DryRunOptions, DryRunReport, dry_run};
 use expand::run_parent;
 use item::{all_ran, begin, run_started};
 use load::{load, load_or_wait};

@@ -387,15 +387,12 @@ async fn dry_run(
     };
     let state = opened.as_ref().map(|opened| opened.store.as_ref());
     let mut stdout = std::io::BufWriter::new(std::io::stdout());
-    let report = engine::dry_run(
-        pipeline,
-        state,
-        args.limit,
-        args.retry_failed,
-        args.check_targets,
-        &mut stdout,
-    )
-    .await?;
+    let options = engine::DryRunOptions {
+        limit: args.limit,
+        retry_failed: args.retry_failed,
+        check_targets: args.check_targets,
+    };
+    let report = engine::dry_run(pipeline, state, &options, &mut stdout).await?;
     if let Err(error) = std::io::Write::flush(&mut stdout) {
         // A reader that stopped reading (`| head`) ends the dry run quietly.
         crate::stdout_failed(error);
