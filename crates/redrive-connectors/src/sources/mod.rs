@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::storage::Stores;
 
+mod compressed;
 mod csv;
 mod dates;
 mod filter;

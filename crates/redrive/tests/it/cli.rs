@@ -2128,3 +2128,65 @@ copy = { from = "in/{line}", to = "out/{line}" }
     assert!(piped.status.success(), "{stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
+
+/// A `lines` file ending in `.gz` and a `csv` file ending in `.zst` are read through their
+/// compression; a `.gz` that is not gzip stops the run naming the file.
+#[test]
+fn compressed_lines_and_csv_files_are_read_by_their_extension() {
+    use std::io::Write as _;
+    let t = TestContext::new();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"a\nb\n").expect("gzip");
+    t.write("keys.txt.gz", gz.finish().expect("gzip"));
+    t.plan(
+        r#"
+[job]
+name = "gz"
+state = "state.db"
+[source]
+lines = "keys.txt.gz"
+[[step]]
+run = { shell = "true" }
+"#,
+    );
+    t.redrive(&["run", "plan.toml", "-q"]).expect_code(0);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done' AND key IN ('a', 'b')"),
+        2
+    );
+
+    let z = TestContext::new();
+    let rows = ruzstd::encoding::compress_to_vec(
+        &b"JobId,File\nJ1,x.json\nJ2,y.json\n"[..],
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
+    z.write("rows.csv.zst", rows);
+    z.plan(
+        r#"
+[job]
+name = "zst"
+state = "state.db"
+[source]
+csv = "rows.csv.zst"
+key = "{JobId}"
+[[step]]
+run = { shell = "test -n {File}" }
+"#,
+    );
+    z.redrive(&["run", "plan.toml", "-q"]).expect_code(0);
+    assert_eq!(
+        z.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        2
+    );
+
+    let bad = TestContext::new();
+    bad.write("keys.txt.gz", "plain text, not gzip\n");
+    bad.plan("[job]\nname = \"bad\"\nstate = \"state.db\"\n[source]\nlines = \"keys.txt.gz\"\n[[step]]\nrun = { shell = \"true\" }\n");
+    let out = bad.redrive(&["run", "plan.toml", "-q"]).expect_code(2);
+    assert!(
+        out.stderr
+            .contains("keys.txt.gz:1: cannot decompress it as gzip"),
+        "{}",
+        out.stderr
+    );
+}

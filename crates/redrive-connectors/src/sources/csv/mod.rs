@@ -1,4 +1,5 @@
-//! `csv = "FILE"`: one item per row, fields named by the header.
+//! `csv = "FILE"`: one item per row, fields named by the header; `FILE.gz` and `FILE.zst` are
+//! read through their compression.
 
 pub(crate) mod config;
 
@@ -55,8 +56,11 @@ impl CsvSource {
     }
 }
 
-fn reader(path: &Path, delimiter: u8) -> Result<csv::Reader<std::fs::File>, SourceError> {
-    let file = std::fs::File::open(path).map_err(|e| SourceError::Io {
+fn reader(
+    path: &Path,
+    delimiter: u8,
+) -> Result<csv::Reader<Box<dyn std::io::Read + Send>>, SourceError> {
+    let file = super::compressed::open(path).map_err(|e| SourceError::Io {
         location: path.display().to_string(),
         source: Box::new(e),
     })?;

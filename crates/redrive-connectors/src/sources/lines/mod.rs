@@ -1,4 +1,5 @@
-//! `lines = "FILE"`: one item per non-empty line, field `line`.
+//! `lines = "FILE"`: one item per non-empty line, field `line`; `FILE.gz` and `FILE.zst` are
+//! read through their compression.
 
 pub(crate) mod config;
 
@@ -43,7 +44,7 @@ impl Source for LinesSource {
     fn place_of(&self, fields: &Fields) -> futures::future::BoxFuture<'static, Option<String>> {
         let wanted = fields.clone();
         super::place_in_file(&self.path, move |path| {
-            let reader = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+            let reader = std::io::BufReader::new(super::compressed::open(path).ok()?);
             for (number, line) in (1u64..).zip(reader.split(b'\n')) {
                 let line = line.ok()?;
                 let text = String::from_utf8_lossy(&line);
@@ -59,7 +60,7 @@ impl Source for LinesSource {
     fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
         let path = self.path.clone();
         blocking_stream(move |sender| {
-            let file = match std::fs::File::open(&path) {
+            let file = match super::compressed::open(&path) {
                 Ok(file) => file,
                 Err(e) => {
                     let _ = sender.blocking_send(Err(SourceError::Io {
