@@ -19,6 +19,7 @@ mod csv;
 mod dates;
 mod filter;
 mod glob;
+mod jsonl;
 mod kusto;
 mod lines;
 mod list;
@@ -29,6 +30,7 @@ mod sql;
 pub use self::csv::config::CsvSpec;
 pub use self::dates::config::DatesSpec;
 pub use self::glob::config::GlobSpec;
+pub use self::jsonl::config::JsonlSpec;
 pub use self::kusto::config::KustoSpec;
 pub use self::lines::config::LinesSpec;
 pub use self::list::config::ListSpec;
@@ -260,6 +262,7 @@ macro_rules! source_kinds {
 source_kinds! {
     "csv" => Csv(CsvSpec),
     "lines" => Lines(LinesSpec),
+    "jsonl" => Jsonl(JsonlSpec),
     "glob" => Glob(GlobSpec),
     "list" => List(ListSpec),
     "kusto" => Kusto(KustoSpec),

@@ -2190,3 +2190,30 @@ run = { shell = "test -n {File}" }
         out.stderr
     );
 }
+
+/// A `jsonl` source: one item per JSON object, its members as fields (checked against the
+/// plan's templates like any source's), gzip-compressed too.
+#[test]
+fn a_jsonl_source_makes_one_item_per_object() {
+    use std::io::Write as _;
+    let t = TestContext::new();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"{\"key\": \"a.json\", \"size\": 3}\n{\"key\": \"b.json\", \"size\": 5}\n")
+        .expect("gzip");
+    t.write("failed.jsonl.gz", gz.finish().expect("gzip"));
+    let plan = |step: &str| {
+        format!(
+            "[job]\nname = \"jl\"\nstate = \"state.db\"\n[source]\njsonl = \"failed.jsonl.gz\"\nkey = \"{{key}}\"\n[[step]]\n{step}\n"
+        )
+    };
+    t.write("plan.toml", plan("run = { shell = \"test {size} -gt 2\" }"));
+    t.redrive(&["run", "plan.toml", "-q"]).expect_code(0);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        2
+    );
+    // A template naming a member the objects lack is refused before anything runs.
+    t.write("plan.toml", plan("run = { shell = \"echo {colour}\" }"));
+    let out = t.redrive(&["validate", "plan.toml"]).expect_code(2);
+    assert!(out.stderr.contains("colour"), "{}", out.stderr);
+}
