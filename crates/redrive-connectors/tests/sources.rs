@@ -87,6 +87,11 @@ async fn every_local_source_conforms() {
         "JobId,WorkItemId\nJ1,A\nJ1,B\nJ2,A\nJ2,C\n",
     );
     write(dir, "items.txt", "k1\nk2\n\nk3\nk4\n");
+    write(
+        dir,
+        "items.jsonl",
+        "{\"id\": \"j1\"}\n{\"id\": \"j2\"}\n\n{\"id\": \"j3\"}\n{\"id\": \"j4\"}\n",
+    );
     for name in ["d/a.json", "d/b.json", "d/sub/c.json", "d/e.json"] {
         write(dir, name, "{}");
     }
@@ -96,6 +101,10 @@ async fn every_local_source_conforms() {
             "csv = \"items.csv\"\nkey = \"{JobId}/{WorkItemId}\"".to_owned(),
         ),
         ("lines", "lines = \"items.txt\"".to_owned()),
+        (
+            "jsonl",
+            "jsonl = \"items.jsonl\"\nkey = \"{id}\"".to_owned(),
+        ),
         ("glob", "glob = \"d/**/*.json\"".to_owned()),
         ("list", format!("list = \"{}/d/\"", dir.display())),
         (
@@ -125,6 +134,7 @@ async fn a_source_that_cannot_be_read_names_itself() {
     for (source, names) in [
         ("csv = \"missing.csv\"\nkey = \"{a}\"", "missing.csv"),
         ("lines = \"missing.txt\"", "missing.txt"),
+        ("jsonl = \"missing.jsonl\"\nkey = \"{a}\"", "missing.jsonl"),
     ] {
         let error = match build_with(&plan(dir, source), Env::from_pairs([])) {
             Ok(_) => panic!("{source}: opened a missing file"),
