@@ -25,7 +25,10 @@ pub(crate) async fn reset(args: &ResetArgs) -> anyhow::Result<ExitStatus> {
         .await
         .map_err(|e| super::state_error(e, &args.plan))?;
     crate::out!(
-        "Reset {changed} items to pending; the next run starts them from their first step."
+        "Reset {} to pending; the next run starts {} from {} first step.",
+        crate::summary::items(changed),
+        if changed == 1 { "it" } else { "them" },
+        if changed == 1 { "its" } else { "their" }
     );
     if args.status.is_none() && (changed as usize) < asked {
         eprintln!(
@@ -43,7 +46,7 @@ pub(crate) async fn skip(args: &SkipArgs) -> anyhow::Result<ExitStatus> {
         .skip(args.keys.clone(), args.reason.clone())
         .await
         .map_err(|e| super::state_error(e, &args.plan))?;
-    crate::out!("Marked {changed} items skipped.");
+    crate::out!("Marked {} skipped.", crate::summary::items(changed));
     if (changed as usize) < args.keys.len() {
         eprintln!(
             "warning: {} of the {} keys are not in the state",
