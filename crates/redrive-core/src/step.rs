@@ -153,6 +153,12 @@ pub trait Step: Send + Sync + Debug {
         Vec::new()
     }
 
+    /// The requests made for an item that [`Step::check`] says this step skips (a `require`
+    /// that finds nothing looks, and runs nothing). Default: [`Step::calls`].
+    fn calls_when_skipped(&self, fields: &Fields) -> Vec<(&'static str, u64)> {
+        self.calls(fields)
+    }
+
     /// For `--dry-run --check-targets`: what the store says now, asked without changing
     /// anything (a stat). Default: nothing asked.
     async fn check(&self, _fields: &Fields) -> Result<Check, StepError> {

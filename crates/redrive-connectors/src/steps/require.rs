@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
-use redrive_core::step::{Outcome, Step, StepContext};
+use redrive_core::step::{Check, NO_INPUT, Outcome, Step, StepContext};
 use redrive_core::template::{Template, TemplateError};
 
 use crate::storage::{Stores, step_error};
@@ -29,6 +29,17 @@ impl Required {
             field,
             stores,
         }
+    }
+}
+
+/// How a requirement is looked for: one request.
+fn look(path: &str) -> (&'static str, u64) {
+    if is_glob(path) {
+        ("glob", 1)
+    } else if path.contains("://") {
+        ("HEAD", 1)
+    } else {
+        ("stat", 1)
     }
 }
 
@@ -78,6 +89,37 @@ impl Step for Required {
 
     async fn run(&self, fields: &Fields, cx: &StepContext<'_>) -> Result<Outcome, StepError> {
         self.inner.run(fields, cx).await
+    }
+
+    fn calls(&self, fields: &Fields) -> Vec<(&'static str, u64)> {
+        let Ok(path) = self.path.render(fields) else {
+            return Vec::new();
+        };
+        let mut bound = fields.clone();
+        bound
+            .entry(self.field.clone())
+            .or_insert_with(|| path.clone());
+        let mut calls = vec![look(&path)];
+        calls.extend(self.inner.calls(&bound));
+        calls
+    }
+
+    fn calls_when_skipped(&self, fields: &Fields) -> Vec<(&'static str, u64)> {
+        self.path
+            .render(fields)
+            .map(|path| vec![look(&path)])
+            .unwrap_or_default()
+    }
+
+    async fn check(&self, fields: &Fields) -> Result<Check, StepError> {
+        match self.require(fields).await? {
+            None => Ok(Check::Skips(NO_INPUT.into())),
+            Some(found) => {
+                let mut bound = fields.clone();
+                bound.extend(found);
+                self.inner.check(&bound).await
+            }
+        }
     }
 
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {

@@ -218,7 +218,6 @@ async fn describe(
     {
         let what = step.describe(&fields).map_err(EngineError::Key)?;
         line.push_str(&format!("\t{name}: {}", crate::secrets::redact(&what)));
-        report.count_calls(index, name, step.calls(&fields));
         if check_targets {
             match step.check(&fields).await {
                 Ok(Check::Unknown) => {}
@@ -228,6 +227,7 @@ async fn describe(
                 }
                 Ok(Check::Skips(reason)) => {
                     report.would_skip += 1;
+                    report.count_calls(index, name, step.calls_when_skipped(&fields));
                     line.push_str(&format!(" → skipped: {reason}"));
                     break;
                 }
@@ -237,6 +237,7 @@ async fn describe(
                 )),
             }
         }
+        report.count_calls(index, name, step.calls(&fields));
         if traits.binds_fields {
             let cx = StepContext {
                 bytes: &Nothing,

@@ -406,7 +406,7 @@ fn reset_and_skip_by_hand() {
         .redrive(&["skip", "plan.toml", "f00002.txt"])
         .expect_code(0);
     assert!(
-        out.stdout.contains("Marked 1 items skipped."),
+        out.stdout.contains("Marked 1 item skipped."),
         "{}",
         out.stdout
     );
@@ -414,7 +414,7 @@ fn reset_and_skip_by_hand() {
         .redrive(&["reset", "plan.toml", "f00000.txt", "nope"])
         .expect_code(0);
     assert!(
-        out.stdout.contains("Reset 1 items to pending"),
+        out.stdout.contains("Reset 1 item to pending"),
         "{}",
         out.stdout
     );
@@ -2216,4 +2216,40 @@ fn a_jsonl_source_makes_one_item_per_object() {
     t.write("plan.toml", plan("run = { shell = \"echo {colour}\" }"));
     let out = t.redrive(&["validate", "plan.toml"]).expect_code(2);
     assert!(out.stderr.contains("colour"), "{}", out.stderr);
+}
+
+/// A step with `require`: the dry run counts the look for the requirement and the step's own
+/// requests, and `--check-targets` says which items have no input yet.
+#[test]
+fn dry_run_counts_a_required_steps_requests_and_checks_its_input() {
+    let t = TestContext::new();
+    t.write("keys.txt", "a\nb\n");
+    t.write("in/a", "a");
+    t.plan(
+        r#"
+[job]
+name = "required"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+require = "in/{line}"
+copy = { from = "{input}", to = "out/{line}" }
+"#,
+    );
+    let dry = t
+        .redrive(&["run", "plan.toml", "--dry-run", "--check-targets"])
+        .expect_code(0);
+    let b = dry
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("b\t"))
+        .unwrap_or("");
+    assert!(b.ends_with("→ skipped: no input"), "{}", dry.stdout);
+    assert!(dry.stderr.contains("1 skipped by a step"), "{}", dry.stderr);
+    assert!(
+        dry.stderr.contains("copy: 2 stats, 1 file write."),
+        "{}",
+        dry.stderr
+    );
 }
