@@ -286,6 +286,56 @@ fn blocking_stream(
     ))
 }
 
+/// The items of a file read a line at a time (through its compression), streamed: `item`
+/// turns a line that is not blank (its text without the line end, and its number) into an
+/// item; the first error, the file's or `item`'s, ends the stream.
+fn line_items(
+    path: &Path,
+    item: impl Fn(&str) -> Result<Fields, String> + Send + 'static,
+) -> BoxStream<'static, Result<Fields, SourceError>> {
+    use std::io::BufRead as _;
+    let path = path.to_path_buf();
+    blocking_stream(move |sender| {
+        let file = match compressed::open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = sender.blocking_send(Err(SourceError::Io {
+                    location: path.display().to_string(),
+                    source: Box::new(e),
+                }));
+                return;
+            }
+        };
+        let mut reader = std::io::BufReader::new(file);
+        let mut buffer = Vec::new();
+        for number in 1u64.. {
+            buffer.clear();
+            let at = || format!("{}:{number}", path.display());
+            let next = match reader.read_until(b'\n', &mut buffer) {
+                Ok(0) => return,
+                Ok(_) => match std::str::from_utf8(&buffer) {
+                    Ok(text) => {
+                        let line = text.trim_end_matches(['\n', '\r']);
+                        if line.trim().is_empty() {
+                            continue;
+                        }
+                        item(line).map_err(|message| input(at(), message))
+                    }
+                    Err(_) => Err(input(
+                        at(),
+                        "the line is not valid UTF-8; save the file as UTF-8",
+                    )),
+                },
+                Err(e) => Err(input(at(), e.to_string())),
+            };
+            let stop = next.is_err();
+            if sender.blocking_send(next).is_err() || stop {
+                return;
+            }
+        }
+    })
+}
+
 /// A place found by reading a local file again off the async runtime (error paths only):
 /// `find` returns the line number of the first matching row.
 fn place_in_file(

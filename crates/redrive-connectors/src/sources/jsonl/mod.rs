@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use redrive_core::item::Fields;
 use redrive_core::source::{Source, SourceError};
 
-use super::{blocking_stream, input};
+use super::input;
 
 /// A JSON-lines file.
 #[derive(Debug)]
@@ -96,37 +96,7 @@ impl Source for JsonlSource {
     }
 
     fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
-        let path = self.path.clone();
-        blocking_stream(move |sender| {
-            let file = match super::compressed::open(&path) {
-                Ok(file) => file,
-                Err(e) => {
-                    let _ = sender.blocking_send(Err(SourceError::Io {
-                        location: path.display().to_string(),
-                        source: Box::new(e),
-                    }));
-                    return;
-                }
-            };
-            let mut reader = std::io::BufReader::new(file);
-            let mut line = String::new();
-            let mut number = 0u64;
-            loop {
-                line.clear();
-                number += 1;
-                let item = match reader.read_line(&mut line) {
-                    Ok(0) => return,
-                    Ok(_) if line.trim().is_empty() => continue,
-                    Ok(_) => object(line.trim_end_matches(['\n', '\r']))
-                        .map_err(|message| input(format!("{}:{number}", path.display()), message)),
-                    Err(e) => Err(input(format!("{}:{number}", path.display()), e.to_string())),
-                };
-                let stop = item.is_err();
-                if sender.blocking_send(item).is_err() || stop {
-                    return;
-                }
-            }
-        })
+        super::line_items(&self.path, object)
     }
 }
 

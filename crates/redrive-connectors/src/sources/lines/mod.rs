@@ -11,8 +11,6 @@ use futures::stream::BoxStream;
 use redrive_core::item::Fields;
 use redrive_core::source::{Source, SourceError};
 
-use super::{blocking_stream, input};
-
 /// A text file, one item per line; blank lines are ignored, a trailing `\r` is dropped.
 #[derive(Debug)]
 pub struct LinesSource {
@@ -58,55 +56,8 @@ impl Source for LinesSource {
     }
 
     fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
-        let path = self.path.clone();
-        blocking_stream(move |sender| {
-            let file = match super::compressed::open(&path) {
-                Ok(file) => file,
-                Err(e) => {
-                    let _ = sender.blocking_send(Err(SourceError::Io {
-                        location: path.display().to_string(),
-                        source: Box::new(e),
-                    }));
-                    return;
-                }
-            };
-            let mut reader = std::io::BufReader::new(file);
-            let mut buffer = Vec::new();
-            let mut number = 0u64;
-            loop {
-                buffer.clear();
-                number += 1;
-                match reader.read_until(b'\n', &mut buffer) {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = sender.blocking_send(Err(input(
-                            format!("{}:{number}", path.display()),
-                            e.to_string(),
-                        )));
-                        return;
-                    }
-                }
-                let item = match std::str::from_utf8(&buffer) {
-                    Ok(text) => {
-                        let line = text.trim_end_matches(['\n', '\r']);
-                        if line.trim().is_empty() {
-                            continue;
-                        }
-                        let mut fields = Fields::new();
-                        fields.insert("line".to_owned(), line.to_owned());
-                        Ok(fields)
-                    }
-                    Err(_) => Err(input(
-                        format!("{}:{number}", path.display()),
-                        "the line is not valid UTF-8; save the file as UTF-8",
-                    )),
-                };
-                let stop = item.is_err();
-                if sender.blocking_send(item).is_err() || stop {
-                    return;
-                }
-            }
+        super::line_items(&self.path, |line| {
+            Ok(Fields::from([("line".to_owned(), line.to_owned())]))
         })
     }
 }
