@@ -2008,7 +2008,17 @@ fn cp_dry_run_lists_what_would_be_copied_and_writes_nothing() {
     let t = TestContext::new();
     t.write("src/a.txt", "a");
     t.write("src/sub/b.txt", "b");
-    let dry = t.redrive(&["cp", "src", "dst", "--dry-run"]).expect_code(0);
+    let dry = t
+        .redrive(&[
+            "cp",
+            "src",
+            "dst",
+            "--dry-run",
+            "--manifest",
+            "m/manifest.jsonl",
+        ])
+        .expect_code(0);
+    assert!(!t.path("m").exists(), "a dry run creates no manifest");
     assert_eq!(dry.stdout.lines().count(), 2, "{}", dry.stdout);
     assert!(
         dry.stdout.contains("dst/sub/b.txt (if absent)"),

@@ -149,8 +149,6 @@ impl StepConfig for CopySpec {
     }
 
     fn build(&self, cx: &BuildContext<'_>) -> Result<Arc<dyn Step>, String> {
-        let step = CopyStep::new(self.clone(), Arc::clone(cx.stores))
-            .map_err(|e| format!("cannot open the manifest: {e}"))?;
-        Ok(Arc::new(step))
+        Ok(Arc::new(CopyStep::new(self.clone(), Arc::clone(cx.stores))))
     }
 }

@@ -39,33 +39,22 @@ use crate::upload::Upload;
 pub struct CopyStep {
     spec: CopySpec,
     stores: Arc<Stores>,
-    manifest: Option<Mutex<std::fs::File>>,
+    /// The manifest, opened (appending) when the first line is written: building the step for
+    /// `--dry-run` or `validate` creates no file.
+    manifest: Option<Mutex<Option<std::fs::File>>>,
     server: ServerCopier,
 }
 
 impl CopyStep {
-    /// A copy as the plan describes it; opens its manifest (appending) when it has one.
-    pub fn new(spec: CopySpec, stores: Arc<Stores>) -> Result<Self, std::io::Error> {
-        let manifest = match &spec.manifest {
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Some(Mutex::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)?,
-                ))
-            }
-            None => None,
-        };
-        Ok(Self {
+    /// A copy as the plan describes it.
+    pub fn new(spec: CopySpec, stores: Arc<Stores>) -> Self {
+        let manifest = spec.manifest.as_ref().map(|_| Mutex::new(None));
+        Self {
             spec,
             stores,
             manifest,
             server: ServerCopier::default(),
-        })
+        }
     }
 
     /// A server-side copy where the stores allow one: `Some(bytes)` once the target is
@@ -132,13 +121,35 @@ impl CopyStep {
     }
 
     fn record(&self, line: &serde_json::Value) -> Result<(), StepError> {
-        let Some(manifest) = &self.manifest else {
+        let (Some(manifest), Some(path)) = (&self.manifest, &self.spec.manifest) else {
             return Ok(());
         };
         let text = redrive_core::secrets::redact(&line.to_string()).into_owned();
         let mut file = manifest
             .lock()
             .map_err(|_| StepError::permanent("the manifest lock is poisoned"))?;
+        if file.is_none() {
+            let opened = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                });
+            let opened = opened.map_err(|e| {
+                StepError::new(
+                    redrive_core::error::ErrorClass::Fatal,
+                    format!("cannot open the manifest `{}`", path.display()),
+                )
+                .with_source(e)
+            })?;
+            *file = Some(opened);
+        }
+        let Some(file) = file.as_mut() else {
+            return Ok(());
+        };
         writeln!(file, "{text}").map_err(|e| {
             StepError::new(
                 redrive_core::error::ErrorClass::Fatal,
