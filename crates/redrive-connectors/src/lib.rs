@@ -16,7 +16,7 @@ mod local_file;
 pub mod plan;
 mod queue;
 mod response;
-mod s3_uploads;
+mod s3_bucket;
 pub mod sources;
 pub mod sql;
 mod sqs;

@@ -414,6 +414,14 @@ impl Env {
     }
 }
 
+/// One S3 object as redrive's own requests reach it (`Stores::s3_object`).
+pub(crate) struct S3Object {
+    pub(crate) access: crate::s3_bucket::S3Access,
+    pub(crate) key: String,
+    /// The URL, secrets masked.
+    pub(crate) display: String,
+}
+
 /// A parsed storage URL.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
@@ -461,12 +469,13 @@ impl Stores {
         self
     }
 
-    /// A client for the unfinished multipart uploads of the S3 bucket `url` is in, when its
-    /// credentials are given as keys (a `[store]` table or `AWS_ACCESS_KEY_ID` /
-    /// `AWS_SECRET_ACCESS_KEY`); `None` for other stores, or credentials from a profile or an
-    /// instance role (their orphans are left to the bucket's lifecycle rule).
-    pub(crate) fn s3_uploads(&self, url: &str) -> Option<crate::s3_uploads::S3Uploads> {
-        let Ok(Target::S3 { bucket, .. }) = self.parse(url, url) else {
+    /// The S3 bucket `url` is in and the object's key, with where and as whom the bucket is
+    /// reached, when its credentials are given as keys (a `[store]` table or
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`); `None` for other stores, or credentials
+    /// from a profile or an instance role (redrive signs its own requests only with keys).
+    pub(crate) fn s3_object(&self, url: &str) -> Option<S3Object> {
+        let display = secrets::redact(url).into_owned();
+        let Ok(Target::S3 { bucket, key }) = self.parse(url, &display) else {
             return None;
         };
         let spec = self.spec_for(url).cloned().unwrap_or_default();
@@ -475,14 +484,26 @@ impl Stores {
             .endpoint
             .clone()
             .or_else(|| self.env.first(env_vars::AWS_S3_ENDPOINT));
-        Some(crate::s3_uploads::S3Uploads::new(
-            &crate::s3_uploads::S3Access {
-                bucket: &bucket,
-                region: &crate::aws_sign::region(&spec, &self.env),
-                endpoint: endpoint.as_deref(),
+        Some(S3Object {
+            access: crate::s3_bucket::S3Access {
+                bucket,
+                region: crate::aws_sign::region(&spec, &self.env),
+                endpoint,
                 virtual_host: spec.virtual_host_style,
-                keys: &keys,
+                keys,
             },
+            key,
+            display,
+        })
+    }
+
+    /// A client for the unfinished multipart uploads of the S3 bucket `url` is in (see
+    /// [`Stores::s3_object`] for when there is one).
+    pub(crate) fn s3_uploads(&self, url: &str) -> Option<crate::s3_bucket::S3Bucket> {
+        let object = self.s3_object(url)?;
+        Some(crate::s3_bucket::S3Bucket::new(
+            &object.access,
+            crate::http_client::client(std::time::Duration::from_secs(60)),
         ))
     }
 

@@ -579,6 +579,37 @@ fn copy_parts_checksum_and_manifest() {
         "to = \"out/{line}\", part_size = \"12 parsecs\" }",
     ));
     assert!(e.contains("`copy.part_size` = `12 parsecs`"), "{e}");
+    assert_eq!(
+        copy.copy_cutoff,
+        5 * 1024 * 1024 * 1024,
+        "S3's limit by default"
+    );
+    for (cutoff, expected) in [
+        ("\"1GiB\"", Ok(1024 * 1024 * 1024)),
+        ("\"6GiB\"", Err(())),
+        ("\"1MiB\"", Err(())),
+    ] {
+        let text = MINIMAL.replace(
+            "to = \"out/{line}\" }",
+            &format!("to = \"out/{{line}}\", copy_cutoff = {cutoff} }}"),
+        );
+        match expected {
+            Ok(bytes) => {
+                let plan = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+                let Action::Copy(copy) = &plan.steps[0].action else {
+                    panic!("copy")
+                };
+                assert_eq!(copy.copy_cutoff, bytes);
+            }
+            Err(()) => {
+                let e = error(&text);
+                assert!(
+                    e.contains("`copy.copy_cutoff`") && e.contains("from 5MiB to 5GiB"),
+                    "{e}"
+                );
+            }
+        }
+    }
     let e = error(&MINIMAL.replace(
         "to = \"out/{line}\" }",
         "to = \"out/{line}\", checksum = \"md4\" }",

@@ -236,7 +236,7 @@ fn cp_copies_a_folder_recursively_and_a_rerun_resumes() {
 }
 
 /// Multipart uploads in progress in `bucket`, as S3's ListMultipartUploads reports them.
-fn uploads_in_progress(bucket: &str) -> usize {
+pub fn uploads_in_progress(bucket: &str) -> usize {
     let url = format!("{}/{bucket}?uploads", crate::common::s3_endpoint());
     let body = crate::common::runtime()
         .block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() });

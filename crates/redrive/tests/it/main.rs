@@ -16,6 +16,7 @@ mod pg;
 mod proxy;
 mod report;
 mod resume;
+mod s3_server_copy;
 mod s3_upload;
 mod secrets;
 mod sql_extract;

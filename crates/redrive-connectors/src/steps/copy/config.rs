@@ -1,4 +1,5 @@
-//! `copy = { from, to, if_exists, content_type, part_size, parts, checksum, manifest, mode }`.
+//! `copy = { from, to, if_exists, content_type, part_size, parts, checksum, manifest, mode,
+//! copy_cutoff }`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,13 +34,17 @@ pub struct CopySpec {
     pub manifest: Option<PathBuf>,
     /// Server-side or streamed.
     pub mode: CopyMode,
+    /// S3 → S3 server-side: larger objects are copied in parts (UploadPartCopy), not by one
+    /// CopyObject.
+    pub copy_cutoff: u64,
 }
 
 /// How the bytes move.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CopyMode {
-    /// Server-side where the stores allow it (Azure Blob → Azure Blob), else streamed.
+    /// Server-side where the stores allow it (Azure Blob → Azure Blob, S3 → S3), else
+    /// streamed.
     #[default]
     Auto,
     /// Server-side only: an object that cannot be copied so fails.
@@ -52,6 +57,8 @@ pub enum CopyMode {
 pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
 /// Default parts in flight.
 pub const DEFAULT_PARTS: usize = 8;
+/// Default (and largest) `copy_cutoff`: S3's limit for one CopyObject.
+pub(crate) const DEFAULT_COPY_CUTOFF: u64 = super::server_side::MAX_COPY_OBJECT;
 
 /// What a copy does when its target exists.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +93,8 @@ pub(crate) struct RawCopy {
     manifest: Option<String>,
     #[serde(default, skip_serializing_if = "is_auto")]
     mode: CopyMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copy_cutoff: Option<String>,
 }
 
 fn is_auto(mode: &CopyMode) -> bool {
@@ -108,6 +117,13 @@ impl StepKind for CopySpec {
         };
         crate::storage::check_location("copy.from", &copy.from)?;
         crate::storage::check_location("copy.to", &copy.to)?;
+        let copy_cutoff = match copy.copy_cutoff.as_deref() {
+            Some(text) => parse_size(text)
+                .map(|n| n as u64)
+                .filter(|n| (5 * 1024 * 1024..=DEFAULT_COPY_CUTOFF).contains(n))
+                .ok_or_else(|| format!("`copy.copy_cutoff` = `{text}`: give a size from 5MiB to 5GiB, e.g. \"1GiB\" (S3 → S3 objects larger than it are copied server-side in parts of part_size)"))?,
+            None => DEFAULT_COPY_CUTOFF,
+        };
         let parts = copy.parts.unwrap_or(DEFAULT_PARTS);
         if parts == 0 {
             return Err("`copy.parts` must be at least 1".to_owned());
@@ -126,6 +142,7 @@ impl StepKind for CopySpec {
             checksum: copy.checksum,
             manifest: copy.manifest.as_deref().map(|m| cx.base_dir.join(m)),
             mode: copy.mode,
+            copy_cutoff,
         })
     }
 
@@ -134,6 +151,9 @@ impl StepKind for CopySpec {
             parse_size(p) == Some(DEFAULT_PART_SIZE)
         });
         crate::plan::unless_default(&mut raw.parts, |p| *p == DEFAULT_PARTS);
+        crate::plan::unless_default(&mut raw.copy_cutoff, |c| {
+            parse_size(c).map(|n| n as u64) == Some(DEFAULT_COPY_CUTOFF)
+        });
     }
 }
 

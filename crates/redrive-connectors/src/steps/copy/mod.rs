@@ -5,9 +5,9 @@
 //! (S3 multipart, Azure blocks), `parts` at once, so peak memory is about `parts × part_size`
 //! whatever the object's size. `if_exists = "skip"` is a conditional create (If-None-Match: *),
 //! sent with the completing request of a multipart upload too. A failed or interrupted upload
-//! is aborted: nothing half-written becomes visible. Between Azure blobs the service copies
-//! the object itself (`server_side`), and local → local copies are plain file system calls
-//! (`local_file`).
+//! is aborted: nothing half-written becomes visible. Between Azure blobs and between S3
+//! objects the service copies the object itself (`server_side`), and local → local copies are
+//! plain file system calls (`local_file`).
 
 pub(crate) mod config;
 mod server_side;
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use self::config::{CopyMode, CopySpec, IfExists};
-use self::server_side::{MAX_SYNC_COPY, Server, ServerCopier};
+use self::server_side::{AzureCopier, PartPlan, Refusals, Route, S3Copier, Server};
 use async_trait::async_trait;
 use futures::{FutureExt as _, TryStreamExt};
 use opendal::ErrorKind;
@@ -42,7 +42,9 @@ pub struct CopyStep {
     /// The manifest, opened (appending) when the first line is written: building the step for
     /// `--dry-run` or `validate` creates no file.
     manifest: Option<Mutex<Option<std::fs::File>>>,
-    server: ServerCopier,
+    azure: AzureCopier,
+    s3: S3Copier,
+    refusals: Refusals,
 }
 
 impl CopyStep {
@@ -53,7 +55,9 @@ impl CopyStep {
             spec,
             stores,
             manifest,
-            server: ServerCopier::default(),
+            azure: AzureCopier::default(),
+            s3: S3Copier::default(),
+            refusals: Refusals::default(),
         }
     }
 
@@ -61,53 +65,84 @@ impl CopyStep {
     /// complete, `None` to stream the object instead (`mode = "auto"`).
     async fn server_side(
         &self,
-        from: &str,
-        to: &str,
+        (from, to): (&str, &str),
+        source: &Location,
         target: &Location,
         how: &Transfer,
     ) -> Result<Option<u64>, Failure> {
         let mode = self.spec.mode;
-        if mode == CopyMode::Stream {
-            return Ok(None);
-        }
         let not_here = |why: String| -> Result<Option<u64>, Failure> {
             match mode {
                 CopyMode::Server => Err(Failure::Step(StepError::permanent(format!(
                     "no server-side copy of `{}` to `{}` (mode = \"server\"): {why}; use mode = \"auto\" to stream it instead",
-                    redrive_core::secrets::redact(from),
-                    target.display
+                    source.display, target.display
                 )))),
                 _ => Ok(None),
             }
         };
-        let (Some(source), Some(dest)) = (self.stores.azure_blob(from), self.stores.azure_blob(to))
-        else {
-            return not_here("only Azure Blob to Azure Blob is copied server-side".to_owned());
+        let route =
+            server_side::route(&self.spec, &self.stores, &self.refusals, from, to, how.size);
+        let in_parts = |size: u64| PartPlan::new(size, self.spec.part_size as u64);
+        let mut copied_in_parts = None;
+        let answer = match &route {
+            Route::Stream(why) => return not_here(why.clone()),
+            Route::Azure(from, to) => self.azure.copy(from, to, how.create_only).await,
+            Route::S3 {
+                source: from,
+                target: to,
+                parts: None,
+            } => match self.s3.copy(from, to, how.create_only).await {
+                // Larger than one CopyObject takes, and its size not listed: look it up.
+                Ok(Server::TooLarge) => {
+                    let size = source
+                        .operator
+                        .stat(&source.path)
+                        .await
+                        .map_err(|e| {
+                            Failure::Step(step_error(
+                                format!("cannot look up the size of `{}`", source.display),
+                                e,
+                            ))
+                        })?
+                        .content_length();
+                    copied_in_parts = Some(in_parts(size));
+                    self.s3
+                        .copy_in_parts(from, to, in_parts(size), self.spec.parts, how.create_only)
+                        .await
+                }
+                other => other,
+            },
+            Route::S3 {
+                source: from,
+                target: to,
+                parts: Some(plan),
+            } => {
+                copied_in_parts = Some(*plan);
+                self.s3
+                    .copy_in_parts(from, to, *plan, self.spec.parts, how.create_only)
+                    .await
+            }
         };
-        let why_not = if how.content_type.is_some() {
-            Some("the copy sets content_type".to_owned())
-        } else if how.checksum.is_some() {
-            Some("the copy asks for a checksum".to_owned())
-        } else if how.size.is_some_and(|size| size > MAX_SYNC_COPY) {
-            Some("the object is larger than 256 MiB".to_owned())
-        } else if self.server.refused(&source, &dest) {
-            Some("the service refused it between these accounts".to_owned())
-        } else {
-            None
-        };
-        if let Some(why) = why_not {
-            return not_here(why);
-        }
-        match self.server.copy(&source, &dest, how.create_only).await {
+        match answer {
             Ok(Server::Copied) => {}
             Ok(Server::Exists) => return Err(Failure::Exists),
             Ok(Server::Unsupported(why)) => {
-                if mode == CopyMode::Auto && self.server.refuse(&source, &dest) {
-                    tracing::info!(from = %source.endpoint, to = %dest.endpoint, %why, "Server-side copies between these accounts are refused: streaming them instead.");
+                if mode == CopyMode::Auto
+                    && let Some((from, to)) = server_side::pair_of(&route)
+                    && self.refusals.insert(&from, &to)
+                {
+                    tracing::info!(%from, %to, %why, "Server-side copies between these stores are refused: streaming them instead.");
                 }
                 return not_here(why);
             }
+            Ok(Server::TooLarge) => {
+                return not_here("the object is too large for one copy request".to_owned());
+            }
             Err(error) => return Err(Failure::Step(error)),
+        }
+        if let Some(plan) = copied_in_parts {
+            self.abort_earlier_uploads(to, target).await;
+            return Ok(Some(plan.size));
         }
         let bytes = match how.size {
             Some(size) => size,
@@ -118,6 +153,23 @@ impl CopyStep {
                 .map_or(0, |meta| meta.content_length()),
         };
         Ok(Some(bytes))
+    }
+
+    /// A multipart copy is done: an earlier attempt's upload of the same key, cut off by a
+    /// kill -9, would stay in the bucket (invisible, billed) forever. Abort it.
+    async fn abort_earlier_uploads(&self, to: &str, target: &Location) {
+        let Some(uploads) = self.stores.s3_uploads(to) else {
+            return;
+        };
+        match uploads.abort_unfinished(&target.path).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(target = %target.display, n, "Aborted the unfinished uploads an earlier attempt left.")
+            }
+            Err(error) => {
+                tracing::warn!(target = %target.display, error = %redrive_core::secrets::redact(&error), "Cannot clean up the unfinished uploads of an earlier attempt; the bucket's lifecycle rule will.")
+            }
+        }
     }
 
     fn record(&self, line: &serde_json::Value) -> Result<(), StepError> {
@@ -562,7 +614,7 @@ impl Step for CopyStep {
             checksum: self.spec.checksum,
             size,
         };
-        match self.server_side(&from, &to, &target, &how).await {
+        match self.server_side((&from, &to), &source, &target, &how).await {
             Ok(Some(bytes)) => {
                 cx.bytes.add(bytes);
                 self.record(&serde_json::json!({
@@ -653,20 +705,8 @@ impl Step for CopyStep {
                 )));
             }
         };
-        // A multipart copy is done: an earlier attempt's upload of the same key, cut off by a
-        // kill -9, would stay in the bucket (invisible, billed) forever. Abort it.
-        if bytes > effective_part_size(&target.operator, self.spec.part_size) as u64
-            && let Some(uploads) = self.stores.s3_uploads(&to)
-        {
-            match uploads.abort_unfinished(&target.path).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(target = %target.display, n, "Aborted the unfinished uploads an earlier attempt left.")
-                }
-                Err(error) => {
-                    tracing::warn!(target = %target.display, error = %redrive_core::secrets::redact(&error), "Cannot clean up the unfinished uploads of an earlier attempt; the bucket's lifecycle rule will.")
-                }
-            }
+        if bytes > effective_part_size(&target.operator, self.spec.part_size) as u64 {
+            self.abort_earlier_uploads(&to, &target).await;
         }
         let digest = hasher.map(Hasher::finish);
         if let (Some(ours), Some(parts)) = (&digest, parts)
@@ -705,14 +745,18 @@ impl Step for CopyStep {
             return Vec::new();
         };
         let size = fields.get("size").and_then(|s| s.parse::<u64>().ok());
-        let server_side = self.spec.mode != CopyMode::Stream
-            && self.spec.content_type.is_none()
-            && self.spec.checksum.is_none()
-            && size.is_none_or(|size| size <= MAX_SYNC_COPY)
-            && self.stores.azure_blob(&from).is_some()
-            && self.stores.azure_blob(&to).is_some();
-        if server_side {
-            return vec![("COPY", 1)];
+        match server_side::route(&self.spec, &self.stores, &self.refusals, &from, &to, size) {
+            Route::Azure(..) | Route::S3 { parts: None, .. } => return vec![("COPY", 1)],
+            Route::S3 {
+                parts: Some(plan), ..
+            } => {
+                return vec![
+                    ("multipart start", 1),
+                    ("COPY part", plan.count),
+                    ("multipart commit", 1),
+                ];
+            }
+            Route::Stream(_) => {}
         }
         let local = |url: &str| self.stores.resolve(url).is_ok_and(|l| l.local);
         let parts = size.map_or(1, |size| size.div_ceil(self.spec.part_size as u64).max(1));

@@ -1,5 +1,4 @@
-//! Server-side copies: Azure Blob → Azure Blob with one Copy Blob From URL request per object,
-//! so the bytes never pass through redrive.
+//! Azure Blob → Azure Blob with one Copy Blob From URL request per object.
 //!
 //! The request (`PUT` on the target, `x-ms-copy-source`, `x-ms-requires-sync: true`) is
 //! synchronous: when it answers `202` with `x-ms-copy-status: success` the target is complete.
@@ -15,13 +14,14 @@
 //! account without access, an emulator that does not implement it) is streamed instead
 //! (`mode = "auto"`, said once per store pair), or fails (`mode = "server"`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::secrets;
 
+use super::Server;
 use crate::azure_account::AzureBlob;
 
 /// The largest object Copy Blob From URL copies.
@@ -33,21 +33,10 @@ const VERSION: &str = "2021-12-02";
 /// How long a copy request may take: the service copies up to 256 MiB before it answers.
 const COPY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// What a server-side attempt came to.
-pub(crate) enum Server {
-    /// The target is complete.
-    Copied,
-    /// A create-only target exists.
-    Exists,
-    /// The service cannot copy this way between these stores: why (stream instead).
-    Unsupported(String),
-}
-
-/// Copies between Azure blobs server-side, remembering the store pairs the service refused.
+/// Copies between Azure blobs server-side.
 #[derive(Debug, Default)]
-pub(crate) struct ServerCopier {
+pub(crate) struct AzureCopier {
     client: std::sync::OnceLock<reqwest::Client>,
-    refused: Mutex<HashSet<(String, String)>>,
     /// Read SASes made for source containers, by (endpoint, container), with when.
     made: Mutex<HashMap<(String, String), (String, Instant)>>,
 }
@@ -57,23 +46,7 @@ const SAS_LIFE: Duration = Duration::from_secs(3600);
 /// A SAS older than this is made again (a copy may take minutes after it is sent).
 const SAS_RENEW: Duration = Duration::from_secs(40 * 60);
 
-impl ServerCopier {
-    /// Whether a server-side copy from `source`'s store to `target`'s was refused before.
-    pub(crate) fn refused(&self, source: &AzureBlob, target: &AzureBlob) -> bool {
-        self.refused
-            .lock()
-            .map(|r| r.contains(&pair(source, target)))
-            .unwrap_or(false)
-    }
-
-    /// Remembers a refusal; true the first time for that pair (to say it once).
-    pub(crate) fn refuse(&self, source: &AzureBlob, target: &AzureBlob) -> bool {
-        self.refused
-            .lock()
-            .map(|mut r| r.insert(pair(source, target)))
-            .unwrap_or(false)
-    }
-
+impl AzureCopier {
     /// One Copy Blob From URL.
     pub(crate) async fn copy(
         &self,
@@ -186,11 +159,7 @@ impl ServerCopier {
     }
 }
 
-fn pair(source: &AzureBlob, target: &AzureBlob) -> (String, String) {
-    (source.endpoint.clone(), target.endpoint.clone())
-}
-
-impl ServerCopier {
+impl AzureCopier {
     /// The source's URL with a SAS that lets the service read it: the plan's SAS, or a read
     /// SAS for its container made from the account key (one per container, renewed after
     /// `SAS_RENEW`). `None` without either.
@@ -285,7 +254,7 @@ mod tests {
 
     #[test]
     fn the_source_is_read_with_the_plans_sas_or_one_made_for_its_container() {
-        let copier = ServerCopier::default();
+        let copier = AzureCopier::default();
         let with_sas = copier.source_url(&blob(None, Some("sv=x&sig=abc")));
         assert_eq!(
             with_sas.unwrap().unwrap(),
