@@ -192,14 +192,14 @@ impl Sqs {
     }
 
     /// Sends messages to `url` (`sqs://NAME` or a queue URL) with `SendMessageBatch`, up to
-    /// 10 a call and 256 KiB of bodies a call (SQS's limits); one result per message, in
+    /// 10 a call and 1 MiB of bodies a call (SQS's limits); one result per message, in
     /// order. Each message's own entry decides its result: a batch where one entry failed
     /// leaves the others sent.
     pub(crate) async fn send_batch(
         &self,
         client: &reqwest::Client,
         url: &str,
-        bodies: Vec<String>,
+        bodies: Vec<Message>,
     ) -> Vec<Result<(), StepError>> {
         let display = secrets::redact(url).into_owned();
         let queue_url = match self.queue_url(client, url, &display).await {
@@ -217,13 +217,23 @@ impl Sqs {
         &self,
         client: &reqwest::Client,
         queue_url: &str,
-        bodies: &[String],
+        bodies: &[Message],
         display: &str,
     ) -> Vec<Result<(), StepError>> {
         let entries: Vec<serde_json::Value> = bodies
             .iter()
             .enumerate()
-            .map(|(i, body)| serde_json::json!({ "Id": format!("m{i}"), "MessageBody": body }))
+            .map(|(i, message)| {
+                let mut entry =
+                    serde_json::json!({ "Id": format!("m{i}"), "MessageBody": message.body });
+                if let Some(id) = &message.dedup_id {
+                    entry["MessageDeduplicationId"] = id.as_str().into();
+                }
+                if let Some(id) = &message.group_id {
+                    entry["MessageGroupId"] = id.as_str().into();
+                }
+                entry
+            })
             .collect();
         let payload = serde_json::json!({ "QueueUrl": queue_url, "Entries": entries });
         let answer = match self
@@ -301,21 +311,58 @@ impl Sqs {
 /// Messages in one `SendMessageBatch` at most.
 pub(crate) const BATCH: usize = 10;
 
-/// SQS's limit on the bodies of one `SendMessageBatch`.
-const BATCH_BYTES: usize = 256 * 1024;
+/// SQS's limit on one message, and on the bodies of one `SendMessageBatch` (1 MiB since
+/// August 2025; 256 KiB before).
+pub(crate) const MAX_MESSAGE: usize = 1024 * 1024;
+const BATCH_BYTES: usize = MAX_MESSAGE;
+
+/// One message to send: its body and, for a FIFO queue, its deduplication and group ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Message {
+    pub(crate) body: String,
+    pub(crate) dedup_id: Option<String>,
+    pub(crate) group_id: Option<String>,
+}
+
+impl Message {
+    /// A message whose ids are made fit for SQS (see [`fifo_id`]).
+    pub(crate) fn new(body: String, dedup_id: Option<String>, group_id: Option<String>) -> Self {
+        Self {
+            body,
+            dedup_id: dedup_id.map(fifo_id),
+            group_id: group_id.map(fifo_id),
+        }
+    }
+}
+
+/// A FIFO id as SQS takes it: 1 to 128 printable ASCII characters. Any other text (a key with
+/// spaces or accents, a long one) becomes its SHA-256 in hex, so the same text always gives
+/// the same id and a message sent again is still recognised.
+fn fifo_id(text: String) -> String {
+    let fits = (1..=128).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
+    if fits {
+        return text;
+    }
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// `bodies` cut into runs of at most 10 messages and `BATCH_BYTES` (a message alone may be as
 /// large as SQS allows).
-fn chunks(bodies: &[String]) -> Vec<&[String]> {
+fn chunks(bodies: &[Message]) -> Vec<&[Message]> {
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0);
-    for (i, body) in bodies.iter().enumerate() {
-        let full = i - start == BATCH || (i > start && bytes + body.len() > BATCH_BYTES);
+    for (i, message) in bodies.iter().enumerate() {
+        let size = message.body.len();
+        let full = i - start == BATCH || (i > start && bytes + size > BATCH_BYTES);
         if full {
             chunks.push(&bodies[start..i]);
             (start, bytes) = (i, 0);
         }
-        bytes += body.len();
+        bytes += size;
     }
     if start < bodies.len() {
         chunks.push(&bodies[start..]);
@@ -339,19 +386,43 @@ fn copy_of(error: &StepError) -> StepError {
 mod tests {
     use super::*;
 
+    fn messages(bodies: impl IntoIterator<Item = String>) -> Vec<Message> {
+        bodies
+            .into_iter()
+            .map(|body| Message::new(body, None, None))
+            .collect()
+    }
+
     #[test]
-    fn batches_hold_ten_messages_and_256_kib_at_most() {
-        let small: Vec<String> = (0..23).map(|i| i.to_string()).collect();
+    fn batches_hold_ten_messages_and_1_mib_at_most() {
+        let small = messages((0..23).map(|i| i.to_string()));
         let sizes: Vec<usize> = chunks(&small).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [10, 10, 3]);
-        let big = vec!["x".repeat(100 * 1024); 5];
+        let big = messages(vec!["x".repeat(400 * 1024); 5]);
         let sizes: Vec<usize> = chunks(&big).iter().map(|c| c.len()).collect();
         assert_eq!(
             sizes,
             [2, 2, 1],
-            "two 100 KiB bodies fit in 256 KiB, three do not"
+            "two 400 KiB bodies fit in 1 MiB, three do not"
         );
         assert!(chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn fifo_ids_are_kept_when_sqs_takes_them_and_hashed_when_not() {
+        let id = |text: &str| fifo_id(text.to_owned());
+        assert_eq!(id("job-7/item:42"), "job-7/item:42");
+        let spaced = id("a key with spaces");
+        assert_eq!(spaced.len(), 64);
+        assert_eq!(
+            spaced,
+            id("a key with spaces"),
+            "the same text, the same id"
+        );
+        assert_ne!(spaced, id("a key with spaces!"));
+        assert_eq!(id(&"k".repeat(129)).len(), 64);
+        assert_eq!(id("").len(), 64);
+        assert_eq!(id("ü").len(), 64);
     }
 
     #[test]

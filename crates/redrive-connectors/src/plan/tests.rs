@@ -832,3 +832,28 @@ fn a_misspelt_key_or_value_gets_a_suggestion() {
     let e = error(&MINIMAL.replace("copy = {", "copy = { if_exist = \"skip\", "));
     assert!(e.contains("did you mean `if_exists`?"), "{e}");
 }
+
+#[test]
+fn fifo_ids_are_for_sqs_and_a_fifo_queue_needs_a_group() {
+    let plan = |queue: &str, extra: &str| {
+        format!(
+            "[job]\nname = \"q\"\n[source]\nlines = \"k.txt\"\n[[step]]\nenqueue = {{ queue = \"{queue}\", body = \"{{line}}\"{extra} }}\n"
+        )
+    };
+    let e = error(&plan("azq://jobs", ", dedup_id = \"{line}\""));
+    assert!(
+        e.contains("for SQS FIFO queues") && e.contains("azq://jobs"),
+        "{e}"
+    );
+    let e = error(&plan("sqs://jobs.fifo", ""));
+    assert!(e.contains("group_id"), "{e}");
+    let parsed = parse(&plan(
+        "sqs://jobs.fifo",
+        ", dedup_id = \"{line}\", group_id = \"g\"",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Action::Enqueue(enqueue) = &parsed.steps[0].action else {
+        panic!("enqueue")
+    };
+    assert!(enqueue.dedup_id.is_some() && enqueue.group_id.is_some());
+}

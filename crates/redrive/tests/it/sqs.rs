@@ -110,6 +110,46 @@ enqueue = {{ queue = "sqs://{name}", body = "hello {{line}}", base64 = true }}
     assert_eq!(receive_all(&queue_url), ["aGVsbG8geA=="]);
 }
 
+/// To an SQS FIFO queue with `dedup_id`, a message sent again (as after a crash, here: the
+/// state removed and the job run again) is recognised by SQS and delivered once; a key SQS
+/// would refuse as an id (too long, spaces) is sent as its SHA-256, the same every time. A
+/// body larger than an Azure queue takes (64 KiB) goes to SQS (1 MiB).
+#[test]
+fn fifo_messages_sent_again_are_delivered_once() {
+    let name = format!("{}.fifo", unique("rd-fifo"));
+    let queue_url = sqs(
+        "CreateQueue",
+        serde_json::json!({"QueueName": name, "Attributes": {"FifoQueue": "true"}}),
+    )["QueueUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t = s3_env(TestContext::new());
+    let big = "x".repeat(100 * 1024);
+    let mut keys: String = (0..24).map(|i| format!("k{i:02} with spaces\n")).collect();
+    keys.push_str(&big);
+    keys.push('\n');
+    t.write("keys.txt", keys);
+    t.plan(&format!(
+        r#"
+[job]
+name = "fifo"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+enqueue = {{ queue = "sqs://{name}", body = "m-{{line}}", dedup_id = "{{line}}", group_id = "g" }}
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    std::fs::remove_file(t.path("state.db")).unwrap();
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let bodies = receive_all(&queue_url);
+    assert_eq!(bodies.len(), 25, "each message once");
+    assert!(bodies.contains(&format!("m-{big}")));
+    assert!(bodies.contains(&"m-k03 with spaces".to_owned()));
+}
+
 #[test]
 fn a_missing_queue_fails_the_item_naming_it() {
     let t = s3_env(TestContext::new());

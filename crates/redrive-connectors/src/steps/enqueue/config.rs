@@ -1,4 +1,4 @@
-//! `enqueue = { queue, body, base64, max_wait }`.
+//! `enqueue = { queue, body, base64, max_wait, dedup_id, group_id }`.
 
 use std::sync::Arc;
 
@@ -23,6 +23,10 @@ pub struct EnqueueSpec {
     pub max_wait: std::time::Duration,
     /// The queue is an SQS queue (its messages are sent in batches).
     pub sqs: bool,
+    /// SQS FIFO: the message's deduplication id (a resend within 5 minutes is dropped).
+    pub dedup_id: Option<Template>,
+    /// SQS FIFO: the message's group (messages of one group are delivered in order).
+    pub group_id: Option<Template>,
 }
 
 /// Default wait for an SQS batch to fill.
@@ -38,6 +42,10 @@ pub(crate) struct RawEnqueue {
     base64: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_wait: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dedup_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<String>,
 }
 
 impl StepKind for EnqueueSpec {
@@ -50,12 +58,30 @@ impl StepKind for EnqueueSpec {
             })?,
             None => DEFAULT_MAX_WAIT,
         };
+        let sqs = crate::sqs::is_sqs(&raw.queue);
+        if !sqs && (raw.dedup_id.is_some() || raw.group_id.is_some()) {
+            return Err(format!(
+                "`enqueue.dedup_id` and `enqueue.group_id` are for SQS FIFO queues (`sqs://NAME.fifo`); `{}` is an Azure queue, which has neither: remove them",
+                raw.queue
+            ));
+        }
+        if raw.queue.ends_with(".fifo") && raw.group_id.is_none() {
+            return Err(format!(
+                "`enqueue.queue` = `{}` is an SQS FIFO queue, whose every message needs a group: add e.g. group_id = \"{{JobId}}\" (and dedup_id = \"{{key}}\" unless the queue deduplicates by content)",
+                raw.queue
+            ));
+        }
+        let optional = |name: &str, text: &Option<String>| {
+            text.as_deref().map(|t| template(name, t)).transpose()
+        };
         Ok(EnqueueSpec {
             queue: template("enqueue.queue", &raw.queue)?,
             body: template("enqueue.body", &raw.body)?,
             base64: raw.base64,
             max_wait,
-            sqs: crate::sqs::is_sqs(&raw.queue),
+            sqs,
+            dedup_id: optional("enqueue.dedup_id", &raw.dedup_id)?,
+            group_id: optional("enqueue.group_id", &raw.group_id)?,
         })
     }
 
@@ -68,7 +94,9 @@ impl StepKind for EnqueueSpec {
 
 impl StepConfig for EnqueueSpec {
     fn templates(&self) -> Vec<&Template> {
-        vec![&self.queue, &self.body]
+        let mut all = vec![&self.queue, &self.body];
+        all.extend(self.dedup_id.iter().chain(&self.group_id));
+        all
     }
 
     /// SQS messages go in batches; the engine still paces the step (one call per item).

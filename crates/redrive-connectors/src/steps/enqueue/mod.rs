@@ -1,9 +1,11 @@
-//! `enqueue = { queue, body, base64, max_wait }`: one message per item to an Azure Storage
-//! Queue or SQS. SQS messages are gathered into `SendMessageBatch` calls of up to 10 (waiting
-//! at most `max_wait` for a batch to fill); each item is done when its own entry was accepted.
+//! `enqueue = { queue, body, base64, max_wait, dedup_id, group_id }`: one message per item to
+//! an Azure Storage Queue or SQS. SQS messages are gathered into `SendMessageBatch` calls of up
+//! to 10 (waiting at most `max_wait` for a batch to fill); each item is done when its own entry
+//! was accepted.
 //!
 //! At-least-once: a message sent just before a crash, whose completion was not yet recorded,
-//! is sent again on resume.
+//! is sent again on resume. To an SQS FIFO queue with `dedup_id`, SQS drops such a resend (within
+//! its 5-minute deduplication window).
 
 pub(crate) mod config;
 
@@ -19,8 +21,8 @@ use redrive_core::step::{Outcome, Step, StepContext};
 use redrive_core::template::TemplateError;
 
 use crate::batch::Batcher;
-use crate::queue::{self, MAX_MESSAGE};
-use crate::sqs::{Sqs, is_sqs};
+use crate::queue;
+use crate::sqs::{Message, Sqs, is_sqs};
 use crate::storage::Stores;
 
 /// Sends a queue message.
@@ -36,7 +38,7 @@ pub struct EnqueueStep {
 }
 
 /// Gathers the messages for one SQS queue into batches.
-type SqsBatcher = Batcher<String, StepError>;
+type SqsBatcher = Batcher<Message, StepError>;
 
 impl EnqueueStep {
     /// A step as the plan describes it.
@@ -61,7 +63,7 @@ impl EnqueueStep {
         }
         let sqs = Arc::new(Sqs::resolve(&self.stores, url)?);
         let (client, queue) = (self.client.clone(), url.to_owned());
-        let send: crate::batch::Send<String, StepError> = Arc::new(move |bodies: Vec<String>| {
+        let send: crate::batch::Send<Message, StepError> = Arc::new(move |bodies: Vec<Message>| {
             let (sqs, client, queue) = (Arc::clone(&sqs), client.clone(), queue.clone());
             Box::pin(async move { sqs.send_batch(&client, &queue, bodies).await })
         });
@@ -91,17 +93,35 @@ impl Step for EnqueueStep {
         let text = self
             .text(fields)
             .map_err(|e| StepError::permanent(e.to_string()))?;
-        if text.len() > MAX_MESSAGE {
+        let sqs = is_sqs(&url);
+        let limit = if sqs {
+            crate::sqs::MAX_MESSAGE
+        } else {
+            queue::MAX_MESSAGE
+        };
+        if text.len() > limit {
             return Err(StepError::permanent(format!(
-                "the message for `{}` is {} bytes; a queue message holds at most 256 KiB on SQS and 64 KiB on Azure",
+                "the message for `{}` is {} bytes; a queue message holds at most 1 MiB on SQS and 64 KiB on Azure",
                 redrive_core::secrets::redact(&url),
                 text.len()
             )));
         }
-        if is_sqs(&url) {
+        if sqs {
+            let render = |template: &Option<redrive_core::Template>| {
+                template
+                    .as_ref()
+                    .map(|t| t.render(fields))
+                    .transpose()
+                    .map_err(|e| StepError::permanent(e.to_string()))
+            };
+            let message = Message::new(
+                text,
+                render(&self.spec.dedup_id)?,
+                render(&self.spec.group_id)?,
+            );
             let batcher = self.sqs_batcher(&url).await?;
             batcher
-                .submit(text, || {
+                .submit(message, || {
                     StepError::permanent("the message's batch was dropped")
                 })
                 .await?;
