@@ -857,3 +857,15 @@ fn fifo_ids_are_for_sqs_and_a_fifo_queue_needs_a_group() {
     };
     assert!(enqueue.dedup_id.is_some() && enqueue.group_id.is_some());
 }
+
+#[test]
+fn an_idempotency_key_is_set_once() {
+    let plan = |headers: &str| {
+        format!(
+            "[job]\nname = \"h\"\n[source]\nlines = \"k.txt\"\n[[step]]\nhttp = {{ url = \"http://api/x\", idempotency_key = \"{{line}}\"{headers} }}\n"
+        )
+    };
+    parse(&plan("")).unwrap_or_else(|e| panic!("{e}"));
+    let e = error(&plan(", headers = { idempotency-key = \"x\" }"));
+    assert!(e.contains("`idempotency-key`") && e.contains("give one"), "{e}");
+}

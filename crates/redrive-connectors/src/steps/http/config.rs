@@ -1,4 +1,5 @@
-//! `http = { url, method, headers, form | json, batch, max_wait, rate, concurrency }`.
+//! `http = { url, method, headers, form | json, batch, max_wait, rate, concurrency,
+//! idempotency_key }`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub struct HttpSpec {
     pub rate: Option<f64>,
     /// Requests in flight at most.
     pub concurrency: Option<usize>,
+    /// Sent as `Idempotency-Key`: the item's rendered value, or for a batch the SHA-256 of its
+    /// items' values, so a request sent again after a crash carries the key it had.
+    pub idempotency_key: Option<Template>,
 }
 
 /// The body of an HTTP step.
@@ -66,6 +70,8 @@ pub(crate) struct RawHttp {
     rate: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
 }
 
 impl StepKind for HttpSpec {
@@ -114,6 +120,16 @@ impl StepKind for HttpSpec {
             })?,
             None => std::time::Duration::from_secs(1),
         };
+        if raw.idempotency_key.is_some()
+            && let Some(name) = raw
+                .headers
+                .keys()
+                .find(|name| name.eq_ignore_ascii_case(super::IDEMPOTENCY_KEY))
+        {
+            return Err(format!(
+                "`http.headers` has `{name}` and `http.idempotency_key` sets it too: give one"
+            ));
+        }
         Ok(HttpSpec {
             url: template("http.url", &raw.url)?,
             method,
@@ -127,6 +143,11 @@ impl StepKind for HttpSpec {
             max_wait,
             rate: raw.rate,
             concurrency: raw.concurrency,
+            idempotency_key: raw
+                .idempotency_key
+                .as_deref()
+                .map(|key| template("http.idempotency_key", key))
+                .transpose()?,
         })
     }
 
@@ -143,6 +164,7 @@ impl StepConfig for HttpSpec {
     fn templates(&self) -> Vec<&Template> {
         let mut all = vec![&self.url];
         all.extend(self.headers.iter().map(|(_, t)| t));
+        all.extend(&self.idempotency_key);
         match &self.body {
             HttpBody::Form(form) => all.extend(form.iter().map(|(_, t)| t)),
             HttpBody::Json(json) => all.push(json),

@@ -1,11 +1,12 @@
-//! `http = { url, method, headers, form | json, batch, max_wait, rate, concurrency }`: an API
-//! call per item, or per batch of items.
+//! `http = { url, method, headers, form | json, batch, max_wait, rate, concurrency,
+//! idempotency_key }`: an API call per item, or per batch of items.
 //!
 //! Batches are gathered by [`crate::batch::Batcher`]: a batch is sent when it holds `batch`
 //! items or its first item has waited `max_wait`. Every item of a batch shares its outcome: 2xx → done; 4xx → failed with an
 //! excerpt of the response; 429, 5xx and timeouts → retried (honouring Retry-After), each item
 //! joining a new batch. Delivery is at least once: a batch the API accepted just before a crash,
-//! not yet recorded, is sent again on resume.
+//! not yet recorded, is sent again on resume; with `idempotency_key` it carries the same
+//! `Idempotency-Key` header, so an API that honours it sees the resend as the same request.
 
 pub(crate) mod config;
 
@@ -31,6 +32,9 @@ const FORM: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'*');
+/// The header `idempotency_key` sets.
+pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
 /// Characters of a response body quoted in an error.
 const EXCERPT: usize = 300;
 
@@ -147,6 +151,10 @@ impl Inner {
                 name,
                 value.render(&first).map_err(|e| permanent(e.to_string()))?,
             );
+        }
+        if let Some(key) = &self.spec.idempotency_key {
+            let key = idempotency_key(key, items).map_err(|e| permanent(e.to_string()))?;
+            request = request.header(IDEMPOTENCY_KEY, key);
         }
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type).body(body);
@@ -265,6 +273,28 @@ impl Step for HttpStep {
     }
 }
 
+/// A request's `Idempotency-Key`: its one item's value, or for a batch the SHA-256 (hex) of
+/// its items' values in order — the same batch sent again has the same key.
+fn idempotency_key(
+    key: &redrive_core::Template,
+    items: &[Fields],
+) -> Result<String, TemplateError> {
+    if let [one] = items {
+        return key.render(one);
+    }
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for fields in items {
+        hasher.update(key.render(fields)?.as_bytes());
+        hasher.update(b"\n");
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +310,7 @@ mod tests {
             max_wait: Duration::from_millis(10),
             rate: None,
             concurrency: None,
+            idempotency_key: None,
         }
     }
 
@@ -411,6 +442,43 @@ mod tests {
             ],
             ..spec(HttpBody::Empty, 1)
         }
+    }
+
+    #[tokio::test]
+    async fn each_request_carries_its_idempotency_key_alone_or_for_its_batch() {
+        let (port, seen) = serve(|_| {
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+        });
+        let keyed = |batch| HttpSpec {
+            url: template(&format!("http://127.0.0.1:{port}/api")),
+            idempotency_key: Some(template("job-{id}")),
+            ..spec(HttpBody::Json(template("\"{id}\"")), batch)
+        };
+        let step = HttpStep::new(keyed(1));
+        run_alone(&step, &item("a"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let step = HttpStep::new(keyed(2));
+        let (b, c) = (item("b"), item("c"));
+        let (x, y) = tokio::join!(run_alone(&step, &b), run_alone(&step, &c));
+        x.and(y).unwrap_or_else(|e| panic!("{e}"));
+        let heads = seen.lock().map(|h| h.clone()).unwrap_or_default();
+        let key_of = |head: &String| {
+            head.lines()
+                .find_map(|l| l.strip_prefix("idempotency-key: "))
+                .map(str::to_owned)
+        };
+        assert_eq!(key_of(&heads[0]).as_deref(), Some("job-a"));
+        let batch = key_of(&heads[1]).unwrap_or_default();
+        assert_eq!(batch.len(), 64, "{heads:?}");
+        let again = idempotency_key(&template("job-{id}"), &[item("b"), item("c")]);
+        let other = idempotency_key(&template("job-{id}"), &[item("c"), item("b")]);
+        assert_eq!(
+            again.ok().as_deref(),
+            Some(batch.as_str()),
+            "the same batch, the same key"
+        );
+        assert_ne!(other.ok().as_deref(), Some(batch.as_str()));
     }
 
     #[tokio::test]
