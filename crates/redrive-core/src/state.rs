@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use crate::item::{Fields, ItemId, NewItem, Status, StoredItem};
 use crate::step::Produced;
 
+pub mod commits;
 pub mod memory;
 
 /// The state store failed; the run stops, since progress can no longer be recorded.

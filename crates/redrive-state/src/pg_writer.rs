@@ -91,6 +91,7 @@ async fn apply_group(
     worker: &Worker,
     group: &[Pending],
 ) -> Result<Vec<bool>, sqlx::Error> {
+    let started = std::time::Instant::now();
     let mut connection = pool.acquire().await?;
     let mut tx = connection.begin().await?;
     let mut landed = Vec::with_capacity(group.len());
@@ -98,6 +99,7 @@ async fn apply_group(
         landed.push(apply(&mut tx, worker, &pending.transition).await?);
     }
     tx.commit().await?;
+    redrive_core::state::commits::committed(started, group.len());
     Ok(landed)
 }
 
@@ -106,10 +108,12 @@ async fn apply_one(
     worker: &Worker,
     transition: &Transition,
 ) -> Result<bool, sqlx::Error> {
+    let started = std::time::Instant::now();
     let mut connection = pool.acquire().await?;
     let mut tx = connection.begin().await?;
     let landed = apply(&mut tx, worker, transition).await?;
     tx.commit().await?;
+    redrive_core::state::commits::committed(started, 1);
     Ok(landed)
 }
 

@@ -399,6 +399,7 @@ fn write_loop(
         }
         let mut answers = Vec::with_capacity(batch.len());
         let checkpoint = batch.iter().any(|command| command.write.is_none());
+        let (started, writes) = (std::time::Instant::now(), batch.len());
         BATCH_NOW.with(|now| *now.borrow_mut() = now_text());
         let committed = connection.transaction().and_then(|tx| {
             let mut commands = batch.into_iter();
@@ -429,6 +430,7 @@ fn write_loop(
         });
         match committed {
             Ok(()) => {
+                redrive_core::state::commits::committed(started, writes);
                 if checkpoint {
                     // Best effort: a checkpoint that cannot finish now (a reader in the
                     // middle of a read) is done by a later one, or by SQLite when it closes.

@@ -243,8 +243,9 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) progress_json: bool,
     /// Serve live metrics for Prometheus at http://HOST:PORT/metrics while the run goes (items
-    /// by status, per-step outcomes, durations and items in flight, bytes, retries, throttling)
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "workers")]
+    /// by status, per-step outcomes, durations, items in flight, retries and adaptive limits,
+    /// bytes, throttling, state commit times); with --workers N, worker i serves on PORT + i
+    #[arg(long, value_name = "HOST:PORT")]
     pub(crate) metrics_addr: Option<String>,
     /// Print the end summary as one JSON object on stdout (the --metrics fields), for scripts
     #[arg(long, conflicts_with_all = ["progress_json", "workers", "dry_run"])]

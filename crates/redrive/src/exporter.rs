@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use redrive_core::engine::{StepEvent, StepStatus};
 use redrive_core::item::Status;
 use redrive_core::state::Summary;
+use redrive_core::throttle::AdaptiveLimit;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::progress::Counters;
@@ -43,6 +44,11 @@ pub(crate) struct Exporter {
     bytes: Counter,
     retries: Counter,
     throttled: Counter,
+    step_retries: Family<Labels, Counter>,
+    step_limit: Family<Labels, Gauge>,
+    step_throttled_responses: Family<Labels, Gauge>,
+    /// The steps' adaptive limits, read at each scrape.
+    limits: std::sync::Mutex<Vec<(String, Arc<AdaptiveLimit>)>>,
     /// One scrape at a time brings the counters up to date (two at once would add twice).
     scrape: std::sync::Mutex<()>,
     /// Items running a step now, over all steps.
@@ -55,6 +61,15 @@ pub(crate) struct Exporter {
 
 fn step_seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 4.0, 10))
+}
+
+/// Commits of the state store, into a histogram (see `redrive_core::state::commits`).
+struct CommitSeconds(Histogram);
+
+impl redrive_core::state::commits::CommitObserver for CommitSeconds {
+    fn committed(&self, seconds: f64, _writes: usize) {
+        self.0.observe(seconds);
+    }
 }
 
 impl Exporter {
@@ -95,6 +110,34 @@ impl Exporter {
             "Retries because a service throttled (429, 503 SlowDown, ServerBusy)",
             throttled.clone(),
         );
+        let step_retries = Family::<Labels, Counter>::default();
+        registry.register(
+            "step_retries",
+            "Attempts of a step retried, by step and why (throttled: the service asked to slow down; error: anything else)",
+            step_retries.clone(),
+        );
+        let step_limit = Family::<Labels, Gauge>::default();
+        registry.register(
+            "step_concurrency_limit",
+            "A step's adaptive limit on calls in flight now (halved when its endpoint throttles, raised again as calls succeed)",
+            step_limit.clone(),
+        );
+        let step_throttled_responses = Family::<Labels, Gauge>::default();
+        registry.register(
+            "step_throttled_responses",
+            "Throttled answers a step's endpoint gave, those its store layer retried on the spot included",
+            step_throttled_responses.clone(),
+        );
+        // Commits take from well under a millisecond (SQLite) to tens of milliseconds (a
+        // remote PostgreSQL): 0.1 ms to ~1.6 s.
+        let commits = Histogram::new(exponential_buckets(0.0001, 4.0, 8));
+        registry.register(
+            "state_commit_seconds",
+            "How long a state store transaction took, from its start to its commit",
+            commits.clone(),
+        );
+        // One process, one run: a second exporter (none is made) would find the first set.
+        redrive_core::state::commits::observe(Box::new(CommitSeconds(commits)));
         Self {
             registry,
             items,
@@ -104,6 +147,10 @@ impl Exporter {
             bytes,
             retries,
             throttled,
+            step_retries,
+            step_limit,
+            step_throttled_responses,
+            limits: std::sync::Mutex::new(Vec::new()),
             scrape: std::sync::Mutex::new(()),
             running: std::sync::atomic::AtomicI64::new(0),
             before: before.by_status.clone(),
@@ -193,6 +240,18 @@ impl Exporter {
         ] {
             counter.inc_by(now.saturating_sub(counter.get()));
         }
+        if let Ok(limits) = self.limits.lock() {
+            for (step, limit) in limits.iter() {
+                let labels = vec![("step".to_owned(), step.clone())];
+                let report = limit.report();
+                self.step_limit
+                    .get_or_create(&labels)
+                    .set(i64::try_from(report.now).unwrap_or(i64::MAX));
+                self.step_throttled_responses
+                    .get_or_create(&labels)
+                    .set(i64::try_from(report.throttled).unwrap_or(i64::MAX));
+            }
+        }
         let pending = total.saturating_sub(done + skipped + failed + running);
         for (status, n) in [
             (Status::Pending, pending),
@@ -210,6 +269,24 @@ impl Exporter {
             text = "# the metrics could not be encoded\n".to_owned();
         }
         text
+    }
+
+    /// A step is retried.
+    pub(crate) fn retried(&self, step: &str, throttled: bool) {
+        let why = if throttled { "throttled" } else { "error" };
+        self.step_retries
+            .get_or_create(&vec![
+                ("step".to_owned(), step.to_owned()),
+                ("why".to_owned(), why.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// The run's adaptive limits, per step.
+    pub(crate) fn limits(&self, limits: &[(String, Arc<AdaptiveLimit>)]) {
+        if let Ok(mut kept) = self.limits.lock() {
+            *kept = limits.to_vec();
+        }
     }
 
     /// A step started or finished for an item.
@@ -233,5 +310,32 @@ impl Exporter {
         self.step_seconds
             .get_or_create(&step)
             .observe(event.seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_limits_and_commits_are_in_the_text() {
+        let exporter = Exporter::new(&Summary::default(), false);
+        let limit = Arc::new(AdaptiveLimit::new(8));
+        exporter.limits(&[("copy".to_owned(), Arc::clone(&limit))]);
+        exporter.retried("copy", true);
+        exporter.retried("copy", false);
+        exporter.retried("copy", false);
+        limit.throttled();
+        redrive_core::state::commits::committed(std::time::Instant::now(), 3);
+        let text = exporter.text(&Counters::default());
+        for line in [
+            "redrive_step_retries_total{step=\"copy\",why=\"throttled\"} 1",
+            "redrive_step_retries_total{step=\"copy\",why=\"error\"} 2",
+            "redrive_step_concurrency_limit{step=\"copy\"} 4",
+            "redrive_step_throttled_responses{step=\"copy\"} 1",
+            "redrive_state_commit_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -436,10 +436,19 @@ impl Reporter for Progress {
         self.refresh();
     }
 
-    fn retried(&self, throttled: bool) {
+    fn retried(&self, step: &str, throttled: bool) {
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
         if throttled {
             self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(exporter) = &self.exporter {
+            exporter.retried(step, throttled);
+        }
+    }
+
+    fn limits(&self, limits: &[(String, Arc<redrive_core::throttle::AdaptiveLimit>)]) {
+        if let Some(exporter) = &self.exporter {
+            exporter.limits(limits);
         }
     }
 }

@@ -867,5 +867,8 @@ fn an_idempotency_key_is_set_once() {
     };
     parse(&plan("")).unwrap_or_else(|e| panic!("{e}"));
     let e = error(&plan(", headers = { idempotency-key = \"x\" }"));
-    assert!(e.contains("`idempotency-key`") && e.contains("give one"), "{e}");
+    assert!(
+        e.contains("`idempotency-key`") && e.contains("give one"),
+        "{e}"
+    );
 }

@@ -47,7 +47,7 @@ pub(super) async fn run_parent(
                     if retryable && retry < shared.options.retries {
                         retry += 1;
                         report.retries += 1;
-                        shared.reporter.retried(false);
+                        shared.reporter.retried("expand", false);
                         let delay = shared.options.backoff.delay(retry, None, &mut rng);
                         tracing::info!(key = %crate::secrets::redact(&parent.key), retry, ?delay, error = %error, "Retrying the expansion.");
                         tokio::time::sleep(delay).await;

@@ -222,7 +222,7 @@ pub(super) async fn run_started(
                     }
                     report.retries += 1;
                     report.throttled += u64::from(throttled);
-                    shared.reporter.retried(throttled);
+                    shared.reporter.retried(name, throttled);
                     let delay = shared
                         .options
                         .backoff

@@ -359,6 +359,14 @@ pub async fn run(
         rate,
         health,
     });
+    let limits: Vec<(String, Arc<AdaptiveLimit>)> = shared
+        .pipeline
+        .steps
+        .iter()
+        .zip(&shared.limits)
+        .filter_map(|(step, limit)| Some((step.name.clone(), Arc::clone(limit.as_ref()?))))
+        .collect();
+    shared.reporter.limits(&limits);
 
     // The loader adds the source's items to the state while the runner works through them.
     // It publishes how it ended only after its last insert is committed, so a runner that

@@ -20,8 +20,12 @@ pub trait Reporter: Send + Sync {
     fn object(&self, _name: &str, _size: Option<u64>) -> Option<Box<dyn ObjectProgress>> {
         None
     }
-    /// A step is retried; `throttled` when the store asked to slow down.
-    fn retried(&self, throttled: bool);
+    /// `step` is retried (`expand` for an expansion); `throttled` when the store asked to slow
+    /// down.
+    fn retried(&self, step: &str, throttled: bool);
+    /// The run starts; these are the steps' adaptive limits on calls in flight (read them at
+    /// any time: they move as endpoints throttle).
+    fn limits(&self, _limits: &[(String, std::sync::Arc<crate::throttle::AdaptiveLimit>)]) {}
     /// A step of an item finished (done, skipped or failed), after it was recorded.
     fn step(&self, _event: &StepEvent<'_>) {}
     /// `n` new children were recorded by an expansion.
@@ -88,7 +92,7 @@ impl Reporter for NoReport {
     fn loaded(&self, _: u64) {}
     fn finished(&self, _: Status) {}
     fn bytes(&self, _: u64) {}
-    fn retried(&self, _: bool) {}
+    fn retried(&self, _: &str, _: bool) {}
 }
 
 /// What one run did.

@@ -65,6 +65,7 @@ pub(crate) async fn run(
         .with_context(|| format!("cannot create `{}`", metrics_dir.display()))?;
     std::fs::create_dir_all(&plan.log_dir)
         .with_context(|| format!("cannot create `{}`", plan.log_dir.display()))?;
+    let metrics_addrs = worker_metrics_addrs(args.metrics_addr.as_deref(), workers)?;
     if args.restart {
         super::state::confirm_restart(&format!("{} shard states", workers), args.yes)?;
     }
@@ -99,6 +100,9 @@ pub(crate) async fn run(
             .arg(&metrics)
             .arg("--progress-json")
             .arg("--no-hooks");
+        if let Some(addr) = metrics_addrs.get(shard.index as usize) {
+            command.arg("--metrics-addr").arg(addr);
+        }
         forward(&mut command, args, global, *shard);
         command
             .stdin(Stdio::null())
@@ -133,6 +137,12 @@ pub(crate) async fn run(
             plan.log_dir.display(),
             metrics_dir.display()
         );
+        if let (Some(first), Some(last)) = (metrics_addrs.first(), metrics_addrs.last()) {
+            eprintln!(
+                "Live metrics at http://{first}/metrics … http://{last}/metrics (worker 0 … {}).",
+                workers - 1
+            );
+        }
     }
 
     let display = Display::start(global, Arc::clone(&reports));
@@ -226,6 +236,41 @@ pub(crate) async fn run(
         return Ok(ExitStatus::Failed);
     }
     Ok(ExitStatus::Success)
+}
+
+/// Where each worker serves its metrics (`--metrics-addr HOST:PORT`): worker i on PORT + i,
+/// each port checked free before any worker starts (a taken one stops the run here, naming
+/// it). Port 0 lets each worker take any free port (its log says which).
+fn worker_metrics_addrs(addr: Option<&str>, workers: u32) -> anyhow::Result<Vec<String>> {
+    let Some(addr) = addr else {
+        return Ok(Vec::new());
+    };
+    let hint = "give HOST:PORT, e.g. `--metrics-addr 127.0.0.1:9187`; with --workers N, worker i serves on PORT + i";
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+        .ok_or_else(|| anyhow::anyhow!("`--metrics-addr {addr}` is not HOST:PORT: {hint}"))?;
+    let mut addrs = Vec::with_capacity(workers as usize);
+    for index in 0..workers {
+        let port = if port == 0 {
+            0
+        } else {
+            u16::try_from(u32::from(port) + index).map_err(|_| {
+                anyhow::anyhow!(
+                    "`--metrics-addr {addr}` with {workers} workers needs ports up to {}: {hint}",
+                    u32::from(port) + workers - 1
+                )
+            })?
+        };
+        let worker = format!("{host}:{port}");
+        if port != 0 {
+            std::net::TcpListener::bind(&worker).with_context(|| {
+                format!("cannot serve worker {index}'s metrics on `{worker}`: {hint}")
+            })?;
+        }
+        addrs.push(worker);
+    }
+    Ok(addrs)
 }
 
 /// The options a worker inherits.

@@ -1878,6 +1878,12 @@ items = 2
         "{body}"
     );
     assert!(body.contains("redrive_step_seconds_bucket{"), "{body}");
+    assert_eq!(
+        value("redrive_step_concurrency_limit{step=\"slow\"}"),
+        2,
+        "the adaptive limit, at its ceiling: {body}"
+    );
+    assert!(value("redrive_state_commit_seconds_count") >= 1, "{body}");
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
     // A second run (of its own state) meanwhile cannot have the port, and starts nothing.
     let taken = t.redrive(&[
@@ -1902,6 +1908,98 @@ items = 2
         "the port is taken before the state is opened"
     );
     assert!(child.wait().expect("wait").success());
+}
+
+/// `run --workers 2 --metrics-addr HOST:PORT`: worker i serves its own metrics on PORT + i
+/// while the run goes, each counting its shard; a port taken stops the run before any worker
+/// starts, naming the port.
+#[test]
+fn each_worker_serves_its_metrics_on_its_own_port() {
+    let t = TestContext::new();
+    t.write(
+        "keys.txt",
+        (1..=16).map(|i| format!("k{i}\n")).collect::<String>(),
+    );
+    t.plan(
+        r#"
+[job]
+name = "metered-workers"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+name = "slow"
+run = { shell = "sleep 0.3" }
+[limits]
+items = 2
+"#,
+    );
+    // Two free ports in a row.
+    let port = (0..50)
+        .find_map(|_| {
+            let first = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            let port = first.local_addr().ok()?.port();
+            std::net::TcpListener::bind(("127.0.0.1", port.checked_add(1)?)).ok()?;
+            Some(port)
+        })
+        .expect("two free ports in a row");
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = t
+        .command(&[
+            "run",
+            "plan.toml",
+            "-q",
+            "--workers",
+            "2",
+            "--metrics-addr",
+            &addr,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let started = std::time::Instant::now();
+    let mut totals = [None, None];
+    while started.elapsed() < std::time::Duration::from_secs(30) && totals.contains(&None) {
+        for (i, total) in totals.iter_mut().enumerate() {
+            let worker = format!("127.0.0.1:{}", port + i as u16);
+            if let Some((_, body)) = scrape(&worker)
+                && body.contains("redrive_step_items_total{step=\"slow\",outcome=\"done\"}")
+            {
+                let sum: i64 = body
+                    .lines()
+                    .filter(|l| l.starts_with("redrive_items{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+                    .sum();
+                *total = Some(sum);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let [Some(a), Some(b)] = totals else {
+        panic!("both workers scraped while they ran: {totals:?}");
+    };
+    assert_eq!(a + b, 16, "each worker counts its shard: {a} + {b}");
+    assert!(child.wait().expect("wait").success());
+
+    // A port taken: nothing starts.
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port + 1)).expect("bind");
+    let out = t.redrive(&[
+        "run",
+        "plan.toml",
+        "--workers",
+        "2",
+        "--restart",
+        "--yes",
+        "--metrics-addr",
+        &addr,
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("worker 1's metrics on `127.0.0.1:{}`", port + 1)),
+        "{}",
+        out.stderr
+    );
 }
 
 /// `--log-file FILE --log-format json`: the log lines go to FILE as JSON objects (time, level,
