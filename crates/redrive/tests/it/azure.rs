@@ -252,6 +252,132 @@ copy = {{ from = "{{url}}", to = "az://{dst}/typed/{{name}}", content_type = "ap
     assert_eq!(reads, 5, "streamed: each source read once");
 }
 
+fn blocks_plan(src: &str, dst: &str, mode: &str, state: &str) -> String {
+    format!(
+        r#"
+[job]
+name = "blocks"
+state = "{state}"
+[source]
+list = "az://{src}/in/"
+[[step]]
+copy = {{ from = "{{url}}", to = "az://{dst}/{mode}/{{name}}", mode = "{mode}", copy_cutoff = "5MiB", part_size = "5MiB", parts = 2, manifest = "{state}.jsonl" }}
+[limits]
+items = 1
+"#
+    )
+}
+
+/// Above `copy_cutoff` a blob is copied by the service block by block (Put Block From URL,
+/// which Azurite 3.37 does) and committed with `If-None-Match: *`: the bytes are the
+/// source's, an existing target is kept, the manifest says `server_side`.
+#[test]
+fn a_blob_above_the_cutoff_is_copied_by_the_service_in_blocks() {
+    let (src, dst) = (unique("rd-sbs"), unique("rd-sbd"));
+    create_container(&src);
+    create_container(&dst);
+    let (source, target) = (azure_operator(&src), azure_operator(&dst));
+    let body: Vec<u8> = (0..11 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    put(&source, "in/a.bin", &body);
+    put(&source, "in/b.bin", &body);
+    put(&target, "server/b.bin", b"ORIGINAL");
+    let t = azure_env(TestContext::new());
+    t.plan(&blocks_plan(&src, &dst, "server", "state.db"));
+    let dry = t.redrive(&["run", "--dry-run", "plan.toml"]).expect_code(0);
+    assert!(dry.stderr.contains("6 COPY part"), "{}", dry.stderr);
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(
+        get(&target, "server/a.bin").unwrap() == body,
+        "the same bytes"
+    );
+    assert_eq!(
+        get(&target, "server/b.bin").as_deref(),
+        Some(&b"ORIGINAL"[..])
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        2
+    );
+    let manifest = t.read("state.db.jsonl");
+    assert_eq!(manifest.lines().count(), 1, "{manifest}");
+    assert!(manifest.contains("\"server_side\":true"), "{manifest}");
+}
+
+/// A service that does not implement Put Block From URL (a proxy answers it `501`, as older
+/// Azurite versions did): `mode = "auto"` streams those objects instead, saying so once for
+/// the store pair at `-v`, and the bytes arrive whole; `mode = "server"` fails them, saying
+/// how to stream them.
+#[test]
+fn blocks_the_service_refuses_to_copy_are_streamed_instead() {
+    use crate::common::AZURITE_ACCOUNT;
+    let (src, dst) = (unique("rd-sbs"), unique("rd-sbd"));
+    create_container(&src);
+    create_container(&dst);
+    let (source, target) = (azure_operator(&src), azure_operator(&dst));
+    let body: Vec<u8> = (0..11 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    put(&source, "in/a.bin", &body);
+    put(&source, "in/b.bin", &body);
+    let origin = crate::common::azure_endpoint()
+        .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
+        .to_owned();
+    let proxy = crate::proxy::Proxy::start(origin, |request| {
+        if request.path.contains("comp=block&") && request.headers.contains_key("x-ms-copy-source")
+        {
+            crate::proxy::Action::Answer(
+                501,
+                "<Error><Code>NotImplemented</Code></Error>".to_owned(),
+            )
+        } else {
+            crate::proxy::Action::Forward
+        }
+    });
+    let t = TestContext::new().env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        &crate::common::azure_connection_string_at(&format!("{}/{AZURITE_ACCOUNT}", proxy.address)),
+    );
+    t.plan(&blocks_plan(&src, &dst, "auto", "state.db"));
+    let out = t.redrive(&["run", "plan.toml", "-v"]).expect_code(0);
+    for name in ["a.bin", "b.bin"] {
+        assert!(
+            get(&target, &format!("auto/{name}")).unwrap() == body,
+            "{name} whole"
+        );
+    }
+    assert_eq!(
+        out.stderr
+            .matches("are refused: streaming them instead")
+            .count(),
+        1,
+        "said once: {}",
+        out.stderr
+    );
+    let requests = proxy.requests();
+    let blocks = requests
+        .iter()
+        .filter(|r| r.contains("comp=block&blockid=cmVkcml2ZS"))
+        .count();
+    let streamed = requests
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/in/"))
+        .count();
+    assert!(
+        (1..=2).contains(&blocks),
+        "tried for the first object only: {requests:?}"
+    );
+    assert!(streamed >= 2, "both streamed: {requests:?}");
+
+    t.plan(&blocks_plan(&src, &dst, "server", "state2.db"));
+    t.redrive(&["run", "plan.toml"]).expect_code(1);
+    let error: String = t
+        .state_at("state2.db")
+        .query_row("SELECT error FROM items LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        error.contains("mode = \"server\"") && error.contains("mode = \"auto\""),
+        "{error}"
+    );
+}
+
 /// `mode = "server"` fails an object that cannot be copied by the service (a local source)
 /// with a message that says how to stream it; `mode = "stream"` streams Azure → Azure.
 #[test]

@@ -100,7 +100,12 @@ impl TestContext {
 
     /// The SQLite state the test plans write (`[job] state = "state.db"`).
     pub fn state(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.path("state.db")).expect("open state")
+        self.state_at("state.db")
+    }
+
+    /// Another SQLite state in the test's folder.
+    pub fn state_at(&self, relative: &str) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.path(relative)).expect("open state")
     }
 
     /// `count`, or `None` while the state is not there yet (or not yet created).

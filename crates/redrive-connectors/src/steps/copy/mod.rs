@@ -86,7 +86,21 @@ impl CopyStep {
         let mut copied_in_parts = None;
         let answer = match &route {
             Route::Stream(why) => return not_here(why.clone()),
-            Route::Azure(from, to) => self.azure.copy(from, to, how.create_only).await,
+            Route::Azure {
+                source: from,
+                target: to,
+                parts: None,
+            } => self.azure.copy(from, to, how.create_only).await,
+            Route::Azure {
+                source: from,
+                target: to,
+                parts: Some(plan),
+            } => {
+                copied_in_parts = Some(*plan);
+                self.azure
+                    .copy_in_blocks(from, to, *plan, self.spec.parts, how.create_only)
+                    .await
+            }
             Route::S3 {
                 source: from,
                 target: to,
@@ -746,7 +760,14 @@ impl Step for CopyStep {
         };
         let size = fields.get("size").and_then(|s| s.parse::<u64>().ok());
         match server_side::route(&self.spec, &self.stores, &self.refusals, &from, &to, size) {
-            Route::Azure(..) | Route::S3 { parts: None, .. } => return vec![("COPY", 1)],
+            Route::Azure { parts: None, .. } | Route::S3 { parts: None, .. } => {
+                return vec![("COPY", 1)];
+            }
+            Route::Azure {
+                parts: Some(plan), ..
+            } => {
+                return vec![("COPY part", plan.count), ("multipart commit", 1)];
+            }
             Route::S3 {
                 parts: Some(plan), ..
             } => {

@@ -9,10 +9,12 @@
 //! expires (so a 16M-object job makes a few dozen, not one per object); the target request is
 //! signed with its account's key (Shared Key) or carries its SAS.
 //!
-//! Azure copies up to 256 MiB this way. A larger object, a copy that sets `content_type` or
-//! asks for a `checksum`, or a store pair the service refuses to copy between (another
-//! account without access, an emulator that does not implement it) is streamed instead
-//! (`mode = "auto"`, said once per store pair), or fails (`mode = "server"`).
+//! Azure copies up to 256 MiB this way; a larger blob (above `copy_cutoff`, at most 256 MiB)
+//! is copied block by block (Put Block From URL, `parts` at once) and committed by Put Block
+//! List with `If-None-Match: *`. A copy that sets `content_type` or asks for a `checksum`, or
+//! a store pair the service refuses to copy between (another account without access, an
+//! emulator that does not implement it: Azurite has no Put Block From URL) is streamed
+//! instead (`mode = "auto"`, said once per store pair), or fails (`mode = "server"`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::secrets;
 
-use super::Server;
+use super::{Halt, Server};
 use crate::azure_account::AzureBlob;
 
 /// The largest object Copy Blob From URL copies.
@@ -46,6 +48,15 @@ const SAS_LIFE: Duration = Duration::from_secs(3600);
 /// A SAS older than this is made again (a copy may take minutes after it is sent).
 const SAS_RENEW: Duration = Duration::from_secs(40 * 60);
 
+/// What the service answered a request.
+struct Reply {
+    status: u16,
+    code: String,
+    copy_status: String,
+    retry_after: Option<Duration>,
+    message: String,
+}
+
 impl AzureCopier {
     /// One Copy Blob From URL.
     pub(crate) async fn copy(
@@ -55,20 +66,120 @@ impl AzureCopier {
         create_only: bool,
     ) -> Result<Server, StepError> {
         let Some(source_url) = self.source_url(source)? else {
-            return Ok(Server::Unsupported(format!(
-                "no key or SAS for account `{}` to let the service read the source",
-                source.account
-            )));
+            return Ok(Server::Unsupported(no_key(&source.account, true)));
         };
-        let target_url = match (&target.key, &target.sas) {
-            (None, Some(sas)) => format!("{}?{sas}", target.url()),
-            (None, None) => {
-                return Ok(Server::Unsupported(format!(
-                    "no key or SAS for account `{}`",
-                    target.account
-                )));
-            }
-            _ => target.url(),
+        let mut headers = vec![
+            ("x-ms-copy-source", source_url.as_str()),
+            ("x-ms-requires-sync", "true"),
+        ];
+        if create_only {
+            headers.push(("if-none-match", "*"));
+        }
+        let Some(reply) = self
+            .send(source, target, "", &headers, String::new())
+            .await?
+        else {
+            return Ok(Server::Unsupported(no_key(&target.account, false)));
+        };
+        judge(&reply, create_only, source, target)
+    }
+
+    /// A blob larger than one Copy Blob From URL takes: its blocks copied by the service from
+    /// the source (Put Block From URL, `in_flight` at once), then committed by Put Block List
+    /// with `If-None-Match: *`. Blocks never committed (a failed or killed attempt) stay
+    /// invisible and the service drops them within a week.
+    pub(crate) async fn copy_in_blocks(
+        &self,
+        source: &AzureBlob,
+        target: &AzureBlob,
+        plan: super::PartPlan,
+        in_flight: usize,
+        create_only: bool,
+    ) -> Result<Server, StepError> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let Some(source_url) = self.source_url(source)? else {
+            return Ok(Server::Unsupported(no_key(&source.account, true)));
+        };
+        // Block ids: the same length for every block of a blob, as the service requires.
+        let ids: Vec<String> = (1..=plan.count)
+            .map(|n| {
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("redrive-{n:06}"),
+                )
+            })
+            .collect();
+        let placed = futures::stream::iter(0..ids.len())
+            .map(|i| {
+                let (source_url, id) = (&source_url, &ids[i]);
+                async move {
+                    let (start, end) = plan.range(i as u64 + 1);
+                    let range = format!("bytes={start}-{end}");
+                    let headers = [
+                        ("x-ms-copy-source", source_url.as_str()),
+                        ("x-ms-source-range", range.as_str()),
+                    ];
+                    let query = format!("comp=block&blockid={}", encode_query(id));
+                    let reply = self
+                        .send(source, target, &query, &headers, String::new())
+                        .await
+                        .map_err(Halt::Failed)?;
+                    let Some(reply) = reply else {
+                        return Err(Halt::Answer(Server::Unsupported(no_key(
+                            &target.account,
+                            false,
+                        ))));
+                    };
+                    Halt::of(judge(&reply, false, source, target))
+                }
+            })
+            .buffer_unordered(in_flight.max(1))
+            .try_collect::<Vec<()>>()
+            .await;
+        if let Err(halt) = placed {
+            return halt.into_result();
+        }
+        let mut list = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+        for id in &ids {
+            list.push_str(&format!("<Latest>{id}</Latest>"));
+        }
+        list.push_str("</BlockList>");
+        let mut headers = vec![("content-type", "application/xml")];
+        if create_only {
+            headers.push(("if-none-match", "*"));
+        }
+        match self
+            .send(source, target, "comp=blocklist", &headers, list)
+            .await?
+        {
+            Some(reply) => judge(&reply, create_only, source, target),
+            None => Ok(Server::Unsupported(no_key(&target.account, false))),
+        }
+    }
+
+    /// One signed `PUT` on the target blob (with `query`, e.g. `comp=block&blockid=…`);
+    /// `None` when there is no key or SAS to sign it with.
+    async fn send(
+        &self,
+        source: &AzureBlob,
+        target: &AzureBlob,
+        query: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<Option<Reply>, StepError> {
+        let mut params: Vec<&str> = Vec::new();
+        if !query.is_empty() {
+            params.push(query);
+        }
+        match (&target.key, &target.sas) {
+            (None, Some(sas)) => params.push(sas),
+            (None, None) => return Ok(None),
+            _ => {}
+        }
+        let target_url = if params.is_empty() {
+            target.url()
+        } else {
+            format!("{}?{}", target.url(), params.join("&"))
         };
         let cannot = |e: String| {
             StepError::new(
@@ -76,13 +187,12 @@ impl AzureCopier {
                 format!("cannot sign a copy to `{}`: {e}", target.display),
             )
         };
+        let length = body.len().to_string();
         let mut request = http::Request::put(target_url.as_str())
             .header("x-ms-version", VERSION)
-            .header("x-ms-copy-source", source_url.as_str())
-            .header("x-ms-requires-sync", "true")
-            .header("content-length", "0");
-        if create_only {
-            request = request.header("if-none-match", "*");
+            .header("content-length", length.as_str());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let (mut parts, ()) = request
             .body(())
@@ -97,6 +207,7 @@ impl AzureCopier {
         let response = client
             .put(&target_url)
             .headers(parts.headers)
+            .body(body)
             .send()
             .await
             .map_err(|e| {
@@ -126,36 +237,64 @@ impl AzureCopier {
             .and_then(|m| m.lines().next())
             .unwrap_or_default()
             .to_owned();
-        let said = || {
-            secrets::redact(&format!(
-                "copying `{}` to `{}`: the service answered {status} {code} {message}",
-                source.display, target.display
-            ))
-            .into_owned()
-        };
-        match status {
-            200..=299 if copy_status.is_empty() || copy_status == "success" => Ok(Server::Copied),
-            200..=299 => Ok(Server::Unsupported(format!(
-                "the copy did not finish at once (x-ms-copy-status: {copy_status})"
-            ))),
-            409 if code == "BlobAlreadyExists" => Ok(Server::Exists),
-            412 if create_only => Ok(Server::Exists),
-            404 if code == "BlobNotFound" || code == "CannotVerifyCopySource" => Err(
-                StepError::permanent(format!("{}: the source is missing", said())),
-            ),
-            429 | 503 => {
-                let mut error = StepError::new(ErrorClass::Throttled, said());
-                if let Some(delay) = retry_after {
-                    error = error.with_retry_after(delay);
-                }
-                Err(error)
-            }
-            408 | 500..=599 => Err(StepError::new(ErrorClass::Transient, said())),
-            // Anything else says this way is not open between these stores (not implemented,
-            // the source unreadable by the service, a version it does not know): streaming
-            // is, and reports the item's own error if there is one.
-            _ => Ok(Server::Unsupported(said())),
+        Ok(Some(Reply {
+            status,
+            code,
+            copy_status,
+            retry_after,
+            message,
+        }))
+    }
+}
+
+fn no_key(account: &str, source: bool) -> String {
+    if source {
+        format!("no key or SAS for account `{account}` to let the service read the source")
+    } else {
+        format!("no key or SAS for account `{account}`")
+    }
+}
+
+/// What a reply means.
+fn judge(
+    reply: &Reply,
+    create_only: bool,
+    source: &AzureBlob,
+    target: &AzureBlob,
+) -> Result<Server, StepError> {
+    let (status, code) = (reply.status, reply.code.as_str());
+    let said = || {
+        secrets::redact(&format!(
+            "copying `{}` to `{}`: the service answered {status} {code} {}",
+            source.display, target.display, reply.message
+        ))
+        .into_owned()
+    };
+    match status {
+        200..=299 if reply.copy_status.is_empty() || reply.copy_status == "success" => {
+            Ok(Server::Copied)
         }
+        200..=299 => Ok(Server::Unsupported(format!(
+            "the copy did not finish at once (x-ms-copy-status: {})",
+            reply.copy_status
+        ))),
+        409 if code == "BlobAlreadyExists" => Ok(Server::Exists),
+        412 if create_only => Ok(Server::Exists),
+        404 if code == "BlobNotFound" || code == "CannotVerifyCopySource" => Err(
+            StepError::permanent(format!("{}: the source is missing", said())),
+        ),
+        429 | 503 => {
+            let mut error = StepError::new(ErrorClass::Throttled, said());
+            if let Some(delay) = reply.retry_after {
+                error = error.with_retry_after(delay);
+            }
+            Err(error)
+        }
+        408 | 500..=599 if status != 501 => Err(StepError::new(ErrorClass::Transient, said())),
+        // Anything else says this way is not open between these stores (not implemented,
+        // the source unreadable by the service, a version it does not know): streaming
+        // is, and reports the item's own error if there is one.
+        _ => Ok(Server::Unsupported(said())),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Server-side copies: the service copies the object itself, so its bytes never pass through
-//! redrive. Azure Blob → Azure Blob by Copy Blob From URL (`azure`), S3 → S3 by CopyObject and,
-//! above `copy_cutoff`, UploadPartCopy (`s3`).
+//! redrive. Azure Blob → Azure Blob by Copy Blob From URL and, above `copy_cutoff` (at most
+//! 256 MiB), Put Block From URL (`azure`); S3 → S3 by CopyObject and, above `copy_cutoff`,
+//! UploadPartCopy (`s3`).
 //!
 //! [`route`] decides, for one object, whether the service copies it or redrive streams it,
 //! and says why not; the run and the dry run's request counts ask it the same question. A
@@ -16,6 +17,8 @@ use std::sync::Mutex;
 
 pub(crate) use self::azure::{AzureCopier, MAX_SYNC_COPY};
 pub(crate) use self::s3::{MAX_COPY_OBJECT, S3Copier};
+
+use redrive_core::error::StepError;
 
 use super::config::{CopyMode, CopySpec, IfExists};
 use crate::azure_account::AzureBlob;
@@ -33,12 +36,44 @@ pub(crate) enum Server {
     TooLarge,
 }
 
+/// Why the parts of a server-side copy stopped: the first part the service does not copy
+/// stops the rest (a refusal is met once per object, not once per part).
+pub(crate) enum Halt {
+    /// The service answered, but did not copy the part (exists, unsupported).
+    Answer(Server),
+    /// The part failed.
+    Failed(StepError),
+}
+
+impl Halt {
+    /// A part's outcome: `Ok` when it was copied.
+    pub(crate) fn of(judged: Result<Server, StepError>) -> Result<(), Self> {
+        match judged {
+            Ok(Server::Copied) => Ok(()),
+            Ok(other) => Err(Self::Answer(other)),
+            Err(error) => Err(Self::Failed(error)),
+        }
+    }
+
+    /// What the whole copy comes to.
+    pub(crate) fn into_result(self) -> Result<Server, StepError> {
+        match self {
+            Self::Answer(answer) => Ok(answer),
+            Self::Failed(error) => Err(error),
+        }
+    }
+}
+
 /// How one object is copied (made once per object and dropped with its copy, so its size
 /// does not matter).
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Route {
-    /// By Copy Blob From URL.
-    Azure(AzureBlob, AzureBlob),
+    /// By Copy Blob From URL, or (`Some(parts)`) by that many Put Block From URL requests.
+    Azure {
+        source: AzureBlob,
+        target: AzureBlob,
+        parts: Option<PartPlan>,
+    },
     /// By CopyObject, or (`Some(parts)`) by that many UploadPartCopy requests.
     S3 {
         source: S3Object,
@@ -105,7 +140,9 @@ impl Refusals {
 /// The name of a store pair in [`Refusals`] and in what redrive says.
 pub(crate) fn pair_of(route: &Route) -> Option<(String, String)> {
     match route {
-        Route::Azure(source, target) => Some((source.endpoint.clone(), target.endpoint.clone())),
+        Route::Azure { source, target, .. } => {
+            Some((source.endpoint.clone(), target.endpoint.clone()))
+        }
         Route::S3 { source, target, .. } => Some((
             format!("{}/{}", source.access.endpoint(), source.access.bucket),
             format!("{}/{}", target.access.endpoint(), target.access.bucket),
@@ -136,10 +173,14 @@ pub(crate) fn route(
     let route = if let (Some(source), Some(target)) =
         (stores.azure_blob(from), stores.azure_blob(to))
     {
-        if size.is_some_and(|size| size > MAX_SYNC_COPY) {
-            return stream("the object is larger than 256 MiB");
+        let parts = size
+            .filter(|size| *size > spec.copy_cutoff.min(MAX_SYNC_COPY))
+            .map(|size| PartPlan::new(size, spec.part_size as u64));
+        Route::Azure {
+            source,
+            target,
+            parts,
         }
-        Route::Azure(source, target)
     } else if let (Some(source), Some(target)) = (stores.s3_object(from), stores.s3_object(to)) {
         if let Some(why) = s3_refusal(spec, &source, &target) {
             return Route::Stream(why);

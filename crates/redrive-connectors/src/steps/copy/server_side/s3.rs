@@ -17,7 +17,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use redrive_core::error::{ErrorClass, StepError};
 use redrive_core::secrets;
 
-use super::{PartPlan, Server};
+use super::{Halt, PartPlan, Server};
 use crate::s3_bucket::{Answer, S3Bucket};
 use crate::storage::S3Object;
 
@@ -137,7 +137,7 @@ impl S3Copier {
     ) -> Result<Server, StepError> {
         let copy_source = crate::s3_bucket::copy_source(&source.access.bucket, &source.key);
         let upload = crate::s3_bucket::encode(upload_id);
-        let mut etags: Vec<(u64, String)> = futures::stream::iter(1..=plan.count)
+        let parts: Result<Vec<(u64, String)>, Halt> = futures::stream::iter(1..=plan.count)
             .map(|n| {
                 let (copy_source, upload) = (&copy_source, &upload);
                 async move {
@@ -158,23 +158,19 @@ impl S3Copier {
                         source,
                         target,
                     )
-                    .await?;
-                    match judge(&answer, false, source, target, "CopyPartResult")? {
-                        Server::Copied => Ok(Some((n, answer.field("ETag").unwrap_or_default()))),
-                        _ => Ok(None),
-                    }
+                    .await
+                    .map_err(Halt::Failed)?;
+                    Halt::of(judge(&answer, false, source, target, "CopyPartResult"))?;
+                    Ok((n, answer.field("ETag").unwrap_or_default()))
                 }
             })
             .buffer_unordered(in_flight.max(1))
-            .try_filter_map(|part| async move { Ok::<_, StepError>(part) })
-            .try_collect()
-            .await?;
-        if etags.len() as u64 != plan.count {
-            return Ok(Server::Unsupported(format!(
-                "the service did not copy every part of `{}`",
-                source.display
-            )));
-        }
+            .try_collect::<Vec<(u64, String)>>()
+            .await;
+        let mut etags = match parts {
+            Ok(etags) => etags,
+            Err(halt) => return halt.into_result(),
+        };
         etags.sort_unstable();
         let mut body = String::from("<CompleteMultipartUpload>");
         for (n, etag) in &etags {
