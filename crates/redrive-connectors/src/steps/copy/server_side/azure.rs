@@ -210,17 +210,7 @@ impl AzureCopier {
             .body(body)
             .send()
             .await
-            .map_err(|e| {
-                StepError::new(
-                    ErrorClass::Transient,
-                    format!(
-                        "cannot copy `{}` to `{}`: {}",
-                        source.display,
-                        target.display,
-                        secrets::redact(&e.to_string())
-                    ),
-                )
-            })?;
+            .map_err(|e| super::unanswered(&source.display, &target.display, &e.to_string()))?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response

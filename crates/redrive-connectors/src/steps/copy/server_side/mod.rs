@@ -36,6 +36,17 @@ pub(crate) enum Server {
     TooLarge,
 }
 
+/// A copy request that got no answer (the connection failed, timed out): worth another try.
+pub(crate) fn unanswered(source: &str, target: &str, error: &str) -> StepError {
+    StepError::new(
+        redrive_core::error::ErrorClass::Transient,
+        format!(
+            "cannot copy `{source}` to `{target}`: {}",
+            redrive_core::secrets::redact(error)
+        ),
+    )
+}
+
 /// Why the parts of a server-side copy stopped: the first part the service does not copy
 /// stops the rest (a refusal is met once per object, not once per part).
 pub(crate) enum Halt {

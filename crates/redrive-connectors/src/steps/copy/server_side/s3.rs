@@ -218,17 +218,7 @@ async fn send(
     bucket
         .request(method, url, headers, body)
         .await
-        .map_err(|e| {
-            StepError::new(
-                ErrorClass::Transient,
-                format!(
-                    "cannot copy `{}` to `{}`: {}",
-                    source.display,
-                    target.display,
-                    secrets::redact(&e)
-                ),
-            )
-        })
+        .map_err(|e| super::unanswered(&source.display, &target.display, &e))
 }
 
 /// What an answer means: `Copied` when its body holds `<success>`.
