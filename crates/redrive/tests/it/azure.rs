@@ -268,18 +268,25 @@ items = 1
     )
 }
 
+/// Two containers, the source holding `in/a.bin` and `in/b.bin` of 11 MiB each: (source
+/// container, target container, the target's operator, the bytes).
+fn two_big_blobs() -> (String, String, opendal::Operator, Vec<u8>) {
+    let (src, dst) = (unique("rd-sbs"), unique("rd-sbd"));
+    create_container(&src);
+    create_container(&dst);
+    let source = azure_operator(&src);
+    let body: Vec<u8> = (0..11 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    put(&source, "in/a.bin", &body);
+    put(&source, "in/b.bin", &body);
+    (src, dst.clone(), azure_operator(&dst), body)
+}
+
 /// Above `copy_cutoff` a blob is copied by the service block by block (Put Block From URL,
 /// which Azurite 3.37 does) and committed with `If-None-Match: *`: the bytes are the
 /// source's, an existing target is kept, the manifest says `server_side`.
 #[test]
 fn a_blob_above_the_cutoff_is_copied_by_the_service_in_blocks() {
-    let (src, dst) = (unique("rd-sbs"), unique("rd-sbd"));
-    create_container(&src);
-    create_container(&dst);
-    let (source, target) = (azure_operator(&src), azure_operator(&dst));
-    let body: Vec<u8> = (0..11 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
-    put(&source, "in/a.bin", &body);
-    put(&source, "in/b.bin", &body);
+    let (src, dst, target, body) = two_big_blobs();
     put(&target, "server/b.bin", b"ORIGINAL");
     let t = azure_env(TestContext::new());
     t.plan(&blocks_plan(&src, &dst, "server", "state.db"));
@@ -310,13 +317,7 @@ fn a_blob_above_the_cutoff_is_copied_by_the_service_in_blocks() {
 #[test]
 fn blocks_the_service_refuses_to_copy_are_streamed_instead() {
     use crate::common::AZURITE_ACCOUNT;
-    let (src, dst) = (unique("rd-sbs"), unique("rd-sbd"));
-    create_container(&src);
-    create_container(&dst);
-    let (source, target) = (azure_operator(&src), azure_operator(&dst));
-    let body: Vec<u8> = (0..11 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
-    put(&source, "in/a.bin", &body);
-    put(&source, "in/b.bin", &body);
+    let (src, dst, target, body) = two_big_blobs();
     let origin = crate::common::azure_endpoint()
         .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
         .to_owned();

@@ -82,7 +82,6 @@ impl CopyStep {
         };
         let route =
             server_side::route(&self.spec, &self.stores, &self.refusals, from, to, how.size);
-        let in_parts = |size: u64| PartPlan::new(size, self.spec.part_size as u64);
         let mut copied_in_parts = None;
         let answer = match &route {
             Route::Stream(why) => return not_here(why.clone()),
@@ -119,9 +118,10 @@ impl CopyStep {
                             ))
                         })?
                         .content_length();
-                    copied_in_parts = Some(in_parts(size));
+                    let plan = PartPlan::new(size, self.spec.part_size as u64);
+                    copied_in_parts = Some(plan);
                     self.s3
-                        .copy_in_parts(from, to, in_parts(size), self.spec.parts, how.create_only)
+                        .copy_in_parts(from, to, plan, self.spec.parts, how.create_only)
                         .await
                 }
                 other => other,
