@@ -157,6 +157,44 @@ CREATE OR REPLACE VIEW files AS
     )
 }
 
+/// Creates or migrates `schema`, unless it is already this version's: its DDL's MD5 is the
+/// schema's comment. Run against a live job, the DDL is not free: its `ALTER TABLE` and
+/// `CREATE INDEX` lock `items` against every worker's writes until it commits, and every
+/// `status`, `report` and joining worker connects; so only a schema that needs it is migrated.
+async fn migrate(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
+    let ddl = ddl(schema) + lease::DDL;
+    let current =
+        "SELECT coalesce(obj_description(n.oid, 'pg_namespace') = 'redrive ' || md5($1), false)
+         FROM pg_namespace n WHERE n.nspname = $2";
+    let up_to_date: Option<bool> = sqlx::query_scalar(current)
+        .bind(&ddl)
+        .bind(schema)
+        .fetch_optional(pool)
+        .await?;
+    if up_to_date == Some(true) {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('redrive-migrate:' || $1))")
+        .bind(schema)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl.clone()))
+        .execute(&mut *tx)
+        .await?;
+    let digest: String = sqlx::query_scalar("SELECT md5($1)")
+        .bind(&ddl)
+        .fetch_one(&mut *tx)
+        .await?;
+    // The digest is hex and the schema's name is quoted as in the DDL itself.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "COMMENT ON SCHEMA \"{schema}\" IS 'redrive {digest}'"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
 const ITEM_COLUMNS: &str = "i.id, i.parent, (SELECT p.key FROM items p WHERE p.id = i.parent) AS parent_key, \
      i.expanded, i.key, i.fields::text AS fields, i.step_index, i.status, i.attempts, i.error, i.bytes";
 
@@ -186,17 +224,7 @@ impl PostgresStateStore {
             .connect_with(options)
             .await
             .map_err(err)?;
-        let mut tx = pool.begin().await.map_err(err)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('redrive-migrate:' || $1))")
-            .bind(schema)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl(schema) + lease::DDL))
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-        tx.commit().await.map_err(err)?;
+        migrate(&pool, schema).await.map_err(err)?;
         Ok(Self {
             pool,
             location,

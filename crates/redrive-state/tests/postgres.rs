@@ -81,6 +81,41 @@ async fn two_processes_migrating_at_once_do_not_race() {
     assert_eq!(a.summary().await.map(|s| s.total()).unwrap_or(0), 4);
 }
 
+/// `status`, `report` and joining workers connect to a live job: an up-to-date schema is not
+/// migrated again, so connecting neither waits for the workers' open transactions nor, once
+/// queued for its table lock, holds up their writes.
+#[tokio::test]
+async fn connecting_to_a_current_schema_takes_no_lock_on_its_items() {
+    let url = url();
+    let schema = format!("redrive_test_{}_live", std::process::id());
+    let store = fresh("live").await;
+    let job = JobInfo {
+        name: "j".into(),
+        fingerprint: "f".into(),
+        earlier_fingerprints: Vec::new(),
+    };
+    store.begin(&job).await.unwrap_or_else(|e| panic!("{e}"));
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    // A worker's write, still open.
+    let mut writer = admin.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{schema}\".items SET attempts = attempts + 1"
+    )))
+    .execute(&mut *writer)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let joined = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        PostgresStateStore::connect_schema(&url, &schema),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("connecting waited for the open write: it migrated again"));
+    joined.unwrap_or_else(|e| panic!("{e}"));
+    writer.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[tokio::test]
 async fn a_bad_url_is_a_clear_error_without_the_password() {
     let error = PostgresStateStore::connect("postgres://someone:hunter2pass@127.0.0.1:1/none", "j")

@@ -59,8 +59,13 @@ fn a_job_runs_resumes_and_restarts_on_postgres_state() {
         std::thread::sleep(Duration::from_millis(20));
     }
     t.redrive(&["run", "plan.toml"]).expect_code(0);
-    let status = first.wait().expect("wait");
-    assert_eq!(status.code(), Some(0));
+    let first = first.wait_with_output().expect("wait");
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "the first run failed:\n{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert_eq!(t.read("out/f02999.txt"), "body 2999");
 
     let status = t.redrive(&["status", "plan.toml", "--json"]).expect_code(0);
