@@ -1002,6 +1002,13 @@ pub fn step_error(message: String, error: opendal::Error) -> StepError {
     }
 }
 
+/// An OpenDAL failure as a person reads it: the service's code and message, or what failed
+/// on the wire, and a hint.
+pub(crate) fn describe(error: &opendal::Error) -> String {
+    tracing::info!(error = %secrets::redact(&error.to_string()), "store error");
+    readable::describe(error).text
+}
+
 mod readable;
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ fn minimal_plan_has_defaults() {
     assert_eq!(
         plan.source.kind,
         SourceKind::Lines(LinesSpec {
-            path: PathBuf::from("/jobs/keys.txt")
+            path: crate::sources::InputPath::Local(PathBuf::from("/jobs/keys.txt"))
         })
     );
     assert_eq!(plan.steps[0].name, "copy");

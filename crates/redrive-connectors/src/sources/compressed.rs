@@ -1,32 +1,30 @@
-//! A source's local file read through its compression, chosen by its name: `.gz` (gzip, every
+//! A source's file read through its compression, chosen by its name: `.gz` (gzip, every
 //! member of a concatenated file), `.zst` or `.zstd` (every frame), anything else as it is.
 //! Reading streams: memory stays at the decoders' windows whatever the file's size.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
 
-/// Opens `path` for reading its decompressed text. Blocking: call it off the async runtime.
-pub(crate) fn open(path: &Path) -> std::io::Result<Box<dyn Read + Send>> {
-    let file = std::fs::File::open(path)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
+/// `raw` read through the compression `name` says.
+pub(crate) fn decode(
+    name: &str,
+    raw: Box<dyn Read + Send>,
+) -> std::io::Result<Box<dyn Read + Send>> {
+    let name = name.to_ascii_lowercase();
     Ok(if name.ends_with(".gz") {
         Box::new(Decoded {
-            inner: flate2::read::MultiGzDecoder::new(BufReader::new(file)),
+            inner: flate2::read::MultiGzDecoder::new(BufReader::new(raw)),
             format: "gzip",
         })
     } else if name.ends_with(".zst") || name.ends_with(".zstd") {
         Box::new(Decoded {
             inner: Zstd {
-                source: Some(BufReader::new(file)),
+                source: Some(BufReader::new(raw)),
                 frame: None,
             },
             format: "zstd",
         })
     } else {
-        Box::new(file)
+        raw
     })
 }
 
@@ -104,11 +102,8 @@ mod tests {
     }
 
     fn read(name: &str, bytes: &[u8]) -> std::io::Result<String> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join(name);
-        std::fs::write(&path, bytes)?;
         let mut text = String::new();
-        open(&path)?.read_to_string(&mut text)?;
+        decode(name, Box::new(std::io::Cursor::new(bytes.to_vec())))?.read_to_string(&mut text)?;
         Ok(text)
     }
 

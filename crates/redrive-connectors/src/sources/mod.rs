@@ -19,6 +19,7 @@ mod csv;
 mod dates;
 mod filter;
 mod glob;
+mod input_file;
 mod jsonl;
 mod kusto;
 mod lines;
@@ -30,6 +31,7 @@ mod sql;
 pub use self::csv::config::CsvSpec;
 pub use self::dates::config::DatesSpec;
 pub use self::glob::config::GlobSpec;
+pub use self::input_file::InputPath;
 pub use self::jsonl::config::JsonlSpec;
 pub use self::kusto::config::KustoSpec;
 pub use self::lines::config::LinesSpec;
@@ -51,6 +53,8 @@ use futures::stream::BoxStream;
 use redrive_core::item::Fields;
 use redrive_core::source::SourceError;
 use tokio::sync::mpsc;
+
+use self::input_file::InputFile;
 
 /// A source kind's configuration: the value of its key in `[source]` as written
 /// ([`SourceKindConfig::Raw`]), with the kind's own keys beside it (`delimiter` for `csv`),
@@ -290,17 +294,18 @@ fn blocking_stream(
 /// turns a line that is not blank (its text without the line end, and its number) into an
 /// item; the first error, the file's or `item`'s, ends the stream.
 fn line_items(
-    path: &Path,
+    file: &InputFile,
     item: impl Fn(&str) -> Result<Fields, String> + Send + 'static,
 ) -> BoxStream<'static, Result<Fields, SourceError>> {
     use std::io::BufRead as _;
-    let path = path.to_path_buf();
+    let source = file.clone();
     blocking_stream(move |sender| {
-        let file = match compressed::open(&path) {
+        let shown = source.display();
+        let file = match source.open() {
             Ok(file) => file,
             Err(e) => {
                 let _ = sender.blocking_send(Err(SourceError::Io {
-                    location: path.display().to_string(),
+                    location: shown,
                     source: Box::new(e),
                 }));
                 return;
@@ -310,7 +315,7 @@ fn line_items(
         let mut buffer = Vec::new();
         for number in 1u64.. {
             buffer.clear();
-            let at = || format!("{}:{number}", path.display());
+            let at = || format!("{shown}:{number}");
             let next = match reader.read_until(b'\n', &mut buffer) {
                 Ok(0) => return,
                 Ok(_) => match std::str::from_utf8(&buffer) {
@@ -336,16 +341,16 @@ fn line_items(
     })
 }
 
-/// A place found by reading a local file again off the async runtime (error paths only):
+/// A place found by reading a source's file again off the async runtime (error paths only):
 /// `find` returns the line number of the first matching row.
 fn place_in_file(
-    path: &Path,
-    find: impl FnOnce(&Path) -> Option<u64> + Send + 'static,
+    file: &InputFile,
+    find: impl FnOnce(&InputFile) -> Option<u64> + Send + 'static,
 ) -> futures::future::BoxFuture<'static, Option<String>> {
-    let path = path.to_path_buf();
+    let source = file.clone();
     Box::pin(async move {
-        let file = path.display().to_string();
-        let line = tokio::task::spawn_blocking(move || find(&path))
+        let file = source.display();
+        let line = tokio::task::spawn_blocking(move || find(&source))
             .await
             .ok()
             .flatten()?;

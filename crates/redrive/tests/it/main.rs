@@ -23,3 +23,4 @@ mod sql_extract;
 mod sqs;
 mod state_disk;
 mod upgrade;
+mod work_lists;

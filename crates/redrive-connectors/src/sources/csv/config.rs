@@ -1,18 +1,19 @@
 //! `csv = "FILE"`, with `delimiter` beside it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use redrive_core::source::{Source, SourceError};
 
 use super::CsvSource;
+use crate::sources::input_file::InputPath;
 use crate::sources::{SourceBuildContext, SourceConfig, SourceKindConfig, SourceOptions};
 
 /// A CSV file with a header row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CsvSpec {
-    /// The file.
-    pub path: PathBuf,
+    /// The file: a path or a store's URL.
+    pub path: InputPath,
     /// Field delimiter.
     pub delimiter: u8,
 }
@@ -29,7 +30,7 @@ impl SourceKindConfig for CsvSpec {
             Some(d) => return Err(format!("`delimiter` must be one character, got `{d}`")),
         };
         Ok(CsvSpec {
-            path: base_dir.join(path),
+            path: InputPath::of(path, base_dir),
             delimiter,
         })
     }
@@ -40,7 +41,8 @@ impl SourceKindConfig for CsvSpec {
 }
 
 impl SourceConfig for CsvSpec {
-    fn build(&self, _cx: &SourceBuildContext<'_>) -> Result<Arc<dyn Source>, SourceError> {
-        Ok(Arc::new(CsvSource::open(&self.path, self.delimiter)?))
+    fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Arc<dyn Source>, SourceError> {
+        let file = self.path.open(cx.stores)?;
+        Ok(Arc::new(CsvSource::read(file, self.delimiter)?))
     }
 }

@@ -1,30 +1,36 @@
-//! `csv = "FILE"`: one item per row, fields named by the header; `FILE.gz` and `FILE.zst` are
-//! read through their compression.
+//! `csv = "FILE"` (a path, or any store's URL): one item per row, fields named by the header;
+//! `FILE.gz` and `FILE.zst` are read through their compression.
 
 pub(crate) mod config;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures::stream::BoxStream;
 use redrive_core::item::Fields;
 use redrive_core::source::{Source, SourceError};
 
+use super::input_file::InputFile;
 use super::{blocking_stream, input};
 
 /// A CSV file with a header row.
 #[derive(Debug)]
 pub struct CsvSource {
-    path: PathBuf,
+    file: InputFile,
     delimiter: u8,
     headers: Vec<String>,
 }
 
 impl CsvSource {
-    /// Opens the file and reads its header.
+    /// Opens a local file and reads its header.
     pub fn open(path: &Path, delimiter: u8) -> Result<Self, SourceError> {
-        let file = path.display().to_string();
-        let mut reader = reader(path, delimiter)?;
+        Self::read(InputFile::Local(path.to_path_buf()), delimiter)
+    }
+
+    /// Reads the file's header.
+    pub(crate) fn read(source: InputFile, delimiter: u8) -> Result<Self, SourceError> {
+        let file = source.display();
+        let mut reader = reader(&source, delimiter)?;
         let headers = reader.headers().map_err(|e| row_error(&file, &e))?;
         if headers.is_empty() || headers.iter().all(str::is_empty) {
             return Err(input(
@@ -49,7 +55,7 @@ impl CsvSource {
             }
         }
         Ok(Self {
-            path: path.to_path_buf(),
+            file: source,
             delimiter,
             headers,
         })
@@ -57,11 +63,11 @@ impl CsvSource {
 }
 
 fn reader(
-    path: &Path,
+    input: &InputFile,
     delimiter: u8,
 ) -> Result<csv::Reader<Box<dyn std::io::Read + Send>>, SourceError> {
-    let file = super::compressed::open(path).map_err(|e| SourceError::Io {
-        location: path.display().to_string(),
+    let file = input.open().map_err(|e| SourceError::Io {
+        location: input.display(),
         source: Box::new(e),
     })?;
     Ok(csv::ReaderBuilder::new()
@@ -88,7 +94,7 @@ fn row_error(file: &str, error: &csv::Error) -> SourceError {
 
 impl Source for CsvSource {
     fn revision(&self) -> Option<String> {
-        super::file_revision(&self.path)
+        self.file.revision()
     }
 
     fn fields(&self) -> BTreeSet<String> {
@@ -97,8 +103,8 @@ impl Source for CsvSource {
 
     fn place_of(&self, fields: &Fields) -> futures::future::BoxFuture<'static, Option<String>> {
         let (delimiter, headers, wanted) = (self.delimiter, self.headers.clone(), fields.clone());
-        super::place_in_file(&self.path, move |path| {
-            let mut reader = reader(path, delimiter).ok()?;
+        super::place_in_file(&self.file, move |input| {
+            let mut reader = reader(input, delimiter).ok()?;
             let mut record = csv::StringRecord::new();
             while reader.read_record(&mut record).ok()? {
                 let value = |name: &str| {
@@ -114,12 +120,12 @@ impl Source for CsvSource {
     }
 
     fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
-        let path = self.path.clone();
+        let input = self.file.clone();
         let delimiter = self.delimiter;
         let headers = self.headers.clone();
         blocking_stream(move |sender| {
-            let file = path.display().to_string();
-            let mut reader = match reader(&path, delimiter) {
+            let file = input.display();
+            let mut reader = match reader(&input, delimiter) {
                 Ok(reader) => reader,
                 Err(error) => {
                     let _ = sender.blocking_send(Err(error));
@@ -151,7 +157,7 @@ mod tests {
     use super::*;
     use futures::StreamExt;
 
-    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+    fn write(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("items.csv");
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));

@@ -1,50 +1,59 @@
 //! `jsonl = "FILE"`: one item per line holding a JSON object (blank lines ignored); its
 //! top-level members are the item's fields: strings as they are, numbers and booleans as
 //! written, `null` as empty, arrays and objects as their JSON text. The fields are the first
-//! object's members. `FILE.gz` and `FILE.zst` are read through their compression.
+//! object's members. `FILE` is a path or any store's URL; `FILE.gz` and `FILE.zst` are read
+//! through their compression.
 
 pub(crate) mod config;
 
 use std::collections::BTreeSet;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+#[cfg(test)]
+use std::path::Path;
 
 use futures::stream::BoxStream;
 use redrive_core::item::Fields;
 use redrive_core::source::{Source, SourceError};
 
 use super::input;
+use super::input_file::InputFile;
 
 /// A JSON-lines file.
 #[derive(Debug)]
 pub(crate) struct JsonlSource {
-    path: PathBuf,
+    file: InputFile,
     fields: BTreeSet<String>,
 }
 
 impl JsonlSource {
-    /// Opens the file and reads its first object for the fields.
+    /// Opens a local file and reads its first object for the fields.
+    #[cfg(test)]
     pub(crate) fn open(path: &Path) -> Result<Self, SourceError> {
+        Self::read(InputFile::Local(path.to_path_buf()))
+    }
+
+    /// Reads the file's first object for the fields.
+    pub(crate) fn read(file: InputFile) -> Result<Self, SourceError> {
+        let shown = file.display();
         let io = |e: std::io::Error| SourceError::Io {
-            location: path.display().to_string(),
+            location: shown.clone(),
             source: Box::new(e),
         };
-        let reader = std::io::BufReader::new(super::compressed::open(path).map_err(io)?);
+        let reader = std::io::BufReader::new(file.open().map_err(io)?);
         for (number, line) in (1u64..).zip(reader.lines()) {
-            let line =
-                line.map_err(|e| input(format!("{}:{number}", path.display()), e.to_string()))?;
+            let line = line.map_err(|e| input(format!("{shown}:{number}"), e.to_string()))?;
             if line.trim().is_empty() {
                 continue;
             }
-            let fields = object(&line)
-                .map_err(|message| input(format!("{}:{number}", path.display()), message))?;
+            let fields =
+                object(&line).map_err(|message| input(format!("{shown}:{number}"), message))?;
             return Ok(Self {
-                path: path.to_path_buf(),
+                file,
                 fields: fields.into_keys().collect(),
             });
         }
         Err(input(
-            format!("{}:1", path.display()),
+            format!("{shown}:1"),
             "the file holds no JSON object; a jsonl source needs one object per line, e.g. {\"key\": \"a.json\", \"size\": 10}",
         ))
     }
@@ -72,7 +81,7 @@ fn object(line: &str) -> Result<Fields, String> {
 
 impl Source for JsonlSource {
     fn revision(&self) -> Option<String> {
-        super::file_revision(&self.path)
+        self.file.revision()
     }
 
     fn fields(&self) -> BTreeSet<String> {
@@ -81,8 +90,8 @@ impl Source for JsonlSource {
 
     fn place_of(&self, fields: &Fields) -> futures::future::BoxFuture<'static, Option<String>> {
         let wanted = fields.clone();
-        super::place_in_file(&self.path, move |path| {
-            let reader = std::io::BufReader::new(super::compressed::open(path).ok()?);
+        super::place_in_file(&self.file, move |input| {
+            let reader = std::io::BufReader::new(input.open().ok()?);
             for (number, line) in (1u64..).zip(reader.lines()) {
                 let line = line.ok()?;
                 if let Ok(fields) = object(&line)
@@ -96,7 +105,7 @@ impl Source for JsonlSource {
     }
 
     fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
-        super::line_items(&self.path, object)
+        super::line_items(&self.file, object)
     }
 }
 

@@ -1,18 +1,19 @@
 //! `lines = "FILE"`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use redrive_core::source::{Source, SourceError};
 
 use super::LinesSource;
+use crate::sources::input_file::InputPath;
 use crate::sources::{SourceBuildContext, SourceConfig, SourceKindConfig, SourceOptions};
 
 /// A text file, one item per non-empty line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinesSpec {
-    /// The file.
-    pub path: PathBuf,
+    /// The file: a path or a store's URL.
+    pub path: InputPath,
 }
 
 impl SourceKindConfig for LinesSpec {
@@ -20,7 +21,7 @@ impl SourceKindConfig for LinesSpec {
 
     fn check(path: &String, _options: &SourceOptions, base_dir: &Path) -> Result<Self, String> {
         Ok(LinesSpec {
-            path: base_dir.join(path),
+            path: InputPath::of(path, base_dir),
         })
     }
 }
@@ -30,7 +31,7 @@ impl SourceConfig for LinesSpec {
         Some("{line}".to_owned())
     }
 
-    fn build(&self, _cx: &SourceBuildContext<'_>) -> Result<Arc<dyn Source>, SourceError> {
-        Ok(Arc::new(LinesSource::open(&self.path)?))
+    fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Arc<dyn Source>, SourceError> {
+        Ok(Arc::new(LinesSource::read(self.path.open(cx.stores)?)?))
     }
 }

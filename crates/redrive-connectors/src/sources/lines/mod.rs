@@ -1,38 +1,43 @@
-//! `lines = "FILE"`: one item per non-empty line, field `line`; `FILE.gz` and `FILE.zst` are
-//! read through their compression.
+//! `lines = "FILE"` (a path, or any store's URL): one item per non-empty line, field `line`;
+//! `FILE.gz` and `FILE.zst` are read through their compression.
 
 pub(crate) mod config;
 
 use std::collections::BTreeSet;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures::stream::BoxStream;
 use redrive_core::item::Fields;
 use redrive_core::source::{Source, SourceError};
 
+use super::input_file::InputFile;
+
 /// A text file, one item per line; blank lines are ignored, a trailing `\r` is dropped.
 #[derive(Debug)]
 pub struct LinesSource {
-    path: PathBuf,
+    file: InputFile,
 }
 
 impl LinesSource {
-    /// Checks that the file can be opened.
+    /// Checks that the local file can be opened.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
         std::fs::File::open(path).map_err(|e| SourceError::Io {
             location: path.display().to_string(),
             source: Box::new(e),
         })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-        })
+        Self::read(InputFile::Local(path.to_path_buf()))
+    }
+
+    /// A source of the file's lines.
+    pub(crate) fn read(file: InputFile) -> Result<Self, SourceError> {
+        Ok(Self { file })
     }
 }
 
 impl Source for LinesSource {
     fn revision(&self) -> Option<String> {
-        super::file_revision(&self.path)
+        self.file.revision()
     }
 
     fn fields(&self) -> BTreeSet<String> {
@@ -41,8 +46,8 @@ impl Source for LinesSource {
 
     fn place_of(&self, fields: &Fields) -> futures::future::BoxFuture<'static, Option<String>> {
         let wanted = fields.clone();
-        super::place_in_file(&self.path, move |path| {
-            let reader = std::io::BufReader::new(super::compressed::open(path).ok()?);
+        super::place_in_file(&self.file, move |input| {
+            let reader = std::io::BufReader::new(input.open().ok()?);
             for (number, line) in (1u64..).zip(reader.split(b'\n')) {
                 let line = line.ok()?;
                 let text = String::from_utf8_lossy(&line);
@@ -56,7 +61,7 @@ impl Source for LinesSource {
     }
 
     fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
-        super::line_items(&self.path, |line| {
+        super::line_items(&self.file, |line| {
             Ok(Fields::from([("line".to_owned(), line.to_owned())]))
         })
     }
