@@ -122,10 +122,21 @@ impl InputFile {
 
     /// The decompressed bytes, from the start. Blocking: call it off the async runtime.
     pub(crate) fn open(&self) -> std::io::Result<Box<dyn Read + Send>> {
+        super::compressed::decode(&self.name(), self.raw()?)
+    }
+
+    /// The file's name, which says its compression.
+    pub(crate) fn name(&self) -> String {
         match self {
-            InputFile::Local(path) => {
-                super::compressed::decode(&file_name(path), Box::new(std::fs::File::open(path)?))
-            }
+            InputFile::Local(path) => file_name(path),
+            InputFile::Object(object) => file_name(Path::new(&object.location.path)),
+        }
+    }
+
+    /// The bytes as stored, from the start. Blocking: call it off the async runtime.
+    pub(crate) fn raw(&self) -> std::io::Result<Box<dyn Read + Send>> {
+        match self {
+            InputFile::Local(path) => Ok(Box::new(std::fs::File::open(path)?)),
             InputFile::Object(object) => {
                 let location = &object.location;
                 let stream = blocking(&object.runtime, async {
@@ -133,12 +144,11 @@ impl InputFile {
                     reader.into_bytes_stream(..).await
                 })
                 .map_err(|e| std::io::Error::other(crate::storage::describe(&e)))?;
-                let body = Body {
+                Ok(Box::new(Body {
                     runtime: object.runtime.clone(),
                     stream: stream.boxed(),
                     chunk: Bytes::new(),
-                };
-                super::compressed::decode(&file_name(Path::new(&location.path)), Box::new(body))
+                }))
             }
         }
     }

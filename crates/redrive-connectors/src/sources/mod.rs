@@ -20,6 +20,7 @@ mod dates;
 mod filter;
 mod glob;
 mod input_file;
+mod inventory;
 mod jsonl;
 mod kusto;
 mod lines;
@@ -32,6 +33,7 @@ pub use self::csv::config::CsvSpec;
 pub use self::dates::config::DatesSpec;
 pub use self::glob::config::GlobSpec;
 pub use self::input_file::InputPath;
+pub use self::inventory::config::InventorySpec;
 pub use self::jsonl::config::JsonlSpec;
 pub use self::kusto::config::KustoSpec;
 pub use self::lines::config::LinesSpec;
@@ -267,6 +269,7 @@ source_kinds! {
     "csv" => Csv(CsvSpec),
     "lines" => Lines(LinesSpec),
     "jsonl" => Jsonl(JsonlSpec),
+    "inventory" => Inventory(InventorySpec),
     "glob" => Glob(GlobSpec),
     "list" => List(ListSpec),
     "kusto" => Kusto(KustoSpec),

@@ -153,3 +153,168 @@ fn a_list_that_is_missing_or_not_what_its_name_says_is_named() {
         garbled.stderr
     );
 }
+
+/// Where the test's report is, as S3 writes it: `PREFIX/SOURCE/CONFIG/DATE/manifest.json`
+/// and `PREFIX/SOURCE/CONFIG/data/*.csv.gz`.
+const REPORT: &str = "inventory/src/daily";
+
+fn md5_hex(bytes: &[u8]) -> String {
+    use md5::Digest as _;
+    md5::Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes a CSV inventory of `source` whose data files hold `files` (rows of `Bucket, Key,
+/// Size`, keys URL-encoded as S3 writes them); `md5` overrides each file's checksum.
+fn write_report(
+    operator: &opendal::Operator,
+    source: &str,
+    files: &[&[(&str, u64)]],
+    md5: impl Fn(usize, &str) -> String,
+) -> String {
+    let mut entries = Vec::new();
+    for (n, rows) in files.iter().enumerate() {
+        let text: String = rows
+            .iter()
+            .map(|(key, size)| format!("\"{source}\",\"{key}\",\"{size}\"\n"))
+            .collect();
+        let body = gzip(&text);
+        let key = format!("{REPORT}/data/part-{n}.csv.gz");
+        put(operator, &key, &body);
+        entries.push(format!(
+            r#"{{"key": "{key}", "size": {}, "MD5checksum": "{}"}}"#,
+            body.len(),
+            md5(n, &md5_hex(&body))
+        ));
+    }
+    let manifest = format!(
+        r#"{{"sourceBucket": "{source}", "destinationBucket": "arn:aws:s3:::inv",
+  "version": "2016-11-30", "creationTimestamp": "1764550800000",
+  "fileFormat": "CSV", "fileSchema": "Bucket, Key, Size",
+  "files": [{}]}}"#,
+        entries.join(", ")
+    );
+    let key = format!("{REPORT}/2026-12-01T01-00Z/manifest.json");
+    put(operator, &key, manifest.as_bytes());
+    key
+}
+
+fn inventory_plan(t: &TestContext, manifest: &str, dst: &str) {
+    t.plan(&format!(
+        r#"
+[job]
+name = "inventory"
+state = "state.db"
+[source]
+inventory = "{manifest}"
+[[step]]
+copy = {{ from = "{{url}}", to = "s3://{dst}/{{key}}" }}
+"#
+    ));
+}
+
+#[test]
+fn objects_an_s3_csv_inventory_lists_are_copied_with_their_keys_decoded() {
+    let (src, inv, dst) = (unique("rd-inv-src"), unique("rd-inv"), unique("rd-inv-dst"));
+    for bucket in [&src, &inv, &dst] {
+        create_bucket(bucket);
+    }
+    let source = s3_operator(&src);
+    let keys = ["a b.txt", "c+d.txt", "été/ü.txt", "plain/e.txt"];
+    for key in keys {
+        put(&source, key, key.as_bytes());
+    }
+    let report = s3_operator(&inv);
+    let manifest = write_report(
+        &report,
+        &src,
+        &[
+            &[("a+b.txt", 5), ("c%2Bd.txt", 7)],
+            &[("%C3%A9t%C3%A9/%C3%BC.txt", 10), ("plain/e.txt", 11)],
+        ],
+        |_, md5| md5.to_owned(),
+    );
+    let t = s3_env(TestContext::new());
+    inventory_plan(&t, &format!("s3://{inv}/{manifest}"), &dst);
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let target = s3_operator(&dst);
+    for key in keys {
+        assert_eq!(get(&target, key), Some(key.as_bytes().to_vec()), "{key}");
+    }
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        4
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE key = 'été/ü.txt' AND json_extract(fields, '$.size') = '10'"),
+        1
+    );
+}
+
+#[test]
+fn a_wrong_md5_or_a_missing_data_file_stops_the_load_naming_the_file() {
+    let (src, inv, dst) = (unique("rd-inv-src"), unique("rd-inv"), unique("rd-inv-dst"));
+    for bucket in [&src, &inv, &dst] {
+        create_bucket(bucket);
+    }
+    let source = s3_operator(&src);
+    for key in ["a", "b", "c"] {
+        put(&source, key, b"x");
+    }
+    let report = s3_operator(&inv);
+    let manifest = write_report(&report, &src, &[&[("a", 1)], &[("b", 1)]], |n, md5| {
+        if n == 1 {
+            "0".repeat(32)
+        } else {
+            md5.to_owned()
+        }
+    });
+    let t = s3_env(TestContext::new());
+    inventory_plan(&t, &format!("s3://{inv}/{manifest}"), &dst);
+    let bad = t.redrive(&["run", "plan.toml"]).expect_code(2);
+    assert!(bad.stderr.contains("part-1.csv.gz"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("but the manifest says 00000000"),
+        "{}",
+        bad.stderr
+    );
+
+    // A report whose last file is missing: the rows before it are loaded and run, and the
+    // run stops naming the missing one.
+    let t = s3_env(TestContext::new());
+    let files: &[&[(&str, u64)]] = &[&[("a", 1)], &[("b", 1)], &[("c", 1)]];
+    let manifest = write_report(&report, &src, files, |_, md5| md5.to_owned());
+    crate::common::runtime()
+        .block_on(report.delete(&format!("{REPORT}/data/part-2.csv.gz")))
+        .unwrap();
+    inventory_plan(&t, &format!("s3://{inv}/{manifest}"), &dst);
+    let missing = t.redrive(&["run", "plan.toml"]).expect_code(2);
+    assert!(
+        missing
+            .stderr
+            .contains(&format!("s3://{inv}/{REPORT}/data/part-2.csv.gz"))
+            && missing.stderr.contains("the manifest lists this data file"),
+        "{}",
+        missing.stderr
+    );
+    assert_eq!(get(&s3_operator(&dst), "b"), Some(b"x".to_vec()));
+
+    // The missing file restored, and the first one now unreadable: the resumed load starts
+    // after the last row recorded (in the second file) and never reads the first again.
+    // (gzip of the same rows is the same bytes: the manifest is unchanged.)
+    write_report(&report, &src, files, |_, md5| md5.to_owned());
+    put(
+        &report,
+        &format!("{REPORT}/data/part-0.csv.gz"),
+        b"not gzip any more",
+    );
+    let resumed = t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(
+        resumed.stderr.contains("This run: done 1"),
+        "{}",
+        resumed.stderr
+    );
+    assert_eq!(get(&s3_operator(&dst), "c"), Some(b"x".to_vec()));
+}
