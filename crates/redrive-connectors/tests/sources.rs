@@ -95,6 +95,34 @@ async fn every_local_source_conforms() {
     for name in ["d/a.json", "d/b.json", "d/sub/c.json", "d/e.json"] {
         write(dir, name, "{}");
     }
+    // An S3 Inventory report kept in a local folder, as S3 lays it out: two data files.
+    let mut files = Vec::new();
+    for (n, rows) in [
+        "\"src\",\"a+1\",\"1\"\n\"src\",\"b\",\"2\"\n\"src\",\"c\",\"3\"\n",
+        "\"src\",\"d%2F4\",\"4\"\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let key = format!("inv/src/cfg/data/{n}.csv");
+        write(dir, &key, rows);
+        let md5: String = <md5::Md5 as md5::Digest>::digest(rows.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        files.push(format!(
+            "{{\"key\": \"{key}\", \"size\": {}, \"MD5checksum\": \"{md5}\"}}",
+            rows.len()
+        ));
+    }
+    write(
+        dir,
+        "inv/src/cfg/2026-12-01T01-00Z/manifest.json",
+        &format!(
+            "{{\"sourceBucket\": \"src\", \"destinationBucket\": \"arn:aws:s3:::inv\", \"fileFormat\": \"CSV\", \"fileSchema\": \"Bucket, Key, Size\", \"files\": [{}]}}",
+            files.join(", ")
+        ),
+    );
     let cases = [
         (
             "csv",
@@ -104,6 +132,10 @@ async fn every_local_source_conforms() {
         (
             "jsonl",
             "jsonl = \"items.jsonl\"\nkey = \"{id}\"".to_owned(),
+        ),
+        (
+            "inventory",
+            "inventory = \"inv/src/cfg/2026-12-01T01-00Z/manifest.json\"".to_owned(),
         ),
         ("glob", "glob = \"d/**/*.json\"".to_owned()),
         ("list", format!("list = \"{}/d/\"", dir.display())),

@@ -206,8 +206,12 @@ pub(super) fn source_spec(raw: &RawSource, base_dir: &Path) -> Result<SourceSpec
     let filter = Filter::check(
         &patterns("include")?,
         &patterns("exclude")?,
-        raw.filter.get("min_size"),
-        raw.filter.get("max_size"),
+        crate::sources::Bounds {
+            min_size: raw.filter.get("min_size"),
+            max_size: raw.filter.get("max_size"),
+            newer_than: raw.filter.get("newer_than"),
+            older_than: raw.filter.get("older_than"),
+        },
     )?;
     let spec = SourceSpec {
         kind,

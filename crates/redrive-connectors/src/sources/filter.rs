@@ -2,7 +2,10 @@
 //! yields, narrowed before they reach the state. Patterns are globs on the item's path (its
 //! `rel`, else `key`, `path`, `name` or `line` field): a pattern with a `/` matches the whole
 //! path, one without matches its last segment, as in rclone and `.gitignore`; `*` stays within
-//! a segment and `**` crosses them. Sizes (`10MiB`, `4096`) bound the `size` field.
+//! a segment and `**` crosses them. Sizes (`10MiB`, `4096`) bound the `size` field;
+//! `newer_than` and `older_than` (an age, `7d`, or a time, `2026-11-30T00:00:00Z`) bound its
+//! modification time (`last_modified_date` in an inventory, else `last_modified` or
+//! `modified`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,6 +20,18 @@ use super::narrowed::{Narrowed, Narrowing};
 /// The fields a path is taken from, in order of preference.
 const PATH_FIELDS: [&str; 5] = ["rel", "key", "path", "name", "line"];
 
+/// The fields a modification time is taken from, in order of preference.
+const TIME_FIELDS: [&str; 3] = ["last_modified_date", "last_modified", "modified"];
+
+/// The bounds a plan's filter keys give, as written.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Bounds<'a> {
+    pub(crate) min_size: Option<&'a toml::Value>,
+    pub(crate) max_size: Option<&'a toml::Value>,
+    pub(crate) newer_than: Option<&'a toml::Value>,
+    pub(crate) older_than: Option<&'a toml::Value>,
+}
+
 /// What a plan's filter keys say, checked.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -24,15 +39,19 @@ pub struct Filter {
     exclude: Vec<glob::Pattern>,
     min_size: Option<u64>,
     max_size: Option<u64>,
+    /// Kept: modified after this.
+    newer_than: Option<jiff::Timestamp>,
+    /// Kept: modified before this.
+    older_than: Option<jiff::Timestamp>,
 }
 
 impl Filter {
-    /// The filter of `include`/`exclude` patterns and size bounds; `None` when none is given.
+    /// The filter of `include`/`exclude` patterns, size and time bounds; `None` when none is
+    /// given. An age (`7d`) is counted back from now.
     pub(crate) fn check(
         include: &[String],
         exclude: &[String],
-        min_size: Option<&toml::Value>,
-        max_size: Option<&toml::Value>,
+        bounds: Bounds<'_>,
     ) -> Result<Option<Self>, String> {
         let patterns = |key: &str, texts: &[String]| -> Result<Vec<glob::Pattern>, String> {
             texts
@@ -47,8 +66,10 @@ impl Filter {
         let filter = Self {
             include: patterns("include", include)?,
             exclude: patterns("exclude", exclude)?,
-            min_size: size("min_size", min_size)?,
-            max_size: size("max_size", max_size)?,
+            min_size: size("min_size", bounds.min_size)?,
+            max_size: size("max_size", bounds.max_size)?,
+            newer_than: time("newer_than", bounds.newer_than)?,
+            older_than: time("older_than", bounds.older_than)?,
         };
         if let (Some(min), Some(max)) = (filter.min_size, filter.max_size)
             && min > max
@@ -57,15 +78,42 @@ impl Filter {
                 "`min_size` ({min} bytes) is larger than `max_size` ({max} bytes): no item would be left"
             ));
         }
+        if let (Some(newer), Some(older)) = (filter.newer_than, filter.older_than)
+            && newer >= older
+        {
+            return Err(format!(
+                "`newer_than` ({newer}) is not before `older_than` ({older}): no item would be left"
+            ));
+        }
         let empty = filter.include.is_empty()
             && filter.exclude.is_empty()
             && filter.min_size.is_none()
-            && filter.max_size.is_none();
+            && filter.max_size.is_none()
+            && !filter.dated();
         Ok((!empty).then_some(filter))
     }
 
-    /// The field this filter needs from `fields` that is missing, as an error to show.
-    fn needs(&self, fields: &BTreeSet<String>) -> Result<Option<&'static str>, String> {
+    fn dated(&self) -> bool {
+        self.newer_than.is_some() || self.older_than.is_some()
+    }
+
+    /// The fields this filter takes an item's path and time from; an error to show when one
+    /// it needs is missing.
+    fn needs(&self, fields: &BTreeSet<String>) -> Result<FieldsUsed, String> {
+        let time = TIME_FIELDS.into_iter().find(|f| fields.contains(*f));
+        if self.dated() && time.is_none() {
+            return Err(format!(
+                "`newer_than` and `older_than` compare an item's modification time, and this source has none of the fields {} (an `inventory` has it)",
+                TIME_FIELDS.map(|f| format!("`{f}`")).join(", ")
+            ));
+        }
+        Ok(FieldsUsed {
+            path: self.path_field(fields)?,
+            time,
+        })
+    }
+
+    fn path_field(&self, fields: &BTreeSet<String>) -> Result<Option<&'static str>, String> {
         let path = PATH_FIELDS.into_iter().find(|f| fields.contains(*f));
         if (!self.include.is_empty() || !self.exclude.is_empty()) && path.is_none() {
             return Err(format!(
@@ -82,7 +130,12 @@ impl Filter {
         Ok(path)
     }
 
-    fn keeps(&self, path: Option<&str>, size: Option<&str>) -> Result<bool, String> {
+    fn keeps(
+        &self,
+        path: Option<&str>,
+        size: Option<&str>,
+        modified: Option<&str>,
+    ) -> Result<bool, String> {
         if let Some(path) = path {
             let options = glob::MatchOptions {
                 case_sensitive: true,
@@ -116,8 +169,72 @@ impl Filter {
                 return Ok(false);
             }
         }
+        if self.dated() {
+            let text = modified.unwrap_or_default();
+            let at: jiff::Timestamp = text.parse().map_err(|_| {
+                format!(
+                    "its modification time is `{text}`, not a time such as 2026-11-30T12:00:00Z"
+                )
+            })?;
+            if self.newer_than.is_some_and(|bound| at <= bound)
+                || self.older_than.is_some_and(|bound| at >= bound)
+            {
+                return Ok(false);
+            }
+        }
         Ok(true)
     }
+}
+
+/// `7d`, `12h`, `30m`, `90s`, `2w` before now, or a time (`2026-11-30T00:00:00Z`, a TOML
+/// datetime) or a day (`2026-11-30`, midnight UTC).
+fn time(key: &str, value: Option<&toml::Value>) -> Result<Option<jiff::Timestamp>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let text = match value {
+        toml::Value::String(text) => text.trim().to_owned(),
+        toml::Value::Datetime(at) => at.to_string(),
+        _ => String::new(),
+    };
+    let age = text
+        .char_indices()
+        .last()
+        .and_then(|(at, unit)| {
+            let n: i64 = text[..at].trim().parse().ok()?;
+            let seconds = match unit {
+                's' => 1,
+                'm' => 60,
+                'h' => 3_600,
+                'd' => 86_400,
+                'w' => 604_800,
+                _ => return None,
+            };
+            n.checked_mul(seconds)
+        })
+        .and_then(|seconds| {
+            jiff::Timestamp::now()
+                .checked_sub(jiff::SignedDuration::from_secs(seconds))
+                .ok()
+        });
+    let at = age
+        .or_else(|| text.parse::<jiff::Timestamp>().ok())
+        .or_else(|| {
+            text.parse::<jiff::civil::Date>()
+                .ok()
+                .and_then(|day| day.to_zoned(jiff::tz::TimeZone::UTC).ok())
+                .map(|zoned| zoned.timestamp())
+        });
+    at.map(Some).ok_or_else(|| {
+        format!("`{key}` is an age such as `\"7d\"` or `\"12h\"`, or a time such as `\"2026-11-30T00:00:00Z\"` or `\"2026-11-30\"`")
+    })
+}
+
+/// The fields a filter reads.
+#[derive(Clone, Copy, Debug)]
+struct FieldsUsed {
+    path: Option<&'static str>,
+    time: Option<&'static str>,
 }
 
 fn size(key: &str, value: Option<&toml::Value>) -> Result<Option<u64>, String> {
@@ -141,16 +258,16 @@ pub type Filtered = Narrowed<FilterOn>;
 #[derive(Debug)]
 pub struct FilterOn {
     filter: Filter,
-    path: Option<&'static str>,
+    fields: FieldsUsed,
 }
 
 impl Filtered {
     /// `inner`'s items that `filter` keeps; an error when `inner` lacks the fields it needs.
     pub(crate) fn new(inner: Arc<dyn Source>, filter: Filter) -> Result<Self, String> {
-        let path = filter.needs(&inner.fields())?;
+        let fields = filter.needs(&inner.fields())?;
         Ok(Narrowed {
             inner,
-            rule: FilterOn { filter, path },
+            rule: FilterOn { filter, fields },
         })
     }
 }
@@ -160,12 +277,14 @@ impl Narrowing for FilterOn {
         &self,
         items: BoxStream<'static, Result<Fields, SourceError>>,
     ) -> BoxStream<'static, Result<Fields, SourceError>> {
-        let (filter, path) = (self.filter.clone(), self.path);
+        let (filter, used) = (self.filter.clone(), self.fields);
         Box::pin(items.filter_map(move |item| {
             let kept = match item {
                 Ok(fields) => {
-                    let path_value = path.and_then(|p| fields.get(p)).map(String::as_str);
-                    match filter.keeps(path_value, fields.get("size").map(String::as_str)) {
+                    let value =
+                        |name: Option<&str>| name.and_then(|n| fields.get(n)).map(String::as_str);
+                    let path_value = value(used.path);
+                    match filter.keeps(path_value, value(Some("size")), value(used.time)) {
                         Ok(true) => Some(Ok(fields)),
                         Ok(false) => None,
                         Err(message) => Some(Err(SourceError::Input {
@@ -187,7 +306,7 @@ mod tests {
 
     fn filter(include: &[&str], exclude: &[&str]) -> Filter {
         let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        Filter::check(&owned(include), &owned(exclude), None, None)
+        Filter::check(&owned(include), &owned(exclude), Bounds::default())
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("a filter"))
     }
@@ -195,13 +314,13 @@ mod tests {
     #[test]
     fn a_pattern_without_a_slash_matches_the_name_and_one_with_a_slash_the_path() {
         let f = filter(&["*.json"], &["tmp/**"]);
-        assert_eq!(f.keeps(Some("a/b/x.json"), None), Ok(true));
-        assert_eq!(f.keeps(Some("a/b/x.txt"), None), Ok(false));
-        assert_eq!(f.keeps(Some("tmp/deep/x.json"), None), Ok(false));
+        assert_eq!(f.keeps(Some("a/b/x.json"), None, None), Ok(true));
+        assert_eq!(f.keeps(Some("a/b/x.txt"), None, None), Ok(false));
+        assert_eq!(f.keeps(Some("tmp/deep/x.json"), None, None), Ok(false));
         let f = filter(&["logs/*.gz"], &[]);
-        assert_eq!(f.keeps(Some("logs/a.gz"), None), Ok(true));
+        assert_eq!(f.keeps(Some("logs/a.gz"), None, None), Ok(true));
         assert_eq!(
-            f.keeps(Some("logs/2026/a.gz"), None),
+            f.keeps(Some("logs/2026/a.gz"), None, None),
             Ok(false),
             "`*` stays in a segment"
         );
@@ -210,19 +329,88 @@ mod tests {
     #[test]
     fn sizes_bound_the_size_field_and_bad_input_is_named() {
         let ten = toml::Value::String("10KiB".to_owned());
-        let f = Filter::check(&[], &[], Some(&toml::Value::Integer(100)), Some(&ten))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|| panic!("a filter"));
-        assert_eq!(f.keeps(None, Some("99")), Ok(false));
-        assert_eq!(f.keeps(None, Some("100")), Ok(true));
-        assert_eq!(f.keeps(None, Some("10241")), Ok(false));
-        assert!(f.keeps(None, Some("big")).is_err());
-        let bad = Filter::check(&[], &[], Some(&toml::Value::String("ten".to_owned())), None);
+        let sizes = |min, max| Bounds {
+            min_size: min,
+            max_size: max,
+            ..Bounds::default()
+        };
+        let f = Filter::check(
+            &[],
+            &[],
+            sizes(Some(&toml::Value::Integer(100)), Some(&ten)),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("a filter"));
+        assert_eq!(f.keeps(None, Some("99"), None), Ok(false));
+        assert_eq!(f.keeps(None, Some("100"), None), Ok(true));
+        assert_eq!(f.keeps(None, Some("10241"), None), Ok(false));
+        assert!(f.keeps(None, Some("big"), None).is_err());
+        let ten_words = toml::Value::String("ten".to_owned());
+        let bad = Filter::check(&[], &[], sizes(Some(&ten_words), None));
         assert!(bad.is_err_and(|e| e.contains("`min_size` is a size")));
-        let crossed = Filter::check(&[], &[], Some(&ten), Some(&toml::Value::Integer(1)));
+        let one = toml::Value::Integer(1);
+        let crossed = Filter::check(&[], &[], sizes(Some(&ten), Some(&one)));
         assert!(crossed.is_err_and(|e| e.contains("larger than `max_size`")));
-        let pattern = Filter::check(&["[".to_owned()], &[], None, None);
+        let pattern = Filter::check(&["[".to_owned()], &[], Bounds::default());
         assert!(pattern.is_err_and(|e| e.contains("not a glob pattern")));
-        assert!(Filter::check(&[], &[], None, None).is_ok_and(|f| f.is_none()));
+        assert!(Filter::check(&[], &[], Bounds::default()).is_ok_and(|f| f.is_none()));
+    }
+
+    #[test]
+    fn times_bound_the_modification_time_and_bad_input_is_named() {
+        let text = |s: &str| toml::Value::String(s.to_owned());
+        let (day, week) = (text("2026-11-30"), text("2w"));
+        let f = Filter::check(
+            &[],
+            &[],
+            Bounds {
+                newer_than: Some(&day),
+                ..Bounds::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("a filter"));
+        assert_eq!(
+            f.keeps(None, None, Some("2026-11-30T00:00:01.000Z")),
+            Ok(true)
+        );
+        assert_eq!(f.keeps(None, None, Some("2026-11-29T23:59:59Z")), Ok(false));
+        assert!(f.keeps(None, None, Some("yesterday")).is_err());
+        let recent = Filter::check(
+            &[],
+            &[],
+            Bounds {
+                older_than: Some(&week),
+                ..Bounds::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("a filter"));
+        let now = jiff::Timestamp::now().to_string();
+        assert_eq!(recent.keeps(None, None, Some(&now)), Ok(false));
+        assert_eq!(
+            recent.keeps(None, None, Some("2020-01-01T00:00:00Z")),
+            Ok(true)
+        );
+        let bad = text("last tuesday");
+        let wrong = Filter::check(
+            &[],
+            &[],
+            Bounds {
+                newer_than: Some(&bad),
+                ..Bounds::default()
+            },
+        );
+        assert!(wrong.is_err_and(|e| e.contains("`newer_than` is an age")));
+        let crossed = Filter::check(
+            &[],
+            &[],
+            Bounds {
+                newer_than: Some(&day),
+                older_than: Some(&week),
+                ..Bounds::default()
+            },
+        );
+        assert!(crossed.is_err_and(|e| e.contains("is not before `older_than`")));
     }
 }

@@ -42,6 +42,7 @@ pub use self::sql::config::{DEFAULT_SQL_BATCH, SqlSourceSpec};
 
 pub use self::csv::CsvSource;
 pub use self::dates::DatesSource;
+pub(crate) use self::filter::Bounds;
 pub use self::filter::{Filter, FilterOn, Filtered};
 pub use self::glob::GlobSource;
 pub use self::kusto::KustoSource;
@@ -77,7 +78,14 @@ pub(crate) trait SourceKindConfig: Sized {
 }
 
 /// The keys of any `[source]` that narrow its items ([`Filter`]).
-pub(crate) const FILTER_KEYS: [&str; 4] = ["include", "exclude", "min_size", "max_size"];
+pub(crate) const FILTER_KEYS: [&str; 6] = [
+    "include",
+    "exclude",
+    "min_size",
+    "max_size",
+    "newer_than",
+    "older_than",
+];
 
 /// The keys of a `[source]` table that belong to its kind, as written (scalars).
 #[derive(Debug, Default, Serialize)]
