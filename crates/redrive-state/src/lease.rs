@@ -254,10 +254,13 @@ pub(crate) async fn heartbeat(
     Ok(())
 }
 
-/// Renews the leases every third of the lease until dropped.
+/// Renews the leases every third of the lease until dropped. The first beat is a period
+/// away: the caller has just beaten (an immediate second beat would renew, at an unknown
+/// instant, leases that the caller's next statements and the tests reason about).
 pub(crate) fn start_heartbeat(pool: PgPool, worker: Arc<Worker>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(worker.lease / 3);
+        let period = worker.lease / 3;
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             every.tick().await;
             if let Err(error) = heartbeat(&pool, &worker, None).await {
