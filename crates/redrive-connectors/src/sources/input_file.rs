@@ -42,13 +42,7 @@ impl InputPath {
     /// are read once, and are its revision).
     pub(crate) fn open(&self, stores: &Stores) -> Result<InputFile, SourceError> {
         match self {
-            InputPath::Local(path) => {
-                std::fs::File::open(path).map_err(|e| SourceError::Io {
-                    location: path.display().to_string(),
-                    source: Box::new(e),
-                })?;
-                Ok(InputFile::Local(path.clone()))
-            }
+            InputPath::Local(path) => InputFile::local(path),
             InputPath::Url(url) => InputFile::object(url, stores),
         }
     }
@@ -71,6 +65,15 @@ pub(crate) struct Object {
 }
 
 impl InputFile {
+    /// A local file, which must open.
+    pub(crate) fn local(path: &Path) -> Result<Self, SourceError> {
+        std::fs::File::open(path).map_err(|e| SourceError::Io {
+            location: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        Ok(InputFile::Local(path.to_path_buf()))
+    }
+
     /// An object named by `url`, which must exist.
     pub(crate) fn object(url: &str, stores: &Stores) -> Result<Self, SourceError> {
         let shown = redrive_core::secrets::redact(url).into_owned();
@@ -79,7 +82,7 @@ impl InputFile {
             message: e.to_string(),
         })?;
         if location.local {
-            return InputPath::Local(PathBuf::from(&location.path)).open(stores);
+            return InputFile::local(Path::new(&location.path));
         }
         let runtime = runtime(&shown)?;
         let meta = blocking(&runtime, location.operator.stat(&location.path)).map_err(|e| {

@@ -22,11 +22,7 @@ pub struct LinesSource {
 impl LinesSource {
     /// Checks that the local file can be opened.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        std::fs::File::open(path).map_err(|e| SourceError::Io {
-            location: path.display().to_string(),
-            source: Box::new(e),
-        })?;
-        Self::read(InputFile::Local(path.to_path_buf()))
+        Self::read(InputFile::local(path)?)
     }
 
     /// A source of the file's lines.
