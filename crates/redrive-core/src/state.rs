@@ -254,6 +254,58 @@ pub struct Activity {
     pub durations: Vec<u64>,
     /// The items whose last attempt took longest, longest first.
     pub slowest: Vec<SlowItem>,
+    /// How long each step took, per step in plan order (see [`StepTimes`]).
+    pub steps: Vec<StepTimes>,
+}
+
+/// How long one step took, over every item that step ended (done, skipped or failed), retries
+/// included: counts per bucket of [`DURATION_BOUNDS`] (and one for longer), and the seconds
+/// they add up to. Engines add what they measured ([`StateStore::add_step_times`]); the store
+/// keeps the sums, so workers and runs add up.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepTimes {
+    /// The step's index in the plan.
+    pub step: usize,
+    /// Its name.
+    pub name: String,
+    /// Steps ended, per duration bucket: `DURATION_BOUNDS.len() + 1` counts.
+    pub counts: Vec<u64>,
+    /// Their seconds, summed.
+    pub seconds: f64,
+}
+
+impl StepTimes {
+    /// Nothing counted yet for step `step` named `name`.
+    pub fn new(step: usize, name: &str) -> Self {
+        StepTimes {
+            step,
+            name: name.to_owned(),
+            counts: vec![0; DURATION_BOUNDS.len() + 1],
+            seconds: 0.0,
+        }
+    }
+
+    /// The bucket of [`StepTimes::counts`] a duration falls in.
+    pub fn bucket_of(seconds: f64) -> usize {
+        DURATION_BOUNDS
+            .iter()
+            .position(|bound| seconds < *bound)
+            .unwrap_or(DURATION_BOUNDS.len())
+    }
+
+    /// Counts one step that took `seconds`.
+    pub fn add(&mut self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        if let Some(count) = self.counts.get_mut(Self::bucket_of(seconds)) {
+            *count += 1;
+        }
+        self.seconds += seconds;
+    }
+
+    /// Steps counted.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 /// One slice of [`Activity::timeline`].
@@ -457,6 +509,13 @@ pub trait StateStore: Send + Sync {
     /// `redrive report`). A store that keeps no clocks answers nothing.
     async fn activity(&self, _buckets: u32, _slowest: usize) -> Result<Activity, StateError> {
         Ok(Activity::default())
+    }
+
+    /// Adds steps' durations measured by a run to the sums kept (for `redrive report`).
+    /// Statistics, not item state: a run killed between two additions loses the last few
+    /// seconds' worth. A store that keeps no clocks ignores them.
+    async fn add_step_times(&self, _times: Vec<StepTimes>) -> Result<(), StateError> {
+        Ok(())
     }
 }
 

@@ -2,7 +2,7 @@
 //! stores: each query aggregates in the database (a 10M-item state answers in the memory of a
 //! few rows), and only the clocks and the expanded flag differ between the dialects.
 
-use redrive_core::state::{Activity, Bucket, DURATION_BOUNDS, SlowItem};
+use redrive_core::state::{Activity, Bucket, DURATION_BOUNDS, SlowItem, StepTimes};
 
 /// What differs between SQLite and PostgreSQL in these queries.
 pub(crate) struct Clocks {
@@ -86,6 +86,63 @@ impl Clocks {
     }
 }
 
+/// The steps' durations kept: step index, name, bucket, steps ended, seconds.
+pub(crate) const STEP_TIMES: &str =
+    "SELECT step_index, step, bucket, ended, seconds FROM step_times ORDER BY step_index, bucket";
+
+/// Adds one bucket of one step's durations (`$1` step index, `$2` name, `$3` bucket, `$4`
+/// steps ended, `$5` seconds) to the sums kept; PostgreSQL's placeholders, SQLite's are `?N`.
+pub(crate) const ADD_STEP_TIMES: &str =
+    "INSERT INTO step_times (step_index, step, bucket, ended, seconds) VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (step_index, bucket) DO UPDATE SET step = excluded.step,
+       ended = step_times.ended + excluded.ended, seconds = step_times.seconds + excluded.seconds";
+
+/// The rows of [`ADD_STEP_TIMES`] for `times`: the buckets with a count.
+pub(crate) fn step_time_rows(times: &[StepTimes]) -> Vec<(i64, &str, i64, i64, f64)> {
+    let mut rows = Vec::new();
+    for step in times {
+        let mut first = true;
+        for (bucket, ended) in step.counts.iter().enumerate() {
+            if *ended == 0 {
+                continue;
+            }
+            // A step's seconds are kept on the first bucket it has rows in: only their sum
+            // over the step is read.
+            let seconds = if first { step.seconds } else { 0.0 };
+            first = false;
+            rows.push((
+                i64::try_from(step.step).unwrap_or(i64::MAX),
+                step.name.as_str(),
+                i64::try_from(bucket).unwrap_or(i64::MAX),
+                i64::try_from(*ended).unwrap_or(i64::MAX),
+                seconds,
+            ));
+        }
+    }
+    rows
+}
+
+/// The steps' durations from [`STEP_TIMES`]' rows, one entry per step in order.
+pub(crate) fn step_times(rows: Vec<(i64, String, i64, i64, f64)>) -> Vec<StepTimes> {
+    let mut steps: Vec<StepTimes> = Vec::new();
+    for (step, name, bucket, ended, seconds) in rows {
+        let step = usize::try_from(step).unwrap_or(usize::MAX);
+        if steps.last().is_none_or(|last| last.step != step) {
+            steps.push(StepTimes::new(step, &name));
+        }
+        if let Some(last) = steps.last_mut() {
+            if let Some(count) = usize::try_from(bucket)
+                .ok()
+                .and_then(|b| last.counts.get_mut(b))
+            {
+                *count += u64::try_from(ended).unwrap_or(0);
+            }
+            last.seconds += seconds;
+        }
+    }
+    steps
+}
+
 /// The width of one of `buckets` slices of `span`: at least 10 ms.
 pub(crate) fn bucket_seconds((start, end): (f64, f64), buckets: u32) -> f64 {
     ((end - start) / f64::from(buckets.max(1))).max(0.01)
@@ -98,6 +155,7 @@ pub(crate) fn assemble(
     timeline: Vec<(i64, i64, i64)>,
     durations: Vec<(i64, i64)>,
     slowest: Vec<(String, String, f64, i64)>,
+    steps: Vec<StepTimes>,
 ) -> Activity {
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
     let mut by_duration = vec![0; DURATION_BOUNDS.len() + 1];
@@ -132,5 +190,6 @@ pub(crate) fn assemble(
                 })
             })
             .collect(),
+        steps,
     }
 }

@@ -92,6 +92,18 @@ pub async fn activity_aggregates_when_items_ran(store: &dyn StateStore) {
     ok(store.record(fail).await, "fail c");
     tokio::time::sleep(std::time::Duration::from_millis(60)).await;
     ok(store.record(finish(ids[0], 100)).await, "finish a");
+    // Two runs (or workers) add their step times; the sums are kept per step and bucket.
+    let times = |step: usize, name: &str, took: &[f64]| {
+        let mut times = redrive_core::state::StepTimes::new(step, name);
+        for seconds in took {
+            times.add(*seconds);
+        }
+        times
+    };
+    let first = vec![times(0, "copy", &[0.005, 0.5]), times(1, "notify", &[20.0])];
+    ok(store.add_step_times(first).await, "add step times");
+    let second = vec![times(0, "copy", &[0.5, 0.25])];
+    ok(store.add_step_times(second).await, "add step times again");
 
     let activity = ok(store.activity(10, 5).await, "activity");
     let Some((start, end)) = activity.span else {
@@ -125,6 +137,21 @@ pub async fn activity_aggregates_when_items_ran(store: &dyn StateStore) {
         "a took 10–100 ms: {:?}",
         activity.durations
     );
+    let steps: Vec<_> = activity
+        .steps
+        .iter()
+        .map(|s| (s.step, s.name.as_str(), s.counts.clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (0, "copy", vec![1, 0, 3, 0, 0, 0, 0]),
+            (1, "notify", vec![0, 0, 0, 0, 1, 0, 0])
+        ],
+        "step times"
+    );
+    assert!((activity.steps[0].seconds - 1.255).abs() < 1e-6);
+    assert!((activity.steps[1].seconds - 20.0).abs() < 1e-6);
     let slowest: Vec<_> = activity.slowest.iter().map(|s| s.key.as_str()).collect();
     assert_eq!(slowest.len(), 3, "{:?}", activity.slowest);
     assert_eq!(slowest[0], "a", "{:?}", activity.slowest);

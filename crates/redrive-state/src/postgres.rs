@@ -130,6 +130,14 @@ CREATE TABLE IF NOT EXISTS outputs (
     recorded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (item, step_index)
 );
+CREATE TABLE IF NOT EXISTS step_times (
+    step_index  INTEGER NOT NULL,
+    step        TEXT    NOT NULL,
+    bucket      INTEGER NOT NULL,
+    ended       BIGINT  NOT NULL,
+    seconds     DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (step_index, bucket)
+);
 CREATE UNIQUE INDEX IF NOT EXISTS items_top_key   ON items(key)         WHERE parent IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS items_child_key ON items(parent, key) WHERE parent IS NOT NULL;
 CREATE INDEX        IF NOT EXISTS items_status    ON items(status, id);
@@ -912,7 +920,7 @@ impl StateStore for PostgresStateStore {
         buckets: u32,
         slowest: usize,
     ) -> Result<redrive_core::state::Activity, StateError> {
-        use crate::activity::{POSTGRES, assemble, bucket_seconds};
+        use crate::activity::{POSTGRES, STEP_TIMES, assemble, bucket_seconds, step_times};
         let err = |e: sqlx::Error| self.failed(e);
         let (start, end): (Option<f64>, Option<f64>) =
             sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.span()))
@@ -939,7 +947,48 @@ impl StateStore for PostgresStateStore {
             .into_iter()
             .map(|(b, n)| (i64::from(b), n))
             .collect();
-        Ok(assemble(Some(span), width, timeline, durations, slowest))
+        let steps: Vec<(i32, String, i32, i64, f64)> = sqlx::query_as(STEP_TIMES)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        let steps = steps
+            .into_iter()
+            .map(|(step, name, bucket, ended, seconds)| {
+                (i64::from(step), name, i64::from(bucket), ended, seconds)
+            })
+            .collect();
+        Ok(assemble(
+            Some(span),
+            width,
+            timeline,
+            durations,
+            slowest,
+            step_times(steps),
+        ))
+    }
+
+    /// One statement for all the buckets; each adds to the sums (workers add concurrently).
+    async fn add_step_times(
+        &self,
+        times: Vec<redrive_core::state::StepTimes>,
+    ) -> Result<(), StateError> {
+        let rows = crate::activity::step_time_rows(&times);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut transaction = self.pool.begin().await.map_err(|e| self.failed(e))?;
+        for (step, name, bucket, ended, seconds) in rows {
+            sqlx::query(crate::activity::ADD_STEP_TIMES)
+                .bind(i32::try_from(step).unwrap_or(i32::MAX))
+                .bind(name)
+                .bind(i32::try_from(bucket).unwrap_or(i32::MAX))
+                .bind(ended)
+                .bind(seconds)
+                .execute(&mut *transaction)
+                .await
+                .map_err(|e| self.failed(e))?;
+        }
+        transaction.commit().await.map_err(|e| self.failed(e))
     }
 
     async fn summary(&self) -> Result<Summary, StateError> {

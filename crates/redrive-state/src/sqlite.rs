@@ -1090,7 +1090,7 @@ impl StateStore for SqliteStateStore {
         buckets: u32,
         slowest: usize,
     ) -> Result<redrive_core::state::Activity, StateError> {
-        use crate::activity::{SQLITE, assemble, bucket_seconds};
+        use crate::activity::{SQLITE, STEP_TIMES, assemble, bucket_seconds, step_times};
         self.read(move |c| {
             let (start, end): (Option<f64>, Option<f64>) =
                 c.query_row(&SQLITE.span(), [], |row| Ok((row.get(0)?, row.get(1)?)))?;
@@ -1112,9 +1112,46 @@ impl StateStore for SqliteStateStore {
                     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(assemble(Some(span), width, timeline, durations, slowest))
+            let steps = c
+                .prepare(STEP_TIMES)?
+                .query_map([], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(assemble(
+                Some(span),
+                width,
+                timeline,
+                durations,
+                slowest,
+                step_times(steps),
+            ))
         })
         .await
+    }
+
+    async fn add_step_times(
+        &self,
+        times: Vec<redrive_core::state::StepTimes>,
+    ) -> Result<(), StateError> {
+        if times.is_empty() {
+            return Ok(());
+        }
+        self.write(Box::new(move |tx| {
+            let mut add = tx.prepare_cached(&crate::activity::ADD_STEP_TIMES.replace('$', "?"))?;
+            for (step, name, bucket, ended, seconds) in crate::activity::step_time_rows(&times) {
+                add.execute(params![step, name, bucket, ended, seconds])?;
+            }
+            Ok(0)
+        }))
+        .await
+        .map(|_| ())
     }
 
     async fn summary(&self) -> Result<Summary, StateError> {

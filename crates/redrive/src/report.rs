@@ -131,6 +131,7 @@ pub(crate) fn html(report: &Report) -> String {
     totals(&mut page, &report.summary);
     throughput(&mut page, &report.activity);
     durations(&mut page, &report.activity);
+    step_durations(&mut page, &report.activity);
     let failed_by = "<code>redrive failed</code> lists each";
     let skipped_by =
         "the state's <code>items</code> table holds each (<code>status = 'skipped'</code>)";
@@ -163,7 +164,8 @@ table{border-collapse:collapse;width:100%;font-size:.9em}th,td{text-align:left;p
 border-bottom:1px solid #eef;vertical-align:top}td.n,th.n{text-align:right;white-space:nowrap}\
 code{font-size:.9em;word-break:break-all}svg{width:100%;height:auto}.none{color:#667}\
 .legend{font-size:.85em;color:#667}.sw{display:inline-block;width:.8em;height:.8em;\
-margin:0 .3em 0 1em;vertical-align:-.05em}";
+margin:0 .3em 0 1em;vertical-align:-.05em}.bar{background:#eef;height:.4em;min-width:3em}\
+.bar div{background:#1a7f37;height:100%}";
 
 fn totals(page: &mut String, summary: &Summary) {
     let waiting = summary.count(Status::Pending) + summary.count(Status::Running);
@@ -360,6 +362,44 @@ fn durations(page: &mut String, activity: &Activity) {
         );
     }
     page.push_str("</svg>\n<p class=\"legend\">Items done, by the time their last attempt took from start to finish (all steps).</p>\n");
+}
+
+/// One row per step: how many times it ended, its mean, and its durations as a bar per bucket.
+fn step_durations(page: &mut String, activity: &Activity) {
+    page.push_str("<h2>How long each step took</h2>\n");
+    if activity.steps.iter().all(|step| step.total() == 0) {
+        page.push_str(
+            "<p class=\"none\">No step has ended yet (or the runs recorded no step times).</p>\n",
+        );
+        return;
+    }
+    let labels = duration_labels();
+    page.push_str("<table><tr><th>step</th><th class=\"n\">ended</th><th class=\"n\">mean</th>");
+    for label in &labels {
+        let _ = write!(page, "<th class=\"n\">{}</th>", esc(label));
+    }
+    page.push_str("</tr>\n");
+    for step in &activity.steps {
+        let total = step.total();
+        if total == 0 {
+            continue;
+        }
+        let _ = write!(
+            page,
+            "<tr><td><code>{}</code></td><td class=\"n\">{total}</td><td class=\"n\">{}</td>",
+            esc(&step.name),
+            esc(&human_seconds(step.seconds / total as f64))
+        );
+        for n in &step.counts {
+            let share = 100.0 * (*n as f64) / total as f64;
+            let _ = write!(
+                page,
+                "<td class=\"n\">{n}<div class=\"bar\"><div style=\"width:{share:.0}%\"></div></div></td>"
+            );
+        }
+        page.push_str("</tr>\n");
+    }
+    page.push_str("</table>\n<p class=\"legend\">Each step's wall time per item, retries included, over every item it ended (done, skipped or failed), as the runs measured it.</p>\n");
 }
 
 fn duration_labels() -> Vec<String> {

@@ -296,6 +296,7 @@ pub(super) async fn run_started(
                     },
                 };
                 state.record(transition).await?;
+                shared.step_times.note(index, event.seconds);
                 shared.reporter.step(&event);
             }
             Ok(Outcome::Skipped(reason)) => {
@@ -310,6 +311,7 @@ pub(super) async fn run_started(
                     .await?;
                 event.status = StepStatus::Skipped;
                 event.error = Some(&reason);
+                shared.step_times.note(index, event.seconds);
                 shared.reporter.step(&event);
                 report.status = Some(Status::Skipped);
                 finished(shared, &item, Status::Skipped);
@@ -344,6 +346,7 @@ pub(super) async fn run_started(
                 event.status = StepStatus::Failed;
                 event.error_class = Some(error.class());
                 event.error = Some(&message);
+                shared.step_times.note(index, event.seconds);
                 shared.reporter.step(&event);
                 report.status = Some(Status::Failed);
                 finished(shared, &item, Status::Failed);

@@ -28,6 +28,7 @@ mod expand;
 mod item;
 mod load;
 mod report;
+mod step_times;
 
 pub use dry_run::{DryRunOptions, DryRunReport, dry_run};
 use expand::run_parent;
@@ -275,6 +276,8 @@ struct Shared {
     rate: Option<Rate>,
     /// How each step's calls have gone so far, to stop a run whose step cannot work at all.
     health: Vec<StepHealth>,
+    /// How long the steps took, until added to the state.
+    step_times: Arc<step_times::Gathered>,
 }
 
 /// Systemic failures (see [`StepError::systemic`]) of a step that has not yet succeeded once
@@ -344,6 +347,9 @@ pub async fn run(
     let health = (0..pipeline.steps.len())
         .map(|_| StepHealth::default())
         .collect();
+    let step_times = Arc::new(step_times::Gathered::new(
+        pipeline.steps.iter().map(|s| s.name.as_str()),
+    ));
     let shared = Arc::new(Shared {
         halt: AtomicBool::new(false),
         duplicate_keys: std::sync::atomic::AtomicU64::new(0),
@@ -358,6 +364,7 @@ pub async fn run(
         limits,
         rate,
         health,
+        step_times,
     });
     let limits: Vec<(String, Arc<AdaptiveLimit>)> = shared
         .pipeline
@@ -367,6 +374,8 @@ pub async fn run(
         .filter_map(|(step, limit)| Some((step.name.clone(), Arc::clone(limit.as_ref()?))))
         .collect();
     shared.reporter.limits(&limits);
+    let adding_step_times =
+        step_times::Adding::start(Arc::clone(&shared.step_times), Arc::clone(&shared.state));
 
     // The loader adds the source's items to the state while the runner works through them.
     // It publishes how it ended only after its last insert is committed, so a runner that
@@ -538,6 +547,7 @@ pub async fn run(
             }
         }
     }
+    adding_step_times.finish().await;
     shared.state.flush().await?;
     // Best effort: leases not given back expire on their own.
     let _ = shared.state.release_claims().await;

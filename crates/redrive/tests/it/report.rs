@@ -48,6 +48,16 @@ fn body_between<'a>(html: &'a str, start: &str, end: &str) -> &'a str {
     &rest[..rest.find(end).unwrap_or(rest.len())]
 }
 
+/// How many times the `convert` step ended, as the step-durations table says.
+fn step_ended(html: &str) -> u64 {
+    let steps = body_between(html, "How long each step took", "</table>");
+    let row = body_between(steps, "<td><code>convert</code></td>", "</tr>");
+    let ended = body_between(row, "<td class=\"n\">", "</td>");
+    ended["<td class=\"n\">".len()..]
+        .parse()
+        .unwrap_or_else(|_| panic!("no count of steps ended: {steps}"))
+}
+
 fn check_page(html: &str) {
     assert!(
         html.starts_with("<!DOCTYPE html>"),
@@ -81,6 +91,7 @@ fn check_page(html: &str) {
         "chart"
     );
     assert!(html.contains("How long items took"), "durations");
+    assert_eq!(step_ended(html), 41, "each item's one step, once");
     assert!(html.contains("Slowest items"), "slowest");
     // The key with markup in it is text, not markup.
     assert!(!html.contains("<b>&x"), "a key is escaped");
@@ -107,8 +118,15 @@ fn report_writes_one_self_contained_page_from_a_sqlite_state() {
         .redrive(&["report", "plan.toml", "-o", "-"])
         .expect_code(0);
     check_page(&stdout.stdout);
-
     screenshot(&t, "job.html");
+
+    // A second run's step times add to the first's: the 9 failed items ran again.
+    t.redrive(&["run", "plan.toml", "-q", "--retry-failed"])
+        .expect_code(1);
+    let again = t
+        .redrive(&["report", "plan.toml", "-o", "-"])
+        .expect_code(0);
+    assert_eq!(step_ended(&again.stdout), 50);
 }
 
 #[test]
