@@ -72,6 +72,38 @@ async fn conforms(name: &str, plan: &Plan, seeks: bool) {
     }
 }
 
+/// A Parquet file of text columns, two rows a row group.
+fn parquet(dir: &Path, name: &str, columns: &[&str], rows: &[&[&str]]) -> Vec<u8> {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    let fields: String = columns
+        .iter()
+        .map(|c| format!(" required binary {c} (UTF8);"))
+        .collect();
+    let schema = std::sync::Arc::new(
+        parquet::schema::parser::parse_message_type(&format!("message m {{{fields} }}")).unwrap(),
+    );
+    let props = std::sync::Arc::new(parquet::file::properties::WriterProperties::builder().build());
+    let mut writer =
+        parquet::file::writer::SerializedFileWriter::new(Vec::new(), schema, props).unwrap();
+    for group in rows.chunks(2) {
+        let mut row_group = writer.next_row_group().unwrap();
+        for column in 0..columns.len() {
+            let values: Vec<ByteArray> = group.iter().map(|r| ByteArray::from(r[column])).collect();
+            let mut column = row_group.next_column().unwrap().unwrap();
+            column
+                .typed::<ByteArrayType>()
+                .write_batch(&values, None, None)
+                .unwrap();
+            column.close().unwrap();
+        }
+        row_group.close().unwrap();
+    }
+    let bytes = writer.into_inner().unwrap();
+    std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+    std::fs::write(dir.join(name), &bytes).unwrap();
+    bytes
+}
+
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
     std::fs::write(dir.join(name), text).unwrap();
@@ -123,7 +155,41 @@ async fn every_local_source_conforms() {
             files.join(", ")
         ),
     );
+    parquet(
+        dir,
+        "items.parquet",
+        &["id"],
+        &[&["p1"], &["p2"], &["p3"], &["p4"]],
+    );
+    // An Azure Blob Inventory report in Parquet, kept in a local folder.
+    let data = parquet(
+        dir,
+        "azinv/2026/12/01/01-00-00/r/r_0.parquet",
+        &["Name", "Content-Length"],
+        &[
+            &["c1/a", "1"],
+            &["c1/b", "2"],
+            &["c2/a", "3"],
+            &["c2/d/e", "4"],
+        ],
+    );
+    write(
+        dir,
+        "azinv/2026/12/01/01-00-00/r/r-manifest.json",
+        &format!(
+            "{{\"destinationContainer\": \"azinv\", \"files\": [{{\"blob\": \"2026/12/01/01-00-00/r/r_0.parquet\", \"size\": {}}}], \"ruleDefinition\": {{\"format\": \"parquet\", \"objectType\": \"blob\", \"schemaFields\": [\"Name\", \"Content-Length\"]}}, \"status\": \"Succeeded\"}}",
+            data.len()
+        ),
+    );
     let cases = [
+        (
+            "parquet",
+            "parquet = \"items.parquet\"\nkey = \"{id}\"".to_owned(),
+        ),
+        (
+            "inventory (Azure, Parquet)",
+            "inventory = \"azinv/2026/12/01/01-00-00/r/r-manifest.json\"".to_owned(),
+        ),
         (
             "csv",
             "csv = \"items.csv\"\nkey = \"{JobId}/{WorkItemId}\"".to_owned(),
@@ -167,6 +233,14 @@ async fn a_source_that_cannot_be_read_names_itself() {
         ("csv = \"missing.csv\"\nkey = \"{a}\"", "missing.csv"),
         ("lines = \"missing.txt\"", "missing.txt"),
         ("jsonl = \"missing.jsonl\"\nkey = \"{a}\"", "missing.jsonl"),
+        (
+            "parquet = \"missing.parquet\"\nkey = \"{a}\"",
+            "missing.parquet",
+        ),
+        (
+            "inventory = \"missing-manifest.json\"",
+            "missing-manifest.json",
+        ),
     ] {
         let error = match build_with(&plan(dir, source), Env::from_pairs([])) {
             Ok(_) => panic!("{source}: opened a missing file"),

@@ -142,7 +142,7 @@ fn source_needs_exactly_one_kind() {
     let e = error(&MINIMAL.replace("lines = \"keys.txt\"", "lines = \"a\"\ncsv = \"b\""));
     assert_eq!(
         e,
-        "/jobs/plan.toml: in [source]: give exactly one of `csv`, `lines`, `jsonl`, `inventory`, `glob`, `list`, `kusto`, `dates`, `sql` (found csv, lines); e.g. `csv = \"items.csv\"`"
+        "/jobs/plan.toml: in [source]: give exactly one of `csv`, `lines`, `jsonl`, `parquet`, `inventory`, `glob`, `list`, `kusto`, `dates`, `sql` (found csv, lines); e.g. `csv = \"items.csv\"`"
     );
 }
 

@@ -171,11 +171,16 @@ impl Filter {
         }
         if self.dated() {
             let text = modified.unwrap_or_default();
-            let at: jiff::Timestamp = text.parse().map_err(|_| {
-                format!(
-                    "its modification time is `{text}`, not a time such as 2026-11-30T12:00:00Z"
-                )
-            })?;
+            // RFC 3339 (S3's inventories and listings), or an HTTP date (`Last-Modified`).
+            let at: jiff::Timestamp = text
+                .parse()
+                .ok()
+                .or_else(|| jiff::fmt::rfc2822::parse(text).ok().map(|z| z.timestamp()))
+                .ok_or_else(|| {
+                    format!(
+                        "its modification time is `{text}`, not a time such as 2026-11-30T12:00:00Z"
+                    )
+                })?;
             if self.newer_than.is_some_and(|bound| at <= bound)
                 || self.older_than.is_some_and(|bound| at >= bound)
             {
@@ -375,6 +380,11 @@ mod tests {
             Ok(true)
         );
         assert_eq!(f.keeps(None, None, Some("2026-11-29T23:59:59Z")), Ok(false));
+        // An HTTP date, as a Last-Modified header or an Azure listing writes it.
+        assert_eq!(
+            f.keeps(None, None, Some("Mon, 30 Nov 2026 00:00:01 GMT")),
+            Ok(true)
+        );
         assert!(f.keeps(None, None, Some("yesterday")).is_err());
         let recent = Filter::check(
             &[],

@@ -26,6 +26,7 @@ mod kusto;
 mod lines;
 mod list;
 mod narrowed;
+mod parquet;
 mod shard;
 mod sql;
 
@@ -38,6 +39,7 @@ pub use self::jsonl::config::JsonlSpec;
 pub use self::kusto::config::KustoSpec;
 pub use self::lines::config::LinesSpec;
 pub use self::list::config::ListSpec;
+pub use self::parquet::config::ParquetSpec;
 pub use self::sql::config::{DEFAULT_SQL_BATCH, SqlSourceSpec};
 
 pub use self::csv::CsvSource;
@@ -277,6 +279,7 @@ source_kinds! {
     "csv" => Csv(CsvSpec),
     "lines" => Lines(LinesSpec),
     "jsonl" => Jsonl(JsonlSpec),
+    "parquet" => Parquet(ParquetSpec),
     "inventory" => Inventory(InventorySpec),
     "glob" => Glob(GlobSpec),
     "list" => List(ListSpec),

@@ -1,16 +1,81 @@
-//! Work lists kept in a store: `csv`, `lines` and `jsonl` at an `s3://` URL (moto server
-//! started by `scripts/test`), read through their compression, streamed.
+//! Work lists kept in a store: `csv`, `lines`, `jsonl` and `parquet` at an `s3://` URL (moto
+//! server started by `scripts/test`), read through their compression, streamed; inventory
+//! reports of S3 (CSV and Parquet, on moto) and of Azure (on Azurite).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
 
-use crate::common::{TestContext, create_bucket, get, put, s3_env, s3_operator, unique};
+use std::sync::Arc;
+
+use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+
+use crate::common::{
+    TestContext, azure_env, azure_operator, create_bucket, create_container, get, put, s3_env,
+    s3_operator, unique,
+};
 
 fn gzip(text: &str) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(text.as_bytes()).unwrap();
     encoder.finish().unwrap()
+}
+
+/// A Parquet file (SNAPPY pages) of text columns `texts` and 64-bit columns `numbers`
+/// (`TIMESTAMP_MILLIS` when named in `times`), `per_group` rows a row group.
+fn parquet_file(
+    texts: &[&str],
+    numbers: &[&str],
+    times: &[&str],
+    rows: &[(Vec<&str>, Vec<i64>)],
+    per_group: usize,
+) -> Vec<u8> {
+    let mut message = String::from("message m {");
+    for name in texts {
+        message.push_str(&format!(" required binary {name} (UTF8);"));
+    }
+    for name in numbers {
+        let logical = if times.contains(name) {
+            " (TIMESTAMP_MILLIS)"
+        } else {
+            ""
+        };
+        message.push_str(&format!(" required int64 {name}{logical};"));
+    }
+    message.push_str(" }");
+    let schema = Arc::new(parquet::schema::parser::parse_message_type(&message).unwrap());
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .build(),
+    );
+    let mut writer = SerializedFileWriter::new(Vec::new(), schema, props).unwrap();
+    for group in rows.chunks(per_group) {
+        let mut row_group = writer.next_row_group().unwrap();
+        for column in 0..texts.len() {
+            let values: Vec<ByteArray> =
+                group.iter().map(|r| ByteArray::from(r.0[column])).collect();
+            let mut writer = row_group.next_column().unwrap().unwrap();
+            writer
+                .typed::<ByteArrayType>()
+                .write_batch(&values, None, None)
+                .unwrap();
+            writer.close().unwrap();
+        }
+        for column in 0..numbers.len() {
+            let values: Vec<i64> = group.iter().map(|r| r.1[column]).collect();
+            let mut writer = row_group.next_column().unwrap().unwrap();
+            writer
+                .typed::<Int64Type>()
+                .write_batch(&values, None, None)
+                .unwrap();
+            writer.close().unwrap();
+        }
+        row_group.close().unwrap();
+    }
+    writer.into_inner().unwrap()
 }
 
 fn zstd(text: &str) -> Vec<u8> {
@@ -317,4 +382,226 @@ fn a_wrong_md5_or_a_missing_data_file_stops_the_load_naming_the_file() {
         resumed.stderr
     );
     assert_eq!(get(&s3_operator(&dst), "c"), Some(b"x".to_vec()));
+}
+
+#[test]
+fn a_parquet_list_in_a_bucket_is_read_a_row_group_at_a_time() {
+    let bucket = unique("rd-pq-list");
+    create_bucket(&bucket);
+    let operator = s3_operator(&bucket);
+    let names = ["a b.txt", "c+d.txt", "é.txt"];
+    for name in names {
+        put(&operator, &format!("src/{name}"), name.as_bytes());
+    }
+    let rows: Vec<(Vec<&str>, Vec<i64>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (vec![*name], vec![i as i64]))
+        .collect();
+    put(
+        &operator,
+        "lists/failed.parquet",
+        &parquet_file(&["name"], &["attempt"], &[], &rows, 2),
+    );
+    let t = s3_env(TestContext::new());
+    copy_plan(
+        &t,
+        &bucket,
+        &format!("parquet = \"s3://{bucket}/lists/failed.parquet\""),
+        "{name}",
+    );
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    for name in names {
+        assert_eq!(
+            get(&operator, &format!("dst/{name}")),
+            Some(name.as_bytes().to_vec())
+        );
+    }
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE json_extract(fields, '$.attempt') = '2'"),
+        1
+    );
+
+    // Not Parquet: the file is named.
+    put(&operator, "lists/not.parquet", b"name\na b.txt\n");
+    let t = s3_env(TestContext::new());
+    copy_plan(
+        &t,
+        &bucket,
+        &format!("parquet = \"s3://{bucket}/lists/not.parquet\""),
+        "{name}",
+    );
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(2);
+    assert!(
+        out.stderr.contains("lists/not.parquet") && out.stderr.contains("not a Parquet file"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn objects_an_s3_parquet_inventory_lists_are_copied_and_filtered_by_age() {
+    let (src, inv, dst) = (unique("rd-pqi-src"), unique("rd-pqi"), unique("rd-pqi-dst"));
+    for bucket in [&src, &inv, &dst] {
+        create_bucket(bucket);
+    }
+    let source = s3_operator(&src);
+    // Parquet keys are not URL-encoded.
+    let keys = ["a b.txt", "c+d.txt", "été/ü.txt", "old.txt"];
+    for key in keys {
+        put(&source, key, key.as_bytes());
+    }
+    let day = 1_764_547_200_000; // 2025-12-01
+    let row =
+        |key: &'static str, time: i64| (vec![src.as_str(), key], vec![key.len() as i64, time]);
+    let files = [
+        parquet_file(
+            &["bucket", "key"],
+            &["size", "last_modified_date"],
+            &["last_modified_date"],
+            &[row("a b.txt", day), row("c+d.txt", day), row("old.txt", 0)],
+            2,
+        ),
+        parquet_file(
+            &["bucket", "key"],
+            &["size", "last_modified_date"],
+            &["last_modified_date"],
+            &[row("été/ü.txt", day)],
+            2,
+        ),
+    ];
+    let report = s3_operator(&inv);
+    let mut entries = Vec::new();
+    for (n, body) in files.iter().enumerate() {
+        let key = format!("{REPORT}/data/part-{n}.parquet");
+        put(&report, &key, body);
+        entries.push(format!(
+            r#"{{"key": "{key}", "size": {}, "MD5checksum": "{}"}}"#,
+            body.len(),
+            md5_hex(body)
+        ));
+    }
+    let manifest = format!(
+        r#"{{"sourceBucket": "{src}", "destinationBucket": "arn:aws:s3:::{inv}",
+  "fileFormat": "Parquet",
+  "fileSchema": "message s3.inventory {{ required binary bucket (STRING); required binary key (STRING); optional int64 size; optional int64 last_modified_date (TIMESTAMP_MILLIS); }}",
+  "files": [{}]}}"#,
+        entries.join(", ")
+    );
+    let manifest_key = format!("{REPORT}/2026-12-01T01-00Z/manifest.json");
+    put(&report, &manifest_key, manifest.as_bytes());
+
+    let t = s3_env(TestContext::new());
+    inventory_plan(&t, &format!("s3://{inv}/{manifest_key}"), &dst);
+    let plan = t
+        .read("plan.toml")
+        .replace("[[step]]", "newer_than = \"2020-01-01\"\n[[step]]");
+    t.write("plan.toml", plan);
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    let target = s3_operator(&dst);
+    for key in ["a b.txt", "c+d.txt", "été/ü.txt"] {
+        assert_eq!(get(&target, key), Some(key.as_bytes().to_vec()), "{key}");
+    }
+    assert_eq!(get(&target, "old.txt"), None, "older than newer_than");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE key = 'été/ü.txt' AND json_extract(fields, '$.last_modified_date') = '2025-12-01T00:00:00Z' AND json_extract(fields, '$.inventory_row') = '1'"),
+        1
+    );
+
+    // A damaged Parquet file is refused by its MD5 before any of its rows is read.
+    put(
+        &report,
+        &format!("{REPORT}/data/part-1.parquet"),
+        b"PAR1 damaged PAR1",
+    );
+    let fresh = unique("rd-pqi-dst");
+    create_bucket(&fresh);
+    let t = s3_env(TestContext::new());
+    inventory_plan(&t, &format!("s3://{inv}/{manifest_key}"), &fresh);
+    let bad = t.redrive(&["run", "plan.toml"]).expect_code(2);
+    assert!(
+        bad.stderr.contains("part-1.parquet") && bad.stderr.contains("but the manifest says"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn blobs_an_azure_inventory_lists_are_copied_by_their_container_and_name() {
+    let (one, two, inv) = (unique("rd-azi-a"), unique("rd-azi-b"), unique("rd-azi-inv"));
+    for container in [&one, &two, &inv] {
+        create_container(container);
+    }
+    put(&azure_operator(&one), "x/a b.json", b"one");
+    put(&azure_operator(&two), "y.json", b"two");
+    put(&azure_operator(&two), "not-listed.json", b"no");
+    // As Azure writes it: a header row naming the schema fields, then one blob a row.
+    let csv = format!(
+        "Name,Content-Length,Last-Modified,BlobType\n\
+         {one}/x/a b.json,3,\"Mon, 30 Nov 2026 10:00:00 GMT\",BlockBlob\n\
+         {two}/y.json,3,\"Mon, 30 Nov 2026 11:00:00 GMT\",BlockBlob\n"
+    );
+    let run = "2026/12/01/01-00-00/daily";
+    let report = azure_operator(&inv);
+    put(
+        &report,
+        &format!("{run}/daily_1000000_0.csv"),
+        csv.as_bytes(),
+    );
+    let manifest = format!(
+        r#"{{"destinationContainer": "{inv}", "endpoint": "http://127.0.0.1",
+  "files": [{{"blob": "{run}/daily_1000000_0.csv", "size": {}}}],
+  "ruleDefinition": {{"filters": {{"blobTypes": ["blockBlob"]}}, "format": "csv", "objectType": "blob",
+    "schedule": "daily", "schemaFields": ["Name", "Content-Length", "Last-Modified", "BlobType"]}},
+  "ruleName": "daily", "status": "Succeeded", "version": "1.0"}}"#,
+        csv.len()
+    );
+    put(
+        &report,
+        &format!("{run}/daily-manifest.json"),
+        manifest.as_bytes(),
+    );
+
+    let t = azure_env(TestContext::new());
+    t.plan(&format!(
+        r#"
+[job]
+name = "azure-inventory"
+state = "state.db"
+[source]
+inventory = "az://{inv}/{run}/daily-manifest.json"
+min_size = 1
+[[step]]
+copy = {{ from = "{{url}}", to = "out/{{key}}" }}
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(
+        std::fs::read(t.path(&format!("out/{one}/x/a b.json"))).ok(),
+        Some(b"one".to_vec())
+    );
+    assert_eq!(
+        std::fs::read(t.path(&format!("out/{two}/y.json"))).ok(),
+        Some(b"two".to_vec())
+    );
+    assert!(!t.path(&format!("out/{two}/not-listed.json")).exists());
+    assert_eq!(
+        t.count(&format!("SELECT count(*) FROM items WHERE key = '{two}/y.json' AND json_extract(fields, '$.container') = '{two}' AND json_extract(fields, '$.blob') = 'y.json' AND json_extract(fields, '$.size') = '3'")),
+        1
+    );
+
+    // A data file whose size is not the manifest's: the load stops naming it.
+    put(
+        &report,
+        &format!("{run}/daily_1000000_0.csv"),
+        format!("{csv}{one}/z,1,x,BlockBlob\n").as_bytes(),
+    );
+    let t2 = azure_env(TestContext::new());
+    t2.write("plan.toml", t.read("plan.toml"));
+    let bad = t2.redrive(&["run", "plan.toml"]).expect_code(2);
+    assert!(
+        bad.stderr.contains("daily_1000000_0.csv") && bad.stderr.contains("but the manifest says"),
+        "{}",
+        bad.stderr
+    );
 }

@@ -9,7 +9,7 @@ use super::InventorySource;
 use crate::sources::input_file::InputPath;
 use crate::sources::{SourceBuildContext, SourceConfig, SourceKindConfig, SourceOptions};
 
-/// An S3 Inventory report, named by its manifest.
+/// An S3 Inventory or Azure Blob Inventory report, named by its manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InventorySpec {
     /// The manifest: a store's URL or a path.
