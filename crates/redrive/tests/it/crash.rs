@@ -630,7 +630,7 @@ items = 16
 fn an_inventory_load_killed_at_random_instants_loads_every_row_once() {
     use std::io::Write as _;
     let t = crate::common::TestContext::new();
-    let (files, per_file) = (3, 10_000);
+    let (files, per_file) = (6, 20_000);
     let mut entries = Vec::new();
     for n in 0..files {
         let text: String = (0..per_file)
@@ -672,16 +672,24 @@ items = 64
     );
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
     eprintln!("seed {seed}");
+    let mut mid_load = 0;
     for _ in 0..6 {
         let mut child = t
             .command(&["run", "plan.toml", "-q"])
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
-        std::thread::sleep(Duration::from_millis(100 + next(&mut seed) % 1400));
+        std::thread::sleep(Duration::from_millis(150 + next(&mut seed) % 500));
         child.kill().unwrap();
         child.wait().unwrap();
+        let loaded = t.try_count("SELECT count(*) FROM items").unwrap_or(0);
+        let complete = t.try_count("SELECT source_complete FROM job").unwrap_or(0);
+        if complete == 0 && loaded > 0 {
+            mid_load += 1;
+        }
+        eprintln!("killed with {loaded} rows loaded, source complete: {complete}");
     }
+    eprintln!("{mid_load} of 6 kills fell inside the load");
     t.redrive(&["run", "plan.toml", "-q"]).expect_code(0);
     let rows = i64::from(files * per_file);
     assert_eq!(
@@ -699,7 +707,7 @@ items = 64
         rows
     );
     assert_eq!(
-        t.count("SELECT count(*) FROM items WHERE key = 'f2/k 09999' AND attempts >= 1"),
+        t.count("SELECT count(*) FROM items WHERE key = 'f5/k 19999' AND attempts >= 1"),
         1,
         "the last row, key decoded"
     );
