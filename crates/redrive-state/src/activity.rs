@@ -123,7 +123,7 @@ pub(crate) fn step_time_rows(times: &[StepTimes]) -> Vec<(i64, &str, i64, i64, f
 }
 
 /// The steps' durations from [`STEP_TIMES`]' rows, one entry per step in order.
-pub(crate) fn step_times(rows: Vec<(i64, String, i64, i64, f64)>) -> Vec<StepTimes> {
+fn step_times(rows: Vec<(i64, String, i64, i64, f64)>) -> Vec<StepTimes> {
     let mut steps: Vec<StepTimes> = Vec::new();
     for (step, name, bucket, ended, seconds) in rows {
         let step = usize::try_from(step).unwrap_or(usize::MAX);
@@ -155,7 +155,7 @@ pub(crate) fn assemble(
     timeline: Vec<(i64, i64, i64)>,
     durations: Vec<(i64, i64)>,
     slowest: Vec<(String, String, f64, i64)>,
-    steps: Vec<StepTimes>,
+    steps: Vec<(i64, String, i64, i64, f64)>,
 ) -> Activity {
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
     let mut by_duration = vec![0; DURATION_BOUNDS.len() + 1];
@@ -190,6 +190,6 @@ pub(crate) fn assemble(
                 })
             })
             .collect(),
-        steps,
+        steps: step_times(steps),
     }
 }

@@ -920,7 +920,7 @@ impl StateStore for PostgresStateStore {
         buckets: u32,
         slowest: usize,
     ) -> Result<redrive_core::state::Activity, StateError> {
-        use crate::activity::{POSTGRES, STEP_TIMES, assemble, bucket_seconds, step_times};
+        use crate::activity::{POSTGRES, STEP_TIMES, assemble, bucket_seconds};
         let err = |e: sqlx::Error| self.failed(e);
         let (start, end): (Option<f64>, Option<f64>) =
             sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.span()))
@@ -963,11 +963,11 @@ impl StateStore for PostgresStateStore {
             timeline,
             durations,
             slowest,
-            step_times(steps),
+            steps,
         ))
     }
 
-    /// One statement for all the buckets; each adds to the sums (workers add concurrently).
+    /// One transaction for all the buckets; each adds to the sums (workers add concurrently).
     async fn add_step_times(
         &self,
         times: Vec<redrive_core::state::StepTimes>,

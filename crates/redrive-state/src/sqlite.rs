@@ -1090,7 +1090,7 @@ impl StateStore for SqliteStateStore {
         buckets: u32,
         slowest: usize,
     ) -> Result<redrive_core::state::Activity, StateError> {
-        use crate::activity::{SQLITE, STEP_TIMES, assemble, bucket_seconds, step_times};
+        use crate::activity::{SQLITE, STEP_TIMES, assemble, bucket_seconds};
         self.read(move |c| {
             let (start, end): (Option<f64>, Option<f64>) =
                 c.query_row(&SQLITE.span(), [], |row| Ok((row.get(0)?, row.get(1)?)))?;
@@ -1130,7 +1130,7 @@ impl StateStore for SqliteStateStore {
                 timeline,
                 durations,
                 slowest,
-                step_times(steps),
+                steps,
             ))
         })
         .await
