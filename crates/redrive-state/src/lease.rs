@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redrive_core::state::WorkerInfo;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 
 /// Items claimed at once: a worker does not hoard what the others could run.
@@ -134,14 +134,18 @@ impl Worker {
 /// whose lease expired (or that no lease covers: a run before leases, or given back), and
 /// those skipped for `no input` after `after`. Each gets a new epoch. Returns the ids new to
 /// this worker, in id order.
+///
+/// One round trip: the claiming `UPDATE` returns the claimed rows themselves (`columns`, read
+/// from the updated row `i`), so a claim is not followed by a read of what it claimed.
 pub(crate) async fn claim(
     pool: &PgPool,
     worker: &Worker,
     after: i64,
     limit: usize,
-) -> Result<Vec<i64>, sqlx::Error> {
+    columns: &str,
+) -> Result<Vec<PgRow>, sqlx::Error> {
     let limit = i64::try_from(limit.min(CLAIM_BATCH)).unwrap_or(1);
-    let rows = sqlx::query(
+    let sql = format!(
         // Each status is its own index walk that skips rows another claim is locking, so
         // workers claiming at once get different items instead of waiting or getting none.
         "WITH pending AS (
@@ -162,8 +166,9 @@ pub(crate) async fn claim(
          UPDATE items i SET status = 'running', lease_owner = $3, lease_epoch = i.lease_epoch + 1,
                 lease_until = now() + make_interval(secs => $4), updated_at = now()
          FROM picked WHERE i.id = picked.id
-         RETURNING i.id, i.lease_epoch",
-    )
+         RETURNING i.lease_epoch AS claimed_epoch, {columns}"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
     .bind(after)
     .bind(limit)
     .bind(&worker.id)
@@ -172,11 +177,15 @@ pub(crate) async fn claim(
     .await?;
     let claimed = rows
         .iter()
-        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .map(|r| Ok((r.try_get::<i64, _>("id")?, r.try_get::<i64, _>("claimed_epoch")?)))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let mut ids = worker.hold(claimed);
-    ids.sort_unstable();
-    Ok(ids)
+    let new: std::collections::HashSet<i64> = worker.hold(claimed).into_iter().collect();
+    let mut rows: Vec<PgRow> = rows
+        .into_iter()
+        .filter(|r| r.try_get::<i64, _>("id").is_ok_and(|id| new.contains(&id)))
+        .collect();
+    rows.sort_unstable_by_key(|r| r.try_get::<i64, _>("id").unwrap_or_default());
+    Ok(rows)
 }
 
 /// Whether `worker` still holds item `id` under the epoch it claimed it with (items it did not

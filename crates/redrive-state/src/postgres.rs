@@ -1058,14 +1058,13 @@ impl StateStore for PostgresStateStore {
 
     async fn claim(&self, after: ItemId, limit: usize) -> Result<Vec<StoredItem>, StateError> {
         self.ensure_heartbeat().await?;
-        let ids = lease::claim(&self.pool, &self.worker, after, limit)
+        let rows = lease::claim(&self.pool, &self.worker, after, limit, ITEM_COLUMNS)
             .await
             .map_err(|e| self.failed(e))?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.items("WHERE i.id = ANY($1) ORDER BY i.id", |q| q.bind(ids))
-            .await
+        rows.iter()
+            .map(row_to_item)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.failed(e))
     }
 
     async fn holds(&self, id: ItemId) -> Result<bool, StateError> {
