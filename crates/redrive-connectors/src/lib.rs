@@ -13,6 +13,7 @@ pub mod diff;
 pub mod fuzz;
 mod http_client;
 mod local_file;
+mod local_io;
 pub mod plan;
 mod queue;
 mod response;

@@ -240,7 +240,7 @@ async fn blocking<T: Send + 'static>(
         tokio::sync::Semaphore::new((4 * cores).max(8))
     });
     let _turn = turns.acquire().await;
-    tokio::task::spawn_blocking(work)
+    crate::local_io::run(work)
         .await
         .map_err(|e| StepError::permanent(format!("a local copy stopped: {e}")))?
 }

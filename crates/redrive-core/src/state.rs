@@ -75,6 +75,11 @@ pub enum StateError {
     },
 }
 
+/// A transition on its way to the state: resolves once it is committed
+/// ([`StateStore::queue`]).
+pub type Committing<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StateError>> + Send + 'a>>;
+
 /// The job a state belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobInfo {
@@ -386,6 +391,16 @@ pub trait StateStore: Send + Sync {
 
     /// Commits one transition (durably, before returning).
     async fn record(&self, transition: Transition) -> Result<(), StateError>;
+
+    /// [`StateStore::record`] in two halves: when `queue` returns, the transition is queued
+    /// behind every write queued before it (a write queued later commits with it or after
+    /// it); the returned future resolves once it is committed. The engine frees an item's
+    /// slot between the two, once its last transition is queued: the next item's start then
+    /// shares that commit instead of waiting for one of its own. The default queues nothing
+    /// early: the whole record happens when the future is awaited.
+    fn queue(&self, transition: Transition) -> Committing<'_> {
+        self.record(transition)
+    }
 
     /// Commits transitions of several items together (durably, before returning) and answers
     /// for each, in order: the engine starts the items it admits at once this way, one commit

@@ -169,15 +169,20 @@ pub(crate) async fn claim(
          RETURNING i.lease_epoch AS claimed_epoch, {columns}"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-    .bind(after)
-    .bind(limit)
-    .bind(&worker.id)
-    .bind(worker.lease_seconds())
-    .fetch_all(pool)
-    .await?;
+        .bind(after)
+        .bind(limit)
+        .bind(&worker.id)
+        .bind(worker.lease_seconds())
+        .fetch_all(pool)
+        .await?;
     let claimed = rows
         .iter()
-        .map(|r| Ok((r.try_get::<i64, _>("id")?, r.try_get::<i64, _>("claimed_epoch")?)))
+        .map(|r| {
+            Ok((
+                r.try_get::<i64, _>("id")?,
+                r.try_get::<i64, _>("claimed_epoch")?,
+            ))
+        })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let new: std::collections::HashSet<i64> = worker.hold(claimed).into_iter().collect();
     let mut rows: Vec<PgRow> = rows

@@ -92,7 +92,7 @@ CREATE VIEW IF NOT EXISTS files AS
     FROM items c JOIN items p ON p.id = c.parent;
 
 -- Whether a run has the state open: set (and checkpointed into this file) when a run begins,
--- cleared when it closes the state; `commits` counts the run's transactions since. Set, with
+-- cleared when it closes the state; `commits` is 1 once the run has committed since. Set, with
 -- no commit in this file and no write-ahead log beside it: a run died and its log, which held
 -- what it recorded, was removed (a log that SQLite checkpointed brings its commits here).
 CREATE TABLE IF NOT EXISTS run_open (

@@ -180,6 +180,15 @@ impl SqliteStateStore {
     }
 
     async fn send(&self, write: Option<Write>) -> Result<u64, StateError> {
+        self.enqueue(write).await
+    }
+
+    /// Hands `write` to the writer now (behind every write handed over before it); the
+    /// returned future waits for its commit.
+    fn enqueue(
+        &self,
+        write: Option<Write>,
+    ) -> impl std::future::Future<Output = Result<u64, StateError>> + Send + 'static {
         let (done, wait) = oneshot::channel();
         let sent = match self.writer.lock() {
             Ok(writer) => writer
@@ -188,13 +197,17 @@ impl SqliteStateStore {
                 .unwrap_or(false),
             Err(_) => false,
         };
-        if !sent {
-            return Err(self.failed("the writer has stopped".to_owned()));
-        }
-        match wait.await {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(message)) => Err(self.failed(message)),
-            Err(_) => Err(self.failed("the writer has stopped".to_owned())),
+        let location = self.location.clone();
+        async move {
+            let failed = |message: String| StateError::Backend { location, message };
+            if !sent {
+                return Err(failed("the writer has stopped".to_owned()));
+            }
+            match wait.await {
+                Ok(Ok(n)) => Ok(n),
+                Ok(Err(message)) => Err(failed(message)),
+                Err(_) => Err(failed("the writer has stopped".to_owned())),
+            }
         }
     }
 
@@ -395,6 +408,8 @@ fn write_loop(
     receiver: mpsc::Receiver<Command>,
     running: &std::sync::atomic::AtomicBool,
 ) {
+    // Whether this run's first transaction has marked the file (see `run_open`).
+    let mut marked = false;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -428,14 +443,19 @@ fn write_loop(
                     Err(error) => answers.push((command.done, Err(error.to_string()))),
                 }
             }
-            if running.load(std::sync::atomic::Ordering::Relaxed) {
-                tx.prepare_cached("UPDATE run_open SET commits = commits + 1 WHERE id = 1")?
+            // Once a run: a row updated by every transaction put its page in every commit's
+            // log frames (4 KiB more a commit), and what it tells (the run committed since it
+            // opened the file) is said by the first.
+            let mark = !marked && running.load(std::sync::atomic::Ordering::Relaxed);
+            if mark {
+                tx.prepare_cached("UPDATE run_open SET commits = 1 WHERE id = 1")?
                     .execute([])?;
             }
-            tx.commit()
+            tx.commit().map(|()| mark)
         });
         match committed {
-            Ok(()) => {
+            Ok(mark) => {
+                marked |= mark;
                 redrive_core::state::commits::committed(started, writes);
                 if checkpoint {
                     // Best effort: a checkpoint that cannot finish now (a reader in the
@@ -653,7 +673,7 @@ impl StateStore for SqliteStateStore {
         }))
         .await?;
         self.flush().await?;
-        // From now on each transaction counts itself (after the checkpoint: the file says 0).
+        // From now on the first transaction marks the file (after the checkpoint: it says 0).
         self.running
             .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -956,6 +976,13 @@ impl StateStore for SqliteStateStore {
         }))
         .await
         .map(|_| ())
+    }
+
+    fn queue(&self, transition: Transition) -> redrive_core::state::Committing<'_> {
+        let committed = self.enqueue(Some(Box::new(move |tx| {
+            apply(tx, transition).map(|changed| changed as u64)
+        })));
+        Box::pin(async move { committed.await.map(|_| ()) })
     }
 
     /// One write for all: the writer commits them in one transaction (and a failure, always

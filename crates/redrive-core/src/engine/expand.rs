@@ -7,6 +7,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::Slot;
 use super::item::run_item;
 use super::report::ItemReport;
 use super::{
@@ -106,9 +107,10 @@ pub(super) async fn run_parent(
             }
             let shared_child = Arc::clone(shared);
             let child_shutdown = shutdown.clone();
+            let slot = Slot::new(permit);
             children.spawn(async move {
-                let result = run_item(&shared_child, child, child_shutdown).await;
-                drop(permit);
+                let result = run_item(&shared_child, child, child_shutdown, &slot).await;
+                slot.free();
                 result
             });
         }

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::report::{ItemReport, StepEvent, StepStatus};
-use super::{Counter, EngineError, PipelineStep, Shared, Shutdown, StopLevel, stop_requested};
+use super::{
+    Counter, EngineError, PipelineStep, Shared, Shutdown, Slot, StopLevel, stop_requested,
+};
 use crate::error::{ErrorClass, StepError};
 use crate::item::{Fields, Status, StoredItem};
 use crate::state::{StateError, TargetClaim, Transition};
@@ -63,11 +65,12 @@ pub(super) async fn run_item(
     shared: &Shared,
     item: StoredItem,
     shutdown: Shutdown,
+    slot: &Slot,
 ) -> Result<ItemReport, EngineError> {
     match begin(shared, &item).await? {
         Some((first, start)) => {
             shared.state.record(start).await?;
-            run_started(shared, item, first, shutdown).await
+            run_started(shared, item, first, shutdown, slot).await
         }
         None => all_ran(shared, &item).await,
     }
@@ -132,6 +135,7 @@ pub(super) async fn run_started(
     mut item: StoredItem,
     first: usize,
     mut shutdown: Shutdown,
+    slot: &Slot,
 ) -> Result<ItemReport, EngineError> {
     let steps = &shared.pipeline.steps;
     let state = &shared.state;
@@ -277,38 +281,43 @@ pub(super) async fn run_started(
                 event.bytes = done.bytes;
                 event.output = done.output.as_ref().map(|o| o.path.as_str());
                 event.target = done.target.as_deref();
-                let transition = match steps.get(index + 1) {
+                match steps.get(index + 1) {
                     Some(PipelineStep {
                         name: next_name, ..
-                    }) => Transition::Advanced {
-                        id: item.id,
-                        step: index + 1,
-                        step_name: next_name.clone(),
-                        bytes: done.bytes,
-                        output: done.output.clone(),
-                    },
-                    None => Transition::Finished {
-                        id: item.id,
-                        status: Status::Done,
-                        bytes: done.bytes,
-                        reason: None,
-                        output: done.output.clone(),
-                    },
+                    }) => {
+                        state
+                            .record(Transition::Advanced {
+                                id: item.id,
+                                step: index + 1,
+                                step_name: next_name.clone(),
+                                bytes: done.bytes,
+                                output: done.output.clone(),
+                            })
+                            .await?
+                    }
+                    None => {
+                        let finished = Transition::Finished {
+                            id: item.id,
+                            status: Status::Done,
+                            bytes: done.bytes,
+                            reason: None,
+                            output: done.output.clone(),
+                        };
+                        record_last(shared, slot, finished).await?
+                    }
                 };
-                state.record(transition).await?;
                 shared.step_times.note(index, event.seconds);
                 shared.reporter.step(&event);
             }
             Ok(Outcome::Skipped(reason)) => {
-                state
-                    .record(Transition::Finished {
-                        id: item.id,
-                        status: Status::Skipped,
-                        bytes: 0,
-                        reason: Some(reason.clone().into_owned()),
-                        output: None,
-                    })
-                    .await?;
+                let skipped = Transition::Finished {
+                    id: item.id,
+                    status: Status::Skipped,
+                    bytes: 0,
+                    reason: Some(reason.clone().into_owned()),
+                    output: None,
+                };
+                record_last(shared, slot, skipped).await?;
                 event.status = StepStatus::Skipped;
                 event.error = Some(&reason);
                 shared.step_times.note(index, event.seconds);
@@ -337,12 +346,11 @@ pub(super) async fn run_started(
             Err(error) => {
                 let message = error.chain();
                 tracing::warn!(key = %crate::secrets::redact(&item.key), step = %name, error = %message, "Item failed.");
-                state
-                    .record(Transition::Failed {
-                        id: item.id,
-                        error: message.clone(),
-                    })
-                    .await?;
+                let failed = Transition::Failed {
+                    id: item.id,
+                    error: message.clone(),
+                };
+                record_last(shared, slot, failed).await?;
                 event.status = StepStatus::Failed;
                 event.error_class = Some(error.class());
                 event.error = Some(&message);
@@ -357,6 +365,19 @@ pub(super) async fn run_started(
     report.status = Some(Status::Done);
     finished(shared, &item, Status::Done);
     Ok(report)
+}
+
+/// Records an item's last transition: queued, then its slot is given back (no further side
+/// effect of this item follows), then committed. The next item's start is queued behind it,
+/// so it shares this commit, and its first step still runs only after this is recorded.
+async fn record_last(
+    shared: &Shared,
+    slot: &Slot,
+    transition: Transition,
+) -> Result<(), StateError> {
+    let committed = shared.state.queue(transition);
+    slot.free();
+    committed.await
 }
 
 /// Runs one attempt of step `index` under its adaptive limit and the run's rate, and tells

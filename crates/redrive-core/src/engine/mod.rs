@@ -582,6 +582,24 @@ async fn stop_requested(shutdown: &mut Shutdown, level: StopLevel) {
     }
 }
 
+/// An item's place among those in flight: given back when its task ends, or earlier, once
+/// its last transition is queued (it makes no further side effect), so the next item's start
+/// can share that transition's commit instead of waiting for one of its own.
+pub(super) struct Slot(std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);
+
+impl Slot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Arc<Self> {
+        Arc::new(Self(std::sync::Mutex::new(Some(permit))))
+    }
+
+    /// Gives the place back (again: nothing).
+    pub(super) fn free(&self) {
+        if let Ok(mut permit) = self.0.lock() {
+            permit.take();
+        }
+    }
+}
+
 /// Starts a group of items that each hold a slot: their starts are recorded together (one
 /// commit), then each runs in its own task. Parents of `[expand]` record their own start.
 async fn admit(
@@ -593,7 +611,7 @@ async fn admit(
     if shared.pipeline.expand.is_some() {
         for (item, permit) in group {
             let (own, shutdown) = (Arc::clone(shared), shutdown.clone());
-            spawn_item(tasks, shared, item.id, permit, async move {
+            spawn_item(tasks, shared, item.id, Slot::new(permit), async move {
                 run_parent(&own, item, shutdown).await
             });
         }
@@ -626,9 +644,11 @@ async fn admit(
             },
             other => other,
         };
-        spawn_item(tasks, shared, item.id, permit, async move {
+        let slot = Slot::new(permit);
+        let own_slot = Arc::clone(&slot);
+        spawn_item(tasks, shared, item.id, slot, async move {
             match started? {
-                Some(first) => run_started(&own, item, first, shutdown).await,
+                Some(first) => run_started(&own, item, first, shutdown, &own_slot).await,
                 None => all_ran(&own, &item).await,
             }
         });
@@ -642,7 +662,7 @@ fn spawn_item(
     tasks: &mut JoinSet<Result<ItemReport, EngineError>>,
     shared: &Arc<Shared>,
     id: ItemId,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    slot: Arc<Slot>,
     run: impl Future<Output = Result<ItemReport, EngineError>> + Send + 'static,
 ) {
     let shared = Arc::clone(shared);
@@ -660,7 +680,7 @@ fn spawn_item(
         if matches!(result, Err(EngineError::State(_))) {
             shared.halt.store(true, Ordering::SeqCst);
         }
-        drop(permit);
+        slot.free();
         result
     });
 }

@@ -46,7 +46,10 @@ impl ExistsStep {
             // when most checked files are missing).
             let path =
                 std::path::PathBuf::from(location.operator.info().root()).join(&location.path);
-            match tokio::fs::metadata(&path).await {
+            let stat = crate::local_io::run(move || std::fs::metadata(&path))
+                .await
+                .map_err(|e| StepError::permanent(e.to_string()))?;
+            match stat {
                 Ok(_) => Ok(true),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
                 Err(e) => Err(StepError::permanent(format!(
