@@ -57,7 +57,7 @@ pub struct SqliteStateStore {
     /// SQLite removes the (checkpointed) log as it closes.
     reader: Arc<Mutex<Option<Connection>>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
-    /// A run began on this store: each transaction counts itself in `run_open`, and closing
+    /// A run began on this store: its first transaction marks `run_open`, and closing
     /// the store records that the run closed the state.
     running: Arc<std::sync::atomic::AtomicBool>,
 }
