@@ -200,14 +200,7 @@ impl<'a> Change<'a> {
         dialect: &Dialect,
         returning: bool,
     ) -> (std::rc::Rc<str>, Vec<&Value<'a>>) {
-        let values = self
-            .sets
-            .iter()
-            .filter_map(|set| match set {
-                Set::To(_, value) | Set::Add(_, value) => Some(value),
-                Set::Increment(_) | Set::Now(_) => None,
-            })
-            .collect();
+        let values = self.values().collect();
         let key = (
             dialect.marker,
             dialect.first,
@@ -257,6 +250,66 @@ impl<'a> Change<'a> {
             sql.push_str(" RETURNING step_index");
         }
         sql
+    }
+
+    /// Whether `other` is the same kind of change: the same text updates both, and
+    /// [`Change::update_many`] can apply them together.
+    pub(crate) fn same_kind(&self, other: &Change<'_>) -> bool {
+        self.kind == other.kind
+    }
+
+    /// The update of many items' changes of this change's kind in one PostgreSQL statement:
+    /// `$1` the worker, `$2` the lease in seconds, `$3` the items and `$4` the epochs they
+    /// were claimed with (null: not claimed, not fenced), then one array per value the change
+    /// binds, in [`Change::update`]'s order, unnested side by side. Each row is fenced as
+    /// [`Change::update`] fences it; it returns the ids of the rows it changed.
+    pub(crate) fn update_many(&self) -> String {
+        let mut next = 5;
+        let mut columns = Vec::new();
+        let mut arrays = Vec::new();
+        let mut assignments: Vec<String> = Vec::with_capacity(self.sets.len() + 1);
+        for set in &self.sets {
+            let mut column = |value: &Value<'_>| {
+                let name = format!("v{}", columns.len());
+                let kind = match value {
+                    Value::Int(_) => "bigint",
+                    Value::Text(_) => "text",
+                };
+                arrays.push(format!("${next}::{kind}[]"));
+                columns.push(name.clone());
+                next += 1;
+                name
+            };
+            assignments.push(match set {
+                Set::To(name, value) => format!("{name} = u.{}", column(value)),
+                Set::Add(name, value) => format!("{name} = i.{name} + u.{}", column(value)),
+                Set::Increment(name) => format!("{name} = i.{name} + 1"),
+                Set::Now(name) => format!("{name} = now()"),
+            });
+        }
+        if self.renews {
+            assignments.push(
+                "lease_until = CASE WHEN u.epoch IS NULL THEN i.lease_until \
+                 ELSE now() + make_interval(secs => $2) END"
+                    .to_owned(),
+            );
+        }
+        format!(
+            "UPDATE items i SET {} FROM UNNEST($3::bigint[], $4::bigint[]{}) AS u(id, epoch{}) \
+             WHERE i.id = u.id AND (u.epoch IS NULL OR (i.lease_owner = $1 AND i.lease_epoch = u.epoch)) \
+             RETURNING i.id",
+            assignments.join(", "),
+            arrays.iter().map(|a| format!(", {a}")).collect::<String>(),
+            columns.iter().map(|c| format!(", {c}")).collect::<String>(),
+        )
+    }
+
+    /// The values this change binds, in [`Change::update`]'s order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Value<'a>> {
+        self.sets.iter().filter_map(|set| match set {
+            Set::To(_, value) | Set::Add(_, value) => Some(value),
+            Set::Increment(_) | Set::Now(_) => None,
+        })
     }
 
     /// The step the output row is recorded against, from the step index the update returned.
@@ -416,6 +469,41 @@ mod tests {
                 .0
                 .contains("lease_until")
         );
+    }
+
+    #[test]
+    fn many_changes_of_a_kind_are_one_fenced_update_over_arrays() {
+        let start = Transition::Started {
+            id: 1,
+            step: 0,
+            step_name: "a".into(),
+        };
+        let sql = Change::of(&start).update_many();
+        assert_eq!(
+            sql,
+            "UPDATE items i SET status = u.v0, step_index = u.v1, step = u.v2, \
+             attempts = i.attempts + 1, error = u.v3, started_at = now(), updated_at = now(), \
+             lease_until = CASE WHEN u.epoch IS NULL THEN i.lease_until ELSE now() + make_interval(secs => $2) END \
+             FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[]) \
+             AS u(id, epoch, v0, v1, v2, v3) \
+             WHERE i.id = u.id AND (u.epoch IS NULL OR (i.lease_owner = $1 AND i.lease_epoch = u.epoch)) \
+             RETURNING i.id"
+        );
+        let finish = Transition::Finished {
+            id: 1,
+            status: Status::Done,
+            bytes: 3,
+            reason: None,
+            output: None,
+        };
+        let sql = Change::of(&finish).update_many();
+        assert!(sql.contains("bytes = i.bytes + u.v1"), "{sql}");
+        assert!(
+            !sql.contains("lease_until"),
+            "a finish does not renew: {sql}"
+        );
+        assert!(Change::of(&finish).same_kind(&Change::of(&finish)));
+        assert!(!Change::of(&finish).same_kind(&Change::of(&start)));
     }
 
     #[test]

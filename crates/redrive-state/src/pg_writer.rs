@@ -94,13 +94,84 @@ async fn apply_group(
     let started = std::time::Instant::now();
     let mut connection = pool.acquire().await?;
     let mut tx = connection.begin().await?;
-    let mut landed = Vec::with_capacity(group.len());
-    for pending in group {
-        landed.push(apply(&mut tx, worker, &pending.transition).await?);
+    let changes: Vec<Change<'_>> = group.iter().map(|p| Change::of(&p.transition)).collect();
+    let mut landed = vec![false; group.len()];
+    // A change that records an output goes on its own (its output row follows its update);
+    // the others, one statement per kind of change: a round trip per transition was most of
+    // a group's time.
+    let mut kinds: Vec<Vec<usize>> = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        if change.output.is_some() {
+            landed[i] = apply(&mut tx, worker, &group[i].transition).await?;
+        } else if let Some(kind) = kinds.iter_mut().find(|k| {
+            changes[k[0]].same_kind(change) && k.iter().all(|&j| changes[j].id != change.id)
+        }) {
+            kind.push(i);
+        } else {
+            kinds.push(vec![i]);
+        }
+    }
+    for kind in kinds {
+        let of_kind: Vec<&Change<'_>> = kind.iter().map(|&i| &changes[i]).collect();
+        for (i, ok) in kind
+            .iter()
+            .zip(apply_many(&mut *tx, worker, &of_kind).await?)
+        {
+            landed[*i] = ok;
+        }
     }
     tx.commit().await?;
     redrive_core::state::commits::committed(started, group.len());
     Ok(landed)
+}
+
+/// Changes of one kind, without outputs, of distinct items, in one fenced statement
+/// ([`Change::update_many`]): whether each landed (`false`: fenced out).
+pub(crate) async fn apply_many(
+    executor: impl sqlx::PgExecutor<'_>,
+    worker: &Worker,
+    changes: &[&Change<'_>],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let Some(first) = changes.first() else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<i64> = changes.iter().map(|c| c.id).collect();
+    let epochs: Vec<Option<i64>> = ids.iter().map(|id| worker.epoch(*id)).collect();
+    let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(first.update_many()))
+        .bind(worker.id.clone())
+        .bind(worker.lease_seconds())
+        .bind(ids.clone())
+        .bind(epochs.clone());
+    let rows: Vec<Vec<&Value<'_>>> = changes.iter().map(|c| c.values().collect()).collect();
+    for (column, value) in first.values().enumerate() {
+        query = match value {
+            Value::Int(_) => query.bind(
+                rows.iter()
+                    .map(|row| match row.get(column).copied() {
+                        Some(Value::Int(n)) => *n,
+                        _ => 0,
+                    })
+                    .collect::<Vec<i64>>(),
+            ),
+            Value::Text(_) => query.bind(
+                rows.iter()
+                    .map(|row| match row.get(column).copied() {
+                        Some(Value::Text(text)) => text.map(str::to_owned),
+                        _ => None,
+                    })
+                    .collect::<Vec<Option<String>>>(),
+            ),
+        };
+    }
+    let changed: std::collections::HashSet<i64> =
+        query.fetch_all(executor).await?.into_iter().collect();
+    // No row changed: fenced out when the item is claimed; else the id is unknown, which
+    // changes nothing either way (as `apply` answers).
+    Ok(ids
+        .iter()
+        .zip(&epochs)
+        .map(|(id, epoch)| epoch.is_none() || changed.contains(id))
+        .collect())
 }
 
 async fn apply_one(

@@ -14,7 +14,7 @@ use redrive_core::step::Produced;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 
-use crate::change::ItemRow;
+use crate::change::{Change, ItemRow};
 use crate::lease::{self, Worker};
 use crate::pg_writer;
 use std::sync::Arc;
@@ -755,55 +755,23 @@ impl StateStore for PostgresStateStore {
             return futures::future::join_all(transitions.into_iter().map(|t| self.record(t)))
                 .await;
         }
-        let mut ids = Vec::with_capacity(transitions.len());
-        let mut epochs = Vec::with_capacity(transitions.len());
-        let mut steps = Vec::with_capacity(transitions.len());
-        let mut names = Vec::with_capacity(transitions.len());
-        for transition in &transitions {
-            if let Transition::Started {
-                id,
-                step,
-                step_name,
-            } = transition
-            {
-                ids.push(*id);
-                epochs.push(self.worker.epoch(*id));
-                steps.push(i32_of(*step));
-                names.push(step_name.clone());
-            }
-        }
-        let updated: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(
-            "UPDATE items i SET status = 'running', step_index = u.step, step = u.name,
-               attempts = i.attempts + 1, error = NULL, started_at = now(), updated_at = now(),
-               lease_until = CASE WHEN u.epoch IS NULL THEN i.lease_until
-                                  ELSE now() + make_interval(secs => $2) END
-             FROM UNNEST($3::bigint[], $4::bigint[], $5::int[], $6::text[]) AS u(id, epoch, step, name)
-             WHERE i.id = u.id AND (u.epoch IS NULL OR (i.lease_owner = $1 AND i.lease_epoch = u.epoch))
-             RETURNING i.id",
-        )
-        .bind(&self.worker.id)
-        .bind(self.worker.lease_seconds())
-        .bind(&ids)
-        .bind(&epochs)
-        .bind(&steps)
-        .bind(&names)
-        .fetch_all(&self.pool)
-        .await;
+        let changes: Vec<Change<'_>> = transitions.iter().map(Change::of).collect();
+        let of_kind: Vec<&Change<'_>> = changes.iter().collect();
+        let ids: Vec<i64> = changes.iter().map(|c| c.id).collect();
+        let updated = pg_writer::apply_many(&self.pool, &self.worker, &of_kind).await;
         match updated {
-            Ok(started) => {
-                let started: std::collections::HashSet<i64> = started.into_iter().collect();
-                ids.iter()
-                    .zip(&epochs)
-                    .map(|(id, epoch)| {
-                        if epoch.is_some() && !started.contains(id) {
-                            self.worker.lost(*id);
-                            Err(StateError::LeaseLost { id: *id })
-                        } else {
-                            Ok(())
-                        }
-                    })
-                    .collect()
-            }
+            Ok(landed) => ids
+                .iter()
+                .zip(landed)
+                .map(|(id, landed)| {
+                    if landed {
+                        Ok(())
+                    } else {
+                        self.worker.lost(*id);
+                        Err(StateError::LeaseLost { id: *id })
+                    }
+                })
+                .collect(),
             Err(error) => {
                 let message = error.to_string();
                 ids.iter()
