@@ -303,7 +303,7 @@ pub(super) async fn run_started(
                             reason: None,
                             output: done.output.clone(),
                         };
-                        record_last(shared, slot, finished).await?
+                        record_last(shared, slot, &item, finished).await?
                     }
                 };
                 shared.step_times.note(index, event.seconds);
@@ -317,7 +317,7 @@ pub(super) async fn run_started(
                     reason: Some(reason.clone().into_owned()),
                     output: None,
                 };
-                record_last(shared, slot, skipped).await?;
+                record_last(shared, slot, &item, skipped).await?;
                 event.status = StepStatus::Skipped;
                 event.error = Some(&reason);
                 shared.step_times.note(index, event.seconds);
@@ -350,7 +350,7 @@ pub(super) async fn run_started(
                     id: item.id,
                     error: message.clone(),
                 };
-                record_last(shared, slot, failed).await?;
+                record_last(shared, slot, &item, failed).await?;
                 event.status = StepStatus::Failed;
                 event.error_class = Some(error.class());
                 event.error = Some(&message);
@@ -373,9 +373,14 @@ pub(super) async fn run_started(
 async fn record_last(
     shared: &Shared,
     slot: &Slot,
+    item: &StoredItem,
     transition: Transition,
 ) -> Result<(), StateError> {
+    let failed = matches!(transition, Transition::Failed { .. });
     let committed = shared.state.queue(transition);
+    if failed {
+        count_failure(shared, item);
+    }
     slot.free();
     committed.await
 }
@@ -408,13 +413,19 @@ pub(super) fn finished(shared: &Shared, item: &StoredItem, status: Status) {
         shared.reporter.child_finished(status);
     } else {
         shared.reporter.finished(status);
-        if status == Status::Failed {
-            let failed = shared.failed.fetch_add(1, Ordering::SeqCst) + 1;
-            if shared.options.max_errors.is_some_and(|max| failed >= max) {
-                // Enough: start no more items (those in flight end as they can).
-                shared.too_many_errors.store(true, Ordering::SeqCst);
-                shared.halt.store(true, Ordering::SeqCst);
-            }
-        }
+    }
+}
+
+/// Counts a top-level item's failure against `--max-errors`, before its slot is given back:
+/// the item that reaches the limit stops the run before another is admitted.
+fn count_failure(shared: &Shared, item: &StoredItem) {
+    if item.parent.is_some() {
+        return;
+    }
+    let failed = shared.failed.fetch_add(1, Ordering::SeqCst) + 1;
+    if shared.options.max_errors.is_some_and(|max| failed >= max) {
+        // Enough: start no more items (those in flight end as they can).
+        shared.too_many_errors.store(true, Ordering::SeqCst);
+        shared.halt.store(true, Ordering::SeqCst);
     }
 }
