@@ -121,7 +121,11 @@ impl<'a> Change<'a> {
                     Now("updated_at"),
                 ],
                 None,
-                true,
+                // The claim that made it runnable here set its lease a moment ago (and the
+                // heartbeat renews a claimed item while it waits for a slot): leaving
+                // `lease_until`, an indexed column, alone lets PostgreSQL update the row in
+                // place (a HOT update, no index entries).
+                false,
             ),
             Transition::Advanced {
                 id,
@@ -413,7 +417,7 @@ mod tests {
                 &Value::Text(None)
             ]
         );
-        assert!(change.renews);
+        assert!(!change.renews, "a start leaves the lease its claim set");
     }
 
     #[test]
@@ -448,17 +452,19 @@ mod tests {
             filter: "id = $4",
             renew: "lease_until = now()",
         };
-        let start = Transition::Started {
+        let advance = Transition::Advanced {
             id: 1,
-            step: 0,
-            step_name: "a".into(),
+            step: 1,
+            step_name: "b".into(),
+            bytes: 0,
+            output: None,
         };
         let fail = Transition::Failed {
             id: 1,
             error: "x".into(),
         };
         assert!(
-            Change::of(&start)
+            Change::of(&advance)
                 .update(&pg, true)
                 .0
                 .contains("lease_until = now()")
@@ -482,8 +488,7 @@ mod tests {
         assert_eq!(
             sql,
             "UPDATE items i SET status = u.v0, step_index = u.v1, step = u.v2, \
-             attempts = i.attempts + 1, error = u.v3, started_at = now(), updated_at = now(), \
-             lease_until = CASE WHEN u.epoch IS NULL THEN i.lease_until ELSE now() + make_interval(secs => $2) END \
+             attempts = i.attempts + 1, error = u.v3, started_at = now(), updated_at = now() \
              FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[]) \
              AS u(id, epoch, v0, v1, v2, v3) \
              WHERE i.id = u.id AND (u.epoch IS NULL OR (i.lease_owner = $1 AND i.lease_epoch = u.epoch)) \
@@ -501,6 +506,20 @@ mod tests {
         assert!(
             !sql.contains("lease_until"),
             "a finish does not renew: {sql}"
+        );
+        let advance = Transition::Advanced {
+            id: 1,
+            step: 1,
+            step_name: "b".into(),
+            bytes: 0,
+            output: None,
+        };
+        assert!(
+            Change::of(&advance).update_many().contains(
+                "lease_until = CASE WHEN u.epoch IS NULL THEN i.lease_until \
+                 ELSE now() + make_interval(secs => $2) END"
+            ),
+            "an advance renews a claimed item's lease"
         );
         assert!(Change::of(&finish).same_kind(&Change::of(&finish)));
         assert!(!Change::of(&finish).same_kind(&Change::of(&start)));
