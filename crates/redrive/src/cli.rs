@@ -31,7 +31,7 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Args)]
 pub(crate) struct GlobalArgs {
-    /// More detail on stderr: -v for each item's failures and retries, -vv for debugging
+    /// More detail on stderr: -v for each finished step of each item (`copy a → b: 2.0 KiB in 31 ms`), its failures and retries, -vv for debugging
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
     /// Only errors on stderr; no progress
