@@ -4,7 +4,7 @@
 //! and every hand-off takes the pool's one mutex and wakes a parked thread: with calls as
 //! short as a `stat`, the hand-offs were most of the work (`perf`: the pool's
 //! `lock_contended` and futex wake-ups, ~4 context switches an item; bench/README.md,
-//! "Local calls on threads of their own"). Here a fixed set of threads, 4 per core, each
+//! "Local calls on threads of their own"). Here a fixed set of threads, 2 per core, each
 //! takes calls from its own queue in turn: a busy thread takes the next call without being
 //! woken, and nothing is shared between threads but the round-robin counter.
 //!
@@ -26,7 +26,7 @@ fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        let queues = (0..(4 * cores).max(8))
+        let queues = (0..(2 * cores).max(4))
             .filter_map(|i| {
                 let (sender, receiver) = mpsc::channel::<Job>();
                 std::thread::Builder::new()
