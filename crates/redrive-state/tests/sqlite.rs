@@ -214,3 +214,53 @@ fn an_empty_state_is_refused_only_once_a_run_has_written_it() {
         Err(StateError::Damaged { .. })
     ));
 }
+
+/// `queue` hands the transition to the writer when it returns, not when its future is first
+/// polled: a transition queued before another is committed with it or before it. The engine
+/// gives an item's slot back between the two halves, and the next item's start must not
+/// commit ahead of the previous item's finish.
+#[tokio::test]
+async fn a_queued_transition_commits_no_later_than_one_recorded_after_it() {
+    use redrive_core::item::{NewItem, Status};
+    use redrive_core::state::Transition;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let store = SqliteStateStore::open(&dir.path().join("s.db")).unwrap();
+    let job = JobInfo {
+        name: "j".into(),
+        fingerprint: "f".into(),
+        earlier_fingerprints: Vec::new(),
+    };
+    store.begin(&job).await.unwrap();
+    let item = |key: &str| NewItem {
+        key: key.into(),
+        fields: Default::default(),
+    };
+    store.insert(vec![item("a"), item("b")]).await.unwrap();
+    let page = store.runnable(0, 10).await.unwrap();
+    let (a, b) = (page[0].id, page[1].id);
+    for id in [a, b] {
+        let started = Transition::Started {
+            id,
+            step: 0,
+            step_name: "s".into(),
+        };
+        store.record(started).await.unwrap();
+    }
+    let finish = |id| Transition::Finished {
+        id,
+        status: Status::Done,
+        bytes: 0,
+        reason: None,
+        output: None,
+    };
+    let a_committed = store.queue(finish(a));
+    // Not polled yet: `b`'s finish is recorded and committed first in the caller's order.
+    store.record(finish(b)).await.unwrap();
+    let done = store.items_with_status(Status::Done, 0, 10).await.unwrap();
+    assert_eq!(
+        done.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![a, b],
+        "the transition queued first is committed by the time the later one is"
+    );
+    a_committed.await.unwrap();
+}
