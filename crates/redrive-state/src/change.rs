@@ -443,6 +443,16 @@ mod tests {
         assert_eq!(Change::output_step(of, 2), 1);
     }
 
+    fn advance_to_b() -> Transition {
+        Transition::Advanced {
+            id: 1,
+            step: 1,
+            step_name: "b".into(),
+            bytes: 0,
+            output: None,
+        }
+    }
+
     #[test]
     fn a_renewing_change_takes_the_dialects_lease_clause() {
         let pg = Dialect {
@@ -452,13 +462,7 @@ mod tests {
             filter: "id = $4",
             renew: "lease_until = now()",
         };
-        let advance = Transition::Advanced {
-            id: 1,
-            step: 1,
-            step_name: "b".into(),
-            bytes: 0,
-            output: None,
-        };
+        let advance = advance_to_b();
         let fail = Transition::Failed {
             id: 1,
             error: "x".into(),
@@ -507,13 +511,7 @@ mod tests {
             !sql.contains("lease_until"),
             "a finish does not renew: {sql}"
         );
-        let advance = Transition::Advanced {
-            id: 1,
-            step: 1,
-            step_name: "b".into(),
-            bytes: 0,
-            output: None,
-        };
+        let advance = advance_to_b();
         assert!(
             Change::of(&advance).update_many().contains(
                 "lease_until = CASE WHEN u.epoch IS NULL THEN i.lease_until \
