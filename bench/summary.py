@@ -53,6 +53,15 @@ if state:
         if r["store"].startswith("redrive"):
             rows.append((f"state store: {r['store']}", f"{r['per_second']:,.0f} transitions/s",
                          "≥ 200,000 /s", r["per_second"] >= 200_000))
+scale = load("scale-out")
+if scale:
+    for s in scale["summary"]:
+        if s.get("workload") == "http" and s["workers"] > 1:
+            rows.append((f"scale-out: `http` step, {s['workers']} workers on one PostgreSQL", f"{s['speed_up']:.2f}× one worker",
+                         f"≥ {0.8 * s['workers']:.1f}×", s["speed_up"] >= 0.8 * s["workers"]))
+        if "postgres_vs_sqlite_one_worker_64" in s:
+            ratio = s["postgres_vs_sqlite_one_worker_64"]
+            rows.append(("PostgreSQL state vs SQLite, one worker, 64 in flight", f"{ratio:.2f}×", "≥ 0.5×", ratio >= 0.5))
 s1 = load("s1-faults")
 if s1:
     f = s1["summary"]["faults"]
