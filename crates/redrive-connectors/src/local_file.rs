@@ -231,15 +231,9 @@ pub(crate) async fn copy(
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StepError> + Send + 'static,
 ) -> Result<T, StepError> {
-    // A few file system calls at a time, however many copies are in flight: hundreds of
-    // threads creating files in one folder spin on its lock (`perf`: rwsem_spin_on_owner),
-    // and a small queue here keeps the disk as busy for less CPU.
-    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let turns = TURNS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        tokio::sync::Semaphore::new((4 * cores).max(8))
-    });
-    let _turn = turns.acquire().await;
+    // A few file system calls at a time, however many copies are in flight (local_io's
+    // fixed threads): hundreds of threads creating files in one folder spin on its lock
+    // (`perf`: rwsem_spin_on_owner), and a small queue keeps the disk as busy for less CPU.
     crate::local_io::run(work)
         .await
         .map_err(|e| StepError::permanent(format!("a local copy stopped: {e}")))?

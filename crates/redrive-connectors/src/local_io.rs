@@ -4,45 +4,53 @@
 //! and every hand-off takes the pool's one mutex and wakes a parked thread: with calls as
 //! short as a `stat`, the hand-offs were most of the work (`perf`: the pool's
 //! `lock_contended` and futex wake-ups, ~4 context switches an item; bench/README.md,
-//! "Local calls on threads of their own"). Here a fixed set of threads, 2 per core, each
-//! takes calls from its own queue in turn: a busy thread takes the next call without being
-//! woken, and nothing is shared between threads but the round-robin counter.
+//! "The hot path (issue 17, session 16)"). Here a fixed set of threads, 2 per core, takes
+//! calls from one queue: a busy thread takes the next call without being woken, and a long
+//! call (a big local copy) holds up only its own thread, never the calls queued after it.
 //!
-//! A call that cannot be queued (a thread could not be started, or died) runs on tokio's
-//! blocking pool instead.
+//! A call that panics answers [`Stopped`] and its thread goes on. A call that cannot be queued
+//! (no thread could be started) runs on tokio's blocking pool instead.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 type Job = Box<dyn FnOnce() + Send>;
 
 struct Pool {
-    queues: Vec<mpsc::Sender<Job>>,
-    next: AtomicUsize,
+    /// `None`: no thread could be started.
+    queue: Option<mpsc::Sender<Job>>,
 }
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        let queues = (0..(2 * cores).max(4))
-            .filter_map(|i| {
-                let (sender, receiver) = mpsc::channel::<Job>();
-                std::thread::Builder::new()
-                    .name(format!("redrive-local-io-{i}"))
-                    .spawn(move || {
-                        while let Ok(job) = receiver.recv() {
-                            job();
-                        }
-                    })
-                    .ok()
-                    .map(|_| sender)
-            })
-            .collect();
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut started = 0;
+        for i in 0..(2 * cores).max(4) {
+            let receiver = Arc::clone(&receiver);
+            let spawned = std::thread::Builder::new()
+                .name(format!("redrive-local-io-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match receiver.lock() {
+                            Ok(queue) => match queue.recv() {
+                                Ok(job) => job,
+                                Err(_) => return,
+                            },
+                            Err(_) => return,
+                        };
+                        // A panic drops the call's answer (the caller gets `Stopped`); the
+                        // thread takes the next call.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            if spawned.is_ok() {
+                started += 1;
+            }
+        }
         Pool {
-            queues,
-            next: AtomicUsize::new(0),
+            queue: (started > 0).then_some(sender),
         }
     })
 }
@@ -61,13 +69,9 @@ pub(crate) async fn run<T: Send + 'static>(
     let job: Job = Box::new(move || {
         let _ = answer.send(work());
     });
-    let pool = pool();
-    let queued = match pool.queues.len() {
-        0 => Err(job),
-        n => {
-            let i = pool.next.fetch_add(1, Ordering::Relaxed) % n;
-            pool.queues[i].send(job).map_err(|refused| refused.0)
-        }
+    let queued = match &pool().queue {
+        Some(queue) => queue.send(job).map_err(|refused| refused.0),
+        None => Err(job),
     };
     if let Err(job) = queued {
         return tokio::task::spawn_blocking(job)
@@ -89,8 +93,27 @@ mod tests {
         assert_eq!(sum, 999 * 1000);
         let panicked = run(|| -> u8 { panic!("boom") }).await;
         assert!(panicked.is_err());
-        // The pool still answers (a dead thread's calls go to tokio's pool).
+        // The pool still answers, on all its threads.
         let after = futures::future::join_all((0..100u64).map(|i| run(move || i))).await;
         assert!(after.iter().all(Result::is_ok));
+    }
+
+    /// A long call (a big local copy) holds up its own thread only: the calls queued after it
+    /// are answered by the others meanwhile.
+    #[tokio::test]
+    async fn a_long_call_does_not_hold_up_the_calls_queued_after_it() {
+        let long = tokio::spawn(run(|| {
+            std::thread::sleep(std::time::Duration::from_secs(3))
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let short = futures::future::join_all((0..64u64).map(|i| run(move || i))).await;
+        assert!(short.iter().all(Result::is_ok));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "short calls waited {:?} behind a long one",
+            started.elapsed()
+        );
+        assert!(long.await.is_ok_and(|r| r.is_ok()));
     }
 }

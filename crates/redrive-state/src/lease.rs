@@ -132,8 +132,8 @@ impl Worker {
 
 /// Claims up to `limit` runnable top-level items for `worker`: pending ones, running ones
 /// whose lease expired (or that no lease covers: a run before leases, or given back), and
-/// those skipped for `no input` after `after`. Each gets a new epoch. Returns the ids new to
-/// this worker, in id order.
+/// those skipped for `no input` after `after`. Each gets a new epoch. Returns the rows of the
+/// items new to this worker, in id order.
 ///
 /// One round trip: the claiming `UPDATE` returns the claimed rows themselves (`columns`, read
 /// from the updated row `i`), so a claim is not followed by a read of what it claimed.

@@ -971,11 +971,7 @@ impl StateStore for SqliteStateStore {
     }
 
     async fn record(&self, transition: Transition) -> Result<(), StateError> {
-        self.write(Box::new(move |tx| {
-            apply(tx, transition).map(|changed| changed as u64)
-        }))
-        .await
-        .map(|_| ())
+        self.queue(transition).await
     }
 
     fn queue(&self, transition: Transition) -> redrive_core::state::Committing<'_> {
