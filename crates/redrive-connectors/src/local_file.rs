@@ -16,6 +16,11 @@
 //!    `RENAME_NOREPLACE`, unless the plan overwrites);
 //! 4. a group sync again, so the name is durable too before the item is recorded done.
 //!
+//! The item's slot is held for step 1 only: steps 2 to 4 ([`Placing`]) are handed to the
+//! engine to settle ([`redrive_core::step::Settle`]) while the slot goes to the next item, so
+//! a copy in flight never waits for a sync (at most [`UNPLACED`] files a file system wait
+//! for their names, each an open descriptor).
+//!
 //! So an item recorded done has its bytes and its name on disk, at the cost of two shared
 //! `syncfs` calls per group of copies in flight instead of an `fsync` per file; and a copy
 //! cut off by a crash leaves nothing (a file without a name is gone with the process) or a
@@ -57,7 +62,13 @@ pub(crate) struct GroupSync {
     covered: AtomicU64,
     /// Syncs run (for tests).
     runs: AtomicU64,
+    /// Files written and not yet given their names, each an open descriptor.
+    unplaced: Arc<tokio::sync::Semaphore>,
 }
+
+/// Files written and waiting for their names, on one file system, at most: past it, copies
+/// wait before writing (a slow sync holds back the copies, not the descriptors).
+const UNPLACED: usize = 512;
 
 impl GroupSync {
     fn open(dir: &Path) -> std::io::Result<Self> {
@@ -67,6 +78,7 @@ impl GroupSync {
             asked: AtomicU64::new(0),
             covered: AtomicU64::new(0),
             runs: AtomicU64::new(0),
+            unplaced: Arc::new(tokio::sync::Semaphore::new(UNPLACED)),
         })
     }
 
@@ -179,8 +191,45 @@ pub(crate) struct LocalCopy {
 pub(crate) enum Copied {
     /// The target exists and the copy is create-only: nothing was written.
     Exists,
-    /// Written: bytes, and the checksum when one was asked.
-    Written(u64, Option<Hasher>),
+    /// Written: bytes, the checksum when one was asked, and the file, to give its name.
+    Written(u64, Option<Hasher>, Placing),
+}
+
+/// A copy's file, written, to be given the target's name.
+pub(crate) struct Placing {
+    pending: Pending,
+    target: LocalFile,
+    how: Arc<LocalCopy>,
+    /// Its place among the files waiting for their names.
+    unplaced: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Placing {
+    /// Makes the bytes durable, gives the file the target's name and makes the name durable
+    /// (see the module's documentation); `false` when a create-only target exists.
+    pub(crate) async fn finish(self) -> Result<bool, StepError> {
+        let Placing {
+            pending,
+            target,
+            how,
+            unplaced,
+        } = self;
+        if let Some(sync) = &target.sync
+            && let Err(error) = durable(sync, &how.target_display, "its bytes").await
+        {
+            pending.discard();
+            return Err(error);
+        }
+        let (job, to) = (Arc::clone(&how), target.path.clone());
+        if !blocking(move || commit(pending, &to, &job)).await? {
+            return Ok(false);
+        }
+        drop(unplaced);
+        if let Some(sync) = &target.sync {
+            durable(sync, &how.target_display, "its name").await?;
+        }
+        Ok(true)
+    }
 }
 
 /// Bytes read and written at a time.
@@ -189,7 +238,7 @@ const CHUNK: usize = 1024 * 1024;
 /// A file this small is copied without looking for its target first.
 const SMALL: u64 = 64 * 1024;
 
-/// Copies `source` to `target` (see the module's documentation).
+/// Copies `source` to a file without the target's name (see the module's documentation).
 pub(crate) async fn copy(
     source: LocalFile,
     target: LocalFile,
@@ -197,35 +246,35 @@ pub(crate) async fn copy(
     cancelled: Arc<AtomicBool>,
     progress: mpsc::UnboundedSender<u64>,
 ) -> Result<Copied, StepError> {
+    let unplaced = match &target.sync {
+        Some(sync) => Some(
+            Arc::clone(&sync.unplaced)
+                .acquire_owned()
+                .await
+                .map_err(|e| StepError::permanent(format!("a local copy stopped: {e}")))?,
+        ),
+        None => None,
+    };
     let how = Arc::new(how);
     let (src, dst, job) = (source.path.clone(), target.clone(), Arc::clone(&how));
     let written = blocking(move || write_temp(&src, &dst, &job, &cancelled, &progress)).await?;
     let Some((pending, bytes, hasher)) = written else {
         return Ok(Copied::Exists);
     };
-    let durable = |what: &'static str| {
-        let sync = target.sync.clone();
-        let how = Arc::clone(&how);
-        async move {
-            let Some(sync) = sync else { return Ok(()) };
-            sync.barrier().await.map_err(|error| {
-                io_error(
-                    format!("cannot make `{}` durable ({what})", how.target_display),
-                    error,
-                )
-            })
-        }
+    let placing = Placing {
+        pending,
+        target,
+        how,
+        unplaced: unplaced,
     };
-    if let Err(error) = durable("its bytes").await {
-        pending.discard();
-        return Err(error);
-    }
-    let (job, to) = (Arc::clone(&how), target.path.clone());
-    if !blocking(move || commit(pending, &to, &job)).await? {
-        return Ok(Copied::Exists);
-    }
-    durable("its name").await?;
-    Ok(Copied::Written(bytes, hasher))
+    Ok(Copied::Written(bytes, hasher, placing))
+}
+
+/// Waits until what was written to `sync`'s file system is durable.
+async fn durable(sync: &Arc<GroupSync>, target: &str, what: &str) -> Result<(), StepError> {
+    sync.barrier()
+        .await
+        .map_err(|error| io_error(format!("cannot make `{target}` durable ({what})"), error))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -257,6 +306,12 @@ fn io_error(what: String, error: std::io::Error) -> StepError {
     StepError::new(class, format!("{what}: {said}"))
 }
 
+thread_local! {
+    /// Each local_io thread's copy buffer, kept between copies: a buffer of 1 MiB made and
+    /// dropped per copy cost an `madvise` each, and the TLB shootdowns it sends every core.
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Writes the source to a new temporary file; `None` when a create-only target exists.
 fn write_temp(
     source: &Path,
@@ -265,14 +320,41 @@ fn write_temp(
     cancelled: &AtomicBool,
     progress: &mpsc::UnboundedSender<u64>,
 ) -> Result<Option<(Pending, u64, Option<Hasher>)>, StepError> {
+    BUFFER.with_borrow_mut(|buffer| {
+        if buffer.len() < CHUNK {
+            buffer.resize(CHUNK, 0);
+        }
+        write_temp_with(source, target, how, cancelled, progress, buffer)
+    })
+}
+
+fn write_temp_with(
+    source: &Path,
+    target: &LocalFile,
+    how: &LocalCopy,
+    cancelled: &AtomicBool,
+    progress: &mpsc::UnboundedSender<u64>,
+    buffer: &mut [u8],
+) -> Result<Option<(Pending, u64, Option<Hasher>)>, StepError> {
     // An existing target is not read over for nothing, unless the file is small: then the
     // check would cost more than the copy that `linkat` refuses anyway.
-    let small = how.size.is_some_and(|size| size <= SMALL);
-    if how.create_only && !small && std::fs::symlink_metadata(&target.path).is_ok() {
+    let exists = || how.create_only && std::fs::symlink_metadata(&target.path).is_ok();
+    if how.size.is_some_and(|size| size > SMALL) && exists() {
         return Ok(None);
     }
     let read_error = |e| io_error(format!("cannot read `{}`", how.source_display), e);
     let mut input = std::fs::File::open(source).map_err(read_error)?;
+    let mut read = |buffer: &mut [u8]| loop {
+        match input.read(buffer) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other.map_err(read_error),
+        }
+    };
+    // A file of unknown size is small if its first read takes it whole.
+    let first = read(buffer)?;
+    if how.size.is_none() && first == buffer.len() && exists() {
+        return Ok(None);
+    }
     let pending = create(target, how.create_only)
         .or_else(|e| {
             // The folder went away (removed by hand): make it again, once.
@@ -294,44 +376,26 @@ fn write_temp(
         pending.discard();
         error
     };
+    let write_error = |e| io_error(format!("cannot write `{}`", how.target_display), e);
     let mut hasher = how.checksum.map(Hasher::new);
-    // A buffer the size of the file (as listed) for small files: one read, one write.
-    let wanted = how.size.map_or(CHUNK, |s| {
-        usize::try_from(s).unwrap_or(CHUNK).saturating_add(1)
-    });
-    let mut buffer = vec![0u8; wanted.clamp(4096, CHUNK)];
     let mut bytes = 0u64;
-    loop {
+    let mut n = first;
+    while n > 0 {
         if cancelled.load(Ordering::SeqCst) {
             return Err(fail(StepError::new(ErrorClass::Transient, "cancelled")));
         }
-        let n = match input.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(fail(read_error(e))),
-        };
         let chunk = &buffer[..n];
         if let Some(hasher) = &mut hasher {
             hasher.update(chunk);
         }
-        output.write_all(chunk).map_err(|e| {
-            fail(io_error(
-                format!("cannot write `{}`", how.target_display),
-                e,
-            ))
-        })?;
+        output.write_all(chunk).map_err(|e| fail(write_error(e)))?;
         bytes += n as u64;
         let _ = progress.send(n as u64);
+        n = read(buffer).map_err(fail)?;
     }
     // A file system without a group sync (its folder cannot be opened): this file alone.
     if target.sync.is_none() {
-        output.sync_data().map_err(|e| {
-            fail(io_error(
-                format!("cannot write `{}`", how.target_display),
-                e,
-            ))
-        })?;
+        output.sync_data().map_err(|e| fail(write_error(e)))?;
     }
     // A file that changed size since it was listed is copied as it is now, said at -v.
     if let Some(listed) = how.size
@@ -481,7 +545,8 @@ mod tests {
         }
     }
 
-    async fn copy_to(dirs: &LocalDirs, from: &Path, to: &Path, create_only: bool) -> Copied {
+    /// The bytes written, or `None` when a create-only target exists.
+    async fn copy_to(dirs: &LocalDirs, from: &Path, to: &Path, create_only: bool) -> Option<u64> {
         let partial = to.parent().unwrap().parent().unwrap().join(".partial");
         let target = dirs
             .target(to, |dir| {
@@ -492,7 +557,7 @@ mod tests {
             .unwrap();
         let (progress, _moved) = mpsc::unbounded_channel();
         let cancelled = Arc::new(AtomicBool::new(false));
-        copy(
+        let copied = copy(
             LocalFile::read(from),
             target,
             how(create_only),
@@ -500,7 +565,11 @@ mod tests {
             progress,
         )
         .await
-        .unwrap()
+        .unwrap();
+        match copied {
+            Copied::Exists => None,
+            Copied::Written(bytes, _, placing) => placing.finish().await.unwrap().then_some(bytes),
+        }
     }
 
     #[tokio::test]
@@ -521,22 +590,13 @@ mod tests {
         let (from, to) = (dir.path().join("a.txt"), dir.path().join("out/a.txt"));
         std::fs::write(&from, "new").unwrap();
         let dirs = LocalDirs::default();
-        assert!(matches!(
-            copy_to(&dirs, &from, &to, true).await,
-            Copied::Written(3, _)
-        ));
+        assert_eq!(copy_to(&dirs, &from, &to, true).await, Some(3));
         assert_eq!(std::fs::read_to_string(&to).unwrap(), "new");
         std::fs::write(&from, "newer").unwrap();
-        assert!(matches!(
-            copy_to(&dirs, &from, &to, true).await,
-            Copied::Exists
-        ));
+        assert_eq!(copy_to(&dirs, &from, &to, true).await, None);
         assert_eq!(std::fs::read_to_string(&to).unwrap(), "new", "kept");
         // Overwriting replaces it, through a temporary file that is gone afterwards.
-        assert!(matches!(
-            copy_to(&dirs, &from, &to, false).await,
-            Copied::Written(5, _)
-        ));
+        assert_eq!(copy_to(&dirs, &from, &to, false).await, Some(5));
         assert_eq!(std::fs::read_to_string(&to).unwrap(), "newer");
         let names = |d: &str| std::fs::read_dir(dir.path().join(d)).unwrap().count();
         assert_eq!((names("out"), names(".partial")), (1, 0));
@@ -551,10 +611,7 @@ mod tests {
         let (first, second) = (dir.path().join("out/1.txt"), dir.path().join("out/2.txt"));
         copy_to(&dirs, &from, &first, true).await;
         std::fs::remove_dir_all(dir.path().join("out")).unwrap();
-        assert!(matches!(
-            copy_to(&dirs, &from, &second, true).await,
-            Copied::Written(1, _)
-        ));
+        assert_eq!(copy_to(&dirs, &from, &second, true).await, Some(1));
         assert_eq!(std::fs::read_to_string(&second).unwrap(), "x");
     }
 

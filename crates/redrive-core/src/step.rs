@@ -2,8 +2,11 @@
 
 use std::borrow::Cow;
 use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 
 use crate::error::StepError;
 use crate::item::Fields;
@@ -36,6 +39,48 @@ pub struct Done {
     /// Fields the step computed (`xml`'s `into`), for later steps. Not recorded in the state:
     /// a step that returns fields says so in [`StepTraits::binds_fields`] and is run again on resume.
     pub fields: Fields,
+    /// What the step left to settle before the item may be recorded (a local copy's file
+    /// given its name and made durable): it resolves to the step's outcome. It holds nothing
+    /// the item's slot bounds, so after an item's last step the slot goes to the next item
+    /// while it is awaited.
+    pub settle: Option<Settle>,
+}
+
+/// A step's unfinished end (see [`Done::settle`]); awaited once.
+#[derive(Clone)]
+pub struct Settle(Arc<Mutex<Option<Rest>>>);
+
+/// The rest of a step's work.
+type Rest = BoxFuture<'static, Result<Outcome, StepError>>;
+
+impl Settle {
+    /// `rest` finishes the step's work and says how it went.
+    pub fn new(rest: impl Future<Output = Result<Outcome, StepError>> + Send + 'static) -> Self {
+        Self(Arc::new(Mutex::new(Some(Box::pin(rest)))))
+    }
+
+    /// Finishes the step's work.
+    pub async fn wait(self) -> Result<Outcome, StepError> {
+        let rest = self.0.lock().ok().and_then(|mut rest| rest.take());
+        match rest {
+            Some(rest) => rest.await,
+            None => Err(StepError::permanent("a step's end was awaited twice")),
+        }
+    }
+}
+
+impl PartialEq for Settle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Settle {}
+
+impl Debug for Settle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Settle")
+    }
 }
 
 /// A file a step produced.
@@ -62,7 +107,7 @@ impl Outcome {
             bytes,
             output: None,
             target: Some(target.into()),
-            fields: Fields::new(),
+            ..Done::default()
         })
     }
 }

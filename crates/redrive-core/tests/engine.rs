@@ -20,7 +20,7 @@ use redrive_core::retry::Backoff;
 use redrive_core::source::{Source, SourceError};
 use redrive_core::state::memory::MemoryStateStore;
 use redrive_core::state::{JobInfo, StateStore};
-use redrive_core::step::{Outcome, Step, StepContext};
+use redrive_core::step::{Done, Outcome, Settle, Step, StepContext};
 use redrive_core::template::{Template, TemplateError};
 
 #[derive(Debug)]
@@ -799,4 +799,99 @@ async fn systemic_errors_after_a_success_are_retried_and_fail_items_as_usual() {
     .unwrap();
     assert_eq!((report.done, report.failed), (1, 4));
     assert_eq!(step.calls.load(Ordering::SeqCst), 1 + 4 * 3);
+}
+
+/// Leaves the end of its work to settle ([`Settle`]): each item's end waits until the next
+/// item's step has run (which it can only once this item's slot is given back), checks the
+/// item is not yet recorded, and fails item 1.
+#[derive(Debug)]
+struct Settling {
+    store: Arc<MemoryStateStore>,
+    n: usize,
+    ran: Arc<AtomicUsize>,
+    overlapped: Arc<AtomicUsize>,
+    recorded_early: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Step for Settling {
+    async fn run(&self, fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
+        let index: usize = fields["n"].parse().unwrap();
+        self.ran.fetch_add(1, Ordering::SeqCst);
+        let (store, n, ran) = (Arc::clone(&self.store), self.n, Arc::clone(&self.ran));
+        let (overlapped, early) = (
+            Arc::clone(&self.overlapped),
+            Arc::clone(&self.recorded_early),
+        );
+        let key = fields["n"].clone();
+        let rest = async move {
+            if index + 1 < n {
+                for _ in 0..5000 {
+                    if ran.load(Ordering::SeqCst) > index + 1 {
+                        overlapped.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            let running = store
+                .items_with_status(Status::Running, 0, usize::MAX)
+                .await
+                .unwrap();
+            if !running.iter().any(|i| i.key == key) {
+                early.fetch_add(1, Ordering::SeqCst);
+            }
+            if index == 1 {
+                return Err(StepError::permanent("cannot make it durable"));
+            }
+            Ok(Outcome::done(1))
+        };
+        Ok(Outcome::Done(Done {
+            settle: Some(Settle::new(rest)),
+            ..Done::default()
+        }))
+    }
+
+    fn describe(&self, _: &Fields) -> Result<String, TemplateError> {
+        Ok("settling".to_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_step_settles_outside_its_slot_and_is_recorded_only_once_settled() {
+    let s = setup().await;
+    let step = Arc::new(Settling {
+        store: Arc::clone(&s.store),
+        n: 3,
+        ran: Arc::new(AtomicUsize::new(0)),
+        overlapped: Arc::new(AtomicUsize::new(0)),
+        recorded_early: Arc::new(AtomicUsize::new(0)),
+    });
+    let report = run(
+        &s.store,
+        Numbers {
+            n: 3,
+            delay: Duration::ZERO,
+        },
+        vec![step.clone()],
+        options(1, 0),
+    )
+    .await;
+    // One item in flight, yet items 0 and 1 settled while the next item's step ran.
+    assert_eq!(step.overlapped.load(Ordering::SeqCst), 2);
+    assert_eq!(step.recorded_early.load(Ordering::SeqCst), 0);
+    assert_eq!((report.done, report.failed), (2, 1));
+    let failed = s
+        .store
+        .items_with_status(Status::Failed, 0, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot make it durable")),
+        "{failed:?}"
+    );
 }

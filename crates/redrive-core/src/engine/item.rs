@@ -262,6 +262,7 @@ pub(super) async fn run_started(
                 Err(error) => break Err(error),
             }
         };
+        let outcome = settle(outcome, slot, index + 1 == steps.len()).await;
         let mut event = StepEvent {
             key: &item.key,
             parent: item.parent_key.as_deref(),
@@ -365,6 +366,29 @@ pub(super) async fn run_started(
     report.status = Some(Status::Done);
     finished(shared, &item, Status::Done);
     Ok(report)
+}
+
+/// Waits for what a finished step left to settle (a local copy's file named and made
+/// durable). After the item's last step that needs no slot: the slot goes to the next item
+/// meanwhile (the item is recorded only once settled; a crash before leaves it `running`,
+/// redone on resume).
+async fn settle(
+    outcome: Result<Outcome, StepError>,
+    slot: &Slot,
+    last: bool,
+) -> Result<Outcome, StepError> {
+    match outcome {
+        Ok(Outcome::Done(mut done)) => match done.settle.take() {
+            Some(settle) => {
+                if last {
+                    slot.free();
+                }
+                settle.wait().await
+            }
+            None => Ok(Outcome::Done(done)),
+        },
+        other => other,
+    }
 }
 
 /// Records an item's last transition: queued, then its slot is given back (no further side

@@ -10,27 +10,28 @@
 //! plain file system calls (`local_file`).
 
 pub(crate) mod config;
+mod manifest;
 mod server_side;
 
-use std::io::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use self::config::{CopyMode, CopySpec, IfExists};
+use self::manifest::Manifest;
 use self::server_side::{AzureCopier, PartPlan, Refusals, Route, S3Copier, Server};
 use async_trait::async_trait;
 use futures::{FutureExt as _, TryStreamExt};
 use opendal::ErrorKind;
 use redrive_core::error::StepError;
 use redrive_core::item::Fields;
-use redrive_core::step::{Check, ObjectProgress, Outcome, Step, StepContext};
+use redrive_core::step::{Check, Done, ObjectProgress, Outcome, Settle, Step, StepContext};
 use redrive_core::template::TemplateError;
 
 use crate::checksum::{Hasher, PartMd5s, StoreMd5, hex, store_md5};
 use tokio::sync::mpsc;
 
-use crate::local_file::{self, Copied, LocalCopy, LocalFile};
+use crate::local_file::{self, Copied, LocalCopy, LocalFile, Placing};
 use crate::storage::{Location, Stores, step_error};
 use crate::upload::Upload;
 
@@ -39,9 +40,8 @@ use crate::upload::Upload;
 pub struct CopyStep {
     spec: CopySpec,
     stores: Arc<Stores>,
-    /// The manifest, opened (appending) when the first line is written: building the step for
-    /// `--dry-run` or `validate` creates no file.
-    manifest: Option<Mutex<Option<std::fs::File>>>,
+    /// The manifest (`manifest = "…"`).
+    manifest: Option<Arc<Manifest>>,
     azure: AzureCopier,
     s3: S3Copier,
     refusals: Refusals,
@@ -50,7 +50,10 @@ pub struct CopyStep {
 impl CopyStep {
     /// A copy as the plan describes it.
     pub fn new(spec: CopySpec, stores: Arc<Stores>) -> Self {
-        let manifest = spec.manifest.as_ref().map(|_| Mutex::new(None));
+        let manifest = spec
+            .manifest
+            .clone()
+            .map(|path| Arc::new(Manifest::new(path)));
         Self {
             spec,
             stores,
@@ -187,42 +190,7 @@ impl CopyStep {
     }
 
     fn record(&self, line: &serde_json::Value) -> Result<(), StepError> {
-        let (Some(manifest), Some(path)) = (&self.manifest, &self.spec.manifest) else {
-            return Ok(());
-        };
-        let text = redrive_core::secrets::redact(&line.to_string()).into_owned();
-        let mut file = manifest
-            .lock()
-            .map_err(|_| StepError::permanent("the manifest lock is poisoned"))?;
-        if file.is_none() {
-            let opened = path
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                });
-            let opened = opened.map_err(|e| {
-                StepError::new(
-                    redrive_core::error::ErrorClass::Fatal,
-                    format!("cannot open the manifest `{}`", path.display()),
-                )
-                .with_source(e)
-            })?;
-            *file = Some(opened);
-        }
-        let Some(file) = file.as_mut() else {
-            return Ok(());
-        };
-        writeln!(file, "{text}").map_err(|e| {
-            StepError::new(
-                redrive_core::error::ErrorClass::Fatal,
-                "cannot append to the manifest",
-            )
-            .with_source(e)
-        })
+        self.manifest.as_ref().map_or(Ok(()), |m| m.record(line))
     }
 }
 
@@ -254,6 +222,8 @@ struct Transferred {
     hasher: Option<Hasher>,
     /// Each part's MD5, to check an S3 multipart ETag (with `checksum = "md5"`).
     parts: Option<PartMd5s>,
+    /// A local copy's file, still to be given the target's name.
+    placing: Option<Placing>,
 }
 
 enum Failure {
@@ -415,11 +385,23 @@ async fn transfer(
             metadata,
             hasher,
             parts,
+            placing: None,
         }),
         Err(e) if how.create_only && target_exists(&e) => Err(Failure::Exists),
         Err(e) => Err(Failure::Step(step_error(
             format!("cannot write `{}`", target.display),
             e,
+        ))),
+    }
+}
+
+/// What a copy to an existing target comes to.
+fn exists(if_exists: IfExists, target: &str) -> Result<Outcome, StepError> {
+    match if_exists {
+        // An existing target counts as success; it is never touched.
+        IfExists::Skip | IfExists::Overwrite => Ok(Outcome::done_to(0, target)),
+        IfExists::Fail => Err(StepError::permanent(format!(
+            "target `{target}` exists (if_exists = \"fail\"); remove it or use if_exists = \"skip\""
         ))),
     }
 }
@@ -434,11 +416,12 @@ async fn local_transfer(
 ) -> Result<Transferred, Failure> {
     match local_file::copy(source, target, how, cancelled, progress).await {
         Ok(Copied::Exists) => Err(Failure::Exists),
-        Ok(Copied::Written(bytes, hasher)) => Ok(Transferred {
+        Ok(Copied::Written(bytes, hasher, placing)) => Ok(Transferred {
             bytes,
             metadata: opendal::MetadataBuilder::file(bytes).build(),
             hasher,
             parts: None,
+            placing: Some(placing),
         }),
         Err(error) => Err(Failure::Step(error)),
     }
@@ -607,18 +590,7 @@ impl Step for CopyStep {
 
         let create_only = self.spec.if_exists != IfExists::Overwrite;
         let size = fields.get("size").and_then(|s| s.parse::<u64>().ok());
-        let exists = || -> Result<Outcome, StepError> {
-            match self.spec.if_exists {
-                // An existing target counts as success; it is never touched.
-                IfExists::Skip | IfExists::Overwrite => {
-                    Ok(Outcome::done_to(0, target.display.clone()))
-                }
-                IfExists::Fail => Err(StepError::permanent(format!(
-                    "target `{}` exists (if_exists = \"fail\"); remove it or use if_exists = \"skip\"",
-                    target.display
-                ))),
-            }
-        };
+        let existing = || exists(self.spec.if_exists, &target.display);
 
         let how = Transfer {
             part_size: self.spec.part_size,
@@ -641,7 +613,7 @@ impl Step for CopyStep {
                 return Ok(Outcome::done_to(bytes, target.display.clone()));
             }
             Ok(None) => {}
-            Err(Failure::Exists) => return exists(),
+            Err(Failure::Exists) => return existing(),
             Err(Failure::Step(error)) => return Err(error),
         }
 
@@ -708,9 +680,10 @@ impl Step for CopyStep {
             metadata,
             hasher,
             parts,
+            placing,
         } = match task.await {
             Ok(Ok(done)) => done,
-            Ok(Err(Failure::Exists)) => return exists(),
+            Ok(Err(Failure::Exists)) => return existing(),
             Ok(Err(Failure::Step(error))) => return Err(error),
             Err(join) => {
                 return Err(StepError::permanent(format!(
@@ -729,7 +702,7 @@ impl Step for CopyStep {
         {
             return Err(remove_corrupted(&target, &mismatch).await);
         }
-        self.record(&serde_json::json!({
+        let line = serde_json::json!({
             "source": source.display,
             "target": target.display,
             "size": bytes,
@@ -738,8 +711,28 @@ impl Step for CopyStep {
             })),
             "etag": metadata.etag(),
             "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-        }))?;
-        Ok(Outcome::done_to(bytes, target.display.clone()))
+        });
+        let Some(placing) = placing else {
+            self.record(&line)?;
+            return Ok(Outcome::done_to(bytes, target.display.clone()));
+        };
+        // A local copy's file gets its name, durably, outside the item's slot.
+        let (manifest, if_exists) = (self.manifest.clone(), self.spec.if_exists);
+        let rest = async move {
+            if !placing.finish().await? {
+                return exists(if_exists, &target.display);
+            }
+            if let Some(manifest) = &manifest {
+                manifest.record(&line)?;
+            }
+            Ok(Outcome::done_to(bytes, target.display.clone()))
+        };
+        Ok(Outcome::Done(Done {
+            bytes,
+            target: None,
+            settle: Some(Settle::new(rest)),
+            ..Done::default()
+        }))
     }
 
     fn describe(&self, fields: &Fields) -> Result<String, TemplateError> {
