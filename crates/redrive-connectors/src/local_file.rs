@@ -192,7 +192,7 @@ pub(crate) enum Copied {
     /// The target exists and the copy is create-only: nothing was written.
     Exists,
     /// Written: bytes, the checksum when one was asked, and the file, to give its name.
-    Written(u64, Option<Hasher>, Placing),
+    Written(u64, Option<Hasher>, Box<Placing>),
 }
 
 /// A copy's file, written, to be given the target's name.
@@ -265,9 +265,9 @@ pub(crate) async fn copy(
         pending,
         target,
         how,
-        unplaced: unplaced,
+        unplaced,
     };
-    Ok(Copied::Written(bytes, hasher, placing))
+    Ok(Copied::Written(bytes, hasher, Box::new(placing)))
 }
 
 /// Waits until what was written to `sync`'s file system is durable.

@@ -223,7 +223,7 @@ struct Transferred {
     /// Each part's MD5, to check an S3 multipart ETag (with `checksum = "md5"`).
     parts: Option<PartMd5s>,
     /// A local copy's file, still to be given the target's name.
-    placing: Option<Placing>,
+    placing: Option<Box<Placing>>,
 }
 
 enum Failure {
