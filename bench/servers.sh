@@ -56,9 +56,13 @@ bench_venv() {
 }
 
 # Servers, each on a free port, for this run only.
+# With REQUEST_LOGS=1, Azurite and s3s-fs log each request's operation (for count_requests;
+# it slows them down: not for timed runs).
 start_azurite() {
   AZ_PORT=$(free_port)
-  "$tools/node/node_modules/.bin/azurite-blob" --silent --skipApiVersionCheck --loose \
+  local debug=()
+  [ "${REQUEST_LOGS:-0}" = 1 ] && debug=(--debug "$work/azurite-requests.log")
+  "$tools/node/node_modules/.bin/azurite-blob" --silent --skipApiVersionCheck --loose "${debug[@]}" \
     --blobHost 127.0.0.1 --blobPort "$AZ_PORT" --location "$work/azurite" >"$work/azurite.log" 2>&1 &
   bench_pids+=($!)
   wait_port "$AZ_PORT"
@@ -81,10 +85,42 @@ start_moto() {
 start_s3s_fs() {
   S3_PORT=$(free_port); S3_ROOT="$work/s3s"
   mkdir -p "$S3_ROOT"
-  s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key bench --secret-key benchbench \
-    "$S3_ROOT" >"$work/s3s.log" 2>&1 &
+  local log=warn
+  [ "${REQUEST_LOGS:-0}" = 1 ] && log=s3s::ops=debug
+  RUST_LOG=$log NO_COLOR=1 s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key bench \
+    --secret-key benchbench "$S3_ROOT" >"$work/s3s.log" 2>&1 &
   bench_pids+=($!)
   wait_port "$S3_PORT"
+}
+# stop_servers: stops every server started so far (their data stays in $work).
+stop_servers() {
+  for p in "${bench_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait "${bench_pids[@]}" 2>/dev/null || true
+  bench_pids=()
+}
+# count_requests → "OPERATION COUNT" lines for the requests logged since the last call
+# (REQUEST_LOGS=1): Azurite's "Operation=…" and s3s-fs's "resolved route … op = …".
+count_requests() {
+  python3 - "$work" <<'PY'
+import collections, os, re, sys
+work = sys.argv[1]
+seen_path = os.path.join(work, "requests.seen")
+seen = dict(l.split() for l in open(seen_path)) if os.path.exists(seen_path) else {}
+ops = collections.Counter()
+for name, pattern in (("azurite-requests.log", r"DispatchMiddleware: Operation=(\w+)"),
+                      ("s3s.log", r"resolved route.*?op(?:\x1b\[[0-9;]*m)?\s*[=:]\s*(?:\x1b\[[0-9;]*m)?(\w+)")):
+    path = os.path.join(work, name)
+    if not os.path.exists(path):
+        continue
+    with open(path, errors="replace") as f:
+        f.seek(int(seen.get(name, 0)))
+        text = f.read()
+        seen[name] = str(f.tell())
+    ops.update(re.findall(pattern, text))
+open(seen_path, "w").write("".join(f"{k} {v}\n" for k, v in seen.items()))
+for op, n in sorted(ops.items()):
+    print(op, n)
+PY
 }
 # s3s-fs keeps a bucket as a folder of its root.
 s3_mkbucket() { mkdir -p "$S3_ROOT/$1"; }
