@@ -18,7 +18,7 @@ rows = []  # (what, measured, target, met)
 small = load("small-objects")
 if small:
     by = {(s["scenario"], s["contender"]): s for s in small["summary"]}
-    for scenario, label in (("s3", "local → S3"), ("az", "Azure → Azure")):
+    for scenario, label in (("s3", "local → S3"), ("az", "Azure → Azure (server-side)"), ("s3s3", "S3 → S3 (server-side)")):
         for contender, target in (("rclone", 1.5), ("python", 10.0)):
             s = by.get((scenario, contender))
             if s:
