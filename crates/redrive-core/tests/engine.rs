@@ -808,6 +808,8 @@ async fn systemic_errors_after_a_success_are_retried_and_fail_items_as_usual() {
 struct Settling {
     store: Arc<MemoryStateStore>,
     n: usize,
+    /// How long an item's end waits for the next item's step, in ms.
+    patience: u64,
     ran: Arc<AtomicUsize>,
     overlapped: Arc<AtomicUsize>,
     recorded_early: Arc<AtomicUsize>,
@@ -819,6 +821,7 @@ impl Step for Settling {
         let index: usize = fields["n"].parse().unwrap();
         self.ran.fetch_add(1, Ordering::SeqCst);
         let (store, n, ran) = (Arc::clone(&self.store), self.n, Arc::clone(&self.ran));
+        let patience = self.patience;
         let (overlapped, early) = (
             Arc::clone(&self.overlapped),
             Arc::clone(&self.recorded_early),
@@ -826,7 +829,7 @@ impl Step for Settling {
         let key = fields["n"].clone();
         let rest = async move {
             if index + 1 < n {
-                for _ in 0..5000 {
+                for _ in 0..patience {
                     if ran.load(Ordering::SeqCst) > index + 1 {
                         overlapped.fetch_add(1, Ordering::SeqCst);
                         break;
@@ -863,6 +866,7 @@ async fn a_last_step_settles_outside_its_slot_and_is_recorded_only_once_settled(
     let step = Arc::new(Settling {
         store: Arc::clone(&s.store),
         n: 3,
+        patience: 5000,
         ran: Arc::new(AtomicUsize::new(0)),
         overlapped: Arc::new(AtomicUsize::new(0)),
         recorded_early: Arc::new(AtomicUsize::new(0)),
@@ -894,4 +898,35 @@ async fn a_last_step_settles_outside_its_slot_and_is_recorded_only_once_settled(
             .is_some_and(|e| e.contains("cannot make it durable")),
         "{failed:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_max_errors_an_item_keeps_its_slot_until_settled_so_its_failure_stops_the_run_first() {
+    let s = setup().await;
+    let step = Arc::new(Settling {
+        store: Arc::clone(&s.store),
+        n: 3,
+        patience: 300,
+        ran: Arc::new(AtomicUsize::new(0)),
+        overlapped: Arc::new(AtomicUsize::new(0)),
+        recorded_early: Arc::new(AtomicUsize::new(0)),
+    });
+    let report = run(
+        &s.store,
+        Numbers {
+            n: 3,
+            delay: Duration::ZERO,
+        },
+        vec![step.clone()],
+        RunOptions {
+            max_errors: Some(1),
+            ..options(1, 0)
+        },
+    )
+    .await;
+    // Item 1 fails while settling: item 2 never starts.
+    assert_eq!(step.overlapped.load(Ordering::SeqCst), 0);
+    assert_eq!(step.ran.load(Ordering::SeqCst), 2);
+    assert_eq!((report.done, report.failed), (1, 1));
+    assert!(report.max_errors_reached);
 }

@@ -262,7 +262,10 @@ pub(super) async fn run_started(
                 Err(error) => break Err(error),
             }
         };
-        let outcome = settle(outcome, slot, index + 1 == steps.len()).await;
+        // With `--max-errors`, an item keeps its slot until it is settled: a failure found
+        // then must stop the run before another item is admitted.
+        let early = index + 1 == steps.len() && shared.options.max_errors.is_none();
+        let outcome = settle(outcome, slot, early).await;
         let mut event = StepEvent {
             key: &item.key,
             parent: item.parent_key.as_deref(),
@@ -369,18 +372,18 @@ pub(super) async fn run_started(
 }
 
 /// Waits for what a finished step left to settle (a local copy's file named and made
-/// durable). After the item's last step that needs no slot: the slot goes to the next item
-/// meanwhile (the item is recorded only once settled; a crash before leaves it `running`,
-/// redone on resume).
+/// durable). With `free_slot` (after the item's last step) the slot goes to the next item
+/// meanwhile: the item is recorded only once settled; a crash before leaves it `running`,
+/// redone on resume.
 async fn settle(
     outcome: Result<Outcome, StepError>,
     slot: &Slot,
-    last: bool,
+    free_slot: bool,
 ) -> Result<Outcome, StepError> {
     match outcome {
         Ok(Outcome::Done(mut done)) => match done.settle.take() {
             Some(settle) => {
-                if last {
+                if free_slot {
                     slot.free();
                 }
                 settle.wait().await
