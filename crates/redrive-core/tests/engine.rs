@@ -860,27 +860,36 @@ impl Step for Settling {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_last_step_settles_outside_its_slot_and_is_recorded_only_once_settled() {
-    let s = setup().await;
+/// Runs three items through a [`Settling`] step, one in flight.
+async fn run_settling(
+    s: &Setup,
+    patience: u64,
+    max_errors: Option<u64>,
+) -> (Arc<Settling>, RunReport) {
     let step = Arc::new(Settling {
         store: Arc::clone(&s.store),
         n: 3,
-        patience: 5000,
+        patience,
         ran: Arc::new(AtomicUsize::new(0)),
         overlapped: Arc::new(AtomicUsize::new(0)),
         recorded_early: Arc::new(AtomicUsize::new(0)),
     });
-    let report = run(
-        &s.store,
-        Numbers {
-            n: 3,
-            delay: Duration::ZERO,
-        },
-        vec![step.clone()],
-        options(1, 0),
-    )
-    .await;
+    let source = Numbers {
+        n: 3,
+        delay: Duration::ZERO,
+    };
+    let options = RunOptions {
+        max_errors,
+        ..options(1, 0)
+    };
+    let report = run(&s.store, source, vec![step.clone()], options).await;
+    (step, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_step_settles_outside_its_slot_and_is_recorded_only_once_settled() {
+    let s = setup().await;
+    let (step, report) = run_settling(&s, 5000, None).await;
     // One item in flight, yet items 0 and 1 settled while the next item's step ran.
     assert_eq!(step.overlapped.load(Ordering::SeqCst), 2);
     assert_eq!(step.recorded_early.load(Ordering::SeqCst), 0);
@@ -903,27 +912,7 @@ async fn a_last_step_settles_outside_its_slot_and_is_recorded_only_once_settled(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_max_errors_an_item_keeps_its_slot_until_settled_so_its_failure_stops_the_run_first() {
     let s = setup().await;
-    let step = Arc::new(Settling {
-        store: Arc::clone(&s.store),
-        n: 3,
-        patience: 300,
-        ran: Arc::new(AtomicUsize::new(0)),
-        overlapped: Arc::new(AtomicUsize::new(0)),
-        recorded_early: Arc::new(AtomicUsize::new(0)),
-    });
-    let report = run(
-        &s.store,
-        Numbers {
-            n: 3,
-            delay: Duration::ZERO,
-        },
-        vec![step.clone()],
-        RunOptions {
-            max_errors: Some(1),
-            ..options(1, 0)
-        },
-    )
-    .await;
+    let (step, report) = run_settling(&s, 300, Some(1)).await;
     // Item 1 fails while settling: item 2 never starts.
     assert_eq!(step.overlapped.load(Ordering::SeqCst), 0);
     assert_eq!(step.ran.load(Ordering::SeqCst), 2);
