@@ -11,6 +11,7 @@ pub mod checksum;
 pub mod diff;
 #[doc(hidden)]
 pub mod fuzz;
+mod gcs_sign;
 mod http_client;
 mod local_file;
 mod local_io;

@@ -414,6 +414,18 @@ impl Env {
     }
 }
 
+/// One GCS object as redrive's own requests reach it (`Stores::gcs_object`).
+pub(crate) struct GcsObject {
+    /// `https://storage.googleapis.com`, the `[store]` table's endpoint or the emulator's,
+    /// without a trailing `/`.
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
+    pub(crate) key: String,
+    pub(crate) credential: crate::gcs_sign::GcsCredential,
+    /// The URL, secrets masked.
+    pub(crate) display: String,
+}
+
 /// One S3 object as redrive's own requests reach it (`Stores::s3_object`).
 pub(crate) struct S3Object {
     pub(crate) access: crate::s3_bucket::S3Access,
@@ -493,6 +505,41 @@ impl Stores {
                 keys,
             },
             key,
+            display,
+        })
+    }
+
+    /// The GCS bucket `url` is in and the object's key, with where and as whom the bucket is
+    /// reached: the `[store]` table's endpoint and `credential_path`, else
+    /// `STORAGE_EMULATOR_HOST` (no credentials, as Google's client libraries do), else
+    /// Google's own endpoint with `GOOGLE_APPLICATION_CREDENTIALS` or the default chain.
+    pub(crate) fn gcs_object(&self, url: &str) -> Option<GcsObject> {
+        use crate::gcs_sign::GcsCredential;
+        let display = secrets::redact(url).into_owned();
+        let Ok(Target::Gcs { bucket, key }) = self.parse(url, &display) else {
+            return None;
+        };
+        let spec = self.spec_for(url).cloned().unwrap_or_default();
+        let emulator = self.env.first(env_vars::GCS_EMULATOR_HOST);
+        let file = spec
+            .credential_path
+            .clone()
+            .or_else(|| self.env.first(env_vars::GOOGLE_CREDENTIALS));
+        let credential = match (file, &spec.endpoint, &emulator) {
+            (Some(path), _, _) => GcsCredential::File(path),
+            (None, None, Some(_)) => GcsCredential::Anonymous,
+            (None, _, _) => GcsCredential::Default,
+        };
+        let endpoint = spec
+            .endpoint
+            .clone()
+            .or(emulator)
+            .map_or_else(|| GCS_ENDPOINT.to_owned(), |e| emulator_url(&e));
+        Some(GcsObject {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            bucket,
+            key,
+            credential,
             display,
         })
     }
@@ -876,13 +923,21 @@ impl Stores {
             Target::Gcs { bucket, .. } => {
                 let spec = spec.cloned().unwrap_or_default();
                 let mut builder = services::Gcs::default().bucket(bucket);
-                if let Some(endpoint) = &spec.endpoint {
-                    builder = builder.endpoint(endpoint);
-                }
-                if let Some(path) = spec
+                let emulator = env.first(env_vars::GCS_EMULATOR_HOST);
+                let credential = spec
                     .credential_path
-                    .or_else(|| env.first(env_vars::GOOGLE_CREDENTIALS))
-                {
+                    .or_else(|| env.first(env_vars::GOOGLE_CREDENTIALS));
+                match (&spec.endpoint, &emulator) {
+                    (Some(endpoint), _) => builder = builder.endpoint(endpoint),
+                    (None, Some(host)) => {
+                        builder = builder.endpoint(&emulator_url(host));
+                        if credential.is_none() {
+                            builder = builder.skip_signature();
+                        }
+                    }
+                    (None, None) => {}
+                }
+                if let Some(path) = credential {
                     builder = builder.credential_path(&path);
                 }
                 Operator::new(builder).map_err(config)?
@@ -948,6 +1003,18 @@ impl Stores {
             builder = builder.sas_token(&sas);
         }
         Operator::new(builder).map_err(config)
+    }
+}
+
+/// Google's GCS endpoint.
+const GCS_ENDPOINT: &str = "https://storage.googleapis.com";
+
+/// `STORAGE_EMULATOR_HOST` as a URL: Google's libraries take `host:port` or a URL.
+fn emulator_url(host: &str) -> String {
+    if host.contains("://") {
+        host.to_owned()
+    } else {
+        format!("http://{host}")
     }
 }
 

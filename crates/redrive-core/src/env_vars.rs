@@ -31,6 +31,9 @@ pub const AZURE_CLIENT_SECRET: &[&str] = &["AZURE_CLIENT_SECRET"];
 pub const AZURE_AUTHORITY_HOST: &[&str] = &["AZURE_AUTHORITY_HOST"];
 /// A GCS service account's JSON file.
 pub const GOOGLE_CREDENTIALS: &[&str] = &["GOOGLE_APPLICATION_CREDENTIALS"];
+/// A GCS emulator (`host:port` or a URL): its endpoint, reached without credentials, as
+/// Google's own client libraries do.
+pub const GCS_EMULATOR_HOST: &[&str] = &["STORAGE_EMULATOR_HOST"];
 
 /// The variables whose values are credentials: masked whenever they are set.
 pub const SECRETS: &[&[&str]] = &[

@@ -216,6 +216,70 @@ pub fn s3_operator(bucket: &str) -> opendal::Operator {
     opendal::Operator::new(builder).expect("s3 operator")
 }
 
+// ---- GCS (gcp-storage-emulator) ----
+
+pub fn gcs_endpoint() -> String {
+    server("REDRIVE_TEST_GCS_ENDPOINT")
+}
+
+/// Reaches GCS at `endpoint` (the emulator, or a proxy in front of it) as Google's client
+/// libraries do: `STORAGE_EMULATOR_HOST`, no credentials.
+pub fn gcs_env_at(context: TestContext, endpoint: &str) -> TestContext {
+    context.env("STORAGE_EMULATOR_HOST", endpoint)
+}
+
+/// Creates a bucket on the emulator (which takes unsigned requests).
+pub fn create_gcs_bucket(name: &str) {
+    let url = format!("{}/storage/v1/b?project=test", gcs_endpoint());
+    runtime().block_on(async {
+        let response = reqwest::Client::new()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"name":"{name}"}}"#))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert!(
+            response.status().is_success(),
+            "create bucket {name}: {}",
+            response.status()
+        );
+    });
+}
+
+/// Writes an object to the emulator with a content type: without one the emulator answers
+/// `"contentType": null`, which OpenDAL cannot read (GCS itself answers
+/// `application/octet-stream`).
+pub fn gcs_put(operator: &opendal::Operator, path: &str, body: &[u8]) {
+    runtime().block_on(async {
+        operator
+            .write_with(path, body.to_vec())
+            .content_type("application/octet-stream")
+            .await
+            .unwrap_or_else(|e| panic!("write {path}: {e}"));
+    });
+}
+
+/// A proxy rule's part for the emulator: an upload without a content type gets GCS's default
+/// one (see [`gcs_put`]).
+pub fn gcs_default_content_type(request: &mut HttpRequest) {
+    if request.path.starts_with("/upload/") && !request.headers.contains_key("content-type") {
+        request.headers.insert(
+            "content-type".to_owned(),
+            "application/octet-stream".to_owned(),
+        );
+    }
+}
+
+pub fn gcs_operator(bucket: &str) -> opendal::Operator {
+    opendal::install_default();
+    let builder = opendal::services::Gcs::default()
+        .bucket(bucket)
+        .endpoint(&gcs_endpoint())
+        .skip_signature();
+    opendal::Operator::new(builder).expect("gcs operator")
+}
+
 // ---- Azure Blob (Azurite) ----
 
 pub fn azure_endpoint() -> String {

@@ -10,6 +10,7 @@ mod crash;
 mod crash_reprocessing;
 mod daily_backfill;
 mod faults;
+mod gcs_server_copy;
 mod kusto;
 mod kusto_fake;
 mod pg;

@@ -43,7 +43,7 @@ pub struct CopySpec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CopyMode {
-    /// Server-side where the stores allow it (Azure Blob → Azure Blob, S3 → S3), else
+    /// Server-side where the stores allow it (Azure Blob → Azure Blob, S3 → S3, GCS → GCS), else
     /// streamed.
     #[default]
     Auto,

@@ -5,9 +5,9 @@
 //! (S3 multipart, Azure blocks), `parts` at once, so peak memory is about `parts × part_size`
 //! whatever the object's size. `if_exists = "skip"` is a conditional create (If-None-Match: *),
 //! sent with the completing request of a multipart upload too. A failed or interrupted upload
-//! is aborted: nothing half-written becomes visible. Between Azure blobs and between S3
-//! objects the service copies the object itself (`server_side`), and local → local copies are
-//! plain file system calls (`local_file`).
+//! is aborted: nothing half-written becomes visible. Between Azure blobs, between S3 objects
+//! and between GCS objects the service copies the object itself (`server_side`), and local →
+//! local copies are plain file system calls (`local_file`).
 
 pub(crate) mod config;
 mod manifest;
@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use self::config::{CopyMode, CopySpec, IfExists};
 use self::manifest::Manifest;
-use self::server_side::{AzureCopier, PartPlan, Refusals, Route, S3Copier, Server};
+use self::server_side::{AzureCopier, GcsCopier, PartPlan, Refusals, Route, S3Copier, Server};
 use async_trait::async_trait;
 use futures::{FutureExt as _, TryStreamExt};
 use opendal::ErrorKind;
@@ -44,6 +44,7 @@ pub struct CopyStep {
     manifest: Option<Arc<Manifest>>,
     azure: AzureCopier,
     s3: S3Copier,
+    gcs: GcsCopier,
     refusals: Refusals,
 }
 
@@ -60,6 +61,7 @@ impl CopyStep {
             manifest,
             azure: AzureCopier::default(),
             s3: S3Copier::default(),
+            gcs: GcsCopier::default(),
             refusals: Refusals::default(),
         }
     }
@@ -139,9 +141,13 @@ impl CopyStep {
                     .copy_in_parts(from, to, *plan, self.spec.parts, how.create_only)
                     .await
             }
+            Route::Gcs {
+                source: from,
+                target: to,
+            } => self.gcs.copy(from, to, how.create_only).await,
         };
-        match answer {
-            Ok(Server::Copied) => {}
+        let reported = match answer {
+            Ok(Server::Copied(size)) => size,
             Ok(Server::Exists) => return Err(Failure::Exists),
             Ok(Server::Unsupported(why)) => {
                 if mode == CopyMode::Auto
@@ -156,12 +162,12 @@ impl CopyStep {
                 return not_here("the object is too large for one copy request".to_owned());
             }
             Err(error) => return Err(Failure::Step(error)),
-        }
+        };
         if let Some(plan) = copied_in_parts {
             self.abort_earlier_uploads(to, target).await;
             return Ok(Some(plan.size));
         }
-        let bytes = match how.size {
+        let bytes = match how.size.or(reported) {
             Some(size) => size,
             None => target
                 .operator
@@ -753,7 +759,9 @@ impl Step for CopyStep {
         };
         let size = fields.get("size").and_then(|s| s.parse::<u64>().ok());
         match server_side::route(&self.spec, &self.stores, &self.refusals, &from, &to, size) {
-            Route::Azure { parts: None, .. } | Route::S3 { parts: None, .. } => {
+            Route::Azure { parts: None, .. }
+            | Route::S3 { parts: None, .. }
+            | Route::Gcs { .. } => {
                 return vec![("COPY", 1)];
             }
             Route::Azure {

@@ -262,7 +262,7 @@ fn judge(
     };
     match status {
         200..=299 if reply.copy_status.is_empty() || reply.copy_status == "success" => {
-            Ok(Server::Copied)
+            Ok(Server::Copied(None))
         }
         200..=299 => Ok(Server::Unsupported(format!(
             "the copy did not finish at once (x-ms-copy-status: {})",

@@ -1,7 +1,7 @@
 //! Server-side copies: the service copies the object itself, so its bytes never pass through
 //! redrive. Azure Blob → Azure Blob by Copy Blob From URL and, above `copy_cutoff` (at most
 //! 256 MiB), Put Block From URL (`azure`); S3 → S3 by CopyObject and, above `copy_cutoff`,
-//! UploadPartCopy (`s3`).
+//! UploadPartCopy (`s3`); GCS → GCS by rewrite (`gcs`).
 //!
 //! [`route`] decides, for one object, whether the service copies it or redrive streams it,
 //! and says why not; the run and the dry run's request counts ask it the same question. A
@@ -10,24 +10,27 @@
 //! or fails (`mode = "server"`).
 
 mod azure;
+mod gcs;
 mod s3;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 
 pub(crate) use self::azure::{AzureCopier, MAX_SYNC_COPY};
+pub(crate) use self::gcs::GcsCopier;
 pub(crate) use self::s3::{MAX_COPY_OBJECT, S3Copier};
 
 use redrive_core::error::StepError;
 
 use super::config::{CopyMode, CopySpec, IfExists};
 use crate::azure_account::AzureBlob;
-use crate::storage::{S3Object, Stores};
+use crate::storage::{GcsObject, S3Object, Stores};
 
 /// What a server-side attempt came to.
+#[derive(Debug)]
 pub(crate) enum Server {
-    /// The target is complete.
-    Copied,
+    /// The target is complete (its size, when the answer says it).
+    Copied(Option<u64>),
     /// A create-only target exists.
     Exists,
     /// The service cannot copy this way between these stores: why (stream instead).
@@ -60,7 +63,7 @@ impl Halt {
     /// A part's outcome: `Ok` when it was copied.
     pub(crate) fn of(judged: Result<Server, StepError>) -> Result<(), Self> {
         match judged {
-            Ok(Server::Copied) => Ok(()),
+            Ok(Server::Copied(_)) => Ok(()),
             Ok(other) => Err(Self::Answer(other)),
             Err(error) => Err(Self::Failed(error)),
         }
@@ -90,6 +93,11 @@ pub(crate) enum Route {
         source: S3Object,
         target: S3Object,
         parts: Option<PartPlan>,
+    },
+    /// By rewrite (one call, or more for a large object: the service decides).
+    Gcs {
+        source: GcsObject,
+        target: GcsObject,
     },
     /// Streamed through redrive, for this reason.
     Stream(String),
@@ -158,6 +166,10 @@ pub(crate) fn pair_of(route: &Route) -> Option<(String, String)> {
             format!("{}/{}", source.access.endpoint(), source.access.bucket),
             format!("{}/{}", target.access.endpoint(), target.access.bucket),
         )),
+        Route::Gcs { source, target } => Some((
+            format!("{}/{}", source.endpoint, source.bucket),
+            format!("{}/{}", target.endpoint, target.bucket),
+        )),
         Route::Stream(_) => None,
     }
 }
@@ -204,8 +216,18 @@ pub(crate) fn route(
             target,
             parts,
         }
+    } else if let (Some(source), Some(target)) = (stores.gcs_object(from), stores.gcs_object(to)) {
+        if source.endpoint != target.endpoint {
+            return Route::Stream(format!(
+                "`{}` and `{}` are different GCS services",
+                source.endpoint, target.endpoint
+            ));
+        }
+        Route::Gcs { source, target }
     } else {
-        return stream("only Azure Blob → Azure Blob and S3 → S3 are copied server-side");
+        return stream(
+            "only Azure Blob → Azure Blob, S3 → S3 and GCS → GCS are copied server-side",
+        );
     };
     match pair_of(&route) {
         Some((source, target)) if refusals.contains(&source, &target) => {

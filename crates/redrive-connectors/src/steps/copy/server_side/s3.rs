@@ -102,7 +102,7 @@ impl S3Copier {
         let url = bucket.object_url(&target.key, "?uploads");
         let answer = send(&bucket, http::Method::POST, &url, &[], "", source, target).await?;
         let upload_id = match judge(&answer, false, source, target, "UploadId")? {
-            Server::Copied => answer.field("UploadId").unwrap_or_default(),
+            Server::Copied(_) => answer.field("UploadId").unwrap_or_default(),
             other => return Ok(other),
         };
         let done = self
@@ -116,7 +116,7 @@ impl S3Copier {
                 &upload_id,
             )
             .await;
-        if !matches!(done, Ok(Server::Copied))
+        if !matches!(done, Ok(Server::Copied(_)))
             && let Err(error) = bucket.abort(&target.key, &upload_id).await
         {
             tracing::warn!(target = %target.display, error = %secrets::redact(&error), "Cannot abort the multipart copy; the bucket's lifecycle rule will remove its parts.");
@@ -248,7 +248,7 @@ fn judge(
     match answer.status {
         // S3 reports a failure that happened while it copied in a 200's body.
         200..=299 if code.is_empty() && answer.body.contains(&format!("<{success}")) => {
-            Ok(Server::Copied)
+            Ok(Server::Copied(None))
         }
         200..=299 if code == "SlowDown" => Err(throttled()),
         200..=299 if !code.is_empty() => Err(StepError::new(ErrorClass::Transient, said())),
@@ -324,7 +324,7 @@ mod tests {
             )
         };
         let ok = "<CopyObjectResult><ETag>\"x\"</ETag></CopyObjectResult>";
-        assert!(matches!(judged(200, ok, true), Ok(Server::Copied)));
+        assert!(matches!(judged(200, ok, true), Ok(Server::Copied(_))));
         assert!(matches!(judged(412, "", true), Ok(Server::Exists)));
         // A 200 whose body is an error: S3 failed while it copied.
         let failed = "<Error><Code>InternalError</Code><Message>We encountered</Message></Error>";
