@@ -410,3 +410,57 @@ copy = {{ from = "{{path}}", to = "az://{dst}/x/{{name}}", mode = "server" }}
         "{error}"
     );
 }
+
+/// `checksum = "md5"`: the service copies, and the MD5s Azure reports of the source and of the
+/// target (Content-MD5: two HEADs, no bytes read) are compared and written to the manifest.
+#[test]
+fn an_md5_checked_azure_copy_is_made_by_the_service_and_compared() {
+    use crate::common::{AZURITE_ACCOUNT, md5_hex};
+    let (src, dst) = (unique("rd-smd"), unique("rd-dmd"));
+    create_container(&src);
+    create_container(&dst);
+    put(&azure_operator(&src), "in/a.json", b"body a");
+    let origin = crate::common::azure_endpoint()
+        .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
+        .to_owned();
+    let proxy = crate::proxy::Proxy::start(origin, |_| crate::proxy::Action::Forward);
+    let t = TestContext::new().env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        &crate::common::azure_connection_string_at(&format!("{}/{AZURITE_ACCOUNT}", proxy.address)),
+    );
+    t.plan(&format!(
+        r#"
+[job]
+name = "server-side-md5"
+state = "state.db"
+[source]
+list = "az://{src}/in/"
+[[step]]
+copy = {{ from = "{{url}}", to = "az://{dst}/out/{{name}}", manifest = "manifest.jsonl", checksum = "md5", mode = "server" }}
+"#
+    ));
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(
+        get(&azure_operator(&dst), "out/a.json").as_deref(),
+        Some(&b"body a"[..])
+    );
+    let requests = proxy.requests();
+    let methods: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.contains("/a.json"))
+        .filter_map(|r| r.split(' ').next())
+        .collect();
+    assert_eq!(
+        methods,
+        ["HEAD", "PUT", "HEAD"],
+        "the source's MD5, the copy, the target's MD5: {requests:?}"
+    );
+    let manifest = t.read("manifest.jsonl");
+    assert!(
+        manifest.contains(&format!(
+            r#""checksum":{{"algorithm":"md5","value":"{}"}}"#,
+            md5_hex("body a")
+        )) && manifest.contains("\"server_side\":true"),
+        "{manifest}"
+    );
+}

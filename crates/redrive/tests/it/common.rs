@@ -158,8 +158,22 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 /// Writes an object, retrying what the server calls temporary (emulators under load reset
 /// connections now and then).
 pub async fn write_retrying(operator: &opendal::Operator, path: &str, body: Vec<u8>) {
+    write_typed(operator, path, body, None).await;
+}
+
+/// [`write_retrying`] with a content type.
+pub async fn write_typed(
+    operator: &opendal::Operator,
+    path: &str,
+    body: Vec<u8>,
+    content_type: Option<&str>,
+) {
     for attempt in 1.. {
-        match operator.write(path, body.clone()).await {
+        let mut write = operator.write_with(path, body.clone());
+        if let Some(content_type) = content_type {
+            write = write.content_type(content_type);
+        }
+        match write.await {
             Ok(_) => return,
             Err(e) if e.is_temporary() && attempt < 5 => {
                 tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
@@ -251,14 +265,16 @@ pub fn create_gcs_bucket(name: &str) {
 /// `"contentType": null`, which OpenDAL cannot read (GCS itself answers
 /// `application/octet-stream`).
 pub fn gcs_put(operator: &opendal::Operator, path: &str, body: &[u8]) {
-    runtime().block_on(async {
-        operator
-            .write_with(path, body.to_vec())
-            .content_type("application/octet-stream")
-            .await
-            .unwrap_or_else(|e| panic!("write {path}: {e}"));
-    });
+    runtime().block_on(write_typed(
+        operator,
+        path,
+        body.to_vec(),
+        Some(GCS_CONTENT_TYPE),
+    ));
 }
+
+/// GCS's default content type.
+pub const GCS_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// A proxy rule's part for the emulator: an upload without a content type gets GCS's default
 /// one (see [`gcs_put`]).
@@ -479,6 +495,14 @@ pub fn content_type(operator: &opendal::Operator, path: &str) -> Option<String> 
             .content_type()
             .map(str::to_owned)
     })
+}
+
+/// The MD5 of `text`, in hex.
+pub fn md5_hex(text: &str) -> String {
+    <md5::Md5 as md5::Digest>::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Makes `n` small input files `in/f{i}.txt` with content `body {i}`.

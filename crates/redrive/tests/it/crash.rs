@@ -486,19 +486,31 @@ items = {IN_FLIGHT}
 
 /// Writes `n` objects `in/f00000.json`… (`body N`) concurrently, and one target that exists
 /// before the run (`out/f00007.json`, `EXISTED BEFORE`).
-fn server_copy_inputs(source: &opendal::Operator, target: &opendal::Operator, n: usize) {
+fn server_copy_inputs(
+    source: &opendal::Operator,
+    target: &opendal::Operator,
+    n: usize,
+    content_type: Option<&str>,
+) {
+    use crate::common::write_typed;
     use futures::StreamExt as _;
     crate::common::runtime().block_on(async {
         futures::stream::iter(0..n)
             .map(|i| async move {
                 let path = format!("in/f{i:05}.json");
-                crate::common::write_retrying(source, &path, format!("body {i}").into_bytes())
-                    .await;
+                write_typed(
+                    source,
+                    &path,
+                    format!("body {i}").into_bytes(),
+                    content_type,
+                )
+                .await;
             })
             .buffer_unordered(32)
             .collect::<Vec<()>>()
             .await;
-        crate::common::write_retrying(target, "out/f00007.json", b"EXISTED BEFORE".to_vec()).await;
+        let existed = b"EXISTED BEFORE".to_vec();
+        write_typed(target, "out/f00007.json", existed, content_type).await;
     });
 }
 
@@ -552,7 +564,7 @@ fn an_azure_server_side_copy_killed_at_random_instants_loses_and_overwrites_noth
     create_container(&dst);
     let (source, target) = (azure_operator(&src), azure_operator(&dst));
     let n = 2000;
-    server_copy_inputs(&source, &target, n);
+    server_copy_inputs(&source, &target, n, None);
     let t = azure_env(crate::common::TestContext::new());
     t.plan(&format!(
         r#"
@@ -583,7 +595,7 @@ fn an_s3_server_side_copy_killed_at_random_instants_loses_and_overwrites_nothing
     create_bucket(&dst);
     let (source, target) = (s3_operator(&src), s3_operator(&dst));
     let n = 1500;
-    server_copy_inputs(&source, &target, n);
+    server_copy_inputs(&source, &target, n, None);
     let (looker, dst_bucket) = (target.clone(), dst.clone());
     let proxy = crate::proxy::Proxy::start(s3_endpoint(), move |request| {
         let conditional = request.headers.get("if-none-match").map(String::as_str) == Some("*");
@@ -617,6 +629,57 @@ list = "s3://{src}/in/"
 key = "{{name}}"
 [[step]]
 copy = {{ from = "{{url}}", to = "s3://{dst}/out/{{name}}", mode = "server" }}
+[limits]
+items = 16
+"#
+    ));
+    let kills = kill_loop(&t, 5);
+    assert_server_copies(&t, &target, n, kills);
+}
+
+/// GCS → GCS copied by the service (rewrite, `mode = "server"`), killed at random instants, on
+/// gcp-storage-emulator behind a proxy that answers a create-only rewrite onto an existing
+/// object with `412` as GCS does (the emulator ignores `ifGenerationMatch`).
+#[test]
+fn a_gcs_server_side_copy_killed_at_random_instants_loses_and_overwrites_nothing() {
+    use crate::common::{GCS_CONTENT_TYPE, create_gcs_bucket, gcs_endpoint, gcs_operator, unique};
+    let (src, dst) = (unique("rd-gssk"), unique("rd-gsdk"));
+    create_gcs_bucket(&src);
+    create_gcs_bucket(&dst);
+    let (source, target) = (gcs_operator(&src), gcs_operator(&dst));
+    let n = 600; // the emulator (Python) takes ~60 ms an object to load
+    server_copy_inputs(&source, &target, n, Some(GCS_CONTENT_TYPE));
+    let (looker, into) = (target.clone(), format!("/rewriteTo/b/{dst}/o/"));
+    let proxy = crate::proxy::Proxy::start(gcs_endpoint(), move |request| {
+        let (path, query) = request.path.split_once('?').unwrap_or((&request.path, ""));
+        let Some(key) = path.split_once(&into).map(|(_, key)| key) else {
+            return crate::proxy::Action::Forward;
+        };
+        if !query.contains("ifGenerationMatch=0") {
+            return crate::proxy::Action::Forward;
+        }
+        let key = key.replace("%2F", "/");
+        let exists = crate::common::runtime().block_on(async { looker.stat(&key).await.is_ok() });
+        if exists {
+            crate::proxy::Action::Answer(
+                412,
+                r#"{"error":{"code":412,"message":"At least one of the pre-conditions you specified did not hold."}}"#.to_owned(),
+            )
+        } else {
+            crate::proxy::Action::Forward
+        }
+    });
+    let t = crate::common::gcs_env_at(crate::common::TestContext::new(), &proxy.address);
+    t.plan(&format!(
+        r#"
+[job]
+name = "killgcsss"
+state = "state.db"
+[source]
+list = "gs://{src}/in/"
+key = "{{name}}"
+[[step]]
+copy = {{ from = "{{url}}", to = "gs://{dst}/out/{{name}}", mode = "server" }}
 [limits]
 items = 16
 "#

@@ -229,3 +229,67 @@ fn a_refused_rewrite_streams_in_auto_mode_and_fails_in_server_mode() {
     );
     assert!(get(&target, "server/f0.json").is_none());
 }
+
+/// `checksum = "md5"` keeps the service's copy: the source's MD5 and the target's, as GCS
+/// reports them (two lookups, no bytes read), are compared and written to the manifest; a
+/// target that reports another MD5 is removed and the item fails (tried again with retries).
+#[test]
+fn an_md5_checked_rewrite_compares_what_the_service_reports_and_removes_a_wrong_copy() {
+    let (src, dst) = buckets();
+    let target = gcs_operator(&dst);
+    let wrong = format!("/b/{dst}/o/bad%2Ff3.json");
+    let proxy = Proxy::start(gcs_endpoint(), move |request| {
+        // The target's metadata, its md5Hash that of other bytes.
+        if request.method == "GET" && request.path.starts_with(&format!("/storage/v1{wrong}")) {
+            Action::Answer(
+                200,
+                r#"{"name":"bad/f3.json","size":"6","md5Hash":"AAAAAAAAAAAAAAAAAAAAAA==","etag":"x","updated":"2026-01-01T00:00:00Z","contentType":"application/octet-stream"}"#.to_owned(),
+            )
+        } else {
+            Action::Forward
+        }
+    });
+    let t = gcs_env_at(TestContext::new(), &proxy.address);
+    t.write("names.txt", "f0.json\nf3.json\n");
+    let from = format!("gs://{src}/in/{{line}}");
+    for prefix in ["good", "bad"] {
+        let to = format!("gs://{dst}/{prefix}/{{line}}");
+        let extra = r#", checksum = "md5", mode = "server""#;
+        plan(&t, prefix, r#"lines = "names.txt""#, &from, &to, extra);
+        let code = if prefix == "good" { 0 } else { 1 };
+        t.redrive(&["run", "plan.toml"]).expect_code(code);
+    }
+    let manifest = t.read("good.jsonl");
+    for i in [0, 3] {
+        assert!(
+            manifest.contains(&format!(
+                r#""checksum":{{"algorithm":"md5","value":"{}"}}"#,
+                crate::common::md5_hex(&format!("body {i}"))
+            )),
+            "{manifest}"
+        );
+    }
+    assert!(manifest.lines().all(|l| l.contains("\"server_side\":true")));
+    let requests = proxy.requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.contains("alt=media") || r.starts_with("POST /upload/")),
+        "no bytes through redrive: {requests:?}"
+    );
+    assert_eq!(get(&target, "bad/f0.json").as_deref(), Some(&b"body 0"[..]));
+    assert!(
+        get(&target, "bad/f3.json").is_none(),
+        "the wrong copy removed"
+    );
+    let error: String = t
+        .state_at("bad.db")
+        .query_row("SELECT error FROM items WHERE error IS NOT NULL", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        error.contains("checksum mismatch") && error.contains("removed"),
+        "{error}"
+    );
+}

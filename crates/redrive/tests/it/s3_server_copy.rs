@@ -263,3 +263,43 @@ fn s3_to_s3_above_the_cutoff_is_copied_in_parts_by_the_service() {
         body.len() as i64
     );
 }
+
+/// `checksum = "md5"`: the service copies, and the MD5s S3 reports of the source and of the
+/// target (single-part ETags: two HEADs, no bytes read) are compared and written to the
+/// manifest.
+#[test]
+fn an_md5_checked_s3_copy_is_made_by_the_service_and_compared() {
+    let (src, dst) = (unique("rd-s3m"), unique("rd-s3n"));
+    create_bucket(&src);
+    create_bucket(&dst);
+    put(&s3_operator(&src), "in/a.json", b"body a");
+    let (proxy, seen) = recording_proxy(None);
+    let t = through(&proxy);
+    plan(
+        &t,
+        &src,
+        &dst,
+        "md5",
+        r#", checksum = "md5", mode = "server""#,
+    );
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(
+        get(&s3_operator(&dst), "md5/a.json").as_deref(),
+        Some(&b"body a"[..])
+    );
+    let requests = std::mem::take(&mut *seen.lock().unwrap());
+    let methods: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.path.contains("/a.json"))
+        .map(|r| r.method.as_str())
+        .collect();
+    assert_eq!(methods, ["HEAD", "PUT", "HEAD"], "{requests:?}");
+    let manifest = t.read("md5.jsonl");
+    assert!(
+        manifest.contains(&format!(
+            r#""checksum":{{"algorithm":"md5","value":"{}"}}"#,
+            crate::common::md5_hex("body a")
+        )) && manifest.contains("\"server_side\":true"),
+        "{manifest}"
+    );
+}

@@ -66,17 +66,17 @@ impl CopyStep {
         }
     }
 
-    /// A server-side copy where the stores allow one: `Some(bytes)` once the target is
-    /// complete, `None` to stream the object instead (`mode = "auto"`).
+    /// A server-side copy where the stores allow one: `Some` once the target is complete,
+    /// `None` to stream the object instead (`mode = "auto"`).
     async fn server_side(
         &self,
         (from, to): (&str, &str),
         source: &Location,
         target: &Location,
         how: &Transfer,
-    ) -> Result<Option<u64>, Failure> {
+    ) -> Result<Option<ServerCopy>, Failure> {
         let mode = self.spec.mode;
-        let not_here = |why: String| -> Result<Option<u64>, Failure> {
+        let not_here = |why: String| -> Result<Option<ServerCopy>, Failure> {
             match mode {
                 CopyMode::Server => Err(Failure::Step(StepError::permanent(format!(
                     "no server-side copy of `{}` to `{}` (mode = \"server\"): {why}; use mode = \"auto\" to stream it instead",
@@ -87,6 +87,22 @@ impl CopyStep {
         };
         let route =
             server_side::route(&self.spec, &self.stores, &self.refusals, from, to, how.size);
+        if let Route::Stream(why) = &route {
+            return not_here(why.clone());
+        }
+        // `checksum = "md5"`: the source's MD5 as it reports it, to compare the target's with.
+        let md5 = match how.checksum {
+            Some(_) => match source_md5(source).await.map_err(Failure::Step)? {
+                Some(md5) => Some(md5),
+                None => {
+                    return not_here(format!(
+                        "`{}` reports no whole-object MD5 to check the service's copy against",
+                        source.display
+                    ));
+                }
+            },
+            None => None,
+        };
         let mut copied_in_parts = None;
         let answer = match &route {
             Route::Stream(why) => return not_here(why.clone()),
@@ -110,6 +126,9 @@ impl CopyStep {
                 target: to,
                 parts: None,
             } => match self.s3.copy(from, to, how.create_only).await {
+                Ok(Server::TooLarge) if md5.is_some() => {
+                    return not_here(server_side::IN_PARTS.to_owned());
+                }
                 // Larger than one CopyObject takes, and its size not listed: look it up.
                 Ok(Server::TooLarge) => {
                     let size = source
@@ -165,7 +184,19 @@ impl CopyStep {
         };
         if let Some(plan) = copied_in_parts {
             self.abort_earlier_uploads(to, target).await;
-            return Ok(Some(plan.size));
+            return Ok(Some(ServerCopy {
+                bytes: plan.size,
+                md5: None,
+            }));
+        }
+        if let Some(expected) = &md5 {
+            let bytes = check_server_copy(target, expected)
+                .await
+                .map_err(Failure::Step)?;
+            return Ok(Some(ServerCopy {
+                bytes: how.size.or(reported).unwrap_or(bytes),
+                md5,
+            }));
         }
         let bytes = match how.size.or(reported) {
             Some(size) => size,
@@ -175,7 +206,7 @@ impl CopyStep {
                 .await
                 .map_or(0, |meta| meta.content_length()),
         };
-        Ok(Some(bytes))
+        Ok(Some(ServerCopy { bytes, md5: None }))
     }
 
     /// A multipart copy is done: an earlier attempt's upload of the same key, cut off by a
@@ -485,6 +516,56 @@ async fn check_source_md5(source: &Location, ours: Vec<u8>) -> Result<(), StepEr
     }
 }
 
+/// A copy the service made: its size and, when the copy asked for one, its MD5 (checked).
+struct ServerCopy {
+    bytes: u64,
+    md5: Option<Vec<u8>>,
+}
+
+/// The MD5 the source reports of itself as a whole (Azure's Content-MD5, GCS's md5Hash, a
+/// single-part S3 ETag), if it does.
+async fn source_md5(source: &Location) -> Result<Option<Vec<u8>>, StepError> {
+    let meta =
+        source.operator.stat(&source.path).await.map_err(|e| {
+            step_error(format!("cannot look up the MD5 of `{}`", source.display), e)
+        })?;
+    Ok(match store_md5(meta.content_md5(), meta.etag()) {
+        Some(StoreMd5::Whole(md5)) => Some(md5),
+        _ => None,
+    })
+}
+
+/// The service's copy against the source's MD5, from what the target reports (no bytes
+/// read): its size when it matches. A copy that differs is removed and tried again; one that
+/// reports no MD5 is removed too, and the item fails: it cannot be checked that way.
+async fn check_server_copy(target: &Location, expected: &[u8]) -> Result<u64, StepError> {
+    let meta =
+        target.operator.stat(&target.path).await.map_err(|e| {
+            step_error(format!("cannot look up the MD5 of `{}`", target.display), e)
+        })?;
+    match store_md5(meta.content_md5(), meta.etag()) {
+        Some(StoreMd5::Whole(md5)) if md5 == expected => Ok(meta.content_length()),
+        Some(StoreMd5::Whole(md5)) => Err(remove_corrupted(
+            target,
+            &format!(
+                "the service's copy has md5 {}, the source {}",
+                hex(&md5),
+                hex(expected)
+            ),
+        )
+        .await),
+        _ => {
+            let removed = target.operator.delete(&target.path).await.is_ok();
+            Err(StepError::permanent(format!(
+                "the service's copy `{}` reports no MD5 to check against the source's{}; use \
+                 mode = \"stream\" to check the bytes while they are copied",
+                target.display,
+                if removed { " (it was removed)" } else { "" }
+            )))
+        }
+    }
+}
+
 /// The source's body moves too slowly to ever finish: the attempt fails (and is retried).
 fn too_slow(source: &Location, why: &str) -> StepError {
     StepError::new(
@@ -607,12 +688,13 @@ impl Step for CopyStep {
             size,
         };
         match self.server_side((&from, &to), &source, &target, &how).await {
-            Ok(Some(bytes)) => {
+            Ok(Some(ServerCopy { bytes, md5 })) => {
                 cx.bytes.add(bytes);
                 self.record(&serde_json::json!({
                     "source": source.display,
                     "target": target.display,
                     "size": bytes,
+                    "checksum": md5.map(|value| serde_json::json!({"algorithm": "md5", "value": hex(&value)})),
                     "server_side": true,
                     "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
                 }))?;
@@ -762,7 +844,12 @@ impl Step for CopyStep {
             Route::Azure { parts: None, .. }
             | Route::S3 { parts: None, .. }
             | Route::Gcs { .. } => {
-                return vec![("COPY", 1)];
+                // With `checksum`: the source's MD5 looked up before, the target's after.
+                let heads = u64::from(self.spec.checksum.is_some()) * 2;
+                return [("COPY", 1), ("HEAD", heads)]
+                    .into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
             }
             Route::Azure {
                 parts: Some(plan), ..

@@ -24,6 +24,7 @@ use redrive_core::error::StepError;
 
 use super::config::{CopyMode, CopySpec, IfExists};
 use crate::azure_account::AzureBlob;
+use crate::checksum::Checksum;
 use crate::storage::{GcsObject, S3Object, Stores};
 
 /// What a server-side attempt came to.
@@ -190,15 +191,23 @@ pub(crate) fn route(
     if spec.content_type.is_some() {
         return stream("the copy sets content_type");
     }
-    if spec.checksum.is_some() {
-        return stream("the copy asks for a checksum");
+    if spec.checksum.is_some_and(|c| c != Checksum::Md5) {
+        return stream(
+            "the copy asks for a checksum other than md5 (a server-side copy compares the MD5s \
+             the stores report)",
+        );
     }
+    // A copy in parts has no whole-object MD5 to compare.
+    let whole = |parts: &Option<PartPlan>| spec.checksum.is_some() && parts.is_some();
     let route = if let (Some(source), Some(target)) =
         (stores.azure_blob(from), stores.azure_blob(to))
     {
         let parts = size
             .filter(|size| *size > spec.copy_cutoff.min(MAX_SYNC_COPY))
             .map(|size| PartPlan::new(size, spec.part_size as u64));
+        if whole(&parts) {
+            return stream(IN_PARTS);
+        }
         Route::Azure {
             source,
             target,
@@ -211,6 +220,9 @@ pub(crate) fn route(
         let parts = size
             .filter(|size| *size > spec.copy_cutoff)
             .map(|size| PartPlan::new(size, spec.part_size as u64));
+        if whole(&parts) {
+            return stream(IN_PARTS);
+        }
         Route::S3 {
             source,
             target,
@@ -236,6 +248,9 @@ pub(crate) fn route(
         _ => route,
     }
 }
+
+/// Why a copy that asks for a checksum streams an object copied in parts.
+pub(crate) const IN_PARTS: &str = "the copy asks for a checksum, and an object copied in parts has no whole-object MD5 to compare";
 
 /// Why S3 cannot copy `source` to `target` itself, if it cannot.
 fn s3_refusal(spec: &CopySpec, source: &S3Object, target: &S3Object) -> Option<String> {
