@@ -57,7 +57,8 @@ fn count(t: &TestContext, state: &str, sql: &str) -> i64 {
         .unwrap()
 }
 
-/// One rewrite per object, the source never read by redrive and the target never looked up;
+/// One rewrite per object (two when GCS answers that it has not finished: the second carries
+/// its `rewriteToken`), the source never read by redrive and the target never looked up;
 /// a create-only rewrite sends `ifGenerationMatch=0` and an existing target is kept (the 412
 /// answered as GCS does); `bytes` counts the objects' sizes, from the answers when the list
 /// gives none; the manifest says `server_side`; an overwrite sends no condition.
@@ -67,10 +68,17 @@ fn gcs_to_gcs_is_rewritten_by_the_service_without_reading_the_bytes() {
     let target = gcs_operator(&dst);
     put(&target, "keep/f1.json", b"ORIGINAL");
     let existing = format!("/b/{dst}/o/keep%2Ff1.json");
+    let unfinished = format!("/b/{dst}/o/keep%2Ff2.json");
     let proxy = Proxy::start(gcs_endpoint(), move |request| {
         let conditional = request.path.contains("ifGenerationMatch=0");
         if request.method == "POST" && conditional && request.path.contains(&existing) {
             Action::Answer(412, PRECONDITION_FAILED.to_owned())
+        } else if request.path.contains(&unfinished) && !request.path.contains("rewriteToken=") {
+            // GCS copies a large object over several calls: the first says where to go on.
+            Action::Answer(
+                200,
+                r#"{"kind":"storage#rewriteResponse","totalBytesRewritten":"0","objectSize":"6","done":false,"rewriteToken":"go/on+1"}"#.to_owned(),
+            )
         } else {
             Action::Forward
         }
@@ -99,7 +107,17 @@ fn gcs_to_gcs_is_rewritten_by_the_service_without_reading_the_bytes() {
         .iter()
         .filter(|r| r.starts_with("POST ") && r.contains("/rewriteTo/"))
         .collect();
-    assert_eq!(rewrites.len(), 5, "one request an object: {requests:?}");
+    assert_eq!(
+        rewrites.len(),
+        6,
+        "one request an object, two for the one GCS had not finished: {requests:?}"
+    );
+    assert!(
+        rewrites
+            .iter()
+            .any(|r| r.contains("keep%2Ff2.json") && r.contains("rewriteToken=go%2Fon%2B1")),
+        "the second call goes on with the token: {rewrites:?}"
+    );
     assert!(
         rewrites.iter().all(|r| r.contains("ifGenerationMatch=0")
             && r.contains(&format!("/b/{src}/o/in%2Ff"))),
