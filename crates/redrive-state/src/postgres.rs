@@ -525,8 +525,10 @@ impl StateStore for PostgresStateStore {
         .await
         .map_err(|e| self.failed(e))?;
         let owners: Vec<(i32, String, String)> = sqlx::query_as(
+            // `= ANY` bounds the rows read to the batch's (as in `Change::update_many`).
             "SELECT t.step_index, t.target, t.key FROM targets t
-             JOIN UNNEST($1::int[], $2::text[]) AS c(s, tg) ON t.step_index = c.s AND t.target = c.tg",
+             JOIN UNNEST($1::int[], $2::text[]) AS c(s, tg) ON t.step_index = c.s AND t.target = c.tg
+             WHERE t.step_index = ANY($1::int[]) AND t.target = ANY($2::text[])",
         )
         .bind(&steps)
         .bind(&targets)
