@@ -155,7 +155,6 @@ copy = { from = "{path}", to = "az://c/{name}" }
 /// counts the object sizes. A copy that sets `content_type` streams instead.
 #[test]
 fn azure_to_azure_is_copied_server_side_without_reading_the_bytes() {
-    use crate::common::AZURITE_ACCOUNT;
     let (src, dst) = (unique("rd-sss"), unique("rd-ssd"));
     create_container(&src);
     create_container(&dst);
@@ -168,14 +167,10 @@ fn azure_to_azure_is_copied_server_side_without_reading_the_bytes() {
         );
     }
     put(&target, "out/f1.json", b"ORIGINAL");
-    let origin = crate::common::azure_endpoint()
-        .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
-        .to_owned();
-    let proxy = crate::proxy::Proxy::start(origin, |_| crate::proxy::Action::Forward);
-    let t = TestContext::new().env(
-        "AZURE_STORAGE_CONNECTION_STRING",
-        &crate::common::azure_connection_string_at(&format!("{}/{AZURITE_ACCOUNT}", proxy.address)),
-    );
+    let proxy = crate::proxy::Proxy::start(crate::common::azure_origin(), |_| {
+        crate::proxy::Action::Forward
+    });
+    let t = crate::common::azure_env_via(&proxy);
     t.plan(&format!(
         r#"
 [job]
@@ -316,12 +311,8 @@ fn a_blob_above_the_cutoff_is_copied_by_the_service_in_blocks() {
 /// how to stream them.
 #[test]
 fn blocks_the_service_refuses_to_copy_are_streamed_instead() {
-    use crate::common::AZURITE_ACCOUNT;
     let (src, dst, target, body) = two_big_blobs();
-    let origin = crate::common::azure_endpoint()
-        .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
-        .to_owned();
-    let proxy = crate::proxy::Proxy::start(origin, |request| {
+    let proxy = crate::proxy::Proxy::start(crate::common::azure_origin(), |request| {
         if request.path.contains("comp=block&") && request.headers.contains_key("x-ms-copy-source")
         {
             crate::proxy::Action::Answer(
@@ -332,10 +323,7 @@ fn blocks_the_service_refuses_to_copy_are_streamed_instead() {
             crate::proxy::Action::Forward
         }
     });
-    let t = TestContext::new().env(
-        "AZURE_STORAGE_CONNECTION_STRING",
-        &crate::common::azure_connection_string_at(&format!("{}/{AZURITE_ACCOUNT}", proxy.address)),
-    );
+    let t = crate::common::azure_env_via(&proxy);
     t.plan(&blocks_plan(&src, &dst, "auto", "state.db"));
     let out = t.redrive(&["run", "plan.toml", "-v"]).expect_code(0);
     for name in ["a.bin", "b.bin"] {
@@ -344,14 +332,7 @@ fn blocks_the_service_refuses_to_copy_are_streamed_instead() {
             "{name} whole"
         );
     }
-    assert_eq!(
-        out.stderr
-            .matches("are refused: streaming them instead")
-            .count(),
-        1,
-        "said once: {}",
-        out.stderr
-    );
+    crate::common::assert_refused_once(&out.stderr);
     let requests = proxy.requests();
     let blocks = requests
         .iter()
@@ -415,19 +396,14 @@ copy = {{ from = "{{path}}", to = "az://{dst}/x/{{name}}", mode = "server" }}
 /// target (Content-MD5: two HEADs, no bytes read) are compared and written to the manifest.
 #[test]
 fn an_md5_checked_azure_copy_is_made_by_the_service_and_compared() {
-    use crate::common::{AZURITE_ACCOUNT, md5_hex};
     let (src, dst) = (unique("rd-smd"), unique("rd-dmd"));
     create_container(&src);
     create_container(&dst);
     put(&azure_operator(&src), "in/a.json", b"body a");
-    let origin = crate::common::azure_endpoint()
-        .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
-        .to_owned();
-    let proxy = crate::proxy::Proxy::start(origin, |_| crate::proxy::Action::Forward);
-    let t = TestContext::new().env(
-        "AZURE_STORAGE_CONNECTION_STRING",
-        &crate::common::azure_connection_string_at(&format!("{}/{AZURITE_ACCOUNT}", proxy.address)),
-    );
+    let proxy = crate::proxy::Proxy::start(crate::common::azure_origin(), |_| {
+        crate::proxy::Action::Forward
+    });
+    let t = crate::common::azure_env_via(&proxy);
     t.plan(&format!(
         r#"
 [job]
@@ -455,12 +431,5 @@ copy = {{ from = "{{url}}", to = "az://{dst}/out/{{name}}", manifest = "manifest
         ["HEAD", "PUT", "HEAD"],
         "the source's MD5, the copy, the target's MD5: {requests:?}"
     );
-    let manifest = t.read("manifest.jsonl");
-    assert!(
-        manifest.contains(&format!(
-            r#""checksum":{{"algorithm":"md5","value":"{}"}}"#,
-            md5_hex("body a")
-        )) && manifest.contains("\"server_side\":true"),
-        "{manifest}"
-    );
+    crate::common::assert_server_md5(&t.read("manifest.jsonl"), "body a");
 }

@@ -322,6 +322,45 @@ pub fn azure_connection_string_via(blob_endpoint: &str, queue_endpoint: &str) ->
     )
 }
 
+/// Azurite's origin (its blob endpoint without the account): where a proxy in front of it
+/// forwards.
+pub fn azure_origin() -> String {
+    azure_endpoint()
+        .trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
+        .to_owned()
+}
+
+/// A context whose Azure Blob requests go through `proxy` (in front of [`azure_origin`]).
+pub fn azure_env_via(proxy: &crate::proxy::Proxy) -> TestContext {
+    TestContext::new().env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        &azure_connection_string_at(&format!("{}/{AZURITE_ACCOUNT}", proxy.address)),
+    )
+}
+
+/// Checks that a run said once (not once an object) that a store pair's server-side copies
+/// are refused and streamed instead.
+pub fn assert_refused_once(stderr: &str) {
+    assert_eq!(
+        stderr
+            .matches("are refused: streaming them instead")
+            .count(),
+        1,
+        "said once: {stderr}"
+    );
+}
+
+/// Checks that a manifest records a server-side copy's MD5, that of `body`.
+pub fn assert_server_md5(manifest: &str, body: &str) {
+    assert!(
+        manifest.contains(&format!(
+            r#""checksum":{{"algorithm":"md5","value":"{}"}}"#,
+            md5_hex(body)
+        )) && manifest.contains("\"server_side\":true"),
+        "{manifest}"
+    );
+}
+
 pub fn azure_env(context: TestContext) -> TestContext {
     context.env(
         "AZURE_STORAGE_CONNECTION_STRING",

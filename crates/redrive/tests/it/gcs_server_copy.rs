@@ -214,14 +214,7 @@ fn a_refused_rewrite_streams_in_auto_mode_and_fails_in_server_mode() {
             Some(format!("body {i}").as_bytes())
         );
     }
-    assert_eq!(
-        out.stderr
-            .matches("are refused: streaming them instead")
-            .count(),
-        1,
-        "said once: {}",
-        out.stderr
-    );
+    crate::common::assert_refused_once(&out.stderr);
     let requests = proxy.requests();
     let tried = requests
         .iter()
@@ -278,16 +271,8 @@ fn an_md5_checked_rewrite_compares_what_the_service_reports_and_removes_a_wrong_
         t.redrive(&["run", "plan.toml"]).expect_code(code);
     }
     let manifest = t.read("good.jsonl");
-    for i in [0, 3] {
-        assert!(
-            manifest.contains(&format!(
-                r#""checksum":{{"algorithm":"md5","value":"{}"}}"#,
-                crate::common::md5_hex(&format!("body {i}"))
-            )),
-            "{manifest}"
-        );
-    }
-    assert!(manifest.lines().all(|l| l.contains("\"server_side\":true")));
+    crate::common::assert_server_md5(&manifest, "body 0");
+    crate::common::assert_server_md5(&manifest, "body 3");
     let requests = proxy.requests();
     assert!(
         !requests
