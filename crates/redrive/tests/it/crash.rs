@@ -514,6 +514,33 @@ fn server_copy_inputs(
     });
 }
 
+/// Copies what `FROM/in/` lists to `TO/out/` server-side (`mode = "server"`, 16 in flight),
+/// killed at random instants five times, then let finish: see [`assert_server_copies`].
+fn kill_server_copies(
+    t: &crate::common::TestContext,
+    from: &str,
+    to: &str,
+    target: &opendal::Operator,
+    n: usize,
+) {
+    t.plan(&format!(
+        r#"
+[job]
+name = "kill-server-copies"
+state = "state.db"
+[source]
+list = "{from}/in/"
+key = "{{name}}"
+[[step]]
+copy = {{ from = "{{url}}", to = "{to}/out/{{name}}", mode = "server" }}
+[limits]
+items = 16
+"#
+    ));
+    let kills = kill_loop(t, 5);
+    assert_server_copies(t, target, n, kills);
+}
+
 /// After a kill loop of server-side copies: each target is its source's bytes (the one that
 /// existed before kept), nothing else is in the target's folder, every item is done.
 fn assert_server_copies(
@@ -566,22 +593,13 @@ fn an_azure_server_side_copy_killed_at_random_instants_loses_and_overwrites_noth
     let n = 2000;
     server_copy_inputs(&source, &target, n, None);
     let t = azure_env(crate::common::TestContext::new());
-    t.plan(&format!(
-        r#"
-[job]
-name = "killazss"
-state = "state.db"
-[source]
-list = "az://{src}/in/"
-key = "{{name}}"
-[[step]]
-copy = {{ from = "{{url}}", to = "az://{dst}/out/{{name}}", mode = "server" }}
-[limits]
-items = 16
-"#
-    ));
-    let kills = kill_loop(&t, 5);
-    assert_server_copies(&t, &target, n, kills);
+    kill_server_copies(
+        &t,
+        &format!("az://{src}"),
+        &format!("az://{dst}"),
+        &target,
+        n,
+    );
 }
 
 /// S3 → S3 copied by the service (CopyObject, `mode = "server"`), killed at random instants,
@@ -619,22 +637,13 @@ fn an_s3_server_side_copy_killed_at_random_instants_loses_and_overwrites_nothing
         }
     });
     let t = crate::common::s3_env_at(crate::common::TestContext::new(), &proxy.address);
-    t.plan(&format!(
-        r#"
-[job]
-name = "kills3ss"
-state = "state.db"
-[source]
-list = "s3://{src}/in/"
-key = "{{name}}"
-[[step]]
-copy = {{ from = "{{url}}", to = "s3://{dst}/out/{{name}}", mode = "server" }}
-[limits]
-items = 16
-"#
-    ));
-    let kills = kill_loop(&t, 5);
-    assert_server_copies(&t, &target, n, kills);
+    kill_server_copies(
+        &t,
+        &format!("s3://{src}"),
+        &format!("s3://{dst}"),
+        &target,
+        n,
+    );
 }
 
 /// GCS → GCS copied by the service (rewrite, `mode = "server"`), killed at random instants, on
@@ -670,22 +679,13 @@ fn a_gcs_server_side_copy_killed_at_random_instants_loses_and_overwrites_nothing
         }
     });
     let t = crate::common::gcs_env_at(crate::common::TestContext::new(), &proxy.address);
-    t.plan(&format!(
-        r#"
-[job]
-name = "killgcsss"
-state = "state.db"
-[source]
-list = "gs://{src}/in/"
-key = "{{name}}"
-[[step]]
-copy = {{ from = "{{url}}", to = "gs://{dst}/out/{{name}}", mode = "server" }}
-[limits]
-items = 16
-"#
-    ));
-    let kills = kill_loop(&t, 5);
-    assert_server_copies(&t, &target, n, kills);
+    kill_server_copies(
+        &t,
+        &format!("gs://{src}"),
+        &format!("gs://{dst}"),
+        &target,
+        n,
+    );
 }
 
 /// An inventory report loaded while the run is killed at random instants (six times), then
