@@ -10,6 +10,7 @@
 //! step's adaptive limit (`redrive_core::throttle`).
 
 use crate::azure_account;
+use crate::gcs_sign::GcsCredential;
 use redrive_core::env_vars;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -510,33 +511,16 @@ impl Stores {
     }
 
     /// The GCS bucket `url` is in and the object's key, with where and as whom the bucket is
-    /// reached: the `[store]` table's endpoint and `credential_path`, else
-    /// `STORAGE_EMULATOR_HOST` (no credentials, as Google's client libraries do), else
-    /// Google's own endpoint with `GOOGLE_APPLICATION_CREDENTIALS` or the default chain.
+    /// reached (`gcs_access`).
     pub(crate) fn gcs_object(&self, url: &str) -> Option<GcsObject> {
-        use crate::gcs_sign::GcsCredential;
         let display = secrets::redact(url).into_owned();
         let Ok(Target::Gcs { bucket, key }) = self.parse(url, &display) else {
             return None;
         };
         let spec = self.spec_for(url).cloned().unwrap_or_default();
-        let emulator = self.env.first(env_vars::GCS_EMULATOR_HOST);
-        let file = spec
-            .credential_path
-            .clone()
-            .or_else(|| self.env.first(env_vars::GOOGLE_CREDENTIALS));
-        let credential = match (file, &spec.endpoint, &emulator) {
-            (Some(path), _, _) => GcsCredential::File(path),
-            (None, None, Some(_)) => GcsCredential::Anonymous,
-            (None, _, _) => GcsCredential::Default,
-        };
-        let endpoint = spec
-            .endpoint
-            .clone()
-            .or(emulator)
-            .map_or_else(|| GCS_ENDPOINT.to_owned(), |e| emulator_url(&e));
+        let (endpoint, credential) = gcs_access(&spec, &self.env);
         Some(GcsObject {
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            endpoint,
             bucket,
             key,
             credential,
@@ -922,23 +906,12 @@ impl Stores {
             }
             Target::Gcs { bucket, .. } => {
                 let spec = spec.cloned().unwrap_or_default();
-                let mut builder = services::Gcs::default().bucket(bucket);
-                let emulator = env.first(env_vars::GCS_EMULATOR_HOST);
-                let credential = spec
-                    .credential_path
-                    .or_else(|| env.first(env_vars::GOOGLE_CREDENTIALS));
-                match (&spec.endpoint, &emulator) {
-                    (Some(endpoint), _) => builder = builder.endpoint(endpoint),
-                    (None, Some(host)) => {
-                        builder = builder.endpoint(&emulator_url(host));
-                        if credential.is_none() {
-                            builder = builder.skip_signature();
-                        }
-                    }
-                    (None, None) => {}
-                }
-                if let Some(path) = credential {
-                    builder = builder.credential_path(&path);
+                let (endpoint, credential) = gcs_access(&spec, env);
+                let mut builder = services::Gcs::default().bucket(bucket).endpoint(&endpoint);
+                match credential {
+                    GcsCredential::Anonymous => builder = builder.skip_signature(),
+                    GcsCredential::File(path) => builder = builder.credential_path(&path),
+                    GcsCredential::Default => {}
                 }
                 Operator::new(builder).map_err(config)?
             }
@@ -1009,13 +982,29 @@ impl Stores {
 /// Google's GCS endpoint.
 const GCS_ENDPOINT: &str = "https://storage.googleapis.com";
 
-/// `STORAGE_EMULATOR_HOST` as a URL: Google's libraries take `host:port` or a URL.
-fn emulator_url(host: &str) -> String {
-    if host.contains("://") {
-        host.to_owned()
-    } else {
-        format!("http://{host}")
-    }
+/// Where and as whom a GCS bucket is reached, for OpenDAL and for redrive's own requests
+/// alike: the `[store]` table's endpoint and `credential_path`, else `STORAGE_EMULATOR_HOST`
+/// (`host:port` or a URL; no credentials, as Google's client libraries do), else Google's
+/// own endpoint with `GOOGLE_APPLICATION_CREDENTIALS` or the default chain (gcloud's
+/// application default credentials, the VM's metadata server).
+fn gcs_access(spec: &StoreSpec, env: &Env) -> (String, GcsCredential) {
+    let emulator = env.first(env_vars::GCS_EMULATOR_HOST);
+    let file = spec
+        .credential_path
+        .clone()
+        .or_else(|| env.first(env_vars::GOOGLE_CREDENTIALS));
+    let credential = match (file, &spec.endpoint, &emulator) {
+        (Some(path), _, _) => GcsCredential::File(path),
+        (None, None, Some(_)) => GcsCredential::Anonymous,
+        (None, _, _) => GcsCredential::Default,
+    };
+    let endpoint = match (&spec.endpoint, emulator) {
+        (Some(endpoint), _) => endpoint.clone(),
+        (None, Some(host)) if host.contains("://") => host,
+        (None, Some(host)) => format!("http://{host}"),
+        (None, None) => GCS_ENDPOINT.to_owned(),
+    };
+    (endpoint.trim_end_matches('/').to_owned(), credential)
 }
 
 fn decode(text: &str) -> String {

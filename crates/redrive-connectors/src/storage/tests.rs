@@ -266,3 +266,50 @@ fn stale_partial_files_are_removed_and_live_ones_kept() {
     assert!(live.exists(), "a file written to lately is kept");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn gcs_is_reached_as_google_libraries_reach_it() {
+    use crate::gcs_sign::GcsCredential;
+    let reach = |specs: Vec<(String, StoreSpec)>, env: &[(&str, &str)]| {
+        stores(specs, env)
+            .gcs_object("gs://b/k")
+            .map(|o| (o.endpoint, o.credential))
+    };
+    assert_eq!(
+        reach(Vec::new(), &[]),
+        Some((
+            "https://storage.googleapis.com".to_owned(),
+            GcsCredential::Default
+        ))
+    );
+    // An emulator: its address, no credentials (a plain `host:port` is http).
+    assert_eq!(
+        reach(Vec::new(), &[("STORAGE_EMULATOR_HOST", "127.0.0.1:9023")]),
+        Some(("http://127.0.0.1:9023".to_owned(), GcsCredential::Anonymous))
+    );
+    // A key file is used wherever the requests go.
+    let key = &[
+        ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9023/"),
+        ("GOOGLE_APPLICATION_CREDENTIALS", "/keys/sa.json"),
+    ];
+    assert_eq!(
+        reach(Vec::new(), key),
+        Some((
+            "http://127.0.0.1:9023".to_owned(),
+            GcsCredential::File("/keys/sa.json".to_owned())
+        ))
+    );
+    // A [store] table's endpoint wins, and without a key file Google's chain is asked.
+    let table = StoreSpec {
+        endpoint: Some("https://gcs.example.com".to_owned()),
+        ..StoreSpec::default()
+    };
+    assert_eq!(
+        reach(
+            vec![("gs://b".to_owned(), table)],
+            &[("STORAGE_EMULATOR_HOST", "127.0.0.1:9023")]
+        ),
+        Some(("https://gcs.example.com".to_owned(), GcsCredential::Default))
+    );
+    assert!(stores(Vec::new(), &[]).gcs_object("s3://b/k").is_none());
+}
