@@ -269,8 +269,8 @@ impl<'a> Change<'a> {
     /// [`Change::update`] fences it; it returns the ids of the rows it changed. `i.id = ANY`
     /// bounds the rows read to the group's: joined on the unnested ids alone, the planner
     /// (which knows the array's length, and table statistics that lag a table being loaded)
-    /// chose a hash join over a scan of the whole table for a large group — every row read
-    /// once a group, and a group every few milliseconds.
+    /// chose a hash join over a scan of the whole table for a large group: every row of the
+    /// table read for that group.
     pub(crate) fn update_many(&self) -> String {
         let mut next = 5;
         let mut columns = Vec::new();

@@ -496,13 +496,8 @@ async fn check_length(source: &Location, read: u64, listed: u64) -> Result<(), S
 /// is compared: the parts of a multipart source ETag were cut where its uploader cut them,
 /// which this copy does not know (and an encrypted bucket's ETag is no MD5 at all).
 async fn check_source_md5(source: &Location, ours: Vec<u8>) -> Result<(), StepError> {
-    let meta = source
-        .operator
-        .stat(&source.path)
-        .await
-        .map_err(|e| step_error(format!("cannot check the MD5 of `{}`", source.display), e))?;
-    match store_md5(meta.content_md5(), meta.etag()) {
-        Some(StoreMd5::Whole(theirs)) if theirs != ours => Err(StepError::new(
+    match source_md5(source).await? {
+        Some(theirs) if theirs != ours => Err(StepError::new(
             redrive_core::error::ErrorClass::Transient,
             format!(
                 "the body read from `{}` is not the object ({}); nothing was written and the \

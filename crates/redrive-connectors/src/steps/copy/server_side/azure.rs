@@ -12,10 +12,10 @@
 //! Azure copies up to 256 MiB this way; a larger blob (above `copy_cutoff`, at most 256 MiB)
 //! is copied block by block (Put Block From URL, `parts` at once) and committed by Put Block
 //! List with `If-None-Match: *`. A copy that sets `content_type` or asks for a `checksum` other
-//! than md5 (md5 is compared from what the source and target report), or
-//! a store pair the service refuses to copy between (another account without access, an
-//! emulator that does not implement it: Azurite has no Put Block From URL) is streamed
-//! instead (`mode = "auto"`, said once per store pair), or fails (`mode = "server"`).
+//! than md5 (md5 is compared from what the source and target report), or a store pair the
+//! service refuses to copy between (another account without access, a server that does not
+//! implement it) is streamed instead (`mode = "auto"`, said once per store pair), or fails
+//! (`mode = "server"`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

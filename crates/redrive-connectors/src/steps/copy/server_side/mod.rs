@@ -198,14 +198,14 @@ pub(crate) fn route(
         );
     }
     // A copy in parts has no whole-object MD5 to compare.
-    let whole = |parts: &Option<PartPlan>| spec.checksum.is_some() && parts.is_some();
+    let checksum_in_parts = |parts: &Option<PartPlan>| spec.checksum.is_some() && parts.is_some();
     let route = if let (Some(source), Some(target)) =
         (stores.azure_blob(from), stores.azure_blob(to))
     {
         let parts = size
             .filter(|size| *size > spec.copy_cutoff.min(MAX_SYNC_COPY))
             .map(|size| PartPlan::new(size, spec.part_size as u64));
-        if whole(&parts) {
+        if checksum_in_parts(&parts) {
             return stream(IN_PARTS);
         }
         Route::Azure {
@@ -220,7 +220,7 @@ pub(crate) fn route(
         let parts = size
             .filter(|size| *size > spec.copy_cutoff)
             .map(|size| PartPlan::new(size, spec.part_size as u64));
-        if whole(&parts) {
+        if checksum_in_parts(&parts) {
             return stream(IN_PARTS);
         }
         Route::S3 {
