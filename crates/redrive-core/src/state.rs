@@ -117,6 +117,12 @@ pub enum Transition {
         /// The file the finished step produced, recorded against it.
         output: Option<Produced>,
     },
+    /// The item's start was recorded ahead of a free slot, and the run stopped before it
+    /// ran: back to `pending` at that step, its attempt not counted.
+    Unstarted {
+        /// The item.
+        id: ItemId,
+    },
     /// The item is done (every step ran) or skipped (a step said so).
     Finished {
         /// The item.

@@ -919,3 +919,156 @@ async fn with_max_errors_an_item_keeps_its_slot_until_settled_so_its_failure_sto
     assert_eq!((report.done, report.failed), (1, 1));
     assert!(report.max_errors_reached);
 }
+
+/// Sleeps `delay` an item, and notes the most items the state said were `running` at once.
+#[derive(Debug)]
+struct WatchesRunning {
+    store: Arc<MemoryStateStore>,
+    delay: Duration,
+    calls: AtomicUsize,
+    most_running: AtomicUsize,
+}
+
+impl WatchesRunning {
+    fn new(store: &Arc<MemoryStateStore>, delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            store: Arc::clone(store),
+            delay,
+            calls: AtomicUsize::new(0),
+            most_running: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl Step for WatchesRunning {
+    async fn run(&self, _fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let running = self.store.summary().await.unwrap().count(Status::Running);
+        self.most_running
+            .fetch_max(running as usize, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        Ok(Outcome::done(0))
+    }
+
+    fn describe(&self, _: &Fields) -> Result<String, TemplateError> {
+        Ok("watch".to_owned())
+    }
+}
+
+/// Every item's attempts against its status: items that ran once have 1, the others 0.
+async fn assert_attempts_honest(store: &MemoryStateStore) {
+    for status in [Status::Done, Status::Pending, Status::Running] {
+        let items = store
+            .items_with_status(status, 0, usize::MAX)
+            .await
+            .unwrap();
+        let expected = u32::from(status == Status::Done);
+        for item in items {
+            assert_eq!(
+                item.attempts, expected,
+                "{status:?} item {} has {} attempts",
+                item.key, item.attempts
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_items_have_their_starts_recorded_ahead_of_free_slots_and_long_ones_do_not() {
+    // Short items: once the engine has seen a few, up to one slot's worth of items more is
+    // recorded started, so a freed slot takes an item whose start is committed.
+    let s = setup().await;
+    let step = WatchesRunning::new(&s.store, Duration::ZERO);
+    let source = Numbers {
+        n: 400,
+        delay: Duration::ZERO,
+    };
+    let report = run(&s.store, source, vec![step.clone()], options(4, 0)).await;
+    assert_eq!((report.done, step.calls.load(Ordering::SeqCst)), (400, 400));
+    let most = step.most_running.load(Ordering::SeqCst);
+    // 4 in flight, up to 4 started ahead, and a few finished whose last transition is
+    // queued and not yet committed (their slots already went to the next items).
+    assert!(
+        (5..=12).contains(&most),
+        "4 in flight and up to 4 started ahead, saw {most} running"
+    );
+    assert_attempts_honest(&s.store).await;
+
+    // Long items (30 ms): a start is recorded only when a slot is about to free.
+    let s = setup().await;
+    let step = WatchesRunning::new(&s.store, Duration::from_millis(30));
+    let source = Numbers {
+        n: 24,
+        delay: Duration::ZERO,
+    };
+    let report = run(&s.store, source, vec![step.clone()], options(4, 0)).await;
+    assert_eq!(report.done, 24);
+    let most = step.most_running.load(Ordering::SeqCst);
+    // (One more than the slots can read `running` for a moment: a finished item's last
+    // transition is applied just after its slot goes to the next item.)
+    assert!(most <= 5, "4 in flight and none ahead, saw {most} running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_started_ahead_that_never_ran_go_back_to_pending_uncounted() {
+    // A drain: the items started ahead of a slot are put back, their attempt not counted.
+    let s = setup().await;
+    let step = WatchesRunning::new(&s.store, Duration::from_millis(1));
+    let pipeline = Arc::new(Pipeline {
+        duplicates: Default::default(),
+        source: Arc::new(Numbers {
+            n: 5_000,
+            delay: Duration::ZERO,
+        }),
+        key: Template::parse("{n}").unwrap(),
+        expand: None,
+        steps: vec![PipelineStep::new("s0", step.clone() as Arc<dyn Step>)],
+    });
+    let (stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
+    let state: Arc<dyn StateStore> = Arc::clone(&s.store) as _;
+    let running = tokio::spawn(engine::run(
+        pipeline,
+        state,
+        options(8, 0),
+        Arc::new(NoReport),
+        shutdown,
+    ));
+    while step.calls.load(Ordering::SeqCst) < 300 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(StopLevel::Drain).unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert!(report.interrupted && report.done < 5_000);
+    assert!(
+        step.most_running.load(Ordering::SeqCst) > 8,
+        "items were started ahead (else this tests nothing): {} running at most",
+        step.most_running.load(Ordering::SeqCst)
+    );
+    let summary = s.store.summary().await.unwrap();
+    assert_eq!(
+        summary.count(Status::Running),
+        0,
+        "drained, none left running"
+    );
+    assert_eq!(step.calls.load(Ordering::SeqCst) as u64, report.done);
+    assert_attempts_honest(&s.store).await;
+
+    // `--limit`: exactly that many run; what was started beyond it goes back.
+    let s = setup().await;
+    let step = WatchesRunning::new(&s.store, Duration::from_millis(1));
+    let source = Numbers {
+        n: 1_000,
+        delay: Duration::ZERO,
+    };
+    let limited = RunOptions {
+        limit: Some(300),
+        ..options(8, 0)
+    };
+    let report = run(&s.store, source, vec![step.clone()], limited).await;
+    assert_eq!((report.done, step.calls.load(Ordering::SeqCst)), (300, 300));
+    let summary = s.store.summary().await.unwrap();
+    assert_eq!(summary.count(Status::Running), 0);
+    assert_eq!(summary.count(Status::Pending), 700);
+    assert_attempts_honest(&s.store).await;
+}

@@ -44,6 +44,7 @@ enum Kind {
     Advanced,
     Finished,
     Released,
+    Unstarted,
     Failed,
 }
 
@@ -170,6 +171,17 @@ impl<'a> Change<'a> {
                 vec![
                     To("status", text(Status::Pending.as_str())),
                     To("error", text(error)),
+                    Now("updated_at"),
+                ],
+                None,
+                false,
+            ),
+            Transition::Unstarted { id } => (
+                *id,
+                Kind::Unstarted,
+                vec![
+                    To("status", text(Status::Pending.as_str())),
+                    Add("attempts", Value::Int(-1)),
                     Now("updated_at"),
                 ],
                 None,

@@ -567,6 +567,28 @@ pub async fn transitions_are_visible_after_record(store: &dyn StateStore) {
         "started → running, attempt 1"
     );
 
+    // A start recorded ahead of a slot, the run stopping before the item ran.
+    ok(
+        store.record(Transition::Unstarted { id: item.id }).await,
+        "unstart",
+    );
+    let unstarted = ok(store.runnable(0, 10).await, "runnable").remove(0);
+    assert_eq!(
+        (unstarted.status, unstarted.step, unstarted.attempts),
+        (Status::Pending, 0, 0),
+        "unstarted → pending, the attempt not counted"
+    );
+    ok(
+        store
+            .record(Transition::Started {
+                id: item.id,
+                step: 0,
+                step_name: "copy".into(),
+            })
+            .await,
+        "start again",
+    );
+
     ok(
         store
             .record(Transition::Advanced {

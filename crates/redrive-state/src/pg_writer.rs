@@ -193,7 +193,10 @@ fn settled(worker: &Worker, transition: &Transition) {
     let id = item_of(transition);
     if matches!(
         transition,
-        Transition::Finished { .. } | Transition::Failed { .. } | Transition::Released { .. }
+        Transition::Finished { .. }
+            | Transition::Failed { .. }
+            | Transition::Released { .. }
+            | Transition::Unstarted { .. }
     ) {
         worker.forget(id);
     }
@@ -212,6 +215,7 @@ pub(crate) fn item_of(transition: &Transition) -> i64 {
         | Transition::Advanced { id, .. }
         | Transition::Finished { id, .. }
         | Transition::Released { id, .. }
+        | Transition::Unstarted { id }
         | Transition::Failed { id, .. } => *id,
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::error::StepError;
-use crate::item::{Fields, ItemId, Status, StoredItem};
+use crate::item::{Fields, ItemId, Status};
 use crate::retry::Backoff;
 use crate::source::{Source, SourceError};
 use crate::state::{StateError, StateStore};
@@ -25,6 +25,7 @@ use crate::throttle::{AdaptiveLimit, Rate};
 
 mod dry_run;
 mod expand;
+mod feed;
 mod item;
 mod load;
 mod report;
@@ -32,7 +33,9 @@ mod step_times;
 
 pub use dry_run::{DryRunOptions, DryRunReport, dry_run};
 use expand::run_parent;
-use item::{all_ran, begin, run_started};
+use feed::Slot;
+use feed::{Credits, First, Starter};
+use item::{all_ran, run_started};
 use load::{load, load_or_wait};
 use report::ItemReport;
 pub use report::{NoReport, Reporter, RunReport, StepEvent, StepStatus, Tally};
@@ -421,14 +424,35 @@ pub async fn run(
         }))
     };
 
-    let semaphore = Arc::new(Semaphore::new(shared.options.concurrency.max(1)));
+    // The starter records starts (ahead of free slots while items are short, see `feed`);
+    // this loop gives each started item a free slot.
+    let concurrency = shared.options.concurrency.max(1);
+    let semaphore = Arc::new(Semaphore::new(concurrency));
+    let ahead = if shared.pipeline.expand.is_some() {
+        0
+    } else {
+        concurrency
+    };
+    let credits = Credits::new(concurrency, ahead);
+    let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_starter, stop_rx) = watch::channel(false);
+    let starter = tokio::spawn(
+        Starter {
+            shared: Arc::clone(&shared),
+            credits: Arc::clone(&credits),
+            loaded: Arc::clone(&loaded),
+            loader_end: Arc::clone(&loader_end),
+            ready: ready_tx,
+            stop: stop_rx,
+        }
+        .run(),
+    );
     let mut tasks: JoinSet<Result<ItemReport, EngineError>> = JoinSet::new();
     let mut report = RunReport::default();
     let mut failure: Option<EngineError> = None;
-    let mut cursor = 0;
-    let mut taken = 0u64;
+    let mut left = Vec::new();
 
-    'feed: loop {
+    loop {
         if *shutdown.borrow() != StopLevel::Run {
             report.interrupted = true;
             break;
@@ -436,76 +460,69 @@ pub async fn run(
         while let Some(joined) = tasks.try_join_next() {
             if let Err(error) = absorb(joined, &mut report) {
                 failure = Some(error);
-                break 'feed;
             }
         }
-        let loader_was = loader_end.load(Ordering::SeqCst);
-        let page = shared.state.claim(cursor, PAGE).await?;
-        if page.is_empty() {
-            if loader_was != LOADING && !shared.state.others_busy().await? {
-                // Complete: nothing is left. Stopped early (an error, or `--limit` reached
-                // elsewhere): its error is reported below.
+        if failure.is_some() {
+            break;
+        }
+        let next = tokio::select! {
+            next = ready.recv() => next,
+            _ = stop_requested(&mut shutdown, StopLevel::Drain) => {
+                report.interrupted = true;
                 break;
             }
-            tokio::select! {
-                _ = loaded.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = stop_requested(&mut shutdown, StopLevel::Drain) => {}
-            }
-            continue;
-        }
-        // Large fields left out of the state (an SQL row's XML) are read a few items at a
-        // time, just before the items run: memory stays at (in flight + chunk) rows.
-        let mut page = page.into_iter();
-        let chunk = shared.options.concurrency.clamp(16, PAGE);
-        loop {
-            let mut items: Vec<StoredItem> = page.by_ref().take(chunk).collect();
-            if items.is_empty() {
+        };
+        // The starter ended: nothing is left to start (or it failed, said below).
+        let Some(next) = next else { break };
+        let permit = tokio::select! {
+            permit = Arc::clone(&semaphore).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => {
+                    left.push(next);
+                    break;
+                }
+            },
+            _ = stop_requested(&mut shutdown, StopLevel::Drain) => {
+                report.interrupted = true;
+                left.push(next);
                 break;
             }
-            shared.pipeline.source.hydrate(&mut items).await?;
-            let mut items = items.into_iter();
-            while let Some(item) = items.next() {
-                cursor = item.id;
-                if shared.options.limit.is_some_and(|limit| taken >= limit) {
-                    break 'feed;
-                }
-                let permit = tokio::select! {
-                    permit = Arc::clone(&semaphore).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break 'feed,
-                    },
-                    _ = stop_requested(&mut shutdown, StopLevel::Drain) => {
-                        report.interrupted = true;
-                        break 'feed;
-                    }
-                };
-                if shared.halt.load(Ordering::SeqCst) {
-                    break 'feed;
-                }
-                // The items that find a free slot now are admitted together: their starts
-                // are one commit, not one each.
-                let mut group = vec![(item, permit)];
-                while shared
-                    .options
-                    .limit
-                    .is_none_or(|limit| taken + (group.len() as u64) < limit)
-                {
-                    let Some(item) = items.as_slice().first() else {
-                        break;
-                    };
-                    let Ok(permit) = Arc::clone(&semaphore).try_acquire_owned() else {
-                        break;
-                    };
-                    cursor = item.id;
-                    if let Some(item) = items.next() {
-                        group.push((item, permit));
-                    }
-                }
-                taken += group.len() as u64;
-                admit(&shared, group, &shutdown, &mut tasks).await;
-            }
+        };
+        if shared.halt.load(Ordering::SeqCst) {
+            left.push(next);
+            break;
         }
+        let (item, first, slot) = next.into_slot(permit, &credits);
+        let (own, own_shutdown, own_slot) =
+            (Arc::clone(&shared), shutdown.clone(), Arc::clone(&slot));
+        spawn_item(&mut tasks, &shared, item.id, slot, async move {
+            match first? {
+                First::Step(first) => run_started(&own, item, first, own_shutdown, &own_slot).await,
+                First::AllRan => all_ran(&own, &item).await,
+                First::Parent => run_parent(&own, item, own_shutdown).await,
+            }
+        });
+    }
+
+    // The starter stops; what it started and no slot took goes back to `pending`.
+    let _ = stop_starter.send(true);
+    match starter.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            failure.get_or_insert(error);
+        }
+        Err(join) => {
+            failure.get_or_insert(EngineError::State(StateError::Backend {
+                location: "engine".to_owned(),
+                message: format!("the starter stopped: {join}"),
+            }));
+        }
+    }
+    while let Ok(next) = ready.try_recv() {
+        left.push(next);
+    }
+    if let Err(error) = feed::unstart(&shared, left).await {
+        failure.get_or_insert(EngineError::State(error));
     }
 
     // Drain: let in-flight items finish, unless a second stop request aborts them.
@@ -579,79 +596,6 @@ async fn stop_requested(shutdown: &mut Shutdown, level: StopLevel) {
         if shutdown.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
-    }
-}
-
-/// An item's place among those in flight: given back when its task ends, or earlier, once
-/// its last transition is queued (it makes no further side effect), so the next item's start
-/// can share that transition's commit instead of waiting for one of its own.
-pub(super) struct Slot(std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);
-
-impl Slot {
-    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Arc<Self> {
-        Arc::new(Self(std::sync::Mutex::new(Some(permit))))
-    }
-
-    /// Gives the place back (again: nothing).
-    pub(super) fn free(&self) {
-        if let Ok(mut permit) = self.0.lock() {
-            permit.take();
-        }
-    }
-}
-
-/// Starts a group of items that each hold a slot: their starts are recorded together (one
-/// commit), then each runs in its own task. Parents of `[expand]` record their own start.
-async fn admit(
-    shared: &Arc<Shared>,
-    group: Vec<(StoredItem, tokio::sync::OwnedSemaphorePermit)>,
-    shutdown: &Shutdown,
-    tasks: &mut JoinSet<Result<ItemReport, EngineError>>,
-) {
-    if shared.pipeline.expand.is_some() {
-        for (item, permit) in group {
-            let (own, shutdown) = (Arc::clone(shared), shutdown.clone());
-            spawn_item(tasks, shared, item.id, Slot::new(permit), async move {
-                run_parent(&own, item, shutdown).await
-            });
-        }
-        return;
-    }
-    let mut begun = Vec::with_capacity(group.len());
-    let mut starts = Vec::with_capacity(group.len());
-    for (item, permit) in group {
-        let first = match begin(shared, &item).await {
-            Ok(Some((first, start))) => {
-                starts.push(start);
-                Ok(Some(first))
-            }
-            Ok(None) => Ok(None),
-            Err(error) => Err(error),
-        };
-        begun.push((item, permit, first));
-    }
-    let mut recorded = shared.state.record_all(starts).await.into_iter();
-    for (item, permit, first) in begun {
-        let (own, shutdown) = (Arc::clone(shared), shutdown.clone());
-        let started = match first {
-            Ok(Some(first)) => match recorded.next() {
-                Some(Ok(())) => Ok(Some(first)),
-                Some(Err(error)) => Err(EngineError::State(error)),
-                None => Err(EngineError::State(StateError::Backend {
-                    location: String::new(),
-                    message: "a start was not answered".to_owned(),
-                })),
-            },
-            other => other,
-        };
-        let slot = Slot::new(permit);
-        let own_slot = Arc::clone(&slot);
-        spawn_item(tasks, shared, item.id, slot, async move {
-            match started? {
-                Some(first) => run_started(&own, item, first, shutdown, &own_slot).await,
-                None => all_ran(&own, &item).await,
-            }
-        });
     }
 }
 

@@ -324,6 +324,7 @@ impl StateStore for MemoryStateStore {
             | Transition::Advanced { id, .. }
             | Transition::Finished { id, .. }
             | Transition::Released { id, .. }
+            | Transition::Unstarted { id }
             | Transition::Failed { id, .. } => *id,
         };
         let Some(row) = tables.items.get_mut(&id) else {
@@ -368,6 +369,10 @@ impl StateStore for MemoryStateStore {
                 row.item.bytes += bytes;
                 row.item.error = reason;
                 row.finished = Some(now);
+            }
+            Transition::Unstarted { .. } => {
+                row.item.status = Status::Pending;
+                row.item.attempts = row.item.attempts.saturating_sub(1);
             }
             Transition::Released { error, .. } => {
                 row.item.status = Status::Pending;
