@@ -193,13 +193,16 @@ async fn told_to_stop(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// A group of items whose starts are being recorded together, as the run loop receives it.
+pub(super) type Group = tokio::task::JoinHandle<Vec<Ready>>;
+
 /// What the starter reads and tells.
 pub(super) struct Starter {
     pub(super) shared: Arc<Shared>,
     pub(super) credits: Arc<Credits>,
     pub(super) loaded: Arc<Notify>,
     pub(super) loader_end: Arc<AtomicU8>,
-    pub(super) ready: mpsc::UnboundedSender<Ready>,
+    pub(super) ready: mpsc::UnboundedSender<Group>,
     pub(super) stop: watch::Receiver<bool>,
 }
 
@@ -269,7 +272,12 @@ impl Starter {
                         }
                     }
                     taken += group.len() as u64;
-                    self.start(group).await;
+                    // The next group need not wait for this one's commit; the run loop takes
+                    // the groups in order.
+                    let group = tokio::spawn(start(Arc::clone(&self.shared), group));
+                    if self.ready.send(group).is_err() {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -278,54 +286,55 @@ impl Starter {
     fn stopping(&self) -> bool {
         *self.stop.borrow() || self.shared.halt.load(Ordering::SeqCst)
     }
+}
 
-    /// Records the starts of a group of items together (one commit) and hands them over.
-    async fn start(&self, group: Vec<(StoredItem, OwnedSemaphorePermit)>) {
-        let shared = &self.shared;
-        if shared.pipeline.expand.is_some() {
-            for (item, credit) in group {
-                let _ = self.ready.send(Ready {
-                    item,
-                    first: Ok(First::Parent),
-                    credit,
-                });
-            }
-            return;
-        }
-        let mut begun = Vec::with_capacity(group.len());
-        let mut starts = Vec::with_capacity(group.len());
-        for (item, credit) in group {
-            let first = match begin(shared, &item).await {
-                Ok(Some((first, start))) => {
-                    starts.push(start);
-                    Ok(First::Step(first))
-                }
-                Ok(None) => Ok(First::AllRan),
-                Err(error) => Err(error),
-            };
-            begun.push((item, credit, first));
-        }
-        let mut recorded = shared.state.record_all(starts).await.into_iter();
-        for (item, credit, first) in begun {
-            let first = match first {
-                Ok(First::Step(first)) => match recorded.next() {
-                    Some(Ok(())) => Ok(First::Step(first)),
-                    Some(Err(error)) => Err(EngineError::State(error)),
-                    None => Err(EngineError::State(StateError::Backend {
-                        location: String::new(),
-                        message: "a start was not answered".to_owned(),
-                    })),
-                },
-                other => other,
-            };
-            // The run loop has stopped taking items: it puts this one back when it ends.
-            let _ = self.ready.send(Ready {
+/// Records the starts of a group of items together (one commit) and hands them over.
+async fn start(shared: Arc<Shared>, group: Vec<(StoredItem, OwnedSemaphorePermit)>) -> Vec<Ready> {
+    let shared = &shared;
+    if shared.pipeline.expand.is_some() {
+        return group
+            .into_iter()
+            .map(|(item, credit)| Ready {
                 item,
-                first,
+                first: Ok(First::Parent),
                 credit,
-            });
-        }
+            })
+            .collect();
     }
+    let mut begun = Vec::with_capacity(group.len());
+    let mut starts = Vec::with_capacity(group.len());
+    for (item, credit) in group {
+        let first = match begin(shared, &item).await {
+            Ok(Some((first, start))) => {
+                starts.push(start);
+                Ok(First::Step(first))
+            }
+            Ok(None) => Ok(First::AllRan),
+            Err(error) => Err(error),
+        };
+        begun.push((item, credit, first));
+    }
+    let mut recorded = shared.state.record_all(starts).await.into_iter();
+    let mut ready = Vec::with_capacity(begun.len());
+    for (item, credit, first) in begun {
+        let first = match first {
+            Ok(First::Step(first)) => match recorded.next() {
+                Some(Ok(())) => Ok(First::Step(first)),
+                Some(Err(error)) => Err(EngineError::State(error)),
+                None => Err(EngineError::State(StateError::Backend {
+                    location: String::new(),
+                    message: "a start was not answered".to_owned(),
+                })),
+            },
+            other => other,
+        };
+        ready.push(Ready {
+            item,
+            first,
+            credit,
+        });
+    }
+    ready
 }
 
 /// Puts back items whose start was recorded ahead and that never got a slot: `pending`, their

@@ -450,7 +450,8 @@ pub async fn run(
     let mut tasks: JoinSet<Result<ItemReport, EngineError>> = JoinSet::new();
     let mut report = RunReport::default();
     let mut failure: Option<EngineError> = None;
-    let mut left = Vec::new();
+    let mut batch = std::collections::VecDeque::new();
+    let mut left: Vec<feed::Ready> = Vec::new();
 
     loop {
         if *shutdown.borrow() != StopLevel::Run {
@@ -465,15 +466,31 @@ pub async fn run(
         if failure.is_some() {
             break;
         }
-        let next = tokio::select! {
-            next = ready.recv() => next,
-            _ = stop_requested(&mut shutdown, StopLevel::Drain) => {
-                report.interrupted = true;
-                break;
+        let next = match batch.pop_front() {
+            Some(next) => next,
+            None => {
+                let group = tokio::select! {
+                    group = ready.recv() => group,
+                    _ = stop_requested(&mut shutdown, StopLevel::Drain) => {
+                        report.interrupted = true;
+                        break;
+                    }
+                };
+                // The starter ended: nothing is left to start (or it failed, said below).
+                let Some(group) = group else { break };
+                match group.await {
+                    Ok(group) => batch.extend(group),
+                    Err(join) => {
+                        failure.get_or_insert(EngineError::State(StateError::Backend {
+                            location: "engine".to_owned(),
+                            message: format!("recording starts stopped: {join}"),
+                        }));
+                        break;
+                    }
+                }
+                continue;
             }
         };
-        // The starter ended: nothing is left to start (or it failed, said below).
-        let Some(next) = next else { break };
         let permit = tokio::select! {
             permit = Arc::clone(&semaphore).acquire_owned() => match permit {
                 Ok(permit) => permit,
@@ -518,8 +535,11 @@ pub async fn run(
             }));
         }
     }
-    while let Ok(next) = ready.try_recv() {
-        left.push(next);
+    left.extend(batch);
+    while let Ok(group) = ready.try_recv() {
+        if let Ok(group) = group.await {
+            left.extend(group);
+        }
     }
     if let Err(error) = feed::unstart(&shared, left).await {
         failure.get_or_insert(EngineError::State(error));
