@@ -64,6 +64,103 @@ pub(crate) struct GroupSync {
     runs: AtomicU64,
     /// Files written and not yet given their names, each an open descriptor.
     unplaced: Arc<tokio::sync::Semaphore>,
+    /// Files waiting to be given their names.
+    naming: Arc<Naming>,
+}
+
+/// Gives files their names in batches: the names asked for while a batch is being given go
+/// in the next one, one local_io call for the batch. A call a name, after each group sync,
+/// put hundreds of calls at once in the queue ahead of the copies in flight.
+#[derive(Debug, Default)]
+struct Naming {
+    queue: Mutex<NamingQueue>,
+    /// Batches given (for tests).
+    batches: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct NamingQueue {
+    waiting: Vec<ToName>,
+    /// A local_io call is giving names (and takes what is queued before it ends).
+    busy: bool,
+}
+
+/// A file to give its name to, and who waits for the answer.
+struct ToName {
+    pending: Pending,
+    target: PathBuf,
+    how: Arc<LocalCopy>,
+    answer: tokio::sync::oneshot::Sender<Result<bool, StepError>>,
+}
+
+impl std::fmt::Debug for ToName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToName")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Naming {
+    /// Gives `pending` the name `target` ([`commit`]), in the next batch.
+    async fn name(
+        self: &Arc<Self>,
+        pending: Pending,
+        target: PathBuf,
+        how: Arc<LocalCopy>,
+    ) -> Result<bool, StepError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut queue = self
+                .queue
+                .lock()
+                .map_err(|_| StepError::permanent("a local copy stopped: naming failed"))?;
+            queue.waiting.push(ToName {
+                pending,
+                target,
+                how,
+                answer,
+            });
+            !std::mem::replace(&mut queue.busy, true)
+        };
+        if start {
+            let naming = Arc::clone(self);
+            let _ = blocking(move || {
+                naming.give_names();
+                Ok(())
+            })
+            .await;
+        }
+        answered
+            .await
+            .map_err(|_| StepError::permanent("a local copy stopped before its file was named"))?
+    }
+
+    /// Names every file queued, batch after batch, until none is left.
+    fn give_names(&self) {
+        loop {
+            let batch = match self.queue.lock() {
+                Ok(mut queue) => {
+                    if queue.waiting.is_empty() {
+                        queue.busy = false;
+                        return;
+                    }
+                    std::mem::take(&mut queue.waiting)
+                }
+                Err(_) => return,
+            };
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            for ToName {
+                pending,
+                target,
+                how,
+                answer,
+            } in batch
+            {
+                let _ = answer.send(commit(pending, &target, &how));
+            }
+        }
+    }
 }
 
 /// Files written and waiting for their names, on one file system, at most: past it, copies
@@ -79,6 +176,7 @@ impl GroupSync {
             covered: AtomicU64::new(0),
             runs: AtomicU64::new(0),
             unplaced: Arc::new(tokio::sync::Semaphore::new(UNPLACED)),
+            naming: Arc::default(),
         })
     }
 
@@ -220,8 +318,19 @@ impl Placing {
             pending.discard();
             return Err(error);
         }
-        let (job, to) = (Arc::clone(&how), target.path.clone());
-        if !blocking(move || commit(pending, &to, &job)).await? {
+        let named = match &target.sync {
+            Some(sync) => {
+                let naming = Arc::clone(&sync.naming);
+                naming
+                    .name(pending, target.path.clone(), Arc::clone(&how))
+                    .await?
+            }
+            None => {
+                let (job, to) = (Arc::clone(&how), target.path.clone());
+                blocking(move || commit(pending, &to, &job)).await?
+            }
+        };
+        if !named {
             return Ok(false);
         }
         drop(unplaced);
@@ -582,6 +691,33 @@ mod tests {
         }
         // The first caller's sync covers itself; every caller queued behind it shares the next.
         assert_eq!(sync.runs.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_waiting_for_their_names_are_named_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = LocalDirs::default();
+        let copies = (0..300).map(|i| {
+            let (from, to) = (
+                dir.path().join(format!("{i}.txt")),
+                dir.path().join(format!("out/{i}.txt")),
+            );
+            std::fs::write(&from, i.to_string()).unwrap();
+            let dirs = &dirs;
+            async move { copy_to(dirs, &from, &to, true).await }
+        });
+        let copied = futures::future::join_all(copies).await;
+        assert!(copied.iter().all(Option::is_some));
+        for i in [0, 150, 299] {
+            let named = std::fs::read_to_string(dir.path().join(format!("out/{i}.txt")));
+            assert_eq!(named.unwrap(), i.to_string());
+        }
+        let sync = dirs.sync_of(&dir.path().join("out")).unwrap();
+        let batches = sync.naming.batches.load(Ordering::Relaxed);
+        assert!(
+            (1..300).contains(&batches),
+            "300 files named in {batches} batches"
+        );
     }
 
     #[tokio::test]
