@@ -360,3 +360,44 @@ pub(super) async fn unstart(shared: &Shared, left: Vec<Ready>) -> Result<(), Sta
         .collect::<Result<Vec<()>, _>>()
         .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn credits_go_ahead_while_items_are_short_and_come_back_when_they_are_long() {
+        let credits = Credits::new(4, 4);
+        assert_eq!(
+            credits.semaphore.available_permits(),
+            4,
+            "nothing known yet"
+        );
+        credits.held(Duration::from_millis(1));
+        assert_eq!(credits.semaphore.available_permits(), 8, "short: 4 ahead");
+        // Six credits out (items running or started) when the items turn long: the two free
+        // are taken back at once, the other two owed as credits are returned.
+        let out: Vec<_> = (0..6).map(|_| credits.try_acquire().unwrap()).collect();
+        for _ in 0..64 {
+            credits.held(Duration::from_millis(100));
+        }
+        assert_eq!(credits.semaphore.available_permits(), 0);
+        drop(out);
+        credits.held(Duration::from_millis(100));
+        assert_eq!(credits.semaphore.available_permits(), 4, "long: one a slot");
+        // Between the two thresholds the mode stays as it is.
+        for _ in 0..64 {
+            credits.held(Duration::from_millis(15));
+        }
+        assert_eq!(credits.semaphore.available_permits(), 4);
+    }
+
+    #[test]
+    fn credits_never_go_ahead_for_parents() {
+        let credits = Credits::new(4, 0);
+        credits.held(Duration::from_micros(10));
+        assert_eq!(credits.semaphore.available_permits(), 4);
+    }
+}
