@@ -360,29 +360,44 @@ async fn a_fatal_error_stops_the_run_and_puts_the_item_back() {
     assert_eq!(summary.count(Status::Pending), 50);
 }
 
-#[tokio::test]
-async fn a_drain_request_lets_in_flight_items_finish_and_starts_no_more() {
-    let s = setup().await;
-    let step = Flaky::new(0, ErrorClass::Transient);
+/// Starts a run of `n` numbered items through `step` in the background: its stop requests and
+/// its end.
+fn start_run(
+    store: &Arc<MemoryStateStore>,
+    n: usize,
+    step: Arc<dyn Step>,
+    options: RunOptions,
+) -> (
+    tokio::sync::watch::Sender<StopLevel>,
+    tokio::task::JoinHandle<Result<RunReport, engine::EngineError>>,
+) {
     let pipeline = Arc::new(Pipeline {
         duplicates: Default::default(),
         source: Arc::new(Numbers {
-            n: 10_000,
+            n,
             delay: Duration::ZERO,
         }),
         key: Template::parse("{n}").unwrap(),
         expand: None,
-        steps: vec![PipelineStep::new("s0", step.clone() as Arc<dyn Step>)],
+        steps: vec![PipelineStep::new("s0", step)],
     });
     let (stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
-    let state: Arc<dyn StateStore> = Arc::clone(&s.store) as _;
+    let state: Arc<dyn StateStore> = Arc::clone(store) as _;
     let running = tokio::spawn(engine::run(
         pipeline,
         state,
-        options(4, 0),
+        options,
         Arc::new(NoReport),
         shutdown,
     ));
+    (stop, running)
+}
+
+#[tokio::test]
+async fn a_drain_request_lets_in_flight_items_finish_and_starts_no_more() {
+    let s = setup().await;
+    let step = Flaky::new(0, ErrorClass::Transient);
+    let (stop, running) = start_run(&s.store, 10_000, step.clone(), options(4, 0));
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.send(StopLevel::Drain).unwrap();
     let report = running.await.unwrap().unwrap();
@@ -1015,25 +1030,7 @@ async fn items_started_ahead_that_never_ran_go_back_to_pending_uncounted() {
     // A drain: the items started ahead of a slot are put back, their attempt not counted.
     let s = setup().await;
     let step = WatchesRunning::new(&s.store, Duration::from_millis(1));
-    let pipeline = Arc::new(Pipeline {
-        duplicates: Default::default(),
-        source: Arc::new(Numbers {
-            n: 5_000,
-            delay: Duration::ZERO,
-        }),
-        key: Template::parse("{n}").unwrap(),
-        expand: None,
-        steps: vec![PipelineStep::new("s0", step.clone() as Arc<dyn Step>)],
-    });
-    let (stop, shutdown) = tokio::sync::watch::channel(StopLevel::Run);
-    let state: Arc<dyn StateStore> = Arc::clone(&s.store) as _;
-    let running = tokio::spawn(engine::run(
-        pipeline,
-        state,
-        options(8, 0),
-        Arc::new(NoReport),
-        shutdown,
-    ));
+    let (stop, running) = start_run(&s.store, 5_000, step.clone(), options(8, 0));
     while step.calls.load(Ordering::SeqCst) < 300 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

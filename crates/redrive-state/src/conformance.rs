@@ -550,16 +550,12 @@ pub async fn transitions_are_visible_after_record(store: &dyn StateStore) {
     );
     assert_eq!(item.fields.get("name").map(String::as_str), Some("x"));
 
-    ok(
-        store
-            .record(Transition::Started {
-                id: item.id,
-                step: 0,
-                step_name: "copy".into(),
-            })
-            .await,
-        "start",
-    );
+    let start = Transition::Started {
+        id: item.id,
+        step: 0,
+        step_name: "copy".into(),
+    };
+    ok(store.record(start.clone()).await, "start");
     let running = ok(store.runnable(0, 10).await, "runnable").remove(0);
     assert_eq!(
         (running.status, running.attempts),
@@ -578,16 +574,7 @@ pub async fn transitions_are_visible_after_record(store: &dyn StateStore) {
         (Status::Pending, 0, 0),
         "unstarted → pending, the attempt not counted"
     );
-    ok(
-        store
-            .record(Transition::Started {
-                id: item.id,
-                step: 0,
-                step_name: "copy".into(),
-            })
-            .await,
-        "start again",
-    );
+    ok(store.record(start).await, "start again");
 
     ok(
         store
