@@ -33,8 +33,7 @@ mod step_times;
 
 pub use dry_run::{DryRunOptions, DryRunReport, dry_run};
 use expand::run_parent;
-use feed::Slot;
-use feed::{Credits, First, Starter};
+use feed::{Credits, First, Slot, Starter};
 use item::{all_ran, run_started};
 use load::{load, load_or_wait};
 use report::ItemReport;
