@@ -138,6 +138,7 @@ impl Naming {
 
     /// Names every file queued, batch after batch, until none is left.
     fn give_names(&self) {
+        let _unwinding = Unwinding(self);
         loop {
             let batch = match self.queue.lock() {
                 Ok(mut queue) => {
@@ -160,6 +161,25 @@ impl Naming {
                 let _ = answer.send(commit(pending, &target, &how));
             }
         }
+    }
+}
+
+/// Should a naming call panic, the copies waiting are answered (their answers dropped: "stopped
+/// before its file was named") and the next name starts a new call, instead of every later
+/// copy waiting for a call that is gone.
+struct Unwinding<'a>(&'a Naming);
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut queue = match self.0.queue.lock() {
+            Ok(queue) => queue,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        queue.waiting.clear();
+        queue.busy = false;
     }
 }
 
@@ -320,8 +340,7 @@ impl Placing {
         }
         let named = match &target.sync {
             Some(sync) => {
-                let naming = Arc::clone(&sync.naming);
-                naming
+                (sync.naming)
                     .name(pending, target.path.clone(), Arc::clone(&how))
                     .await?
             }
@@ -717,6 +736,41 @@ mod tests {
         assert!(
             (1..300).contains(&batches),
             "300 files named in {batches} batches"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_naming_call_that_panics_answers_the_waiting_copies_and_lets_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let naming = Arc::new(Naming::default());
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        {
+            let mut queue = naming.queue.lock().unwrap();
+            let file = std::fs::File::create(dir.path().join("a.partial")).unwrap();
+            queue.waiting.push(ToName {
+                pending: Pending::Named(file, dir.path().join("a.partial")),
+                target: dir.path().join("a"),
+                how: Arc::new(how(true)),
+                answer,
+            });
+            queue.busy = true;
+        }
+        let during = Arc::clone(&naming);
+        let panicked = std::thread::spawn(move || {
+            let _unwinding = Unwinding(&during);
+            panic!("a naming call panics");
+        })
+        .join();
+        assert!(panicked.is_err());
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), answered).await;
+        assert!(
+            answer.is_ok_and(|a| a.is_err()),
+            "the waiting copy is answered (stopped)"
+        );
+        let queue = naming.queue.lock().unwrap();
+        assert!(
+            !queue.busy && queue.waiting.is_empty(),
+            "the next name starts a call"
         );
     }
 
