@@ -90,6 +90,95 @@ fn the_s1_job_killed_twenty_times_at_random_instants_loses_and_overwrites_nothin
     );
 }
 
+/// Small local copies killed with -9 while their starts are recorded ahead of free slots
+/// (each item far under 10 ms): the target folder holds only whole targets after each kill,
+/// the resumed run finishes every item once. What a kill leaves `running` is bounded by the
+/// items in flight, those started ahead and those settling (written, waiting for their names:
+/// at most 512), and each of them is started exactly once more: the attempts beyond one an
+/// item are the items left running, summed over the kills.
+#[test]
+fn small_local_copies_killed_while_started_ahead_lose_nothing_and_leave_nothing() {
+    let t = crate::common::TestContext::new();
+    let (n, in_flight, kills) = (3_000, 16, 3);
+    let body = |i: usize| format!("{i:06}\n").repeat(64);
+    for i in 0..n {
+        t.write(&format!("in/f{i:05}.txt"), body(i));
+    }
+    t.plan(&format!(
+        r#"
+[job]
+name = "small"
+state = "state.db"
+[source]
+glob = "in/*.txt"
+key = "{{name}}"
+[[step]]
+copy = {{ from = "{{path}}", to = "out/{{name}}", if_exists = "skip" }}
+[limits]
+items = {in_flight}
+"#
+    ));
+    let targets = |t: &crate::common::TestContext| -> Vec<String> {
+        std::fs::read_dir(t.path("out"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut cut_off = 0;
+    let mut left_running = 0;
+    for round in 1..=kills {
+        let mut child = t
+            .command(&["run", "plan.toml", "-q"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let start = std::time::Instant::now();
+        while targets(&t).len() < round * n / (kills + 1)
+            && start.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        cut_off += usize::from(child.try_wait().unwrap().is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let running = t.count("SELECT count(*) FROM items WHERE status = 'running'");
+        assert!(
+            running <= (2 * in_flight + 512) as i64,
+            "{running} items left running by a kill"
+        );
+        left_running += running;
+        for name in targets(&t) {
+            let i: usize = name
+                .strip_prefix('f')
+                .and_then(|rest| rest.strip_suffix(".txt"))
+                .and_then(|i| i.parse().ok())
+                .unwrap_or_else(|| panic!("left in the target folder: {name}"));
+            assert_eq!(
+                t.read(&format!("out/{name}")),
+                body(i),
+                "{name} is not whole"
+            );
+        }
+    }
+    assert!(
+        cut_off > 0,
+        "no run was killed before it ended: this tested nothing"
+    );
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(targets(&t).len(), n, "only the targets, all of them");
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        n as i64
+    );
+    let extra = t.count("SELECT sum(attempts) FROM items") - n as i64;
+    assert_eq!(
+        extra, left_running,
+        "attempts beyond one an item: each item a kill left running, started once more"
+    );
+}
+
 /// Local copies killed with -9 while in flight: the target folder holds only finished targets
 /// (a create-only copy writes a file without a name, which dies with the process; it used to
 /// leave a temporary file beside the targets forever), and the resumed run completes every
