@@ -252,8 +252,15 @@ fn outcome(report: &RunReport, after: &Summary, plan: &std::path::Path) -> ExitS
     }
     let failed = after.count(Status::Failed);
     if report.max_errors_reached {
+        // The loader stops with the run: items the source still holds are not in the state
+        // yet, and a count of the pending ones alone would read as all that is left.
+        let unread = if after.source_complete {
+            ""
+        } else {
+            ", and the rest of the source is not loaded yet (the next run goes on reading it)"
+        };
         eprintln!(
-            "Stopped starting items after {} failed in this run (--max-errors); {} are not started yet. Fix the cause, then rerun (with --retry-failed for the failed ones).",
+            "Stopped starting items after {} failed in this run (--max-errors); {} loaded items are not started yet{unread}. Fix the cause, then rerun (with --retry-failed for the failed ones).",
             report.failed,
             after.count(Status::Pending)
         );

@@ -1455,6 +1455,48 @@ items = 1
     assert_eq!(out.code, 2, "0 is refused: {}", out.stderr);
 }
 
+/// A run stopped by `--max-errors` while its source is still being loaded says so: the items
+/// pending in the state are not all that is left.
+#[test]
+fn max_errors_before_the_source_is_loaded_does_not_count_the_unloaded_rows_as_gone() {
+    let t = TestContext::new();
+    let keys: String = (0..200_000).map(|i| format!("k{i:06}\n")).collect();
+    t.write("keys.txt", keys);
+    t.plan(
+        r#"
+[job]
+name = "maxerr-load"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+copy = { from = "missing/{line}", to = "out/{line}" }
+[limits]
+items = 1
+"#,
+    );
+    let out = t
+        .redrive(&["run", "plan.toml", "--max-errors", "1", "--no-progress"])
+        .expect_code(1);
+    let pending = t.count("SELECT count(*) FROM items WHERE status = 'pending'");
+    assert!(
+        out.stderr
+            .contains(&format!("; {pending} loaded items are not started yet")),
+        "{}",
+        out.stderr
+    );
+    let complete = t.count("SELECT source_complete FROM job") == 1;
+    let total = t.count("SELECT count(*) FROM items");
+    assert_eq!(complete, total == 200_000, "{total} loaded");
+    assert_eq!(
+        out.stderr
+            .contains("the rest of the source is not loaded yet"),
+        !complete,
+        "{}",
+        out.stderr
+    );
+}
+
 /// `run --json`: the end summary as one JSON object on stdout (the `--metrics` fields), with
 /// the human summary still on stderr.
 #[test]
