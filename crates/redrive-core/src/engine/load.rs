@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use super::{Duplicates, EngineError, LOAD_BATCH, Shared};
 use crate::item::{Fields, NewItem};
@@ -12,6 +13,10 @@ use crate::state::TargetClaim;
 
 /// How often a process without the loader role looks whether the source is complete.
 const LOADER_POLL: Duration = Duration::from_millis(250);
+
+/// How long a row may wait in a batch for the rows after it while the source makes the loader
+/// wait.
+const HAND_OVER: Duration = Duration::from_millis(20);
 
 /// `Ok(true)` once this process holds the loader role; `Ok(false)` when another process
 /// completed the source first.
@@ -64,16 +69,35 @@ pub(super) async fn load(
     };
     let mut items = resumed.unwrap_or_else(|| source.items(&Fields::new()));
     let mut batch = Vec::with_capacity(LOAD_BATCH);
+    // When the batch got its first row.
+    let mut since: Option<Instant> = None;
     let result = loop {
-        // Hand over what we have whenever the source would make us wait (a slow listing), so
-        // the runner never idles while items sit in this batch.
+        // Hand over what we have when the source makes us wait longer than the batch may sit
+        // (a slow listing's next page), so the runner never idles while items sit in this
+        // batch. A source that makes us wait a little for every row (a local folder's listing
+        // stats each file) still fills batches: handed over at each wait, it was a load
+        // transaction, and a target claim, a row.
         let next = match items.next().now_or_never() {
             Some(next) => next,
             None => {
-                flush(shared, loaded, &mut batch, check).await?;
-                tokio::select! {
-                    next = items.next() => next,
-                    _ = stop.changed() => break Err(EngineError::Stopped),
+                let waited = match since {
+                    Some(since) => tokio::select! {
+                        next = items.next() => Some(next),
+                        () = tokio::time::sleep_until(since + HAND_OVER) => None,
+                        _ = stop.changed() => break Err(EngineError::Stopped),
+                    },
+                    None => None,
+                };
+                match waited {
+                    Some(next) => next,
+                    None => {
+                        flush(shared, loaded, &mut batch, check).await?;
+                        since = None;
+                        tokio::select! {
+                            next = items.next() => next,
+                            _ = stop.changed() => break Err(EngineError::Stopped),
+                        }
+                    }
                 }
             }
         };
@@ -86,8 +110,10 @@ pub(super) async fn load(
             Ok(key) => batch.push(NewItem { key, fields }),
             Err(error) => break Err(EngineError::Key(error)),
         }
+        since = since.or_else(|| Some(Instant::now()));
         if batch.len() >= LOAD_BATCH {
             flush(shared, loaded, &mut batch, check).await?;
+            since = None;
         }
     };
     // The items read before an error are recorded (and run): fixing the input resumes.
