@@ -123,9 +123,12 @@ impl InputFile {
         }
     }
 
-    /// The decompressed bytes, from the start. Blocking: call it off the async runtime.
+    /// The decompressed bytes, from the start, without a leading UTF-8 byte order mark (a
+    /// list saved by a Windows editor or Excel starts with one: left in, the first line's
+    /// key began with an invisible character and named no file). Blocking: call it off the
+    /// async runtime.
     pub(crate) fn open(&self) -> std::io::Result<Box<dyn Read + Send>> {
-        super::compressed::decode(&self.name(), self.raw()?)
+        without_bom(super::compressed::decode(&self.name(), self.raw()?)?)
     }
 
     /// The file's name, which says its compression.
@@ -155,6 +158,17 @@ impl InputFile {
             }
         }
     }
+}
+
+/// `text` without the UTF-8 byte order mark it may start with.
+fn without_bom(mut text: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let mut head = Vec::with_capacity(BOM.len());
+    (&mut text).take(BOM.len() as u64).read_to_end(&mut head)?;
+    if head == BOM {
+        return Ok(text);
+    }
+    Ok(Box::new(std::io::Cursor::new(head).chain(text)))
 }
 
 fn file_name(path: &Path) -> String {

@@ -146,6 +146,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_byte_order_mark_before_the_first_object_is_not_read_as_json() {
+        let (_dir, source) = written("\u{feff}{\"key\": \"a.json\"}\n");
+        let source = source.unwrap_or_else(|e| panic!("{e}"));
+        let keys: Vec<String> = source
+            .items(&Fields::new())
+            .filter_map(|item| async move { item.ok().and_then(|f| f.get("key").cloned()) })
+            .collect()
+            .await;
+        assert_eq!(keys, ["a.json"]);
+    }
+
+    #[tokio::test]
     async fn a_line_that_is_not_an_object_is_named() {
         let (_dir, source) = written("{\"key\": \"a\"}\n[1, 2]\n");
         let source = source.unwrap_or_else(|e| panic!("{e}"));

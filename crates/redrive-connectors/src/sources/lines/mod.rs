@@ -83,6 +83,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_byte_order_mark_is_not_part_of_the_first_line() {
+        // As a Windows editor or Excel saves a list; compressed the same.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let plain = dir.path().join("keys.txt");
+        std::fs::write(&plain, "\u{feff}a.json\r\nb.json\r\n").unwrap_or_else(|e| panic!("{e}"));
+        let packed = dir.path().join("keys.txt.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, "\u{feff}a.json\n".as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&packed, gz.finish().unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // A file shorter than the mark, and one that starts like it but is not, are read as is.
+        let short = dir.path().join("short.txt");
+        std::fs::write(&short, "x").unwrap_or_else(|e| panic!("{e}"));
+        let near = dir.path().join("near.txt");
+        std::fs::write(&near, b"\xEF\xBB!\n").unwrap_or_else(|e| panic!("{e}"));
+        let lines = |path: std::path::PathBuf| async move {
+            let source = LinesSource::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            source
+                .items(&Fields::new())
+                .map(|item| match item {
+                    Ok(fields) => fields.get("line").cloned().unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                })
+                .collect::<Vec<String>>()
+                .await
+        };
+        assert_eq!(lines(plain.clone()).await, ["a.json", "b.json"]);
+        assert_eq!(lines(packed).await, ["a.json"]);
+        assert_eq!(lines(short).await, ["x"]);
+        let near_shown = near.display().to_string();
+        assert_eq!(
+            lines(near).await,
+            [format!(
+                "{near_shown}:1: the line is not valid UTF-8; save the file as UTF-8"
+            )]
+        );
+        let source = LinesSource::open(&plain).unwrap_or_else(|e| panic!("{e}"));
+        let line = Fields::from([("line".to_owned(), "a.json".to_owned())]);
+        assert_eq!(
+            source.place_of(&line).await,
+            Some(format!("{}:1", plain.display()))
+        );
+    }
+
+    #[tokio::test]
     async fn a_lines_place_counts_blank_lines() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("keys.txt");
