@@ -464,6 +464,39 @@ fn run_steps_with_require_bind_input_and_run_one_at_a_time() {
 }
 
 #[test]
+fn a_run_step_may_be_its_command_alone_as_a_list() {
+    let table = parse(&MINIMAL.replace(
+        "copy = { from = \"in/{line}\", to = \"out/{line}\" }",
+        "run = { cmd = [\"./convert\", \"{line}\"] }",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let list = parse(&MINIMAL.replace(
+        "copy = { from = \"in/{line}\", to = \"out/{line}\" }",
+        "run = [\"./convert\", \"{line}\"]",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Action::Run(run) = &list.steps[0].action else {
+        panic!("run")
+    };
+    let cmd: Vec<&str> = run.cmd.iter().map(Template::raw).collect();
+    assert_eq!(cmd, ["./convert", "{line}"]);
+    assert_eq!(run.timeout, None);
+    assert_eq!(
+        list.fingerprint, table.fingerprint,
+        "one plan, two spellings"
+    );
+    // Anything else says both forms.
+    let e = error(&MINIMAL.replace(
+        "copy = { from = \"in/{line}\", to = \"out/{line}\" }",
+        "run = \"./convert {line}\"",
+    ));
+    assert!(
+        e.contains("expected a table") && e.contains("or the command as a list"),
+        "{e}"
+    );
+}
+
+#[test]
 fn run_step_errors() {
     let e = error(&BACKFILL.replace("timeout = \"2m\"", "timeout = \"soon\""));
     assert!(

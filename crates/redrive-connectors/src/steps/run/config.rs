@@ -28,10 +28,45 @@ pub struct RunSpec {
     pub output: Option<Template>,
 }
 
-/// As written.
-#[derive(Serialize, Deserialize)]
+/// As written: a table, or a list for `cmd` alone (`run = ["converter", "{input}"]`, which
+/// serde alone would read as a table's fields in order: "expected a list" for the program).
+#[derive(Serialize)]
+#[serde(transparent)]
+pub(crate) struct RawRun(RunTable);
+
+impl<'de> Deserialize<'de> for RawRun {
+    fn deserialize<D: serde::Deserializer<'de>>(written: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = RawRun;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a table, e.g. `{ cmd = [\"converter\", \"{input}\"], timeout = \"10m\" }`, or the command as a list, e.g. `[\"converter\", \"{input}\"]`",
+                )
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawRun, A::Error> {
+                let cmd =
+                    Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(RawRun(RunTable {
+                    cmd: Some(cmd),
+                    ..RunTable::default()
+                }))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawRun, A::Error> {
+                RunTable::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawRun)
+            }
+        }
+        written.deserialize_any(Form)
+    }
+}
+
+/// `run` as a table.
+#[derive(Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawRun {
+pub(crate) struct RunTable {
     #[serde(skip_serializing_if = "Option::is_none")]
     cmd: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,7 +84,7 @@ pub(crate) struct RawRun {
 impl StepKind for RunSpec {
     type Raw = RawRun;
 
-    fn check(raw: &RawRun, _cx: &CheckContext<'_>) -> Result<Self, String> {
+    fn check(RawRun(raw): &RawRun, _cx: &CheckContext<'_>) -> Result<Self, String> {
         let cmd = match (&raw.cmd, &raw.shell) {
             (Some(cmd), None) if !cmd.is_empty() => cmd
                 .iter()
