@@ -596,7 +596,7 @@ fn in_plan_terms(message: &str) -> String {
         ("invalid type: sequence", "invalid type: a list"),
         ("invalid type: map", "invalid type: a table"),
     ];
-    let mut text = message.to_owned();
+    let mut text = without_type_names(message);
     for (serde, plan) in TERMS {
         // Whole words only: `expected u8` is not the start of `expected u80…`.
         let mut from = 0;
@@ -612,6 +612,34 @@ fn in_plan_terms(message: &str) -> String {
         }
     }
     text
+}
+
+/// serde names the Rust type a table is read into (`expected struct RawCopy`), and a list
+/// given for a table is read as its fields in order (`invalid length 2, expected struct
+/// RawCopy with 10 elements`): both say `a table` instead.
+fn without_type_names(message: &str) -> String {
+    const STRUCT: &str = "expected struct ";
+    let Some(at) = message.find(STRUCT) else {
+        return message.to_owned();
+    };
+    let rest = &message[at + STRUCT.len()..];
+    let name_end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    let mut after = &rest[name_end..];
+    // The message may follow a TOML excerpt: its own line starts after the last newline.
+    let line_start = message[..at].rfind('\n').map_or(0, |i| i + 1);
+    let (excerpt, mut line) = message[..at].split_at(line_start);
+    if let Some(elements) = after.strip_prefix(" with ")
+        && let Some(end) = elements.find(" elements")
+        && elements[..end].bytes().all(|b| b.is_ascii_digit())
+    {
+        after = &elements[end + " elements".len()..];
+        if line.starts_with("invalid length ") {
+            line = "invalid type: a list, ";
+        }
+    }
+    format!("{excerpt}{line}expected a table (`{{ … }}`) with named fields{after}")
 }
 
 /// The step's one action, checked.

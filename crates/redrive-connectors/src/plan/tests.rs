@@ -113,6 +113,27 @@ fn wrong_type_names_key_and_expected_type() {
 }
 
 #[test]
+fn a_step_given_a_list_or_a_value_for_its_table_is_told_a_table_without_rust_type_names() {
+    let copy = "copy = { from = \"in/{line}\", to = \"out/{line}\" }";
+    let e = error(&MINIMAL.replace(copy, "copy = [\"in/{line}\", \"out/{line}\"]"));
+    assert!(
+        e.contains("invalid type: a list, expected a table (`{ … }`) with named fields"),
+        "{e}"
+    );
+    let e = error(&MINIMAL.replace(copy, "copy = 5"));
+    assert!(
+        e.contains("invalid type: integer `5`, expected a table (`{ … }`) with named fields"),
+        "{e}"
+    );
+    for e in [
+        error(&MINIMAL.replace(copy, "copy = [\"in/{line}\", \"out/{line}\"]")),
+        error(&MINIMAL.replace(copy, "http = true")),
+    ] {
+        assert!(!e.contains("struct") && !e.contains("Raw"), "{e}");
+    }
+}
+
+#[test]
 fn unknown_table_is_named() {
     let e = error(&format!("{MINIMAL}[limit]\nitems = 2\n"));
     assert!(e.contains("unknown field `limit`"), "{e}");
