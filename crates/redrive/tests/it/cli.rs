@@ -746,6 +746,45 @@ retries = 0
     );
 }
 
+/// A local folder is listed with its files' sizes, in its subfolders too; a folder that is not
+/// there (a mistyped path) is an error naming it, not a copy of nothing that exits 0.
+#[test]
+fn cp_of_a_local_folder_copies_its_tree_and_a_missing_folder_is_an_error() {
+    let t = TestContext::new();
+    t.write("exports/a.json", "A");
+    t.write("exports/day/b.json", "BB");
+    t.write("exports/day/deeper/c.json", "CCC");
+    t.redrive(&["cp", "exports", "out", "-q"]).expect_code(0);
+    assert_eq!(t.read("out/a.json"), "A");
+    assert_eq!(t.read("out/day/b.json"), "BB");
+    assert_eq!(t.read("out/day/deeper/c.json"), "CCC");
+    let state = std::fs::read_dir(t.path(".redrive"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.path().extension().is_some_and(|x| x == "db"))
+        .unwrap()
+        .path();
+    let sizes: i64 = rusqlite::Connection::open(state)
+        .unwrap()
+        .query_row(
+            "SELECT sum(CAST(json_extract(fields, '$.size') AS INTEGER)) FROM items WHERE status = 'done'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(sizes, 6, "each file listed with its size");
+
+    let missing = t.redrive(&["cp", "exprots", "out2"]).expect_code(2);
+    assert!(
+        missing
+            .stderr
+            .contains("exprots/: no such folder; check the path"),
+        "{}",
+        missing.stderr
+    );
+    assert!(!t.path("out2").exists());
+}
+
 #[test]
 fn an_empty_source_says_so() {
     let t = TestContext::new();

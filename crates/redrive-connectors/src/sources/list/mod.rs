@@ -2,6 +2,7 @@
 //! the listed prefix), `size`, `url`.
 
 pub(crate) mod config;
+mod local;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -83,6 +84,13 @@ impl Source for ListSource {
         let stalled = display.clone();
         let local = location.local;
         let recursive = self.recursive;
+        if local {
+            return Box::pin(progressing(
+                local_items(path, base, display, recursive),
+                NO_PROGRESS,
+                stalled,
+            ));
+        }
         let lister = async move {
             let io = |e: opendal::Error| SourceError::Io {
                 location: display.clone(),
@@ -94,7 +102,6 @@ impl Source for ListSource {
                 .await
                 .map_err(io)?;
             let entries = lister.filter_map(move |entry| {
-                let operator = operator.clone();
                 let base = base.clone();
                 let display = display.clone();
                 let prefix = prefix.clone();
@@ -110,35 +117,12 @@ impl Source for ListSource {
                     if entry.path().ends_with('/') || entry.metadata().is_dir() {
                         return None;
                     }
-                    let mut size = entry.metadata().content_length();
-                    if local && size == 0 {
-                        // Local listings do not carry sizes.
-                        match operator.stat(entry.path()).await {
-                            Ok(meta) => size = meta.content_length(),
-                            Err(e) => return Some(Err(io(e))),
-                        }
-                    }
-                    let url = format!("{base}{}", entry.path());
-                    let key = if local {
-                        url.clone()
-                    } else {
-                        entry.path().to_owned()
+                    let found = Found {
+                        path: entry.path(),
+                        name: entry.name().trim_end_matches('/'),
+                        size: entry.metadata().content_length(),
                     };
-                    let mut fields = Fields::new();
-                    fields.insert(
-                        "name".to_owned(),
-                        entry.name().trim_end_matches('/').to_owned(),
-                    );
-                    fields.insert("size".to_owned(), size.to_string());
-                    fields.insert("key".to_owned(), key);
-                    // The key below the listed prefix: what `diff` compares across two listings.
-                    let rel = entry
-                        .path()
-                        .strip_prefix(prefix.as_str())
-                        .unwrap_or(entry.path());
-                    fields.insert("rel".to_owned(), rel.to_owned());
-                    fields.insert("url".to_owned(), url);
-                    Some(Ok(fields))
+                    Some(Ok(found.fields(&base, &prefix, false)))
                 }
             });
             Ok::<_, SourceError>(entries)
@@ -155,6 +139,70 @@ impl Source for ListSource {
             stalled,
         ))
     }
+}
+
+/// A listed object or file.
+struct Found<'a> {
+    /// Its path in the store (below the file system's root for a local file).
+    path: &'a str,
+    name: &'a str,
+    size: u64,
+}
+
+impl Found<'_> {
+    /// Its fields, its URL being `base` and its path (`prefix`: the listed path).
+    fn fields(&self, base: &str, prefix: &str, local: bool) -> Fields {
+        let url = format!("{base}{}", self.path);
+        let key = if local {
+            url.clone()
+        } else {
+            self.path.to_owned()
+        };
+        let mut fields = Fields::new();
+        fields.insert("name".to_owned(), self.name.to_owned());
+        fields.insert("size".to_owned(), self.size.to_string());
+        fields.insert("key".to_owned(), key);
+        // The key below the listed prefix: what `diff` compares across two listings.
+        let rel = self.path.strip_prefix(prefix).unwrap_or(self.path);
+        fields.insert("rel".to_owned(), rel.to_owned());
+        fields.insert("url".to_owned(), url);
+        fields
+    }
+}
+
+/// A local folder's files as items (see [`local`]); a folder that is missing or is a file
+/// is an error, not an empty listing (a mistyped path copied nothing and said so only as a
+/// warning).
+fn local_items(
+    dir: String,
+    base: String,
+    display: String,
+    recursive: bool,
+) -> BoxStream<'static, Result<Fields, SourceError>> {
+    local::files(dir.clone(), recursive)
+        .map(move |entry| {
+            let entry = entry.map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => SourceError::Input {
+                    location: display.clone(),
+                    message: "no such folder; check the path".to_owned(),
+                },
+                std::io::ErrorKind::NotADirectory => SourceError::Input {
+                    location: display.clone(),
+                    message: "not a folder; list a folder".to_owned(),
+                },
+                _ => SourceError::Io {
+                    location: display.clone(),
+                    source: Box::new(error),
+                },
+            })?;
+            let found = Found {
+                path: &entry.path,
+                name: &entry.name,
+                size: entry.size,
+            };
+            Ok(found.fields(&base, &dir, true))
+        })
+        .boxed()
 }
 
 /// Longest a listing may go without yielding an entry: every page has its own deadline, so a

@@ -1,0 +1,207 @@
+//! A local folder's files, read a batch at a time on redrive's local threads.
+//!
+//! OpenDAL's fs lister reads each entry's metadata through tokio's blocking pool: a hand-off
+//! and ~30 µs of CPU a file, as much as copying a small file — `redrive cp` of a folder of
+//! 20,000 small files spent longer listing than copying. Here one call on `local_io` reads up
+//! to [`BATCH`] entries, their sizes included.
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+/// Entries read in one call.
+const BATCH: usize = 512;
+
+/// A file found by the walk.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Entry {
+    /// Its path below the file system's root, as OpenDAL's would be (`tmp/in/a.json`).
+    pub path: String,
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The files below `dir` (a path below the root ending in `/`, e.g. `tmp/in/`), in its
+/// folders too with `recursive`. A `dir` that is missing or not a folder is an error; a
+/// folder or file removed while the walk goes on is left out.
+pub(super) fn files(dir: String, recursive: bool) -> BoxStream<'static, std::io::Result<Entry>> {
+    let walk = Walk {
+        recursive,
+        folders: vec![dir],
+        open: None,
+        first: true,
+    };
+    futures::stream::unfold(Some(walk), |walk| async move {
+        let mut walk = walk?;
+        let (walk, batch) = crate::local_io::run(move || {
+            let batch = walk.batch();
+            (walk, batch)
+        })
+        .await
+        .unwrap_or_else(|stopped| (Walk::done(), vec![Err(std::io::Error::other(stopped))]));
+        if batch.is_empty() {
+            return None;
+        }
+        let ended = batch.last().is_some_and(Result::is_err);
+        Some((
+            futures::stream::iter(batch),
+            (!ended && !walk.is_done()).then_some(walk),
+        ))
+    })
+    .flatten()
+    .boxed()
+}
+
+struct Walk {
+    recursive: bool,
+    /// Folders still to read (below the root, ending in `/`).
+    folders: Vec<String>,
+    /// The folder being read.
+    open: Option<(String, std::fs::ReadDir)>,
+    /// The listed folder itself is not opened yet.
+    first: bool,
+}
+
+impl Walk {
+    fn done() -> Self {
+        Self {
+            recursive: false,
+            folders: Vec::new(),
+            open: None,
+            first: false,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.open.is_none() && self.folders.is_empty()
+    }
+
+    /// The next entries, up to [`BATCH`]; an error ends the batch (and the walk).
+    fn batch(&mut self) -> Vec<std::io::Result<Entry>> {
+        use std::io::ErrorKind::NotFound;
+        let mut batch = Vec::new();
+        while batch.len() < BATCH {
+            let Some((folder, entries)) = &mut self.open else {
+                let Some(folder) = self.folders.pop() else {
+                    break;
+                };
+                let first = std::mem::replace(&mut self.first, false);
+                match std::fs::read_dir(format!("/{folder}")) {
+                    Ok(entries) => self.open = Some((folder, entries)),
+                    // Removed since it was seen in its parent.
+                    Err(error) if !first && error.kind() == NotFound => {}
+                    Err(error) => {
+                        batch.push(Err(error));
+                        break;
+                    }
+                }
+                continue;
+            };
+            let entry = match entries.next() {
+                None => {
+                    self.open = None;
+                    continue;
+                }
+                Some(Ok(entry)) => entry,
+                Some(Err(error)) => {
+                    batch.push(Err(error));
+                    break;
+                }
+            };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Neither follows a link: a link is listed as itself, as OpenDAL lists it.
+            let kind = match entry.file_type() {
+                Ok(kind) => kind,
+                Err(error) if error.kind() == NotFound => continue,
+                Err(error) => {
+                    batch.push(Err(error));
+                    break;
+                }
+            };
+            if kind.is_dir() {
+                if self.recursive {
+                    self.folders.push(format!("{folder}{name}/"));
+                }
+                continue;
+            }
+            let size = match entry.metadata() {
+                Ok(metadata) => metadata.len(),
+                Err(error) if error.kind() == NotFound => continue,
+                Err(error) => {
+                    batch.push(Err(error));
+                    break;
+                }
+            };
+            batch.push(Ok(Entry {
+                path: format!("{folder}{name}"),
+                name,
+                size,
+            }));
+        }
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn below_root(path: &std::path::Path) -> String {
+        format!("{}/", path.display().to_string().trim_start_matches('/'))
+    }
+
+    #[tokio::test]
+    async fn files_in_nested_folders_are_listed_in_batches_with_their_sizes() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(root.join("empty")).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..1_200 {
+            std::fs::write(root.join(format!("f{i:04}")), b"x").unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(root.join("a/b/deep.json"), b"12345").unwrap_or_else(|e| panic!("{e}"));
+        let base = below_root(root);
+        let mut all: Vec<Entry> = files(base.clone(), true)
+            .map(|entry| entry.unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+            .await;
+        all.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(all.len(), 1_201);
+        assert_eq!(
+            all[0],
+            Entry {
+                path: format!("{base}a/b/deep.json"),
+                name: "deep.json".to_owned(),
+                size: 5
+            }
+        );
+        assert!(
+            all[1..]
+                .iter()
+                .all(|e| e.size == 1 && !e.name.contains('/'))
+        );
+        let top: Vec<Entry> = files(base, false)
+            .map(|entry| entry.unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+            .await;
+        assert_eq!(
+            top.len(),
+            1_200,
+            "not recursive: the top folder's files only"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_folder_or_a_file_is_an_error_not_an_empty_listing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("file.txt");
+        std::fs::write(&file, b"x").unwrap_or_else(|e| panic!("{e}"));
+        for path in [dir.path().join("missing"), file] {
+            let listed: Vec<std::io::Result<Entry>> =
+                files(below_root(&path), true).collect().await;
+            assert_eq!(listed.len(), 1, "{path:?}");
+            assert!(listed[0].is_err(), "{path:?}");
+        }
+    }
+}
