@@ -77,6 +77,20 @@ fn side(
     Ok(Box::new(ListSource::new(stores, url, true)?))
 }
 
+/// A side with no keys.
+#[derive(Debug)]
+struct Nothing;
+
+impl Source for Nothing {
+    fn fields(&self) -> BTreeSet<String> {
+        ["key", "name", "rel"].map(str::to_owned).into()
+    }
+
+    fn items(&self, _context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
+        futures::stream::empty().boxed()
+    }
+}
+
 #[derive(Debug)]
 struct KeyFile(LinesSource);
 
@@ -163,7 +177,13 @@ pub async fn diff(
     present: Option<&Path>,
 ) -> Result<DiffReport, DiffError> {
     let src_side = side(stores, base_dir, src)?;
-    let dst_side = side(stores, base_dir, dst)?;
+    // A local DST folder not made yet holds nothing: every key is missing. (A missing SRC
+    // folder is an error: most likely a mistyped path.)
+    let dst_side: Box<dyn Source> = if !dst.contains("://") && !base_dir.join(dst).exists() {
+        Box::new(Nothing)
+    } else {
+        side(stores, base_dir, dst)?
+    };
     let map = Template::parse(map.unwrap_or("{rel}")).map_err(|e| DiffError::Map(e.to_string()))?;
     map.check_fields(&src_side.fields())
         .map_err(|e| DiffError::Map(e.to_string()))?;
@@ -360,6 +380,41 @@ mod tests {
         )
         .await;
         assert_eq!((report.present, missing.as_str()), (2, "raw/20260915/x1\n"));
+    }
+
+    #[tokio::test]
+    async fn a_local_dst_folder_not_made_yet_lacks_every_key_and_a_missing_src_folder_is_an_error()
+    {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(dir.path().join("in/day")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("in/a"), "1").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("in/day/b"), "2").unwrap_or_else(|e| panic!("{e}"));
+        let stores = Arc::new(Stores::new(dir.path(), vec![], Env::from_pairs([])));
+        let compare = |src: &'static str, dst: &'static str| {
+            let (stores, base) = (Arc::clone(&stores), dir.path().to_path_buf());
+            async move { diff(&stores, &base, src, dst, None, &base.join("m.txt"), None).await }
+        };
+        let report = compare("in", "out").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((report.total, report.missing), (2, 2));
+        let missing = std::fs::read_to_string(dir.path().join("m.txt")).unwrap_or_default();
+        let mut keys: Vec<&str> = missing.lines().collect();
+        keys.sort_unstable();
+        assert_eq!(keys.len(), 2, "{missing}");
+        assert!(
+            keys[0].ends_with("/in/a") && keys[1].ends_with("/in/day/b"),
+            "{missing}"
+        );
+        let error = compare("nin", "in")
+            .await
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("no such folder")),
+            "{error:?}"
+        );
     }
 
     #[tokio::test]
