@@ -160,15 +160,53 @@ impl InputFile {
     }
 }
 
-/// `text` without the UTF-8 byte order mark it may start with.
-fn without_bom(mut text: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
-    const BOM: &[u8] = b"\xEF\xBB\xBF";
-    let mut head = Vec::with_capacity(BOM.len());
-    (&mut text).take(BOM.len() as u64).read_to_end(&mut head)?;
-    if head == BOM {
-        return Ok(text);
+/// `text` without the UTF-8 byte order mark it may start with. Looked for at the first read,
+/// so a file that cannot be read (not gzip after all) fails where its lines are read, naming
+/// the line.
+fn without_bom(text: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
+    Ok(Box::new(WithoutBom {
+        text,
+        head: [0; 3],
+        start: 0,
+        end: 0,
+        looked: false,
+    }))
+}
+
+struct WithoutBom {
+    text: Box<dyn Read + Send>,
+    /// The first bytes read, when they were not the mark: `head[start..end]` is still to give.
+    head: [u8; 3],
+    start: usize,
+    end: usize,
+    looked: bool,
+}
+
+impl Read for WithoutBom {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        const BOM: &[u8] = b"\xEF\xBB\xBF";
+        if !self.looked {
+            while self.end < BOM.len() {
+                match self.text.read(&mut self.head[self.end..]) {
+                    Ok(0) => break,
+                    Ok(n) => self.end += n,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            self.looked = true;
+            if self.head[..self.end] == *BOM {
+                self.end = 0;
+            }
+        }
+        if self.start < self.end {
+            let n = (self.end - self.start).min(buf.len());
+            buf[..n].copy_from_slice(&self.head[self.start..self.start + n]);
+            self.start += n;
+            return Ok(n);
+        }
+        self.text.read(buf)
     }
-    Ok(Box::new(std::io::Cursor::new(head).chain(text)))
 }
 
 fn file_name(path: &Path) -> String {
