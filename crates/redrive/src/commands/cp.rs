@@ -27,6 +27,53 @@ fn absolute(text: &str, here: &Path) -> String {
     }
 }
 
+/// `path` with its links and `..` resolved, as far as it exists (the rest appended as written);
+/// `None` when not even its root resolves.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    // `.` and `..` first, as the copy step reads them (`out/x/../a` is `out/a`, whether `x`
+    // exists or not).
+    let mut lexical = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            other => lexical.push(other),
+        }
+    }
+    let mut rest = Vec::new();
+    let mut existing = lexical.as_path();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return Some(
+                rest.iter()
+                    .rev()
+                    .fold(real, |p: PathBuf, part| p.join(part)),
+            );
+        }
+        rest.push(existing.file_name()?.to_owned());
+        existing = existing.parent()?;
+    }
+}
+
+/// `path` below `dir` (both resolved), as a path relative to `dir`.
+fn inside(path: &Path, dir: &Path) -> Option<String> {
+    let (path, dir) = (resolved(path)?, resolved(dir)?);
+    let below = path.strip_prefix(&dir).ok()?;
+    (!below.as_os_str().is_empty()).then(|| below.display().to_string())
+}
+
+/// `text` matched literally by a glob pattern.
+fn glob_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '*' | '?' | '[' | ']' => format!("[{c}]"),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let here = std::env::current_dir().context("cannot read the current directory")?;
     if let Some(checksum) = &args.checksum
@@ -71,8 +118,27 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
             ),
         }
     };
+    let local_tree = !single_file && args.files_from.is_none() && !is_url(&src) && !is_url(&dst);
+    if local_tree && let Some(src_dir) = resolved(Path::new(&src)) {
+        if resolved(Path::new(&dst)).is_some_and(|d| d.starts_with(&src_dir)) {
+            return Err(Hinted {
+                message: format!(
+                    "`{}` is inside `{}`: the copy would list the copies it makes and copy them again",
+                    args.dst, args.src
+                ),
+                hint: "copy to a folder outside SRC, or give the files to copy with --files-from"
+                    .to_owned(),
+            }
+            .into());
+        }
+    }
+    let mut exclude = args.exclude.clone();
+    // The job's own state, written while SRC is listed, is not one of SRC's files.
+    if local_tree && let Some(own) = inside(&here.join(".redrive"), Path::new(&src)) {
+        exclude.push(format!("{}/**", glob_escape(&own)));
+    }
     let mut source = source;
-    for (key, patterns) in [("include", &args.include), ("exclude", &args.exclude)] {
+    for (key, patterns) in [("include", &args.include), ("exclude", &exclude)] {
         if !patterns.is_empty() {
             let list: Vec<String> = patterns.iter().map(|p| toml_string(p)).collect();
             source.push_str(&format!("\n{key} = [{}]", list.join(", ")));

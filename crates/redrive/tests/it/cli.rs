@@ -785,6 +785,67 @@ fn cp_of_a_local_folder_copies_its_tree_and_a_missing_folder_is_an_error() {
     assert!(!t.path("out2").exists());
 }
 
+/// `cp` of a local folder into a folder inside it would list the copies it makes and copy
+/// them again, without end: refused. Run from inside SRC, its own state (`.redrive/`, written
+/// while SRC is listed) is not copied.
+#[test]
+fn cp_into_its_own_source_is_refused_and_its_state_is_not_copied() {
+    let t = TestContext::new();
+    for i in 0..20 {
+        t.write(&format!("data/f{i:02}.json"), "x");
+    }
+    for dst in ["data/backup", "./data/./new/../backup"] {
+        let out = t.redrive(&["cp", "data", dst]).expect_code(2);
+        assert!(
+            out.stderr.contains("is inside `data`") && out.stderr.contains("copy them again"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(!t.path("data/backup").exists());
+
+    let out = t
+        .command(&["cp", ".", "../copied", "-q"])
+        .current_dir(t.path("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copied: Vec<String> = walkdir(&t.path("copied"));
+    assert_eq!(copied.len(), 20, "{copied:?}");
+    assert!(copied.iter().all(|p| !p.contains(".redrive")), "{copied:?}");
+    assert!(
+        t.path("data/.redrive").is_dir(),
+        "the state is where it was"
+    );
+}
+
+/// Every file below `dir`, as paths relative to it.
+fn walkdir(dir: &std::path::Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap().filter_map(Result::ok) {
+            if entry.file_type().unwrap().is_dir() {
+                folders.push(entry.path());
+            } else {
+                files.push(
+                    entry
+                        .path()
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    files
+}
+
 #[test]
 fn an_empty_source_says_so() {
     let t = TestContext::new();
