@@ -119,18 +119,19 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         }
     };
     let local_tree = !single_file && args.files_from.is_none() && !is_url(&src) && !is_url(&dst);
-    if local_tree && let Some(src_dir) = resolved(Path::new(&src)) {
-        if resolved(Path::new(&dst)).is_some_and(|d| d.starts_with(&src_dir)) {
-            return Err(Hinted {
-                message: format!(
-                    "`{}` is inside `{}`: the copy would list the copies it makes and copy them again",
-                    args.dst, args.src
-                ),
-                hint: "copy to a folder outside SRC, or give the files to copy with --files-from"
-                    .to_owned(),
-            }
-            .into());
+    if local_tree
+        && let Some(src_dir) = resolved(Path::new(&src))
+        && resolved(Path::new(&dst)).is_some_and(|d| d.starts_with(&src_dir))
+    {
+        return Err(Hinted {
+            message: format!(
+                "`{}` is inside `{}`: the copy would list the copies it makes and copy them again",
+                args.dst, args.src
+            ),
+            hint: "copy to a folder outside SRC, or give the files to copy with --files-from"
+                .to_owned(),
         }
+        .into());
     }
     let mut exclude = args.exclude.clone();
     // The job's own state, written while SRC is listed, is not one of SRC's files.
