@@ -814,36 +814,13 @@ fn cp_into_its_own_source_is_refused_and_its_state_is_not_copied() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let copied: Vec<String> = walkdir(&t.path("copied"));
+    let copied: Vec<String> = walk(&t.path("copied"));
     assert_eq!(copied.len(), 20, "{copied:?}");
     assert!(copied.iter().all(|p| !p.contains(".redrive")), "{copied:?}");
     assert!(
         t.path("data/.redrive").is_dir(),
         "the state is where it was"
     );
-}
-
-/// Every file below `dir`, as paths relative to it.
-fn walkdir(dir: &std::path::Path) -> Vec<String> {
-    let mut files = Vec::new();
-    let mut folders = vec![dir.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).unwrap().filter_map(Result::ok) {
-            if entry.file_type().unwrap().is_dir() {
-                folders.push(entry.path());
-            } else {
-                files.push(
-                    entry
-                        .path()
-                        .strip_prefix(dir)
-                        .unwrap()
-                        .display()
-                        .to_string(),
-                );
-            }
-        }
-    }
-    files
 }
 
 #[test]
