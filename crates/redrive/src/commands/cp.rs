@@ -133,6 +133,16 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
         }
         .into());
     }
+    if !single_file && !is_url(&dst) && Path::new(&dst).is_file() {
+        return Err(Hinted {
+            message: format!(
+                "`{}` is a file: a folder or prefix is copied into a folder",
+                args.dst
+            ),
+            hint: "give a folder for DST (it is made if it does not exist)".to_owned(),
+        }
+        .into());
+    }
     let mut exclude = args.exclude.clone();
     // The job's own state, written while SRC is listed, is not one of SRC's files.
     if local_tree && let Some(own) = inside(&here.join(".redrive"), Path::new(&src)) {

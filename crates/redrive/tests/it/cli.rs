@@ -783,6 +783,16 @@ fn cp_of_a_local_folder_copies_its_tree_and_a_missing_folder_is_an_error() {
         missing.stderr
     );
     assert!(!t.path("out2").exists());
+
+    t.write("a-file", "x");
+    let onto_a_file = t.redrive(&["cp", "exports", "a-file"]).expect_code(2);
+    assert!(
+        onto_a_file
+            .stderr
+            .contains("`a-file` is a file: a folder or prefix is copied into a folder"),
+        "{}",
+        onto_a_file.stderr
+    );
 }
 
 /// `cp` of a local folder into a folder inside it would list the copies it makes and copy
