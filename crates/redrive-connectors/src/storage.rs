@@ -159,6 +159,15 @@ pub enum StorageError {
         /// What to set.
         hint: String,
     },
+    /// A local target's folder cannot be made (a file has its name, or a folder above it is
+    /// not writable): that item's problem, not the run's.
+    #[error("cannot make the folder for `{url}`: {why}")]
+    TargetFolder {
+        /// The target, as written.
+        url: String,
+        /// What is in the way and what to do.
+        why: String,
+    },
     /// OpenDAL refused the configuration.
     #[error("cannot configure storage for `{url}`")]
     Config {
@@ -202,12 +211,31 @@ fn unaddressable(target: &Target, url: &str, write: bool) -> Option<&'static str
         .then_some("names a folder (its key is empty or ends with `/`), not an object to write")
 }
 
+/// A local target's folder that could not be made, said as what is in the way.
+fn target_folder(display: &str, error: &std::io::Error) -> StorageError {
+    let why = match error.kind() {
+        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+            "a file has the name of one of its folders; rename or move that file, or change the target"
+                .to_owned()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied; make the folder above it writable".to_owned()
+        }
+        _ => error.to_string(),
+    };
+    StorageError::TargetFolder {
+        url: display.to_owned(),
+        why,
+    }
+}
+
 impl From<StorageError> for StepError {
     fn from(error: StorageError) -> Self {
         let class = match &error {
             StorageError::Unsupported { .. }
             | StorageError::Incomplete { .. }
-            | StorageError::Unaddressable { .. } => ErrorClass::Permanent,
+            | StorageError::Unaddressable { .. }
+            | StorageError::TargetFolder { .. } => ErrorClass::Permanent,
             StorageError::Settings { .. } | StorageError::Config { .. } => ErrorClass::Fatal,
         };
         let message = error.to_string();
@@ -671,14 +699,7 @@ impl Stores {
                     .unwrap_or(dir)
                     .to_path_buf())
             })
-            .map_err(|e| StorageError::Config {
-                url: display.to_owned(),
-                source: opendal::Error::new(
-                    ErrorKind::Unexpected,
-                    "cannot create the target directory",
-                )
-                .set_source(e),
-            })
+            .map_err(|error| target_folder(display, &error))
     }
 
     /// `url` as an Azure blob a request outside OpenDAL can reach (a server-side copy), with
@@ -858,15 +879,7 @@ impl Stores {
                 let mut builder = services::Fs::default();
                 if write {
                     let dir = file.parent().unwrap_or(Path::new("/"));
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        config(
-                            opendal::Error::new(
-                                ErrorKind::Unexpected,
-                                "cannot create the target directory",
-                            )
-                            .set_source(e),
-                        )
-                    })?;
+                    std::fs::create_dir_all(dir).map_err(|e| target_folder(display, &e))?;
                     let partial = self
                         .partial
                         .as_ref()

@@ -833,6 +833,48 @@ fn cp_into_its_own_source_is_refused_and_its_state_is_not_copied() {
     );
 }
 
+/// A target whose folder cannot be made (a file has the folder's name) fails that item, saying
+/// what is in the way; the run goes on with the others instead of stopping at it (every rerun
+/// stopped there again).
+#[test]
+fn a_target_folder_blocked_by_a_file_fails_its_item_not_the_run() {
+    let t = TestContext::new();
+    t.write("keys.txt", "a\nx/y\nb\nc\n");
+    for key in ["a", "x/y", "b", "c"] {
+        t.write(&format!("in/{key}"), key);
+    }
+    t.write("out/x", "a file where a folder would go");
+    t.plan(
+        r#"
+[job]
+name = "blocked"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+copy = { from = "in/{line}", to = "out/{line}" }
+[limits]
+items = 1
+"#,
+    );
+    let out = t.redrive(&["run", "plan.toml", "-q"]).expect_code(1);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        3,
+        "{}",
+        out.stderr
+    );
+    let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
+    assert!(
+        failed.stdout.contains(
+            "cannot make the folder for `out/x/y`: a file has the name of one of its folders"
+        ),
+        "{}",
+        failed.stdout
+    );
+    assert_eq!(t.read("out/x"), "a file where a folder would go");
+}
+
 #[test]
 fn an_empty_source_says_so() {
     let t = TestContext::new();
