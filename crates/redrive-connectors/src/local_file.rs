@@ -466,7 +466,12 @@ fn write_temp_with(
 ) -> Result<Option<(Pending, u64, Option<Hasher>)>, StepError> {
     // An existing target is not read over for nothing, unless the file is small: then the
     // check would cost more than the copy that `linkat` refuses anyway.
-    let exists = || how.create_only && std::fs::symlink_metadata(&target.path).is_ok();
+    // A folder with the target's name is not the target existing: the copy goes on and its
+    // naming says so (below, `commit`).
+    let exists = || {
+        how.create_only
+            && std::fs::symlink_metadata(&target.path).is_ok_and(|found| !found.is_dir())
+    };
     if how.size.is_some_and(|size| size > SMALL) && exists() {
         return Ok(None);
     }
@@ -628,6 +633,12 @@ fn commit(pending: Pending, target: &Path, how: &LocalCopy) -> Result<bool, Step
         Err(e) => {
             pending.discard();
             if how.create_only && e.kind() == std::io::ErrorKind::AlreadyExists {
+                if std::fs::symlink_metadata(target).is_ok_and(|found| found.is_dir()) {
+                    return Err(StepError::permanent(format!(
+                        "`{}` is a folder: the file cannot be written there; move the folder or change the target",
+                        how.target_display
+                    )));
+                }
                 return Ok(false);
             }
             Err(io_error(

@@ -835,15 +835,18 @@ fn cp_into_its_own_source_is_refused_and_its_state_is_not_copied() {
 
 /// A target whose folder cannot be made (a file has the folder's name) fails that item, saying
 /// what is in the way; the run goes on with the others instead of stopping at it (every rerun
-/// stopped there again).
+/// stopped there again). A folder with the target's name fails its item too (it was taken for
+/// the target existing, and the item recorded done with nothing copied).
 #[test]
 fn a_target_folder_blocked_by_a_file_fails_its_item_not_the_run() {
     let t = TestContext::new();
-    t.write("keys.txt", "a\nx/y\nb\nc\n");
-    for key in ["a", "x/y", "b", "c"] {
+    t.write("keys.txt", "a\nx/y\nb\nd\nc\n");
+    for key in ["a", "x/y", "b", "d", "c"] {
         t.write(&format!("in/{key}"), key);
     }
     t.write("out/x", "a file where a folder would go");
+    // And a folder where the file would go: not "the target exists" (skipped as done).
+    t.write("out/d/inside", "a folder's file");
     t.plan(
         r#"
 [job]
@@ -872,7 +875,15 @@ items = 1
         "{}",
         failed.stdout
     );
+    assert!(
+        failed
+            .stdout
+            .contains("`out/d` is a folder: the file cannot be written there"),
+        "{}",
+        failed.stdout
+    );
     assert_eq!(t.read("out/x"), "a file where a folder would go");
+    assert_eq!(t.read("out/d/inside"), "a folder's file");
 }
 
 #[test]
