@@ -62,9 +62,12 @@ pub fn build_shard(plan: &Plan, env: Env, shard: Option<Shard>) -> Result<Pipeli
         None => ".partial".to_owned(),
         Some(shard) => format!(".partial-{}-of-{}", shard.index, shard.count),
     };
+    // A state in a file: its path (a PostgreSQL URL has `://`).
+    let state_file = (!plan.state.contains("://")).then(|| std::path::Path::new(&plan.state));
     let stores = Arc::new(
         Stores::new(&plan.base_dir, plan.stores.clone(), env)
-            .with_partial_dir(plan.log_dir.join(partial)),
+            .with_partial_dir(plan.log_dir.join(partial))
+            .with_own_files(plan.log_dir.clone(), state_file),
     );
     let source_error = |table: &str, source: SourceError| BuildError::Source {
         file: file.clone(),

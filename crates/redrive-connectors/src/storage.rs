@@ -353,6 +353,21 @@ pub struct Stores {
     partial: Option<Partial>,
     /// Local target folders seen (for local → local copies).
     local_dirs: LocalDirs,
+    /// The job's own files (its state, its logs), which a local listing leaves out.
+    own: Option<OwnFiles>,
+}
+
+/// The files a job writes for itself while it runs: a listing of a folder that holds them
+/// (`list = "."` beside the plan) would copy a torn copy of the state database.
+#[derive(Debug)]
+struct OwnFiles {
+    /// The logs folder (and the `.partial` copies in it).
+    logs: PathBuf,
+    /// The state file: its folder and name (`job.db`, with `-wal`, `-shm`, `.lock` beside it,
+    /// and `job.shard-I-of-N.db` for shards).
+    state_dir: PathBuf,
+    state_name: String,
+    state_stem: String,
 }
 
 /// redrive's own folder for local files being written: a copy cut off by a crash leaves its
@@ -496,7 +511,51 @@ impl Stores {
             cache: Mutex::new(HashMap::new()),
             partial: None,
             local_dirs: LocalDirs::default(),
+            own: None,
         }
+    }
+
+    /// The job's own files, left out of local listings: its logs folder and, for a state in
+    /// a file, that file and the files SQLite and redrive keep beside it.
+    pub fn with_own_files(mut self, logs: PathBuf, state: Option<&Path>) -> Self {
+        let (state_dir, state_name, state_stem) = state
+            .map(|file| {
+                let name = |part: Option<&std::ffi::OsStr>| {
+                    part.map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                };
+                (
+                    file.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    name(file.file_name()),
+                    name(file.file_stem()),
+                )
+            })
+            .unwrap_or_default();
+        self.own = Some(OwnFiles {
+            logs,
+            state_dir,
+            state_name,
+            state_stem,
+        });
+        self
+    }
+
+    /// Whether `path` (absolute) is one of the job's own files.
+    pub(crate) fn is_own(&self, path: &Path) -> bool {
+        let Some(own) = &self.own else {
+            return false;
+        };
+        if path.starts_with(&own.logs) {
+            return true;
+        }
+        if own.state_name.is_empty() || path.parent() != Some(own.state_dir.as_path()) {
+            return false;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        name.starts_with(&own.state_name) || name.starts_with(&format!("{}.shard-", own.state_stem))
     }
 
     /// Writes local files in `dir` (created at the first local write) before renaming them into place, rather than

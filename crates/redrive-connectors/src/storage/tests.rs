@@ -313,3 +313,30 @@ fn gcs_is_reached_as_google_libraries_reach_it() {
     );
     assert!(stores(Vec::new(), &[]).gcs_object("s3://b/k").is_none());
 }
+
+#[test]
+fn the_jobs_own_files_are_its_logs_and_its_state_with_what_sqlite_keeps_beside_it() {
+    let stores = stores(vec![], &[]).with_own_files(
+        PathBuf::from("/plans/.redrive/j-logs"),
+        Some(Path::new("/plans/.redrive/j.db")),
+    );
+    for own in [
+        "/plans/.redrive/j-logs/a.log",
+        "/plans/.redrive/j-logs/.partial/x.partial",
+        "/plans/.redrive/j.db",
+        "/plans/.redrive/j.db-wal",
+        "/plans/.redrive/j.db.lock",
+        "/plans/.redrive/j.shard-1-of-4.db-shm",
+    ] {
+        assert!(stores.is_own(Path::new(own)), "{own}");
+    }
+    for theirs in [
+        "/plans/j.db",
+        "/plans/.redrive/other.db",
+        "/plans/.redrive/j-logsx",
+        "/plans/data/j.db",
+    ] {
+        assert!(!stores.is_own(Path::new(theirs)), "{theirs}");
+    }
+    assert!(!self::stores(vec![], &[]).is_own(Path::new("/plans/.redrive/j.db")));
+}

@@ -886,6 +886,37 @@ items = 1
     assert_eq!(t.read("out/d/inside"), "a folder's file");
 }
 
+/// A plan that lists its own folder (`list = "."`) copies the files there, not the state and
+/// logs the job writes there while it runs (a torn copy of a database, files nobody asked for).
+#[test]
+fn a_local_listing_leaves_out_the_jobs_own_state_and_logs() {
+    let t = TestContext::new();
+    for name in ["a.json", "sub/b.json", "job.dbx"] {
+        t.write(&format!("work/{name}"), name);
+    }
+    t.write(
+        "work/plan.toml",
+        r#"
+[job]
+name = "job"
+[source]
+list = "."
+[[step]]
+copy = { from = "{url}", to = "../out/{rel}" }
+"#,
+    );
+    t.redrive(&["run", "work/plan.toml", "-q"]).expect_code(0);
+    let mut copied = walk(&t.path("out"));
+    copied.sort();
+    assert_eq!(
+        copied,
+        ["a.json", "job.dbx", "plan.toml", "sub/b.json"],
+        "the state is in work/.redrive/: {:?}",
+        walk(&t.path("work"))
+    );
+    assert!(t.path("work/.redrive/job.db").exists());
+}
+
 #[test]
 fn an_empty_source_says_so() {
     let t = TestContext::new();

@@ -5,6 +5,7 @@ pub(crate) mod config;
 mod local;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -86,7 +87,7 @@ impl Source for ListSource {
         let recursive = self.recursive;
         if local {
             return Box::pin(progressing(
-                local_items(path, base, display, recursive),
+                local_items(path, base, display, recursive, Arc::clone(&self.stores)),
                 NO_PROGRESS,
                 stalled,
             ));
@@ -178,8 +179,16 @@ fn local_items(
     base: String,
     display: String,
     recursive: bool,
+    stores: Arc<Stores>,
 ) -> BoxStream<'static, Result<Fields, SourceError>> {
     local::files(dir.clone(), recursive)
+        // The job's own state and logs, written while the folder is listed, are not its files.
+        .filter(move |entry| {
+            let own = entry
+                .as_ref()
+                .is_ok_and(|entry| stores.is_own(Path::new(&format!("/{}", entry.path))));
+            futures::future::ready(!own)
+        })
         .map(move |entry| {
             let entry = entry.map_err(|error| match error.kind() {
                 std::io::ErrorKind::NotFound => SourceError::Input {
