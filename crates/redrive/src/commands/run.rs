@@ -33,6 +33,14 @@ pub(crate) async fn run(args: &RunArgs, global: &GlobalArgs) -> anyhow::Result<E
     if let Some(workers) = args.workers {
         return super::workers::run(args, global, &plan, workers).await;
     }
+    // A state given on the command line is the job's own file too (a local listing leaves it
+    // out).
+    if let Some(state) = &args.state.state
+        && let Ok(here) = std::env::current_dir()
+        && !state.display().to_string().contains("://")
+    {
+        plan.state = here.join(state).display().to_string();
+    }
     let env = redrive_connectors::storage::Env::from_process();
     let pipeline = Arc::new(redrive_connectors::build_shard(&plan, env, args.shard)?);
     // The metrics port is taken before the state is opened or a hook runs: a port in use

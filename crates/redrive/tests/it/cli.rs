@@ -915,6 +915,24 @@ copy = { from = "{url}", to = "../out/{rel}" }
         walk(&t.path("work"))
     );
     assert!(t.path("work/.redrive/job.db").exists());
+
+    // A state given with --state, in the listed folder, is left out too.
+    let out = t
+        .command(&["run", "plan.toml", "--state", "mine.db", "-q"])
+        .current_dir(t.path("work"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t.path("work/mine.db").exists());
+    assert!(
+        !walk(&t.path("out"))
+            .iter()
+            .any(|p| p.starts_with("mine.db"))
+    );
 }
 
 #[test]
