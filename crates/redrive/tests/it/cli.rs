@@ -933,6 +933,37 @@ copy = { from = "{url}", to = "../out/{rel}" }
             .iter()
             .any(|p| p.starts_with("mine.db"))
     );
+
+    // A glob that matches everything leaves them out as well.
+    t.write(
+        "work/glob.toml",
+        r#"
+[job]
+name = "globbed"
+[source]
+glob = "**/*"
+[[step]]
+copy = { from = "{path}", to = "../globbed/{name}" }
+"#,
+    );
+    t.redrive(&["run", "work/glob.toml", "-q"]).expect_code(0);
+    let mut globbed = walk(&t.path("globbed"));
+    globbed.sort();
+    assert_eq!(
+        globbed,
+        [
+            "a.json",
+            "b.json",
+            "glob.toml",
+            "job.db",
+            "job.db.lock",
+            "job.dbx",
+            "mine.db",
+            "mine.db.lock",
+            "plan.toml"
+        ],
+        "only this job's own files are left out: the other job's states are files like any other"
+    );
 }
 
 #[test]

@@ -40,7 +40,9 @@ impl SourceConfig for GlobSpec {
         true
     }
 
-    fn build(&self, _cx: &SourceBuildContext<'_>) -> Result<Arc<dyn Source>, SourceError> {
-        Ok(Arc::new(GlobSource::new(self.pattern.clone())?))
+    fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Arc<dyn Source>, SourceError> {
+        Ok(Arc::new(
+            GlobSource::new(self.pattern.clone())?.leaving_out_own_files(cx.stores),
+        ))
     }
 }

@@ -3,6 +3,7 @@
 pub(crate) mod config;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use redrive_core::item::Fields;
@@ -10,12 +11,15 @@ use redrive_core::source::{Source, SourceError};
 use redrive_core::template::Template;
 
 use super::{blocking_stream, input};
+use crate::storage::Stores;
 
 /// Local files matching a pattern (`*`, `?`, `[…]`, `**`), in path order; directories are left
 /// out. The pattern may use a parent's fields under `[expand]`.
 #[derive(Debug)]
 pub struct GlobSource {
     pattern: Template,
+    /// The job's own files (its state and logs), left out of what matches.
+    own: Option<Arc<Stores>>,
 }
 
 impl GlobSource {
@@ -28,7 +32,13 @@ impl GlobSource {
             glob::Pattern::new(&text)
                 .map_err(|e| input(format!("glob `{text}`"), format!("{e}")))?;
         }
-        Ok(Self { pattern })
+        Ok(Self { pattern, own: None })
+    }
+
+    /// Leaves out the job's own files (see [`Stores::with_own_files`]).
+    pub(crate) fn leaving_out_own_files(mut self, stores: &Arc<Stores>) -> Self {
+        self.own = Some(Arc::clone(stores));
+        self
     }
 }
 
@@ -39,6 +49,12 @@ impl Source for GlobSource {
 
     fn items(&self, context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
         let rendered = self.pattern.render(context);
+        let own = self.own.clone();
+        let is_own = move |path: &std::path::Path| {
+            own.as_ref().is_some_and(|stores| {
+                std::path::absolute(path).is_ok_and(|path| stores.is_own(&path))
+            })
+        };
         blocking_stream(move |sender| {
             let pattern = match rendered {
                 Ok(pattern) => pattern,
@@ -57,6 +73,7 @@ impl Source for GlobSource {
             };
             for entry in paths {
                 let item = match entry {
+                    Ok(path) if is_own(&path) => continue,
                     Ok(path) => match std::fs::metadata(&path) {
                         Ok(meta) if meta.is_file() => {
                             let mut fields = Fields::new();
