@@ -470,7 +470,8 @@ fn write_temp_with(
     // naming says so (below, `commit`).
     let exists = || {
         how.create_only
-            && std::fs::symlink_metadata(&target.path).is_ok_and(|found| !found.is_dir())
+            && std::fs::symlink_metadata(&target.path).is_ok()
+            && !is_folder(&target.path)
     };
     if how.size.is_some_and(|size| size > SMALL) && exists() {
         return Ok(None);
@@ -633,11 +634,8 @@ fn commit(pending: Pending, target: &Path, how: &LocalCopy) -> Result<bool, Step
         Err(e) => {
             pending.discard();
             if how.create_only && e.kind() == std::io::ErrorKind::AlreadyExists {
-                if std::fs::symlink_metadata(target).is_ok_and(|found| found.is_dir()) {
-                    return Err(StepError::permanent(format!(
-                        "`{}` is a folder: the file cannot be written there; move the folder or change the target",
-                        how.target_display
-                    )));
+                if is_folder(target) {
+                    return Err(folder_in_the_way(&how.target_display));
                 }
                 return Ok(false);
             }
@@ -647,6 +645,18 @@ fn commit(pending: Pending, target: &Path, how: &LocalCopy) -> Result<bool, Step
             ))
         }
     }
+}
+
+/// Whether a folder has the name `path` (which is then not "the target exists").
+pub(crate) fn is_folder(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|found| found.is_dir())
+}
+
+/// The error of a copy whose target's name is a folder's.
+pub(crate) fn folder_in_the_way(target: &str) -> StepError {
+    StepError::permanent(format!(
+        "`{target}` is a folder: the file cannot be written there; move the folder or change the target"
+    ))
 }
 
 /// A new name in `dir` for a temporary copy of `target`: its name, a random part, and

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::common::{
     AZURITE_ACCOUNT, TestContext, azure_connection_string_at, azure_connection_string_via,
-    azure_operator, create_bucket, create_container, get, s3_env_at, s3_operator, unique,
+    azure_operator, create_bucket, create_container, get, s3_env, s3_env_at, s3_operator, unique,
 };
 use crate::proxy::{Action, Proxy};
 
@@ -575,4 +575,30 @@ fn a_trickling_body_fails_the_attempt_at_the_rate_floor() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A copy from S3 to a local target whose name a folder has: the item fails saying so. Taken
+/// for the target existing, it was recorded done with nothing copied.
+#[test]
+fn an_object_whose_local_target_is_a_folder_fails_instead_of_counting_as_there() {
+    let bucket = unique("rd-folder");
+    create_bucket(&bucket);
+    put_objects(&bucket, 2);
+    let t = s3_env(TestContext::new());
+    s3_source_plan(&t, &bucket, 2, "");
+    t.write("out/f0000.txt/inside", "a folder's file");
+    t.redrive(&["run", "plan.toml", "-q"]).expect_code(1);
+    assert_eq!(
+        t.count("SELECT count(*) FROM items WHERE status = 'done'"),
+        1
+    );
+    let failed = t.redrive(&["failed", "plan.toml"]).expect_code(0);
+    assert!(
+        failed
+            .stdout
+            .contains("`out/f0000.txt` is a folder: the file cannot be written there"),
+        "{}",
+        failed.stdout
+    );
+    assert_eq!(t.read("out/f0000.txt/inside"), "a folder's file");
 }

@@ -672,7 +672,14 @@ impl Step for CopyStep {
 
         let create_only = self.spec.if_exists != IfExists::Overwrite;
         let size = fields.get("size").and_then(|s| s.parse::<u64>().ok());
-        let existing = || exists(self.spec.if_exists, &target.display);
+        // A local target's name taken by a folder is not the target existing (a conditional
+        // create is refused for it all the same).
+        let existing = || match &target.file {
+            Some(file) if local_file::is_folder(&file.path) => {
+                Err(local_file::folder_in_the_way(&target.display))
+            }
+            _ => exists(self.spec.if_exists, &target.display),
+        };
 
         let how = Transfer {
             part_size: self.spec.part_size,
