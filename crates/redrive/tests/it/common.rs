@@ -510,14 +510,21 @@ pub fn azure_operator(container: &str) -> opendal::Operator {
     opendal::Operator::new(builder).expect("azblob operator")
 }
 
-/// Reads an object, or `None` when it does not exist.
+/// Reads an object, or `None` when it does not exist. A temporary failure (an emulator that
+/// dropped a connection after a long suite) is tried again, as [`write_retrying`] does.
 pub fn get(operator: &opendal::Operator, path: &str) -> Option<Vec<u8>> {
     runtime().block_on(async {
-        match operator.read(path).await {
-            Ok(buffer) => Some(buffer.to_vec()),
-            Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
-            Err(e) => panic!("read {path}: {e}"),
+        for attempt in 1.. {
+            match operator.read(path).await {
+                Ok(buffer) => return Some(buffer.to_vec()),
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => return None,
+                Err(e) if e.is_temporary() && attempt < 5 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => panic!("read {path}: {e}"),
+            }
         }
+        None
     })
 }
 
