@@ -470,8 +470,7 @@ fn write_temp_with(
     // naming says so (below, `commit`).
     let exists = || {
         how.create_only
-            && std::fs::symlink_metadata(&target.path).is_ok()
-            && !is_folder(&target.path)
+            && std::fs::symlink_metadata(&target.path).is_ok_and(|found| !found.is_dir())
     };
     if how.size.is_some_and(|size| size > SMALL) && exists() {
         return Ok(None);

@@ -363,11 +363,9 @@ pub struct Stores {
 struct OwnFiles {
     /// The logs folder (and the `.partial` copies in it).
     logs: PathBuf,
-    /// The state file: its folder and name (`job.db`, with `-wal`, `-shm`, `.lock` beside it,
-    /// and `job.shard-I-of-N.db` for shards).
-    state_dir: PathBuf,
-    state_name: String,
-    state_stem: String,
+    /// The state file's folder, and how the names of its files there start: `job.db` (with
+    /// `-wal`, `-shm`, `.lock` beside it) and `job.shard-` for shards. `None`: no state file.
+    state: Option<(PathBuf, [String; 2])>,
 }
 
 /// redrive's own folder for local files being written: a copy cut off by a crash leaves its
@@ -518,25 +516,13 @@ impl Stores {
     /// The job's own files, left out of local listings: its logs folder and, for a state in
     /// a file, that file and the files SQLite and redrive keep beside it.
     pub fn with_own_files(mut self, logs: PathBuf, state: Option<&Path>) -> Self {
-        let (state_dir, state_name, state_stem) = state
-            .map(|file| {
-                let name = |part: Option<&std::ffi::OsStr>| {
-                    part.map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                };
-                (
-                    file.parent().map(Path::to_path_buf).unwrap_or_default(),
-                    name(file.file_name()),
-                    name(file.file_stem()),
-                )
-            })
-            .unwrap_or_default();
-        self.own = Some(OwnFiles {
-            logs,
-            state_dir,
-            state_name,
-            state_stem,
+        let state = state.and_then(|file| {
+            let name = file.file_name()?.to_string_lossy().into_owned();
+            let stem = file.file_stem()?.to_string_lossy();
+            let shards = format!("{stem}.shard-");
+            Some((file.parent()?.to_path_buf(), [name, shards]))
         });
+        self.own = Some(OwnFiles { logs, state });
         self
     }
 
@@ -548,14 +534,14 @@ impl Stores {
         if path.starts_with(&own.logs) {
             return true;
         }
-        if own.state_name.is_empty() || path.parent() != Some(own.state_dir.as_path()) {
+        let Some((dir, starts)) = &own.state else {
             return false;
-        }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        name.starts_with(&own.state_name) || name.starts_with(&format!("{}.shard-", own.state_stem))
+        };
+        path.parent() == Some(dir.as_path())
+            && path.file_name().is_some_and(|name| {
+                let name = name.to_string_lossy();
+                starts.iter().any(|start| name.starts_with(start.as_str()))
+            })
     }
 
     /// Writes local files in `dir` (created at the first local write) before renaming them into place, rather than

@@ -128,7 +128,10 @@ impl InputFile {
     /// key began with an invisible character and named no file). Blocking: call it off the
     /// async runtime.
     pub(crate) fn open(&self) -> std::io::Result<Box<dyn Read + Send>> {
-        without_bom(super::compressed::decode(&self.name(), self.raw()?)?)
+        Ok(without_bom(super::compressed::decode(
+            &self.name(),
+            self.raw()?,
+        )?))
     }
 
     /// The file's name, which says its compression.
@@ -163,14 +166,14 @@ impl InputFile {
 /// `text` without the UTF-8 byte order mark it may start with. Looked for at the first read,
 /// so a file that cannot be read (not gzip after all) fails where its lines are read, naming
 /// the line.
-fn without_bom(text: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
-    Ok(Box::new(WithoutBom {
+fn without_bom(text: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
+    Box::new(WithoutBom {
         text,
         head: [0; 3],
         start: 0,
         end: 0,
         looked: false,
-    }))
+    })
 }
 
 struct WithoutBom {
