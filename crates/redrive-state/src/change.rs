@@ -61,6 +61,7 @@ type UpdateKey = (
     &'static str,
     &'static str,
     &'static str,
+    &'static str,
     Kind,
     bool,
 );
@@ -75,6 +76,9 @@ pub(crate) struct Change<'a> {
     pub(crate) output: Option<(&'a Produced, OutputOf)>,
     /// The item may go on running: a lease renews with it.
     pub(crate) renews: bool,
+    /// The item goes back to `pending` unfinished: its lease ends with it, so that any worker
+    /// may claim it at once.
+    pub(crate) frees: bool,
 }
 
 /// How a store writes SQL: placeholders, the clock, and what it adds to every update.
@@ -89,6 +93,8 @@ pub(crate) struct Dialect {
     pub(crate) filter: &'static str,
     /// An assignment added to changes that renew the lease (empty: none).
     pub(crate) renew: &'static str,
+    /// An assignment added to changes that end the lease (empty: none).
+    pub(crate) free: &'static str,
 }
 
 fn bytes(n: u64) -> i64 {
@@ -206,6 +212,7 @@ impl<'a> Change<'a> {
             sets,
             output,
             renews,
+            frees: matches!(kind, Kind::Released | Kind::Unstarted),
         }
     }
 
@@ -223,6 +230,7 @@ impl<'a> Change<'a> {
             dialect.now,
             dialect.filter,
             dialect.renew,
+            dialect.free,
             self.kind,
             returning,
         );
@@ -256,6 +264,9 @@ impl<'a> Change<'a> {
         }
         if self.renews && !dialect.renew.is_empty() {
             assignments.push(dialect.renew.to_owned());
+        }
+        if self.frees && !dialect.free.is_empty() {
+            assignments.push(dialect.free.to_owned());
         }
         let mut sql = format!(
             "UPDATE items SET {} WHERE {}",
@@ -313,6 +324,9 @@ impl<'a> Change<'a> {
                  ELSE now() + make_interval(secs => $2) END"
                     .to_owned(),
             );
+        }
+        if self.frees {
+            assignments.push("lease_until = NULL".to_owned());
         }
         format!(
             "UPDATE items i SET {} FROM UNNEST($3::bigint[], $4::bigint[]{}) AS u(id, epoch{}) \
@@ -409,6 +423,7 @@ mod tests {
         now: "?2",
         filter: "id = ?1",
         renew: "",
+        free: "",
     };
 
     #[test]
@@ -471,13 +486,14 @@ mod tests {
     }
 
     #[test]
-    fn a_renewing_change_takes_the_dialects_lease_clause() {
+    fn changes_that_renew_or_end_a_lease_take_the_dialects_lease_clauses() {
         let pg = Dialect {
             marker: '$',
             first: 5,
             now: "now()",
             filter: "id = $4",
             renew: "lease_until = now()",
+            free: "lease_until = NULL",
         };
         let advance = advance_to_b();
         let fail = Transition::Failed {
@@ -496,6 +512,19 @@ mod tests {
                 .0
                 .contains("lease_until")
         );
+        // An item going back to `pending` unfinished ends its lease: any worker may take it.
+        for back in [
+            Transition::Unstarted { id: 1 },
+            Transition::Released {
+                id: 1,
+                error: "x".into(),
+            },
+        ] {
+            let change = Change::of(&back);
+            assert!(change.update(&pg, true).0.contains("lease_until = NULL"));
+            assert!(change.update_many().contains("lease_until = NULL"));
+            assert!(!change.update(&SQLITE_LIKE, true).0.contains("lease_until"));
+        }
     }
 
     #[test]

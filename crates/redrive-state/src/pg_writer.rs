@@ -233,6 +233,7 @@ const DIALECT: Dialect = Dialect {
     now: "now()",
     filter: "id = $4 AND ($2::bigint IS NULL OR (lease_owner = $1 AND lease_epoch = $2))",
     renew: "lease_until = CASE WHEN $2::bigint IS NULL THEN lease_until ELSE now() + make_interval(secs => $3) END",
+    free: "lease_until = NULL",
 };
 
 /// One transition, fenced: the item's row first, then its output row only if the row

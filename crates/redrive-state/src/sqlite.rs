@@ -540,6 +540,7 @@ const DIALECT: Dialect = Dialect {
     now: "?2",
     filter: "id = ?1",
     renew: "",
+    free: "",
 };
 
 /// One transition's update, in the writer's transaction; the rows it changed.
