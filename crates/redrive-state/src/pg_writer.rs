@@ -127,7 +127,7 @@ async fn apply_group(
 
 /// Changes of one kind, without outputs, of distinct items, in one fenced statement
 /// ([`Change::update_many`]): whether each landed (`false`: fenced out).
-pub(crate) async fn apply_many(
+async fn apply_many(
     executor: impl sqlx::PgExecutor<'_>,
     worker: &Worker,
     changes: &[&Change<'_>],

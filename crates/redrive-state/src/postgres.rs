@@ -14,7 +14,7 @@ use redrive_core::step::Produced;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 
-use crate::change::{Change, ItemRow};
+use crate::change::ItemRow;
 use crate::lease::{self, Worker};
 use crate::pg_writer;
 use std::sync::Arc;
@@ -754,42 +754,11 @@ impl StateStore for PostgresStateStore {
             .unwrap_or_else(|_| Err(self.failed("the state writer has stopped")))
     }
 
-    /// Starts are one statement for all (one round trip), each row fenced by its own epoch; a
-    /// start another worker's claim overtook is `LeaseLost`. Other transitions one by one.
-    /// The columns set are those of `Change::of(Started)` (`change.rs`), in bulk form; the
-    /// shared suite's `record_all_answers_each_transition_in_order` holds the two together.
+    /// Through the writer, all queued at once: the starts go in one statement of the
+    /// writer's next group (each row fenced by its own epoch; a start another worker's claim
+    /// overtook is `LeaseLost`), and share its commit with the finishes queued meanwhile.
     async fn record_all(&self, transitions: Vec<Transition>) -> Vec<Result<(), StateError>> {
-        let all_starts = transitions
-            .iter()
-            .all(|t| matches!(t, Transition::Started { .. }));
-        if !all_starts || transitions.len() < 2 {
-            return futures::future::join_all(transitions.into_iter().map(|t| self.record(t)))
-                .await;
-        }
-        let changes: Vec<Change<'_>> = transitions.iter().map(Change::of).collect();
-        let of_kind: Vec<&Change<'_>> = changes.iter().collect();
-        let ids: Vec<i64> = changes.iter().map(|c| c.id).collect();
-        let updated = pg_writer::apply_many(&self.pool, &self.worker, &of_kind).await;
-        match updated {
-            Ok(landed) => ids
-                .iter()
-                .zip(landed)
-                .map(|(id, landed)| {
-                    if landed {
-                        Ok(())
-                    } else {
-                        self.worker.lost(*id);
-                        Err(StateError::LeaseLost { id: *id })
-                    }
-                })
-                .collect(),
-            Err(error) => {
-                let message = error.to_string();
-                ids.iter()
-                    .map(|_| Err(self.failed(message.clone())))
-                    .collect()
-            }
-        }
+        futures::future::join_all(transitions.into_iter().map(|t| self.record(t))).await
     }
 
     async fn requeue(&self, which: Requeue) -> Result<u64, StateError> {

@@ -366,11 +366,12 @@ lease = "3s"
         std::thread::sleep(Duration::from_millis(20));
     }
     signal(victim, "STOP");
+    // Claimed: running, or waiting for a slot (pending under its lease).
     let frozen_with = query_u64(
         &job,
         &format!(
             "SELECT count(*)::text FROM items i JOIN workers w ON i.lease_owner = w.id
-             WHERE w.pid = {victim} AND i.status = 'running'"
+             WHERE w.pid = {victim} AND i.status IN ('pending', 'running')"
         ),
     );
     std::thread::sleep(Duration::from_secs(9));
