@@ -92,17 +92,16 @@ async fn apply_group(
     group: &[Pending],
 ) -> Result<Vec<bool>, sqlx::Error> {
     let started = std::time::Instant::now();
-    let mut connection = pool.acquire().await?;
-    let mut tx = connection.begin().await?;
     let changes: Vec<Change<'_>> = group.iter().map(|p| Change::of(&p.transition)).collect();
     let mut landed = vec![false; group.len()];
     // A change that records an output goes on its own (its output row follows its update);
     // the others, one statement per kind of change: a round trip per transition was most of
     // a group's time.
+    let mut alone = Vec::new();
     let mut kinds: Vec<Vec<usize>> = Vec::new();
     for (i, change) in changes.iter().enumerate() {
         if change.output.is_some() {
-            landed[i] = apply(&mut tx, worker, &group[i].transition).await?;
+            alone.push(i);
         } else if let Some(kind) = kinds.iter_mut().find(|k| {
             changes[k[0]].same_kind(change) && k.iter().all(|&j| changes[j].id != change.id)
         }) {
@@ -110,6 +109,24 @@ async fn apply_group(
         } else {
             kinds.push(vec![i]);
         }
+    }
+    let mut connection = pool.acquire().await?;
+    if let ([], [kind]) = (alone.as_slice(), kinds.as_slice()) {
+        // One statement is atomic on its own: no BEGIN and COMMIT round trips around it (with
+        // few items in flight, most groups are one kind of transition).
+        let of_kind: Vec<&Change<'_>> = kind.iter().map(|&i| &changes[i]).collect();
+        for (i, ok) in kind
+            .iter()
+            .zip(apply_many(&mut *connection, worker, &of_kind).await?)
+        {
+            landed[*i] = ok;
+        }
+        redrive_core::state::commits::committed(started, group.len());
+        return Ok(landed);
+    }
+    let mut tx = connection.begin().await?;
+    for i in alone {
+        landed[i] = apply(&mut tx, worker, &group[i].transition).await?;
     }
     for kind in kinds {
         let of_kind: Vec<&Change<'_>> = kind.iter().map(|&i| &changes[i]).collect();
