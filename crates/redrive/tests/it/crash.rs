@@ -279,6 +279,120 @@ items = 8
     assert!(partial <= most_partial, "{partial} temporary files");
 }
 
+/// `redrive cp` of a local folder tree killed at random instants, the first while it is still
+/// listing the folder: after each kill every file in the target tree is a whole copy of its
+/// source (no temporary file, no torn copy beside the targets), and a last run copies the
+/// rest: the target tree is the source tree, file for file, and the job's own folder keeps
+/// at most the temporary files of the copies cut off.
+#[test]
+fn a_cp_of_a_local_folder_killed_while_listing_and_copying_loses_nothing_and_leaves_nothing() {
+    let t = crate::common::TestContext::new();
+    let (folders, per) = (40, 100);
+    let body = |d: usize, f: usize| format!("{d:03}/{f:03} ").repeat(9);
+    for d in 0..folders {
+        for f in 0..per {
+            t.write(&format!("in/d{d:03}/f{f:03}.bin"), body(d, f));
+        }
+    }
+    let first = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 | 1);
+    let mut seed = first;
+    let mut kills = 0;
+    for kill in 0..6 {
+        let mut child = t
+            .command(&["cp", "in", "out", "-q"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        // The first kill lands in the listing, the others anywhere.
+        let wait = if kill == 0 {
+            20 + next(&mut seed) % 60
+        } else {
+            50 + next(&mut seed) % 400
+        };
+        std::thread::sleep(Duration::from_millis(wait));
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(
+                status.success(),
+                "cp {kill} ended ({status}) before its kill (seed {first})"
+            );
+            break;
+        }
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        kills += 1;
+        for (relative, content) in files_under(&t.path("out")) {
+            let (d, f) = parse_target(&relative).unwrap_or_else(|| {
+                panic!("left in the target tree after kill {kill}: {relative} (seed {first})")
+            });
+            assert!(
+                content == body(d, f).as_bytes(),
+                "{relative} is not whole after kill {kill} (seed {first})"
+            );
+        }
+    }
+    eprintln!("{kills} kills (seed {first})");
+    assert!(
+        kills >= 2,
+        "the copy ended before a second kill (seed {first}): more files"
+    );
+    t.redrive(&["cp", "in", "out", "-q"]).expect_code(0);
+    let copied = files_under(&t.path("out"));
+    assert_eq!(
+        copied.len(),
+        folders * per,
+        "every file copied, nothing else (seed {first}, {kills} kills)"
+    );
+    for (relative, content) in &copied {
+        let (d, f) = parse_target(relative).unwrap_or_else(|| panic!("not a target: {relative}"));
+        assert!(*content == body(d, f).as_bytes(), "{relative} is not whole");
+    }
+    // The state's own folder: at most the temporary files of the copies cut off (a small
+    // copy's file has no name until it is whole, where the file system allows it).
+    let partial = files_under(&t.path(".redrive"))
+        .into_iter()
+        .filter(|(relative, _)| relative.contains(".partial/"))
+        .count();
+    assert!(
+        partial <= kills * 64,
+        "{partial} temporary files after {kills} kills"
+    );
+}
+
+/// Every file under `root`, by its path relative to `root`, with its content.
+fn files_under(root: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                let relative = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                found.push((relative, std::fs::read(&path).unwrap_or_default()));
+            }
+        }
+    }
+    found
+}
+
+/// `dDDD/fFFF.bin` → (DDD, FFF).
+fn parse_target(relative: &str) -> Option<(usize, usize)> {
+    let (d, f) = relative.split_once('/')?;
+    let d = d.strip_prefix('d')?.parse().ok()?;
+    let f = f.strip_prefix('f')?.strip_suffix(".bin")?.parse().ok()?;
+    Some((d, f))
+}
+
 /// A `run` step killed ten times at random instants: every item's command ran, and a command
 /// ran twice only for an item in flight at a kill (at most `items` = 4 per kill). The figures
 /// are printed for `docs/guarantees.md`.
