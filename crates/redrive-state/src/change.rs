@@ -76,8 +76,9 @@ pub(crate) struct Change<'a> {
     pub(crate) output: Option<(&'a Produced, OutputOf)>,
     /// The item may go on running: a lease renews with it.
     pub(crate) renews: bool,
-    /// The item goes back to `pending` unfinished: its lease ends with it, so that any worker
-    /// may claim it at once.
+    /// The item finishes, fails or goes back to `pending` unfinished: its lease ends with it,
+    /// so that any worker may claim it at once when it is runnable again (given back, a
+    /// failure retried, a `no input` skip whose input came).
     pub(crate) frees: bool,
 }
 
@@ -212,7 +213,7 @@ impl<'a> Change<'a> {
             sets,
             output,
             renews,
-            frees: matches!(kind, Kind::Released | Kind::Unstarted),
+            frees: !matches!(kind, Kind::Started | Kind::Advanced),
         }
     }
 
@@ -507,18 +508,25 @@ mod tests {
                 .contains("lease_until = now()")
         );
         assert!(
-            !Change::of(&fail)
-                .update(&pg, true)
-                .0
-                .contains("lease_until")
+            !Change::of(&Transition::Started {
+                id: 1,
+                step: 0,
+                step_name: "a".into()
+            })
+            .update(&pg, true)
+            .0
+            .contains("lease_until"),
+            "a start leaves the lease its claim set"
         );
-        // An item going back to `pending` unfinished ends its lease: any worker may take it.
+        // An item that ends or goes back to `pending` ends its lease: any worker may take it
+        // when it is runnable again.
         for back in [
             Transition::Unstarted { id: 1 },
             Transition::Released {
                 id: 1,
                 error: "x".into(),
             },
+            fail.clone(),
         ] {
             let change = Change::of(&back);
             assert!(change.update(&pg, true).0.contains("lease_until = NULL"));
@@ -555,8 +563,8 @@ mod tests {
         let sql = Change::of(&finish).update_many();
         assert!(sql.contains("bytes = i.bytes + u.v1"), "{sql}");
         assert!(
-            !sql.contains("lease_until"),
-            "a finish does not renew: {sql}"
+            !sql.contains("make_interval") && sql.contains("lease_until = NULL"),
+            "a finish does not renew the lease, it ends it: {sql}"
         );
         let advance = advance_to_b();
         assert!(

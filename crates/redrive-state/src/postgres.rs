@@ -762,11 +762,13 @@ impl StateStore for PostgresStateStore {
     }
 
     async fn requeue(&self, which: Requeue) -> Result<u64, StateError> {
-        let restart = "status = 'pending', error = NULL, finished_at = NULL, step_index = 0, step = NULL, attempts = 0, bytes = 0, updated_at = now()";
+        // Runnable again, under no lease: any worker takes them at once (a lease left by a
+        // worker that stopped would hold them back until it expired).
+        let restart = "status = 'pending', error = NULL, finished_at = NULL, step_index = 0, step = NULL, attempts = 0, bytes = 0, updated_at = now(), lease_until = NULL";
         let done = match which {
             Requeue::Failed => {
                 sqlx::query(
-                    "UPDATE items SET status = 'pending', error = NULL, finished_at = NULL, updated_at = now() WHERE status = 'failed'",
+                    "UPDATE items SET status = 'pending', error = NULL, finished_at = NULL, updated_at = now(), lease_until = NULL WHERE status = 'failed'",
                 )
                 .execute(&self.pool)
                 .await

@@ -489,4 +489,30 @@ async fn claims_update_rows_in_place_and_items_given_back_are_free_at_once() {
         ids[..2],
         "items given back are taken at once; the one still held is not"
     );
+
+    // A failure ends the lease too: retried (`--retry-failed`), the item is taken at once.
+    a.record(Transition::Started {
+        id: ids[2],
+        step: 0,
+        step_name: "s".into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    a.record(Transition::Failed {
+        id: ids[2],
+        error: "boom".into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let requeued = b
+        .requeue(redrive_core::state::Requeue::Failed)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(requeued, 1);
+    let retried = b.claim(0, 10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        retried.iter().map(|i| i.id).collect::<Vec<_>>(),
+        [ids[2]],
+        "a failed item retried is taken at once"
+    );
 }
