@@ -28,9 +28,8 @@ pub(super) struct Entry {
 pub(super) fn files(dir: String, recursive: bool) -> BoxStream<'static, std::io::Result<Entry>> {
     let walk = Walk {
         recursive,
-        folders: vec![dir],
-        open: None,
-        first: true,
+        start: Some(dir),
+        open: Vec::new(),
     };
     futures::stream::unfold(Some(walk), |walk| async move {
         let mut walk = walk?;
@@ -53,54 +52,48 @@ pub(super) fn files(dir: String, recursive: bool) -> BoxStream<'static, std::io:
     .boxed()
 }
 
+/// A depth-first walk that holds one open folder per level below the listed one, never a list
+/// of the folders still to read: its memory follows the tree's depth, not its number of
+/// folders (a tree of a million partitions costs what a tree of ten does).
 struct Walk {
     recursive: bool,
-    /// Folders still to read (below the root, ending in `/`).
-    folders: Vec<String>,
-    /// The folder being read.
-    open: Option<(String, std::fs::ReadDir)>,
-    /// The listed folder itself is not opened yet.
-    first: bool,
+    /// The listed folder, until it is opened (below the root, ending in `/`).
+    start: Option<String>,
+    /// The folders being read, outermost first: each one's path and its entries not read yet.
+    open: Vec<(String, std::fs::ReadDir)>,
 }
 
 impl Walk {
     fn done() -> Self {
         Self {
             recursive: false,
-            folders: Vec::new(),
-            open: None,
-            first: false,
+            start: None,
+            open: Vec::new(),
         }
     }
 
     fn is_done(&self) -> bool {
-        self.open.is_none() && self.folders.is_empty()
+        self.start.is_none() && self.open.is_empty()
     }
 
     /// The next entries, up to [`BATCH`]; an error ends the batch (and the walk).
     fn batch(&mut self) -> Vec<std::io::Result<Entry>> {
         use std::io::ErrorKind::NotFound;
         let mut batch = Vec::new();
+        if let Some(start) = self.start.take() {
+            // The listed folder must be there: missing, it is an error, not an empty listing.
+            match std::fs::read_dir(format!("/{start}")) {
+                Ok(entries) => self.open.push((start, entries)),
+                Err(error) => return vec![Err(error)],
+            }
+        }
         while batch.len() < BATCH {
-            let Some((folder, entries)) = &mut self.open else {
-                let Some(folder) = self.folders.pop() else {
-                    break;
-                };
-                let first = std::mem::replace(&mut self.first, false);
-                match std::fs::read_dir(format!("/{folder}")) {
-                    Ok(entries) => self.open = Some((folder, entries)),
-                    // Removed since it was seen in its parent.
-                    Err(error) if !first && error.kind() == NotFound => {}
-                    Err(error) => {
-                        batch.push(Err(error));
-                        break;
-                    }
-                }
-                continue;
+            let Some((folder, entries)) = self.open.last_mut() else {
+                break;
             };
             let entry = match entries.next() {
                 None => {
-                    self.open = None;
+                    self.open.pop();
                     continue;
                 }
                 Some(Ok(entry)) => entry,
@@ -121,7 +114,16 @@ impl Walk {
             };
             if kind.is_dir() {
                 if self.recursive {
-                    self.folders.push(format!("{folder}{name}/"));
+                    let inner = format!("{folder}{name}/");
+                    match std::fs::read_dir(format!("/{inner}")) {
+                        Ok(entries) => self.open.push((inner, entries)),
+                        // Removed since it was seen in its parent.
+                        Err(error) if error.kind() == NotFound => {}
+                        Err(error) => {
+                            batch.push(Err(error));
+                            break;
+                        }
+                    }
                 }
                 continue;
             }
@@ -190,6 +192,41 @@ mod tests {
             1_200,
             "not recursive: the top folder's files only"
         );
+    }
+
+    /// Memory follows the tree's depth: 3,000 sibling folders (and a chain 6 deep) are walked
+    /// with at most one open folder a level, and every file is found once.
+    #[test]
+    fn a_wide_tree_is_walked_holding_one_folder_a_level() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path();
+        for i in 0..3_000 {
+            let folder = root.join(format!("p{i:04}"));
+            std::fs::create_dir(&folder).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(folder.join("f"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let deep = root.join("a/b/c/d/e/f");
+        std::fs::create_dir_all(&deep).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(deep.join("deep"), b"xy").unwrap_or_else(|e| panic!("{e}"));
+        let mut walk = Walk {
+            recursive: true,
+            start: Some(below_root(root)),
+            open: Vec::new(),
+        };
+        let (mut found, mut most_open) = (Vec::new(), 0);
+        while !walk.is_done() {
+            let batch = walk.batch();
+            most_open = most_open.max(walk.open.len());
+            found.extend(
+                batch
+                    .into_iter()
+                    .map(|e| e.unwrap_or_else(|e| panic!("{e}")).path),
+            );
+        }
+        found.sort();
+        found.dedup();
+        assert_eq!(found.len(), 3_001);
+        assert!(most_open <= 7, "{most_open} folders open at once");
     }
 
     #[tokio::test]
