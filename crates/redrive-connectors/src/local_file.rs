@@ -417,15 +417,20 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn io_error(what: String, error: std::io::Error) -> StepError {
-    use std::io::ErrorKind::{NotFound, PermissionDenied, ReadOnlyFilesystem, StorageFull};
+    use std::io::ErrorKind::{
+        IsADirectory, NotADirectory, NotFound, PermissionDenied, ReadOnlyFilesystem, StorageFull,
+    };
     let class = match error.kind() {
-        NotFound | PermissionDenied | ReadOnlyFilesystem => ErrorClass::Permanent,
+        NotFound | PermissionDenied | ReadOnlyFilesystem | IsADirectory | NotADirectory => {
+            ErrorClass::Permanent
+        }
         StorageFull => ErrorClass::Fatal,
         _ => ErrorClass::Transient,
     };
     // Said as the storage errors are (`not found`), the OS's words after.
     let said = match error.kind() {
         NotFound => format!("not found ({error})"),
+        IsADirectory => format!("it is a folder, not a file ({error})"),
         PermissionDenied => format!("permission denied ({error})"),
         ReadOnlyFilesystem => format!("read-only file system ({error})"),
         StorageFull => format!("no space left on the device ({error})"),
@@ -825,31 +830,36 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&second).unwrap(), "x");
     }
 
+    /// A missing source, and a source that is a folder (a link to one, say), fail at once:
+    /// trying again cannot help (a folder was retried as a passing error, five times an item).
     #[tokio::test]
-    async fn a_missing_source_is_a_permanent_error_naming_it() {
+    async fn a_missing_source_or_a_folder_is_a_permanent_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a-folder")).unwrap();
         let dirs = LocalDirs::default();
-        let target = dirs
-            .target(&dir.path().join("out/a"), |d| {
-                std::fs::create_dir_all(d)?;
-                Ok(d.to_path_buf())
-            })
+        for (source, said) in [
+            ("missing", "cannot read `src`: not found"),
+            ("a-folder", "cannot read `src`: it is a folder, not a file"),
+        ] {
+            let target = dirs
+                .target(&dir.path().join("out/a"), |d| {
+                    std::fs::create_dir_all(d)?;
+                    Ok(d.to_path_buf())
+                })
+                .unwrap();
+            let (progress, _moved) = mpsc::unbounded_channel();
+            let error = copy(
+                LocalFile::read(&dir.path().join(source)),
+                target,
+                how(true),
+                Arc::new(AtomicBool::new(false)),
+                progress,
+            )
+            .await
+            .err()
             .unwrap();
-        let (progress, _moved) = mpsc::unbounded_channel();
-        let error = copy(
-            LocalFile::read(&dir.path().join("missing")),
-            target,
-            how(true),
-            Arc::new(AtomicBool::new(false)),
-            progress,
-        )
-        .await
-        .err()
-        .unwrap();
-        assert_eq!(error.class(), ErrorClass::Permanent);
-        assert!(
-            error.to_string().contains("cannot read `src`: not found"),
-            "{error}"
-        );
+            assert_eq!(error.class(), ErrorClass::Permanent, "{error}");
+            assert!(error.to_string().contains(said), "{error}");
+        }
     }
 }

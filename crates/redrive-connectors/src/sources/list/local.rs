@@ -103,7 +103,6 @@ impl Walk {
                 }
             };
             let name = entry.file_name().to_string_lossy().into_owned();
-            // Neither follows a link: a link is listed as itself, as OpenDAL lists it.
             let kind = match entry.file_type() {
                 Ok(kind) => kind,
                 Err(error) if error.kind() == NotFound => continue,
@@ -112,6 +111,27 @@ impl Walk {
                     break;
                 }
             };
+            if kind.is_symlink() {
+                // A link to a file is that file (its size is the file's, as its copy reads
+                // it). A link to a folder is not followed (a link to a parent would list
+                // without end), and a link to nothing has nothing to copy: both are left out,
+                // each said, as rclone and AzCopy leave links out unless told to follow them.
+                let path = format!("{folder}{name}");
+                match std::fs::metadata(format!("/{path}")) {
+                    Ok(target) if target.is_file() => batch.push(Ok(Entry {
+                        path,
+                        name,
+                        size: target.len(),
+                    })),
+                    Ok(_) => tracing::warn!(
+                        "left out /{path}: a link to a folder (links to folders are not followed; list the folder itself)"
+                    ),
+                    Err(error) => tracing::warn!(
+                        "left out /{path}: a link to nothing that can be read ({error})"
+                    ),
+                }
+                continue;
+            }
             if kind.is_dir() {
                 if self.recursive {
                     let inner = format!("{folder}{name}/");
@@ -227,6 +247,34 @@ mod tests {
         found.dedup();
         assert_eq!(found.len(), 3_001);
         assert!(most_open <= 7, "{most_open} folders open at once");
+    }
+
+    /// A link to a file is listed as the file, with the file's size; a link to a folder (here
+    /// to its own parent: followed, the walk would not end) and a link to nothing are left out.
+    #[tokio::test]
+    async fn a_link_to_a_file_is_the_file_and_links_to_folders_or_nothing_are_left_out() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path();
+        std::fs::create_dir(root.join("sub")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("sub/a.txt"), b"hello").unwrap_or_else(|e| panic!("{e}"));
+        let link = |to: &str, at: &str| {
+            std::os::unix::fs::symlink(to, root.join(at)).unwrap_or_else(|e| panic!("{e}"));
+        };
+        link("sub/a.txt", "to-file");
+        link("sub", "to-folder");
+        link("..", "sub/to-parent");
+        link("/nonexistent-redrive-test", "dangling");
+        let base = below_root(root);
+        let mut all: Vec<(String, u64)> = files(base.clone(), true)
+            .map(|entry| entry.unwrap_or_else(|e| panic!("{e}")))
+            .map(|entry| (entry.path.trim_start_matches(&base).to_owned(), entry.size))
+            .collect()
+            .await;
+        all.sort();
+        assert_eq!(
+            all,
+            [("sub/a.txt".to_owned(), 5), ("to-file".to_owned(), 5)]
+        );
     }
 
     #[tokio::test]
