@@ -88,6 +88,18 @@ impl Source for GlobSource {
                             Ok(fields)
                         }
                         Ok(_) => continue,
+                        // A link to nothing has nothing to copy: left out and said, as a
+                        // local `list` does (it stopped the whole run).
+                        Err(e)
+                            if std::fs::symlink_metadata(&path)
+                                .is_ok_and(|m| m.file_type().is_symlink()) =>
+                        {
+                            tracing::warn!(
+                                "left out {}: a link to nothing that can be read ({e})",
+                                path.display()
+                            );
+                            continue;
+                        }
                         Err(e) => Err(SourceError::Io {
                             location: path.display().to_string(),
                             source: Box::new(e),
@@ -139,6 +151,35 @@ mod tests {
             .collect();
         assert_eq!(names, [("a.json", "1"), ("b.json", "2")]);
         assert!(items[0]["path"].ends_with("/a.json"));
+    }
+
+    /// A link to nothing is left out (it stopped the run); a link to a file is that file.
+    #[tokio::test]
+    async fn a_link_to_nothing_is_left_out_and_a_link_to_a_file_is_the_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path();
+        std::fs::write(root.join("a.txt"), b"hello").unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("a.txt", root.join("b-link.txt"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("/nonexistent-redrive-test", root.join("c-dangling.txt"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let source = GlobSource::new(
+            Template::parse(&format!("{}/*.txt", root.display())).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let items: Vec<Result<Fields, SourceError>> = source.items(&Fields::new()).collect().await;
+        let found: Vec<(String, String)> = items
+            .into_iter()
+            .map(|item| item.unwrap_or_else(|e| panic!("{e}")))
+            .map(|f| (f["name"].clone(), f["size"].clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("a.txt".to_owned(), "5".to_owned()),
+                ("b-link.txt".to_owned(), "5".to_owned())
+            ]
+        );
     }
 
     #[test]
