@@ -76,10 +76,6 @@ pub(crate) struct Change<'a> {
     pub(crate) output: Option<(&'a Produced, OutputOf)>,
     /// The item may go on running: a lease renews with it.
     pub(crate) renews: bool,
-    /// The item finishes, fails or goes back to `pending` unfinished: its lease ends with it,
-    /// so that any worker may claim it at once when it is runnable again (given back, a
-    /// failure retried, a `no input` skip whose input came).
-    pub(crate) frees: bool,
 }
 
 /// How a store writes SQL: placeholders, the clock, and what it adds to every update.
@@ -213,8 +209,14 @@ impl<'a> Change<'a> {
             sets,
             output,
             renews,
-            frees: !matches!(kind, Kind::Started | Kind::Advanced),
         }
+    }
+
+    /// The item finishes, fails or goes back to `pending` unfinished: its lease ends with it,
+    /// so that any worker may claim it at once when it is runnable again (given back, a
+    /// failure retried, a `no input` skip whose input came).
+    fn frees(&self) -> bool {
+        !matches!(self.kind, Kind::Started | Kind::Advanced)
     }
 
     /// The update in `dialect` (`returning`: it returns the row's step index when it changed
@@ -266,7 +268,7 @@ impl<'a> Change<'a> {
         if self.renews && !dialect.renew.is_empty() {
             assignments.push(dialect.renew.to_owned());
         }
-        if self.frees && !dialect.free.is_empty() {
+        if self.frees() && !dialect.free.is_empty() {
             assignments.push(dialect.free.to_owned());
         }
         let mut sql = format!(
@@ -326,7 +328,7 @@ impl<'a> Change<'a> {
                     .to_owned(),
             );
         }
-        if self.frees {
+        if self.frees() {
             assignments.push("lease_until = NULL".to_owned());
         }
         format!(

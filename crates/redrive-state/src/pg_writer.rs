@@ -114,13 +114,7 @@ async fn apply_group(
     if let ([], [kind]) = (alone.as_slice(), kinds.as_slice()) {
         // One statement is atomic on its own: no BEGIN and COMMIT round trips around it (with
         // few items in flight, most groups are one kind of transition).
-        let of_kind: Vec<&Change<'_>> = kind.iter().map(|&i| &changes[i]).collect();
-        for (i, ok) in kind
-            .iter()
-            .zip(apply_many(&mut *connection, worker, &of_kind).await?)
-        {
-            landed[*i] = ok;
-        }
+        apply_kind(&mut *connection, worker, &changes, kind, &mut landed).await?;
         redrive_core::state::commits::committed(started, group.len());
         return Ok(landed);
     }
@@ -128,18 +122,31 @@ async fn apply_group(
     for i in alone {
         landed[i] = apply(&mut tx, worker, &group[i].transition).await?;
     }
-    for kind in kinds {
-        let of_kind: Vec<&Change<'_>> = kind.iter().map(|&i| &changes[i]).collect();
-        for (i, ok) in kind
-            .iter()
-            .zip(apply_many(&mut *tx, worker, &of_kind).await?)
-        {
-            landed[*i] = ok;
-        }
+    for kind in &kinds {
+        apply_kind(&mut *tx, worker, &changes, kind, &mut landed).await?;
     }
     tx.commit().await?;
     redrive_core::state::commits::committed(started, group.len());
     Ok(landed)
+}
+
+/// The changes at `kind` (indexes into `changes`) in one statement; each one's answer into
+/// `landed` at its index.
+async fn apply_kind(
+    executor: impl sqlx::PgExecutor<'_>,
+    worker: &Worker,
+    changes: &[Change<'_>],
+    kind: &[usize],
+    landed: &mut [bool],
+) -> Result<(), sqlx::Error> {
+    let of_kind: Vec<&Change<'_>> = kind.iter().map(|&i| &changes[i]).collect();
+    for (&i, ok) in kind
+        .iter()
+        .zip(apply_many(executor, worker, &of_kind).await?)
+    {
+        landed[i] = ok;
+    }
+    Ok(())
 }
 
 /// Changes of one kind, without outputs, of distinct items, in one fenced statement

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::common::{TestContext, make_inputs};
+use crate::common::{TestContext, make_inputs, walk};
 
 const COPY_PLAN: &str = r#"
 [job]
@@ -1947,23 +1947,6 @@ run = { shell = "true" }
         "{}",
         out.stderr
     );
-}
-
-/// The files below `dir`, as paths relative to it.
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(next) = todo.pop() {
-        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else if let Ok(rel) = path.strip_prefix(dir) {
-                found.push(rel.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 /// `-v` says what each item's steps did, one line each, as rclone's `Copied (new)` does.

@@ -641,3 +641,21 @@ fn read_chunks(reader: &mut impl std::io::BufRead) -> Option<Vec<u8>> {
         body.extend_from_slice(&chunk[..size]);
     }
 }
+
+/// Every file below `dir` (folders followed, not listed), by its path relative to `dir`, in
+/// no particular order.
+pub fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(next) = todo.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                found.push(rel.display().to_string());
+            }
+        }
+    }
+    found
+}

@@ -362,27 +362,13 @@ fn a_cp_of_a_local_folder_killed_while_listing_and_copying_loses_nothing_and_lea
 
 /// Every file under `root`, by its path relative to `root`, with its content.
 fn files_under(root: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut found = Vec::new();
-    let mut folders = vec![root.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                folders.push(path);
-            } else {
-                let relative = path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                found.push((relative, std::fs::read(&path).unwrap_or_default()));
-            }
-        }
-    }
-    found
+    crate::common::walk(root)
+        .into_iter()
+        .map(|relative| {
+            let content = std::fs::read(root.join(&relative)).unwrap_or_default();
+            (relative, content)
+        })
+        .collect()
 }
 
 /// `dDDD/fFFF.bin` → (DDD, FFF).
