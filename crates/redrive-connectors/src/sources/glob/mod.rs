@@ -1,6 +1,7 @@
 //! `glob = "PATTERN"`: local files; fields `path`, `name`, `size`.
 
 pub(crate) mod config;
+mod walk;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use super::{blocking_stream, input};
 use crate::storage::Stores;
 
 /// Local files matching a pattern (`*`, `?`, `[…]`, `**`), in path order; directories are left
-/// out. The pattern may use a parent's fields under `[expand]`.
+/// out, and `**` does not go through links to folders ([`walk`]). The pattern may use a
+/// parent's fields under `[expand]`.
 #[derive(Debug)]
 pub struct GlobSource {
     pattern: Template,
@@ -63,61 +65,34 @@ impl Source for GlobSource {
                     return;
                 }
             };
-            let paths = match glob::glob(&pattern) {
-                Ok(paths) => paths,
+            let walk = match walk::Walk::new(&pattern) {
+                Ok(walk) => walk,
                 Err(e) => {
                     let _ = sender
                         .blocking_send(Err(input(format!("glob `{pattern}`"), e.to_string())));
                     return;
                 }
             };
-            for entry in paths {
-                let item = match entry {
-                    Ok(path) if is_own(&path) => continue,
-                    Ok(path) => match std::fs::metadata(&path) {
-                        Ok(meta) if meta.is_file() => {
-                            let mut fields = Fields::new();
-                            fields.insert("path".to_owned(), path.display().to_string());
-                            fields.insert(
-                                "name".to_owned(),
-                                path.file_name()
-                                    .map(|n| n.to_string_lossy().into_owned())
-                                    .unwrap_or_default(),
-                            );
-                            fields.insert("size".to_owned(), meta.len().to_string());
-                            Ok(fields)
-                        }
-                        Ok(_) => continue,
-                        // A link to nothing has nothing to copy: left out and said, as a
-                        // local `list` does (it stopped the whole run).
-                        Err(e)
-                            if std::fs::symlink_metadata(&path)
-                                .is_ok_and(|m| m.file_type().is_symlink()) =>
-                        {
-                            tracing::warn!(
-                                "left out {}: a link to nothing that can be read ({e})",
-                                path.display()
-                            );
-                            continue;
-                        }
-                        Err(e) => Err(SourceError::Io {
-                            location: path.display().to_string(),
-                            source: Box::new(e),
-                        }),
-                    },
-                    Err(e) => {
-                        let location = e.path().display().to_string();
-                        let io: std::io::Error = e.into();
-                        Err(SourceError::Io {
-                            location,
-                            source: Box::new(io),
-                        })
-                    }
-                };
-                let stop = item.is_err();
-                if sender.blocking_send(item).is_err() || stop {
-                    return;
+            let walked = walk.run(&mut |path, size| {
+                if is_own(&path) {
+                    return true;
                 }
+                let mut fields = Fields::new();
+                fields.insert("path".to_owned(), path.display().to_string());
+                fields.insert(
+                    "name".to_owned(),
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+                fields.insert("size".to_owned(), size.to_string());
+                sender.blocking_send(Ok(fields)).is_ok()
+            });
+            if let Err(e) = walked {
+                let _ = sender.blocking_send(Err(SourceError::Io {
+                    location: e.path.display().to_string(),
+                    source: Box::new(e.error),
+                }));
             }
         })
     }
