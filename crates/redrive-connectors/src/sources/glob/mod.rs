@@ -16,7 +16,8 @@ use crate::storage::Stores;
 
 /// Local files matching a pattern (`*`, `?`, `[…]`, `**`), in path order; directories are left
 /// out, and `**` does not go through links to folders ([`walk`]). The pattern may use a
-/// parent's fields under `[expand]`.
+/// parent's fields under `[expand]`, each matched as it is written (`{field|raw}`: as a
+/// pattern).
 #[derive(Debug)]
 pub struct GlobSource {
     pattern: Template,
@@ -50,7 +51,11 @@ impl Source for GlobSource {
     }
 
     fn items(&self, context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
-        let rendered = self.pattern.render(context);
+        // A field's value is a name, not a pattern: a folder `d[1]` must not match `d1`'s
+        // files instead of its own. `{field|raw}` keeps a value's wildcards.
+        let rendered = self
+            .pattern
+            .render_quoted(context, |value| glob::Pattern::escape(&value));
         let own = self.own.clone();
         let is_own = move |path: &std::path::Path| {
             own.as_ref().is_some_and(|stores| {
@@ -155,6 +160,40 @@ mod tests {
                 ("b-link.txt".to_owned(), "5".to_owned())
             ]
         );
+    }
+
+    /// A parent's folder `d[1]` lists its own files, not those of `d1` (which `d[1]` matches
+    /// as a pattern); `|raw` keeps the wildcards.
+    #[tokio::test]
+    async fn a_fields_value_is_matched_as_written_unless_raw() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for file in ["d[1]/a.json", "d1/evil.json", "d*2/b.json", "dx2/c.json"] {
+            let path = dir.path().join(file);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{e}"));
+            }
+            std::fs::write(&path, b"x").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let names = |template: &str, folder: &str| {
+            let source = GlobSource::new(
+                Template::parse(&format!("{}/{template}", dir.path().display()))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let mut context = Fields::new();
+            context.insert("dir".to_owned(), folder.to_owned());
+            async move {
+                let items: Vec<Result<Fields, SourceError>> =
+                    source.items(&context).collect().await;
+                items
+                    .into_iter()
+                    .map(|item| item.unwrap_or_else(|e| panic!("{e}"))["name"].clone())
+                    .collect::<Vec<String>>()
+            }
+        };
+        assert_eq!(names("{dir}/*.json", "d[1]").await, ["a.json"]);
+        assert_eq!(names("{dir}/*.json", "d*2").await, ["b.json"]);
+        assert_eq!(names("{dir|raw}/*.json", "d*2").await, ["b.json", "c.json"]);
     }
 
     #[test]
