@@ -3,6 +3,8 @@
 //! A `{` that does not open a valid placeholder (a field name, then optional filters, then `}`)
 //! is literal text, so JSON bodies such as `{"blob":"{Name}"}` need no escaping. `${NAME}` is
 //! read from the environment when the plan is loaded and its value is registered as a secret.
+//! `{{` is a literal `{` and `$${` a literal `${` ([`Template::escape`]), for text that would
+//! otherwise read as a placeholder: a folder named `{name}` or `${HOME}`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -104,6 +106,28 @@ impl Template {
         Self::parse_with(raw, |name| std::env::var(name).ok())
     }
 
+    /// `text` written so that it parses as itself: every `{` doubled, every `${` written
+    /// `$${` (paths a command puts into a plan it writes, which must not read as fields or
+    /// environment variables).
+    pub fn escape(text: &str) -> String {
+        let mut out = String::with_capacity(text.len() + 8);
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            if let Some(after) = rest.strip_prefix("${") {
+                out.push_str("$${");
+                rest = after;
+                continue;
+            }
+            if c == '{' {
+                out.push_str("{{");
+            } else {
+                out.push(c);
+            }
+            rest = &rest[c.len_utf8()..];
+        }
+        out
+    }
+
     /// Parses `raw` with `env` as the environment (tests pass a closure).
     pub fn parse_with(
         raw: &str,
@@ -113,6 +137,16 @@ impl Template {
         let mut literal = String::new();
         let mut rest = raw;
         while let Some(c) = rest.chars().next() {
+            if let Some(after) = rest.strip_prefix("$${") {
+                literal.push_str("${");
+                rest = after;
+                continue;
+            }
+            if let Some(after) = rest.strip_prefix("{{") {
+                literal.push('{');
+                rest = after;
+                continue;
+            }
             if let Some(after) = rest.strip_prefix("${") {
                 let Some(end) = after.find('}') else {
                     return Err(TemplateError::UnclosedEnv {
@@ -388,6 +422,34 @@ mod tests {
         .unwrap_or_else(|e| format!("error: {e}"))
     }
 
+    /// Whatever the text, its escape parses as that text, with no field and no secret.
+    #[test]
+    fn an_escaped_text_parses_as_itself() {
+        for text in [
+            "/data/{name}/${HOME}/a",
+            "{{x}}",
+            "$${A}",
+            "$$",
+            "a$",
+            "{",
+            "${",
+            "${{B}",
+            "{\"j\":{A}}",
+            "é{ü}",
+        ] {
+            let template =
+                Template::parse_with(&Template::escape(text), |_| Some("SECRET".to_owned()))
+                    .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(template.fields().count(), 0, "{text}");
+            assert_eq!(
+                template
+                    .render(&Fields::new())
+                    .unwrap_or_else(|e| panic!("{e}")),
+                text
+            );
+        }
+    }
+
     macro_rules! render_cases {
         ($($name:ident: $template:expr, $fields:expr => $expected:expr;)*) => {$(
             #[test]
@@ -410,6 +472,8 @@ mod tests {
         chained_filters: "{p|basename|upper}", &[("p", "d/x.txt")] => "X.TXT";
         json_braces_are_literal: r#"{"blob":"{A}"}"#, &[("A", "1")] => r#"{"blob":"1"}"#;
         lone_brace_is_literal: "{ x", &[] => "{ x";
+        doubled_brace_is_a_brace: "{{A}-{A}", &[("A", "1")] => "{A}-1";
+        escaped_env_is_literal: "$${TOKEN}-${TOKEN}", &[] => "${TOKEN}-tok-1234";
         env_value: "Bearer ${TOKEN}", &[] => "Bearer tok-1234";
         kql_plain: "x == {a|kql}", &[("a", "wi-1")] => r#"x == "wi-1""#;
         kql_escapes_quotes_and_backslashes: "{a|kql}", &[("a", r#"a"b\c"#)] => r#""a\"b\\c""#;

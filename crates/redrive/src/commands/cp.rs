@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use redrive_core::template::Template;
 use sha2::{Digest, Sha256};
 
 use crate::cli::{CpArgs, GlobalArgs, RunArgs, StateArg};
@@ -88,20 +89,25 @@ pub(crate) async fn cp(args: &CpArgs, global: &GlobalArgs) -> anyhow::Result<Exi
     let src = absolute(&args.src, &here);
     let dst = absolute(&args.dst, &here);
     let single_file = !is_url(&src) && Path::new(&src).is_file();
+    // The paths go into the plan's templates as written: a folder named `{name}`, `${HOME}` or
+    // `d[1]` is that folder, not a field, a variable or a pattern.
     let (source, from, to) = if single_file {
         let to = if dst.ends_with('/') || (!is_url(&dst) && Path::new(&dst).is_dir()) {
-            format!("{}/{{name}}", dst.trim_end_matches('/'))
+            format!("{}/{{name}}", Template::escape(dst.trim_end_matches('/')))
         } else {
-            dst.clone()
+            Template::escape(&dst)
         };
         (
-            format!("glob = {}", toml_string(&src)),
+            format!(
+                "glob = {}",
+                toml_string(&Template::escape(&glob_escape(&src)))
+            ),
             "{path}".to_owned(),
             to,
         )
     } else {
-        let src_dir = format!("{}/", src.trim_end_matches('/'));
-        let dst_dir = format!("{}/", dst.trim_end_matches('/'));
+        let src_dir = Template::escape(&format!("{}/", src.trim_end_matches('/')));
+        let dst_dir = Template::escape(&format!("{}/", dst.trim_end_matches('/')));
         match &args.files_from {
             Some(list) => (
                 format!(

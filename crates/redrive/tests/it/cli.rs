@@ -795,6 +795,33 @@ fn cp_of_a_local_folder_copies_its_tree_and_a_missing_folder_is_an_error() {
     );
 }
 
+/// Paths that read as template or pattern syntax are copied as they are named: a folder
+/// `{name}` (a field: exit 2 before), `${HOME}` (read as the variable: the home folder's
+/// files would have been copied, and its path masked as a secret), a file `a[1].txt` beside
+/// `a1.txt` (a pattern: `a1.txt` was copied instead).
+#[test]
+fn cp_copies_paths_named_like_fields_variables_or_patterns_as_they_are_named() {
+    let t = TestContext::new().env("HOME", "/nonexistent-redrive-home");
+    t.write("{name}/a.txt", "A");
+    t.write("${HOME}/b.txt", "B");
+    t.write("d[1]/c.txt", "C");
+    t.write("a[1].txt", "bracketed");
+    t.write("a1.txt", "plain");
+    t.write("list.txt", "c.txt\n");
+    t.redrive(&["cp", "{name}", "out/{key}", "-q"])
+        .expect_code(0);
+    t.redrive(&["cp", "${HOME}", "out/${HOME}", "-q"])
+        .expect_code(0);
+    t.redrive(&["cp", "d[1]", "out/d[1]", "--files-from", "list.txt", "-q"])
+        .expect_code(0);
+    t.redrive(&["cp", "a[1].txt", "out/", "-q"]).expect_code(0);
+    assert_eq!(t.read("out/{key}/a.txt"), "A");
+    assert_eq!(t.read("out/${HOME}/b.txt"), "B");
+    assert_eq!(t.read("out/d[1]/c.txt"), "C");
+    assert_eq!(t.read("out/a[1].txt"), "bracketed");
+    assert!(!t.path("out/a1.txt").exists());
+}
+
 /// `cp` of a local folder into a folder inside it would list the copies it makes and copy
 /// them again, without end: refused. Run from inside SRC, its own state (`.redrive/`, written
 /// while SRC is listed) is not copied.
