@@ -73,7 +73,9 @@ fn side(
     if !location.contains("://") && local.is_file() {
         return Ok(Box::new(KeyFile(LinesSource::open(&local)?)));
     }
-    let url = Template::parse(location).map_err(|e| DiffError::Map(e.to_string()))?;
+    // A location given on the command line is a path as written, not a template.
+    let url =
+        Template::parse(&Template::escape(location)).map_err(|e| DiffError::Map(e.to_string()))?;
     Ok(Box::new(ListSource::new(stores, url, true)?))
 }
 

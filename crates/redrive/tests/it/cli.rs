@@ -820,6 +820,20 @@ fn cp_copies_paths_named_like_fields_variables_or_patterns_as_they_are_named() {
     assert_eq!(t.read("out/d[1]/c.txt"), "C");
     assert_eq!(t.read("out/a[1].txt"), "bracketed");
     assert!(!t.path("out/a1.txt").exists());
+    // `diff` reads its locations as named too.
+    t.redrive(&[
+        "diff",
+        "${HOME}",
+        "out/${HOME}",
+        "--missing",
+        "missing.txt",
+        "--present",
+        "present.txt",
+    ])
+    .expect_code(0);
+    let present = t.read("present.txt");
+    assert!(present.ends_with("/${HOME}/b.txt\n"), "{present}");
+    assert_eq!(t.read("missing.txt"), "");
 }
 
 /// `cp` of a local folder into a folder inside it would list the copies it makes and copy
