@@ -18,7 +18,7 @@ use glob::{MatchOptions, Pattern, PatternError};
 /// One component of a pattern after its literal start.
 #[derive(Debug)]
 enum Part {
-    /// `**`: any number of real folders, none included.
+    /// `**`: any number of real folders, none included; last, any file below too.
     Folders,
     /// A name with wildcards.
     Matching(Pattern),
@@ -127,7 +127,9 @@ impl Walk {
                     if through_folders {
                         below.push(position);
                     }
-                    false
+                    // A trailing `**` matches every file below, as in bash and rclone (the
+                    // crate's matched folders only: `dir/**` listed nothing).
+                    !through_folders && position + 1 == self.parts.len()
                 }
                 Some(Part::Matching(pattern)) => pattern.matches_with(name, options),
                 Some(Part::Named(named)) => named == name,
@@ -317,7 +319,8 @@ mod tests {
     }
 
     /// Matches as the `glob` crate did: `**` is zero or more folders, `*` stays in its
-    /// component, hidden names match, a trailing `**` names folders (so no file), path order.
+    /// component, hidden names match, path order. Not as it did: a trailing `**` matches the
+    /// files below (the crate matched only folders, so no file).
     #[test]
     fn matches_as_the_glob_crate_did_in_path_order() {
         let dir = tree(&[
@@ -360,7 +363,6 @@ mod tests {
             ),
             ("a/**/b/**/z.json", vec!["a/b/c/z.json"]),
             ("*/b/y.json", vec!["a/b/y.json"]),
-            ("a/**", vec![]),
             ("a/n.txt", vec!["a/n.txt"]),
             ("a/missing/*.json", vec![]),
             ("missing/**/*.json", vec![]),
@@ -378,6 +380,11 @@ mod tests {
                 .collect();
             assert_eq!(rel(theirs), want, "{pattern} (glob crate)");
         }
+        assert_eq!(
+            rel(matched(&format!("{root}/a/b/**"))),
+            ["a/b/c/z.json", "a/b/y.json"]
+        );
+        assert_eq!(rel(matched(&format!("{root}/**"))).len(), 10);
     }
 
     /// `**` does not go through a link to a folder (a link to a parent, two links forming a
