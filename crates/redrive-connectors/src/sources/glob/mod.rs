@@ -4,6 +4,7 @@ pub(crate) mod config;
 mod walk;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
@@ -51,6 +52,10 @@ impl Source for GlobSource {
     }
 
     fn items(&self, context: &Fields) -> BoxStream<'static, Result<Fields, SourceError>> {
+        // A job's own pattern whose folder is not there is most likely mistyped: an error, as
+        // for `list`, not a run of nothing that exits 0. (Under `[expand]` a parent's folder
+        // may be missing: it has no children.)
+        let literal = self.pattern.fields().next().is_none();
         // A field's value is a name, not a pattern: a folder `d[1]` must not match `d1`'s
         // files instead of its own. `{field|raw}` keeps a value's wildcards.
         let rendered = self
@@ -78,6 +83,19 @@ impl Source for GlobSource {
                     return;
                 }
             };
+            let base = walk.base();
+            if literal && std::fs::symlink_metadata(base).is_err() {
+                let what = if base == Path::new(&pattern) {
+                    "no such file; check the path"
+                } else {
+                    "no such folder; check the path"
+                };
+                let _ = sender.blocking_send(Err(input(
+                    format!("glob `{pattern}`: {}", base.display()),
+                    what,
+                )));
+                return;
+            }
             let walked = walk.run(&mut |path, size| {
                 if is_own(&path) {
                     return true;
@@ -194,6 +212,37 @@ mod tests {
         assert_eq!(names("{dir}/*.json", "d[1]").await, ["a.json"]);
         assert_eq!(names("{dir}/*.json", "d*2").await, ["b.json"]);
         assert_eq!(names("{dir|raw}/*.json", "d*2").await, ["b.json", "c.json"]);
+    }
+
+    /// A pattern whose folder (or file) is not there is an error naming it; one that matches
+    /// nothing in a folder that is there is not.
+    #[tokio::test]
+    async fn a_missing_folder_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(dir.path().join("in")).unwrap_or_else(|e| panic!("{e}"));
+        let first = |pattern: String| async move {
+            let source =
+                GlobSource::new(Template::parse(&pattern).unwrap_or_else(|e| panic!("{e}")))
+                    .unwrap_or_else(|e| panic!("{e}"));
+            let items: Vec<Result<Fields, SourceError>> =
+                source.items(&Fields::new()).collect().await;
+            items
+                .into_iter()
+                .next()
+                .map(|item| item.map(|_| ()).map_err(|e| e.to_string()))
+        };
+        let root = dir.path().display();
+        let error = first(format!("{root}/ni/**/*.json")).await;
+        assert!(
+            matches!(&error, Some(Err(e)) if e.contains(&format!("{root}/ni")) && e.contains("no such folder; check the path")),
+            "{error:?}"
+        );
+        let error = first(format!("{root}/in/a.json")).await;
+        assert!(
+            matches!(&error, Some(Err(e)) if e.contains("no such file; check the path")),
+            "{error:?}"
+        );
+        assert_eq!(first(format!("{root}/in/*.json")).await, None);
     }
 
     #[test]

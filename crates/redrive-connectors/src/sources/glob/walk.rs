@@ -72,6 +72,16 @@ impl Walk {
         })
     }
 
+    /// The path the pattern's literal start names (`.` for none): the folder walked, or the
+    /// one file a pattern without wildcards names.
+    pub(super) fn base(&self) -> &Path {
+        if self.base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.base
+        }
+    }
+
     /// Calls `found` with each file that matches and its size, in path order, until it answers
     /// `false`. A folder that is missing or went away is left out; one that cannot be read
     /// stops the walk with its error.
