@@ -36,6 +36,9 @@ pub struct Done {
     pub output: Option<Produced>,
     /// Where the step wrote or sent (a URL), for telemetry.
     pub target: Option<String>,
+    /// The target was there already and was left as it was (a create-only copy): counted
+    /// apart in the run's summary, so a rerun says what it did not replace.
+    pub kept: bool,
     /// Fields the step computed (`xml`'s `into`), for later steps. Not recorded in the state:
     /// a step that returns fields says so in [`StepTraits::binds_fields`] and is run again on resume.
     pub fields: Fields,
@@ -97,6 +100,15 @@ impl Outcome {
     pub fn done(bytes: u64) -> Self {
         Outcome::Done(Done {
             bytes,
+            ..Done::default()
+        })
+    }
+
+    /// Done without writing: the target `target` was there and is left as it was.
+    pub fn kept(target: impl Into<String>) -> Self {
+        Outcome::Done(Done {
+            target: Some(target.into()),
+            kept: true,
             ..Done::default()
         })
     }

@@ -91,7 +91,7 @@ pub(crate) struct CompletionsArgs {
 #[derive(Debug, Args)]
 #[command(
     after_help = "SRC and DST are paths or URLs (s3://, az://, gs://, https://ACCOUNT.blob.core.windows.net/…). \
-A folder or prefix SRC copies recursively to DST/<path below SRC>. Targets that exist are left as they are. \
+A folder or prefix SRC copies recursively to DST/<path below SRC>. Targets that exist are left as they are (the summary counts them). \
 The job's plan and state live in .redrive/cp-<hash>.toml/.db: rerun the same command to resume, \
 `redrive status .redrive/cp-<hash>.toml` to watch it.\n\nExample:\n  redrive cp ./exports/ s3://archive/2026/ \
 --checksum sha256 --manifest manifest.jsonl"

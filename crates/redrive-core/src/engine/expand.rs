@@ -239,6 +239,7 @@ fn tally_child(
         Ok(Ok(child)) => {
             report.children.add(child.status);
             report.bytes += child.bytes;
+            report.kept += child.kept;
             report.retries += child.retries;
             report.throttled += child.throttled;
         }

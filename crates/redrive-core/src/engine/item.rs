@@ -282,6 +282,7 @@ pub(super) async fn run_started(
             Ok(Outcome::Done(mut done)) => {
                 fields.append(&mut done.fields);
                 report.bytes += done.bytes;
+                report.kept += u64::from(done.kept);
                 event.bytes = done.bytes;
                 event.output = done.output.as_ref().map(|o| o.path.as_str());
                 event.target = done.target.as_deref();

@@ -673,6 +673,7 @@ fn absorb(
     report.children.skipped += item.children.skipped;
     report.children.failed += item.children.failed;
     report.bytes += item.bytes;
+    report.kept += item.kept;
     report.retries += item.retries;
     report.throttled += item.throttled;
     report.taken_over += u64::from(item.taken_over);

@@ -108,6 +108,9 @@ pub struct RunReport {
     pub children: Tally,
     /// Bytes moved in this run.
     pub bytes: u64,
+    /// Targets a step found there already and left as they were (create-only copies that
+    /// copied nothing), children's included.
+    pub kept: u64,
     /// Step retries.
     pub retries: u64,
     /// Retries caused by throttling.
@@ -164,6 +167,8 @@ pub(super) struct ItemReport {
     pub(super) status: Option<Status>,
     pub(super) children: Tally,
     pub(super) bytes: u64,
+    /// Steps that found their target there already (children's included).
+    pub(super) kept: u64,
     pub(super) retries: u64,
     pub(super) throttled: u64,
     pub(super) taken_over: bool,

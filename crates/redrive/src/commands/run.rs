@@ -309,6 +309,17 @@ fn this_run(report: &RunReport) -> String {
         report.throttled,
     ) + &lowered_limits(report)
         + &taken_over(report)
+        + &kept(report)
+}
+
+/// Targets that were there already: a rerun after a source changed copies nothing for it,
+/// and says so here rather than only `done`.
+fn kept(report: &RunReport) -> String {
+    match report.kept {
+        0 => String::new(),
+        1 => "; 1 target was there already and was left as it was (create-only)".to_owned(),
+        n => format!("; {n} targets were there already and were left as they were (create-only)"),
+    }
 }
 
 /// Items other workers took over from this one (its leases had lapsed: it was paused).

@@ -795,6 +795,31 @@ fn cp_of_a_local_folder_copies_its_tree_and_a_missing_folder_is_an_error() {
     );
 }
 
+/// A create-only copy whose target is there already counts as done and leaves it as it was;
+/// the summary says how many were left, so a rerun after a source changed does not pass for
+/// a copy.
+#[test]
+fn the_summary_counts_targets_that_were_there_already() {
+    let t = TestContext::new();
+    t.write("in/a.txt", "new a");
+    t.write("in/b.txt", "new b");
+    t.write("out/a.txt", "old a");
+    let out = t.redrive(&["cp", "in", "out"]).expect_code(0);
+    assert!(
+        out.stderr
+            .contains("This run: done 2, skipped 0, failed 0, 5 B in ")
+            && out
+                .stderr
+                .contains("; 1 target was there already and was left as it was (create-only)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(t.read("out/a.txt"), "old a");
+    assert_eq!(t.read("out/b.txt"), "new b");
+    let again = t.redrive(&["cp", "in", "out"]).expect_code(0);
+    assert!(!again.stderr.contains("there already"), "{}", again.stderr);
+}
+
 /// Paths that read as template or pattern syntax are copied as they are named: a folder
 /// `{name}` (a field: exit 2 before), `${HOME}` (read as the variable: the home folder's
 /// files would have been copied, and its path masked as a secret), a file `a[1].txt` beside

@@ -436,7 +436,7 @@ async fn transfer(
 fn exists(if_exists: IfExists, target: &str) -> Result<Outcome, StepError> {
     match if_exists {
         // An existing target counts as success; it is never touched.
-        IfExists::Skip | IfExists::Overwrite => Ok(Outcome::done_to(0, target)),
+        IfExists::Skip | IfExists::Overwrite => Ok(Outcome::kept(target)),
         IfExists::Fail => Err(StepError::permanent(format!(
             "target `{target}` exists (if_exists = \"fail\"); remove it or use if_exists = \"skip\""
         ))),
