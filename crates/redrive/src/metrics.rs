@@ -45,6 +45,9 @@ pub(crate) struct RunMetrics {
     /// Items another worker took over from this one after its lease expired.
     #[serde(default)]
     pub(crate) taken_over: u64,
+    /// Targets a create-only copy found there already and left as they were.
+    #[serde(default)]
+    pub(crate) kept: u64,
     /// Peak resident memory, MiB.
     pub(crate) peak_rss_mb: Option<f64>,
     pub(crate) finished_at: String,
@@ -109,6 +112,7 @@ impl RunMetrics {
             repeated_rows: report.repeated_rows,
             dropped_duplicates: report.dropped_duplicates,
             taken_over: report.taken_over,
+            kept: report.kept,
             peak_rss_mb: peak_rss_mb(),
             finished_at: jiff::Timestamp::now().to_string(),
         }

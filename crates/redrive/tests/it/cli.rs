@@ -818,6 +818,24 @@ fn the_summary_counts_targets_that_were_there_already() {
     assert_eq!(t.read("out/b.txt"), "new b");
     let again = t.redrive(&["cp", "in", "out"]).expect_code(0);
     assert!(!again.stderr.contains("there already"), "{}", again.stderr);
+    // `--json` (and `--metrics`) count them as `kept`.
+    t.write("out2/b.txt", "old b");
+    t.plan(
+        r#"
+[job]
+name = "t"
+state = "state.db"
+[source]
+glob = "in/*.txt"
+[[step]]
+copy = { from = "{path}", to = "out2/{name}" }
+"#,
+    );
+    let json = t.redrive(&["run", "plan.toml", "--json"]).expect_code(0);
+    let metrics: serde_json::Value =
+        serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", json.stdout));
+    assert_eq!(metrics["kept"], 1, "{metrics}");
+    assert_eq!(metrics["done"], 2, "{metrics}");
 }
 
 /// Paths that read as template or pattern syntax are copied as they are named: a folder
