@@ -18,7 +18,7 @@ mod compressed;
 mod csv;
 mod dates;
 mod filter;
-mod glob;
+pub(crate) mod glob;
 mod input_file;
 mod inventory;
 mod jsonl;

@@ -9,6 +9,7 @@ use redrive_core::item::Fields;
 use redrive_core::step::{Check, NO_INPUT, Outcome, Step, StepContext};
 use redrive_core::template::{Template, TemplateError};
 
+use crate::sources::glob::walk::Walk;
 use crate::storage::{Stores, step_error};
 
 /// A step with a requirement.
@@ -32,57 +33,91 @@ impl Required {
     }
 }
 
-/// How a requirement is looked for: one request.
-fn look(path: &str) -> (&'static str, u64) {
-    if is_glob(path) {
-        ("glob", 1)
-    } else if path.contains("://") {
-        ("HEAD", 1)
-    } else {
-        ("stat", 1)
+/// Where a requirement is looked for, once rendered.
+enum Looked {
+    /// A local pattern: its own text has wildcards (a field's value is matched as written,
+    /// `{field|raw}` as a pattern).
+    Glob(String),
+    /// A store's URL.
+    Url(String),
+    /// A local path.
+    Local(String),
+}
+
+impl Required {
+    fn looked(&self, fields: &Fields) -> Result<Looked, TemplateError> {
+        let own_text = self.path.render_quoted(fields, |_| String::new())?;
+        if !own_text.contains("://") && own_text.contains(['*', '?', '[']) {
+            return self
+                .path
+                .render_quoted(fields, |value| glob::Pattern::escape(&value))
+                .map(Looked::Glob);
+        }
+        let path = self.path.render(fields)?;
+        Ok(if path.contains("://") {
+            Looked::Url(path)
+        } else {
+            Looked::Local(path)
+        })
     }
 }
 
-fn is_glob(path: &str) -> bool {
-    !path.contains("://") && path.contains(['*', '?', '['])
+/// How a requirement is looked for: one request.
+fn look(looked: &Looked) -> (&'static str, u64) {
+    match looked {
+        Looked::Glob(_) => ("glob", 1),
+        Looked::Url(_) => ("HEAD", 1),
+        Looked::Local(_) => ("stat", 1),
+    }
+}
+
+/// The first file `pattern` matches, in the order of their paths' text; links to folders are
+/// not followed through `**` (the `glob` source's walk).
+fn first_match(pattern: &str) -> Result<Option<String>, String> {
+    let walk = Walk::new(pattern).map_err(|e| format!("`require` pattern `{pattern}`: {e}"))?;
+    let mut first: Option<String> = None;
+    walk.run(&mut |path, _| {
+        let path = path.display().to_string();
+        if first.as_ref().is_none_or(|f| path < *f) {
+            first = Some(path);
+        }
+        true
+    })
+    .map_err(|e| {
+        format!(
+            "`require` pattern `{pattern}`: {}: {}",
+            e.path.display(),
+            e.error
+        )
+    })?;
+    Ok(first)
 }
 
 #[async_trait]
 impl Step for Required {
     async fn require(&self, fields: &Fields) -> Result<Option<Fields>, StepError> {
-        let path = self
-            .path
-            .render(fields)
+        let looked = self
+            .looked(fields)
             .map_err(|e| StepError::permanent(e.to_string()))?;
-        let found = if is_glob(&path) {
-            let pattern = path.clone();
-            tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
-                let mut matches: Vec<String> = glob::glob(&pattern)
-                    .map_err(|e| format!("`require` pattern `{pattern}`: {e}"))?
-                    .filter_map(Result::ok)
-                    .filter(|p| p.is_file())
-                    .map(|p| p.display().to_string())
-                    .collect();
-                matches.sort();
-                Ok(matches.into_iter().next())
-            })
-            .await
-            .map_err(|e| StepError::permanent(e.to_string()))?
-            .map_err(StepError::permanent)?
-        } else if path.contains("://") {
-            let location = self.stores.resolve(&path)?;
-            match location.operator.stat(&location.path).await {
-                Ok(_) => Some(path),
-                Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(step_error(
-                        format!("cannot check `{}`", location.display),
-                        e,
-                    ));
+        let found = match looked {
+            Looked::Glob(pattern) => tokio::task::spawn_blocking(move || first_match(&pattern))
+                .await
+                .map_err(|e| StepError::permanent(e.to_string()))?
+                .map_err(StepError::permanent)?,
+            Looked::Url(path) => {
+                let location = self.stores.resolve(&path)?;
+                match location.operator.stat(&location.path).await {
+                    Ok(_) => Some(path),
+                    Err(e) if e.kind() == opendal::ErrorKind::NotFound => None,
+                    Err(e) => {
+                        return Err(step_error(
+                            format!("cannot check `{}`", location.display),
+                            e,
+                        ));
+                    }
                 }
             }
-        } else {
-            std::path::Path::new(&path).exists().then_some(path)
+            Looked::Local(path) => std::path::Path::new(&path).exists().then_some(path),
         };
         Ok(found.map(|found| Fields::from([(self.field.clone(), found)])))
     }
@@ -92,22 +127,21 @@ impl Step for Required {
     }
 
     fn calls(&self, fields: &Fields) -> Vec<(&'static str, u64)> {
-        let Ok(path) = self.path.render(fields) else {
+        let (Ok(path), Ok(looked)) = (self.path.render(fields), self.looked(fields)) else {
             return Vec::new();
         };
         let mut bound = fields.clone();
         bound
             .entry(self.field.clone())
             .or_insert_with(|| path.clone());
-        let mut calls = vec![look(&path)];
+        let mut calls = vec![look(&looked)];
         calls.extend(self.inner.calls(&bound));
         calls
     }
 
     fn calls_when_skipped(&self, fields: &Fields) -> Vec<(&'static str, u64)> {
-        self.path
-            .render(fields)
-            .map(|path| vec![look(&path)])
+        self.looked(fields)
+            .map(|looked| vec![look(&looked)])
             .unwrap_or_default()
     }
 

@@ -2655,6 +2655,40 @@ fn a_jsonl_source_makes_one_item_per_object() {
     assert!(out.stderr.contains("colour"), "{}", out.stderr);
 }
 
+/// A field's value in a `require` pattern is matched as written: `a[1]` needs `in/a[1].json`,
+/// not `in/a1.json` (which the pattern `in/a[1].json` matches); a key without wildcards in a
+/// template without any is a plain path, and the template's own `*` still globs.
+#[test]
+fn a_required_inputs_field_value_is_matched_as_written() {
+    let t = TestContext::new();
+    t.write("keys.txt", "a[1]\nb\n");
+    t.write("in/a1.json", "wrong");
+    t.write("in/b-2026.json", "b");
+    t.plan(
+        r#"
+[job]
+name = "required"
+state = "state.db"
+[source]
+lines = "keys.txt"
+[[step]]
+require = "in/{line}*.json"
+copy = { from = "{input}", to = "out/{line}" }
+"#,
+    );
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert!(
+        out.stderr.contains("This run: done 1, skipped 1"),
+        "{}",
+        out.stderr
+    );
+    assert!(!t.path("out/a[1]").exists(), "bound to in/a1.json");
+    assert_eq!(t.read("out/b"), "b");
+    t.write("in/a[1].json", "right");
+    t.redrive(&["run", "plan.toml"]).expect_code(0);
+    assert_eq!(t.read("out/a[1]"), "right");
+}
+
 /// A step with `require`: the dry run counts the look for the requirement and the step's own
 /// requests, and `--check-targets` says which items have no input yet.
 #[test]

@@ -1,7 +1,7 @@
 //! `glob = "PATTERN"`: local files; fields `path`, `name`, `size`.
 
 pub(crate) mod config;
-mod walk;
+pub(crate) mod walk;
 
 use std::collections::BTreeSet;
 use std::path::Path;

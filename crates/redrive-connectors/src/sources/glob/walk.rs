@@ -28,7 +28,7 @@ enum Part {
 
 /// A compiled pattern: the folder its literal start names, then the parts matched below it.
 #[derive(Debug)]
-pub(super) struct Walk {
+pub(crate) struct Walk {
     base: PathBuf,
     parts: Vec<Part>,
     /// The pattern ends in `/`: it names folders, so no file matches.
@@ -37,7 +37,7 @@ pub(super) struct Walk {
 
 /// Why a walk stopped: the path it could not read and the error.
 #[derive(Debug)]
-pub(super) struct WalkError {
+pub(crate) struct WalkError {
     pub path: PathBuf,
     pub error: std::io::Error,
 }
@@ -48,7 +48,7 @@ fn has_wildcards(name: &str) -> bool {
 
 impl Walk {
     /// Compiles `text` (checked whole first, with the crate's own rules: `a**` is an error).
-    pub(super) fn new(text: &str) -> Result<Self, PatternError> {
+    pub(crate) fn new(text: &str) -> Result<Self, PatternError> {
         Pattern::new(text)?;
         let mut base = PathBuf::new();
         let mut parts = Vec::new();
@@ -74,7 +74,7 @@ impl Walk {
 
     /// The path the pattern's literal start names (`.` for none): the folder walked, or the
     /// one file a pattern without wildcards names.
-    pub(super) fn base(&self) -> &Path {
+    pub(crate) fn base(&self) -> &Path {
         if self.base.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -85,7 +85,7 @@ impl Walk {
     /// Calls `found` with each file that matches and its size, in path order, until it answers
     /// `false`. A folder that is missing or went away is left out; one that cannot be read
     /// stops the walk with its error.
-    pub(super) fn run(&self, found: &mut dyn FnMut(PathBuf, u64) -> bool) -> Result<(), WalkError> {
+    pub(crate) fn run(&self, found: &mut dyn FnMut(PathBuf, u64) -> bool) -> Result<(), WalkError> {
         if self.folders_only {
             return Ok(());
         }
