@@ -46,19 +46,18 @@ enum Looked {
 
 impl Required {
     fn looked(&self, fields: &Fields) -> Result<Looked, TemplateError> {
+        let path = self.path.render(fields)?;
+        if path.contains("://") {
+            return Ok(Looked::Url(path));
+        }
         let own_text = self.path.render_quoted(fields, |_| String::new())?;
-        if !own_text.contains("://") && own_text.contains(['*', '?', '[']) {
+        if own_text.contains(['*', '?', '[']) {
             return self
                 .path
                 .render_quoted(fields, |value| glob::Pattern::escape(&value))
                 .map(Looked::Glob);
         }
-        let path = self.path.render(fields)?;
-        Ok(if path.contains("://") {
-            Looked::Url(path)
-        } else {
-            Looked::Local(path)
-        })
+        Ok(Looked::Local(path))
     }
 }
 
