@@ -4,7 +4,6 @@ pub(crate) mod config;
 pub(crate) mod walk;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
@@ -85,7 +84,7 @@ impl Source for GlobSource {
             };
             let base = walk.base();
             if literal && std::fs::symlink_metadata(base).is_err() {
-                let what = if base == Path::new(&pattern) {
+                let what = if walk.names_one_path() {
                     "no such file; check the path"
                 } else {
                     "no such folder; check the path"
