@@ -91,10 +91,11 @@ CREATE VIEW IF NOT EXISTS files AS
            c.bytes, c.started_at, c.finished_at
     FROM items c JOIN items p ON p.id = c.parent;
 
--- Whether a run has the state open: set (and checkpointed into this file) when a run begins,
--- cleared when it closes the state; `commits` is 1 once the run has committed since. Set, with
--- no commit in this file and no write-ahead log beside it: a run died and its log, which held
--- what it recorded, was removed (a log that SQLite checkpointed brings its commits here).
+-- Whether a run has the state open: `running` is set (and checkpointed into this file) when a
+-- run begins and cleared when it closes the state; `commits` is set to 1 just after the begin,
+-- in the log only, before the run's first side effect. `running` set and `commits` 0 in this
+-- file, with no write-ahead log beside it: a run died and its log, which held what it
+-- recorded, was removed (a log that SQLite folded into the file brings `commits = 1` here).
 CREATE TABLE IF NOT EXISTS run_open (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
     running INTEGER NOT NULL,

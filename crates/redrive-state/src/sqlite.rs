@@ -57,8 +57,8 @@ pub struct SqliteStateStore {
     /// SQLite removes the (checkpointed) log as it closes.
     reader: Arc<Mutex<Option<Connection>>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
-    /// A run began on this store: its first transaction marks `run_open`, and closing
-    /// the store records that the run closed the state.
+    /// A run began on this store (and marked `run_open`): closing the store records that the
+    /// run closed the state.
     running: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -156,10 +156,7 @@ impl SqliteStateStore {
         let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = thread::Builder::new()
             .name("redrive-state-writer".to_owned())
-            .spawn({
-                let running = Arc::clone(&running);
-                move || write_loop(writer, receiver, &running)
-            })
+            .spawn(move || write_loop(writer, receiver))
             .map_err(|e| backend(&location, e))?;
         Ok(Self {
             location,
@@ -403,13 +400,7 @@ fn backend(location: &str, error: impl std::fmt::Display) -> StateError {
 }
 
 /// Takes every write waiting, applies them in one transaction, commits, then answers each.
-fn write_loop(
-    mut connection: Connection,
-    receiver: mpsc::Receiver<Command>,
-    running: &std::sync::atomic::AtomicBool,
-) {
-    // Whether this run's first transaction has marked the file (see `run_open`).
-    let mut marked = false;
+fn write_loop(mut connection: Connection, receiver: mpsc::Receiver<Command>) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -443,19 +434,10 @@ fn write_loop(
                     Err(error) => answers.push((command.done, Err(error.to_string()))),
                 }
             }
-            // Once a run: a row updated by every transaction put its page in every commit's
-            // log frames (4 KiB more a commit), and what it tells (the run committed since it
-            // opened the file) is said by the first.
-            let mark = !marked && running.load(std::sync::atomic::Ordering::Relaxed);
-            if mark {
-                tx.prepare_cached("UPDATE run_open SET commits = 1 WHERE id = 1")?
-                    .execute([])?;
-            }
-            tx.commit().map(|()| mark)
+            tx.commit()
         });
         match committed {
-            Ok(mark) => {
-                marked |= mark;
+            Ok(()) => {
                 redrive_core::state::commits::committed(started, writes);
                 if checkpoint {
                     // Best effort: a checkpoint that cannot finish now (a reader in the
@@ -674,7 +656,16 @@ impl StateStore for SqliteStateStore {
         }))
         .await?;
         self.flush().await?;
-        // From now on the first transaction marks the file (after the checkpoint: it says 0).
+        // Then, in the log only, that the run has committed since: at once, not with the run's
+        // first write. A log SQLite folds into the file (any connection's clean close, a
+        // person's `sqlite3` included, does) brings it here; a log deleted takes it away. Left
+        // to the first write, a run killed before it (a slow listing) had its log folded in by
+        // whoever looked next, and the state, which had lost nothing, was refused.
+        self.write(Box::new(|tx| {
+            tx.execute("UPDATE run_open SET commits = 1 WHERE id = 1", [])
+                .map(|n| n as u64)
+        }))
+        .await?;
         self.running
             .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())

@@ -264,3 +264,73 @@ async fn a_queued_transition_commits_no_later_than_one_recorded_after_it() {
     );
     a_committed.await.unwrap();
 }
+
+/// The state's files as a kill -9 at this instant leaves them: the file and its log copied
+/// aside (the writer is idle between the awaited writes).
+fn killed_copy(path: &std::path::Path, to: &std::path::Path) -> std::path::PathBuf {
+    let copy = to.join("state.db");
+    std::fs::copy(path, &copy).unwrap();
+    std::fs::copy(
+        format!("{}-wal", path.display()),
+        format!("{}-wal", copy.display()),
+    )
+    .unwrap();
+    copy
+}
+
+/// A person looks into a killed run's state (`sqlite3 state.db 'SELECT …'`): closing the last
+/// connection folds the log into the file and deletes it.
+fn look_into(path: &std::path::Path) {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    let _: i64 = connection
+        .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .unwrap();
+    drop(connection);
+    assert!(
+        !std::path::Path::new(&format!("{}-wal", path.display())).exists(),
+        "SQLite deletes the log when its last connection closes"
+    );
+}
+
+/// A run killed after opening its state and before its first write (a slow listing, a query
+/// that takes a while) had recorded nothing; someone then looked into the state, which folds
+/// the log into the file and deletes it. That state was refused as one whose log was deleted
+/// (seen in CI: the crash tests count done items between kills).
+#[tokio::test]
+async fn a_state_looked_into_after_a_kill_before_any_write_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let job = JobInfo {
+        name: "j".into(),
+        fingerprint: "f".into(),
+        earlier_fingerprints: Vec::new(),
+    };
+    let store = SqliteStateStore::open(&path).unwrap();
+    store.begin(&job).await.unwrap();
+    let killed = tempfile::tempdir().unwrap();
+    let copy = killed_copy(&path, killed.path());
+    look_into(&copy);
+    let reopened = SqliteStateStore::open(&copy).unwrap_or_else(|e| panic!("refused: {e}"));
+    reopened.begin(&job).await.unwrap();
+
+    // Killed after a write: looked into, the state keeps what was written and resumes; its
+    // log deleted instead, what was written is gone and the state is refused.
+    let item = redrive_core::item::NewItem {
+        key: "a".into(),
+        fields: Default::default(),
+    };
+    store.insert(vec![item]).await.unwrap();
+    let looked = tempfile::tempdir().unwrap();
+    let copy = killed_copy(&path, looked.path());
+    look_into(&copy);
+    let reopened = SqliteStateStore::open(&copy).unwrap_or_else(|e| panic!("refused: {e}"));
+    reopened.begin(&job).await.unwrap();
+    assert_eq!(reopened.runnable(0, 10).await.unwrap().len(), 1);
+    let deleted = tempfile::tempdir().unwrap();
+    let copy = killed_copy(&path, deleted.path());
+    std::fs::remove_file(format!("{}-wal", copy.display())).unwrap();
+    assert!(matches!(
+        SqliteStateStore::open(&copy),
+        Err(StateError::Damaged { .. })
+    ));
+}
