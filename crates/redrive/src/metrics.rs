@@ -134,6 +134,10 @@ pub(crate) struct AggregateMetrics {
     pub(crate) skipped: u64,
     pub(crate) bytes: u64,
     pub(crate) retries: u64,
+    /// Items other workers took over after a worker's leases lapsed.
+    pub(crate) taken_over: u64,
+    /// Targets a create-only copy found there already and left as they were.
+    pub(crate) kept: u64,
     pub(crate) duration_s: f64,
     pub(crate) rows_per_sec: f64,
     pub(crate) items_per_sec: f64,

@@ -308,28 +308,32 @@ fn this_run(report: &RunReport) -> String {
         report.retries,
         report.throttled,
     ) + &lowered_limits(report)
-        + &taken_over(report)
-        + &kept(report)
+        + &[taken_over(report.taken_over), kept(report.kept)]
+            .into_iter()
+            .flatten()
+            .map(|clause| format!("; {clause}"))
+            .collect::<String>()
 }
 
 /// Targets that were there already: a rerun after a source changed copies nothing for it,
 /// and says so here rather than only `done`.
-fn kept(report: &RunReport) -> String {
-    match report.kept {
-        0 => String::new(),
-        1 => "; 1 target was there already and was left as it was (create-only)".to_owned(),
-        n => format!("; {n} targets were there already and were left as they were (create-only)"),
+pub(super) fn kept(n: u64) -> Option<String> {
+    match n {
+        0 => None,
+        1 => Some("1 target was there already and was left as it was (create-only)".to_owned()),
+        n => Some(format!(
+            "{n} targets were there already and were left as they were (create-only)"
+        )),
     }
 }
 
 /// Items other workers took over from this one (its leases had lapsed: it was paused).
-fn taken_over(report: &RunReport) -> String {
-    match report.taken_over {
-        0 => String::new(),
-        n => format!(
-            "; {n} items taken over by other workers after this one's lease expired (it was paused or lost its connection)"
-        ),
-    }
+pub(super) fn taken_over(n: u64) -> Option<String> {
+    (n > 0).then(|| {
+        format!(
+            "{n} items taken over by other workers after this one's lease expired (it was paused or lost its connection)"
+        )
+    })
 }
 
 /// The steps whose endpoints throttled enough to lower how many calls redrive keeps in flight.

@@ -194,7 +194,7 @@ pub(crate) async fn run(
             }
         }
     }
-    write_aggregate(&aggregate, &metrics_dir, &shards, &died, wall)
+    let sums = write_aggregate(&aggregate, &metrics_dir, &shards, &died, wall)
         .with_context(|| format!("cannot write `{}`", aggregate.display()))?;
     if let Some(after) = &after
         && !global.quiet
@@ -207,6 +207,16 @@ pub(crate) async fn run(
                 after
             )
         );
+    }
+    let clauses: Vec<String> = [
+        super::run::taken_over(sums.taken_over),
+        super::run::kept(sums.kept),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !clauses.is_empty() && !global.quiet {
+        eprintln!("This run's workers: {}.", clauses.join("; "));
     }
     if !died.is_empty() {
         eprintln!(
@@ -394,7 +404,7 @@ fn write_aggregate(
     shards: &[Shard],
     died: &[u32],
     wall: f64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<AggregateMetrics> {
     let mut aggregate = AggregateMetrics {
         workers: shards.len(),
         processed: 0,
@@ -403,6 +413,8 @@ fn write_aggregate(
         skipped: 0,
         bytes: 0,
         retries: 0,
+        taken_over: 0,
+        kept: 0,
         duration_s: (wall * 1000.0).round() / 1000.0,
         rows_per_sec: 0.0,
         items_per_sec: 0.0,
@@ -420,6 +432,8 @@ fn write_aggregate(
             aggregate.skipped += metrics.skipped;
             aggregate.bytes += metrics.bytes;
             aggregate.retries += metrics.retries;
+            aggregate.taken_over += metrics.taken_over;
+            aggregate.kept += metrics.kept;
         }
         aggregate.per_worker.push(WorkerMetrics {
             shard: shard.to_string(),
@@ -432,7 +446,8 @@ fn write_aggregate(
     let rate = per_second(aggregate.processed, wall);
     aggregate.rows_per_sec = rate;
     aggregate.items_per_sec = rate;
-    crate::metrics::write(path, &aggregate)
+    crate::metrics::write(path, &aggregate)?;
+    Ok(aggregate)
 }
 
 /// The combined view: a bar on a terminal (total and one per worker), else a line every 5 s.

@@ -836,6 +836,44 @@ copy = { from = "{path}", to = "out2/{name}" }
         serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", json.stdout));
     assert_eq!(metrics["kept"], 1, "{metrics}");
     assert_eq!(metrics["done"], 2, "{metrics}");
+
+    // `--workers`: every worker's summed, in the summary and the aggregate metrics (they
+    // were counted by each worker and said by none).
+    for name in ["a", "b", "c", "d"] {
+        t.write(&format!("in/{name}.txt"), format!("new {name}"));
+    }
+    t.write("out3/a.txt", "old a");
+    t.write("out3/c.txt", "old c");
+    t.write("out3/d.txt", "old d");
+    t.plan(
+        r#"
+[job]
+name = "t3"
+state = "state3.db"
+[source]
+glob = "in/*.txt"
+[[step]]
+copy = { from = "{path}", to = "out3/{name}" }
+"#,
+    );
+    let out = t
+        .redrive(&["run", "plan.toml", "--workers", "2"])
+        .expect_code(0);
+    assert!(
+        out.stderr.contains(
+            "This run's workers: 3 targets were there already and were left as they were (create-only)."
+        ),
+        "{}",
+        out.stderr
+    );
+    let aggregate: serde_json::Value =
+        serde_json::from_str(&t.read("metrics/aggregate.json")).unwrap();
+    assert_eq!(
+        (&aggregate["kept"], &aggregate["done"]),
+        (&serde_json::json!(3), &serde_json::json!(4)),
+        "{aggregate}"
+    );
+    assert_eq!(t.read("out3/c.txt"), "old c");
 }
 
 /// Paths that read as template or pattern syntax are copied as they are named: a folder
