@@ -967,7 +967,7 @@ impl WatchesRunning {
 impl Step for WatchesRunning {
     async fn run(&self, _fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        if call % self.every == 0 {
+        if call.is_multiple_of(self.every) {
             let running = self.store.summary().await.unwrap().count(Status::Running);
             self.most_running
                 .fetch_max(running as usize, Ordering::SeqCst);
