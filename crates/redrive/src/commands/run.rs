@@ -331,7 +331,7 @@ pub(super) fn kept(n: u64) -> Option<String> {
 pub(super) fn taken_over(n: u64) -> Option<String> {
     (n > 0).then(|| {
         format!(
-            "{n} items taken over by other workers after this one's lease expired (it was paused or lost its connection)"
+            "{n} items taken over by other workers after the lease on them expired (the worker holding them was paused or lost its connection)"
         )
     })
 }
