@@ -419,7 +419,9 @@ fn reset_and_skip_by_hand() {
         out.stdout
     );
     assert!(
-        out.stderr.contains("1 of the 2 keys are not in the state"),
+        out.stderr.contains(
+            "1 of the 2 keys are not in the state, nothing was done for them: `nope` (its keys look like `f0000"
+        ),
         "{}",
         out.stderr
     );
