@@ -81,11 +81,13 @@ async fn warn_missing(store: &dyn StateStore, keys: &[String]) -> anyhow::Result
         Some(item) => format!(" (its keys look like `{}`)", item.key),
         None => " (it has no items yet)".to_owned(),
     };
-    eprintln!(
+    let warning = format!(
         "warning: {} of the {} keys are not in the state, nothing was done for them: {}{example}",
         missing.len(),
         keys.len(),
         named.join(", ")
     );
+    // Keys can be URLs, and a URL can carry a token.
+    eprintln!("{}", redrive_core::secrets::redact(&warning));
     Ok(())
 }
