@@ -65,8 +65,27 @@ pub(crate) struct Object {
 }
 
 impl InputFile {
-    /// A local file, which must open.
+    /// A local file, which must be a file (not a folder, a pipe or a device) and open.
     pub(crate) fn local(path: &Path) -> Result<Self, SourceError> {
+        let not_a_file = |message: &str| SourceError::Input {
+            location: path.display().to_string(),
+            message: message.to_owned(),
+        };
+        // Looked at before opening: opening a pipe waits for a writer, and a folder opens.
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.is_dir() {
+                return Err(not_a_file(
+                    "is a folder, and this source reads a file; for the files in a folder, \
+                     use `glob = \"FOLDER/*\"`",
+                ));
+            }
+            if !meta.is_file() {
+                return Err(not_a_file(
+                    "is not a file (a pipe or a device): a list is read again when a run \
+                     resumes, so it must be a file; save it to one first (`COMMAND > list.txt`)",
+                ));
+            }
+        }
         std::fs::File::open(path).map_err(|e| SourceError::Io {
             location: path.display().to_string(),
             source: Box::new(e),

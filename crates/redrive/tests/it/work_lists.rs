@@ -219,6 +219,63 @@ fn a_list_that_is_missing_or_not_what_its_name_says_is_named() {
     );
 }
 
+/// A local list that is a folder, or a pipe (`mkfifo`, a shell's `<(…)`), is refused before
+/// the state is made, saying why. A pipe made `run` wait for a writer forever (its check opened
+/// it), and what it then read could not be read again on resume; a folder failed only once
+/// the run had begun, with "Is a directory".
+#[test]
+fn a_local_list_that_is_a_folder_or_a_pipe_is_refused_saying_why() {
+    let t = TestContext::new();
+    std::fs::create_dir(t.path("keys")).unwrap();
+    let plan = r#"
+[job]
+name = "t"
+state = "state.db"
+[source]
+lines = "keys"
+[[step]]
+run = { shell = "true" }
+"#;
+    t.plan(plan);
+    let folder = t.redrive(&["run", "plan.toml"]).expect_code(2);
+    assert!(
+        folder.stderr.contains("keys: is a folder") && folder.stderr.contains("use `glob"),
+        "{}",
+        folder.stderr
+    );
+    assert!(!t.path("state.db").exists(), "refused before the state");
+
+    std::fs::remove_dir(t.path("keys")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(t.path("keys"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut child = t
+        .command(&["run", "plan.toml"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("`run` waited on the pipe");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("keys: is not a file (a pipe or a device)"),
+        "{stderr}"
+    );
+}
+
 /// Where the test's report is, as S3 writes it: `PREFIX/SOURCE/CONFIG/DATE/manifest.json`
 /// and `PREFIX/SOURCE/CONFIG/data/*.csv.gz`.
 const REPORT: &str = "inventory/src/daily";
