@@ -2512,6 +2512,54 @@ fn cp_dry_run_lists_what_would_be_copied_and_writes_nothing() {
 /// `run --dry-run --check-targets` asks the stores what is there now: an item an `exists`
 /// step would skip says so (and its later steps are not counted), a copy whose target is
 /// present says so; the end says how many, and the requests the run would make per step.
+/// An `exists` check whose URL an empty value turns into its folder (`done/{name}` with an
+/// empty `name`: `done/`, which is there) fails the item, naming the URL, instead of skipping
+/// it as "exists"; a URL written with a trailing `/` checks a folder.
+#[test]
+fn an_exists_check_left_naming_a_folder_by_an_empty_value_fails_the_item() {
+    let t = TestContext::new();
+    t.write("list.csv", "id,name\n1,a.txt\n2,\n");
+    t.write("done/a.txt", "a was done");
+    t.write("runs/1/log", "");
+    t.plan(
+        r#"
+[job]
+name = "empty"
+state = "state.db"
+[source]
+csv = "list.csv"
+key = "{id}"
+[[step]]
+exists = "done/{name}"
+[[step]]
+exists = "runs/{id}/"
+"#,
+    );
+    let out = t.redrive(&["run", "plan.toml"]).expect_code(1);
+    let status = |key: &str| {
+        t.state()
+            .query_row(
+                "SELECT status || ': ' || coalesce(error, '') FROM items WHERE key = ?1",
+                [key],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(status("1"), "skipped: exists", "{}", out.stderr);
+    assert!(
+        status("2").starts_with("failed: `done/` names a folder, not an object"),
+        "{}",
+        status("2")
+    );
+
+    // The folder of item 1's run is there; item 2's is not.
+    t.write("list.csv", "id,name\n1,x\n2,y\n");
+    t.redrive(&["run", "plan.toml", "--restart", "--yes"])
+        .expect_code(0);
+    assert_eq!(status("1"), "skipped: exists");
+    assert_eq!(status("2"), "done: ");
+}
+
 /// A closed stdout ends the dry run quietly.
 #[test]
 fn dry_run_checks_targets_and_counts_the_requests_a_run_would_make() {

@@ -39,6 +39,12 @@ impl ExistsStep {
             .url
             .render(fields)
             .map_err(|e| StepError::permanent(e.to_string()))?;
+        if let Some(why) = names_a_folder_by_its_values(self.url.raw(), &url) {
+            return Err(StepError::permanent(format!(
+                "`{}` {why}",
+                redrive_core::secrets::redact(&url)
+            )));
+        }
         let location = self.stores.resolve(&url)?;
         if location.local {
             // A local file is one stat. OpenDAL would answer a missing one with an error that
@@ -80,6 +86,22 @@ impl ExistsStep {
     }
 }
 
+/// Why `url`, rendered from `template`, names a folder where the template names an object:
+/// its last part is empty, `.` or `..` because a field's value is (an empty CSV cell). A
+/// folder is there, so the item was skipped as "exists" without a word. A template that ends
+/// with `/` checks a folder, as written.
+fn names_a_folder_by_its_values(template: &str, url: &str) -> Option<&'static str> {
+    if template.ends_with('/') {
+        return None;
+    }
+    let path = url.split_once('?').map_or(url, |(path, _)| path);
+    let last = path.rsplit('/').next().unwrap_or(path);
+    matches!(last, "" | "." | "..").then_some(
+        "names a folder, not an object: the value that ends it is empty, `.` or `..` (fix the \
+         value; to check a folder, end the URL with `/`)",
+    )
+}
+
 #[async_trait]
 impl Step for ExistsStep {
     async fn run(&self, fields: &Fields, _cx: &StepContext<'_>) -> Result<Outcome, StepError> {
@@ -115,5 +137,21 @@ impl Step for ExistsStep {
         } else {
             format!("skip if {url} exists")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_a_folder_by_its_values as folder;
+
+    #[test]
+    fn a_value_that_leaves_an_object_url_naming_a_folder_is_told() {
+        assert!(folder("out/{name}", "out/").is_some());
+        assert!(folder("s3://b/{dir}/{name}", "s3://b/x/").is_some());
+        assert!(folder("out/{name}", "out/..").is_some());
+        assert!(folder("out/{name}", "out/a.txt").is_none());
+        // A folder checked as written.
+        assert!(folder("out/{dir}/", "out/x/").is_none());
+        assert!(folder("az://c/{p}?{q}", "az://c/a?x=1").is_none());
     }
 }
