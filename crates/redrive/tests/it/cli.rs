@@ -2509,9 +2509,6 @@ fn cp_dry_run_lists_what_would_be_copied_and_writes_nothing() {
     assert!(!t.path("dst/c.txt").exists());
 }
 
-/// `run --dry-run --check-targets` asks the stores what is there now: an item an `exists`
-/// step would skip says so (and its later steps are not counted), a copy whose target is
-/// present says so; the end says how many, and the requests the run would make per step.
 /// An `exists` check whose URL an empty value turns into its folder (`done/{name}` with an
 /// empty `name`: `done/`, which is there) fails the item, naming the URL, instead of skipping
 /// it as "exists"; a URL written with a trailing `/` checks a folder.
@@ -2560,6 +2557,9 @@ exists = "runs/{id}/"
     assert_eq!(status("2"), "done: ");
 }
 
+/// `run --dry-run --check-targets` asks the stores what is there now: an item an `exists`
+/// step would skip says so (and its later steps are not counted), a copy whose target is
+/// present says so; the end says how many, and the requests the run would make per step.
 /// A closed stdout ends the dry run quietly.
 #[test]
 fn dry_run_checks_targets_and_counts_the_requests_a_run_would_make() {

@@ -1,6 +1,7 @@
 //! Work lists kept in a store: `csv`, `lines`, `jsonl` and `parquet` at an `s3://` URL (moto
 //! server started by `scripts/test`), read through their compression, streamed; inventory
-//! reports of S3 (CSV and Parquet, on moto) and of Azure (on Azurite).
+//! reports of S3 (CSV and Parquet, on moto) and of Azure (on Azurite); and a local list that
+//! is not a file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -39,7 +39,11 @@ impl ExistsStep {
             .url
             .render(fields)
             .map_err(|e| StepError::permanent(e.to_string()))?;
-        if let Some(why) = names_a_folder_by_its_values(self.url.raw(), &url) {
+        let values = self
+            .url
+            .fields()
+            .filter_map(|name| fields.get(name).map(String::as_str));
+        if let Some(why) = names_a_folder_by_its_values(values, &url) {
             return Err(StepError::permanent(format!(
                 "`{}` {why}",
                 redrive_core::secrets::redact(&url)
@@ -86,20 +90,21 @@ impl ExistsStep {
     }
 }
 
-/// Why `url`, rendered from `template`, names a folder where the template names an object:
-/// its last part is empty, `.` or `..` because a field's value is (an empty CSV cell). A
-/// folder is there, so the item was skipped as "exists" without a word. A template that ends
-/// with `/` checks a folder, as written.
-fn names_a_folder_by_its_values(template: &str, url: &str) -> Option<&'static str> {
-    if template.ends_with('/') {
-        return None;
-    }
+/// Why `url` names a folder where an object was meant: its last part is empty, `.` or `..`
+/// and one of the `values` it was rendered from is (an empty CSV cell: `done/{name}` →
+/// `done/`). A folder is there, so the item was skipped as "exists" without a word. A URL
+/// that ends with `/` as written, or by a value that ends so, checks a folder.
+fn names_a_folder_by_its_values<'a>(
+    mut values: impl Iterator<Item = &'a str>,
+    url: &str,
+) -> Option<&'static str> {
     let path = url.split_once('?').map_or(url, |(path, _)| path);
     let last = path.rsplit('/').next().unwrap_or(path);
-    matches!(last, "" | "." | "..").then_some(
-        "names a folder, not an object: the value that ends it is empty, `.` or `..` (fix the \
-         value; to check a folder, end the URL with `/`)",
-    )
+    (matches!(last, "" | "." | "..") && values.any(|value| matches!(value, "" | "." | "..")))
+        .then_some(
+            "names a folder, not an object: a value it is made of is empty, `.` or `..` (fix \
+             the value; to check a folder, end the URL with `/`)",
+        )
 }
 
 #[async_trait]
@@ -146,12 +151,13 @@ mod tests {
 
     #[test]
     fn a_value_that_leaves_an_object_url_naming_a_folder_is_told() {
-        assert!(folder("out/{name}", "out/").is_some());
-        assert!(folder("s3://b/{dir}/{name}", "s3://b/x/").is_some());
-        assert!(folder("out/{name}", "out/..").is_some());
-        assert!(folder("out/{name}", "out/a.txt").is_none());
-        // A folder checked as written.
-        assert!(folder("out/{dir}/", "out/x/").is_none());
-        assert!(folder("az://c/{p}?{q}", "az://c/a?x=1").is_none());
+        assert!(folder([""].into_iter(), "out/").is_some());
+        assert!(folder(["x", ""].into_iter(), "s3://b/x/").is_some());
+        assert!(folder([".."].into_iter(), "out/..").is_some());
+        assert!(folder(["a.txt"].into_iter(), "out/a.txt").is_none());
+        // A folder checked as written, or as a value gives it.
+        assert!(folder(["x"].into_iter(), "out/x/").is_none());
+        assert!(folder(["s3://b/x/"].into_iter(), "s3://b/x/").is_none());
+        assert!(folder(["a", "x=1"].into_iter(), "az://c/a?x=1").is_none());
     }
 }
